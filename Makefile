@@ -1,0 +1,37 @@
+# Floodgate: every target that needs the environment runs `setup` first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint bench flood clean
+
+setup: $(STAMP)
+
+# Reinstall only when the project definition changes: `make setup` is fast when done.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/floodgate run
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m bench
+
+flood: setup
+	$(BIN)/floodgate flood --preset incident
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
