@@ -1,0 +1,1 @@
+"""HTTP API: mailbox reads, blocklist administration, health and metrics."""

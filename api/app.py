@@ -1,0 +1,144 @@
+"""The API application: routes, auth, uniform JSON errors, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest
+from pymongo.errors import PyMongoError
+
+from api import messages
+from api.auth import require_token
+from mailstore import MessageStore, StoreConfig
+
+log = logging.getLogger("floodgate.api")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    store: StoreConfig
+    admin_token: str
+
+
+class ApiMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "floodgate_api_requests",
+            "API requests by route template and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "floodgate_api_request_seconds", "API request time", ["route"], registry=self.registry
+        )
+
+
+def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
+    """The FastAPI app; opens the store on start-up unless one is given."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = store is None
+        app.state.store = store or await MessageStore.open(config.store)
+        _attach_blocklist(app)
+        yield
+        if own:
+            await app.state.store.close()
+
+    app = FastAPI(title="Floodgate API", version="1", lifespan=lifespan)
+    app.state.admin_token = config.admin_token
+    app.state.metrics = ApiMetrics()
+    _install_errors(app)
+    _install_metrics(app)
+    _health_routes(app)
+    app.include_router(messages.router, dependencies=[Depends(require_token)])
+    _include_blocklist(app)
+    return app
+
+
+def _attach_blocklist(app: FastAPI) -> None:
+    try:
+        from blocklist import BlocklistRepository
+    except ImportError:
+        return
+    app.state.blocklist = BlocklistRepository(app.state.store.db)
+
+
+def _include_blocklist(app: FastAPI) -> None:
+    try:
+        from api.blocklist import router
+    except ImportError:
+        return
+    app.include_router(router, dependencies=[Depends(require_token)])
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, **extra})
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())[1:]), "message": e.get("msg")}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"field": "", "message": "invalid request"}
+        return _error(422, f"{first['field']}: {first['message']}", details=details)
+
+    @app.exception_handler(PyMongoError)
+    async def store_down(request: Request, exc: PyMongoError) -> JSONResponse:
+        log.warning("event=api_store_error error=%s", type(exc).__name__)
+        return _error(503, "message store unavailable, try again later")
+
+
+def _install_metrics(app: FastAPI) -> None:
+    metrics: ApiMetrics = app.state.metrics
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")  # bounded: route templates only
+        metrics.requests.labels(template, str(response.status_code)).inc()
+        metrics.seconds.labels(template).observe(time.perf_counter() - started)
+        return response
+
+
+def _health_routes(app: FastAPI) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        store: MessageStore = request.app.state.store
+        if not await store.ping(timeout=2.0):
+            return _error(503, "message store not answering")
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        registry: CollectorRegistry = request.app.state.metrics.registry
+        body = await asyncio.to_thread(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

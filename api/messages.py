@@ -1,0 +1,115 @@
+"""Mailbox read endpoints: list a mailbox, read a message (parsed or raw), delete it."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import datetime
+from email.message import EmailMessage
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+
+from mailstore import Document, MessageStore, is_message_id
+
+router = APIRouter()
+MAX_TEXT = 1_000_000  # characters of decoded body returned as JSON
+Address = Annotated[str, Path(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+
+
+def _store(request: Request) -> MessageStore:
+    store: MessageStore = request.app.state.store
+    return store
+
+
+def summary(doc: Document) -> dict[str, Any]:
+    """The listing fields of a stored message."""
+    headers = doc.get("headers") or {}
+    received: datetime = doc["received_at"]
+    return {
+        "id": doc["_id"],
+        "from": headers.get("from") or doc.get("mail_from", ""),
+        "to": headers.get("to") or ", ".join(doc.get("rcpt", [])),
+        "subject": headers.get("subject", ""),
+        "received_at": received.isoformat(),
+        "size": doc.get("size", 0),
+    }
+
+
+@router.get("/v1/mailboxes/{address}/messages")
+async def list_messages(
+    request: Request, address: Address, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, list[dict[str, Any]]]:
+    """Messages for `address` (case-insensitive), newest first."""
+    docs = await _store(request).list_mailbox(address.lower(), limit)
+    return {"messages": [summary(doc) for doc in docs]}
+
+
+async def _get(request: Request, message_id: str) -> Document:
+    doc = await _store(request).get(message_id) if is_message_id(message_id) else None
+    if doc is None:
+        raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
+    return doc
+
+
+@router.get("/v1/messages/{message_id}")
+async def get_message(request: Request, message_id: str) -> dict[str, Any]:
+    """Metadata plus decoded headers and text."""
+    doc = await _get(request, message_id)
+    result = summary(doc)
+    result.update(
+        {
+            "envelope": {"mail_from": doc.get("mail_from", ""), "rcpt_to": doc.get("rcpt", [])},
+            "peer_ip": doc.get("peer_ip"),
+            "helo": doc.get("helo"),
+        }
+    )
+    result.update(parse_content(bytes(doc["raw"])))
+    return result
+
+
+def parse_content(raw: bytes) -> dict[str, Any]:
+    """Decoded headers, and the text and HTML bodies when the message has them."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    headers = []
+    for name, value in message.items():
+        try:
+            headers.append([name, str(value)])
+        except Exception:  # a malformed header is shown raw rather than failing the request
+            headers.append([name, message.get_all(name, [""])[0].__str__()])
+    return {"headers": headers, "text": _body(message, "plain"), "html": _body(message, "html")}
+
+
+def _body(message: EmailMessage, subtype: str) -> str | None:
+    try:
+        part = message.get_body(preferencelist=(subtype,))
+        if part is None:
+            return None
+        payload = part.get_payload(decode=True)
+    except Exception:  # undecodable parts: the raw endpoint still has every byte
+        return None
+    if not isinstance(payload, bytes):
+        return None
+    # 8-bit text without a declared charset is nearly always UTF-8 in practice.
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        text = payload.decode(charset, "replace")
+    except LookupError:  # an unknown charset name
+        text = payload.decode("utf-8", "replace")
+    return text[:MAX_TEXT]
+
+
+@router.get("/v1/messages/{message_id}/raw")
+async def get_raw(request: Request, message_id: str) -> Response:
+    """The message bytes as received, with our Received: line on top."""
+    doc = await _get(request, message_id)
+    body = bytes(doc.get("received_header", b"")) + bytes(doc["raw"])
+    return Response(content=body, media_type="message/rfc822")
+
+
+@router.delete("/v1/messages/{message_id}", status_code=204)
+async def delete_message(request: Request, message_id: str) -> Response:
+    if not is_message_id(message_id) or not await _store(request).delete(message_id):
+        raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
+    return Response(status_code=204)

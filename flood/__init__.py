@@ -1,0 +1,1 @@
+"""The bundled load and attack generator: an SMTP client that replays abuse incidents."""

@@ -1,0 +1,21 @@
+"""Build and run the API process from settings."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from api.app import ApiConfig, create_app
+from floodgate.receiver_app import store_config
+from floodgate.settings import Settings, parse_hostport
+
+
+def main(settings: Settings, token: str) -> None:
+    if not settings.mongodb_uri:
+        raise SystemExit("floodgate api needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
+    app = create_app(ApiConfig(store_config(settings, settings.mongodb_uri), token))
+    host, port = parse_hostport(settings.api_listen)
+    config = uvicorn.Config(
+        app, host=host, port=port, loop="uvloop", log_config=None, access_log=False,
+        timeout_graceful_shutdown=10, limit_concurrency=1000, h11_max_incomplete_event_size=16384,
+    )
+    uvicorn.Server(config).run()

@@ -1,0 +1,88 @@
+"""The `floodgate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+DESCRIPTION = """Floodgate: an abuse-resistant inbound SMTP receiver (MX) for disposable mail.
+Settings come from FLOODGATE_* environment variables (see README)."""
+
+COMMANDS = {
+    "run": "all-in-one: embedded store (unless FLOODGATE_MONGODB_URI is set), receiver and "
+    "API, each as its own supervised process; prints the admin token and how to send mail",
+    "receiver": "the SMTP receiver alone (needs FLOODGATE_MONGODB_URI); production runs one "
+    "per MX host",
+    "api": "the HTTP API alone (needs FLOODGATE_MONGODB_URI and FLOODGATE_ADMIN_TOKEN or "
+    "<data_dir>/admin-token): mailbox reads, blocklist admin, health, metrics",
+    "flood": "the bundled load and attack generator (loopback only unless --allow-remote); "
+    "`floodgate flood --help` for scenarios",
+    "block": "manage the IP blocklist through the admin API: add, rm, ls, check, import",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="floodgate", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        if name == "block":
+            continue
+        sub.add_parser(name, help=help_text, description=help_text)
+    try:
+        from floodgate.block_cli import add_block_parser
+    except ImportError:
+        pass
+    else:
+        add_block_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["flood"]:
+        from flood.cli import main as flood_main
+
+        return flood_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        from floodgate import settings as settings_module
+
+        settings = settings_module.load()
+    except (ValidationError, ValueError) as error:
+        print(f"floodgate: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    from floodgate.logs import configure
+
+    configure(settings.log_level, settings.log_summary_interval)
+    return _dispatch(args, settings)
+
+
+def _dispatch(args: argparse.Namespace, settings: object) -> int:
+    from floodgate.settings import Settings
+
+    assert isinstance(settings, Settings)
+    if args.command == "run":
+        from floodgate import supervisor
+
+        return supervisor.main(settings)
+    if args.command == "receiver":
+        from floodgate import receiver_app
+
+        receiver_app.main(settings)
+        return 0
+    if args.command == "api":
+        from floodgate import api_app
+        from floodgate.supervisor import admin_token
+
+        if not settings.admin_token_value() and not (settings.data_dir / "admin-token").exists():
+            print("floodgate api: set FLOODGATE_ADMIN_TOKEN", file=sys.stderr)
+            return 2
+        api_app.main(settings, admin_token(settings)[0])
+        return 0
+    if args.command == "block":
+        from floodgate.block_cli import run_block
+
+        return run_block(args)
+    return 2

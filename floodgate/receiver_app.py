@@ -1,0 +1,78 @@
+"""Build and run one receiver process from settings: store, blocklist, SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvloop
+
+from floodgate.settings import Settings, parse_hostport
+from mailstore import MessageStore, StoreConfig
+from receiver.server import ReceiverConfig, install_signal_handlers, run_receiver
+
+
+def store_config(settings: Settings, uri: str) -> StoreConfig:
+    return StoreConfig(
+        uri=uri,
+        database=settings.mongodb_database,
+        timeout=settings.store_timeout,
+        max_pending=settings.max_pending_inserts,
+        batch_size=settings.insert_batch_size,
+        retention=settings.retention,
+    )
+
+
+def receiver_config(settings: Settings) -> ReceiverConfig:
+    smtp_host, smtp_port = parse_hostport(settings.smtp_listen)
+    http_host, http_port = parse_hostport(settings.receiver_http_listen)
+    return ReceiverConfig(
+        hostname=settings.smtp_hostname,
+        domains=settings.domain_set,
+        limits=settings.limits(),
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        http_host=http_host,
+        http_port=http_port,
+        proxy_protocol=settings.proxy_protocol,
+        trusted_proxies=settings.trusted_proxy_networks,
+        proxy_timeout=settings.proxy_protocol_timeout,
+        reverse_dns=settings.reverse_dns,
+        dns_timeout=settings.dns_timeout,
+        shutdown_grace=settings.shutdown_grace,
+        log_summary_interval=settings.log_summary_interval,
+        blocklist_max_staleness=settings.blocklist_max_staleness,
+        data_dir=settings.data_dir,
+    )
+
+
+class NoBlocklist:
+    """A blocklist view with no entries (until the shared blocklist is wired in)."""
+
+    def is_blocked(self, ip: str) -> bool:
+        return False
+
+    def staleness(self) -> float:
+        return 0.0
+
+    def entries(self) -> int:
+        return 0
+
+    def ban(self, key: str, reason: str, ttl: float) -> None:
+        return None
+
+
+async def serve(settings: Settings, uri: str) -> None:
+    """Run the receiver until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    store = await MessageStore.open(store_config(settings, uri))
+    try:
+        await run_receiver(receiver_config(settings), store, NoBlocklist(), stop)
+    finally:
+        await store.close()
+
+
+def main(settings: Settings) -> None:
+    if not settings.mongodb_uri:
+        raise SystemExit("floodgate receiver needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
+    uvloop.run(serve(settings, settings.mongodb_uri))

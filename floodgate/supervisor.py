@@ -1,0 +1,170 @@
+"""`floodgate run`: the all-in-one supervisor (embedded store unless a URI is set, receiver, API).
+
+Each part runs as its own process, as in production, so an overloaded API cannot slow the
+receiver. A part that dies is restarted with backoff; one that keeps dying stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from floodgate.settings import Settings, parse_hostport
+from mailstore.embedded import EmbeddedStore
+
+MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
+RESTART_WINDOW = 60.0
+POLL = 0.2
+
+
+def admin_token(settings: Settings) -> tuple[str, bool]:
+    """The configured token, else the one in `<data_dir>/admin-token`, else a new one."""
+    configured = settings.admin_token_value()
+    if configured:
+        return configured, False
+    path = settings.data_dir / "admin-token"
+    if path.exists():
+        existing = path.read_text().strip()
+        if existing:
+            return existing, False
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token, True
+
+
+@dataclass
+class Child:
+    """One supervised `floodgate <role>` process."""
+
+    role: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "floodgate", self.role], env=self.env, stdin=subprocess.DEVNULL
+        )
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def may_restart(self) -> bool:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
+        self.restarts.append(now)
+        return len(self.restarts) <= MAX_RESTARTS
+
+    def stop(self, timeout: float) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: EmbeddedStore | None = None
+        self.children: list[Child] = []
+        self.stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        uri = self.settings.mongodb_uri or self._start_store()
+        token, created = admin_token(self.settings)
+        env = {**os.environ, "FLOODGATE_MONGODB_URI": uri, "FLOODGATE_ADMIN_TOKEN": token}
+        self.children = [Child("receiver", env), Child("api", env)]
+        for child in self.children:
+            child.start()
+        self._banner(uri, token, created)
+        try:
+            return self._watch()
+        finally:
+            self._shutdown()
+
+    def _start_store(self) -> str:
+        self.store = EmbeddedStore(self.settings.data_dir / "store")
+        uri = self.store.start()
+        print(f"floodgate: embedded store (nx-27017) at {uri}", flush=True)
+        return uri
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            time.sleep(POLL)
+            if self.store is not None and not self.store.alive():
+                print("floodgate: embedded store exited; restarting it", flush=True)
+                self.store.start()  # same port: the children's URI stays valid
+            for child in self.children:
+                code = child.exited()
+                if code is None or self.stopping:
+                    continue
+                if not child.may_restart():
+                    print(f"floodgate: {child.role} keeps exiting (last code {code}); stopping")
+                    return 1
+                print(f"floodgate: {child.role} exited with {code}; restarting", flush=True)
+                child.start()
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        grace = self.settings.shutdown_grace + 5
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        for child in self.children:
+            child.stop(grace)
+        if self.store is not None:
+            self.store.stop()
+        print("floodgate: stopped", flush=True)
+
+    def _banner(self, uri: str, token: str, created: bool) -> None:
+        smtp_host, smtp_port = parse_hostport(self.settings.smtp_listen)
+        api_host, api_port = parse_hostport(self.settings.api_listen)
+        domain = self.settings.smtp_hostname if False else sorted(self.settings.domain_set)[0]
+        where = self.settings.data_dir / "admin-token"
+        token_note = f"(new, saved to {where})" if created else ""
+        api = f"http://{api_host}:{api_port}"
+        print(
+            f"""
+Floodgate is running.
+  SMTP      {smtp_host}:{smtp_port}   accepting mail for: {self.settings.domains}
+  API       {api}
+  token     {token} {token_note}
+
+Send a first message:
+  swaks --server {smtp_host}:{smtp_port} --to hello@{domain} --from you@example.org
+  python3 -c "import smtplib; smtplib.SMTP('{smtp_host}', {smtp_port}, local_hostname='me.test')\\
+.sendmail('you@example.org', ['hello@{domain}'], b'Subject: hi\\r\\n\\r\\nhello\\r\\n')"
+Read it:
+  curl -H 'Authorization: Bearer {token}' {api}/v1/mailboxes/hello@{domain}/messages
+Stop with Ctrl-C.
+""",
+            flush=True,
+        )
+
+
+def main(settings: Settings) -> int:
+    return Supervisor(settings).run()
+
+
+def data_path(settings: Settings) -> Path:
+    return settings.data_dir

@@ -1,0 +1,26 @@
+"""Messages in MongoDB: schema and indexes, durable insert, inbox queries, retention, and the
+embedded store launcher."""
+
+from mailstore.batcher import StoreBusy, StoreError, StoreTimeout
+from mailstore.connection import Document, connect, database
+from mailstore.documents import IncomingMessage, selected_headers, utcnow
+from mailstore.embedded import EmbeddedStore
+from mailstore.ids import is_message_id, new_message_id
+from mailstore.store import MessageStore, StoreConfig
+
+__all__ = [
+    "Document",
+    "EmbeddedStore",
+    "IncomingMessage",
+    "MessageStore",
+    "StoreBusy",
+    "StoreConfig",
+    "StoreError",
+    "StoreTimeout",
+    "connect",
+    "database",
+    "is_message_id",
+    "new_message_id",
+    "selected_headers",
+    "utcnow",
+]

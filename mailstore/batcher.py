@@ -1,0 +1,150 @@
+"""Group commit: inserts that arrive together go to MongoDB as one `insert_many`.
+
+Each caller still waits for its own document to be durable (write concern majority +
+journal) and learns its own outcome. Everything is bounded: the number of documents whose
+fate is unknown, the batch size, the batches in flight, and the time a caller waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+import pymongo
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError, PyMongoError
+
+log = logging.getLogger("floodgate.store")
+DUPLICATE_KEY = 11000
+
+
+class StoreError(Exception):
+    """The message was not durably stored; the sender should retry (451)."""
+
+
+class StoreBusy(StoreError):
+    """Too many inserts already in flight; refused without queueing."""
+
+
+class StoreTimeout(StoreError):
+    """The store did not confirm durability within the deadline."""
+
+
+class InsertBatcher:
+    """Collects documents and writes them in batches; see the module docstring."""
+
+    def __init__(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        *,
+        timeout: float,
+        max_pending: int,
+        max_batch: int = 256,
+        max_batches_in_flight: int = 4,
+    ) -> None:
+        self._collection = collection
+        self._timeout = timeout
+        self._max_pending = max_pending
+        self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(max_batches_in_flight)
+        self._queue: deque[tuple[dict[str, Any], asyncio.Future[None]]] = deque()
+        self._wakeup = asyncio.Event()
+        self._pending = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Documents submitted whose outcome is not known yet."""
+        return self._pending
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop after the batches in flight finish; queued documents fail with StoreError."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(StoreError("store shutting down"))
+
+    async def insert(self, document: dict[str, Any]) -> None:
+        """Return once `document` is durable; raise StoreError (or a subclass) otherwise."""
+        if self._pending >= self._max_pending:
+            raise StoreBusy(f"{self._pending} inserts pending")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending += 1
+        future.add_done_callback(self._release)
+        self._queue.append((document, future))
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except TimeoutError:
+            raise StoreTimeout(f"not durable within {self._timeout}s") from None
+
+    def _release(self, future: asyncio.Future[None]) -> None:
+        self._pending -= 1
+        if not future.cancelled():
+            future.exception()  # mark retrieved: a caller that timed out no longer asks
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                await self._slots.acquire()
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+                if not batch:
+                    self._slots.release()
+                    break
+                task = asyncio.get_running_loop().create_task(self._write(batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        try:
+            failed = await self._insert_many([doc for doc, _ in batch])
+        except Exception as error:  # every failure of the batch is a 451 for its members
+            log.warning("store_insert_failed", extra={"event": "store_insert_failed", "size": len(batch), "error": type(error).__name__})
+            failed = set(range(len(batch)))
+        finally:
+            self._slots.release()
+        for index, (_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if index in failed:
+                future.set_exception(StoreError("insert failed"))
+            else:
+                future.set_result(None)
+
+    async def _insert_many(self, documents: list[dict[str, Any]]) -> set[int]:
+        """Insert; return the indexes of documents that are not durably stored."""
+        try:
+            # Client-side operation timeout: the driver gives up (and retries within it).
+            with pymongo.timeout(self._timeout):
+                await self._collection.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            details = error.details
+            if details.get("writeConcernErrors"):
+                return set(range(len(documents)))
+            failed: set[int] = set()
+            for write_error in details.get("writeErrors", []):
+                # A duplicate _id means an earlier attempt of this very insert (a driver
+                # retry) already stored it: the ID is assigned once, at DATA time.
+                if write_error.get("code") != DUPLICATE_KEY:
+                    failed.add(int(write_error["index"]))
+            return failed
+        except PyMongoError:
+            return set(range(len(documents)))
+        return set()

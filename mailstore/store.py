@@ -1,0 +1,121 @@
+"""The message store: durable inserts, inbox queries and retention, over one MongoDB database."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pymongo
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from mailstore.batcher import InsertBatcher
+from mailstore.connection import Document, connect, database
+from mailstore.documents import IncomingMessage, to_document
+
+MESSAGES = "messages"
+LIST_FIELDS = {
+    "_id": 1,
+    "mail_from": 1,
+    "rcpt": 1,
+    "headers": 1,
+    "received_at": 1,
+    "size": 1,
+}
+INBOX_INDEX = "inbox"
+RETENTION_INDEX = "retention"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    uri: str
+    database: str = "floodgate"
+    timeout: float = 5.0
+    max_pending: int = 2_000
+    batch_size: int = 256
+    retention: int = 86_400
+
+
+class MessageStore:
+    """Messages in MongoDB. Create with `await MessageStore.open(config)`."""
+
+    def __init__(self, client: AsyncMongoClient[Document], config: StoreConfig) -> None:
+        self.client = client
+        self.config = config
+        self.db: AsyncDatabase[Document] = database(client, config.database)
+        self.messages: AsyncCollection[Document] = self.db[MESSAGES]
+        self._batcher = InsertBatcher(
+            self.messages,
+            timeout=config.timeout,
+            max_pending=config.max_pending,
+            max_batch=config.batch_size,
+        )
+
+    @classmethod
+    async def open(cls, config: StoreConfig, *, ensure_indexes: bool = True) -> MessageStore:
+        """Connect; create indexes when the store answers (a down store is not fatal here)."""
+        store = cls(connect(config.uri, timeout=config.timeout), config)
+        store._batcher.start()
+        if ensure_indexes:
+            try:
+                await store.ensure_indexes()
+            except PyMongoError:
+                pass  # retried by the caller's health loop; inserts still answer 451 meanwhile
+        return store
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        await self.client.close()
+
+    async def ensure_indexes(self) -> None:
+        """Inbox listing (recipient, newest first) and TTL retention on `expires_at`."""
+        with pymongo.timeout(self.config.timeout):
+            await self.messages.create_index(
+                [("rcpt", ASCENDING), ("received_at", DESCENDING)], name=INBOX_INDEX
+            )
+            await self.messages.create_index(
+                [("expires_at", ASCENDING)], name=RETENTION_INDEX, expireAfterSeconds=0
+            )
+
+    @property
+    def pending(self) -> int:
+        return self._batcher.pending
+
+    async def insert(self, message: IncomingMessage) -> None:
+        """Return once the message is durable; raise `StoreError` otherwise."""
+        await self._batcher.insert(to_document(message, self.config.retention))
+
+    async def list_mailbox(self, address: str, limit: int = 50) -> list[Document]:
+        """Newest first; without the raw bytes."""
+        with pymongo.timeout(self.config.timeout):
+            cursor = (
+                self.messages.find({"rcpt": address.lower()}, LIST_FIELDS)
+                .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
+                .limit(limit)
+            )
+            return await cursor.to_list(length=limit)
+
+    async def get(self, message_id: str) -> Document | None:
+        with pymongo.timeout(self.config.timeout):
+            return await self.messages.find_one({"_id": message_id})
+
+    async def delete(self, message_id: str) -> bool:
+        with pymongo.timeout(self.config.timeout):
+            result = await self.messages.delete_one({"_id": message_id})
+        return result.deleted_count > 0
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """Whether the store answers within `timeout` seconds."""
+        try:
+            with pymongo.timeout(timeout):
+                await self.client.admin.command("ping")
+            return True
+        except (PyMongoError, asyncio.TimeoutError):
+            return False
+
+    async def index_info(self) -> dict[str, Any]:
+        with pymongo.timeout(self.config.timeout):
+            return await self.messages.index_information()

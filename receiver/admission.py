@@ -1,0 +1,163 @@
+"""The judge: compares the accountant's counts with the limits and returns a refusal or nothing.
+
+Cheapest gate first (Postfix's postscreen): at connect the blocklist, the caps and the
+connection rate are decided from memory before any banner, handler or store work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from receiver import replies
+from receiver.accountant import Clock, ConnectionCounts, HitCounter, RateTable, TemporaryBans
+from receiver.keys import client_key
+from receiver.limits import Limits
+from receiver.replies import Reply
+
+# Leave stress mode only well below the threshold, so the mode does not flap.
+STRESS_EXIT_FRACTION = 0.8
+BAN_TABLE_CAPACITY = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A decision to refuse: the reply to send and a reason from a bounded vocabulary."""
+
+    reply: Reply
+    reason: str
+
+
+BLOCKED = Refusal(replies.BLOCKED, "blocked")
+AUTOBANNED = Refusal(replies.BLOCKED, "autobanned")
+GLOBAL_CAP = Refusal(replies.TOO_MANY_CONNECTIONS, "global_cap")
+PER_IP_CAP = Refusal(replies.TOO_MANY_CONNECTIONS_FROM_IP, "per_ip_cap")
+CONNECTION_RATE = Refusal(replies.CONNECTION_RATE, "connection_rate")
+MESSAGE_RATE = Refusal(replies.MESSAGE_RATE, "message_rate")
+RECIPIENT_RATE = Refusal(replies.RECIPIENT_RATE, "recipient_rate")
+
+BanHook = Callable[[str, str, float], None]
+StressHook = Callable[[bool, int], None]
+
+
+class Admission:
+    """Per-receiver admission state: counts, rates, stress mode and local bans."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        is_blocked: Callable[[str], bool] = lambda _ip: False,
+        clock: Clock = time.monotonic,
+        on_ban: BanHook | None = None,
+        on_stress: StressHook | None = None,
+    ) -> None:
+        self.normal = limits
+        self.stressed_limits = limits.stressed()
+        self.counts = ConnectionCounts()
+        self.rates = RateTable(limits.rate_clients, clock)
+        self.hits = HitCounter(limits.autoban_window, limits.rate_clients, clock)
+        self.bans = TemporaryBans(BAN_TABLE_CAPACITY, clock)
+        self.stressed = False
+        self._is_blocked = is_blocked
+        self._on_ban = on_ban
+        self._on_stress = on_stress
+        self._stress_on = limits.stress_connections
+        self._stress_off = max(0, int(self._stress_on * STRESS_EXIT_FRACTION))
+
+    @property
+    def limits(self) -> Limits:
+        """The limits in force now: the stressed variant while under stress."""
+        return self.stressed_limits if self.stressed else self.normal
+
+    def key(self, ip: str) -> str:
+        return client_key(ip, self.normal.ipv6_prefix)
+
+    def connect(self, ip: str) -> tuple[str, Refusal | None]:
+        """Admit (and count) or refuse a new connection from `ip`. O(1), no I/O."""
+        key = self.key(ip)
+        if self._is_blocked(ip):
+            return key, BLOCKED
+        if self.bans.banned(key):
+            return key, AUTOBANNED
+        if self.counts.total >= self.normal.max_connections:
+            return key, GLOBAL_CAP
+        refusal = self._client_checks(key)
+        if refusal is not None:
+            return key, refusal
+        self.counts.acquire(key)
+        self._update_stress()
+        return key, None
+
+    def connect_unkeyed(self) -> Refusal | None:
+        """Admit a connection whose client is not known yet (a trusted proxy's)."""
+        if self.counts.total >= self.normal.max_connections:
+            return GLOBAL_CAP
+        self.counts.acquire(None)
+        self._update_stress()
+        return None
+
+    def identify(self, ip: str) -> tuple[str, Refusal | None]:
+        """Per-client checks for an unkeyed connection once its client is known."""
+        key = self.key(ip)
+        if self._is_blocked(ip):
+            return key, BLOCKED
+        if self.bans.banned(key):
+            return key, AUTOBANNED
+        refusal = self._client_checks(key)
+        if refusal is None:
+            self.counts.acquire_key(key)
+        return key, refusal
+
+    def _client_checks(self, key: str) -> Refusal | None:
+        if self.counts.of(key) >= self.normal.max_connections_per_ip:
+            self.hit(key, PER_IP_CAP.reason)
+            return PER_IP_CAP
+        if not self.rates.take("c:" + key, self.normal.connection_rate):
+            self.hit(key, CONNECTION_RATE.reason)
+            return CONNECTION_RATE
+        return None
+
+    def release(self, key: str | None) -> None:
+        """The connection counted under `key` (None: unkeyed) has ended."""
+        self.counts.release(key)
+        self._update_stress()
+
+    def mail(self, key: str) -> Refusal | None:
+        """One more message from `key` (checked at MAIL FROM)."""
+        if self.rates.take("m:" + key, self.limits.message_rate):
+            return None
+        self.hit(key, MESSAGE_RATE.reason)
+        return MESSAGE_RATE
+
+    def rcpt(self, key: str) -> Refusal | None:
+        """One more recipient from `key` (checked at RCPT TO)."""
+        if self.rates.take("r:" + key, self.limits.recipient_rate):
+            return None
+        self.hit(key, RECIPIENT_RATE.reason)
+        return RECIPIENT_RATE
+
+    def hit(self, key: str, reason: str) -> bool:
+        """Record that `key` hit a limit; ban it once it keeps doing so. True if banned."""
+        threshold = self.normal.autoban_threshold
+        if threshold <= 0:
+            return False
+        if self.hits.hit(key) < threshold:
+            return False
+        self.hits.forget(key)
+        self.bans.ban(key, self.normal.autoban_ttl)
+        if self._on_ban is not None:
+            self._on_ban(key, reason, self.normal.autoban_ttl)
+        return True
+
+    def _update_stress(self) -> None:
+        total = self.counts.total
+        if not self.stressed and total >= self._stress_on:
+            self.stressed = True
+        elif self.stressed and total < self._stress_off:
+            self.stressed = False
+        else:
+            return
+        if self._on_stress is not None:
+            self._on_stress(self.stressed, total)

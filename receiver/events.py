@@ -1,0 +1,142 @@
+"""One event vocabulary for logs, metrics and tests.
+
+Each admission decision or session outcome is one named event. Metrics count events by a
+label from a bounded set (never an IP, address or domain). Frequent events are not logged
+one line each: `SummaryLog` folds them into one line per event per interval, with a count
+and the busiest client keys, so a flood of refusals cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+log = logging.getLogger("floodgate.receiver")
+
+# Connection outcomes at the door (label `outcome`).
+CONNECTION_OUTCOMES = (
+    "accepted",
+    "blocked",
+    "autobanned",
+    "global_cap",
+    "per_ip_cap",
+    "connection_rate",
+    "pregreet",
+    "shutting_down",
+    "untrusted_proxy",
+    "bad_proxy_header",
+)
+# Why a session ended (label `reason`).
+CLOSE_REASONS = (
+    "quit",
+    "client_closed",
+    "idle_timeout",
+    "session_timeout",
+    "data_timeout",
+    "data_too_slow",
+    "too_many_errors",
+    "too_many_commands",
+    "shutdown",
+)
+MESSAGE_OUTCOMES = ("stored", "store_failed", "store_busy", "too_big", "message_rate")
+RECIPIENT_OUTCOMES = ("accepted", "relay_denied", "too_many", "recipient_rate", "bad_address")
+
+
+class Metrics:
+    """The receiver's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Counter(
+            "floodgate_connections", "Connections by admission outcome", ["outcome"], registry=r
+        )
+        self.closed = Counter(
+            "floodgate_sessions_closed", "Sessions ended, by reason", ["reason"], registry=r
+        )
+        self.messages = Counter(
+            "floodgate_messages", "Messages by outcome", ["outcome"], registry=r
+        )
+        self.recipients = Counter(
+            "floodgate_recipients", "Recipients by outcome", ["outcome"], registry=r
+        )
+        self.open = Gauge("floodgate_connections_open", "Open SMTP connections", registry=r)
+        self.stress = Gauge("floodgate_stress_mode", "1 while stress mode is on", registry=r)
+        self.stress_transitions = Counter(
+            "floodgate_stress_transitions", "Stress mode changes", ["to"], registry=r
+        )
+        self.autobans = Counter("floodgate_autobans", "Clients banned automatically", registry=r)
+        self.store_seconds = Histogram(
+            "floodgate_store_seconds",
+            "Time from end of DATA to a durable store answer",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.store_pending = Gauge(
+            "floodgate_store_pending", "Inserts whose outcome is not known yet", registry=r
+        )
+        self.blocklist_staleness = Gauge(
+            "floodgate_blocklist_staleness_seconds",
+            "Seconds since the blocklist last synced from the store",
+            registry=r,
+        )
+        self.blocklist_entries = Gauge(
+            "floodgate_blocklist_entries", "Entries in the local blocklist cache", registry=r
+        )
+        for outcome in CONNECTION_OUTCOMES:
+            self.connections.labels(outcome)
+        for reason in CLOSE_REASONS:
+            self.closed.labels(reason)
+        for outcome in MESSAGE_OUTCOMES:
+            self.messages.labels(outcome)
+        for outcome in RECIPIENT_OUTCOMES:
+            self.recipients.labels(outcome)
+
+
+class SummaryLog:
+    """Folds repeated events into one line per event per interval (rate-limited, deduped)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._counts: dict[str, Tally[str]] = {}
+        self._since = clock()
+
+    def record(self, event: str, key: str) -> None:
+        """Count one occurrence of `event` for client `key`; nothing is logged yet."""
+        tally = self._counts.get(event)
+        if tally is None:
+            tally = self._counts[event] = Tally()
+        if key in tally or len(tally) < 10_000:  # bounded: keys past the cap are not named
+            tally[key] += 1
+        else:
+            tally["(other)"] += 1
+
+    def flush(self, force: bool = False) -> list[str]:
+        """Log (and return) the summary lines if the interval has passed."""
+        now = self._clock()
+        if not force and now - self._since < self._interval:
+            return []
+        lines = []
+        seconds = max(now - self._since, 0.001)
+        for event, tally in sorted(self._counts.items()):
+            top = " ".join(f"{k}:{n}" for k, n in tally.most_common(3))
+            lines.append(
+                f"event={event} count={sum(tally.values())} clients={len(tally)} "
+                f"seconds={seconds:.0f} top={top}"
+            )
+        for line in lines:
+            log.warning(line)
+        self._counts.clear()
+        self._since = now
+        return lines
+
+
+def emit(event: str, **fields: object) -> None:
+    """Log one rare event as a single structured line (`event=name key=value ...`)."""
+    parts = " ".join(f"{k}={v}" for k, v in fields.items())
+    log.warning("event=%s %s", event, parts)

@@ -1,0 +1,87 @@
+"""Every limit the receiver enforces, as one frozen value with its defaults beside it.
+
+The stressed variant is a `dataclasses.replace` of the normal one (Postfix's
+`${stress?{10}:{300}}`), never `if`s scattered through the session code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# Postfix equivalents are named beside each default; the README repeats them.
+
+def _check(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range [{low}, {high}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Connection, dialogue and rate limits for one receiver."""
+
+    max_connections: int = 10_000  # Postfix: default_process_limit (100)
+    max_connections_per_ip: int = 10  # smtpd_client_connection_count_limit (50)
+    ipv6_prefix: int = 64  # smtpd_client_ipv6_prefix_length? (anvil: none)
+    connection_rate: int = 120  # per client per minute; smtpd_client_connection_rate_limit
+    message_rate: int = 120  # per client per minute; smtpd_client_message_rate_limit
+    recipient_rate: int = 600  # per client per minute; smtpd_client_recipient_rate_limit
+    rate_clients: int = 100_000  # clients tracked by the rate table (LRU beyond)
+    idle_timeout: float = 60.0  # smtpd_timeout (300s, stressed 10s)
+    session_timeout: float = 600.0  # no Postfix equivalent
+    data_timeout: float = 300.0  # whole DATA phase
+    min_data_rate: int = 500  # bytes/s, smtpd_min_data_rate
+    greet_wait: float = 0.0  # postscreen_greet_wait (6s), 0 = off
+    max_message_size: int = 10 * 1024 * 1024  # message_size_limit
+    max_recipients: int = 100  # smtpd_recipient_limit (1000)
+    max_commands: int = 1_000  # commands per session, any kind
+    junk_command_limit: int = 100  # NOOP/RSET/VRFY/HELP per session; smtpd_junk_command_limit
+    hard_error_limit: int = 20  # smtpd_hard_error_limit (stressed 1)
+    stress_threshold: float = 0.75  # fraction of max_connections that turns stress on
+    stress_idle_timeout: float = 10.0
+    stress_hard_error_limit: int = 1
+    autoban_threshold: int = 50  # limit hits within the window that trigger a temporary ban
+    autoban_window: float = 300.0
+    autoban_ttl: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _check("max_connections", self.max_connections, 1, 1_000_000)
+        _check("max_connections_per_ip", self.max_connections_per_ip, 1, 1_000_000)
+        _check("ipv6_prefix", self.ipv6_prefix, 32, 128)
+        _check("connection_rate", self.connection_rate, 0, 10_000_000)
+        _check("message_rate", self.message_rate, 0, 10_000_000)
+        _check("recipient_rate", self.recipient_rate, 0, 10_000_000)
+        _check("rate_clients", self.rate_clients, 100, 10_000_000)
+        _check("idle_timeout", self.idle_timeout, 0.1, 3600)
+        _check("session_timeout", self.session_timeout, 0.1, 86_400)
+        _check("data_timeout", self.data_timeout, 0.1, 86_400)
+        _check("min_data_rate", self.min_data_rate, 0, 1_000_000_000)
+        _check("greet_wait", self.greet_wait, 0, 60)
+        # BSON documents stop at 16 MiB; keep headroom for metadata and our Received line.
+        _check("max_message_size", self.max_message_size, 1024, 15 * 1024 * 1024)
+        _check("max_recipients", self.max_recipients, 1, 10_000)
+        _check("max_commands", self.max_commands, 10, 1_000_000)
+        _check("junk_command_limit", self.junk_command_limit, 1, 1_000_000)
+        _check("hard_error_limit", self.hard_error_limit, 1, 10_000)
+        _check("stress_threshold", self.stress_threshold, 0.01, 1.0)
+        _check("stress_idle_timeout", self.stress_idle_timeout, 0.1, 3600)
+        _check("stress_hard_error_limit", self.stress_hard_error_limit, 1, 10_000)
+        _check("autoban_threshold", self.autoban_threshold, 0, 1_000_000)
+        _check("autoban_window", self.autoban_window, 1, 86_400)
+        _check("autoban_ttl", self.autoban_ttl, 1, 31 * 86_400)
+
+    def stressed(self) -> Limits:
+        """The limits that apply while the receiver is under connection stress."""
+        return dataclasses.replace(
+            self,
+            idle_timeout=min(self.idle_timeout, self.stress_idle_timeout),
+            hard_error_limit=min(self.hard_error_limit, self.stress_hard_error_limit),
+        )
+
+    @property
+    def stress_connections(self) -> int:
+        """Open connections at or above which stress mode is on."""
+        return max(1, int(self.max_connections * self.stress_threshold))
+
+
+DEFAULTS = Limits()

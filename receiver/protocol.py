@@ -1,0 +1,350 @@
+"""The SMTP session: aiosmtpd's protocol with the limits it lacks added.
+
+Added here: whole-session and DATA deadlines with a minimum DATA rate, an idle timer that
+only successful commands re-arm (so bad commands never buy time), error and command
+budgets, pregreet detection, enhanced status codes on every reply, a streaming DATA reader
+with bounded memory, and exactly-once release of the connection's admission slot.
+No exception text ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP
+
+from receiver import replies
+from receiver.data import read_body
+from receiver.replies import Reply
+
+if TYPE_CHECKING:
+    from receiver.server import ReceiverState
+
+log = logging.getLogger("floodgate.receiver")
+
+# Reader buffer limit: DATA is read in chunks of up to this size and a command line longer
+# than this is drained, not buffered, so one connection never holds more than ~2x this.
+READ_LIMIT = 64 * 1024
+IDENT = "Floodgate ESMTP"
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP", "EXPN"})
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+# RFC 3463 defaults for aiosmtpd's own replies, which carry no enhanced code (RFC 2034 3).
+_ENHANCED_DEFAULTS = {
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "252": "2.5.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+# Replies that are the client's fault and count against the hard error limit.
+_CLIENT_ERRORS = frozenset({"450", "500", "501", "502", "503", "504", "550", "553", "555"})
+
+
+class FloodgateSMTP(SMTP):  # type: ignore[misc]
+    """One admitted SMTP connection."""
+
+    line_length_limit = READ_LIMIT
+
+    def __init__(self, state: ReceiverState, key: str | None, ip: str) -> None:
+        self.state = state
+        self.client_key = key
+        self.client_ip = ip
+        self.client_name: str | None = None  # reverse DNS, only when configured
+        self.close_reason = "client_closed"
+        self.in_data = False
+        self.in_transaction = False  # from DATA until its reply: shutdown lets it finish
+        self.errors = 0
+        self.replies = 0
+        self.junk = 0
+        self.connected_at = time.monotonic()
+        self._slot_held = True
+        self._early_talker = False
+        self._greeted = False
+        self._in_hello = False
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._data_timer: asyncio.TimerHandle | None = None
+        self._data_start = 0.0
+        self._data_bytes = 0
+        # Per-connection (aiosmtpd keeps this dict on the class and grows it on each EHLO).
+        self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
+            lambda: SMTP.command_size_limit
+        )
+        limits = state.admission.limits
+        super().__init__(
+            state.handler,
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=state.hostname,  # set explicitly: aiosmtpd would look up our FQDN
+            ident=IDENT,
+            timeout=limits.idle_timeout,
+            proxy_protocol_timeout=state.proxy_timeout if key is None else None,
+            loop=state.loop,
+        )
+
+    # --- connection lifecycle -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_idle()
+        self._session_timer = self.loop.call_later(
+            self.state.admission.normal.session_timeout, self._session_deadline
+        )
+        self.state.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        for timer in (self._session_timer, self._data_timer):
+            if timer is not None:
+                timer.cancel()
+        try:
+            super().connection_lost(error)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Give back the admission slot: exactly once, however the connection ended."""
+        if not self._slot_held:
+            return
+        self._slot_held = False
+        self.state.sessions.discard(self)
+        self.state.admission.release(self.client_key)
+        self.state.on_session_closed(self.close_reason)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._greeted:
+            self._early_talker = True
+        super().data_received(data)
+
+    def close_with(self, reply: Reply, reason: str) -> None:
+        """Send a final reply and close (deadlines, budgets, shutdown)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.close_reason = reason
+        transport.write(reply.line())
+        transport.close()
+
+    # --- timers ---------------------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd re-arms after any recognised command, even a failed one; we re-arm only
+        # on success (see push), so a client cannot stay by sending bad commands.
+        if duration is not None:  # the PROXY header wait
+            self._arm_idle(duration)
+
+    def _arm_idle(self, duration: float | None = None) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        seconds = duration or self.state.admission.limits.idle_timeout
+        self._timeout_handle = self.loop.call_later(seconds, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        self.close_with(replies.IDLE_TIMEOUT, "idle_timeout")
+
+    def _session_deadline(self) -> None:
+        self.close_with(replies.SESSION_TIMEOUT, "session_timeout")
+
+    def rearm_for_stress(self) -> None:
+        """Shorten this session's idle timer to the stressed limit (stress just began)."""
+        if not self.in_data and self.transport is not None:
+            self._arm_idle()
+
+    # --- replies --------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+        code = text[:3]
+        final = len(text) < 4 or text[3] != "-"
+        if self._greeted and not self._in_hello and self.session is not None and self.session.extended_smtp:
+            text = _with_enhanced(text, code)
+        self._greeted = True
+        await super().push(text)
+        if not final or self.transport is None:
+            return
+        self._count_reply(code)
+
+    def _count_reply(self, code: str) -> None:
+        limits = self.state.admission.limits
+        self.replies += 1
+        if code[0] in "23":
+            self._arm_idle()
+        elif code in _CLIENT_ERRORS:
+            self.errors += 1
+            if self.errors >= limits.hard_error_limit:
+                self.state.admission.hit(self._key(), "too_many_errors")
+                self.close_with(replies.TOO_MANY_ERRORS, "too_many_errors")
+                return
+        if self.replies > limits.max_commands:
+            self.close_with(replies.TOO_MANY_COMMANDS, "too_many_commands")
+
+    def _key(self) -> str:
+        return self.client_key or self.state.admission.key(self.client_ip)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Log the details for the operator; the client learns only that it should retry.
+        log.error("event=session_exception ip=%s error=%r", self.client_ip, error)
+        return str(replies.INTERNAL_ERROR)
+
+    # --- commands -------------------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        if self.client_key is not None and not await self._before_banner():
+            return
+        await super()._handle_client()
+
+    async def _before_banner(self) -> bool:
+        """Pregreet check and optional reverse DNS; False if the client was refused."""
+        wait = self.state.admission.normal.greet_wait
+        if wait > 0:
+            await asyncio.sleep(wait)
+            if self._early_talker:
+                self.state.admission.hit(self._key(), "pregreet")
+                self.state.on_refused(self._key(), "pregreet")
+                self.close_with(replies.PREGREET, "pregreet")
+                return False
+        if self.state.reverse_dns is not None:
+            self.client_name = await self.state.reverse_dns(self.client_ip)
+        return True
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        # RFC 2034 3: no enhanced codes on the greeting or the EHLO/HELO response.
+        self._in_hello = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_hello = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_hello = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_hello = False
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if self._junk():
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if self._junk():
+            await super().smtp_RSET(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        if self._junk():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        if self._junk():
+            await super().smtp_HELP(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if self._junk():
+            await super().smtp_EXPN(arg)
+
+    def _junk(self) -> bool:
+        """Count a command that moves no mail (NOOP/RSET loops); False once over budget."""
+        self.junk += 1
+        if self.junk > self.state.admission.limits.junk_command_limit:
+            self.close_with(replies.TOO_MANY_COMMANDS, "too_many_commands")
+            return False
+        return True
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(str(replies.BAD_SEQUENCE_NEED_RCPT))
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        self.in_transaction = True
+        try:
+            await self._transaction()
+        finally:
+            self.in_transaction = False
+
+    async def _transaction(self) -> None:
+        assert self.envelope is not None
+        await self.push(replies.START_DATA)
+        body = await self._receive_body()
+        if body is None:
+            return
+        if body.too_big:
+            self.state.on_message("too_big")
+            self._set_post_data_state()
+            await self.push(str(replies.MESSAGE_TOO_BIG))
+            return
+        self.envelope.original_content = body.content
+        self.envelope.content = body.content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _receive_body(self) -> Any:
+        limits = self.state.admission.normal
+        self.in_data = True
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()  # the DATA deadline below replaces the idle timer
+        self._data_start = self.loop.time()
+        self._data_bytes = 0
+        self._data_timer = self.loop.call_later(limits.idle_timeout, self._data_deadline)
+        try:
+            return await read_body(self._reader, limits.max_message_size, self._data_progress)
+        except asyncio.IncompleteReadError:
+            return None  # the client went away mid-DATA; connection_lost cleans up
+        finally:
+            self.in_data = False
+            if self._data_timer is not None:
+                self._data_timer.cancel()
+                self._data_timer = None
+            self._arm_idle()
+
+    def _data_progress(self, received: int) -> None:
+        self._data_bytes = received
+
+    def _data_allowance(self) -> float:
+        """Seconds DATA may take so far: idle time plus what the bytes sent have earned.
+
+        Postfix's smtpd_min_data_rate: each byte received buys 1/min_data_rate seconds,
+        so a trickling client runs out of time while a fast one never notices.
+        """
+        limits = self.state.admission.limits
+        earned = self._data_bytes / limits.min_data_rate if limits.min_data_rate else 1e9
+        return min(limits.idle_timeout + earned, self.state.admission.normal.data_timeout)
+
+    def _data_deadline(self) -> None:
+        elapsed = self.loop.time() - self._data_start
+        allowance = self._data_allowance()
+        if elapsed < allowance - 0.01:
+            self._data_timer = self.loop.call_later(allowance - elapsed, self._data_deadline)
+            return
+        if allowance >= self.state.admission.normal.data_timeout:
+            self.close_with(replies.DATA_TIMEOUT, "data_timeout")
+        else:
+            self.close_with(replies.DATA_TOO_SLOW, "data_too_slow")
+
+
+def _with_enhanced(text: str, code: str) -> str:
+    """Prefix an RFC 3463 code where aiosmtpd's reply lacks one."""
+    if _HAS_ENHANCED.match(text):
+        return text
+    enhanced = _ENHANCED_DEFAULTS.get(code)
+    if enhanced is None or len(text) < 4:
+        return text
+    return f"{text[:4]}{enhanced} {text[4:]}"

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real store (embedded nx-27017, or a replica set given by
+FLOODGATE_TEST_MONGODB_URI) and real receiver/API processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import MongoClient
+
+from mailstore.embedded import EmbeddedStore
+from tests.support.processes import ServiceProcess, start_service
+
+ServiceFactory = Callable[..., ServiceProcess]
+ADMIN_TOKEN = "test-admin-token-" + "x" * 16
+
+
+@pytest.fixture(scope="session")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of the store every test shares (each test gets its own database)."""
+    external = os.environ.get("FLOODGATE_TEST_MONGODB_URI")
+    if external:
+        yield external
+        return
+    store = EmbeddedStore(tmp_path_factory.mktemp("store"))
+    uri = store.start()
+    yield uri
+    store.stop()
+
+
+@pytest.fixture
+def db_name() -> Iterator[str]:
+    """A fresh database name for one test."""
+    yield "fgtest_" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def store_env(store_uri: str, db_name: str) -> dict[str, str]:
+    """FLOODGATE_ settings pointing a process at this test's database."""
+    return {"FLOODGATE_MONGODB_URI": store_uri, "FLOODGATE_MONGODB_DATABASE": db_name}
+
+
+@pytest.fixture
+def mongo(store_uri: str) -> Iterator[MongoClient[dict[str, object]]]:
+    """A synchronous client for checking what really reached the store."""
+    client: MongoClient[dict[str, object]] = MongoClient(store_uri, tz_aware=True)
+    yield client
+    client.close()
+
+
+def _factory(role: str, base_env: dict[str, str], workdir: Path) -> Iterator[ServiceFactory]:
+    started: list[ServiceProcess] = []
+
+    def make(**overrides: str) -> ServiceProcess:
+        env = dict(base_env)
+        env.setdefault("FLOODGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        env.update({_env_name(k): str(v) for k, v in overrides.items()})
+        service = start_service(role, env, workdir)
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        service.stop()
+
+
+def _env_name(key: str) -> str:
+    return key if key.startswith("FLOODGATE_") else "FLOODGATE_" + key.upper()
+
+
+@pytest.fixture
+def make_receiver(store_env: dict[str, str], tmp_path: Path) -> Iterator[ServiceFactory]:
+    """Start a receiver process: `make_receiver(max_connections_per_ip=3, ...)`."""
+    yield from _factory("receiver", store_env, tmp_path)
+
+
+@pytest.fixture
+def make_api(store_env: dict[str, str], tmp_path: Path) -> Iterator[ServiceFactory]:
+    """Start an API process: `make_api()`; requests need `Bearer ADMIN_TOKEN`."""
+    yield from _factory("api", store_env, tmp_path)
+
+
+@pytest.fixture
+def receiver(make_receiver: ServiceFactory) -> ServiceProcess:
+    """A receiver with default limits on this test's database."""
+    return make_receiver()
+
+
+@pytest.fixture
+def api(make_api: ServiceFactory) -> ServiceProcess:
+    return make_api()

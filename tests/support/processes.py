@@ -1,0 +1,124 @@
+"""Start real Floodgate processes (receiver, API) on free loopback ports for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_environ() -> dict[str, str]:
+    """The test runner's environment without any FLOODGATE_ setting leaking in."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("FLOODGATE_")}
+
+
+@dataclass
+class ServiceProcess:
+    """One running `floodgate <role>` process."""
+
+    role: str
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    http_port: int
+    log_path: Path
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def start_service(
+    role: str,
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    host: str = "127.0.0.1",
+    wait: bool = True,
+) -> ServiceProcess:
+    """Start `python -m floodgate <role>` and wait until its /healthz answers."""
+    port = free_port(host)
+    http_port = free_port(host)
+    full_env = clean_environ()
+    full_env.update(
+        {
+            "FLOODGATE_DATA_DIR": str(workdir / f"{role}-{port}"),
+            "FLOODGATE_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if role == "receiver":
+        full_env["FLOODGATE_SMTP_LISTEN"] = f"{host}:{port}"
+        full_env["FLOODGATE_RECEIVER_HTTP_LISTEN"] = f"{host}:{http_port}"
+    else:
+        full_env["FLOODGATE_API_LISTEN"] = f"{host}:{http_port}"
+        port = http_port
+    full_env.update(env)
+    log_path = workdir / f"{role}-{port}.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "floodgate", role],
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    service = ServiceProcess(role, process, host, port, http_port, log_path, full_env)
+    if wait:
+        wait_healthy(service)
+    return service
+
+
+def wait_healthy(service: ServiceProcess, timeout: float = STARTUP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise RuntimeError(f"{service.role} exited early:\n{service.log()}")
+        try:
+            if httpx.get(f"{service.http_url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    service.kill()
+    raise RuntimeError(f"{service.role} did not become healthy:\n{service.log()}")
