@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from receiver.server import ReceiverState
 
 log = logging.getLogger("floodgate.receiver")
+_SPACE = re.compile(r"\s")
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 MAX_HELO = 255  # RFC 5321 4.5.3.1.2 caps a domain at 255 octets
 MAX_PATH = 256  # RFC 5321 4.5.3.1.3
@@ -41,6 +43,10 @@ class SessionHooks(Protocol):
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str: ...
 
+    async def handle_PROXY(
+        self, server: Any, session: Session, envelope: Envelope, proxy_data: Any
+    ) -> bool: ...
+
 
 class Hooks:
     """The receiver's policy at EHLO, MAIL, RCPT and DATA."""
@@ -60,11 +66,22 @@ class Hooks:
         # aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8; add what we also support.
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
+    async def handle_PROXY(
+        self, server: FloodgateSMTP, session: Session, envelope: Envelope, proxy_data: Any
+    ) -> bool:
+        """A trusted proxy told us who the client is: admit that client, or refuse it."""
+        source = getattr(proxy_data, "src_addr", None)
+        if isinstance(source, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            server.client_ip = str(source)
+        # A v2 LOCAL command (the proxy's own health check) carries no client address:
+        # it is judged as the proxy itself.
+        return await server.identify_client()
+
     async def handle_MAIL(
         self, server: FloodgateSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if len(address) > MAX_PATH:
-            return str(replies.BAD_ADDRESS)
+        if not _valid_sender(address):
+            return str(replies.BAD_SENDER)
         refusal = self.state.admission.mail(server._key())
         if refusal is not None:
             self.state.on_message("message_rate")
@@ -173,6 +190,14 @@ def _protocol(session: Session, envelope: Envelope) -> str:
     if getattr(envelope, "smtp_utf8", False):
         return "UTF8SMTP"
     return "ESMTP" if session.extended_smtp else "SMTP"
+
+
+def _valid_sender(address: str) -> bool:
+    """`<>` (bounces) or local@domain within RFC 5321 length limits, no white space."""
+    if address == "<>":
+        return True
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and len(address) <= MAX_PATH and not _SPACE.search(address)
 
 
 def _safe(text: str) -> str:

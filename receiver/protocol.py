@@ -220,6 +220,23 @@ class FloodgateSMTP(SMTP):  # type: ignore[misc]
             self.client_name = await self.state.reverse_dns(self.client_ip)
         return True
 
+    async def identify_client(self) -> bool:
+        """Per-client admission once a PROXY header named the client; False if refused."""
+        key, refusal = self.state.admission.identify(self.client_ip)
+        if refusal is not None:
+            self.state.on_refused(key, refusal.reason)
+            self.close_with(refusal.reply, refusal.reason)
+            return False
+        self.client_key = key
+        self._early_talker = False  # the header itself was not early talk
+        return await self._before_banner()
+
+    async def smtp_PROXY(self, arg: str | None) -> None:
+        # Only sessions from trusted proxies read a PROXY header (before the banner); from
+        # anyone else it is an attempt to spoof their address.
+        self.state.on_refused(self._key(), "untrusted_proxy")
+        self.close_with(replies.UNTRUSTED_PROXY, "untrusted_proxy")
+
     async def smtp_EHLO(self, hostname: str) -> None:
         # RFC 2034 3: no enhanced codes on the greeting or the EHLO/HELO response.
         self._in_hello = True

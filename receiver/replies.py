@@ -34,6 +34,7 @@ TOO_MANY_CONNECTIONS_FROM_IP = Reply(421, "4.7.0", "Too many connections from yo
 TOO_MANY_CONNECTIONS = Reply(421, "4.3.2", "Server busy, try again later")
 CONNECTION_RATE = Reply(421, "4.7.0", "Connection rate limit exceeded, slow down")
 PREGREET = Reply(554, "5.5.1", "Protocol error: talking before the greeting")
+UNTRUSTED_PROXY = Reply(554, "5.7.1", "PROXY header not accepted from your address")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, try again later")
 
 # Deadlines (closed right after).
@@ -50,6 +51,7 @@ RECIPIENT_RATE = Reply(450, "4.7.1", "Recipient rate limit exceeded, try again l
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: we only accept mail for our domains")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 BAD_ADDRESS = Reply(553, "5.1.3", "Malformed address")
+BAD_SENDER = Reply(553, "5.1.7", "Malformed sender address")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 SIZE_DECLARED_TOO_BIG = Reply(552, "5.3.4", "Declared message size exceeds fixed maximum")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")

@@ -13,9 +13,17 @@ from pymongo import MongoClient
 
 from mailstore.embedded import EmbeddedStore
 from tests.support.processes import ServiceProcess, start_service
+from tests.support.smtp import RawClient
 
 ServiceFactory = Callable[..., ServiceProcess]
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
+
+
+@pytest.fixture(autouse=True)
+def _close_raw_clients() -> Iterator[None]:
+    yield
+    while RawClient.opened:
+        RawClient.opened.pop().close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,66 @@
+"""Mailbox API: auth, errors, read and delete, against a real API process."""
+
+from __future__ import annotations
+
+import smtplib
+
+import httpx
+
+from tests.conftest import ADMIN_TOKEN
+from tests.support.processes import ServiceProcess
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def test_v1_routes_need_the_bearer_token(api: ServiceProcess) -> None:
+    url = f"{api.http_url}/v1/mailboxes/a@mx.test/messages"
+    assert httpx.get(url).status_code == 401
+    wrong = httpx.get(url, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]
+    assert httpx.get(url, headers=AUTH).status_code == 200
+    assert httpx.get(f"{api.http_url}/healthz").status_code == 200
+
+
+def test_unknown_message_is_404_with_json_error(api: ServiceProcess) -> None:
+    for path in ("/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", "/v1/messages/nope/raw"):
+        response = httpx.get(api.http_url + path, headers=AUTH)
+        assert response.status_code == 404
+        assert "no message" in response.json()["error"]
+    gone = httpx.delete(f"{api.http_url}/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", headers=AUTH)
+    assert gone.status_code == 404
+
+
+def test_invalid_mailbox_address_is_422(api: ServiceProcess) -> None:
+    response = httpx.get(f"{api.http_url}/v1/mailboxes/no-at-sign/messages", headers=AUTH)
+    assert response.status_code == 422 and response.json()["error"]
+
+
+def test_message_detail_decodes_headers_and_text_then_delete(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    body = (
+        "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Köln\r\n"
+    ).encode()
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as client:
+        client.sendmail("a@example.org", ["read@mx.test"], body)
+    listed = httpx.get(f"{api.http_url}/v1/mailboxes/read@mx.test/messages", headers=AUTH)
+    message_id = listed.json()["messages"][0]["id"]
+    detail = httpx.get(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH).json()
+    assert detail["subject"] == "Grüße"
+    assert ["Subject", "Grüße"] in detail["headers"]
+    assert detail["text"] == "Grüße aus Köln\r\n" or detail["text"] == "Grüße aus Köln\n"
+    assert detail["envelope"]["rcpt_to"] == ["read@mx.test"]
+    deleted = httpx.delete(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH)
+    assert deleted.status_code == 204
+    again = httpx.get(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH)
+    assert again.status_code == 404
+
+
+def test_readyz_and_metrics(api: ServiceProcess, receiver: ServiceProcess) -> None:
+    assert httpx.get(f"{api.http_url}/readyz").status_code == 200
+    metrics = httpx.get(f"{api.http_url}/metrics")
+    assert metrics.status_code == 200 and "floodgate_api_requests" in metrics.text
+    ready = httpx.get(f"{receiver.http_url}/readyz")
+    assert ready.status_code == 200, ready.text
+    assert "floodgate_connections_open" in httpx.get(f"{receiver.http_url}/metrics").text

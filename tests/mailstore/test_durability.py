@@ -1,0 +1,61 @@
+"""A 250 only for durably stored mail: the store is killed and restarted under a live receiver."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pymongo import MongoClient
+
+from mailstore.embedded import EmbeddedStore
+from tests.conftest import ServiceFactory
+from tests.support.smtp import RawClient, queued_id, send_message
+
+
+def test_store_killed_gives_451_never_250_then_recovers(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    try:
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1.5")
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        first = send_message(client, "a@example.org", ["d@mx.test"], b"Subject: 1\r\n\r\nx\r\n")
+        assert first.code == 250
+
+        store.kill()
+        started = time.monotonic()
+        lost = send_message(client, "a@example.org", ["d@mx.test"], b"Subject: 2\r\n\r\nx\r\n")
+        assert lost.code == 451 and lost.text.startswith("4.3.0"), lost
+        assert time.monotonic() - started < 10  # bounded by the store deadline
+
+        store.start()  # same port and files: the receiver reconnects by itself
+        deadline = time.monotonic() + 20
+        while True:
+            again = send_message(client, "a@example.org", ["d@mx.test"], b"Subject: 3\r\n\r\n")
+            if again.code == 250 or time.monotonic() > deadline:
+                break
+            assert again.code == 451
+            time.sleep(0.5)
+        assert again.code == 250
+
+        with MongoClient(uri) as check:
+            messages = check[db_name]["messages"]
+            for reply in (first, again):
+                assert messages.count_documents({"_id": queued_id(reply.text)}) == 1
+    finally:
+        store.stop()
+
+
+def test_receiver_started_while_store_is_down_answers_451_not_250(
+    make_receiver: ServiceFactory, tmp_path: Path
+) -> None:
+    store = EmbeddedStore(tmp_path / "down-store")
+    uri = store.start()
+    store.kill()
+    receiver = make_receiver(mongodb_uri=uri, store_timeout="1")
+    client = RawClient(receiver.host, receiver.port, timeout=30)
+    client.hello()
+    reply = send_message(client, "a@example.org", ["d@mx.test"], b"x\r\n")
+    assert reply.code == 451

@@ -1,0 +1,84 @@
+"""The message store against a real server (embedded, or FLOODGATE_TEST_MONGODB_URI)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from mailstore import IncomingMessage, MessageStore, StoreConfig, new_message_id, utcnow
+
+
+@pytest.fixture
+async def store(store_uri: str, db_name: str) -> AsyncIterator[MessageStore]:
+    opened = await MessageStore.open(StoreConfig(uri=store_uri, database=db_name, retention=3600))
+    yield opened
+    await opened.client.drop_database(db_name)
+    await opened.close()
+
+
+def message(rcpt: tuple[str, ...] = ("box@mx.test",), raw: bytes = b"Subject: s\r\n\r\nb\r\n") -> IncomingMessage:
+    return IncomingMessage(
+        id=new_message_id(),
+        raw=raw,
+        mail_from="Sender@Example.org",
+        rcpt_to=rcpt,
+        peer_ip="127.0.0.1",
+        helo="client.test",
+        received_at=utcnow(),
+        received_header=b"Received: x\r\n",
+    )
+
+
+async def test_insert_keeps_raw_bytes_and_lowercases_envelope(store: MessageStore) -> None:
+    raw = b"Subject: =?utf-8?b?w6k=?=\r\n\r\n\x00\xff\r\n.\r\n"
+    incoming = message(("Box@MX.test",), raw)
+    await store.insert(incoming)
+    doc = await store.get(incoming.id)
+    assert doc is not None
+    assert bytes(doc["raw"]) == raw
+    assert doc["mail_from"] == "sender@example.org" and doc["rcpt"] == ["box@mx.test"]
+    assert doc["headers"]["subject"] == "é"
+    assert doc["size"] == len(raw)
+
+
+async def test_retention_is_a_ttl_index_on_expiry(store: MessageStore) -> None:
+    incoming = message()
+    await store.insert(incoming)
+    info = await store.index_info()
+    ttl = [spec for spec in info.values() if "expireAfterSeconds" in spec]
+    assert [(spec["key"], spec["expireAfterSeconds"]) for spec in ttl] == [
+        ([("expires_at", 1)], 0)
+    ]
+    doc = await store.get(incoming.id)
+    assert doc is not None
+    assert doc["expires_at"] - doc["received_at"] == timedelta(seconds=3600)
+    assert any(spec["key"][0][0] == "rcpt" for spec in info.values())
+
+
+async def test_same_id_inserted_twice_is_stored_once(store: MessageStore) -> None:
+    incoming = message()
+    await store.insert(incoming)
+    await store.insert(incoming)  # a retry: the id fixed at DATA time makes it idempotent
+    assert await store.messages.count_documents({"_id": incoming.id}) == 1
+
+
+async def test_mailbox_lists_newest_first_without_raw(store: MessageStore) -> None:
+    ids = []
+    for _ in range(3):
+        incoming = message(("list@mx.test",))
+        ids.append(incoming.id)
+        await store.insert(incoming)
+    docs = await store.list_mailbox("LIST@mx.test")
+    assert [d["_id"] for d in docs] == list(reversed(ids))
+    assert all("raw" not in d for d in docs)
+
+
+async def test_concurrent_inserts_are_grouped_and_all_durable(store: MessageStore) -> None:
+    import asyncio
+
+    batch = [message(("many@mx.test",)) for _ in range(300)]
+    await asyncio.gather(*(store.insert(m) for m in batch))
+    assert await store.messages.count_documents({"rcpt": "many@mx.test"}) == 300
+    assert store.pending == 0

@@ -1,0 +1,196 @@
+"""The SMTP dialogue against a real receiver process and a real store."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.processes import ServiceProcess
+from tests.support.smtp import RawClient, queued_id, rss_kb, send_message
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def raw_of(api: ServiceProcess, message_id: str) -> bytes:
+    response = httpx.get(f"{api.http_url}/v1/messages/{message_id}/raw", headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "message/rfc822"
+    return strip_received(response.content)
+
+
+def strip_received(data: bytes) -> bytes:
+    """The bytes after our (folded) Received: header."""
+    assert data.startswith(b"Received: from ")
+    position = data.index(b"\r\n") + 2
+    while data[position : position + 1] in (b"\t", b" "):  # continuation lines
+        position = data.index(b"\r\n", position) + 2
+    return data[position:]
+
+
+def listing(api: ServiceProcess, address: str) -> list[dict[str, object]]:
+    response = httpx.get(f"{api.http_url}/v1/mailboxes/{address}/messages", headers=AUTH)
+    assert response.status_code == 200, response.text
+    messages: list[dict[str, object]] = response.json()["messages"]
+    return messages
+
+
+def test_message_is_readable_byte_exact_with_dots_and_8bit(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    body = (
+        "Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: Ann <ann@example.org>\r\n\r\n"
+        ".leading dot\r\n..two dots\r\n.\r\nnaïve déjà vu — 日本語\r\n"
+    ).encode()
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="client.test") as client:
+        client.ehlo()
+        assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
+        assert client.has_extn("pipelining") and client.has_extn("enhancedstatuscodes")
+        code, text = client.docmd("MAIL FROM:<ann@example.org> BODY=8BITMIME")
+        assert code == 250
+        assert client.docmd("RCPT TO:<inbox@mx.test>")[0] == 250
+        code, text = client.data(body)
+    assert code == 250 and text.startswith(b"2.0.0 Ok: queued as ")
+    message_id = queued_id(text.decode())
+    assert raw_of(api, message_id) == body
+    [summary] = listing(api, "inbox@mx.test")
+    assert summary["id"] == message_id and summary["subject"] == "café"
+    assert summary["size"] == len(body)
+
+
+def test_message_to_several_recipients_is_in_each_mailbox(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as client:
+        refused = client.sendmail("a@example.org", ["one@mx.test", "TWO@MX.test"], b"Hi\r\n")
+    assert refused == {}
+    assert len(listing(api, "one@mx.test")) == 1
+    assert len(listing(api, "two@mx.test")) == 1
+
+
+def test_mailbox_lookup_ignores_case(receiver: ServiceProcess, api: ServiceProcess) -> None:
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as client:
+        client.sendmail("a@example.org", ["MiXeD@Mx.Test"], b"Subject: x\r\n\r\nx\r\n")
+    assert len(listing(api, "mixed@mx.test")) == 1
+    assert len(listing(api, "MIXED@MX.TEST")) == 1
+
+
+def test_recipient_outside_our_domains_gets_550_never_relayed(receiver: ServiceProcess) -> None:
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    assert client.cmd("MAIL FROM:<a@example.org>").code == 250
+    reply = client.cmd("RCPT TO:<victim@example.com>")
+    assert reply.code == 550 and reply.text.startswith("5.7.1")
+    assert client.cmd("RCPT TO:<someone@mx.test.example.com>").code == 550
+    assert client.cmd("DATA").code == 503  # no valid recipient, no transaction
+    client.close()
+
+
+def test_recipients_past_the_cap_get_452(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(max_recipients="3")
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    assert client.cmd("MAIL FROM:<a@example.org>").code == 250
+    for n in range(3):
+        assert client.cmd(f"RCPT TO:<r{n}@mx.test>").code == 250
+    reply = client.cmd("RCPT TO:<r3@mx.test>")
+    assert reply.code == 452 and reply.text.startswith("4.5.3")
+    assert client.cmd("DATA").code == 354
+    client.send(b"Subject: capped\r\n\r\nbody\r\n.\r\n")
+    assert client.reply().code == 250  # the first three still get the message
+    client.close()
+
+
+def test_line_longer_than_1000_octets_is_accepted(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    body = b"Subject: long\r\n\r\n" + b"x" * 50_000 + b"\r\nend\r\n"
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    reply = send_message(client, "a@example.org", ["long@mx.test"], body)
+    assert reply.code == 250, reply
+    assert raw_of(api, queued_id(reply.text)) == body
+    client.close()
+
+
+def test_oversized_message_gets_552_and_memory_stays_bounded(
+    make_receiver: ServiceFactory,
+) -> None:
+    receiver = make_receiver(max_message_size="1048576")
+    before = rss_kb(receiver.process.pid)
+    client = RawClient(receiver.host, receiver.port, timeout=60)
+    client.hello()
+    assert client.cmd("MAIL FROM:<a@example.org>").code == 250
+    assert client.cmd("RCPT TO:<big@mx.test>").code == 250
+    assert client.cmd("DATA").code == 354
+    line = b"y" * 998 + b"\r\n"
+    chunk = line * 1000  # ~1 MB
+    for _ in range(40):  # 40 MB streamed, 40x the limit
+        client.send(chunk)
+    client.send(b".\r\n")
+    reply = client.reply()
+    assert reply.code == 552 and reply.text.startswith("5.3.4")
+    grown = rss_kb(receiver.process.pid) - before
+    assert grown < 12 * 1024, f"receiver grew by {grown} KiB while 40 MB streamed"
+    # The session is still usable afterwards.
+    reply = send_message(client, "a@example.org", ["big@mx.test"], b"small\r\n")
+    assert reply.code == 250
+    client.close()
+
+
+def test_declared_size_over_limit_is_refused_at_mail(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(max_message_size="1048576")
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    reply = client.cmd("MAIL FROM:<a@example.org> SIZE=99999999")
+    assert reply.code == 552 and reply.text.startswith("5.3.4")
+    client.close()
+
+
+def test_garbage_and_bad_commands_get_clear_errors_and_server_stays_up(
+    receiver: ServiceProcess,
+) -> None:
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    reply = client.cmd("MAIL FROM:<not an address")
+    assert 500 <= reply.code < 600 and reply.text[:2] == "5."  # enhanced code added
+    assert client.cmd("\x00\xff garbage").code == 500
+    client.send(b"A" * 100_000 + b"\r\n")  # a command line far past 512 octets
+    assert client.reply().code == 500
+    client.close()
+    # Another client is unaffected.
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as other:
+        assert other.sendmail("a@example.org", ["ok@mx.test"], b"fine\r\n") == {}
+
+
+def test_null_sender_bounce_is_accepted(receiver: ServiceProcess) -> None:
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    reply = send_message(client, "", ["bounce@mx.test"], b"Subject: bounce\r\n\r\nx\r\n")
+    assert reply.code == 250
+    client.close()
+
+
+def test_sigterm_lets_a_message_in_data_finish(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    assert client.cmd("MAIL FROM:<a@example.org>").code == 250
+    assert client.cmd("RCPT TO:<drain@mx.test>").code == 250
+    assert client.cmd("DATA").code == 354
+    client.send(b"Subject: in flight\r\n\r\npart one\r\n")
+    receiver.process.terminate()
+    idle = RawClient(receiver.host, receiver.port)  # may be refused or closed: both fine
+    client.send(b"part two\r\n.\r\n")
+    reply = client.reply()
+    assert reply.code == 250, reply
+    assert client.closed_by_server(timeout=10)
+    idle.close()
+    assert receiver.process.wait(15) == 0
+    assert len(listing(api, "drain@mx.test")) == 1
+    with pytest.raises(OSError):
+        socket.create_connection((receiver.host, receiver.port), timeout=2).close()
