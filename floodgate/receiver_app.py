@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 
 import uvloop
 
@@ -61,6 +62,20 @@ class NoBlocklist:
         return None
 
 
+def raise_fd_limit(wanted: int) -> int:
+    """Lift the soft open-files limit toward `wanted` (capped by the hard limit).
+
+    Every connection is a file descriptor; the common default of 1024 would make the
+    kernel refuse connections long before FLOODGATE_MAX_CONNECTIONS is reached.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 async def serve(settings: Settings, uri: str) -> None:
     """Run the receiver until SIGTERM/SIGINT."""
     stop = asyncio.Event()
@@ -75,4 +90,6 @@ async def serve(settings: Settings, uri: str) -> None:
 def main(settings: Settings) -> None:
     if not settings.mongodb_uri:
         raise SystemExit("floodgate receiver needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
+    # Room for every allowed connection plus the store pool, health probes and logs.
+    raise_fd_limit(settings.max_connections + 1024)
     uvloop.run(serve(settings, settings.mongodb_uri))

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from mailstore import IncomingMessage
 from receiver import replies
@@ -118,7 +118,7 @@ class ReceiverState:
 
     # --- the gate -------------------------------------------------------------------
 
-    def admit(self, transport: asyncio.BaseTransport) -> None:
+    def admit(self, transport: asyncio.Transport) -> None:
         """Admit or refuse a new connection before any banner, handler or store work."""
         peer = transport.get_extra_info("peername")
         if not peer:
@@ -145,9 +145,8 @@ class ReceiverState:
         transport.set_protocol(session)
         session.connection_made(transport)
 
-    def refuse(self, transport: asyncio.BaseTransport, key: str, refusal: Refusal) -> None:
+    def refuse(self, transport: asyncio.Transport, key: str, refusal: Refusal) -> None:
         """Send the refusal and close; counted and summarised, never logged one by one."""
-        assert isinstance(transport, asyncio.WriteTransport)
         transport.write(refusal.reply.line())
         transport.close()
         self.on_refused(key, refusal.reason)
@@ -255,7 +254,8 @@ class Gate(asyncio.Protocol):
         self._state = state
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._state.admit(transport)
+        # uvloop's TCP transports are full transports without subclassing asyncio's ABCs.
+        self._state.admit(cast(asyncio.Transport, transport))
 
 
 async def run_receiver(

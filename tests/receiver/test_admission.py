@@ -1,0 +1,112 @@
+import dataclasses
+
+import pytest
+
+from receiver import admission, replies
+from receiver.admission import Admission
+from receiver.limits import DEFAULTS, Limits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limits(**changes: object) -> Limits:
+    return dataclasses.replace(DEFAULTS, **changes)  # type: ignore[arg-type]
+
+
+def test_sixth_connection_from_same_ip_gets_421_4_7_0() -> None:
+    judge = Admission(limits(max_connections_per_ip=5), clock=Clock())
+    for _ in range(5):
+        assert judge.connect("192.0.2.1")[1] is None
+    key, refusal = judge.connect("192.0.2.1")
+    assert refusal is admission.PER_IP_CAP and refusal.reply is replies.TOO_MANY_CONNECTIONS_FROM_IP
+    assert judge.connect("192.0.2.2")[1] is None
+
+
+def test_global_cap_refuses_before_any_per_client_work() -> None:
+    judge = Admission(limits(max_connections=2), clock=Clock())
+    judge.connect("192.0.2.1")
+    judge.connect("192.0.2.2")
+    assert judge.connect("192.0.2.3")[1] is admission.GLOBAL_CAP
+    judge.release("192.0.2.1")
+    assert judge.connect("192.0.2.3")[1] is None
+
+
+def test_blocklisted_ip_is_refused_with_554() -> None:
+    judge = Admission(DEFAULTS, is_blocked=lambda ip: ip == "198.51.100.1", clock=Clock())
+    assert judge.connect("198.51.100.1")[1] is admission.BLOCKED
+    assert judge.counts.total == 0  # a refusal holds no slot
+
+
+def test_ipv6_clients_share_a_slot_pool_per_64() -> None:
+    judge = Admission(limits(max_connections_per_ip=2), clock=Clock())
+    assert judge.connect("2001:db8::1")[1] is None
+    assert judge.connect("2001:db8::2")[1] is None
+    assert judge.connect("2001:db8::ffff")[1] is admission.PER_IP_CAP
+    assert judge.connect("2001:db8:0:1::1")[1] is None
+
+
+def test_stress_turns_on_at_threshold_and_off_with_hysteresis() -> None:
+    seen: list[bool] = []
+    judge = Admission(
+        limits(max_connections=10, stress_threshold=0.5, stress_idle_timeout=5),
+        clock=Clock(),
+        on_stress=lambda on, n: seen.append(on),
+    )
+    keys = [judge.connect(f"192.0.2.{n}")[0] for n in range(5)]
+    assert judge.stressed and judge.limits.idle_timeout == 5
+    judge.release(keys.pop())
+    assert judge.stressed  # 4 >= 80% of 5: still stressed
+    judge.release(keys.pop())
+    assert not judge.stressed and judge.limits.idle_timeout == DEFAULTS.idle_timeout
+    assert seen == [True, False]
+
+
+def test_client_that_keeps_hitting_limits_is_banned_once() -> None:
+    bans: list[tuple[str, str, float]] = []
+    judge = Admission(
+        limits(max_connections_per_ip=1, autoban_threshold=3, autoban_ttl=60),
+        clock=Clock(),
+        on_ban=lambda key, reason, ttl: bans.append((key, reason, ttl)),
+    )
+    judge.connect("192.0.2.9")
+    for _ in range(3):
+        assert judge.connect("192.0.2.9")[1] is admission.PER_IP_CAP
+    assert bans == [("192.0.2.9", "per_ip_cap", 60)]
+    judge.release("192.0.2.9")
+    assert judge.connect("192.0.2.9")[1] is admission.AUTOBANNED
+
+
+def test_autoban_expires() -> None:
+    clock = Clock()
+    judge = Admission(limits(message_rate=1, autoban_threshold=2, autoban_ttl=30), clock=clock)
+    judge.mail("k")
+    judge.mail("k")
+    judge.mail("k")
+    assert judge.connect("k")[1] is admission.AUTOBANNED
+    clock.now += 31
+    assert judge.connect("k")[1] is None
+
+
+def test_proxied_connection_counts_globally_then_per_client() -> None:
+    judge = Admission(limits(max_connections_per_ip=1), clock=Clock())
+    assert judge.connect_unkeyed() is None
+    assert judge.identify("192.0.2.5") == ("192.0.2.5", None)
+    assert judge.connect_unkeyed() is None
+    assert judge.identify("192.0.2.5")[1] is admission.PER_IP_CAP
+    judge.release(None)  # the refused one held only its global slot
+    judge.release("192.0.2.5")
+    assert judge.counts.total == 0 and judge.counts.keys_tracked == 0
+
+
+@pytest.mark.parametrize(
+    "field, value", [("max_connections", 0), ("idle_timeout", 0.0), ("max_message_size", 2**30)]
+)
+def test_limits_out_of_range_are_rejected(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        limits(**{field: value})
