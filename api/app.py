@@ -13,8 +13,13 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pymongo.errors import PyMongoError
 
 from api import messages
@@ -133,7 +138,7 @@ def _health_routes(app: FastAPI) -> None:
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         store: MessageStore = request.app.state.store
-        if not await store.ping(timeout=2.0):
+        if not await store.ping(within=2.0):
             return _error(503, "message store not answering")
         return JSONResponse({"status": "ready"})
 

@@ -15,7 +15,14 @@ def main(settings: Settings, token: str) -> None:
     app = create_app(ApiConfig(store_config(settings, settings.mongodb_uri), token))
     host, port = parse_hostport(settings.api_listen)
     config = uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", log_config=None, access_log=False,
-        timeout_graceful_shutdown=10, limit_concurrency=1000, h11_max_incomplete_event_size=16384,
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=1000,
+        h11_max_incomplete_event_size=16384,
     )
     uvicorn.Server(config).run()

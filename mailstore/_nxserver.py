@@ -20,7 +20,7 @@ def main() -> None:
         kwargs["level"] = logging.WARNING
         original(**kwargs)
 
-    logging.basicConfig = quiet_basic_config  # type: ignore[assignment]
+    logging.basicConfig = quiet_basic_config
     nx_main()
 
 

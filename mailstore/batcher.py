@@ -104,7 +104,9 @@ class InsertBatcher:
             self._wakeup.clear()
             while self._queue:
                 await self._slots.acquire()
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+                batch = [
+                    self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
+                ]
                 if not batch:
                     self._slots.release()
                     break
@@ -116,7 +118,14 @@ class InsertBatcher:
         try:
             failed = await self._insert_many([doc for doc, _ in batch])
         except Exception as error:  # every failure of the batch is a 451 for its members
-            log.warning("store_insert_failed", extra={"event": "store_insert_failed", "size": len(batch), "error": type(error).__name__})
+            log.warning(
+                "store_insert_failed",
+                extra={
+                    "event": "store_insert_failed",
+                    "size": len(batch),
+                    "error": type(error).__name__,
+                },
+            )
             failed = set(range(len(batch)))
         finally:
             self._slots.release()

@@ -14,7 +14,9 @@ Document = dict[str, Any]
 DURABLE = WriteConcern(w="majority", j=True)
 
 
-def connect(uri: str, *, timeout: float = 5.0, app_name: str = "floodgate") -> AsyncMongoClient[Document]:
+def connect(
+    uri: str, *, timeout: float = 5.0, app_name: str = "floodgate"
+) -> AsyncMongoClient[Document]:
     """A client for `uri` whose server selection and connects give up after `timeout` s."""
     ms = max(1, int(timeout * 1000))
     return AsyncMongoClient(

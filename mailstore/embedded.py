@@ -75,7 +75,7 @@ class EmbeddedStore:
             "--log-file",
             str(self.log_path),
         ]
-        stdio = open(self.directory / "nx-27017.stdio", "ab")  # noqa: SIM115
+        stdio = open(self.directory / "nx-27017.stdio", "ab")
         try:
             return subprocess.Popen(
                 command,

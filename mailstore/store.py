@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,15 +107,15 @@ class MessageStore:
             result = await self.messages.delete_one({"_id": message_id})
         return result.deleted_count > 0
 
-    async def ping(self, timeout: float = 2.0) -> bool:
-        """Whether the store answers within `timeout` seconds."""
+    async def ping(self, within: float = 2.0) -> bool:
+        """Whether the store answers within `within` seconds."""
         try:
-            with pymongo.timeout(timeout):
+            with pymongo.timeout(within):
                 await self.client.admin.command("ping")
             return True
-        except (PyMongoError, asyncio.TimeoutError):
+        except (TimeoutError, PyMongoError):
             return False
 
-    async def index_info(self) -> dict[str, Any]:
+    async def index_info(self) -> MutableMapping[str, Any]:
         with pymongo.timeout(self.config.timeout):
             return await self.messages.index_information()

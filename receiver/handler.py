@@ -78,7 +78,12 @@ class Hooks:
         return await server.identify_client()
 
     async def handle_MAIL(
-        self, server: FloodgateSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: FloodgateSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         if not _valid_sender(address):
             return str(replies.BAD_SENDER)
@@ -92,7 +97,12 @@ class Hooks:
         return str(replies.OK)
 
     async def handle_RCPT(
-        self, server: FloodgateSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: FloodgateSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         reply, outcome = self._judge_recipient(server, envelope, address)
         self.state.on_recipient(outcome)
@@ -136,7 +146,9 @@ class Hooks:
         self.state.on_message("stored")
         return str(replies.STORED.with_text(f"Ok: queued as {message.id}"))
 
-    def _message(self, server: FloodgateSMTP, session: Session, envelope: Envelope) -> IncomingMessage:
+    def _message(
+        self, server: FloodgateSMTP, session: Session, envelope: Envelope
+    ) -> IncomingMessage:
         message_id = new_message_id()
         now = utcnow()
         helo = _safe(session.host_name or "unknown")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 # Postfix equivalents are named beside each default; the README repeats them.
 
+
 def _check(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ValueError(f"{name}={value} is out of range [{low}, {high}]")

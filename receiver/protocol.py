@@ -14,7 +14,7 @@ import collections
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP
 
@@ -54,7 +54,7 @@ _ENHANCED_DEFAULTS = {
 _CLIENT_ERRORS = frozenset({"450", "500", "501", "502", "503", "504", "550", "553", "555"})
 
 
-class FloodgateSMTP(SMTP):  # type: ignore[misc]
+class FloodgateSMTP(SMTP):
     """One admitted SMTP connection."""
 
     line_length_limit = READ_LIMIT
@@ -131,7 +131,7 @@ class FloodgateSMTP(SMTP):  # type: ignore[misc]
 
     def close_with(self, reply: Reply, reason: str) -> None:
         """Send a final reply and close (deadlines, budgets, shutdown)."""
-        transport = self.transport
+        transport = cast(asyncio.Transport | None, self.transport)
         if transport is None or transport.is_closing():
             return
         self.close_reason = reason
@@ -169,7 +169,12 @@ class FloodgateSMTP(SMTP):  # type: ignore[misc]
         text = status if isinstance(status, str) else status.decode("utf-8", "replace")
         code = text[:3]
         final = len(text) < 4 or text[3] != "-"
-        if self._greeted and not self._in_hello and self.session is not None and self.session.extended_smtp:
+        if (
+            self._greeted
+            and not self._in_hello
+            and self.session is not None
+            and self.session.extended_smtp
+        ):
             text = _with_enhanced(text, code)
         self._greeted = True
         await super().push(text)
@@ -304,13 +309,13 @@ class FloodgateSMTP(SMTP):  # type: ignore[misc]
             return
         if body.too_big:
             self.state.on_message("too_big")
-            self._set_post_data_state()
+            self.envelope = self._create_envelope()
             await self.push(str(replies.MESSAGE_TOO_BIG))
             return
         self.envelope.original_content = body.content
         self.envelope.content = body.content
         status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        self.envelope = self._create_envelope()
         await self.push(status)
 
     async def _receive_body(self) -> Any:

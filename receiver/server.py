@@ -33,11 +33,12 @@ HEALTH_INTERVAL = 2.0
 class MessageSink(Protocol):
     """Where accepted messages go; `insert` returns only once the message is durable."""
 
-    pending: int
+    @property
+    def pending(self) -> int: ...
 
     async def insert(self, message: IncomingMessage) -> None: ...
 
-    async def ping(self, timeout: float = 2.0) -> bool: ...
+    async def ping(self, within: float = 2.0) -> bool: ...
 
 
 class BlocklistView(Protocol):
@@ -126,6 +127,7 @@ class ReceiverState:
             return
         ip: str = peer[0]
         key: str | None
+        refusal: Refusal | None
         if self.draining:
             key, refusal = ip, SHUTDOWN_REFUSAL
         elif self._from_trusted_proxy(ip):
@@ -212,7 +214,7 @@ class ReceiverState:
     async def watch_store(self, stop: asyncio.Event) -> None:
         """Ping the store in the background; log each change of health once."""
         while not stop.is_set():
-            ok = await self.store.ping(timeout=min(2.0, HEALTH_INTERVAL))
+            ok = await self.store.ping(within=min(2.0, HEALTH_INTERVAL))
             if ok != self.store_ok:
                 emit("store_up" if ok else "store_down")
                 self.store_ok = ok
@@ -273,8 +275,12 @@ async def run_receiver(
         lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True
     )
     watcher = loop.create_task(state.watch_store(stop))
-    emit("receiver_listening", smtp=f"{config.smtp_host}:{config.smtp_port}",
-         http=f"{config.http_host}:{config.http_port}", hostname=config.hostname)
+    emit(
+        "receiver_listening",
+        smtp=f"{config.smtp_host}:{config.smtp_port}",
+        http=f"{config.http_host}:{config.http_port}",
+        hostname=config.hostname,
+    )
     await stop.wait()
     emit("receiver_stopping", sessions=len(state.sessions))
     server.close()

@@ -18,7 +18,9 @@ async def store(store_uri: str, db_name: str) -> AsyncIterator[MessageStore]:
     await opened.close()
 
 
-def message(rcpt: tuple[str, ...] = ("box@mx.test",), raw: bytes = b"Subject: s\r\n\r\nb\r\n") -> IncomingMessage:
+def message(
+    rcpt: tuple[str, ...] = ("box@mx.test",), raw: bytes = b"Subject: s\r\n\r\nb\r\n"
+) -> IncomingMessage:
     return IncomingMessage(
         id=new_message_id(),
         raw=raw,
@@ -48,9 +50,7 @@ async def test_retention_is_a_ttl_index_on_expiry(store: MessageStore) -> None:
     await store.insert(incoming)
     info = await store.index_info()
     ttl = [spec for spec in info.values() if "expireAfterSeconds" in spec]
-    assert [(spec["key"], spec["expireAfterSeconds"]) for spec in ttl] == [
-        ([("expires_at", 1)], 0)
-    ]
+    assert [(spec["key"], spec["expireAfterSeconds"]) for spec in ttl] == [([("expires_at", 1)], 0)]
     doc = await store.get(incoming.id)
     assert doc is not None
     assert doc["expires_at"] - doc["received_at"] == timedelta(seconds=3600)

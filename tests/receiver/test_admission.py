@@ -23,7 +23,7 @@ def test_sixth_connection_from_same_ip_gets_421_4_7_0() -> None:
     judge = Admission(limits(max_connections_per_ip=5), clock=Clock())
     for _ in range(5):
         assert judge.connect("192.0.2.1")[1] is None
-    key, refusal = judge.connect("192.0.2.1")
+    _, refusal = judge.connect("192.0.2.1")
     assert refusal is admission.PER_IP_CAP and refusal.reply is replies.TOO_MANY_CONNECTIONS_FROM_IP
     assert judge.connect("192.0.2.2")[1] is None
 

@@ -15,7 +15,9 @@ def stuff(lines: list[bytes]) -> bytes:
     return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines)
 
 
-async def read(wire: bytes, limit: int = 10**6, buffer_limit: int = 64) -> tuple[bytes, bool, bytes]:
+async def read(
+    wire: bytes, limit: int = 10**6, buffer_limit: int = 64
+) -> tuple[bytes, bool, bytes]:
     reader = asyncio.StreamReader(limit=buffer_limit)
     reader.feed_data(wire)
     reader.feed_eof()

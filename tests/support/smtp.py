@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass
@@ -26,7 +27,7 @@ class RawClient:
     Every client is closed at the end of the test that made it (see tests/conftest.py).
     """
 
-    opened: list[RawClient] = []
+    opened: ClassVar[list[RawClient]] = []
 
     def __init__(
         self, host: str, port: int, *, source: str | None = None, timeout: float = 10.0
@@ -75,7 +76,7 @@ class RawClient:
                 if not chunk:
                     return True
                 self._buffer += chunk
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True
@@ -89,9 +90,7 @@ class RawClient:
         self.sock.close()
 
 
-def send_message(
-    client: RawClient, sender: str, recipients: list[str], body: bytes
-) -> Reply:
+def send_message(client: RawClient, sender: str, recipients: list[str], body: bytes) -> Reply:
     """MAIL, RCPT..., DATA with dot-stuffing; returns the final reply after the dot."""
     assert client.cmd(f"MAIL FROM:<{sender}>").code == 250
     for rcpt in recipients:
