@@ -103,6 +103,12 @@ class ReceiverState:
             on_stress=self._on_stress,
         )
         self.handler = Hooks(self)
+        # The hooks aiosmtpd looks up by name, found once rather than per connection.
+        self.hooks_table = {
+            name[len("handle_") :]: getattr(self.handler, name)
+            for name in dir(self.handler)
+            if name.startswith("handle_")
+        }
         self.proxy_timeout = config.proxy_timeout
         self.reverse_dns: ReverseDns | None = self._lookup if config.reverse_dns else None
         self._outcomes = {o: self.metrics.connections.labels(o) for o in _outcome_names()}
