@@ -62,11 +62,11 @@ def mongo(store_uri: str) -> Iterator[MongoClient[dict[str, object]]]:
 def _factory(role: str, base_env: dict[str, str], workdir: Path) -> Iterator[ServiceFactory]:
     started: list[ServiceProcess] = []
 
-    def make(**overrides: str) -> ServiceProcess:
+    def make(host: str = "127.0.0.1", **overrides: str) -> ServiceProcess:
         env = dict(base_env)
         env.setdefault("FLOODGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         env.update({_env_name(k): str(v) for k, v in overrides.items()})
-        service = start_service(role, env, workdir)
+        service = start_service(role, env, workdir, host=host)
         started.append(service)
         return service
 

@@ -82,3 +82,25 @@ async def test_concurrent_inserts_are_grouped_and_all_durable(store: MessageStor
     await asyncio.gather(*(store.insert(m) for m in batch))
     assert await store.messages.count_documents({"rcpt": "many@mx.test"}) == 300
     assert store.pending == 0
+
+
+async def test_inserts_past_the_pending_bound_are_refused_not_queued(
+    store_uri: str, db_name: str
+) -> None:
+    import asyncio
+
+    from mailstore import StoreBusy
+
+    small = await MessageStore.open(StoreConfig(uri=store_uri, database=db_name, max_pending=5))
+    try:
+        outcomes = await asyncio.gather(
+            *(small.insert(message(("busy@mx.test",))) for _ in range(40)),
+            return_exceptions=True,
+        )
+        stored = [o for o in outcomes if o is None]
+        busy = [o for o in outcomes if isinstance(o, StoreBusy)]
+        assert len(stored) == 5 and len(busy) == 35
+        assert await small.messages.count_documents({"rcpt": "busy@mx.test"}) == 5
+        assert small.pending == 0
+    finally:
+        await small.close()

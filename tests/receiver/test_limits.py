@@ -268,3 +268,12 @@ def test_legitimate_sender_is_served_while_1000_idle_sockets_are_held(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_ipv6_client_is_capped_per_64_over_real_ipv6(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(host="::1", max_connections_per_ip="2", **FAST)
+    held = [RawClient("::1", receiver.port) for _ in range(2)]
+    for client in held:
+        assert client.reply().code == 220
+    refused = RawClient("::1", receiver.port).reply()
+    assert (refused.code, refused.text[:5]) == (421, "4.7.0")

@@ -43,7 +43,7 @@ class ServiceProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -77,7 +77,7 @@ def start_service(
 ) -> ServiceProcess:
     """Start `python -m floodgate <role>` and wait until its /healthz answers."""
     port = free_port(host)
-    http_port = free_port(host)
+    http_port = free_port()  # health and API stay on 127.0.0.1
     full_env = clean_environ()
     full_env.update(
         {
@@ -87,10 +87,11 @@ def start_service(
         }
     )
     if role == "receiver":
-        full_env["FLOODGATE_SMTP_LISTEN"] = f"{host}:{port}"
-        full_env["FLOODGATE_RECEIVER_HTTP_LISTEN"] = f"{host}:{http_port}"
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        full_env["FLOODGATE_SMTP_LISTEN"] = listen
+        full_env["FLOODGATE_RECEIVER_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
     else:
-        full_env["FLOODGATE_API_LISTEN"] = f"{host}:{http_port}"
+        full_env["FLOODGATE_API_LISTEN"] = f"127.0.0.1:{http_port}"
         port = http_port
     full_env.update(env)
     log_path = workdir / f"{role}-{port}.log"
@@ -103,7 +104,15 @@ def start_service(
             stderr=subprocess.STDOUT,
             cwd=workdir,
         )
-    service = ServiceProcess(role, process, host, port, http_port, log_path, full_env)
+    service = ServiceProcess(
+        role,
+        process,
+        host if role == "receiver" else "127.0.0.1",
+        port,
+        http_port,
+        log_path,
+        full_env,
+    )
     if wait:
         wait_healthy(service)
     return service
