@@ -128,6 +128,11 @@ class Hooks:
         return replies.RCPT_OK, "accepted"
 
     async def handle_DATA(self, server: FloodgateSMTP, session: Session, envelope: Envelope) -> str:
+        if self.state.store_ok is False:
+            # The health loop saw the store down: answer at once rather than hold the
+            # sender (and a pending-insert slot) for the whole store deadline.
+            self.state.on_message("store_failed")
+            return str(replies.NOT_STORED)
         message = self._message(server, session, envelope)
         started = time.perf_counter()
         try:

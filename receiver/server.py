@@ -95,7 +95,7 @@ class ReceiverState:
         self.summary = SummaryLog(config.log_summary_interval)
         self.sessions: set[FloodgateSMTP] = set()
         self.draining = False
-        self.store_ok = False
+        self.store_ok: bool | None = None  # unknown until the first health check
         self.admission = Admission(
             config.limits,
             is_blocked=blocklist.is_blocked,
@@ -210,20 +210,24 @@ class ReceiverState:
     def ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting down"
-        if not self.store_ok:
+        if self.store_ok is not True:
             return False, "store not answering"
         staleness = self.blocklist.staleness()
         if staleness > self.config.blocklist_max_staleness:
             return False, f"blocklist stale for {staleness:.0f}s"
         return True, "ready"
 
+    async def check_store(self) -> None:
+        """Ping the store once; log a change of health once, not per check."""
+        ok = await self.store.ping(within=min(2.0, HEALTH_INTERVAL))
+        if ok != self.store_ok:
+            emit("store_up" if ok else "store_down")
+            self.store_ok = ok
+
     async def watch_store(self, stop: asyncio.Event) -> None:
-        """Ping the store in the background; log each change of health once."""
+        """Check the store in the background, so a dead one is known before mail hits it."""
         while not stop.is_set():
-            ok = await self.store.ping(within=min(2.0, HEALTH_INTERVAL))
-            if ok != self.store_ok:
-                emit("store_up" if ok else "store_down")
-                self.store_ok = ok
+            await self.check_store()
             self.summary.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), HEALTH_INTERVAL)
@@ -276,10 +280,10 @@ async def run_receiver(
     loop = asyncio.get_running_loop()
     state = ReceiverState(config, store, blocklist, loop)
     health = HealthServer(state.metrics.registry, state.ready)
-    await health.start(config.http_host, config.http_port)
     server = await loop.create_server(
         lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True
     )
+    await health.start(config.http_host, config.http_port)
     watcher = loop.create_task(state.watch_store(stop))
     emit(
         "receiver_listening",
