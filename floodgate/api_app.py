@@ -5,13 +5,14 @@ from __future__ import annotations
 import uvicorn
 
 from api.app import ApiConfig, create_app
+from floodgate.errors import fail
 from floodgate.receiver_app import store_config
 from floodgate.settings import Settings, parse_hostport
 
 
 def main(settings: Settings, token: str) -> None:
     if not settings.mongodb_uri:
-        raise SystemExit("floodgate api needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
+        fail("floodgate api needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
     app = create_app(ApiConfig(store_config(settings, settings.mongodb_uri), token))
     host, port = parse_hostport(settings.api_listen)
     config = uvicorn.Config(
@@ -25,4 +26,7 @@ def main(settings: Settings, token: str) -> None:
         limit_concurrency=1000,
         h11_max_incomplete_event_size=16384,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # uvicorn logs why (e.g. the address is in use) and returns
+        raise SystemExit(2)

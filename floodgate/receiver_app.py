@@ -7,6 +7,7 @@ import resource
 
 import uvloop
 
+from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
 from receiver.server import ReceiverConfig, install_signal_handlers, run_receiver
@@ -89,7 +90,10 @@ async def serve(settings: Settings, uri: str) -> None:
 
 def main(settings: Settings) -> None:
     if not settings.mongodb_uri:
-        raise SystemExit("floodgate receiver needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
+        fail("floodgate receiver needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
     # Room for every allowed connection plus the store pool, health probes and logs.
     raise_fd_limit(settings.max_connections + 1024)
-    uvloop.run(serve(settings, settings.mongodb_uri))
+    try:
+        uvloop.run(serve(settings, settings.mongodb_uri))
+    except OSError as error:  # typically: the address is already in use
+        fail(f"floodgate receiver: cannot listen: {error}")

@@ -12,16 +12,18 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
+from floodgate.errors import CONFIG_ERROR
 from floodgate.settings import Settings, parse_hostport
 from mailstore.embedded import EmbeddedStore
 
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
 RESTART_WINDOW = 60.0
 POLL = 0.2
+STARTUP_TIMEOUT = 60.0
 
 
 def admin_token(settings: Settings) -> tuple[str, bool]:
@@ -91,13 +93,33 @@ class Supervisor:
         token, created = admin_token(self.settings)
         env = {**os.environ, "FLOODGATE_MONGODB_URI": uri, "FLOODGATE_ADMIN_TOKEN": token}
         self.children = [Child("receiver", env), Child("api", env)]
-        for child in self.children:
-            child.start()
-        self._banner(uri, token, created)
         try:
+            for child in self.children:
+                child.start()
+            if not self._wait_healthy():
+                return 1
+            self._banner(uri, token, created)
             return self._watch()
         finally:
             self._shutdown()
+
+    def _wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> bool:
+        """Wait until every child answers /healthz; False if one exits or time runs out."""
+        urls = [
+            "http://{}:{}/healthz".format(*parse_hostport(self.settings.receiver_http_listen)),
+            "http://{}:{}/healthz".format(*parse_hostport(self.settings.api_listen)),
+        ]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            for child in self.children:
+                if child.exited() is not None:
+                    print(f"floodgate: {child.role} exited during start-up; stopping")
+                    return False
+            if all(_answers(url) for url in urls):
+                return True
+            time.sleep(POLL)
+        print("floodgate: start-up timed out")
+        return False
 
     def _start_store(self) -> str:
         self.store = EmbeddedStore(self.settings.data_dir / "store")
@@ -115,6 +137,9 @@ class Supervisor:
                 code = child.exited()
                 if code is None or self.stopping:
                     continue
+                if code == CONFIG_ERROR:  # restarting cannot fix a bad setting or a busy port
+                    print(f"floodgate: {child.role} cannot start (see above); stopping")
+                    return 1
                 if not child.may_restart():
                     print(f"floodgate: {child.role} keeps exiting (last code {code}); stopping")
                     return 1
@@ -139,7 +164,7 @@ class Supervisor:
     def _banner(self, uri: str, token: str, created: bool) -> None:
         smtp_host, smtp_port = parse_hostport(self.settings.smtp_listen)
         api_host, api_port = parse_hostport(self.settings.api_listen)
-        domain = self.settings.smtp_hostname if False else sorted(self.settings.domain_set)[0]
+        domain = sorted(self.settings.domain_set)[0]
         where = self.settings.data_dir / "admin-token"
         token_note = f"(new, saved to {where})" if created else ""
         api = f"http://{api_host}:{api_port}"
@@ -162,9 +187,13 @@ Stop with Ctrl-C.
         )
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own http URL
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def main(settings: Settings) -> int:
     return Supervisor(settings).run()
-
-
-def data_path(settings: Settings) -> Path:
-    return settings.data_dir
