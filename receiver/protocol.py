@@ -248,6 +248,10 @@ class FloodgateSMTP(SMTP):
         """Pregreet check and optional reverse DNS; False if the client was refused."""
         wait = self.state.admission.normal.greet_wait
         if wait > 0:
+            # Postscreen's teaser: the first line of a multi-line greeting. A real client
+            # waits for the final "220 " line; a bot that fires its commands now is caught.
+            transport = cast(asyncio.Transport, self.transport)
+            transport.write(f"220-{self.hostname} ESMTP\r\n".encode("ascii", "replace"))
             await asyncio.sleep(wait)
             if self._early_talker:
                 self.state.admission.hit(self._key(), "pregreet")

@@ -6,6 +6,7 @@ clients; Linux routes all of 127/8 to the loopback interface.
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import struct
 import time
@@ -136,11 +137,13 @@ def test_client_talking_before_the_greeting_is_refused(make_receiver: ServiceFac
     receiver = make_receiver(greet_wait="0.5")
     early = RawClient(receiver.host, receiver.port)
     early.send("EHLO spammer.test\r\n")
-    reply = early.reply()
-    assert reply.code == 554 and reply.text.startswith("5.5.1")
+    reply = early.reply()  # the teaser "220-" line folds into the final reply
+    assert reply.code == 554 and reply.lines[-1].startswith("5.5.1")
     assert early.closed_by_server()
     patient = RawClient(receiver.host, receiver.port)
-    assert patient.hello().code == 250  # waits for the banner: served
+    assert patient.hello().code == 250  # waits for the whole greeting: served
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as client:
+        assert client.sendmail("a@example.org", ["p@mx.test"], b"x\r\n") == {}
     assert sample(receiver.http_url, "floodgate_connections_total", outcome="pregreet") == 1
 
 
