@@ -13,7 +13,8 @@ import asyncio
 import collections
 import logging
 import re
-import time
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP
@@ -60,29 +61,48 @@ class FloodgateSMTP(SMTP):
 
     line_length_limit = READ_LIMIT
 
+    # Defaults every session shares. A class attribute costs no per-connection memory; an
+    # instance attribute appears only when a session changes it. Ten thousand held sockets
+    # make this matter (see bench: RSS per held socket).
+    client_name: str | None = None  # reverse DNS, only when configured
+    close_reason = "client_closed"
+    in_data = False
+    in_transaction = False  # from DATA until its reply: shutdown lets it finish
+    errors = 0
+    junk = 0
+    _early_talker = False
+    _in_hello = False
+    _data_timer: asyncio.TimerHandle | None = None
+    _data_start = 0.0
+    _data_bytes = 0
+    # aiosmtpd's settings for a plain-text MX without AUTH or STARTTLS.
+    __ident__ = IDENT
+    enable_SMTPUTF8 = True
+    _decode_data = False
+    tls_context = None
+    require_starttls = False
+    _tls_handshake_okay = True
+    _tls_protocol = None
+    _original_transport = None
+    _auth_require_tls = True
+    _authenticator = None
+    _auth_callback = None
+    _auth_required = False
+    _auth_methods: Mapping[str, Any] = MappingProxyType({})  # no AUTH: see smtp_AUTH
+    _ehlo_hook_ver = "new"
+    _enforce_call_limit = False
+
     def __init__(self, state: ReceiverState, key: str | None, ip: str) -> None:
         self.state = state
         self.client_key = key
         self.client_ip = ip
-        self.client_name: str | None = None  # reverse DNS, only when configured
-        self.close_reason = "client_closed"
-        self.in_data = False
-        self.in_transaction = False  # from DATA until its reply: shutdown lets it finish
-        self.errors = 0
         self.replies = 0
-        self.junk = 0
-        self.connected_at = time.monotonic()
         self._slot_held = True
-        self._early_talker = False
         self._greeted = False
-        self._in_hello = False
         self._session_timer: asyncio.TimerHandle | None = None
-        self._data_timer: asyncio.TimerHandle | None = None
-        self._data_start = 0.0
-        self._data_bytes = 0
-        # Per-connection (aiosmtpd keeps this dict on the class and grows it on each EHLO).
+        # Per connection: aiosmtpd keeps this on the class and grows it on every EHLO.
         self.command_size_limits: collections.defaultdict[str, int] = collections.defaultdict(
-            lambda: SMTP.command_size_limit
+            _default_command_size
         )
         self._init_smtp(state, proxied=key is None)
 
@@ -93,41 +113,26 @@ class FloodgateSMTP(SMTP):
         inspect.getmembers() and dir() for every connection: ~130 us, the largest cost of
         a short session. The answers never change, so they are computed once per class
         and handler. tests/receiver/test_protocol.py checks that every attribute
-        SMTP.__init__ sets is set here too.
+        SMTP.__init__ sets is set here or on the class.
         """
         loop = state.loop
         reader = asyncio.StreamReader(loop=loop, limit=READ_LIMIT)
         asyncio.StreamReaderProtocol.__init__(
             self, reader, client_connected_cb=self._cb_client_connected, loop=loop
         )
-        self.__ident__ = IDENT
         self.loop = loop
         self.event_handler = state.handler
         self.data_size_limit = state.admission.normal.max_message_size
-        self.enable_SMTPUTF8 = True
-        self._decode_data = False
         self.hostname = state.hostname  # set explicitly: aiosmtpd would look up our FQDN
-        self.tls_context = None
-        self.require_starttls = False
         self._timeout_duration = state.admission.limits.idle_timeout
         self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
         self.session = None
         self.envelope = None
         self.transport = None
         self._handler_coroutine = None
-        self._auth_require_tls = True
         self._proxy_timeout = state.proxy_timeout if proxied else None
-        self._authenticator = None
-        self._auth_callback = None
-        self._auth_required = False
-        self._auth_methods = {}  # an MX takes mail from anyone: no AUTH (see smtp_AUTH)
         self._handle_hooks = state.hooks_table
-        self._ehlo_hook_ver = "new"
-        self._smtp_methods = {name: getattr(self, attr) for name, attr in _COMMANDS}
-        self._enforce_call_limit = False
+        self._smtp_methods = _Commands(self)
 
     # --- connection lifecycle -------------------------------------------------------
 
@@ -411,7 +416,32 @@ class FloodgateSMTP(SMTP):
             self.close_with(replies.DATA_TOO_SLOW, "data_too_slow")
 
 
-_COMMANDS = tuple((name[5:], name) for name in dir(FloodgateSMTP) if name.startswith("smtp_"))
+_COMMANDS = frozenset(name[5:] for name in dir(FloodgateSMTP) if name.startswith("smtp_"))
+
+
+class _Commands:
+    """aiosmtpd's command table, binding a method only when a command arrives.
+
+    aiosmtpd builds a dict of ~20 bound methods per connection (~2.5 KB); this costs one
+    small object.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: FloodgateSMTP) -> None:
+        self._session = session
+
+    def get(self, command: str, default: Any = None) -> Any:
+        if command in _COMMANDS:
+            return getattr(self._session, "smtp_" + command)
+        return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_COMMANDS)
+
+
+def _default_command_size() -> int:
+    return int(SMTP.command_size_limit)
 
 
 def _with_enhanced(text: str, code: str) -> str:

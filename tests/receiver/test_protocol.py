@@ -40,7 +40,7 @@ async def test_fast_init_sets_every_attribute_aiosmtpd_sets() -> None:
     state = ReceiverState(config, NullStore(), NullBlocklist(), loop)
     ours = FloodgateSMTP(state, "192.0.2.1", "192.0.2.1")
     theirs = SMTP(state.handler, hostname="mx.test", loop=loop)
-    missing = set(vars(theirs)) - set(vars(ours))
+    missing = {name for name in vars(theirs) if not hasattr(ours, name)}
     assert not missing, f"aiosmtpd sets attributes our session does not: {missing}"
     assert set(ours._smtp_methods) == set(theirs._smtp_methods) | {"PROXY"}  # ours refuses it
     assert set(ours._handle_hooks) == set(theirs._handle_hooks)
