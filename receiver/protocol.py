@@ -13,8 +13,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Iterator, Mapping
-from types import MappingProxyType
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP
@@ -88,7 +87,7 @@ class FloodgateSMTP(SMTP):
     _authenticator = None
     _auth_callback = None
     _auth_required = False
-    _auth_methods: Mapping[str, Any] = MappingProxyType({})  # no AUTH: see smtp_AUTH
+    _auth_methods: dict[str, Any] = {}  # noqa: RUF012 - never filled: no AUTH, see smtp_AUTH
     _ehlo_hook_ver = "new"
     _enforce_call_limit = False
 
@@ -419,7 +418,7 @@ class FloodgateSMTP(SMTP):
 _COMMANDS = frozenset(name[5:] for name in dir(FloodgateSMTP) if name.startswith("smtp_"))
 
 
-class _Commands:
+class _Commands(dict[str, Any]):
     """aiosmtpd's command table, binding a method only when a command arrives.
 
     aiosmtpd builds a dict of ~20 bound methods per connection (~2.5 KB); this costs one
