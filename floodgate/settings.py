@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     greet_wait: float = _L.greet_wait
     max_message_size: int = _L.max_message_size
     max_recipients: int = _L.max_recipients
+    max_data_memory: int = _L.max_data_memory
     max_commands: int = _L.max_commands
     junk_command_limit: int = _L.junk_command_limit
     hard_error_limit: int = _L.hard_error_limit

@@ -18,11 +18,44 @@ END = b"\r\n.\r\n"  # end-of-data: CRLF, a lone dot, CRLF (RFC 5321 4.1.1.4)
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """The received body: unstuffed bytes, or `too_big` with what was counted."""
+    """The received body: unstuffed bytes, or why it was not kept.
+
+    `reserved` bytes of the shared budget stay taken until the caller releases them
+    (after the store answers); a body that was not kept holds none.
+    """
 
     content: bytes
     received: int
     too_big: bool
+    no_memory: bool = False
+    reserved: int = 0
+
+
+class MemoryBudget:
+    """Bytes of message data all sessions together may hold in memory.
+
+    Each session is capped at the message size limit; this caps their sum, so ten
+    thousand clients in DATA at once cannot exhaust the host.
+    """
+
+    __slots__ = ("available", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.available = limit
+
+    def take(self, amount: int) -> bool:
+        if amount > self.available:
+            return False
+        self.available -= amount
+        return True
+
+    def give(self, amount: int) -> None:
+        self.available = min(self.limit, self.available + amount)
+
+    @property
+    def used(self) -> int:
+        return self.limit - self.available
 
 
 def _pending_prefix(tail: bytes) -> int:
@@ -37,28 +70,76 @@ async def read_body(
     reader: asyncio.StreamReader,
     limit: int,
     on_progress: Callable[[int], None],
+    budget: MemoryBudget | None = None,
 ) -> Body:
     """Read up to and including the end marker; see the module docstring.
 
     `on_progress(total_bytes)` is called after each read, for deadlines and rates.
     """
-    parts: list[bytes] = []
-    kept = 0
-    received = 0
-    too_big = False
+    budget = budget or MemoryBudget(limit)
+    state = _Reading(limit, budget, on_progress)
+    try:
+        return await _read(reader, state)
+    except BaseException:
+        state.drop()  # the client vanished mid-DATA: give the memory back
+        raise
 
-    def keep(chunk: bytes) -> None:
-        nonlocal kept, received, too_big
+
+class _Reading:
+    """What has been kept so far, and whether it still can be."""
+
+    __slots__ = (
+        "budget",
+        "kept",
+        "limit",
+        "no_memory",
+        "on_progress",
+        "parts",
+        "received",
+        "too_big",
+    )
+
+    def __init__(
+        self, limit: int, budget: MemoryBudget, on_progress: Callable[[int], None]
+    ) -> None:
+        self.limit = limit
+        self.budget = budget
+        self.on_progress = on_progress
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.received = 0
+        self.too_big = False
+        self.no_memory = False
+
+    def keep(self, chunk: bytes) -> None:
         if not chunk:
             return
-        received += len(chunk)
-        if not too_big and received > limit:
-            too_big = True
-            parts.clear()  # free memory now; the rest is only counted
-        if not too_big:
-            parts.append(chunk)
-            kept += len(chunk)
-        on_progress(received)
+        self.received += len(chunk)
+        if not self.too_big and self.received > self.limit:
+            self.too_big = True
+            self.drop()  # free memory now; the rest is only counted
+        elif not (self.too_big or self.no_memory):
+            if self.budget.take(len(chunk)):
+                self.parts.append(chunk)
+                self.kept += len(chunk)
+            else:
+                self.no_memory = True
+                self.drop()
+        self.on_progress(self.received)
+
+    def drop(self) -> None:
+        self.parts.clear()
+        self.budget.give(self.kept)
+        self.kept = 0
+
+    def finish(self) -> Body:
+        if self.too_big or self.no_memory:
+            return Body(b"", self.received, self.too_big, self.no_memory)
+        return Body(unstuff(b"".join(self.parts)), self.received, False, False, self.kept)
+
+
+async def _read(reader: asyncio.StreamReader, state: _Reading) -> Body:
+    keep = state.keep
 
     # The CRLF that ended the DATA command line starts the first line, so the body may end
     # right away (".\r\n"). While the bytes read so far end in a partial end marker, read
@@ -71,7 +152,7 @@ async def read_body(
         end = window.find(END)
         if end >= 0:
             keep(window[virtual : end + 2])
-            return _finish(parts, received, too_big)
+            return state.finish()
         pending = _pending_prefix(window)
         keep(window[virtual : len(window) - pending])
         held, virtual = window[len(window) - pending :], 0
@@ -84,13 +165,7 @@ async def read_body(
             keep(await reader.readexactly(overrun.consumed))
             continue
         keep(chunk[:-3])
-        return _finish(parts, received, too_big)
-
-
-def _finish(parts: list[bytes], received: int, too_big: bool) -> Body:
-    if too_big:
-        return Body(b"", received, True)
-    return Body(unstuff(b"".join(parts)), received, False)
+        return state.finish()
 
 
 def unstuff(data: bytes) -> bytes:

@@ -42,7 +42,7 @@ CLOSE_REASONS = (
     "too_many_commands",
     "shutdown",
 )
-MESSAGE_OUTCOMES = ("stored", "store_failed", "store_busy", "too_big", "message_rate")
+MESSAGE_OUTCOMES = ("stored", "store_failed", "store_busy", "too_big", "no_memory", "message_rate")
 RECIPIENT_OUTCOMES = ("accepted", "relay_denied", "too_many", "recipient_rate", "bad_address")
 
 
@@ -78,6 +78,9 @@ class Metrics:
         )
         self.store_pending = Gauge(
             "floodgate_store_pending", "Inserts whose outcome is not known yet", registry=r
+        )
+        self.data_memory = Gauge(
+            "floodgate_data_memory_bytes", "Message bytes held by sessions in DATA", registry=r
         )
         self.blocklist_staleness = Gauge(
             "floodgate_blocklist_staleness_seconds",

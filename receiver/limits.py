@@ -35,6 +35,7 @@ class Limits:
     greet_wait: float = 0.0  # postscreen_greet_wait (6s), 0 = off
     max_message_size: int = 10 * 1024 * 1024  # message_size_limit
     max_recipients: int = 100  # smtpd_recipient_limit (1000)
+    max_data_memory: int = 512 * 1024 * 1024  # message bytes all sessions may hold at once
     max_commands: int = 1_000  # commands per session, any kind
     junk_command_limit: int = 100  # NOOP/RSET/VRFY/HELP per session; smtpd_junk_command_limit
     hard_error_limit: int = 20  # smtpd_hard_error_limit (stressed 1)
@@ -61,6 +62,7 @@ class Limits:
         # BSON documents stop at 16 MiB; keep headroom for metadata and our Received line.
         _check("max_message_size", self.max_message_size, 1024, 15 * 1024 * 1024)
         _check("max_recipients", self.max_recipients, 1, 10_000)
+        _check("max_data_memory", self.max_data_memory, 1024 * 1024, 1 << 40)
         _check("max_commands", self.max_commands, 10, 1_000_000)
         _check("junk_command_limit", self.junk_command_limit, 1, 1_000_000)
         _check("hard_error_limit", self.hard_error_limit, 1, 10_000)

@@ -360,15 +360,18 @@ class FloodgateSMTP(SMTP):
         body = await self._receive_body()
         if body is None:
             return
-        if body.too_big:
-            self.state.on_message("too_big")
+        if body.too_big or body.no_memory:
+            self.state.on_message("too_big" if body.too_big else "no_memory")
             self.envelope = self._create_envelope()
-            await self.push(str(replies.MESSAGE_TOO_BIG))
+            await self.push(str(replies.MESSAGE_TOO_BIG if body.too_big else replies.NO_MEMORY))
             return
-        self.envelope.original_content = body.content
-        self.envelope.content = body.content
-        status = await self._call_handler_hook("DATA")
-        self.envelope = self._create_envelope()
+        try:
+            self.envelope.original_content = body.content
+            self.envelope.content = body.content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.envelope = self._create_envelope()
+            self.state.data_budget.give(body.reserved)  # the store has answered
         await self.push(status)
 
     async def _receive_body(self) -> Any:
@@ -380,7 +383,9 @@ class FloodgateSMTP(SMTP):
         self._data_bytes = 0
         self._data_timer = self.loop.call_later(limits.idle_timeout, self._data_deadline)
         try:
-            return await read_body(self._reader, limits.max_message_size, self._data_progress)
+            return await read_body(
+                self._reader, limits.max_message_size, self._data_progress, self.state.data_budget
+            )
         except asyncio.IncompleteReadError:
             return None  # the client went away mid-DATA; connection_lost cleans up
         finally:

@@ -60,6 +60,7 @@ BAD_SEQUENCE_NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
 # Storage outcome.
 STORED = Reply(250, "2.0.0", "Ok: queued as {id}")
 NOT_STORED = Reply(451, "4.3.0", "Temporary storage failure, try again later")
+NO_MEMORY = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 STORE_BUSY = Reply(451, "4.3.0", "Storage busy, try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 

@@ -17,6 +17,7 @@ from typing import Protocol, cast
 from mailstore import IncomingMessage
 from receiver import replies
 from receiver.admission import Admission, Refusal
+from receiver.data import MemoryBudget
 from receiver.events import Metrics, SummaryLog, emit
 from receiver.handler import Hooks
 from receiver.health import HealthServer
@@ -102,6 +103,7 @@ class ReceiverState:
             on_ban=self._on_ban,
             on_stress=self._on_stress,
         )
+        self.data_budget = MemoryBudget(config.limits.max_data_memory)
         self.handler = Hooks(self)
         # The hooks aiosmtpd looks up by name, found once rather than per connection.
         self.hooks_table = {
@@ -120,6 +122,7 @@ class ReceiverState:
         m.open.set_function(lambda: self.admission.counts.total)
         m.stress.set_function(lambda: 1 if self.admission.stressed else 0)
         m.store_pending.set_function(lambda: self.store.pending)
+        m.data_memory.set_function(lambda: self.data_budget.used)
         m.blocklist_staleness.set_function(self.blocklist.staleness)
         m.blocklist_entries.set_function(self.blocklist.entries)
 

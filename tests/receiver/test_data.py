@@ -56,3 +56,32 @@ async def test_over_the_limit_is_drained_and_flagged_not_kept() -> None:
 
 def test_unstuff_removes_only_the_first_dot() -> None:
     assert unstuff(b"..a\r\n...\r\nb.\r\n") == b".a\r\n..\r\nb.\r\n"
+
+
+async def test_shared_budget_caps_all_sessions_and_is_given_back() -> None:
+    from receiver.data import MemoryBudget
+
+    budget = MemoryBudget(1500)
+    first = asyncio.StreamReader(limit=64)
+    first.feed_data(b"a" * 1000 + b"\r\n.\r\n")
+    second = asyncio.StreamReader(limit=64)
+    second.feed_data(b"b" * 1000 + b"\r\n.\r\n")
+    kept = await read_body(first, 10_000, lambda n: None, budget)
+    refused = await read_body(second, 10_000, lambda n: None, budget)
+    assert kept.reserved == 1002 and not kept.no_memory
+    assert refused.no_memory and refused.content == b"" and refused.reserved == 0
+    assert budget.used == 1002  # the refused body gave back what it had taken
+    budget.give(kept.reserved)
+    assert budget.used == 0
+
+
+async def test_client_vanishing_mid_data_gives_its_memory_back() -> None:
+    from receiver.data import MemoryBudget
+
+    budget = MemoryBudget(10_000)
+    reader = asyncio.StreamReader(limit=64)
+    reader.feed_data(b"c" * 3000)
+    reader.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_body(reader, 10_000, lambda n: None, budget)
+    assert budget.used == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import time
 
 import httpx
 import pytest
@@ -192,3 +193,22 @@ def test_sigterm_lets_a_message_in_data_finish(
     assert len(listing(api, "drain@mx.test")) == 1
     with pytest.raises(OSError):
         socket.create_connection((receiver.host, receiver.port), timeout=2).close()
+
+
+def test_sessions_past_the_shared_data_memory_get_452_4_3_1(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(max_data_memory="1048576", max_message_size="1048576")
+    holder = RawClient(receiver.host, receiver.port)
+    holder.hello()
+    assert holder.cmd("MAIL FROM:<a@example.org>").code == 250
+    assert holder.cmd("RCPT TO:<m@mx.test>").code == 250
+    assert holder.cmd("DATA").code == 354
+    holder.send(b"x" * 998 + b"\r\n" + (b"y" * 998 + b"\r\n") * 700)  # ~700 KB held, no dot
+    time.sleep(0.5)
+    other = RawClient(receiver.host, receiver.port)
+    other.hello()
+    reply = send_message(other, "b@example.org", ["m@mx.test"], (b"z" * 998 + b"\r\n") * 500)
+    assert (reply.code, reply.text[:5]) == (452, "4.3.1")
+    holder.send(b".\r\n")
+    assert holder.reply().code == 250  # the first one still completes
+    small = send_message(other, "b@example.org", ["m@mx.test"], b"now it fits\r\n")
+    assert small.code == 250
