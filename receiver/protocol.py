@@ -226,7 +226,7 @@ class FloodgateSMTP(SMTP):
             self._arm_idle()
         elif code in _CLIENT_ERRORS:
             self.errors += 1
-            if self.errors >= limits.hard_error_limit:
+            if self.errors > limits.hard_error_limit:  # "exceeded", as in Postfix
                 self.state.admission.hit(self._key(), "too_many_errors")
                 self.close_with(replies.TOO_MANY_ERRORS, "too_many_errors")
                 return

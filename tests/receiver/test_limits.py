@@ -127,7 +127,8 @@ def test_repeated_errors_are_closed_by_the_hard_error_limit(make_receiver: Servi
     client.hello()
     assert client.cmd("DATA").code == 503
     assert client.cmd("RCPT TO:<a@mx.test>").code == 503
-    client.send("DATA\r\n")
+    assert client.cmd("VRFY").code == 501
+    client.send("DATA\r\n")  # the fourth error exceeds the limit of three
     assert client.reply().code == 503
     final = client.reply()
     assert (final.code, final.text[:5]) == (421, "4.7.0")
