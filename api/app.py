@@ -56,7 +56,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = store is None
         app.state.store = store or await MessageStore.open(config.store)
-        _attach_blocklist(app)
+        await _attach_blocklist(app)
         yield
         if own:
             await app.state.store.close()
@@ -72,12 +72,16 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     return app
 
 
-def _attach_blocklist(app: FastAPI) -> None:
+async def _attach_blocklist(app: FastAPI) -> None:
     try:
         from blocklist import BlocklistRepository
     except ImportError:
         return
-    app.state.blocklist = BlocklistRepository(app.state.store.db)
+    app.state.blocklist = repository = BlocklistRepository(app.state.store.db)
+    try:
+        await repository.ensure_indexes()
+    except PyMongoError as error:  # the store may be down at start: retried on next start
+        log.warning("blocklist indexes not ensured: %s", error)
 
 
 def _include_blocklist(app: FastAPI) -> None:

@@ -1,1 +1,24 @@
 """IP blocklist: entries, the local cache each receiver answers from, and its sync from MongoDB."""
+
+from blocklist.cache import BlocklistCache
+from blocklist.entries import Entry, InvalidEntry, Net, normalize, parse_address, parse_network
+from blocklist.index import PrefixIndex
+from blocklist.local import LocalBlocklist, LocalConfig
+from blocklist.repository import BlocklistRepository, BulkResult
+from blocklist.sync import BlocklistSync
+
+__all__ = [
+    "BlocklistCache",
+    "BlocklistRepository",
+    "BlocklistSync",
+    "BulkResult",
+    "Entry",
+    "InvalidEntry",
+    "LocalBlocklist",
+    "LocalConfig",
+    "Net",
+    "PrefixIndex",
+    "normalize",
+    "parse_address",
+    "parse_network",
+]

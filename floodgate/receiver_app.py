@@ -7,6 +7,7 @@ import resource
 
 import uvloop
 
+from blocklist import LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
@@ -47,20 +48,16 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
     )
 
 
-class NoBlocklist:
-    """A blocklist view with no entries (until the shared blocklist is wired in)."""
-
-    def is_blocked(self, ip: str) -> bool:
-        return False
-
-    def staleness(self) -> float:
-        return 0.0
-
-    def entries(self) -> int:
-        return 0
-
-    def ban(self, key: str, reason: str, ttl: float) -> None:
-        return None
+def blocklist_config(settings: Settings) -> LocalConfig:
+    smtp_host, smtp_port = parse_hostport(settings.smtp_listen)
+    return LocalConfig(
+        snapshot_path=settings.blocklist_snapshot_path,
+        resync_interval=settings.blocklist_resync_interval,
+        change_stream=settings.blocklist_change_stream,
+        memo_size=max(1, settings.blocklist_memo_size),
+        actor=f"receiver {settings.smtp_hostname} {smtp_host}:{smtp_port}",
+        timeout=settings.store_timeout,
+    )
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -82,9 +79,14 @@ async def serve(settings: Settings, uri: str) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop)
     store = await MessageStore.open(store_config(settings, uri))
+    blocklist = LocalBlocklist(store.db, blocklist_config(settings))
+    # The snapshot loads before the port opens: a receiver restarted while the store is
+    # down still refuses every client it knew to be banned.
+    await blocklist.start()
     try:
-        await run_receiver(receiver_config(settings), store, NoBlocklist(), stop)
+        await run_receiver(receiver_config(settings), store, blocklist, stop)
     finally:
+        await blocklist.stop()
         await store.close()
 
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # Blocklist sync.
     blocklist_resync_interval: float = Field(30.0, ge=1, le=3600)
     blocklist_max_staleness: float = Field(120.0, ge=1, le=86_400)
+    blocklist_change_stream: bool = True
+    blocklist_snapshot: Path | None = None  # default: <data_dir>/blocklist.snapshot
+    blocklist_memo_size: int = Field(65_536, ge=0, le=10_000_000)
 
     # Receiver limits (see receiver/limits.py for the ranges and Postfix equivalents).
     max_connections: int = _L.max_connections
@@ -151,6 +154,11 @@ class Settings(BaseSettings):
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """Addresses allowed to send a PROXY protocol header."""
         return tuple(ipaddress.ip_network(i, strict=False) for i in _split(self.trusted_proxies))
+
+    @property
+    def blocklist_snapshot_path(self) -> Path:
+        """Where the receiver keeps its on-disk copy of the blocklist."""
+        return self.blocklist_snapshot or self.data_dir / "blocklist.snapshot"
 
     def limits(self) -> Limits:
         """The receiver limits as one frozen, range-checked value."""

@@ -46,13 +46,30 @@ def db_name() -> Iterator[str]:
 
 
 @pytest.fixture
-def store_env(store_uri: str, db_name: str) -> dict[str, str]:
+def clean_store(store_uri: str) -> None:
+    """Start each test from an empty embedded store.
+
+    nx-27017 ignores database names (every database sees the same collections), so a
+    database per test does not isolate tests there: a ban or an auto-ban left by one test
+    would refuse the next test's clients. A real replica set isolates by database name.
+    """
+    if os.environ.get("FLOODGATE_TEST_MONGODB_URI"):
+        return
+    with MongoClient(store_uri) as client:
+        db = client["floodgate"]
+        for name in db.list_collection_names():
+            # Emptied, not dropped: nx-27017 change streams opened after a drop stay silent.
+            db[name].delete_many({})
+
+
+@pytest.fixture
+def store_env(store_uri: str, db_name: str, clean_store: None) -> dict[str, str]:
     """FLOODGATE_ settings pointing a process at this test's database."""
     return {"FLOODGATE_MONGODB_URI": store_uri, "FLOODGATE_MONGODB_DATABASE": db_name}
 
 
 @pytest.fixture
-def mongo(store_uri: str) -> Iterator[MongoClient[dict[str, object]]]:
+def mongo(store_uri: str, clean_store: None) -> Iterator[MongoClient[dict[str, object]]]:
     """A synchronous client for checking what really reached the store."""
     client: MongoClient[dict[str, object]] = MongoClient(store_uri, tz_aware=True)
     yield client

@@ -1,0 +1,164 @@
+"""Blocklist admin endpoints. They only write to MongoDB: receivers pick changes up from there.
+
+`POST /v1/blocklist` answers 201 when the entry is new and 200 when an existing entry was
+updated (re-adding is idempotent: reason, source and expiry are replaced).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from blocklist import BlocklistRepository, Entry, InvalidEntry, normalize, parse_address
+from blocklist.entries import MAX_REASON_LENGTH, MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from blocklist.repository import MAX_BULK, MAX_PAGE
+
+router = APIRouter()
+
+MAX_ACTOR = 100
+
+
+class BlockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cidr: str = Field(min_length=1, max_length=64, description="address or CIDR")
+    reason: str = Field("", max_length=MAX_REASON_LENGTH)
+    ttl_seconds: int | None = Field(None, ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)
+    source: Literal["manual", "auto"] = "manual"
+
+
+class BulkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entries: list[BlockRequest] = Field(min_length=1, max_length=MAX_BULK)
+
+
+def _repository(request: Request) -> BlocklistRepository:
+    repository: BlocklistRepository = request.app.state.blocklist
+    return repository
+
+
+def _actor(request: Request) -> str:
+    """Who made the change, for the audit trail: the token holder, their label and address."""
+    label = request.headers.get("x-floodgate-actor", "")[:MAX_ACTOR]
+    label = "".join(c for c in label if c.isprintable())
+    client = request.client.host if request.client else "?"
+    return f"{getattr(request.state, 'actor', 'admin')}{'/' + label if label else ''}@{client}"
+
+
+def _entry(body: BlockRequest, actor: str) -> Entry:
+    try:
+        return Entry.new(
+            body.cidr,
+            reason=body.reason,
+            source=body.source,
+            ttl_seconds=body.ttl_seconds,
+            actor=actor,
+        )
+    except InvalidEntry as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+
+
+@router.post("/v1/blocklist", status_code=201)
+async def add_entry(request: Request, response: Response, body: BlockRequest) -> dict[str, Any]:
+    actor = _actor(request)
+    stored, created = await _repository(request).add(_entry(body, actor), actor)
+    if not created:
+        response.status_code = 200
+    return stored.to_json()
+
+
+@router.post("/v1/blocklist/bulk")
+async def add_bulk(request: Request, body: BulkRequest) -> dict[str, Any]:
+    """All-or-nothing validation: one bad entry → 422 naming it, and nothing is written."""
+    actor = _actor(request)
+    entries: dict[str, Entry] = {}
+    errors: list[dict[str, Any]] = []
+    for position, item in enumerate(body.entries):
+        try:
+            entry = Entry.new(
+                item.cidr,
+                reason=item.reason,
+                source=item.source,
+                ttl_seconds=item.ttl_seconds,
+                actor=actor,
+            )
+        except InvalidEntry as error:
+            errors.append({"index": position, "cidr": item.cidr, "error": str(error)})
+            continue
+        entries[entry.cidr] = entry  # a later duplicate wins, as it would one by one
+    if errors:
+        raise HTTPException(
+            status_code=422,
+            detail=f"{len(errors)} invalid entries; nothing was written: "
+            + "; ".join(f"#{e['index']} {e['error']}" for e in errors[:10]),
+        )
+    result = await _repository(request).add_many(list(entries.values()), actor)
+    return {"added": result.added, "updated": result.updated}
+
+
+@router.get("/v1/blocklist")
+async def list_entries(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    source: Annotated[Literal["manual", "auto"] | None, Query()] = None,
+) -> dict[str, Any]:
+    """Unexpired entries in CIDR order; pass the last `cidr` as `after` for the next page."""
+    entries = await _repository(request).page(limit=limit, after=after, source=source)
+    result: dict[str, Any] = {"entries": [e.to_json() for e in entries]}
+    if len(entries) == limit:
+        result["next"] = entries[-1].cidr
+    return result
+
+
+@router.get("/v1/blocklist/check/{ip}")
+async def check_ip(request: Request, ip: str) -> dict[str, Any]:
+    try:
+        parse_address(ip)
+    except InvalidEntry as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    entry = await _repository(request).check(ip)
+    return {"blocked": entry is not None, "entry": None if entry is None else entry.to_json()}
+
+
+@router.get("/v1/blocklist/{cidr:path}/history")
+async def entry_history(request: Request, cidr: str) -> dict[str, Any]:
+    """The audit trail of one entry, newest first."""
+    key = _normalize(cidr)
+    history = await _repository(request).history(key)
+    return {"cidr": key, "history": _jsonable(history)}
+
+
+@router.get("/v1/blocklist/{cidr:path}")
+async def get_entry(request: Request, cidr: str) -> dict[str, Any]:
+    entry = await _repository(request).get(_normalize(cidr))
+    if entry is None:
+        raise HTTPException(status_code=404, detail=f"{cidr} is not on the blocklist")
+    return entry.to_json()
+
+
+@router.delete("/v1/blocklist/{cidr:path}", status_code=204)
+async def remove_entry(request: Request, cidr: str) -> Response:
+    if not await _repository(request).remove(_normalize(cidr), _actor(request)):
+        raise HTTPException(status_code=404, detail=f"{cidr} is not on the blocklist")
+    return Response(status_code=204)
+
+
+def _normalize(cidr: str) -> str:
+    try:
+        return normalize(cidr)
+    except InvalidEntry as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value

@@ -1,0 +1,123 @@
+"""The in-memory lookup index: which entry (if any) covers an address, in microseconds.
+
+One hash table per (family, prefix length) that has entries, mapping the network integer
+shifted past its host bits to the entry's expiry (POSIX seconds, `inf` for never). A lookup
+shifts the address once per populated prefix length, longest first, so it costs one dict
+probe per distinct prefix length in use (a handful in real lists), independent of the number
+of entries. Expired entries stop matching at their expiry even before a sync removes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from blocklist.entries import Net, parse_address
+
+INF = math.inf
+Table = dict[int, float]
+
+
+class PrefixIndex:
+    """Exact addresses and prefixes of any length, IPv4 and IPv6; not thread-safe."""
+
+    __slots__ = ("_count", "_order", "_tables")
+
+    def __init__(self) -> None:
+        # (version, prefixlen) -> table; _order[version] = [(shift, table), ...] longest first
+        self._tables: dict[tuple[int, int], Table] = {}
+        self._order: dict[int, list[tuple[int, Table]]] = {4: [], 6: []}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _table(self, version: int, prefixlen: int, create: bool) -> Table | None:
+        table = self._tables.get((version, prefixlen))
+        if table is None and create:
+            table = self._tables[(version, prefixlen)] = {}
+            self._reorder(version)
+        return table
+
+    def _reorder(self, version: int) -> None:
+        bits = 32 if version == 4 else 128
+        self._order[version] = [
+            (bits - length, table)
+            for (v, length), table in sorted(self._tables.items(), key=lambda kv: -kv[0][1])
+            if v == version
+        ]
+
+    def add(self, net: Net, expires: float = INF) -> bool:
+        """Insert or update; True when the network was not present before."""
+        table = self._table(net.version, net.prefixlen, create=True)
+        assert table is not None
+        key = net.key
+        new = key not in table
+        table[key] = expires
+        self._count += new
+        return new
+
+    def add_table(self, version: int, prefixlen: int, table: Table) -> None:
+        """Adopt a whole prefix table at once (snapshot load); replaces any existing one."""
+        old = self._tables.get((version, prefixlen))
+        self._count += len(table) - (len(old) if old else 0)
+        self._tables[(version, prefixlen)] = table
+        self._reorder(version)
+
+    def remove(self, net: Net) -> bool:
+        table = self._table(net.version, net.prefixlen, create=False)
+        if table is None or table.pop(net.key, None) is None:
+            return False
+        self._count -= 1
+        if not table:
+            del self._tables[(net.version, net.prefixlen)]
+            self._reorder(net.version)
+        return True
+
+    def get(self, net: Net) -> float | None:
+        """The expiry stored for exactly `net`, or None."""
+        table = self._tables.get((net.version, net.prefixlen))
+        return None if table is None else table.get(net.key)
+
+    def match(self, version: int, address: int, now: float) -> tuple[Net, float] | None:
+        """The most specific unexpired entry covering the address, with its expiry."""
+        for shift, table in self._order[version]:
+            expires = table.get(address >> shift)
+            if expires is not None and expires > now:
+                bits = 32 if version == 4 else 128
+                return Net(version, bits - shift, address >> shift << shift), expires
+        return None
+
+    def covers(self, ip: str, now: float) -> bool:
+        """True when an unexpired entry covers `ip` (a literal address)."""
+        version, address = parse_address(ip)
+        for shift, table in self._order[version]:
+            expires = table.get(address >> shift)
+            if expires is not None and expires > now:
+                return True
+        return False
+
+    def sweep(self, now: float) -> int:
+        """Drop entries that expired at or before `now`; return how many."""
+        dropped = 0
+        for (version, length), table in list(self._tables.items()):
+            stale = [key for key, expires in table.items() if expires <= now]
+            for key in stale:
+                del table[key]
+            dropped += len(stale)
+            if not table:
+                del self._tables[(version, length)]
+                self._reorder(version)
+        self._count -= dropped
+        return dropped
+
+    def tables(self) -> Iterator[tuple[int, int, Table]]:
+        """(version, prefixlen, table) for every populated prefix length."""
+        for (version, length), table in sorted(self._tables.items()):
+            yield version, length, table
+
+    def networks(self) -> Iterator[tuple[Net, float]]:
+        for version, length, table in self.tables():
+            shift = (32 if version == 4 else 128) - length
+            for key, expires in table.items():
+                yield Net(version, length, key << shift), expires

@@ -1,0 +1,136 @@
+"""The blocklist as one receiver sees it: local cache + sync + a bounded auto-ban writer.
+
+`is_blocked` is what the receiver calls before the greeting: memory only, microseconds.
+`ban` is the admission controls' auto-ban hook: the ban applies locally at once and is
+written to the shared collection (source `auto`) in the background, so every other receiver
+enforces it within a change-stream round trip. Writes are queued in a bounded queue; if the
+store is down and the queue fills, further bans stay local (and are counted), never blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from blocklist.cache import DEFAULT_MEMO_SIZE, BlocklistCache
+from blocklist.entries import Entry, InvalidEntry, parse_network
+from blocklist.repository import COLLECTION, BlocklistRepository
+from blocklist.sync import BlocklistSync
+
+log = logging.getLogger("floodgate.blocklist")
+
+MAX_PENDING_BANS = 1000
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    snapshot_path: Path | None
+    resync_interval: float = 30.0
+    change_stream: bool = True
+    memo_size: int = DEFAULT_MEMO_SIZE
+    actor: str = "receiver"
+    timeout: float = 5.0
+
+
+class LocalBlocklist:
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], config: LocalConfig) -> None:
+        self.config = config
+        self.cache = BlocklistCache(config.memo_size)
+        self.repository = BlocklistRepository(db, timeout=config.timeout)
+        self.sync = BlocklistSync(
+            db[COLLECTION],
+            self.cache,
+            snapshot_path=config.snapshot_path,
+            resync_interval=config.resync_interval,
+            change_stream=config.change_stream,
+        )
+        self._bans: asyncio.Queue[Entry] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._indexes: asyncio.Task[None] | None = None
+        self.bans_dropped = 0
+
+    async def start(self) -> None:
+        self.sync.load_snapshot()
+        self._bans = asyncio.Queue(MAX_PENDING_BANS)
+        self._writer = asyncio.create_task(self._write_bans(), name="blocklist-bans")
+        self.sync.start()
+        self._indexes = asyncio.create_task(self._ensure_indexes(), name="blocklist-indexes")
+
+    async def _ensure_indexes(self) -> None:
+        # The TTL index lets the store drop expired bans even if no API ever runs.
+        for attempt in range(10):
+            try:
+                await self.repository.ensure_indexes()
+                return
+            except PyMongoError:
+                await asyncio.sleep(min(60.0, 2.0**attempt))
+
+    async def stop(self) -> None:
+        for task in (self._writer, self._indexes):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.sync.stop()
+
+    # -- the receiver's view -------------------------------------------------------------
+
+    def is_blocked(self, ip: str) -> bool:
+        try:
+            return self.cache.check(ip)
+        except InvalidEntry:
+            return False
+
+    def staleness(self) -> float:
+        return self.sync.staleness()
+
+    def entries(self) -> int:
+        return len(self.cache)
+
+    def ban(self, key: str, reason: str, ttl: float) -> None:
+        """Auto-ban a client key (`203.0.113.7` or `2001:db8:1:2::/64`) for `ttl` seconds."""
+        try:
+            entry = Entry.new(key, reason=reason, source="auto", ttl_seconds=ttl, actor="auto")
+        except InvalidEntry as error:
+            log.warning("auto-ban of %s not recorded: %s", key, error)
+            return
+        expires = entry.expires_at.timestamp() if entry.expires_at else time.time() + ttl
+        current = self.cache.index.get(parse_network(entry.cidr))
+        if current is None or current < expires:
+            self.cache.upsert(entry.cidr, expires)
+        if self._bans is None:
+            return
+        try:
+            self._bans.put_nowait(entry)
+        except asyncio.QueueFull:
+            self.bans_dropped += 1
+
+    async def _write_bans(self) -> None:
+        assert self._bans is not None
+        while True:
+            entry = await self._bans.get()
+            for attempt in range(3):
+                try:
+                    existing = await self.repository.get(entry.cidr)
+                    if existing is not None and _outranks(existing, entry):
+                        break  # a manual, permanent or longer ban already covers it: keep it
+                    await self.repository.add(entry, self.config.actor)
+                    break
+                except PyMongoError as error:
+                    log.warning("auto-ban of %s not yet stored: %s", entry.cidr, error)
+                    await asyncio.sleep(0.5 * 2**attempt)
+
+
+def _outranks(existing: Entry, ban: Entry) -> bool:
+    """A manual, permanent or longer-lived entry is never replaced by an auto-ban."""
+    if existing.source == "manual" or existing.expires_at is None:
+        return True
+    return ban.expires_at is not None and existing.expires_at >= ban.expires_at

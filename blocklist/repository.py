@@ -1,0 +1,192 @@
+"""The blocklist in MongoDB: the source of truth the API and auto-bans write through.
+
+`blocklist`: one document per entry, `_id` = normalized CIDR, TTL index on `expires_at` (the
+server deletes expired entries; every reader also ignores them from the moment they expire,
+since the TTL monitor runs only once a minute). `blocklist_audit`: one document per change
+(who, what, when, before/after), kept for `AUDIT_RETENTION`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymongo
+from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+from blocklist.entries import Entry, covering_networks, expiry_timestamp, normalize
+
+COLLECTION = "blocklist"
+AUDIT_COLLECTION = "blocklist_audit"
+EXPIRY_INDEX = "expiry"
+AUDIT_RETENTION = timedelta(days=400)
+MAX_BULK = 10_000
+MAX_PAGE = 10_000
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    added: int
+    updated: int
+
+
+class BlocklistRepository:
+    """Writes and store-side reads of the blocklist; every write is audited."""
+
+    def __init__(self, db: AsyncDatabase[Document], *, timeout: float = 5.0) -> None:
+        self.db = db
+        self.entries = db[COLLECTION]
+        self.audit = db[AUDIT_COLLECTION]
+        self.timeout = timeout
+
+    async def ensure_indexes(self) -> None:
+        with pymongo.timeout(self.timeout):
+            await self.entries.create_index(
+                [("expires_at", ASCENDING)], name=EXPIRY_INDEX, expireAfterSeconds=0
+            )
+            await self.audit.create_index(
+                [("at", ASCENDING)],
+                name="retention",
+                expireAfterSeconds=int(AUDIT_RETENTION.total_seconds()),
+            )
+            await self.audit.create_index([("cidr", ASCENDING), ("at", DESCENDING)], name="cidr")
+
+    async def add(self, entry: Entry, actor: str) -> tuple[Entry, bool]:
+        """Insert or update (reason, expiry, source); return the stored entry and `created`."""
+        with pymongo.timeout(self.timeout):
+            before = await self.entries.find_one({"_id": entry.cidr})
+            created = before is None or _expired(before)
+            # Whole-document replacement rather than `$set`: dates stay BSON dates on every
+            # store (the embedded one turns `$set` dates into strings, which TTL ignores).
+            document = _merged(entry, None if created else before, actor)
+            await self.entries.replace_one({"_id": entry.cidr}, document, upsert=True)
+            stored = await self.entries.find_one({"_id": entry.cidr})
+            assert stored is not None
+            result = Entry.from_document(stored)
+            await self.audit.insert_one(
+                _audit("add" if created else "update", result.cidr, actor, before, stored)
+            )
+        return result, created
+
+    async def add_many(self, entries: Sequence[Entry], actor: str) -> BulkResult:
+        """Upsert up to `MAX_BULK` entries in one unordered bulk write, audited."""
+        if len(entries) > MAX_BULK:
+            raise ValueError(f"at most {MAX_BULK} entries per bulk request")
+        if not entries:
+            return BulkResult(0, 0)
+        with pymongo.timeout(max(self.timeout, len(entries) / 1000)):
+            cursor = self.entries.find({"_id": {"$in": [e.cidr for e in entries]}})
+            live = {d["_id"]: d async for d in cursor if not _expired(d)}
+        operations = [
+            ReplaceOne({"_id": e.cidr}, _merged(e, live.get(e.cidr), actor), upsert=True)
+            for e in entries
+        ]
+        with pymongo.timeout(max(self.timeout, len(entries) / 1000)):
+            await self.entries.bulk_write(operations, ordered=False)
+            now = datetime.now(UTC)
+            await self.audit.insert_many(
+                [
+                    {
+                        "action": "bulk_add",
+                        "cidr": e.cidr,
+                        "actor": actor,
+                        "at": now,
+                        "reason": e.reason,
+                        "expires_at": e.expires_at,
+                    }
+                    for e in entries
+                ],
+                ordered=False,
+            )
+        added = len(entries) - len(live)
+        return BulkResult(added=added, updated=len(live))
+
+    async def remove(self, cidr: str, actor: str) -> bool:
+        key = normalize(cidr)
+        with pymongo.timeout(self.timeout):
+            before = await self.entries.find_one_and_delete({"_id": key})
+            if before is None:
+                return False
+            await self.audit.insert_one(_audit("remove", key, actor, before, None))
+        return not _expired(before)
+
+    async def get(self, cidr: str) -> Entry | None:
+        with pymongo.timeout(self.timeout):
+            doc = await self.entries.find_one({"_id": normalize(cidr)})
+        return None if doc is None or _expired(doc) else Entry.from_document(doc)
+
+    async def page(
+        self, *, limit: int = 1000, after: str | None = None, source: str | None = None
+    ) -> list[Entry]:
+        """Unexpired entries in `_id` order, `limit` at a time, starting after `after`."""
+        limit = max(1, min(limit, MAX_PAGE))
+        query: Document = {
+            "$or": [{"expires_at": None}, {"expires_at": {"$gt": datetime.now(UTC)}}]
+        }
+        if after is not None:
+            query["_id"] = {"$gt": after}
+        if source is not None:
+            query["source"] = source
+        with pymongo.timeout(self.timeout):
+            cursor = self.entries.find(query).sort("_id", ASCENDING).limit(limit)
+            return [Entry.from_document(doc) async for doc in cursor]
+
+    async def check(self, ip: str) -> Entry | None:
+        """The most specific unexpired entry covering `ip`, straight from the store."""
+        candidates = covering_networks(ip)
+        with pymongo.timeout(self.timeout):
+            docs = [d async for d in self.entries.find({"_id": {"$in": candidates}})]
+        live = {d["_id"]: d for d in docs if not _expired(d)}
+        for cidr in candidates:
+            if cidr in live:
+                return Entry.from_document(live[cidr])
+        return None
+
+    async def history(self, cidr: str, limit: int = 100) -> list[Document]:
+        with pymongo.timeout(self.timeout):
+            cursor = (
+                self.audit.find({"cidr": normalize(cidr)}, {"_id": 0})
+                .sort("at", DESCENDING)
+                .limit(limit)
+            )
+            return [doc async for doc in cursor]
+
+
+def _merged(entry: Entry, existing: Document | None, actor: str) -> Document:
+    """The document for `entry`; an existing live entry keeps its creation record."""
+    document = entry.to_document()
+    if existing is None:
+        document["created_by"] = actor
+    else:
+        previous = Entry.from_document(existing)
+        document["created_at"] = previous.created_at
+        document["created_by"] = previous.created_by
+    return document
+
+
+def _expired(doc: Document) -> bool:
+    return expiry_timestamp(doc.get("expires_at")) <= time.time()
+
+
+def _audit(
+    action: str, cidr: str, actor: str, before: Document | None, after: Document | None
+) -> Document:
+    def brief(doc: Document | None) -> Document | None:
+        if doc is None:
+            return None
+        return {k: doc.get(k) for k in ("reason", "source", "expires_at")}
+
+    return {
+        "action": action,
+        "cidr": cidr,
+        "actor": actor,
+        "at": datetime.now(UTC),
+        "before": brief(before),
+        "after": brief(after),
+    }

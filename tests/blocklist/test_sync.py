@@ -1,0 +1,189 @@
+"""Sync from a real store: change stream, periodic resync, resume across a store restart,
+snapshot. Runs unchanged against a replica set given by FLOODGATE_TEST_MONGODB_URI."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocklist import BlocklistCache, BlocklistRepository, BlocklistSync, Entry, parse_network
+from blocklist.repository import COLLECTION
+from mailstore.connection import connect, database
+from mailstore.embedded import EmbeddedStore
+
+Doc = dict[str, Any]
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until `predicate()` held; fails the test after `timeout`."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"not within {timeout}s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def doc(cidr: str, ttl: float | None = None) -> Doc:
+    now = datetime.now(UTC)
+    return {
+        "_id": cidr,
+        "reason": "test",
+        "source": "manual",
+        "created_at": now,
+        "created_by": "test",
+        "updated_at": now,
+        "expires_at": None if ttl is None else now + timedelta(seconds=ttl),
+    }
+
+
+@pytest.fixture
+async def db(store_uri: str, db_name: str, clean_store: None) -> AsyncIterator[Any]:
+    client = connect(store_uri, timeout=3)
+    yield database(client, db_name)
+    await client.drop_database(db_name)
+    await client.close()
+
+
+async def running(sync: BlocklistSync) -> BlocklistSync:
+    sync.load_snapshot()
+    sync.start()
+    await eventually(lambda: sync.staleness() < 1, timeout=10)
+    return sync
+
+
+async def test_change_stream_carries_adds_updates_and_deletes(db: Any) -> None:
+    cache = BlocklistCache()
+    sync = await running(BlocklistSync(db[COLLECTION], cache, resync_interval=3600))
+    await asyncio.sleep(0.3)
+    resyncs = sync.resyncs
+    try:
+        await db[COLLECTION].insert_one(doc("192.0.2.0/24"))
+        took = await eventually(lambda: cache.check("192.0.2.77"))
+        assert took < 1.0  # far below the hour-long resync interval: the stream carried it
+        await db[COLLECTION].update_one(
+            {"_id": "192.0.2.0/24"},
+            {"$set": {"expires_at": datetime.now(UTC) + timedelta(seconds=1)}},
+        )
+        net = parse_network("192.0.2.0/24")
+        await eventually(lambda: math.isfinite(cache.index.get(net) or math.inf))
+        await eventually(lambda: not cache.check("192.0.2.77"), timeout=3)  # expired locally
+        await db[COLLECTION].insert_one(doc("2001:db8::/32"))
+        await eventually(lambda: cache.check("2001:db8:1::1"))
+        await db[COLLECTION].delete_one({"_id": "2001:db8::/32"})
+        await eventually(lambda: not cache.check("2001:db8:1::1"))
+        assert sync.stream_events >= 4 and sync.resyncs == resyncs
+    finally:
+        await sync.stop()
+
+
+async def test_resync_alone_converges_when_there_is_no_change_stream(db: Any) -> None:
+    await db[COLLECTION].insert_one(doc("198.51.100.9"))
+    cache = BlocklistCache()
+    sync = BlocklistSync(db[COLLECTION], cache, resync_interval=0.3, change_stream=False)
+    await running(sync)
+    try:
+        assert cache.check("198.51.100.9")
+        await db[COLLECTION].insert_one(doc("198.51.100.0/28"))
+        await db[COLLECTION].delete_one({"_id": "198.51.100.9"})
+        await eventually(lambda: cache.check("198.51.100.3") and len(cache) == 1)
+        assert sync.stream_events == 0 and sync.resyncs >= 2
+        assert sync.staleness() < 1.0
+    finally:
+        await sync.stop()
+
+
+async def test_changes_during_a_resync_are_not_undone(db: Any) -> None:
+    cache = BlocklistCache()
+    sync = BlocklistSync(db[COLLECTION], cache, resync_interval=3600, change_stream=False)
+    await db[COLLECTION].insert_many([doc(f"10.{i >> 8}.{i & 255}.0/24") for i in range(3000)])
+    task = asyncio.create_task(sync.resync())
+    while sync._journal is None:  # the resync has started reading
+        await asyncio.sleep(0)
+    # A change delivered mid-read (as the change stream would) must survive the swap.
+    sync.apply_change(
+        {
+            "operationType": "insert",
+            "documentKey": {"_id": "203.0.113.5/32"},
+            "fullDocument": doc("203.0.113.5/32"),
+        }
+    )
+    assert await task == 3001
+    assert cache.check("203.0.113.5") and cache.check("10.11.183.1")
+
+
+async def test_snapshot_keeps_bans_when_the_store_is_gone(db: Any, tmp_path: Path) -> None:
+    path = tmp_path / "bl.snapshot"
+    await db[COLLECTION].insert_many([doc("192.0.2.1"), doc("2001:db8:5::/48", ttl=3600)])
+    sync = await running(BlocklistSync(db[COLLECTION], BlocklistCache(), snapshot_path=path))
+    await sync.stop()  # writes the snapshot
+    assert path.exists()
+
+    # A new cache on an unreachable store: bans come from disk, staleness from the file.
+    dead = connect("mongodb://127.0.0.1:9/?directConnection=true", timeout=0.3)
+    cache = BlocklistCache()
+    offline = BlocklistSync(dead["x"][COLLECTION], cache, snapshot_path=path)
+    assert offline.load_snapshot()
+    offline.start()
+    try:
+        assert cache.check("192.0.2.1") and cache.check("2001:db8:5:ffff::1")
+        assert not cache.check("192.0.2.2")
+        assert 0 <= offline.staleness() < 30
+        await asyncio.sleep(1.0)
+        assert not await offline.write_snapshot()  # never overwrite good data while stale
+    finally:
+        await offline.stop()
+        await dead.close()
+
+
+async def test_stream_resumes_after_the_store_restarts(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    client = connect(uri, timeout=1)
+    try:
+        coll = database(client, "bl")[COLLECTION]
+        cache = BlocklistCache()
+        sync = await running(BlocklistSync(coll, cache, resync_interval=3600, max_backoff=0.5))
+        await coll.insert_one(doc("192.0.2.10"))
+        await eventually(lambda: cache.check("192.0.2.10"))
+
+        store.kill()
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(store.start)
+        await coll.insert_one(doc("192.0.2.11"))
+        # Carried by the resumed stream (the hour-long resync never runs again by itself).
+        await eventually(lambda: cache.check("192.0.2.11"), timeout=15)
+        assert sync.stream_errors >= 1
+        await eventually(lambda: sync.staleness() < 1, timeout=5)
+        await sync.stop()
+    finally:
+        await client.close()
+        store.stop()
+
+
+async def test_repository_add_is_idempotent_and_audited(db: Any) -> None:
+    repo = BlocklistRepository(db)
+    await repo.ensure_indexes()
+    first, created = await repo.add(Entry.new("203.0.113.0/24", reason="one"), "op1")
+    assert created and first.created_by == "op1"
+    second, created = await repo.add(
+        Entry.new("203.0.113.0/24", reason="two", ttl_seconds=60), "op2"
+    )
+    assert not created and second.reason == "two" and second.expires_at is not None
+    assert second.created_by == "op1"  # the original author stays on record
+    assert (await repo.check("203.0.113.200")) == second
+    assert await repo.check("203.0.114.1") is None
+    assert await repo.remove("203.0.113.0/24", "op3")
+    assert not await repo.remove("203.0.113.0/24", "op3")
+    history = await repo.history("203.0.113.0/24")
+    assert [h["action"] for h in history] == ["remove", "update", "add"]
+    assert [h["actor"] for h in history] == ["op3", "op2", "op1"]
+    indexes = await db[COLLECTION].index_information()
+    assert any(v.get("expireAfterSeconds") == 0 for v in indexes.values())
