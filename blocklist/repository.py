@@ -126,13 +126,16 @@ class BlocklistRepository:
     ) -> list[Entry]:
         """Unexpired entries in `_id` order, `limit` at a time, starting after `after`."""
         limit = max(1, min(limit, MAX_PAGE))
-        query: Document = {
-            "$or": [{"expires_at": None}, {"expires_at": {"$gt": datetime.now(UTC)}}]
-        }
+        # Conditions joined by an explicit $and: the embedded store ignores fields that sit
+        # beside a top-level $or.
+        conditions: list[Document] = [
+            {"$or": [{"expires_at": None}, {"expires_at": {"$gt": datetime.now(UTC)}}]}
+        ]
         if after is not None:
-            query["_id"] = {"$gt": after}
+            conditions.append({"_id": {"$gt": after}})
         if source is not None:
-            query["source"] = source
+            conditions.append({"source": source})
+        query: Document = {"$and": conditions}
         with pymongo.timeout(self.timeout):
             cursor = self.entries.find(query).sort("_id", ASCENDING).limit(limit)
             return [Entry.from_document(doc) async for doc in cursor]

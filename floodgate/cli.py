@@ -84,5 +84,5 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
     if args.command == "block":
         from floodgate.block_cli import run_block
 
-        return run_block(args)
+        return run_block(args, settings)
     return 2

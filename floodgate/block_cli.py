@@ -1,0 +1,259 @@
+"""`floodgate block ...`: manage the blocklist through the admin API.
+
+The token comes from FLOODGATE_ADMIN_TOKEN, else `<data_dir>/admin-token` (written by
+`floodgate run`). Exit status: 0 done, 1 refused (invalid entry, not found), 2 cannot talk
+to the API (not running, bad token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from blocklist.entries import Entry, InvalidEntry
+from floodgate.settings import Settings, parse_hostport
+
+BATCH = 1000
+TIMEOUT = 30.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+EPILOG = """\
+examples:
+  floodgate block add 203.0.113.0/24 --reason "spam run" --ttl 1h
+  floodgate block add 2001:db8::/48 --reason "botnet"          (permanent)
+  floodgate block rm 203.0.113.0/24
+  floodgate block ls --source auto
+  floodgate block check 203.0.113.7
+  floodgate block import banned.txt --reason "old list" --ttl 30d
+      (one address or CIDR per line, optionally followed by a reason; # starts a comment)
+"""
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_duration(text: str) -> int:
+    """`90`, `90s`, `15m`, `1h`, `7d`, `2w` → seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 3600, 15m, 1h, 7d")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 1:
+        raise argparse.ArgumentTypeError("a TTL must be at least 1 second")
+    return int(seconds)
+
+
+def add_block_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "block",
+        help="manage the IP blocklist through the admin API: add, rm, ls, check, import",
+        description="Manage the IP blocklist through the admin API. Every receiver picks "
+        "changes up from the store within about a second.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--api", help="API base URL (default: http://FLOODGATE_API_LISTEN)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="ban an address or CIDR (re-adding updates it)")
+    add.add_argument("cidr")
+    add.add_argument("--reason", default="")
+    add.add_argument("--ttl", type=parse_duration, help="expire after e.g. 3600, 15m, 1h, 7d")
+
+    rm = actions.add_parser("rm", help="lift a ban (the exact address or CIDR)")
+    rm.add_argument("cidr")
+
+    ls = actions.add_parser("ls", help="list unexpired entries")
+    ls.add_argument("--source", choices=("manual", "auto"))
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    check = actions.add_parser("check", help="is this address blocked, and by which entry?")
+    check.add_argument("ip")
+
+    imp = actions.add_parser("import", help="bulk-add entries from a file ('-' for stdin)")
+    imp.add_argument("file")
+    imp.add_argument("--reason", default="", help="reason for lines that give none")
+    imp.add_argument("--ttl", type=parse_duration)
+
+
+class Client:
+    def __init__(self, base_url: str, token: str) -> None:
+        actor = f"{getpass.getuser()}@{socket.gethostname()}"[:100]
+        self.http = httpx.Client(
+            base_url=base_url,
+            timeout=TIMEOUT,
+            headers={"Authorization": f"Bearer {token}", "X-Floodgate-Actor": actor},
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise ApiError(f"cannot reach the API at {self.http.base_url}: {error}") from None
+        if response.status_code == 401:
+            raise ApiError("the API refused the admin token (FLOODGATE_ADMIN_TOKEN)")
+        if response.status_code >= 500:
+            raise ApiError(f"the API failed: {_message(response)}")
+        return response
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text
+
+
+def _token(settings: Settings) -> str:
+    token = settings.admin_token_value()
+    if token:
+        return token
+    path = settings.data_dir / "admin-token"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise ApiError(f"no admin token: set FLOODGATE_ADMIN_TOKEN or create {path}") from None
+
+
+def _base_url(args: argparse.Namespace, settings: Settings) -> str:
+    if args.api:
+        return str(args.api).rstrip("/")
+    host, port = parse_hostport(settings.api_listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def read_entries(
+    stream: TextIO, reason: str, ttl: int | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, entry) for every non-blank, non-comment line."""
+    for number, line in enumerate(stream, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        cidr, _, rest = text.partition(" ")
+        entry: dict[str, Any] = {"cidr": cidr, "reason": rest.strip() or reason}
+        if ttl is not None:
+            entry["ttl_seconds"] = ttl
+        yield number, entry
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    expires = entry.get("expires_at") or "never"
+    return (
+        f"{entry['cidr']:<43} {entry['source']:<6} expires {expires:<32} {entry.get('reason', '')}"
+    )
+
+
+def run_block(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        client = Client(_base_url(args, settings), _token(settings))
+        return _run(client, args)
+    except ApiError as error:
+        print(f"floodgate block: {error}", file=sys.stderr)
+        return error.status
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        body: dict[str, Any] = {"cidr": args.cidr, "reason": args.reason}
+        if args.ttl is not None:
+            body["ttl_seconds"] = args.ttl
+        response = client.call("POST", "/v1/blocklist", json=body)
+        if response.status_code not in (200, 201):
+            raise ApiError(_message(response), 1)
+        verb = "added" if response.status_code == 201 else "updated"
+        print(f"{verb}: {_describe(response.json())}")
+        return 0
+    if args.action == "rm":
+        response = client.call("DELETE", f"/v1/blocklist/{args.cidr}")
+        if response.status_code != 204:
+            raise ApiError(_message(response), 1)
+        print(f"removed: {args.cidr}")
+        return 0
+    if args.action == "ls":
+        return _list(client, args)
+    if args.action == "check":
+        response = client.call("GET", f"/v1/blocklist/check/{args.ip}")
+        if response.status_code != 200:
+            raise ApiError(_message(response), 1)
+        result = response.json()
+        if result["blocked"]:
+            print(f"{args.ip} is blocked by {_describe(result['entry'])}")
+        else:
+            print(f"{args.ip} is not blocked")
+        return 0
+    if args.action == "import":
+        return _import(client, args)
+    raise ApiError(f"unknown action {args.action}")
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": 1000}
+    if args.source:
+        params["source"] = args.source
+    count = 0
+    while True:
+        response = client.call("GET", "/v1/blocklist", params=params)
+        if response.status_code != 200:
+            raise ApiError(_message(response), 1)
+        page = response.json()
+        for entry in page["entries"]:
+            print(json.dumps(entry) if args.json else _describe(entry))
+            count += 1
+        if "next" not in page or page["next"] == params.get("after"):
+            break  # the last page (or a server that stopped making progress)
+        params["after"] = page["next"]
+    if not args.json:
+        print(f"{count} entries", file=sys.stderr)
+    return 0
+
+
+def _import(client: Client, args: argparse.Namespace) -> int:
+    stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")
+    with stream:
+        lines = list(read_entries(stream, args.reason, args.ttl))
+    # Check every line before sending any: a bad line 9,000 must not leave a half import.
+    problems = []
+    for number, entry in lines:
+        try:
+            Entry.new(entry["cidr"], reason=entry["reason"], ttl_seconds=entry.get("ttl_seconds"))
+        except InvalidEntry as error:
+            problems.append(f"line {number}: {error}")
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        print(f"floodgate block import: nothing imported:\n  {shown}{more}", file=sys.stderr)
+        return 1
+    added = updated = 0
+    for start in range(0, len(lines), BATCH):
+        batch = lines[start : start + BATCH]
+        response = client.call(
+            "POST", "/v1/blocklist/bulk", json={"entries": [entry for _, entry in batch]}
+        )
+        if response.status_code != 200:
+            print(
+                f"floodgate block import: {_message(response)}\n"
+                f"({added + updated} entries before line {batch[0][0]} were imported)",
+                file=sys.stderr,
+            )
+            return 1
+        result = response.json()
+        added += result["added"]
+        updated += result["updated"]
+    print(f"imported {len(lines)} entries: {added} added, {updated} updated")
+    return 0
