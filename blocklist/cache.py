@@ -1,9 +1,11 @@
 """The receiver's local blocklist: the prefix index plus a bounded memo of recent verdicts.
 
 Everything here is synchronous and in memory: a lookup never waits on the network. The memo
-(a cachetools LRU) maps an address to the expiry of the entry that blocks it (0 when none),
-so a repeat visitor costs one cache probe; any change to the index empties it, so a verdict
-can never outlive the entry behind it.
+(a cachetools LRU) maps a recently *blocked* address to the expiry of the entry that blocks
+it, so a banned client knocking again and again costs one cache probe. Clean verdicts are not
+memoized: the index answers them in about a microsecond anyway, and inserting every new
+address would make a flood of distinct addresses churn the LRU for nothing. Any change to
+the index empties the memo, so a verdict can never outlive the entry behind it.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ class BlocklistCache:
         """True when an unexpired entry covers `ip`. Raises `InvalidEntry` on a non-address."""
         now = time.time() if now is None else now
         expires = self._memo.get(ip)
-        if expires is None:
-            version, address = parse_address(ip)
-            found = self._index.match(version, address, now)
-            expires = 0.0 if found is None else found[1]
-            self._memo[ip] = expires
-        return expires > now
+        if expires is not None and expires > now:
+            return True
+        expires = self._index.expiry(ip, now)
+        if not expires:
+            return False
+        self._memo[ip] = expires
+        return True
 
     def match(self, ip: str, now: float | None = None) -> tuple[Net, float] | None:
         """The most specific unexpired entry covering `ip`, with its expiry (`inf` = never)."""

@@ -10,9 +10,10 @@ of entries. Expired entries stop matching at their expiry even before a sync rem
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from socket import AF_INET, inet_pton
 
-from blocklist.entries import Net, parse_address
+from blocklist.entries import InvalidEntry, Net, parse_address
 
 INF = math.inf
 Table = dict[int, float]
@@ -24,9 +25,10 @@ class PrefixIndex:
     __slots__ = ("_count", "_order", "_tables")
 
     def __init__(self) -> None:
-        # (version, prefixlen) -> table; _order[version] = [(shift, table), ...] longest first
+        # (version, prefixlen) -> table; _order[version] = [(shift, table.get), ...] longest
+        # first (bound `get` methods: no attribute lookup inside the hot loop)
         self._tables: dict[tuple[int, int], Table] = {}
-        self._order: dict[int, list[tuple[int, Table]]] = {4: [], 6: []}
+        self._order: dict[int, list[tuple[int, Callable[[int], float | None]]]] = {4: [], 6: []}
         self._count = 0
 
     def __len__(self) -> int:
@@ -42,7 +44,7 @@ class PrefixIndex:
     def _reorder(self, version: int) -> None:
         bits = 32 if version == 4 else 128
         self._order[version] = [
-            (bits - length, table)
+            (bits - length, table.get)
             for (v, length), table in sorted(self._tables.items(), key=lambda kv: -kv[0][1])
             if v == version
         ]
@@ -81,8 +83,8 @@ class PrefixIndex:
 
     def match(self, version: int, address: int, now: float) -> tuple[Net, float] | None:
         """The most specific unexpired entry covering the address, with its expiry."""
-        for shift, table in self._order[version]:
-            expires = table.get(address >> shift)
+        for shift, get in self._order[version]:
+            expires = get(address >> shift)
             if expires is not None and expires > now:
                 bits = 32 if version == 4 else 128
                 return Net(version, bits - shift, address >> shift << shift), expires
@@ -90,12 +92,22 @@ class PrefixIndex:
 
     def covers(self, ip: str, now: float) -> bool:
         """True when an unexpired entry covers `ip` (a literal address)."""
-        version, address = parse_address(ip)
-        for shift, table in self._order[version]:
-            expires = table.get(address >> shift)
+        return self.expiry(ip, now) > 0.0
+
+    def expiry(self, ip: str, now: float) -> float:
+        """Expiry of the most specific unexpired entry covering `ip`; 0.0 when none."""
+        if ":" in ip:
+            version, address = parse_address(ip)
+        else:  # the common case, inlined: about a third of the cost of a lookup
+            try:
+                version, address = 4, int.from_bytes(inet_pton(AF_INET, ip), "big")
+            except OSError:
+                raise InvalidEntry(f"{ip!r} is not an IPv4 or IPv6 address") from None
+        for shift, get in self._order[version]:
+            expires = get(address >> shift)
             if expires is not None and expires > now:
-                return True
-        return False
+                return expires
+        return 0.0
 
     def sweep(self, now: float) -> int:
         """Drop entries that expired at or before `now`; return how many."""

@@ -131,7 +131,8 @@ def test_cache_memo_never_outlives_a_change() -> None:
     cache.upsert("192.0.2.1", expires=10.0)
     assert cache.check("192.0.2.1", now=5.0)
     assert not cache.check("192.0.2.1", now=10.0)  # memoized verdict expires with its entry
+    cache.upsert("10.0.0.0/24")
     for i in range(50):  # the memo stays bounded
-        cache.check(f"10.0.0.{i}", now=0.0)
+        assert cache.check(f"10.0.0.{i}", now=0.0)
     assert cache._memo.currsize <= 4
     assert cache.index.get(parse_network("192.0.2.1")) == 10.0
