@@ -58,6 +58,7 @@ class BlocklistSync:
         snapshot_interval: float = 5.0,
         change_stream: bool = True,
         max_backoff: float = 10.0,
+        poll_interval: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.collection = collection
@@ -67,6 +68,7 @@ class BlocklistSync:
         self.snapshot_interval = snapshot_interval
         self.change_stream_enabled = change_stream
         self.max_backoff = max_backoff
+        self.poll_interval = poll_interval
         self._clock = clock
         self._fresh_at: float | None = None  # monotonic
         self._snapshot_synced_at: float | None = None  # wall clock, from a loaded snapshot
@@ -264,6 +266,10 @@ class BlocklistSync:
                     self.apply_change(change)
                 if self._synced_epoch == self._stream_epoch:
                     self._mark_fresh()
+                if change is None:
+                    # MongoDB holds an empty getMore for max_await_time_ms; the embedded
+                    # store answers at once, so pace empty polls rather than spin.
+                    await asyncio.sleep(self.poll_interval)
 
     # -- snapshot ------------------------------------------------------------------------
 
