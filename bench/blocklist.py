@@ -16,12 +16,9 @@ propagation p99 <= 1 s.
 from __future__ import annotations
 
 import gc
-import os
 import random
-import secrets
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from bench.common import TOKEN, embedded_store, percentile, start_service, wait_http
 from blocklist import BlocklistCache, Net, PrefixIndex
 from blocklist import snapshot as snapshots
 
@@ -48,7 +46,6 @@ MIX: list[tuple[int, int, float]] = [
     (6, 32, 0.01),
 ]
 SIZES = (10_000, 100_000, 1_000_000)
-TOKEN = "bench-" + secrets.token_hex(12)
 
 
 def build(size: int, rng: random.Random) -> tuple[PrefixIndex, list[Net]]:
@@ -167,37 +164,6 @@ def snapshot_load(quick: bool) -> dict[str, Any]:
 # -- propagation through real processes --------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start(role: str, env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
-    log = open(workdir / f"{role}.log", "ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "floodgate", role],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        cwd=workdir,
-    )
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready")
-
-
 def greeting_code(port: int, source: str) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
         data = s.recv(512)
@@ -205,48 +171,20 @@ def greeting_code(port: int, source: str) -> int:
 
 
 def propagation(quick: bool) -> dict[str, Any]:
-    from mailstore.embedded import EmbeddedStore
-
     adds = 20 if quick else 100
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, embedded_store(Path(directory)) as uri:
         workdir = Path(directory)
-        store = EmbeddedStore(workdir / "store")
-        uri = store.start()
-        smtp_port, receiver_http, api_port = free_port(), free_port(), free_port()
-        common = {
-            "FLOODGATE_MONGODB_URI": uri,
-            "FLOODGATE_ADMIN_TOKEN": TOKEN,
-            "FLOODGATE_LOG_LEVEL": "WARNING",
-            "FLOODGATE_HOSTNAME": "mx.bench.test",
-        }
-        receiver = start(
+        env = {"FLOODGATE_MONGODB_URI": uri}
+        receiver = start_service(
             "receiver",
-            {
-                **common,
-                "FLOODGATE_DATA_DIR": str(workdir / "receiver"),
-                "FLOODGATE_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
-                "FLOODGATE_RECEIVER_HTTP_LISTEN": f"127.0.0.1:{receiver_http}",
-                "FLOODGATE_AUTOBAN_THRESHOLD": "0",
-                "FLOODGATE_CONNECTION_RATE": "0",
-            },
+            {**env, "FLOODGATE_AUTOBAN_THRESHOLD": "0", "FLOODGATE_CONNECTION_RATE": "0"},
             workdir,
         )
-        api = start(
-            "api",
-            {
-                **common,
-                "FLOODGATE_DATA_DIR": str(workdir / "api"),
-                "FLOODGATE_API_LISTEN": f"127.0.0.1:{api_port}",
-            },
-            workdir,
-        )
+        api = start_service("api", env, workdir)
         try:
-            wait_http(f"http://127.0.0.1:{receiver_http}/readyz")
-            wait_http(f"http://127.0.0.1:{api_port}/healthz")
+            wait_http(receiver.http_url + "/readyz")
             client = httpx.Client(
-                base_url=f"http://127.0.0.1:{api_port}",
-                headers={"Authorization": f"Bearer {TOKEN}"},
-                timeout=10,
+                base_url=api.http_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
             )
             latencies = []
             for n in range(adds):
@@ -254,30 +192,21 @@ def propagation(quick: bool) -> dict[str, Any]:
                 started = time.perf_counter()
                 response = client.post("/v1/blocklist", json={"cidr": ip, "reason": "bench"})
                 response.raise_for_status()
-                while greeting_code(smtp_port, ip) != 554:
+                while greeting_code(receiver.port, ip) != 554:
                     if time.perf_counter() - started > 10:
                         raise RuntimeError(f"ban of {ip} did not arrive within 10 s")
                     time.sleep(0.002)
                 latencies.append(time.perf_counter() - started)
                 time.sleep(0.02)
-            latencies.sort()
             return {
                 "adds": adds,
-                "p50_ms": round(statistics.median(latencies) * 1000, 1),
-                "p99_ms": round(
-                    latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1
-                ),
-                "max_ms": round(latencies[-1] * 1000, 1),
+                "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+                "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+                "max_ms": round(max(latencies) * 1000, 1),
             }
         finally:
-            for process in (receiver, api):
-                process.terminate()
-            for process in (receiver, api):
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            store.stop()
+            receiver.stop()
+            api.stop()
 
 
 def run(quick: bool = False) -> dict[str, Any]:
