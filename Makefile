@@ -28,6 +28,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
+	@sh bench/install-postfix.sh
 	$(BIN)/python -m bench
 
 flood: setup

@@ -110,7 +110,7 @@ def receiver_rates(runs: int, quick: bool) -> tuple[dict[tuple[int, int], float]
         receiver = start_service(
             "receiver", {"FLOODGATE_MONGODB_URI": uri, **RECEIVER_ENV}, Path(directory)
         )
-        check = MongoClient(uri)
+        check: MongoClient[dict[str, Any]] = MongoClient(uri)
         messages = check["floodgate"]["messages"]
         try:
             drive(receiver.port, 20, 1024, 200)  # warm up: connections, indexes, caches

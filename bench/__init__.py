@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): real processes on loopback, results in bench/results/."""

@@ -1,0 +1,78 @@
+"""`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
+
+Suites: throughput (issue 2), abuse (issue 3), blocklist (issue 4). Results of every suite
+run land in one `latest.json` and `latest.md` under `--out` (default bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bench import abuse, blocklist, throughput
+
+SUITES: dict[str, ModuleType] = {"throughput": throughput, "abuse": abuse, "blocklist": blocklist}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"any of {', '.join(SUITES)} (default: all)",
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    names = args.suites or list(SUITES)
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "quick": args.quick,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "suites": {},
+    }
+    sections = []
+    for name in names:
+        module = SUITES[name]
+        print(f"bench: running {name}{' (quick)' if args.quick else ''} ...", flush=True)
+        started = time.monotonic()
+        run: Callable[[bool], dict[str, Any]] = module.run
+        result = run(args.quick)
+        result["elapsed_s"] = round(time.monotonic() - started, 1)
+        results["suites"][name] = result
+        render: Callable[[dict[str, Any]], str] = module.markdown
+        section = render(result)
+        sections.append(section)
+        print(section, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    header = (
+        f"# Floodgate benchmarks\n\n{results['date']}, {results['machine']['cpus']} CPUs, "
+        f"Python {results['machine']['python']}{', quick run' if args.quick else ''}.\n\n"
+    )
+    (args.out / "latest.md").write_text(header + "\n".join(sections))
+    print(f"bench: results written to {args.out / 'latest.json'} and {args.out / 'latest.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""`python -m bench` keeps working: a quick run of the cheapest suite writes both reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.processes import clean_environ
+
+
+def test_quick_abuse_suite_writes_json_and_markdown(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "abuse", "--quick", "--out", str(tmp_path)],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["quick"] is True and set(report["suites"]) == {"abuse"}
+    idle = report["suites"]["abuse"]["idle"]
+    assert idle["sockets"] == 2000 and idle["held_during_legit"] == 2000
+    assert 0 < idle["rss_per_socket_kb"] < 100
+    assert report["suites"]["abuse"]["refusal"]["refusals"] > 0
+    assert "KB per socket" in (tmp_path / "latest.md").read_text()
+
+
+def test_unknown_suite_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "nonsense"],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "unknown suite nonsense" in result.stderr
