@@ -20,6 +20,7 @@ run: setup
 	$(BIN)/floodgate run
 
 test: setup
+	@sh tests/install-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
