@@ -1,0 +1,166 @@
+"""A fault-injecting TCP proxy for tests: put it between a receiver and the store and break
+the connection the way networks and elections do.
+
+Modes (switchable at any moment from the test's thread):
+- `pass`: forward both ways;
+- `reset`: reset every open connection (RST, not FIN) and every new one at once;
+- `stall`: accept and read, forward nothing, until the mode changes (a hung primary);
+- `reset_after`: forward, but reset a connection once it has carried `after_bytes` towards
+  the server since the mode was set (a write cut off mid-flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)  # identity: links live in a set
+class _Link:
+    client: asyncio.StreamWriter
+    server: asyncio.StreamWriter | None = None
+    upstream_bytes: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def reset(self) -> None:
+        for writer in (self.client, self.server):
+            if writer is None:
+                continue
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+
+class FaultProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.mode = "pass"
+        self.after_bytes = 0
+        self.connections = 0
+        self.resets = 0
+        self._links: set[_Link] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._changed: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="faultproxy", daemon=True)
+
+    # -- control, from the test's thread -------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fault proxy did not start")
+        return self
+
+    def set_mode(self, mode: str, after_bytes: int = 0) -> None:
+        if mode not in ("pass", "reset", "stall", "reset_after"):
+            raise ValueError(mode)
+        done = threading.Event()
+
+        def apply() -> None:
+            self.mode, self.after_bytes = mode, after_bytes
+            for link in list(self._links):
+                link.upstream_bytes = 0
+                if mode == "reset":
+                    self._reset(link)
+            assert self._changed is not None
+            self._changed.set()
+            self._changed = asyncio.Event()
+            done.set()
+
+        self._loop.call_soon_threadsafe(apply)
+        done.wait(5)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    # -- the proxy, on its own loop ------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._changed = asyncio.Event()
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            for link in list(self._links):
+                link.reset()
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    def _reset(self, link: _Link) -> None:
+        self.resets += 1
+        link.reset()
+        self._links.discard(link)
+
+    async def _until_not_stalled(self) -> None:
+        while self.mode == "stall":
+            assert self._changed is not None
+            await self._changed.wait()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        link = _Link(writer)
+        self._links.add(link)
+        if self.mode == "reset":
+            self._reset(link)
+            return
+        await self._until_not_stalled()
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            self._reset(link)
+            return
+        link.server = server_writer
+        link.tasks = [
+            asyncio.create_task(self._pump(link, reader, server_writer, upstream=True)),
+            asyncio.create_task(self._pump(link, server_reader, writer, upstream=False)),
+        ]
+        await asyncio.gather(*link.tasks, return_exceptions=True)
+        self._links.discard(link)
+
+    async def _pump(
+        self,
+        link: _Link,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: bool,
+    ) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self._until_not_stalled()
+                if link not in self._links:
+                    return
+                if upstream and self.mode == "reset_after":
+                    link.upstream_bytes += len(data)
+                    if link.upstream_bytes > self.after_bytes:
+                        self._reset(link)
+                        return
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if link in self._links:
+                self._reset(link)
