@@ -7,6 +7,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -53,13 +54,29 @@ def clean_store(store_uri: str) -> None:
     database per test does not isolate tests there: a ban or an auto-ban left by one test
     would refuse the next test's clients. A real replica set isolates by database name.
     """
-    if os.environ.get("FLOODGATE_TEST_MONGODB_URI"):
+    if external_store():
         return
     with MongoClient(store_uri) as client:
         db = client["floodgate"]
         for name in db.list_collection_names():
             # Emptied, not dropped: nx-27017 change streams opened after a drop stay silent.
             db[name].delete_many({})
+
+
+def external_store() -> bool:
+    """True when the tests run against a real replica set (FLOODGATE_TEST_MONGODB_URI)."""
+    return bool(os.environ.get("FLOODGATE_TEST_MONGODB_URI"))
+
+
+async def drop_test_database(client: Any, name: str) -> None:
+    """Drop a test's database on a real replica set; leave the embedded store alone.
+
+    nx-27017 ignores database names, so dropping "a test's database" there drops shared
+    collections, and with them the change-stream triggers every later stream relies on:
+    streams opened afterwards stay silent. `clean_store` empties it instead.
+    """
+    if external_store():
+        await client.drop_database(name)
 
 
 @pytest.fixture

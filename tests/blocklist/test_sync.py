@@ -17,6 +17,7 @@ from blocklist import BlocklistCache, BlocklistRepository, BlocklistSync, Entry,
 from blocklist.repository import COLLECTION
 from mailstore.connection import connect, database
 from mailstore.embedded import EmbeddedStore
+from tests.conftest import drop_test_database
 
 Doc = dict[str, Any]
 
@@ -48,7 +49,7 @@ def doc(cidr: str, ttl: float | None = None) -> Doc:
 async def db(store_uri: str, db_name: str, clean_store: None) -> AsyncIterator[Any]:
     client = connect(store_uri, timeout=3)
     yield database(client, db_name)
-    await client.drop_database(db_name)
+    await drop_test_database(client, db_name)
     await client.close()
 
 

@@ -8,13 +8,14 @@ from datetime import timedelta
 import pytest
 
 from mailstore import IncomingMessage, MessageStore, StoreConfig, new_message_id, utcnow
+from tests.conftest import drop_test_database
 
 
 @pytest.fixture
 async def store(store_uri: str, db_name: str) -> AsyncIterator[MessageStore]:
     opened = await MessageStore.open(StoreConfig(uri=store_uri, database=db_name, retention=3600))
     yield opened
-    await opened.client.drop_database(db_name)
+    await drop_test_database(opened.client, db_name)
     await opened.close()
 
 
