@@ -10,7 +10,6 @@ store is down and the queue fills, further bans stay local (and are counted), ne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -74,11 +73,11 @@ class LocalBlocklist:
                 await asyncio.sleep(min(60.0, 2.0**attempt))
 
     async def stop(self) -> None:
-        for task in (self._writer, self._indexes):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [task for task in (self._writer, self._indexes) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)  # bounded: see BlocklistSync.stop
         await self.sync.stop()
 
     # -- the receiver's view -------------------------------------------------------------

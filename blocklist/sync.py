@@ -132,12 +132,16 @@ class BlocklistSync:
             self._tasks.append(asyncio.create_task(self._watch_loop(), name="blocklist-watch"))
         self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="blocklist-snapshot"))
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 2.0) -> None:
+        """Cancel the loops and write a last snapshot; bounded even if the store hangs.
+
+        A task cancelled while the driver is selecting a server can outlive its cancel
+        (the driver finishes its own cleanup first): wait `grace` seconds, not forever.
+        """
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace)
         self._tasks = []
         await self.write_snapshot()
 
