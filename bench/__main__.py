@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "suites": {},
     }
-    sections = []
+    latest = args.out / "latest.json"
+    if args.suites and latest.exists():
+        # A subset run updates its suites and keeps the others' last results.
+        previous = json.loads(latest.read_text())
+        if previous.get("quick") == args.quick:
+            results["suites"] = {k: v for k, v in previous.get("suites", {}).items() if k in SUITES}
     for name in names:
         module = SUITES[name]
         print(f"bench: running {name}{' (quick)' if args.quick else ''} ...", flush=True)
@@ -60,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         result["elapsed_s"] = round(time.monotonic() - started, 1)
         results["suites"][name] = result
         render: Callable[[dict[str, Any]], str] = module.markdown
-        section = render(result)
-        sections.append(section)
-        print(section, flush=True)
+        print(render(result), flush=True)
+    sections = []
+    for name, module in SUITES.items():
+        if name in results["suites"]:
+            renderer: Callable[[dict[str, Any]], str] = module.markdown
+            elapsed = results["suites"][name].get("elapsed_s")
+            sections.append(renderer(results["suites"][name]) + f"\n({name}: {elapsed} s)\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     header = (

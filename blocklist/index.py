@@ -5,30 +5,42 @@ shifted past its host bits to the entry's expiry (POSIX seconds, `inf` for never
 shifts the address once per populated prefix length, longest first, so it costs one dict
 probe per distinct prefix length in use (a handful in real lists), independent of the number
 of entries. Expired entries stop matching at their expiry even before a sync removes them.
+
+Most lookups find nothing, and a miss pays for every populated length. A summary per family
+cuts that: the set of /24s (IPv4) or /48s (IPv6) that contain any entry at least that long.
+One probe of the summary answers for all the long tables at once (/32, /28, /24 ... or
+/128, /64, /48 ...), so a miss costs one probe plus one per short prefix length in use.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from socket import AF_INET, inet_pton
+from collections.abc import Callable, Iterable, Iterator
+from socket import AF_INET, AF_INET6, inet_pton
 
 from blocklist.entries import InvalidEntry, Net, parse_address
 
 INF = math.inf
 Table = dict[int, float]
+Getter = Callable[[int], float | None]
+SUMMARY_LENGTH = {4: 24, 6: 48}
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 class PrefixIndex:
     """Exact addresses and prefixes of any length, IPv4 and IPv6; not thread-safe."""
 
-    __slots__ = ("_count", "_order", "_tables")
+    __slots__ = ("_count", "_long", "_short", "_summary", "_tables")
 
     def __init__(self) -> None:
-        # (version, prefixlen) -> table; _order[version] = [(shift, table.get), ...] longest
-        # first (bound `get` methods: no attribute lookup inside the hot loop)
+        # (version, prefixlen) -> table. _long[version] / _short[version]: [(shift,
+        # table.get), ...] longest first, for lengths at or above / below the summary length
+        # (bound `get` methods: no attribute lookup inside the hot loop). _summary[version]:
+        # summary key -> number of long entries under it.
         self._tables: dict[tuple[int, int], Table] = {}
-        self._order: dict[int, list[tuple[int, Callable[[int], float | None]]]] = {4: [], 6: []}
+        self._long: dict[int, list[tuple[int, Getter]]] = {4: [], 6: []}
+        self._short: dict[int, list[tuple[int, Getter]]] = {4: [], 6: []}
+        self._summary: dict[int, dict[int, int]] = {4: {}, 6: {}}
         self._count = 0
 
     def __len__(self) -> int:
@@ -43,11 +55,28 @@ class PrefixIndex:
 
     def _reorder(self, version: int) -> None:
         bits = 32 if version == 4 else 128
-        self._order[version] = [
-            (bits - length, table.get)
+        order = [
+            (length, bits - length, table.get)
             for (v, length), table in sorted(self._tables.items(), key=lambda kv: -kv[0][1])
             if v == version
         ]
+        cut = SUMMARY_LENGTH[version]
+        self._long[version] = [(shift, get) for length, shift, get in order if length >= cut]
+        self._short[version] = [(shift, get) for length, shift, get in order if length < cut]
+
+    def _summarize(self, version: int, prefixlen: int, keys: Iterable[int], step: int) -> None:
+        """Count (`step` = 1) or uncount (-1) long entries under their summary keys."""
+        cut = SUMMARY_LENGTH[version]
+        if prefixlen < cut:
+            return
+        summary = self._summary[version]
+        for key in keys:
+            top = key >> (prefixlen - cut)
+            left = summary.get(top, 0) + step
+            if left:
+                summary[top] = left
+            else:
+                del summary[top]
 
     def add(self, net: Net, expires: float = INF) -> bool:
         """Insert or update; True when the network was not present before."""
@@ -56,13 +85,19 @@ class PrefixIndex:
         key = net.key
         new = key not in table
         table[key] = expires
-        self._count += new
+        if new:
+            self._count += 1
+            self._summarize(net.version, net.prefixlen, (key,), 1)
         return new
 
     def add_table(self, version: int, prefixlen: int, table: Table) -> None:
         """Adopt a whole prefix table at once (snapshot load); replaces any existing one."""
         old = self._tables.get((version, prefixlen))
-        self._count += len(table) - (len(old) if old else 0)
+        if old:
+            self._count -= len(old)
+            self._summarize(version, prefixlen, old, -1)
+        self._count += len(table)
+        self._summarize(version, prefixlen, table, 1)
         self._tables[(version, prefixlen)] = table
         self._reorder(version)
 
@@ -71,6 +106,7 @@ class PrefixIndex:
         if table is None or table.pop(net.key, None) is None:
             return False
         self._count -= 1
+        self._summarize(net.version, net.prefixlen, (net.key,), -1)
         if not table:
             del self._tables[(net.version, net.prefixlen)]
             self._reorder(net.version)
@@ -83,10 +119,13 @@ class PrefixIndex:
 
     def match(self, version: int, address: int, now: float) -> tuple[Net, float] | None:
         """The most specific unexpired entry covering the address, with its expiry."""
-        for shift, get in self._order[version]:
+        bits = 32 if version == 4 else 128
+        order = self._short[version]
+        if address >> (bits - SUMMARY_LENGTH[version]) in self._summary[version]:
+            order = self._long[version] + order
+        for shift, get in order:
             expires = get(address >> shift)
             if expires is not None and expires > now:
-                bits = 32 if version == 4 else 128
                 return Net(version, bits - shift, address >> shift << shift), expires
         return None
 
@@ -97,13 +136,25 @@ class PrefixIndex:
     def expiry(self, ip: str, now: float) -> float:
         """Expiry of the most specific unexpired entry covering `ip`; 0.0 when none."""
         if ":" in ip:
-            version, address = parse_address(ip)
+            try:  # inlined too; zone ids, mapped IPv4 and errors take the general path
+                packed = inet_pton(AF_INET6, ip)
+            except OSError:
+                packed = b""
+            if packed and packed[:12] != _V4_MAPPED:
+                version, address = 6, int.from_bytes(packed, "big")
+            else:
+                version, address = parse_address(ip)
         else:  # the common case, inlined: about a third of the cost of a lookup
             try:
                 version, address = 4, int.from_bytes(inet_pton(AF_INET, ip), "big")
             except OSError:
                 raise InvalidEntry(f"{ip!r} is not an IPv4 or IPv6 address") from None
-        for shift, get in self._order[version]:
+        if address >> (8 if version == 4 else 80) in self._summary[version]:
+            for shift, get in self._long[version]:
+                expires = get(address >> shift)
+                if expires is not None and expires > now:
+                    return expires
+        for shift, get in self._short[version]:
             expires = get(address >> shift)
             if expires is not None and expires > now:
                 return expires
@@ -116,6 +167,7 @@ class PrefixIndex:
             stale = [key for key, expires in table.items() if expires <= now]
             for key in stale:
                 del table[key]
+            self._summarize(version, length, stale, -1)
             dropped += len(stale)
             if not table:
                 del self._tables[(version, length)]
