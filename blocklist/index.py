@@ -30,7 +30,7 @@ _V4_MAPPED = bytes(10) + b"\xff\xff"
 class PrefixIndex:
     """Exact addresses and prefixes of any length, IPv4 and IPv6; not thread-safe."""
 
-    __slots__ = ("_count", "_long", "_short", "_summary", "_tables")
+    __slots__ = ("_bitmap", "_count", "_long", "_short", "_summary", "_tables")
 
     def __init__(self) -> None:
         # (version, prefixlen) -> table. _long[version] / _short[version]: [(shift,
@@ -41,6 +41,9 @@ class PrefixIndex:
         self._long: dict[int, list[tuple[int, Getter]]] = {4: [], 6: []}
         self._short: dict[int, list[tuple[int, Getter]]] = {4: [], 6: []}
         self._summary: dict[int, dict[int, int]] = {4: {}, 6: {}}
+        # The IPv4 summary as a bitmap too (one bit per /24, 2 MiB): testing a bit touches
+        # one byte of a small array instead of a large hash table.
+        self._bitmap = bytearray(1 << 21)
         self._count = 0
 
     def __len__(self) -> int:
@@ -70,6 +73,7 @@ class PrefixIndex:
         if prefixlen < cut:
             return
         summary = self._summary[version]
+        bitmap = self._bitmap if version == 4 else None
         for key in keys:
             top = key >> (prefixlen - cut)
             left = summary.get(top, 0) + step
@@ -77,6 +81,11 @@ class PrefixIndex:
                 summary[top] = left
             else:
                 del summary[top]
+            if bitmap is not None:
+                if left:
+                    bitmap[top >> 3] |= 1 << (top & 7)
+                else:
+                    bitmap[top >> 3] &= ~(1 << (top & 7)) & 0xFF
 
     def add(self, net: Net, expires: float = INF) -> bool:
         """Insert or update; True when the network was not present before."""
@@ -149,7 +158,11 @@ class PrefixIndex:
                 version, address = 4, int.from_bytes(inet_pton(AF_INET, ip), "big")
             except OSError:
                 raise InvalidEntry(f"{ip!r} is not an IPv4 or IPv6 address") from None
-        if address >> (8 if version == 4 else 80) in self._summary[version]:
+        if (
+            self._bitmap[address >> 11] & (1 << ((address >> 8) & 7))
+            if version == 4
+            else address >> 80 in self._summary[6]
+        ):
             for shift, get in self._long[version]:
                 expires = get(address >> shift)
                 if expires is not None and expires > now:
