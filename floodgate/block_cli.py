@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import re
 import socket
 import sys
@@ -160,6 +161,7 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 def run_block(args: argparse.Namespace, settings: Settings) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     try:
         client = Client(_base_url(args, settings), _token(settings))
         return _run(client, args)
