@@ -48,15 +48,20 @@ def _actor(request: Request) -> str:
     return f"{getattr(request.state, 'actor', 'admin')}{'/' + label if label else ''}@{client}"
 
 
+def _build(body: BlockRequest, actor: str) -> Entry:
+    """The entry a request body asks for; raises `InvalidEntry` saying what is wrong."""
+    return Entry.new(
+        body.cidr,
+        reason=body.reason,
+        source=body.source,
+        ttl_seconds=body.ttl_seconds,
+        actor=actor,
+    )
+
+
 def _entry(body: BlockRequest, actor: str) -> Entry:
     try:
-        return Entry.new(
-            body.cidr,
-            reason=body.reason,
-            source=body.source,
-            ttl_seconds=body.ttl_seconds,
-            actor=actor,
-        )
+        return _build(body, actor)
     except InvalidEntry as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
 
@@ -78,13 +83,7 @@ async def add_bulk(request: Request, body: BulkRequest) -> dict[str, Any]:
     errors: list[dict[str, Any]] = []
     for position, item in enumerate(body.entries):
         try:
-            entry = Entry.new(
-                item.cidr,
-                reason=item.reason,
-                source=item.source,
-                ttl_seconds=item.ttl_seconds,
-                actor=actor,
-            )
+            entry = _build(item, actor)
         except InvalidEntry as error:
             errors.append({"index": position, "cidr": item.cidr, "error": str(error)})
             continue

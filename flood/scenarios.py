@@ -49,10 +49,17 @@ def _error_outcome(error: BaseException) -> str:
     return CLOSED
 
 
-async def _connect(target: Target, source: str | None) -> Connection:
-    return await Connection.open(
-        target.host, target.port, source if target.bind_sources else None, target.timeout
-    )
+async def _open(target: Target, source: str | None) -> tuple[Connection | None, str]:
+    """A connection from `source`, or None and the outcome that prevented it."""
+    try:
+        conn = await Connection.open(
+            target.host, target.port, source if target.bind_sources else None, target.timeout
+        )
+    except TimeoutError:
+        return None, CONNECT_TIMEOUT
+    except OSError as error:
+        return None, _error_outcome(error)
+    return conn, ""
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
@@ -75,13 +82,9 @@ async def idle(
     tasks: list[asyncio.Task[None]] = []
 
     async def hold(source: str) -> None:
-        try:
-            conn = await _connect(target, source)
-        except TimeoutError:
-            stats.record("idle", CONNECT_TIMEOUT)
-            return
-        except OSError as error:
-            stats.record("idle", _error_outcome(error))
+        conn, failure = await _open(target, source)
+        if conn is None:
+            stats.record("idle", failure)
             return
         try:
             greeting = await conn.reply(target.timeout)
@@ -134,13 +137,9 @@ async def slowloris(
     addresses = sources.addresses()
 
     async def trickle(source: str, serial: int) -> None:
-        try:
-            conn = await _connect(target, source)
-        except TimeoutError:
-            stats.record("slowloris", CONNECT_TIMEOUT)
-            return
-        except OSError as error:
-            stats.record("slowloris", _error_outcome(error))
+        conn, failure = await _open(target, source)
+        if conn is None:
+            stats.record("slowloris", failure)
             return
         started = time.monotonic()
         try:
@@ -208,13 +207,9 @@ async def connect(
         source = addresses[index % len(addresses)]
         while not stop.is_set() and next(counter) < limit:
             began = time.monotonic()
-            try:
-                conn = await _connect(target, source)
-            except TimeoutError:
-                stats.record("connect", CONNECT_TIMEOUT)
-                continue
-            except OSError as error:
-                stats.record("connect", _error_outcome(error))
+            conn, failure = await _open(target, source)
+            if conn is None:
+                stats.record("connect", failure)
                 await _wait(stop, 0.01)
                 continue
             try:
@@ -252,13 +247,9 @@ async def messages(
         source = addresses[index % len(addresses)]
         sender = f"flood{index}@flood.test"
         while not stop.is_set():
-            try:
-                conn = await _connect(target, source)
-            except TimeoutError:
-                stats.record("messages", CONNECT_TIMEOUT)
-                continue
-            except OSError as error:
-                stats.record("messages", _error_outcome(error))
+            conn, failure = await _open(target, source)
+            if conn is None:
+                stats.record("messages", failure)
                 await _wait(stop, 0.05)
                 continue
             try:
@@ -309,13 +300,9 @@ async def legit(
         sender = f"sender{serial % len(addresses)}@legit.test"
         recipient = f"user{serial % 50}@{target.domain}"
         started = time.monotonic()
-        try:
-            conn = await _connect(target, source)
-        except TimeoutError:
-            stats.legit(CONNECT_TIMEOUT, 0.0)
-            return
-        except OSError as error:
-            stats.legit(_error_outcome(error), 0.0)
+        conn, failure = await _open(target, source)
+        if conn is None:
+            stats.legit(failure, 0.0)
             return
         try:
             greeting = await conn.reply(target.timeout)

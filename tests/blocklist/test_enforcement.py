@@ -7,7 +7,6 @@ to distinct loopback source addresses.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from pymongo import MongoClient
 
 from mailstore.embedded import EmbeddedStore
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.blocklist import entry_document
 from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, wait_for
@@ -40,19 +40,6 @@ def refused(receiver: ServiceProcess, source: str) -> bool:
 
 def api_call(api: ServiceProcess, method: str, path: str, **kwargs: Any) -> httpx.Response:
     return httpx.request(method, api.http_url + path, headers=AUTH, timeout=10, **kwargs)
-
-
-def direct_entry(cidr: str, ttl: float | None = None) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    return {
-        "_id": cidr,
-        "reason": "written straight into the collection",
-        "source": "manual",
-        "created_at": now,
-        "created_by": "test",
-        "updated_at": now,
-        "expires_at": None if ttl is None else now + timedelta(seconds=ttl),
-    }
 
 
 def wait_fresh(*receivers: ServiceProcess) -> None:
@@ -131,7 +118,7 @@ def test_enforcement_never_needs_the_api(
     assert wait_for(lambda: refused(receiver, "127.0.9.1"), timeout=2)
     api.stop()
     assert refused(receiver, "127.0.9.1")
-    mongo[db_name]["blocklist"].insert_one(direct_entry("127.0.9.2/32"))
+    mongo[db_name]["blocklist"].insert_one(entry_document("127.0.9.2/32"))
     assert wait_for(lambda: refused(receiver, "127.0.9.2"), timeout=2)
     assert greeting(receiver, "127.0.9.3").startswith("220")
 
@@ -142,7 +129,7 @@ def test_resync_converges_without_a_change_stream(
     receiver = make_receiver(blocklist_change_stream="false", blocklist_resync_interval="1")
     wait_fresh(receiver)
     collection = mongo[db_name]["blocklist"]
-    collection.insert_one(direct_entry("127.0.10.0/24"))
+    collection.insert_one(entry_document("127.0.10.0/24"))
     assert wait_for(lambda: refused(receiver, "127.0.10.5"), timeout=3)
     collection.delete_one({"_id": "127.0.10.0/24"})
     assert wait_for(lambda: not refused(receiver, "127.0.10.5"), timeout=3)
@@ -158,8 +145,8 @@ def test_bans_survive_a_restart_while_the_store_is_down(
     data_dir = tmp_path / "receiver-data"
     try:
         with MongoClient(uri) as client:
-            client["bl"]["blocklist"].insert_one(direct_entry("127.0.11.0/24"))
-            client["bl"]["blocklist"].insert_one(direct_entry("::1"))
+            client["bl"]["blocklist"].insert_one(entry_document("127.0.11.0/24"))
+            client["bl"]["blocklist"].insert_one(entry_document("::1"))
         settings = {"mongodb_uri": uri, "mongodb_database": "bl", "data_dir": str(data_dir)}
         first = make_receiver(**settings)
         assert wait_for(lambda: refused(first, "127.0.11.3"), timeout=5)

@@ -18,6 +18,7 @@ from blocklist.repository import COLLECTION
 from mailstore.connection import connect, database
 from mailstore.embedded import EmbeddedStore
 from tests.conftest import drop_test_database
+from tests.support.blocklist import entry_document
 
 Doc = dict[str, Any]
 
@@ -30,19 +31,6 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> flo
             pytest.fail(f"not within {timeout}s")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
-
-
-def doc(cidr: str, ttl: float | None = None) -> Doc:
-    now = datetime.now(UTC)
-    return {
-        "_id": cidr,
-        "reason": "test",
-        "source": "manual",
-        "created_at": now,
-        "created_by": "test",
-        "updated_at": now,
-        "expires_at": None if ttl is None else now + timedelta(seconds=ttl),
-    }
 
 
 @pytest.fixture
@@ -66,7 +54,7 @@ async def test_change_stream_carries_adds_updates_and_deletes(db: Any) -> None:
     await asyncio.sleep(0.3)
     resyncs = sync.resyncs
     try:
-        await db[COLLECTION].insert_one(doc("192.0.2.0/24"))
+        await db[COLLECTION].insert_one(entry_document("192.0.2.0/24"))
         took = await eventually(lambda: cache.check("192.0.2.77"))
         assert took < 1.0  # far below the hour-long resync interval: the stream carried it
         await db[COLLECTION].update_one(
@@ -76,7 +64,7 @@ async def test_change_stream_carries_adds_updates_and_deletes(db: Any) -> None:
         net = parse_network("192.0.2.0/24")
         await eventually(lambda: math.isfinite(cache.index.get(net) or math.inf))
         await eventually(lambda: not cache.check("192.0.2.77"), timeout=3)  # expired locally
-        await db[COLLECTION].insert_one(doc("2001:db8::/32"))
+        await db[COLLECTION].insert_one(entry_document("2001:db8::/32"))
         await eventually(lambda: cache.check("2001:db8:1::1"))
         await db[COLLECTION].delete_one({"_id": "2001:db8::/32"})
         await eventually(lambda: not cache.check("2001:db8:1::1"))
@@ -86,13 +74,13 @@ async def test_change_stream_carries_adds_updates_and_deletes(db: Any) -> None:
 
 
 async def test_resync_alone_converges_when_there_is_no_change_stream(db: Any) -> None:
-    await db[COLLECTION].insert_one(doc("198.51.100.9"))
+    await db[COLLECTION].insert_one(entry_document("198.51.100.9"))
     cache = BlocklistCache()
     sync = BlocklistSync(db[COLLECTION], cache, resync_interval=0.3, change_stream=False)
     await running(sync)
     try:
         assert cache.check("198.51.100.9")
-        await db[COLLECTION].insert_one(doc("198.51.100.0/28"))
+        await db[COLLECTION].insert_one(entry_document("198.51.100.0/28"))
         await db[COLLECTION].delete_one({"_id": "198.51.100.9"})
         await eventually(lambda: cache.check("198.51.100.3") and len(cache) == 1)
         assert sync.stream_events == 0 and sync.resyncs >= 2
@@ -104,7 +92,9 @@ async def test_resync_alone_converges_when_there_is_no_change_stream(db: Any) ->
 async def test_changes_during_a_resync_are_not_undone(db: Any) -> None:
     cache = BlocklistCache()
     sync = BlocklistSync(db[COLLECTION], cache, resync_interval=3600, change_stream=False)
-    await db[COLLECTION].insert_many([doc(f"10.{i >> 8}.{i & 255}.0/24") for i in range(3000)])
+    await db[COLLECTION].insert_many(
+        [entry_document(f"10.{i >> 8}.{i & 255}.0/24") for i in range(3000)]
+    )
     task = asyncio.create_task(sync.resync())
     while sync._journal is None:  # the resync has started reading
         await asyncio.sleep(0)
@@ -113,7 +103,7 @@ async def test_changes_during_a_resync_are_not_undone(db: Any) -> None:
         {
             "operationType": "insert",
             "documentKey": {"_id": "203.0.113.5/32"},
-            "fullDocument": doc("203.0.113.5/32"),
+            "fullDocument": entry_document("203.0.113.5/32"),
         }
     )
     assert await task == 3001
@@ -122,7 +112,9 @@ async def test_changes_during_a_resync_are_not_undone(db: Any) -> None:
 
 async def test_snapshot_keeps_bans_when_the_store_is_gone(db: Any, tmp_path: Path) -> None:
     path = tmp_path / "bl.snapshot"
-    await db[COLLECTION].insert_many([doc("192.0.2.1"), doc("2001:db8:5::/48", ttl=3600)])
+    await db[COLLECTION].insert_many(
+        [entry_document("192.0.2.1"), entry_document("2001:db8:5::/48", ttl=3600)]
+    )
     sync = await running(BlocklistSync(db[COLLECTION], BlocklistCache(), snapshot_path=path))
     await sync.stop()  # writes the snapshot
     assert path.exists()
@@ -152,13 +144,13 @@ async def test_stream_resumes_after_the_store_restarts(tmp_path: Path) -> None:
         coll = database(client, "bl")[COLLECTION]
         cache = BlocklistCache()
         sync = await running(BlocklistSync(coll, cache, resync_interval=3600, max_backoff=0.5))
-        await coll.insert_one(doc("192.0.2.10"))
+        await coll.insert_one(entry_document("192.0.2.10"))
         await eventually(lambda: cache.check("192.0.2.10"))
 
         store.kill()
         await asyncio.sleep(1.0)
         await asyncio.to_thread(store.start)
-        await coll.insert_one(doc("192.0.2.11"))
+        await coll.insert_one(entry_document("192.0.2.11"))
         # Carried by the resumed stream (the hour-long resync never runs again by itself).
         await eventually(lambda: cache.check("192.0.2.11"), timeout=15)
         assert sync.stream_errors >= 1

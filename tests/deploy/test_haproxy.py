@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
+from tests.support.blocklist import entry_document
 from tests.support.processes import ServiceProcess, free_port
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
@@ -122,18 +122,7 @@ def test_client_behind_haproxy_is_blocklisted_by_its_own_address(
     db_name: str,
 ) -> None:
     proxy, _ = haproxy_pair
-    now = datetime.now(UTC)
-    mongo[db_name]["blocklist"].insert_one(
-        {
-            "_id": "127.0.0.7/32",
-            "reason": "test",
-            "source": "manual",
-            "created_at": now,
-            "created_by": "test",
-            "updated_at": now,
-            "expires_at": None,
-        }
-    )
+    mongo[db_name]["blocklist"].insert_one(entry_document("127.0.0.7/32"))
 
     def refused_everywhere() -> bool:
         replies = [through(proxy, "127.0.0.7").reply() for _ in range(4)]  # both receivers

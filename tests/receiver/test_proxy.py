@@ -6,12 +6,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
+from tests.support.blocklist import entry_document
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
@@ -84,18 +84,7 @@ def test_per_ip_cap_counts_the_client_in_the_header_not_the_proxy(
 def test_blocklist_applies_to_the_client_in_the_header(
     make_receiver: ServiceFactory, mongo: MongoClient[dict[str, Any]], db_name: str
 ) -> None:
-    now = datetime.now(UTC)
-    mongo[db_name]["blocklist"].insert_one(
-        {
-            "_id": "198.51.100.30/32",
-            "reason": "t",
-            "source": "manual",
-            "created_at": now,
-            "created_by": "test",
-            "updated_at": now,
-            "expires_at": None,
-        }
-    )
+    mongo[db_name]["blocklist"].insert_one(entry_document("198.51.100.30/32"))
     receiver = make_receiver(**PROXIED)
 
     def refused() -> bool:
