@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 from datetime import datetime
 from email.message import EmailMessage
@@ -22,15 +23,28 @@ def _store(request: Request) -> MessageStore:
     return store
 
 
+def decoded(value: str) -> str:
+    """RFC 2047 encoded words decoded; the receiver stores header values undecoded.
+
+    Values are capped at 998 characters by the receiver's scan, so this is bounded.
+    """
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except Exception:  # an undecodable word is shown as sent rather than failing the list
+        return value
+
+
 def summary(doc: Document) -> dict[str, Any]:
     """The listing fields of a stored message."""
     headers = doc.get("headers") or {}
     received: datetime = doc["received_at"]
     return {
         "id": doc["_id"],
-        "from": headers.get("from") or doc.get("mail_from", ""),
-        "to": headers.get("to") or ", ".join(doc.get("rcpt", [])),
-        "subject": headers.get("subject", ""),
+        "from": decoded(headers.get("from") or doc.get("mail_from", "")),
+        "to": decoded(headers.get("to") or ", ".join(doc.get("rcpt", []))),
+        "subject": decoded(headers.get("subject", "")),
         "received_at": received.isoformat(),
         "size": doc.get("size", 0),
     }

@@ -3,14 +3,16 @@ embedded store launcher."""
 
 from mailstore.batcher import StoreBusy, StoreError, StoreTimeout
 from mailstore.connection import Document, connect, database
-from mailstore.documents import IncomingMessage, selected_headers, utcnow
+from mailstore.documents import IncomingMessage, utcnow
 from mailstore.embedded import EmbeddedStore
+from mailstore.headers import HeaderScan, scan_headers
 from mailstore.ids import is_message_id, new_message_id
 from mailstore.store import MessageStore, StoreConfig
 
 __all__ = [
     "Document",
     "EmbeddedStore",
+    "HeaderScan",
     "IncomingMessage",
     "MessageStore",
     "StoreBusy",
@@ -21,6 +23,6 @@ __all__ = [
     "database",
     "is_message_id",
     "new_message_id",
-    "selected_headers",
+    "scan_headers",
     "utcnow",
 ]

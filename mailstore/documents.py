@@ -1,19 +1,12 @@
-"""What one stored message looks like, and how its selected headers are read."""
+"""What one stored message looks like."""
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import Binary
-
-# Only the header block is parsed on the receiving path; these are kept for listings.
-SELECTED_HEADERS = ("subject", "from", "to", "date", "message-id")
-MAX_HEADER_VALUE = 998  # RFC 5322 2.1.1 line limit; longer values are cut for listings
-_HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,25 +21,8 @@ class IncomingMessage:
     helo: str
     received_at: datetime
     received_header: bytes
-
-
-def selected_headers(raw: bytes) -> dict[str, str]:
-    """Decoded values of the selected headers; missing or undecodable ones are left out."""
-    end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[: end + 2]
-    try:
-        parsed = _HEADER_PARSER.parsebytes(head, headersonly=True)
-    except Exception:  # a malformed header block must never block storing the message
-        return {}
-    result: dict[str, str] = {}
-    for name in SELECTED_HEADERS:
-        try:
-            value = parsed.get(name)
-        except Exception:  # noqa: S112 - one bad header must not hide the others
-            continue
-        if value is not None:
-            result[name.replace("-", "_")] = str(value)[:MAX_HEADER_VALUE]
-    return result
+    # Selected header values from the receiver's bounded scan (mailstore.headers).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
@@ -64,7 +40,7 @@ def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
         # rebuilding the index.
         "expires_at": message.received_at + timedelta(seconds=retention),
         "size": len(message.raw),
-        "headers": selected_headers(message.raw),
+        "headers": message.headers,
     }
 
 

@@ -42,7 +42,15 @@ CLOSE_REASONS = (
     "too_many_commands",
     "shutdown",
 )
-MESSAGE_OUTCOMES = ("stored", "store_failed", "store_busy", "too_big", "no_memory", "message_rate")
+MESSAGE_OUTCOMES = (
+    "stored",
+    "store_failed",
+    "store_busy",
+    "too_big",
+    "header_too_big",
+    "no_memory",
+    "message_rate",
+)
 RECIPIENT_OUTCOMES = ("accepted", "relay_denied", "too_many", "recipient_rate", "bad_address")
 
 

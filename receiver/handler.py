@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiosmtpd.smtp import Envelope, Session
 
-from mailstore import IncomingMessage, StoreBusy, StoreError, new_message_id, utcnow
+from mailstore import (
+    IncomingMessage,
+    StoreBusy,
+    StoreError,
+    new_message_id,
+    scan_headers,
+    utcnow,
+)
 from receiver import replies
 
 if TYPE_CHECKING:
@@ -133,7 +140,11 @@ class Hooks:
             # sender (and a pending-insert slot) for the whole store deadline.
             self.state.on_message("store_failed")
             return str(replies.NOT_STORED)
-        message = self._message(server, session, envelope)
+        scan = scan_headers(envelope.original_content or b"")
+        if scan.refused:
+            self.state.on_message("header_too_big")
+            return str(replies.HEADER_TOO_BIG if scan.too_big else replies.TOO_MANY_HEADER_FIELDS)
+        message = self._message(server, session, envelope, scan.values)
         started = time.perf_counter()
         try:
             await self.state.store.insert(message)
@@ -152,7 +163,11 @@ class Hooks:
         return str(replies.STORED.with_text(f"Ok: queued as {message.id}"))
 
     def _message(
-        self, server: FloodgateSMTP, session: Session, envelope: Envelope
+        self,
+        server: FloodgateSMTP,
+        session: Session,
+        envelope: Envelope,
+        headers: dict[str, str],
     ) -> IncomingMessage:
         message_id = new_message_id()
         now = utcnow()
@@ -177,6 +192,7 @@ class Hooks:
             helo=helo,
             received_at=now,
             received_header=header,
+            headers=headers,
         )
 
 

@@ -212,3 +212,28 @@ def test_sessions_past_the_shared_data_memory_get_452_4_3_1(make_receiver: Servi
     assert holder.reply().code == 250  # the first one still completes
     small = send_message(other, "b@example.org", ["m@mx.test"], b"now it fits\r\n")
     assert small.code == 250
+
+
+def test_pathological_folded_header_gets_552_and_never_stalls_other_clients(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    # 160,000 folded continuation lines (640 KB, under the size limit): the stdlib parser
+    # took seconds on the event loop for this; the bounded scan refuses it at once.
+    folded = b"Subject: start\r\n" + b" x\r\n" * 160_000 + b"\r\nbody\r\n"
+    crafted = RawClient(receiver.host, receiver.port, timeout=30)
+    crafted.hello()
+    assert crafted.cmd("MAIL FROM:<a@example.org>").code == 250
+    assert crafted.cmd("RCPT TO:<folded@mx.test>").code == 250
+    assert crafted.cmd("DATA").code == 354
+    crafted.send(folded + b".\r\n")
+    started = time.monotonic()
+    other = RawClient(receiver.host, receiver.port)
+    assert other.reply().code == 220
+    banner_delay = time.monotonic() - started
+    reply = crafted.reply()
+    assert (reply.code, reply.text[:5]) == (552, "5.3.4"), reply
+    assert banner_delay < 2.0, banner_delay  # it was ~6 s with the stdlib parser
+    # The same session goes on; a sane message with an encoded subject is listed decoded.
+    body = b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nx\r\n"
+    assert send_message(crafted, "a@example.org", ["folded@mx.test"], body).code == 250
+    assert [m["subject"] for m in listing(api, "folded@mx.test")] == ["café"]
