@@ -1,8 +1,10 @@
 """Group commit: inserts that arrive together go to MongoDB as one `insert_many`.
 
-Each caller still waits for its own document to be durable (write concern majority +
-journal) and learns its own outcome. Everything is bounded: the number of documents whose
-fate is unknown, the batch size, the batches in flight, and the time a caller waits.
+Documents arrive already BSON-encoded (see `mailstore.store`), so nothing in a batch can
+fail to encode: one bad message never costs its neighbours a 451. Each caller still waits
+for its own document to be durable (write concern majority + journal) and learns its own
+outcome. Everything is bounded: the number of documents whose fate is unknown, the batch
+size, the batches in flight, and the time a caller waits.
 """
 
 from __future__ import annotations
@@ -14,23 +16,14 @@ from collections import deque
 from typing import Any
 
 import pymongo
+from bson.raw_bson import RawBSONDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from mailstore.errors import StoreBusy, StoreError, StoreTimeout
+
 log = logging.getLogger("floodgate.store")
 DUPLICATE_KEY = 11000
-
-
-class StoreError(Exception):
-    """The message was not durably stored; the sender should retry (451)."""
-
-
-class StoreBusy(StoreError):
-    """Too many inserts already in flight; refused without queueing."""
-
-
-class StoreTimeout(StoreError):
-    """The store did not confirm durability within the deadline."""
 
 
 class InsertBatcher:
@@ -50,7 +43,7 @@ class InsertBatcher:
         self._max_pending = max_pending
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_batches_in_flight)
-        self._queue: deque[tuple[dict[str, Any], asyncio.Future[None]]] = deque()
+        self._queue: deque[tuple[RawBSONDocument, asyncio.Future[None]]] = deque()
         self._wakeup = asyncio.Event()
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,7 +72,7 @@ class InsertBatcher:
             if not future.done():
                 future.set_exception(StoreError("store shutting down"))
 
-    async def insert(self, document: dict[str, Any]) -> None:
+    async def insert(self, document: RawBSONDocument) -> None:
         """Return once `document` is durable; raise StoreError (or a subclass) otherwise."""
         if self._pending >= self._max_pending:
             raise StoreBusy(f"{self._pending} inserts pending")
@@ -114,7 +107,7 @@ class InsertBatcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[RawBSONDocument, asyncio.Future[None]]]) -> None:
         try:
             failed = await self._insert_many([doc for doc, _ in batch])
         except Exception as error:  # every failure of the batch is a 451 for its members
@@ -137,7 +130,7 @@ class InsertBatcher:
             else:
                 future.set_result(None)
 
-    async def _insert_many(self, documents: list[dict[str, Any]]) -> set[int]:
+    async def _insert_many(self, documents: list[RawBSONDocument]) -> set[int]:
         """Insert; return the indexes of documents that are not durably stored."""
         try:
             # Client-side operation timeout: the driver gives up (and retries within it).

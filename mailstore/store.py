@@ -6,7 +6,10 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import bson
 import pymongo
+from bson.errors import InvalidDocument
+from bson.raw_bson import RawBSONDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -15,6 +18,7 @@ from pymongo.errors import PyMongoError
 from mailstore.batcher import InsertBatcher
 from mailstore.connection import Document, connect, database
 from mailstore.documents import IncomingMessage, to_document
+from mailstore.errors import StoreRejected
 
 MESSAGES = "messages"
 LIST_FIELDS = {
@@ -25,6 +29,7 @@ LIST_FIELDS = {
     "received_at": 1,
     "size": 1,
 }
+MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
 INBOX_INDEX = "inbox"
 RETENTION_INDEX = "retention"
 
@@ -37,6 +42,17 @@ class StoreConfig:
     max_pending: int = 2_000
     batch_size: int = 256
     retention: int = 86_400
+
+
+def encode(document: Document) -> RawBSONDocument:
+    """The document as BSON, checked now: the driver then sends these bytes as they are."""
+    try:
+        data = bson.encode(document)
+    except (ValueError, InvalidDocument) as error:  # e.g. lone surrogates in a string
+        raise StoreRejected(f"unencodable document: {type(error).__name__}") from None
+    if len(data) > MAX_DOCUMENT:
+        raise StoreRejected(f"document of {len(data)} bytes exceeds the BSON limit")
+    return RawBSONDocument(data)
 
 
 class MessageStore:
@@ -85,8 +101,12 @@ class MessageStore:
         return self._batcher.pending
 
     async def insert(self, message: IncomingMessage) -> None:
-        """Return once the message is durable; raise `StoreError` otherwise."""
-        await self._batcher.insert(to_document(message, self.config.retention))
+        """Return once the message is durable; raise `StoreError` otherwise.
+
+        `StoreRejected` (before anything is queued) when the document cannot be encoded:
+        that message alone fails, never the batch it would have joined.
+        """
+        await self._batcher.insert(encode(to_document(message, self.config.retention)))
 
     async def list_mailbox(self, address: str, limit: int = 50) -> list[Document]:
         """Newest first; without the raw bytes."""

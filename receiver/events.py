@@ -46,6 +46,7 @@ MESSAGE_OUTCOMES = (
     "stored",
     "store_failed",
     "store_busy",
+    "unstorable",
     "too_big",
     "header_too_big",
     "no_memory",

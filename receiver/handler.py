@@ -18,6 +18,7 @@ from mailstore import (
     IncomingMessage,
     StoreBusy,
     StoreError,
+    StoreRejected,
     new_message_id,
     scan_headers,
     utcnow,
@@ -148,6 +149,9 @@ class Hooks:
         started = time.perf_counter()
         try:
             await self.state.store.insert(message)
+        except StoreRejected:
+            self.state.on_message("unstorable")
+            return str(replies.UNSTORABLE)
         except StoreBusy:
             self.state.on_message("store_busy")
             return str(replies.STORE_BUSY)

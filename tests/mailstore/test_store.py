@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -113,3 +114,21 @@ async def test_inserts_past_the_pending_bound_are_refused_not_queued(
         assert small.pending == 0
     finally:
         await small.close()
+
+
+async def test_an_unencodable_message_fails_alone_never_its_batch(store: MessageStore) -> None:
+    from dataclasses import replace
+
+    from mailstore import StoreRejected
+
+    bad_sender = b"\xff\xfe@example.org".decode("utf-8", "surrogateescape")
+    good = [message((f"n{n}@mx.test",)) for n in range(6)]
+    bad = replace(message(), mail_from=bad_sender)
+    outcomes = await asyncio.gather(
+        *(store.insert(m) for m in [*good[:3], bad, *good[3:]]), return_exceptions=True
+    )
+    assert isinstance(outcomes[3], StoreRejected)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [None] * 6
+    for stored in good:
+        assert await store.get(stored.id) is not None
+    assert await store.get(bad.id) is None

@@ -237,3 +237,32 @@ def test_pathological_folded_header_gets_552_and_never_stalls_other_clients(
     body = b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nx\r\n"
     assert send_message(crafted, "a@example.org", ["folded@mx.test"], body).code == 250
     assert [m["subject"] for m in listing(api, "folded@mx.test")] == ["café"]
+
+
+def test_undecodable_sender_fails_alone_beside_six_legit_senders(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    legit = [RawClient(receiver.host, receiver.port) for _ in range(6)]
+    crafted = RawClient(receiver.host, receiver.port)
+    for client in [*legit, crafted]:
+        client.hello()
+        client.send(b"RCPT TO:<x@mx.test>\r\n")  # 503: no MAIL yet (keeps them in step)
+        assert client.reply().code == 503
+    for n, client in enumerate(legit):
+        assert client.cmd(f"MAIL FROM:<s{n}@example.org>").code == 250
+        assert client.cmd("RCPT TO:<batch@mx.test>").code == 250
+        assert client.cmd("DATA").code == 354
+    crafted.send(b"MAIL FROM:<\xff\xfe@example.org>\r\n")
+    first = crafted.reply()
+    if first.code == 250:  # refused at MAIL, or at the dot: either way alone
+        assert crafted.cmd("RCPT TO:<batch@mx.test>").code == 250
+        assert crafted.cmd("DATA").code == 354
+        crafted.send(b"Subject: bad\r\n\r\nx\r\n.\r\n")
+    # Every final dot goes out together, so the messages share one insert batch.
+    for client in legit:
+        client.send(b"Subject: good\r\n\r\nx\r\n.\r\n")
+    replies_ = [client.reply().code for client in legit]
+    last = crafted.reply() if first.code == 250 else first
+    assert replies_ == [250] * 6
+    assert last.code // 100 == 5, last
+    assert len(listing(api, "batch@mx.test")) == 6
