@@ -47,7 +47,8 @@ def configure(level: str = "INFO", interval: float = 10.0) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiosmtpd logs every command line at INFO; that is a log line per command per client.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd's PROXY parser logs the raw text of a malformed header: the session counts
+    # and summarises those instead (event bad_proxy_header), so no client bytes reach a log.
+    logging.getLogger("mail.debug").setLevel(logging.CRITICAL)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("pymongo").setLevel(logging.WARNING)

@@ -44,6 +44,7 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         shutdown_grace=settings.shutdown_grace,
         log_summary_interval=settings.log_summary_interval,
         blocklist_max_staleness=settings.blocklist_max_staleness,
+        bare_newline=settings.bare_newline,
         data_dir=settings.data_dir,
     )
 

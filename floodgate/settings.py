@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
 from receiver.limits import Limits
+from receiver.smtp.body import BareNewline
 
 _L = LIMIT_DEFAULTS
 
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     reverse_dns: bool = False
     dns_timeout: float = Field(2.0, gt=0, le=10)
     shutdown_grace: float = Field(30.0, ge=0, le=600)
+    # Bare CR/LF or NUL in message content: reject (521, close) | normalize | accept.
+    bare_newline: BareNewline = BareNewline.REJECT
     log_level: str = "INFO"
     log_summary_interval: float = Field(10.0, ge=1, le=3600)
 

@@ -41,6 +41,16 @@ CLOSE_REASONS = (
     "too_many_errors",
     "too_many_commands",
     "shutdown",
+    "improper_pipelining",
+    "bare_newline",
+    "pregreet",
+    "untrusted_proxy",
+    "bad_proxy_header",
+    # A trusted proxy named a client that admission then refused.
+    "blocked",
+    "autobanned",
+    "per_ip_cap",
+    "connection_rate",
 )
 MESSAGE_OUTCOMES = (
     "stored",
@@ -49,6 +59,7 @@ MESSAGE_OUTCOMES = (
     "unstorable",
     "too_big",
     "header_too_big",
+    "bare_newline",
     "no_memory",
     "message_rate",
 )

@@ -5,19 +5,34 @@ Code and tests use these constants; nobody re-types a reply string.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# Replies that are the client's fault and count against the hard error limit.
+CLIENT_ERRORS = frozenset({450, 500, 501, 502, 503, 504, 550, 553, 555})
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One SMTP reply: basic code, enhanced status code and human text."""
+    """One SMTP reply: basic code, enhanced status code (RFC 3463; "" for none, as on the
+    EHLO reply, RFC 2034 3) and text. A text with newlines is a multi-line reply."""
 
     code: int
     status: str
     text: str
+    wire: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Rendered once: a reply costs one bytes object, written as it is.
+        lines = self.text.split("\n")
+        prefix = f"{self.status} " if self.status else ""
+        rendered = [f"{self.code}-{prefix}{line}\r\n" for line in lines[:-1]]
+        rendered.append(f"{self.code} {prefix}{lines[-1]}\r\n")
+        object.__setattr__(self, "wire", "".join(rendered).encode("ascii"))
 
     def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.text}"
+        return (
+            f"{self.code} {self.status} {self.text}" if self.status else f"{self.code} {self.text}"
+        )
 
     def with_text(self, text: str) -> Reply:
         """The same codes with another human text (e.g. a queue id)."""
@@ -25,7 +40,11 @@ class Reply:
 
     def line(self) -> bytes:
         """The wire form, CRLF-terminated, for writing straight to a transport."""
-        return f"{self}\r\n".encode("ascii")
+        return self.wire
+
+    @property
+    def counts_as_error(self) -> bool:
+        return self.code in CLIENT_ERRORS
 
 
 # Refusals decided before the banner (the connection is closed right after).
@@ -50,14 +69,38 @@ MESSAGE_RATE = Reply(450, "4.7.1", "Message rate limit exceeded, try again later
 RECIPIENT_RATE = Reply(450, "4.7.1", "Recipient rate limit exceeded, try again later")
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: we only accept mail for our domains")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
-BAD_ADDRESS = Reply(553, "5.1.3", "Malformed address")
-BAD_SENDER = Reply(553, "5.1.7", "Malformed sender address")
+BAD_ADDRESS = Reply(553, "5.1.3", "Recipient address not accepted")
+BAD_SENDER = Reply(553, "5.1.7", "Sender address not accepted")
+SYNTAX_RECIPIENT = Reply(501, "5.1.3", "Syntax error in recipient address")
+SYNTAX_SENDER = Reply(501, "5.1.7", "Syntax error in sender address")
+NOT_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
+BAD_PARAMETER = Reply(555, "5.5.4", "Unsupported parameter")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too large")
 TOO_MANY_HEADER_FIELDS = Reply(552, "5.3.4", "Too many header fields")
 SIZE_DECLARED_TOO_BIG = Reply(552, "5.3.4", "Declared message size exceeds fixed maximum")
-NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 BAD_SEQUENCE_NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
+NEED_HELO = Reply(503, "5.5.1", "Send HELO/EHLO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
+
+# Syntax and protocol hygiene (see README: smuggling and protocol hygiene).
+UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command unrecognized")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+CONTROL_CHARACTERS = Reply(501, "5.5.2", "Syntax error: control characters in command")
+NOT_ASCII_COMMAND = Reply(501, "5.5.2", "Syntax error: 8-bit characters in command")
+BARE_LF_COMMAND = Reply(501, "5.5.2", "Syntax error: command line ends in bare <LF>")
+SYNTAX_HELO = Reply(501, "5.5.4", "Syntax: HELO hostname")
+SYNTAX_EHLO = Reply(501, "5.5.4", "Syntax: EHLO hostname")
+SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+SYNTAX_RCPT = Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+SYNTAX_DATA = Reply(501, "5.5.4", "Syntax: DATA")
+SYNTAX_VRFY = Reply(501, "5.5.4", "Syntax: VRFY <address>")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+AUTH_UNSUPPORTED = Reply(502, "5.5.1", "AUTH not supported: this server only receives mail")
+TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+IMPROPER_PIPELINING = Reply(554, "5.5.0", "Protocol error: improper command pipelining")
+BARE_NEWLINE = Reply(521, "5.5.2", "Protocol error: bare <CR>, <LF> or NUL in message")
 
 # Storage outcome.
 STORED = Reply(250, "2.0.0", "Ok: queued as {id}")
@@ -72,4 +115,6 @@ RCPT_OK = Reply(250, "2.1.5", "Ok")
 RSET_OK = Reply(250, "2.0.0", "Ok")
 NOOP_OK = Reply(250, "2.0.0", "Ok")
 BYE = Reply(221, "2.0.0", "Bye")
-START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message")
+HELP = Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")

@@ -9,24 +9,28 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
 
-from mailstore import IncomingMessage
+from mailstore.documents import IncomingMessage
 from receiver import replies
 from receiver.admission import Admission, Refusal
-from receiver.data import MemoryBudget
-from receiver.events import Metrics, SummaryLog, emit
-from receiver.handler import Hooks
+from receiver.events import (
+    CLOSE_REASONS,
+    CONNECTION_OUTCOMES,
+    MESSAGE_OUTCOMES,
+    RECIPIENT_OUTCOMES,
+    Metrics,
+    SummaryLog,
+    emit,
+)
 from receiver.health import HealthServer
 from receiver.limits import Limits
-from receiver.protocol import FloodgateSMTP
+from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
 
 log = logging.getLogger("floodgate.receiver")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-ReverseDns = Callable[[str], Awaitable[str | None]]
 SHUTDOWN_REFUSAL = Refusal(replies.SHUTTING_DOWN, "shutting_down")
 HEALTH_INTERVAL = 2.0
 
@@ -73,11 +77,16 @@ class ReceiverConfig:
     shutdown_grace: float = 30.0
     log_summary_interval: float = 10.0
     blocklist_max_staleness: float = 120.0
+    bare_newline: BareNewline = BareNewline.REJECT
     data_dir: Path = field(default_factory=lambda: Path("var"))
 
 
 class ReceiverState:
-    """State shared by every session of one receiver process."""
+    """The gate and the receiver's shared state: admission, health, events, drain.
+
+    Sessions see none of this directly: they read the immutable `SessionContext` built
+    here, and report through its `Events` (implemented by this class).
+    """
 
     def __init__(
         self,
@@ -90,11 +99,9 @@ class ReceiverState:
         self.loop = loop
         self.store = store
         self.blocklist = blocklist
-        self.hostname = config.hostname
-        self.domains = config.domains
         self.metrics = Metrics()
         self.summary = SummaryLog(config.log_summary_interval)
-        self.sessions: set[FloodgateSMTP] = set()
+        self.sessions: set[Session] = set()
         self.draining = False
         self.store_ok: bool | None = None  # unknown until the first health check
         self.admission = Admission(
@@ -104,17 +111,25 @@ class ReceiverState:
             on_stress=self._on_stress,
         )
         self.data_budget = MemoryBudget(config.limits.max_data_memory)
-        self.handler = Hooks(self)
-        # The hooks aiosmtpd looks up by name, found once rather than per connection.
-        self.hooks_table = {
-            name[len("handle_") :]: getattr(self.handler, name)
-            for name in dir(self.handler)
-            if name.startswith("handle_")
-        }
-        self.proxy_timeout = config.proxy_timeout
-        self.reverse_dns: ReverseDns | None = self._lookup if config.reverse_dns else None
-        self._outcomes = {o: self.metrics.connections.labels(o) for o in _outcome_names()}
+        self.context = SessionContext(
+            hostname=config.hostname,
+            domains=config.domains,
+            admission=self.admission,
+            sink=store,
+            events=self,
+            budget=self.data_budget,
+            clock=loop,
+            bare_newline=config.bare_newline,
+            proxy_timeout=config.proxy_timeout,
+            reverse_dns=self._lookup if config.reverse_dns else None,
+            sessions=self.sessions,
+        )
+        self.wire = Wire(self.context)
+        self._outcomes = {o: self.metrics.connections.labels(o) for o in CONNECTION_OUTCOMES}
         self._accepted = self.metrics.connections.labels("accepted")
+        self._closed = {r: self.metrics.closed.labels(r) for r in CLOSE_REASONS}
+        self._messages = {o: self.metrics.messages.labels(o) for o in MESSAGE_OUTCOMES}
+        self._recipients = {o: self.metrics.recipients.labels(o) for o in RECIPIENT_OUTCOMES}
         self._wire_gauges()
 
     def _wire_gauges(self) -> None:
@@ -147,12 +162,7 @@ class ReceiverState:
             self.refuse(transport, key or ip, refusal)
             return
         self._accepted.inc()
-        try:
-            session = FloodgateSMTP(self, key, ip)
-        except Exception:
-            self.admission.release(key)
-            transport.abort()
-            raise
+        session = Session(self.context, self.wire, key, ip)
         transport.set_protocol(session)
         session.connection_made(transport)
 
@@ -177,15 +187,21 @@ class ReceiverState:
     # --- events ---------------------------------------------------------------------
 
     def on_session_closed(self, reason: str) -> None:
-        self.metrics.closed.labels(reason).inc()
+        self._closed[reason].inc()
         if reason not in ("quit", "client_closed", "shutdown"):
             self.summary.record(reason, "-")
 
     def on_message(self, outcome: str) -> None:
-        self.metrics.messages.labels(outcome).inc()
+        self._messages[outcome].inc()
 
     def on_recipient(self, outcome: str) -> None:
-        self.metrics.recipients.labels(outcome).inc()
+        self._recipients[outcome].inc()
+
+    def on_stored(self, seconds: float) -> None:
+        self.metrics.store_seconds.observe(seconds)
+
+    def store_down(self) -> bool:
+        return self.store_ok is False
 
     def _on_ban(self, key: str, reason: str, ttl: float) -> None:
         self.metrics.autobans.inc()
@@ -251,16 +267,10 @@ class ReceiverState:
         await asyncio.sleep(0)
 
 
-def _outcome_names() -> tuple[str, ...]:
-    from receiver.events import CONNECTION_OUTCOMES
-
-    return CONNECTION_OUTCOMES
-
-
 class Gate(asyncio.Protocol):
     """The first protocol of every connection: hands it to admission, nothing else.
 
-    Building a full SMTP session costs ~130 us; refusals never pay it.
+    Refusals are written by the gate itself and never build a session.
     """
 
     __slots__ = ("_state",)

@@ -1,0 +1,72 @@
+"""What a session reads: one immutable context built by the server at start-up.
+
+Data flows one way: the server builds this, sessions read it, policy functions take plain
+values. Nothing here imports the server or the store driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mailstore.documents import IncomingMessage
+from receiver.admission import Admission
+from receiver.smtp.body import BareNewline, MemoryBudget
+
+ReverseDns = Callable[[str], Awaitable[str | None]]
+
+
+class Sink(Protocol):
+    """Where accepted messages go; `insert` returns only once the message is durable."""
+
+    async def insert(self, message: IncomingMessage) -> None: ...
+
+
+class Events(Protocol):
+    """The session's outcomes, in the receiver's one event vocabulary (receiver.events)."""
+
+    def on_refused(self, key: str, reason: str) -> None: ...
+
+    def on_session_closed(self, reason: str) -> None: ...
+
+    def on_message(self, outcome: str) -> None: ...
+
+    def on_recipient(self, outcome: str) -> None: ...
+
+    def on_stored(self, seconds: float) -> None: ...
+
+    def store_down(self) -> bool: ...
+
+
+class Clock(Protocol):
+    """The event loop's clock and timers (a fake one in unit tests)."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle: ...
+
+    def create_task(self, coro: Any) -> asyncio.Task[Any]: ...
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """Everything a session needs, shared by every session of one receiver."""
+
+    hostname: str
+    domains: frozenset[str]
+    admission: Admission
+    sink: Sink
+    events: Events
+    budget: MemoryBudget
+    clock: Clock
+    bare_newline: BareNewline = BareNewline.REJECT
+    proxy_timeout: float = 5.0
+    reverse_dns: ReverseDns | None = None
+    sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
+
+    @property
+    def postmaster(self) -> str:
+        """Where `RCPT TO:<postmaster>` goes (RFC 5321 4.5.1): our first domain's."""
+        return "postmaster@" + min(self.domains)

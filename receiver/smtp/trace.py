@@ -1,0 +1,43 @@
+"""Our `Received:` trace line (RFC 5321 4.4), built only from sanitised text."""
+
+from __future__ import annotations
+
+import re
+
+MAX_NAME = 255  # RFC 5321 4.5.3.1.2 caps a domain at 255 octets
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+# A recipient is named in `for` only when it needs no quoting or escaping at all.
+_PLAIN = re.compile(r"[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9.-]{1,255}")
+
+
+def safe_name(text: str | None) -> str:
+    """A client-supplied name (HELO, reverse DNS) reduced to harmless characters."""
+    return _UNSAFE.sub("?", (text or "")[:MAX_NAME]) or "unknown"
+
+
+def received_header(
+    *,
+    helo: str,
+    ip: str,
+    client_name: str | None,
+    hostname: str,
+    protocol: str,
+    message_id: str,
+    recipients: list[str],
+    when: str,
+) -> bytes:
+    """The trace line; `for` names only a lone, plain recipient (no Bcc leaks).
+
+    `helo` and `client_name` come from the client: no CR, LF, control, ';' or space can
+    survive `safe_name`, so no header can be injected and no extra `by` hop faked.
+    """
+    literal = f"IPv6:{ip}" if ":" in ip else ip
+    name = f"{safe_name(client_name)} [{literal}]" if client_name else f"[{literal}]"
+    recipient = ""
+    if len(recipients) == 1 and _PLAIN.fullmatch(recipients[0]):
+        recipient = f"\r\n\tfor <{recipients[0]}>"
+    text = (
+        f"Received: from {safe_name(helo)} ({name})\r\n\tby {hostname} (Floodgate) with "
+        f"{protocol} id {message_id}{recipient};\r\n\t{when}\r\n"
+    )
+    return text.encode("ascii", "replace")
