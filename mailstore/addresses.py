@@ -105,7 +105,7 @@ def canonical_mailbox(text: str) -> str | None:
 def _closing_bracket(text: str) -> int:
     # The first '>' outside a quoted local part closes the path.
     quoted = escaped = False
-    for index, char in enumerate(text[: MAX_PATH + 1]):
+    for index, char in enumerate(text):  # bounded by the command line cap
         if escaped:
             escaped = False
         elif char == "\\" and quoted:

@@ -3,9 +3,7 @@ control then uses the client named in the header."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-import struct
 from typing import Any
 
 from pymongo import MongoClient
@@ -13,33 +11,15 @@ from pymongo import MongoClient
 from tests.conftest import ServiceFactory
 from tests.support.blocklist import entry_document
 from tests.support.processes import ServiceProcess
+from tests.support.proxy_headers import v1, v2
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 PROXIED = {
     "proxy_protocol": "1",
     "trusted_proxies": "127.0.0.1/32",
     "max_connections_per_ip": "2",
     "autoban_threshold": "0",
 }
-
-
-def v1(client: str, port: int = 40000) -> bytes:
-    family = "TCP6" if ":" in client else "TCP4"
-    server = "::1" if ":" in client else "127.0.0.1"
-    return f"PROXY {family} {client} {server} {port} 25\r\n".encode()
-
-
-def v2(client: str, port: int = 40000) -> bytes:
-    address = ipaddress.ip_address(client)
-    if address.version == 4:
-        body = address.packed + ipaddress.IPv4Address("127.0.0.1").packed
-        family = 0x11  # AF_INET, STREAM
-    else:
-        body = address.packed + ipaddress.IPv6Address("::1").packed
-        family = 0x21  # AF_INET6, STREAM
-    body += struct.pack("!HH", port, 25)
-    return V2_SIGNATURE + bytes([0x21, family]) + struct.pack("!H", len(body)) + body
 
 
 def through_proxy(receiver: ServiceProcess, header: bytes) -> RawClient:
