@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from mailstore import Document, MessageStore, is_message_id
+from mailstore.addresses import canonical_mailbox
 
 router = APIRouter()
 MAX_TEXT = 1_000_000  # characters of decoded body returned as JSON
@@ -54,8 +55,12 @@ def summary(doc: Document) -> dict[str, Any]:
 async def list_messages(
     request: Request, address: Address, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> dict[str, list[dict[str, Any]]]:
-    """Messages for `address` (case-insensitive), newest first."""
-    docs = await _store(request).list_mailbox(address.lower(), limit)
+    """Messages for `address` (case-insensitive, canonical as the receiver stores it),
+    newest first."""
+    mailbox = canonical_mailbox(address)
+    if mailbox is None:
+        raise HTTPException(status_code=422, detail=f"{address!r} is not a mailbox address")
+    docs = await _store(request).list_mailbox(mailbox, limit)
     return {"messages": [summary(doc) for doc in docs]}
 
 

@@ -247,23 +247,16 @@ def test_undecodable_sender_fails_alone_beside_six_legit_senders(
     crafted = RawClient(receiver.host, receiver.port)
     for client in [*legit, crafted]:
         client.hello()
-        client.send(b"RCPT TO:<x@mx.test>\r\n")  # 503: no MAIL yet (keeps them in step)
-        assert client.reply().code == 503
     for n, client in enumerate(legit):
         assert client.cmd(f"MAIL FROM:<s{n}@example.org>").code == 250
         assert client.cmd("RCPT TO:<batch@mx.test>").code == 250
         assert client.cmd("DATA").code == 354
     crafted.send(b"MAIL FROM:<\xff\xfe@example.org>\r\n")
     first = crafted.reply()
-    if first.code == 250:  # refused at MAIL, or at the dot: either way alone
-        assert crafted.cmd("RCPT TO:<batch@mx.test>").code == 250
-        assert crafted.cmd("DATA").code == 354
-        crafted.send(b"Subject: bad\r\n\r\nx\r\n.\r\n")
+    assert (first.code, first.text[:5]) == (553, "5.1.7")  # refused by the grammar at MAIL
     # Every final dot goes out together, so the messages share one insert batch.
     for client in legit:
         client.send(b"Subject: good\r\n\r\nx\r\n.\r\n")
     replies_ = [client.reply().code for client in legit]
-    last = crafted.reply() if first.code == 250 else first
     assert replies_ == [250] * 6
-    assert last.code // 100 == 5, last
     assert len(listing(api, "batch@mx.test")) == 6
