@@ -36,7 +36,7 @@ class InsertBatcher:
         timeout: float,
         max_pending: int,
         max_batch: int = 256,
-        max_batches_in_flight: int = 4,
+        max_batches_in_flight: int = 2,
     ) -> None:
         self._collection = collection
         self._timeout = timeout
@@ -97,6 +97,11 @@ class InsertBatcher:
             self._wakeup.clear()
             while self._queue:
                 await self._slots.acquire()
+                if len(self._queue) < self._max_batch:
+                    # One turn of the event loop: every session whose final dot arrived
+                    # in this turn joins the batch. Each insert_many costs the driver
+                    # ~250 us whatever its size, so fuller batches cost less CPU.
+                    await asyncio.sleep(0)
                 batch = [
                     self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
                 ]
