@@ -28,6 +28,14 @@ _LABEL_UTF8 = re.compile(r"(?:[A-Za-z0-9]|[^\x00-\x7f])(?:(?:[A-Za-z0-9-]|[^\x00
 # A source route (obsolete, RFC 5321 4.1.2 A-d-l, "MUST BE accepted ... SHOULD ignore").
 _SOURCE_ROUTE = re.compile(r"@[^,:<>@]+(?:,@[^,:<>@]+)*:")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+# Nearly every real path is a plain <dot-string@domain> with ASCII labels: one match
+# answers it; everything else takes the general route below.
+_ATOM = rf"[{_ATEXT}]+"
+_PLAIN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN_PATH = re.compile(
+    rf"<({_ATOM}(?:\.{_ATOM})*)@({_PLAIN_LABEL}(?:\.{_PLAIN_LABEL})*)>(?: +(.*))?",
+    re.ASCII | re.DOTALL,
+)
 
 
 class AddressError(ValueError):
@@ -63,6 +71,16 @@ def parse_path(text: str, *, utf8: bool) -> tuple[Address, str]:
 
     Raises AddressError. `utf8` says whether non-ASCII is allowed (SMTPUTF8 in force).
     """
+    plain = _PLAIN_PATH.fullmatch(text)
+    if plain is not None and not _CONTROLS.search(text):
+        local, domain, params = plain.groups()
+        if len(local) <= MAX_LOCAL and len(local) + len(domain) + 3 <= MAX_PATH:
+            return Address(local.lower(), domain.lower(), False), (params or "").strip(" ")
+    return _parse_path(text, utf8=utf8)
+
+
+def _parse_path(text: str, *, utf8: bool) -> tuple[Address, str]:
+    """The general route of `parse_path`: any path the grammar allows."""
     if _CONTROLS.search(text):
         raise AddressError("syntax", "control characters in address")
     text = text.lstrip(" ")

@@ -11,7 +11,6 @@ Nothing a client sends reaches a log unescaped; no exception text reaches a clie
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import enum
 import logging
 import re
@@ -27,7 +26,7 @@ from receiver.smtp import proxy
 from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
 from receiver.smtp.commands import VERBS
 from receiver.smtp.context import SessionContext
-from receiver.smtp.trace import received_header, safe_name
+from receiver.smtp.trace import DateCache, received_header, safe_name
 
 log = logging.getLogger("floodgate.receiver")
 
@@ -58,6 +57,7 @@ class Wire:
         self.helo = Reply(250, "", ctx.hostname)
         self.banner = f"220 {ctx.hostname} ESMTP Floodgate\r\n".encode("ascii")
         self.teaser = f"220-{ctx.hostname} ESMTP\r\n".encode("ascii")
+        self.dates = DateCache()
 
 
 class Session(asyncio.Protocol):
@@ -446,7 +446,7 @@ class Session(asyncio.Protocol):
             protocol=("UTF8SMTP" if self.utf8 else "ESMTP") if self.esmtp else "SMTP",
             message_id=message_id,
             recipients=self.recipients,
-            when=email.utils.format_datetime(now),
+            when=self.wire.dates.format(now),
         )
         return IncomingMessage(
             id=message_id,

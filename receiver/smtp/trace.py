@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import email.utils
 import re
+from datetime import datetime
 
 MAX_NAME = 255  # RFC 5321 4.5.3.1.2 caps a domain at 255 octets
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 # A recipient is named in `for` only when it needs no quoting or escaping at all.
 _PLAIN = re.compile(r"[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9.-]{1,255}")
+
+
+class DateCache:
+    """RFC 5322 dates for the trace line, formatted once per second, not per message."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def format(self, when: datetime) -> str:
+        second = int(when.timestamp())
+        if second != self._second:
+            self._second = second
+            self._text = email.utils.format_datetime(when.replace(microsecond=0))
+        return self._text
 
 
 def safe_name(text: str | None) -> str:

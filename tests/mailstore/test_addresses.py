@@ -91,3 +91,25 @@ def test_any_plain_address_round_trips_and_is_stable(locals_: list[str], labels:
     mailbox, _ = parsed(f"<{text.upper()}>")
     assert mailbox == text.lower()
     assert canonical_mailbox(mailbox) == mailbox  # canonical is a fixed point
+
+
+PATH_TEXT = st.lists(
+    st.sampled_from([*'aZ09.-_+@<>"\\ []:,=ü\x00\r', "IPv6:", "postmaster", "1.2.3.4"]),
+    max_size=20,
+).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(PATH_TEXT, st.booleans())
+def test_the_fast_path_agrees_with_the_general_grammar(text: str, utf8: bool) -> None:
+    from mailstore.addresses import _parse_path
+
+    def outcome(parse: object) -> object:
+        try:
+            return parse(text, utf8=utf8)  # type: ignore[operator]
+        except AddressError as error:
+            return error.kind
+
+    for candidate in (text, f"<{text}>", f"<{text}@mx.test> SIZE=1"):
+        text = candidate
+        assert outcome(parse_path) == outcome(_parse_path), text
