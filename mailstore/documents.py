@@ -1,28 +1,13 @@
-"""What one stored message looks like."""
+"""What one stored message looks like in MongoDB."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bson import Binary
 
-
-@dataclass(frozen=True, slots=True)
-class IncomingMessage:
-    """A message as accepted at the end of DATA, before it is stored."""
-
-    id: str
-    raw: bytes
-    mail_from: str
-    rcpt_to: tuple[str, ...]
-    peer_ip: str
-    helo: str
-    received_at: datetime
-    received_header: bytes
-    # Selected header values from the receiver's bounded scan (mailstore.headers).
-    headers: dict[str, str] = field(default_factory=dict)
+from mailstore.message import IncomingMessage
 
 
 def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
@@ -42,7 +27,3 @@ def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
         "size": len(message.raw),
         "headers": message.headers,
     }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -17,8 +17,9 @@ from pymongo.errors import PyMongoError
 
 from mailstore.batcher import InsertBatcher
 from mailstore.connection import Document, connect, database
-from mailstore.documents import IncomingMessage, to_document
+from mailstore.documents import to_document
 from mailstore.errors import StoreRejected
+from mailstore.message import IncomingMessage
 
 MESSAGES = "messages"
 LIST_FIELDS = {

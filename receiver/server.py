@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
 
-from mailstore.documents import IncomingMessage
+from mailstore.message import IncomingMessage
 from receiver import replies
 from receiver.admission import Admission, Refusal
 from receiver.events import (

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailstore.documents import IncomingMessage
+from mailstore.message import IncomingMessage
 from receiver.admission import Admission
 from receiver.smtp.body import BareNewline, MemoryBudget
 

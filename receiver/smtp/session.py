@@ -16,10 +16,10 @@ import logging
 import re
 from typing import cast
 
-from mailstore.documents import IncomingMessage, utcnow
 from mailstore.errors import StoreBusy, StoreError, StoreRejected
 from mailstore.headers import scan_headers
 from mailstore.ids import new_message_id
+from mailstore.message import IncomingMessage, utcnow
 from receiver import replies
 from receiver.replies import Reply
 from receiver.smtp import proxy

@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from mailstore.documents import IncomingMessage
 from mailstore.errors import StoreError
+from mailstore.message import IncomingMessage
 from receiver.admission import Admission
 from receiver.limits import DEFAULTS, Limits
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire

@@ -1,0 +1,26 @@
+"""A message as the receiver hands it to the store: plain values, no driver types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A message as accepted at the end of DATA, before it is stored."""
+
+    id: str
+    raw: bytes
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    peer_ip: str
+    helo: str
+    received_at: datetime
+    received_header: bytes
+    # Selected header values from the receiver's bounded scan (mailstore.headers).
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
