@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from mailstore.message import IncomingMessage
 from receiver.admission import Admission
+from receiver.retries import RetryMemory
 from receiver.smtp.body import BareNewline, MemoryBudget
 
 ReverseDns = Callable[[str], Awaitable[str | None]]
@@ -65,6 +66,7 @@ class SessionContext:
     proxy_timeout: float = 5.0
     reverse_dns: ReverseDns | None = None
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
+    retries: RetryMemory = field(default_factory=RetryMemory)
 
     @property
     def postmaster(self) -> str:

@@ -430,12 +430,14 @@ class Session(asyncio.Protocol):
         self.phase = Phase.STORING
         self.reserved = body.reserved
         assert scan is not None
-        message = self._message(body.content, scan.values)
+        retries = self.ctx.retries
+        fingerprint = retries.fingerprint(self.sender or "", self.recipients, body.content)
+        message_id = retries.recall(fingerprint) or new_message_id()  # a retry: same id
+        message = self._message(message_id, body.content, scan.values)
         self.reset_transaction()
-        self.ctx.clock.create_task(self._store(message))
+        self.ctx.clock.create_task(self._store(message, fingerprint))
 
-    def _message(self, raw: bytes, headers: dict[str, str]) -> IncomingMessage:
-        message_id = new_message_id()
+    def _message(self, message_id: str, raw: bytes, headers: dict[str, str]) -> IncomingMessage:
         now = utcnow()
         helo = safe_name(self.helo)
         trace = received_header(
@@ -460,7 +462,7 @@ class Session(asyncio.Protocol):
             headers=headers,
         )
 
-    async def _store(self, message: IncomingMessage) -> None:
+    async def _store(self, message: IncomingMessage, fingerprint: bytes) -> None:
         events = self.ctx.events
         started = self.ctx.clock.time()
         try:
@@ -471,14 +473,15 @@ class Session(asyncio.Protocol):
         except StoreBusy:
             events.on_message("store_busy")
             reply = replies.STORE_BUSY
-        except StoreError:
-            events.on_message("store_failed")
-            reply = replies.NOT_STORED
         except Exception as error:  # never a 250 for mail we cannot vouch for
-            log.error("event=store_exception error=%s", type(error).__name__)
+            if not isinstance(error, StoreError):
+                log.error("event=store_exception error=%s", type(error).__name__)
             events.on_message("store_failed")
+            # The write may still land: a retry of this message reuses its id.
+            self.ctx.retries.remember(fingerprint, message.id)
             reply = replies.NOT_STORED
         else:
+            self.ctx.retries.forget(fingerprint)
             events.on_stored(self.ctx.clock.time() - started)
             events.on_message("stored")
             reply = replies.STORED.with_text(f"Ok: queued as {message.id}")

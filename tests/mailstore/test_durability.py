@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -59,3 +61,45 @@ def test_receiver_started_while_store_is_down_answers_451_not_250(
     client.hello()
     reply = send_message(client, "a@example.org", ["d@mx.test"], b"x\r\n")
     assert reply.code == 451
+
+
+def test_store_stalled_past_the_deadline_then_retried_stores_each_message_once(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "stalled-store")
+    uri = store.start()
+    assert store.process is not None
+    pid = store.process.pid
+    stopped = False
+    try:
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1.5")
+        clients = [RawClient(receiver.host, receiver.port, timeout=30) for _ in range(8)]
+        bodies = [f"Subject: stalled {n}\r\n\r\nbody {n}\r\n".encode() for n in range(8)]
+        for client in clients:
+            client.hello()
+            assert client.cmd("MAIL FROM:<a@example.org>").code == 250
+            assert client.cmd("RCPT TO:<stall@mx.test>").code == 250
+            assert client.cmd("DATA").code == 354
+        os.kill(pid, signal.SIGSTOP)  # a hung primary: writes are sent, never confirmed
+        stopped = True
+        for client, body in zip(clients, bodies, strict=True):
+            client.send(body + b".\r\n")
+        assert [c.reply().code for c in clients] == [451] * 8
+        os.kill(pid, signal.SIGCONT)  # it resumes: some of those writes may land now
+        stopped = False
+        deadline = time.monotonic() + 30
+        pending = list(zip(clients, bodies, strict=True))
+        while pending and time.monotonic() < deadline:  # each sender retries, as MTAs do
+            client, body = pending.pop(0)
+            if send_message(client, "a@example.org", ["stall@mx.test"], body).code != 250:
+                pending.append((client, body))
+                time.sleep(0.2)
+        assert not pending, "every retry was eventually accepted"
+        with MongoClient(uri) as check:
+            messages = check[db_name]["messages"]
+            subjects = [d["headers"]["subject"] for d in messages.find({"rcpt": "stall@mx.test"})]
+        assert sorted(subjects) == sorted(f"stalled {n}" for n in range(8))  # none twice
+    finally:
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+        store.stop()
