@@ -306,8 +306,10 @@ async def run_receiver(
     )
     await stop.wait()
     emit("receiver_stopping", sessions=len(state.sessions))
-    server.close()
+    # The listener stays open through the grace: newcomers hear 421 4.3.2 and retry
+    # elsewhere at once, instead of "connection refused" or a timeout.
     await state.drain(config.shutdown_grace)
+    server.close()
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher

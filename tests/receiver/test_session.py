@@ -186,6 +186,9 @@ def test_sigterm_lets_a_message_in_data_finish(
     assert client.cmd("DATA").code == 354
     client.send(b"Subject: in flight\r\n\r\npart one\r\n")
     receiver.process.terminate()
+    time.sleep(0.3)
+    newcomer = RawClient(receiver.host, receiver.port).reply()  # during the grace
+    assert (newcomer.code, newcomer.text[:5]) == (421, "4.3.2"), newcomer
     client.send(b"part two\r\n.\r\n")
     reply = client.reply()
     assert reply.code == 250, reply
