@@ -55,8 +55,10 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = store is None
-        app.state.store = store or await MessageStore.open(config.store)
-        await _attach_blocklist(app)
+        app.state.store = store or await MessageStore.open(config.store, ensure_indexes=False)
+        app.state.indexes_ensured = False
+        _attach_blocklist(app)
+        await ensure_indexes(app)
         yield
         if own:
             await app.state.store.close()
@@ -72,16 +74,32 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     return app
 
 
-async def _attach_blocklist(app: FastAPI) -> None:
+def _attach_blocklist(app: FastAPI) -> None:
     try:
         from blocklist import BlocklistRepository
     except ImportError:
         return
-    app.state.blocklist = repository = BlocklistRepository(app.state.store.db)
+    app.state.blocklist = BlocklistRepository(app.state.store.db)
+
+
+async def ensure_indexes(app: FastAPI) -> bool:
+    """Messages' and blocklist's indexes (TTL retention included), once the store answers.
+
+    Tried at start-up and again on every successful `/readyz` until it works, so an API
+    started while the store was down still creates them.
+    """
+    if app.state.indexes_ensured:
+        return True
     try:
-        await repository.ensure_indexes()
-    except PyMongoError as error:  # the store may be down at start: retried on next start
-        log.warning("blocklist indexes not ensured: %s", error)
+        await app.state.store.ensure_indexes()
+        blocklist = getattr(app.state, "blocklist", None)
+        if blocklist is not None:
+            await blocklist.ensure_indexes()
+    except PyMongoError as error:
+        log.warning("indexes not ensured yet: %s", type(error).__name__)
+        return False
+    app.state.indexes_ensured = True
+    return True
 
 
 def _include_blocklist(app: FastAPI) -> None:
@@ -144,6 +162,7 @@ def _health_routes(app: FastAPI) -> None:
         store: MessageStore = request.app.state.store
         if not await store.ping(within=2.0):
             return _error(503, "message store not answering")
+        await ensure_indexes(request.app)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")

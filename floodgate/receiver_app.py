@@ -42,6 +42,7 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         reverse_dns=settings.reverse_dns,
         dns_timeout=settings.dns_timeout,
         shutdown_grace=settings.shutdown_grace,
+        store_timeout=settings.store_timeout,
         log_summary_interval=settings.log_summary_interval,
         blocklist_max_staleness=settings.blocklist_max_staleness,
         bare_newline=settings.bare_newline,
@@ -79,7 +80,9 @@ async def serve(settings: Settings, uri: str) -> None:
     """Run the receiver until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    store = await MessageStore.open(store_config(settings, uri))
+    # Indexes are made by the health loop once the store answers: the port opens at once
+    # even when the store is down (every message gets 451 until it is back).
+    store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False)
     blocklist = LocalBlocklist(store.db, blocklist_config(settings))
     # The snapshot loads before the port opens: a receiver restarted while the store is
     # down still refuses every client it knew to be banned.

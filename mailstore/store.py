@@ -19,7 +19,7 @@ from mailstore.batcher import InsertBatcher
 from mailstore.connection import Document, connect, database
 from mailstore.documents import to_document
 from mailstore.errors import StoreRejected
-from mailstore.message import IncomingMessage
+from mailstore.message import IncomingMessage, utcnow
 
 MESSAGES = "messages"
 LIST_FIELDS = {
@@ -30,6 +30,7 @@ LIST_FIELDS = {
     "received_at": 1,
     "size": 1,
 }
+HEALTH = "health"  # one probe document per receiver
 MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
 INBOX_INDEX = "inbox"
 RETENTION_INDEX = "retention"
@@ -43,6 +44,14 @@ class StoreConfig:
     max_pending: int = 2_000
     batch_size: int = 256
     retention: int = 86_400
+
+
+def describe(error: BaseException, within: float) -> str:
+    """A one-line reason for a failed store operation (driver messages run to kilobytes)."""
+    if isinstance(error, TimeoutError) or "timed out" in str(error).lower():
+        return f"no durable write within {within:g}s"
+    first = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first[:120]}"
 
 
 def encode(document: Document) -> RawBSONDocument:
@@ -127,6 +136,21 @@ class MessageStore:
         with pymongo.timeout(self.config.timeout):
             result = await self.messages.delete_one({"_id": message_id})
         return result.deleted_count > 0
+
+    async def probe(self, name: str, within: float) -> str | None:
+        """Write one small document durably, as a message would be written.
+
+        None if it was confirmed within `within` seconds, else a short reason: unlike a
+        ping, this fails on a full disk, a read-only member or a stalled journal.
+        """
+        try:
+            with pymongo.timeout(within):
+                await self.db[HEALTH].update_one(
+                    {"_id": name}, {"$set": {"at": utcnow()}}, upsert=True
+                )
+        except (TimeoutError, PyMongoError) as error:
+            return describe(error, within)
+        return None
 
     async def ping(self, within: float = 2.0) -> bool:
         """Whether the store answers within `within` seconds."""

@@ -28,6 +28,7 @@ from receiver.events import (
 from receiver.health import HealthServer
 from receiver.limits import Limits
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
+from receiver.store_health import StoreHealth
 
 log = logging.getLogger("floodgate.receiver")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -43,7 +44,9 @@ class MessageSink(Protocol):
 
     async def insert(self, message: IncomingMessage) -> None: ...
 
-    async def ping(self, within: float = 2.0) -> bool: ...
+    async def probe(self, name: str, within: float) -> str | None: ...
+
+    async def ensure_indexes(self) -> None: ...
 
 
 class BlocklistView(Protocol):
@@ -75,6 +78,7 @@ class ReceiverConfig:
     reverse_dns: bool = False
     dns_timeout: float = 2.0
     shutdown_grace: float = 30.0
+    store_timeout: float = 5.0  # the insert deadline; write probes get the same
     log_summary_interval: float = 10.0
     blocklist_max_staleness: float = 120.0
     bare_newline: BareNewline = BareNewline.REJECT
@@ -103,7 +107,8 @@ class ReceiverState:
         self.summary = SummaryLog(config.log_summary_interval)
         self.sessions: set[Session] = set()
         self.draining = False
-        self.store_ok: bool | None = None  # unknown until the first health check
+        self.store_health = StoreHealth(self._on_store_health)
+        self._indexes_ensured = False
         self.admission = Admission(
             config.limits,
             is_blocked=blocklist.is_blocked,
@@ -197,11 +202,20 @@ class ReceiverState:
     def on_recipient(self, outcome: str) -> None:
         self._recipients[outcome].inc()
 
-    def on_stored(self, seconds: float) -> None:
-        self.metrics.store_seconds.observe(seconds)
+    def on_store_attempt(self, ok: bool, seconds: float, reason: str) -> None:
+        if ok:
+            self.metrics.store_seconds.observe(seconds)
+        self.store_health.record(ok, reason)
 
     def store_down(self) -> bool:
-        return self.store_ok is False
+        return self.store_health.up is False
+
+    def _on_store_health(self, up: bool, reason: str) -> None:
+        # Logged on a change of state only, never per failed write.
+        if up:
+            emit("store_up")
+        else:
+            emit("store_down", reason=reason)
 
     def _on_ban(self, key: str, reason: str, ttl: float) -> None:
         self.metrics.autobans.inc()
@@ -229,19 +243,29 @@ class ReceiverState:
     def ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "shutting down"
-        if self.store_ok is not True:
-            return False, "store not answering"
+        if self.store_health.up is not True:
+            return False, f"store not taking writes: {self.store_health.reason}"
         staleness = self.blocklist.staleness()
         if staleness > self.config.blocklist_max_staleness:
             return False, f"blocklist stale for {staleness:.0f}s"
         return True, "ready"
 
     async def check_store(self) -> None:
-        """Ping the store once; log a change of health once, not per check."""
-        ok = await self.store.ping(within=min(2.0, HEALTH_INTERVAL))
-        if ok != self.store_ok:
-            emit("store_up" if ok else "store_down")
-            self.store_ok = ok
+        """Probe the store with one durable write, under the insert deadline; once it
+        answers, make sure its indexes (inbox listing, TTL retention) exist."""
+        reason = await self.store.probe(self._probe_name, self.config.store_timeout)
+        self.store_health.record(reason is None, reason or "")
+        if reason is None and not self._indexes_ensured:
+            try:
+                await self.store.ensure_indexes()
+            except Exception as error:  # retried at the next probe
+                emit("indexes_not_ensured", error=type(error).__name__)
+            else:
+                self._indexes_ensured = True
+
+    @property
+    def _probe_name(self) -> str:
+        return f"receiver {self.config.hostname} {self.config.smtp_host}:{self.config.smtp_port}"
 
     async def watch_store(self, stop: asyncio.Event) -> None:
         """Check the store in the background, so a dead one is known before mail hits it."""

@@ -476,13 +476,14 @@ class Session(asyncio.Protocol):
         except Exception as error:  # never a 250 for mail we cannot vouch for
             if not isinstance(error, StoreError):
                 log.error("event=store_exception error=%s", type(error).__name__)
+            events.on_store_attempt(False, 0.0, str(error) or type(error).__name__)
             events.on_message("store_failed")
             # The write may still land: a retry of this message reuses its id.
             self.ctx.retries.remember(fingerprint, message.id)
             reply = replies.NOT_STORED
         else:
             self.ctx.retries.forget(fingerprint)
-            events.on_stored(self.ctx.clock.time() - started)
+            events.on_store_attempt(True, self.ctx.clock.time() - started, "")
             events.on_message("stored")
             reply = replies.STORED.with_text(f"Ok: queued as {message.id}")
         finally:

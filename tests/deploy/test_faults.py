@@ -17,7 +17,7 @@ import pytest
 from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
-from tests.support.faultproxy import FaultProxy
+from tests.support.faultproxy import FaultProxy, fronting
 from tests.support.smtp import RawClient, queued_id, send_message
 
 STORE_TIMEOUT = 2.0
@@ -25,11 +25,7 @@ STORE_TIMEOUT = 2.0
 
 @pytest.fixture
 def proxy(store_uri: str) -> Iterator[FaultProxy]:
-    host_port = store_uri.split("//", 1)[1].split("/", 1)[0]
-    if "," in host_port or "@" in host_port:
-        pytest.skip("the fault proxy fronts a single store address (embedded store)")
-    host, port = host_port.rsplit(":", 1)
-    fault = FaultProxy(host, int(port)).start()
+    fault = fronting(store_uri)
     yield fault
     fault.stop()
 

@@ -127,6 +127,7 @@ class FakeEvents:
         self.messages: Counter[str] = Counter()
         self.recipients: Counter[str] = Counter()
         self.down = False
+        self.attempts: list[tuple[bool, str]] = []
 
     def on_refused(self, key: str, reason: str) -> None:
         self.refused[reason] += 1
@@ -140,8 +141,8 @@ class FakeEvents:
     def on_recipient(self, outcome: str) -> None:
         self.recipients[outcome] += 1
 
-    def on_stored(self, seconds: float) -> None:
-        return None
+    def on_store_attempt(self, ok: bool, seconds: float, reason: str) -> None:
+        self.attempts.append((ok, reason))
 
     def store_down(self) -> bool:
         return self.down

@@ -164,3 +164,14 @@ class FaultProxy:
         finally:
             if link in self._links:
                 self._reset(link)
+
+
+def fronting(store_uri: str) -> FaultProxy:
+    """A started proxy in front of the test store (skips the test for a replica set)."""
+    import pytest
+
+    host_port = store_uri.split("//", 1)[1].split("/", 1)[0]
+    if "," in host_port or "@" in host_port:
+        pytest.skip("the fault proxy fronts a single store address (embedded store)")
+    host, port = host_port.rsplit(":", 1)
+    return FaultProxy(host, int(port)).start()

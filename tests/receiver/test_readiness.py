@@ -1,0 +1,76 @@
+"""Honest health through real processes: the port opens with the store down, indexes come
+when it answers, and /readyz follows whether writes succeed, not whether pings do."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pymongo import MongoClient
+
+from mailstore.embedded import EmbeddedStore
+from tests.conftest import ServiceFactory
+from tests.support.faultproxy import FaultProxy, fronting
+from tests.support.processes import ServiceProcess
+from tests.support.smtp import RawClient, send_message, wait_for
+
+
+def readyz(receiver: ServiceProcess) -> tuple[int, str]:
+    response = httpx.get(f"{receiver.http_url}/readyz", timeout=10)
+    return response.status_code, response.text.strip()
+
+
+def test_receiver_started_with_the_store_down_listens_at_once_and_indexes_later(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "late-store")
+    uri = store.start()
+    store.stop()  # down: same port, started again below
+    try:
+        started = time.monotonic()
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1")
+        with socket.create_connection((receiver.host, receiver.port), timeout=5):
+            pass
+        assert time.monotonic() - started < 4  # it waited ~6 s for index creation before
+        status, reason = readyz(receiver)
+        assert status == 503 and reason.startswith("store not taking writes")
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        assert send_message(client, "a@example.org", ["late@mx.test"], b"x\r\n").code == 451
+        store.start()
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=20), readyz(receiver)
+        with MongoClient(uri) as check:
+            indexes = check[db_name]["messages"].index_information()
+        assert any("expireAfterSeconds" in spec for spec in indexes.values()), indexes
+        assert send_message(client, "a@example.org", ["late@mx.test"], b"x\r\n").code == 250
+    finally:
+        store.stop()
+
+
+@pytest.fixture
+def fault(store_uri: str) -> Iterator[FaultProxy]:
+    proxy = fronting(store_uri)
+    yield proxy
+    proxy.stop()
+
+
+def test_readiness_follows_failing_writes_and_comes_back_with_the_store(
+    make_receiver: ServiceFactory, fault: FaultProxy
+) -> None:
+    receiver = make_receiver(mongodb_uri=fault.uri, store_timeout="1")
+    assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
+    fault.set_mode("stall")  # the server still accepts connections; no write completes
+    client = RawClient(receiver.host, receiver.port, timeout=30)
+    client.hello()
+    assert send_message(client, "a@example.org", ["h@mx.test"], b"x\r\n").code == 451
+    assert wait_for(lambda: readyz(receiver)[0] == 503, timeout=15)
+    _, reason = readyz(receiver)
+    assert "no durable write within 1s" in reason, reason
+    assert "store_down" in receiver.log() and "no durable write" in receiver.log()
+    fault.set_mode("pass")
+    assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=20), readyz(receiver)
+    assert send_message(client, "a@example.org", ["h@mx.test"], b"x\r\n").code == 250
