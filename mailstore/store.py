@@ -15,6 +15,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from mailstore import retention
 from mailstore.batcher import InsertBatcher
 from mailstore.connection import Document, connect, database
 from mailstore.documents import to_document
@@ -151,6 +152,14 @@ class MessageStore:
         except (TimeoutError, PyMongoError) as error:
             return describe(error, within)
         return None
+
+    async def sweep_expired(self, holder: str, lease: float) -> int | None:
+        """Delete expired messages if `holder` gets the sweeper's lease (None if it does
+        not); bounded in count and by the store timeout per operation."""
+        with pymongo.timeout(max(self.config.timeout, 30.0)):
+            if not await retention.acquire_lease(self.db, holder, lease):
+                return None
+            return await retention.sweep_expired(self.db, MESSAGES)
 
     async def ping(self, within: float = 2.0) -> bool:
         """Whether the store answers within `within` seconds."""

@@ -90,6 +90,9 @@ class Metrics:
             "floodgate_stress_transitions", "Stress mode changes", ["to"], registry=r
         )
         self.autobans = Counter("floodgate_autobans", "Clients banned automatically", registry=r)
+        self.expired = Counter(
+            "floodgate_messages_expired", "Expired messages deleted by this receiver", registry=r
+        )
         self.store_seconds = Histogram(
             "floodgate_store_seconds",
             "Time from end of DATA to a durable store answer",

@@ -34,6 +34,8 @@ log = logging.getLogger("floodgate.receiver")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SHUTDOWN_REFUSAL = Refusal(replies.SHUTTING_DOWN, "shutting_down")
 HEALTH_INTERVAL = 2.0
+SWEEP_INTERVAL = 30.0  # expired mail leaves the store within about this long
+SWEEP_LEASE = 3 * SWEEP_INTERVAL  # a dead sweeper's lease passes to another receiver
 
 
 class MessageSink(Protocol):
@@ -47,6 +49,8 @@ class MessageSink(Protocol):
     async def probe(self, name: str, within: float) -> str | None: ...
 
     async def ensure_indexes(self) -> None: ...
+
+    async def sweep_expired(self, holder: str, lease: float) -> int | None: ...
 
 
 class BlocklistView(Protocol):
@@ -268,12 +272,27 @@ class ReceiverState:
         return f"receiver {self.config.hostname} {self.config.smtp_host}:{self.config.smtp_port}"
 
     async def watch_store(self, stop: asyncio.Event) -> None:
-        """Check the store in the background, so a dead one is known before mail hits it."""
+        """Check the store in the background, so a dead one is known before mail hits it,
+        and sweep expired mail now and then (retention on every store)."""
+        next_sweep = time.monotonic() + HEALTH_INTERVAL
         while not stop.is_set():
             await self.check_store()
+            if self.store_health.up and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
+                await self.sweep()
             self.summary.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), HEALTH_INTERVAL)
+
+    async def sweep(self) -> None:
+        try:
+            deleted = await self.store.sweep_expired(self._probe_name, SWEEP_LEASE)
+        except Exception as error:  # the next sweep tries again
+            emit("retention_sweep_failed", error=type(error).__name__)
+            return
+        if deleted:
+            self.metrics.expired.inc(deleted)
+            emit("retention_swept", deleted=deleted)
 
     # --- shutdown -------------------------------------------------------------------
 

@@ -1,0 +1,72 @@
+"""Retention on the embedded store, which never expires anything by itself: the receivers'
+sweeper deletes expired mail with nobody reading, one sweeper at a time."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+from pymongo import AsyncMongoClient, MongoClient
+
+from mailstore.embedded import EmbeddedStore
+from mailstore.message import utcnow
+from mailstore.retention import acquire_lease
+from tests.conftest import ServiceFactory
+from tests.support.smtp import wait_for
+
+
+def rows_on_disk(path: Path, prefix: str) -> int:
+    """Rows in the store's own file, read without asking the store (no lazy expiry)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT count(*) FROM messages WHERE _id LIKE ?", (prefix + "%",))
+        return int(row.fetchone()[0])
+
+
+def test_expired_mail_leaves_the_store_file_with_no_reader(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "retention-store")
+    uri = store.start()
+    try:
+        now = utcnow()
+        with MongoClient(uri) as client:
+            messages = client[db_name]["messages"]
+            past, future = now - timedelta(minutes=5), now + timedelta(days=1)
+            messages.insert_many(
+                [
+                    {"_id": f"old{n:03d}", "expires_at": past, "rcpt": ["x@mx.test"]}
+                    for n in range(60)
+                ]
+                + [
+                    {"_id": f"new{n:03d}", "expires_at": future, "rcpt": ["x@mx.test"]}
+                    for n in range(5)
+                ]
+            )
+        database = tmp_path / "retention-store" / "floodgate.db"
+        assert rows_on_disk(database, "old") == 60
+        receiver = make_receiver(mongodb_uri=uri)
+        assert wait_for(lambda: rows_on_disk(database, "old") == 0, timeout=30)
+        assert rows_on_disk(database, "new") == 5
+        # (Counted by floodgate_messages_expired_total where our deletes did the work; the
+        # embedded store may drop them itself as soon as the sweeper's query reads them.)
+        assert receiver.alive()
+    finally:
+        store.stop()
+
+
+async def test_one_sweeper_holds_the_lease_until_it_expires(store_uri: str, db_name: str) -> None:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(store_uri)
+    try:
+        db = client[db_name]
+        await db["leases"].delete_many({})
+        assert await acquire_lease(db, "receiver a", 60)
+        assert not await acquire_lease(db, "receiver b", 60)  # a's lease is live
+        assert await acquire_lease(db, "receiver a", 60)  # a renews its own
+        await db["leases"].update_one(
+            {"_id": "retention"}, {"$set": {"expires_at": utcnow() - timedelta(seconds=1)}}
+        )
+        assert await acquire_lease(db, "receiver b", 60)  # a died: b takes over
+        assert not await acquire_lease(db, "receiver a", 60)
+    finally:
+        await client.close()
