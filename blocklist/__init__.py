@@ -1,9 +1,10 @@
-"""IP blocklist: entries, the local cache each receiver answers from, and its sync from MongoDB."""
+"""IP access lists (the blocklist and the allowlist): entries, the local cache each receiver
+answers from, and their sync from MongoDB."""
 
 from blocklist.cache import BlocklistCache
 from blocklist.entries import Entry, InvalidEntry, Net, normalize, parse_address, parse_network
 from blocklist.index import PrefixIndex
-from blocklist.local import LocalBlocklist, LocalConfig
+from blocklist.local import LocalAllowlist, LocalBlocklist, LocalConfig, LocalList
 from blocklist.repository import BlocklistRepository, BulkResult
 from blocklist.sync import BlocklistSync
 
@@ -14,8 +15,10 @@ __all__ = [
     "BulkResult",
     "Entry",
     "InvalidEntry",
+    "LocalAllowlist",
     "LocalBlocklist",
     "LocalConfig",
+    "LocalList",
     "Net",
     "PrefixIndex",
     "normalize",

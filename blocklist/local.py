@@ -1,6 +1,8 @@
-"""The blocklist as one receiver sees it: local cache + sync + a bounded auto-ban writer.
+"""Access lists as one receiver sees them: local cache + snapshot + sync from MongoDB.
 
-`is_blocked` is what the receiver calls before the greeting: memory only, microseconds.
+`LocalList` is the shared machinery; `LocalBlocklist` adds a bounded auto-ban writer and
+`LocalAllowlist` the static entries from settings. `is_blocked` / `is_allowed` are what the
+receiver calls before the greeting: memory only, microseconds.
 `ban` is the admission controls' auto-ban hook: the ban applies locally at once and is
 written to the shared collection (source `auto`) in the background, so every other receiver
 enforces it within a change-stream round trip. Writes are queued in a bounded queue; if the
@@ -21,7 +23,13 @@ from pymongo.errors import PyMongoError
 
 from blocklist.cache import DEFAULT_MEMO_SIZE, BlocklistCache
 from blocklist.entries import Entry, InvalidEntry, parse_network
-from blocklist.repository import COLLECTION, BlocklistRepository
+from blocklist.repository import (
+    ALLOWLIST,
+    ALLOWLIST_AUDIT,
+    AUDIT_COLLECTION,
+    COLLECTION,
+    BlocklistRepository,
+)
 from blocklist.sync import BlocklistSync
 
 log = logging.getLogger("floodgate.blocklist")
@@ -39,32 +47,39 @@ class LocalConfig:
     timeout: float = 5.0
 
 
-class LocalBlocklist:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], config: LocalConfig) -> None:
+class LocalList:
+    """One access list (`collection` in the store) as this receiver holds it."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        config: LocalConfig,
+        *,
+        collection: str = COLLECTION,
+        audit: str = AUDIT_COLLECTION,
+    ) -> None:
         self.config = config
+        self.name = collection
         self.cache = BlocklistCache(config.memo_size)
-        self.repository = BlocklistRepository(db, timeout=config.timeout)
+        self.repository = BlocklistRepository(
+            db, timeout=config.timeout, collection=collection, audit=audit
+        )
         self.sync = BlocklistSync(
-            db[COLLECTION],
+            db[collection],
             self.cache,
             snapshot_path=config.snapshot_path,
             resync_interval=config.resync_interval,
             change_stream=config.change_stream,
         )
-        self._bans: asyncio.Queue[Entry] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._indexes: asyncio.Task[None] | None = None
-        self.bans_dropped = 0
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self.sync.load_snapshot()
-        self._bans = asyncio.Queue(MAX_PENDING_BANS)
-        self._writer = asyncio.create_task(self._write_bans(), name="blocklist-bans")
         self.sync.start()
-        self._indexes = asyncio.create_task(self._ensure_indexes(), name="blocklist-indexes")
+        self._tasks.append(asyncio.create_task(self._ensure_indexes(), name=f"{self.name}-indexes"))
 
     async def _ensure_indexes(self) -> None:
-        # The TTL index lets the store drop expired bans even if no API ever runs.
+        # The TTL index lets the store drop expired entries even if no API ever runs.
         for attempt in range(10):
             try:
                 await self.repository.ensure_indexes()
@@ -73,16 +88,14 @@ class LocalBlocklist:
                 await asyncio.sleep(min(60.0, 2.0**attempt))
 
     async def stop(self) -> None:
-        tasks = [task for task in (self._writer, self._indexes) if task is not None]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2.0)  # bounded: see BlocklistSync.stop
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)  # bounded: see BlocklistSync.stop
         await self.sync.stop()
 
-    # -- the receiver's view -------------------------------------------------------------
-
-    def is_blocked(self, ip: str) -> bool:
+    def contains(self, ip: str) -> bool:
+        """Whether an unexpired entry covers `ip` (False for anything not an address)."""
         try:
             return self.cache.check(ip)
         except InvalidEntry:
@@ -93,6 +106,48 @@ class LocalBlocklist:
 
     def entries(self) -> int:
         return len(self.cache)
+
+
+class LocalAllowlist(LocalList):
+    """Senders that are never throttled or auto-banned: stored entries, plus the static
+    ones from settings (`FLOODGATE_ALLOWLIST`), which no resync can remove."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        config: LocalConfig,
+        static: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(db, config, collection=ALLOWLIST, audit=ALLOWLIST_AUDIT)
+        self.static = BlocklistCache(memo_size=1024)
+        for cidr in static:
+            self.static.upsert(cidr)
+
+    def is_allowed(self, ip: str) -> bool:
+        try:
+            return self.static.check(ip) or self.cache.check(ip)
+        except InvalidEntry:
+            return False
+
+    def entries(self) -> int:
+        return len(self.cache) + len(self.static)
+
+
+class LocalBlocklist(LocalList):
+    """The blocklist, and this receiver's auto-bans written to it in the background."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], config: LocalConfig) -> None:
+        super().__init__(db, config)
+        self._bans: asyncio.Queue[Entry] | None = None
+        self.bans_dropped = 0
+
+    async def start(self) -> None:
+        self._bans = asyncio.Queue(MAX_PENDING_BANS)
+        self._tasks.append(asyncio.create_task(self._write_bans(), name="blocklist-bans"))
+        await super().start()
+
+    def is_blocked(self, ip: str) -> bool:
+        return self.contains(ip)
 
     def ban(self, key: str, reason: str, ttl: float) -> None:
         """Auto-ban a client key (`203.0.113.7` or `2001:db8:1:2::/64`) for `ttl` seconds."""

@@ -18,10 +18,20 @@ import pymongo
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 
-from blocklist.entries import Entry, covering_networks, expiry_timestamp, normalize
+from blocklist.entries import (
+    Entry,
+    InvalidEntry,
+    Net,
+    covering_networks,
+    expiry_timestamp,
+    normalize,
+    parse_network,
+)
 
 COLLECTION = "blocklist"
 AUDIT_COLLECTION = "blocklist_audit"
+ALLOWLIST = "allowlist"
+ALLOWLIST_AUDIT = "allowlist_audit"
 EXPIRY_INDEX = "expiry"
 AUDIT_RETENTION = timedelta(days=400)
 MAX_BULK = 10_000
@@ -37,12 +47,20 @@ class BulkResult:
 
 
 class BlocklistRepository:
-    """Writes and store-side reads of the blocklist; every write is audited."""
+    """Writes and store-side reads of an access list (the blocklist unless told otherwise);
+    every write is audited."""
 
-    def __init__(self, db: AsyncDatabase[Document], *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        *,
+        timeout: float = 5.0,
+        collection: str = COLLECTION,
+        audit: str = AUDIT_COLLECTION,
+    ) -> None:
         self.db = db
-        self.entries = db[COLLECTION]
-        self.audit = db[AUDIT_COLLECTION]
+        self.entries = db[collection]
+        self.audit = db[audit]
         self.timeout = timeout
 
     async def ensure_indexes(self) -> None:
@@ -151,6 +169,23 @@ class BlocklistRepository:
                 return Entry.from_document(live[cidr])
         return None
 
+    async def remove_covered(
+        self, network: str, actor: str, *, source: str = "auto", limit: int = 100_000
+    ) -> list[str]:
+        """Remove the `source` entries inside `network` (an allowlist entry lifting the
+        automatic bans it covers); bounded by `limit` entries examined."""
+        outer = parse_network(network)
+        with pymongo.timeout(max(self.timeout, limit / 10_000)):
+            cursor = self.entries.find({"source": source}, {"_id": 1}).limit(limit)
+            inside = [d["_id"] async for d in cursor if _within(str(d["_id"]), outer)]
+            removed = []
+            for cidr in inside:
+                before = await self.entries.find_one_and_delete({"_id": cidr, "source": source})
+                if before is not None:
+                    await self.audit.insert_one(_audit("lift", cidr, actor, before, None))
+                    removed.append(cidr)
+        return removed
+
     async def history(self, cidr: str, limit: int = 100) -> list[Document]:
         with pymongo.timeout(self.timeout):
             cursor = (
@@ -171,6 +206,14 @@ def _merged(entry: Entry, existing: Document | None, actor: str) -> Document:
         document["created_at"] = previous.created_at
         document["created_by"] = previous.created_by
     return document
+
+
+def _within(cidr: str, outer: Net) -> bool:
+    try:
+        inner = parse_network(cidr)
+    except InvalidEntry:
+        return False
+    return inner.prefixlen >= outer.prefixlen and outer.contains(inner.version, inner.value)
 
 
 def _expired(doc: Document) -> bool:

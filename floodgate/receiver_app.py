@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from pathlib import Path
 
 import uvloop
 
-from blocklist import LocalBlocklist, LocalConfig
+from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
@@ -50,10 +51,10 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
     )
 
 
-def blocklist_config(settings: Settings) -> LocalConfig:
+def blocklist_config(settings: Settings, snapshot: Path | None = None) -> LocalConfig:
     smtp_host, smtp_port = parse_hostport(settings.smtp_listen)
     return LocalConfig(
-        snapshot_path=settings.blocklist_snapshot_path,
+        snapshot_path=snapshot or settings.blocklist_snapshot_path,
         resync_interval=settings.blocklist_resync_interval,
         change_stream=settings.blocklist_change_stream,
         memo_size=max(1, settings.blocklist_memo_size),
@@ -84,12 +85,19 @@ async def serve(settings: Settings, uri: str) -> None:
     # even when the store is down (every message gets 451 until it is back).
     store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False)
     blocklist = LocalBlocklist(store.db, blocklist_config(settings))
-    # The snapshot loads before the port opens: a receiver restarted while the store is
-    # down still refuses every client it knew to be banned.
+    allowlist = LocalAllowlist(
+        store.db,
+        blocklist_config(settings, settings.data_dir / "allowlist.snapshot"),
+        static=settings.allowlist_networks,
+    )
+    # The snapshots load before the port opens: a receiver restarted while the store is
+    # down still refuses every client it knew to be banned, and spares every one allowed.
     await blocklist.start()
+    await allowlist.start()
     try:
-        await run_receiver(receiver_config(settings), store, blocklist, stop)
+        await run_receiver(receiver_config(settings), store, blocklist, stop, allowlist)
     finally:
+        await allowlist.stop()
         await blocklist.stop()
         await store.close()
 

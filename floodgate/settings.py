@@ -15,6 +15,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from blocklist.entries import normalize
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
 from receiver.limits import Limits
 from receiver.smtp.body import BareNewline
@@ -61,6 +62,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     proxy_protocol: bool = False
     trusted_proxies: str = ""
+    allowlist: str = ""  # static allowlist entries (CIDRs), merged with the stored ones
     proxy_protocol_timeout: float = Field(5.0, ge=3, le=60)
     reverse_dns: bool = False
     dns_timeout: float = Field(2.0, gt=0, le=10)
@@ -80,6 +82,7 @@ class Settings(BaseSettings):
     # Receiver limits (see receiver/limits.py for the ranges and Postfix equivalents).
     max_connections: int = _L.max_connections
     max_connections_per_ip: int = _L.max_connections_per_ip
+    allowlist_max_connections_per_ip: int = _L.allowlist_max_connections_per_ip
     ipv6_prefix: int = _L.ipv6_prefix
     connection_rate: int = _L.connection_rate
     message_rate: int = _L.message_rate
@@ -142,6 +145,18 @@ class Settings(BaseSettings):
         for item in _split(value):
             ipaddress.ip_network(item, strict=False)
         return value
+
+    @field_validator("allowlist")
+    @classmethod
+    def _allowlist_valid(cls, value: str) -> str:
+        for item in _split(value):
+            normalize(item)  # raises InvalidEntry (a ValueError) naming what is wrong
+        return value
+
+    @property
+    def allowlist_networks(self) -> tuple[str, ...]:
+        """The static allowlist, each entry normalized (`203.0.113.7/32`, `2001:db8::/48`)."""
+        return tuple(normalize(item) for item in _split(self.allowlist))
 
     @property
     def domain_set(self) -> frozenset[str]:

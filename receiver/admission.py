@@ -30,6 +30,9 @@ class Refusal:
 
 
 BLOCKED = Refusal(replies.BLOCKED, "blocked")
+# Blocked although allowlisted: the explicit blocklist entry wins, and the overlap is
+# counted under its own name so an operator sees it in the summary lines.
+BLOCKED_ALLOWLISTED = Refusal(replies.BLOCKED, "blocked_allowlisted")
 AUTOBANNED = Refusal(replies.BLOCKED, "autobanned")
 GLOBAL_CAP = Refusal(replies.TOO_MANY_CONNECTIONS, "global_cap")
 PER_IP_CAP = Refusal(replies.TOO_MANY_CONNECTIONS_FROM_IP, "per_ip_cap")
@@ -49,6 +52,7 @@ class Admission:
         limits: Limits,
         *,
         is_blocked: Callable[[str], bool] = lambda _ip: False,
+        is_allowed: Callable[[str], bool] = lambda _ip: False,
         clock: Clock = time.monotonic,
         on_ban: BanHook | None = None,
         on_stress: StressHook | None = None,
@@ -61,6 +65,7 @@ class Admission:
         self.bans = TemporaryBans(BAN_TABLE_CAPACITY, clock)
         self.stressed = False
         self._is_blocked = is_blocked
+        self.allowed = is_allowed
         self._on_ban = on_ban
         self._on_stress = on_stress
         self._stress_on = limits.stress_connections
@@ -77,13 +82,12 @@ class Admission:
     def connect(self, ip: str) -> tuple[str, Refusal | None]:
         """Admit (and count) or refuse a new connection from `ip`. O(1), no I/O."""
         key = self.key(ip)
-        if self._is_blocked(ip):
-            return key, BLOCKED
-        if self.bans.banned(key):
-            return key, AUTOBANNED
+        refusal = self._access(ip, key)
+        if refusal is not None:
+            return key, refusal
         if self.counts.total >= self.normal.max_connections:
             return key, GLOBAL_CAP
-        refusal = self._client_checks(key)
+        refusal = self._client_checks(key, self.allowed(ip))
         if refusal is not None:
             return key, refusal
         self.counts.acquire(key)
@@ -101,16 +105,24 @@ class Admission:
     def identify(self, ip: str) -> tuple[str, Refusal | None]:
         """Per-client checks for an unkeyed connection once its client is known."""
         key = self.key(ip)
-        if self._is_blocked(ip):
-            return key, BLOCKED
-        if self.bans.banned(key):
-            return key, AUTOBANNED
-        refusal = self._client_checks(key)
+        refusal = self._access(ip, key) or self._client_checks(key, self.allowed(ip))
         if refusal is None:
             self.counts.acquire_key(key)
         return key, refusal
 
-    def _client_checks(self, key: str) -> Refusal | None:
+    def _access(self, ip: str, key: str) -> Refusal | None:
+        """The blocklist, then automatic bans, which never apply to allowlisted clients."""
+        if self._is_blocked(ip):
+            return BLOCKED_ALLOWLISTED if self.allowed(ip) else BLOCKED
+        if self.bans.banned(key) and not self.allowed(ip):
+            return AUTOBANNED
+        return None
+
+    def _client_checks(self, key: str, allowed: bool) -> Refusal | None:
+        if allowed:  # its own cap; no rate, no hit toward a ban
+            if self.counts.of(key) >= self.normal.allowlist_max_connections_per_ip:
+                return PER_IP_CAP
+            return None
         if self.counts.of(key) >= self.normal.max_connections_per_ip:
             self.hit(key, PER_IP_CAP.reason)
             return PER_IP_CAP
@@ -124,24 +136,25 @@ class Admission:
         self.counts.release(key)
         self._update_stress()
 
-    def mail(self, key: str) -> Refusal | None:
-        """One more message from `key` (checked at MAIL FROM)."""
-        if self.rates.take("m:" + key, self.limits.message_rate):
+    def mail(self, key: str, allowed: bool = False) -> Refusal | None:
+        """One more message from `key` (checked at MAIL FROM); allowlisted: no limit."""
+        if allowed or self.rates.take("m:" + key, self.limits.message_rate):
             return None
         self.hit(key, MESSAGE_RATE.reason)
         return MESSAGE_RATE
 
-    def rcpt(self, key: str) -> Refusal | None:
-        """One more recipient from `key` (checked at RCPT TO)."""
-        if self.rates.take("r:" + key, self.limits.recipient_rate):
+    def rcpt(self, key: str, allowed: bool = False) -> Refusal | None:
+        """One more recipient from `key` (checked at RCPT TO); allowlisted: no limit."""
+        if allowed or self.rates.take("r:" + key, self.limits.recipient_rate):
             return None
         self.hit(key, RECIPIENT_RATE.reason)
         return RECIPIENT_RATE
 
-    def hit(self, key: str, reason: str) -> bool:
-        """Record that `key` hit a limit; ban it once it keeps doing so. True if banned."""
+    def hit(self, key: str, reason: str, allowed: bool = False) -> bool:
+        """Record that `key` hit a limit; ban it once it keeps doing so. True if banned.
+        An allowlisted client is never banned."""
         threshold = self.normal.autoban_threshold
-        if threshold <= 0:
+        if threshold <= 0 or allowed:
             return False
         if self.hits.hit(key) < threshold:
             return False

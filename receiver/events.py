@@ -21,6 +21,7 @@ log = logging.getLogger("floodgate.receiver")
 CONNECTION_OUTCOMES = (
     "accepted",
     "blocked",
+    "blocked_allowlisted",
     "autobanned",
     "global_cap",
     "per_ip_cap",
@@ -112,6 +113,16 @@ class Metrics:
         )
         self.blocklist_entries = Gauge(
             "floodgate_blocklist_entries", "Entries in the local blocklist cache", registry=r
+        )
+        self.allowlist_staleness = Gauge(
+            "floodgate_allowlist_staleness_seconds",
+            "Seconds since the allowlist last synced from the store",
+            registry=r,
+        )
+        self.allowlist_entries = Gauge(
+            "floodgate_allowlist_entries",
+            "Entries in the local allowlist (stored and static)",
+            registry=r,
         )
         for outcome in CONNECTION_OUTCOMES:
             self.connections.labels(outcome)

@@ -23,6 +23,9 @@ class Limits:
 
     max_connections: int = 10_000  # Postfix: default_process_limit (100)
     max_connections_per_ip: int = 10  # smtpd_client_connection_count_limit (50)
+    # Allowlisted senders: no rates, no auto-ban, but a concurrency cap of their own
+    # (smtpd_client_event_limit_exceptions exempts them from Postfix's limits entirely).
+    allowlist_max_connections_per_ip: int = 50
     ipv6_prefix: int = 64  # smtpd_client_ipv6_prefix_length? (anvil: none)
     connection_rate: int = 120  # per client per minute; smtpd_client_connection_rate_limit
     message_rate: int = 120  # per client per minute; smtpd_client_message_rate_limit
@@ -49,6 +52,12 @@ class Limits:
     def __post_init__(self) -> None:
         _check("max_connections", self.max_connections, 1, 1_000_000)
         _check("max_connections_per_ip", self.max_connections_per_ip, 1, 1_000_000)
+        _check(
+            "allowlist_max_connections_per_ip",
+            self.allowlist_max_connections_per_ip,
+            1,
+            1_000_000,
+        )
         _check("ipv6_prefix", self.ipv6_prefix, 32, 128)
         _check("connection_rate", self.connection_rate, 0, 10_000_000)
         _check("message_rate", self.message_rate, 0, 10_000_000)

@@ -65,6 +65,27 @@ class BlocklistView(Protocol):
     def ban(self, key: str, reason: str, ttl: float) -> None: ...
 
 
+class AllowlistView(Protocol):
+    """What the receiver needs from the allowlist: memory-only checks and freshness."""
+
+    def is_allowed(self, ip: str) -> bool: ...
+
+    def staleness(self) -> float: ...
+
+    def entries(self) -> int: ...
+
+
+class _NoAllowlist:
+    def is_allowed(self, ip: str) -> bool:
+        return False
+
+    def staleness(self) -> float:
+        return 0.0
+
+    def entries(self) -> int:
+        return 0
+
+
 @dataclass(frozen=True)
 class ReceiverConfig:
     """Everything the receiver needs, resolved from settings at start-up."""
@@ -102,11 +123,13 @@ class ReceiverState:
         store: MessageSink,
         blocklist: BlocklistView,
         loop: asyncio.AbstractEventLoop,
+        allowlist: AllowlistView | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
         self.store = store
         self.blocklist = blocklist
+        self.allowlist = allowlist or _NoAllowlist()
         self.metrics = Metrics()
         self.summary = SummaryLog(config.log_summary_interval)
         self.sessions: set[Session] = set()
@@ -116,6 +139,7 @@ class ReceiverState:
         self.admission = Admission(
             config.limits,
             is_blocked=blocklist.is_blocked,
+            is_allowed=self.allowlist.is_allowed,
             on_ban=self._on_ban,
             on_stress=self._on_stress,
         )
@@ -149,6 +173,8 @@ class ReceiverState:
         m.data_memory.set_function(lambda: self.data_budget.used)
         m.blocklist_staleness.set_function(self.blocklist.staleness)
         m.blocklist_entries.set_function(self.blocklist.entries)
+        m.allowlist_staleness.set_function(self.allowlist.staleness)
+        m.allowlist_entries.set_function(self.allowlist.entries)
 
     # --- the gate -------------------------------------------------------------------
 
@@ -249,9 +275,10 @@ class ReceiverState:
             return False, "shutting down"
         if self.store_health.up is not True:
             return False, f"store not taking writes: {self.store_health.reason}"
-        staleness = self.blocklist.staleness()
-        if staleness > self.config.blocklist_max_staleness:
-            return False, f"blocklist stale for {staleness:.0f}s"
+        for name, access in (("blocklist", self.blocklist), ("allowlist", self.allowlist)):
+            staleness = access.staleness()
+            if staleness > self.config.blocklist_max_staleness:
+                return False, f"{name} stale for {staleness:.0f}s"
         return True, "ready"
 
     async def check_store(self) -> None:
@@ -331,10 +358,11 @@ async def run_receiver(
     store: MessageSink,
     blocklist: BlocklistView,
     stop: asyncio.Event,
+    allowlist: AllowlistView | None = None,
 ) -> None:
     """Serve SMTP until `stop` is set, then drain and return."""
     loop = asyncio.get_running_loop()
-    state = ReceiverState(config, store, blocklist, loop)
+    state = ReceiverState(config, store, blocklist, loop, allowlist)
     health = HealthServer(state.metrics.registry, state.ready)
     server = await loop.create_server(
         lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True

@@ -64,7 +64,7 @@ def mail(session: Session, arg: bytes) -> Reply | None:
         return replies.NOT_ASCII_ADDRESS
     if address is not NULL_SENDER and not address.domain:
         return replies.BAD_SENDER  # a bare <postmaster> names no domain to reply to
-    refusal = session.ctx.admission.mail(session.client_key)
+    refusal = session.ctx.admission.mail(session.client_key, session.allowed)
     if refusal is not None:
         session.ctx.events.on_message("message_rate")
         session.ctx.events.on_refused(session.client_key, refusal.reason)
@@ -131,7 +131,7 @@ def _judge_recipient(session: Session, text: str) -> tuple[Reply, str]:
     limits = session.ctx.admission.limits
     if session.rcpt_count >= limits.max_recipients:  # duplicates count too, as in Postfix
         return replies.TOO_MANY_RECIPIENTS, "too_many"
-    refusal = session.ctx.admission.rcpt(session.client_key)
+    refusal = session.ctx.admission.rcpt(session.client_key, session.allowed)
     if refusal is not None:
         session.ctx.events.on_refused(session.client_key, refusal.reason)
         return refusal.reply, "recipient_rate"

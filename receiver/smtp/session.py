@@ -68,6 +68,7 @@ class Session(asyncio.Protocol):
         "_paused",
         "_timer",
         "_timer_at",
+        "allowed",
         "body",
         "buffer",
         "client_ip",
@@ -103,6 +104,8 @@ class Session(asyncio.Protocol):
         self.wire = wire
         self.client_key = key or ctx.admission.key(ip)
         self.client_ip = ip
+        # Allowlisted: no rates, never auto-banned (its concurrency cap was applied).
+        self.allowed = key is not None and ctx.admission.allowed(ip)
         self.client_name: str | None = None
         self.transport: asyncio.Transport | None = None
         self.phase = Phase.PROXY if key is None else Phase.GREETING
@@ -233,6 +236,7 @@ class Session(asyncio.Protocol):
             self.close_with(refusal.reply, refusal.reason)
             return
         self.client_key = self.counted_key = key
+        self.allowed = self.ctx.admission.allowed(self.client_ip)
         self.phase = Phase.GREETING
         early = bytes(self.buffer)
         self.buffer.clear()
@@ -241,7 +245,7 @@ class Session(asyncio.Protocol):
             self._dispatch(early)
 
     def _early_talker(self) -> None:
-        self.ctx.admission.hit(self.client_key, "pregreet")
+        self.ctx.admission.hit(self.client_key, "pregreet", self.allowed)
         self.ctx.events.on_refused(self.client_key, "pregreet")
         self.close_with(replies.PREGREET, "pregreet")
 
@@ -330,7 +334,7 @@ class Session(asyncio.Protocol):
         elif reply.counts_as_error:
             self.errors += 1
             if self.errors > limits.hard_error_limit:  # "exceeded", as in Postfix
-                self.ctx.admission.hit(self.client_key, "too_many_errors")
+                self.ctx.admission.hit(self.client_key, "too_many_errors", self.allowed)
                 self.close_with(replies.TOO_MANY_ERRORS, "too_many_errors")
                 return
         if self.commands > limits.max_commands:
@@ -354,7 +358,7 @@ class Session(asyncio.Protocol):
 
     def improper_pipelining(self) -> None:
         """A command or content sent without waiting for the reply it depends on."""
-        self.ctx.admission.hit(self.client_key, "improper_pipelining")
+        self.ctx.admission.hit(self.client_key, "improper_pipelining", self.allowed)
         self.ctx.events.on_refused(self.client_key, "improper_pipelining")
         self.close_with(replies.IMPROPER_PIPELINING, "improper_pipelining")
 

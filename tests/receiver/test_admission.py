@@ -110,3 +110,35 @@ def test_proxied_connection_counts_globally_then_per_client() -> None:
 def test_limits_out_of_range_are_rejected(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         limits(**{field: value})
+
+
+def test_allowlisted_clients_skip_rates_and_bans_but_keep_their_own_cap() -> None:
+    limits = Limits(
+        max_connections_per_ip=1,
+        allowlist_max_connections_per_ip=3,
+        connection_rate=1,
+        message_rate=1,
+        recipient_rate=1,
+        autoban_threshold=2,
+    )
+    admission = Admission(limits, is_allowed=lambda ip: ip == "192.0.2.50")
+    outcomes = [admission.connect("192.0.2.50")[1] for _ in range(4)]
+    assert outcomes[:3] == [None, None, None] and outcomes[3] is not None
+    assert outcomes[3].reason == "per_ip_cap"
+    assert all(admission.mail("192.0.2.50", allowed=True) is None for _ in range(50))
+    assert all(admission.rcpt("192.0.2.50", allowed=True) is None for _ in range(50))
+    for _ in range(10):
+        assert not admission.hit("192.0.2.50", "too_many_errors", allowed=True)
+    admission.bans.ban("192.0.2.50", 3600)  # a ban from before it was allowlisted
+    for _ in range(3):
+        admission.release("192.0.2.50")
+    assert admission.connect("192.0.2.50")[1] is None  # automatic bans do not apply
+    assert admission.connect("192.0.2.51")[1] is None
+    assert admission.connect("192.0.2.51")[1] is not None  # its neighbour: cap of 1
+
+
+def test_an_explicit_blocklist_entry_wins_over_the_allowlist_and_is_named() -> None:
+    admission = Admission(DEFAULTS, is_blocked=lambda ip: True, is_allowed=lambda ip: True)
+    _, refusal = admission.connect("192.0.2.60")
+    assert refusal is not None and refusal.reason == "blocked_allowlisted"
+    assert refusal.reply == replies.BLOCKED
