@@ -77,9 +77,13 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
 def _attach_blocklist(app: FastAPI) -> None:
     try:
         from blocklist import BlocklistRepository
+        from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT
     except ImportError:
         return
     app.state.blocklist = BlocklistRepository(app.state.store.db)
+    app.state.allowlist = BlocklistRepository(
+        app.state.store.db, collection=ALLOWLIST, audit=ALLOWLIST_AUDIT
+    )
 
 
 async def ensure_indexes(app: FastAPI) -> bool:
@@ -92,9 +96,10 @@ async def ensure_indexes(app: FastAPI) -> bool:
         return True
     try:
         await app.state.store.ensure_indexes()
-        blocklist = getattr(app.state, "blocklist", None)
-        if blocklist is not None:
-            await blocklist.ensure_indexes()
+        for name in ("blocklist", "allowlist"):
+            access = getattr(app.state, name, None)
+            if access is not None:
+                await access.ensure_indexes()
     except PyMongoError as error:
         log.warning("indexes not ensured yet: %s", type(error).__name__)
         return False
@@ -104,10 +109,11 @@ async def ensure_indexes(app: FastAPI) -> bool:
 
 def _include_blocklist(app: FastAPI) -> None:
     try:
-        from api.blocklist import router
+        from api.blocklist import allowlist_router, router
     except ImportError:
         return
     app.include_router(router, dependencies=[Depends(require_token)])
+    app.include_router(allowlist_router, dependencies=[Depends(require_token)])
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:

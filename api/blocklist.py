@@ -1,11 +1,15 @@
-"""Blocklist admin endpoints. They only write to MongoDB: receivers pick changes up from there.
+"""Access-list admin endpoints (blocklist and allowlist, the same shapes). They only write
+to MongoDB: receivers pick changes up from there.
 
 `POST /v1/blocklist` answers 201 when the entry is new and 200 when an existing entry was
-updated (re-adding is idempotent: reason, source and expiry are replaced).
+updated (re-adding is idempotent: reason, source and expiry are replaced). The allowlist is
+the same under `/v1/allowlist` (the reason is the entry's note; entries are always
+`manual`), and adding an allowlist entry lifts the automatic bans it covers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -15,9 +19,20 @@ from blocklist import BlocklistRepository, Entry, InvalidEntry, normalize, parse
 from blocklist.entries import MAX_REASON_LENGTH, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from blocklist.repository import MAX_BULK, MAX_PAGE
 
-router = APIRouter()
-
 MAX_ACTOR = 100
+
+
+@dataclass(frozen=True)
+class AccessList:
+    """What differs between the two lists' routes."""
+
+    name: str  # path segment and app.state attribute
+    verdict: str  # the key of `check`'s answer
+    lifts_bans: bool  # adding an entry removes the automatic bans it covers
+
+
+BLOCKLIST = AccessList("blocklist", "blocked", lifts_bans=False)
+ALLOWLIST = AccessList("allowlist", "allowed", lifts_bans=True)
 
 
 class BlockRequest(BaseModel):
@@ -35,8 +50,8 @@ class BulkRequest(BaseModel):
     entries: list[BlockRequest] = Field(min_length=1, max_length=MAX_BULK)
 
 
-def _repository(request: Request) -> BlocklistRepository:
-    repository: BlocklistRepository = request.app.state.blocklist
+def _repository(request: Request, kind: AccessList = BLOCKLIST) -> BlocklistRepository:
+    repository: BlocklistRepository = getattr(request.app.state, kind.name)
     return repository
 
 
@@ -48,8 +63,10 @@ def _actor(request: Request) -> str:
     return f"{getattr(request.state, 'actor', 'admin')}{'/' + label if label else ''}@{client}"
 
 
-def _build(body: BlockRequest, actor: str) -> Entry:
+def _build(body: BlockRequest, actor: str, kind: AccessList = BLOCKLIST) -> Entry:
     """The entry a request body asks for; raises `InvalidEntry` saying what is wrong."""
+    if kind is ALLOWLIST and body.source != "manual":
+        raise InvalidEntry("allowlist entries are always manual")
     return Entry.new(
         body.cidr,
         reason=body.reason,
@@ -59,91 +76,110 @@ def _build(body: BlockRequest, actor: str) -> Entry:
     )
 
 
-def _entry(body: BlockRequest, actor: str) -> Entry:
+def _entry(body: BlockRequest, actor: str, kind: AccessList) -> Entry:
     try:
-        return _build(body, actor)
+        return _build(body, actor, kind)
     except InvalidEntry as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
 
 
-@router.post("/v1/blocklist", status_code=201)
-async def add_entry(request: Request, response: Response, body: BlockRequest) -> dict[str, Any]:
-    actor = _actor(request)
-    stored, created = await _repository(request).add(_entry(body, actor), actor)
-    if not created:
-        response.status_code = 200
-    return stored.to_json()
+def access_router(kind: AccessList) -> APIRouter:
+    """The admin routes of one access list."""
+    router = APIRouter()
 
+    @router.post(f"/v1/{kind.name}", status_code=201)
+    async def add_entry(request: Request, response: Response, body: BlockRequest) -> dict[str, Any]:
+        actor = _actor(request)
+        stored, created = await _repository(request, kind).add(_entry(body, actor, kind), actor)
+        if not created:
+            response.status_code = 200
+        result = stored.to_json()
+        if kind.lifts_bans:
+            result["lifted"] = await _lift_bans(request, [stored.cidr], actor)
+        return result
 
-@router.post("/v1/blocklist/bulk")
-async def add_bulk(request: Request, body: BulkRequest) -> dict[str, Any]:
-    """All-or-nothing validation: one bad entry → 422 naming it, and nothing is written."""
-    actor = _actor(request)
-    entries: dict[str, Entry] = {}
-    errors: list[dict[str, Any]] = []
-    for position, item in enumerate(body.entries):
+    @router.post(f"/v1/{kind.name}/bulk")
+    async def add_bulk(request: Request, body: BulkRequest) -> dict[str, Any]:
+        """All-or-nothing validation: one bad entry → 422 naming it, and nothing is written."""
+        actor = _actor(request)
+        entries: dict[str, Entry] = {}
+        errors: list[dict[str, Any]] = []
+        for position, item in enumerate(body.entries):
+            try:
+                entry = _build(item, actor, kind)
+            except InvalidEntry as error:
+                errors.append({"index": position, "cidr": item.cidr, "error": str(error)})
+                continue
+            entries[entry.cidr] = entry  # a later duplicate wins, as it would one by one
+        if errors:
+            raise HTTPException(
+                status_code=422,
+                detail=f"{len(errors)} invalid entries; nothing was written: "
+                + "; ".join(f"#{e['index']} {e['error']}" for e in errors[:10]),
+            )
+        result = await _repository(request, kind).add_many(list(entries.values()), actor)
+        answer: dict[str, Any] = {"added": result.added, "updated": result.updated}
+        if kind.lifts_bans:
+            answer["lifted"] = await _lift_bans(request, list(entries), actor)
+        return answer
+
+    @router.get(f"/v1/{kind.name}")
+    async def list_entries(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+        after: Annotated[str | None, Query(max_length=64)] = None,
+        source: Annotated[Literal["manual", "auto"] | None, Query()] = None,
+    ) -> dict[str, Any]:
+        """Unexpired entries in CIDR order; pass the last `cidr` as `after` for the next page."""
+        entries = await _repository(request, kind).page(limit=limit, after=after, source=source)
+        result: dict[str, Any] = {"entries": [e.to_json() for e in entries]}
+        if len(entries) == limit:
+            result["next"] = entries[-1].cidr
+        return result
+
+    @router.get(f"/v1/{kind.name}/check/{{ip}}")
+    async def check_ip(request: Request, ip: str) -> dict[str, Any]:
         try:
-            entry = _build(item, actor)
+            parse_address(ip)
         except InvalidEntry as error:
-            errors.append({"index": position, "cidr": item.cidr, "error": str(error)})
-            continue
-        entries[entry.cidr] = entry  # a later duplicate wins, as it would one by one
-    if errors:
-        raise HTTPException(
-            status_code=422,
-            detail=f"{len(errors)} invalid entries; nothing was written: "
-            + "; ".join(f"#{e['index']} {e['error']}" for e in errors[:10]),
-        )
-    result = await _repository(request).add_many(list(entries.values()), actor)
-    return {"added": result.added, "updated": result.updated}
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        entry = await _repository(request, kind).check(ip)
+        return {
+            kind.verdict: entry is not None,
+            "entry": None if entry is None else entry.to_json(),
+        }
+
+    @router.get(f"/v1/{kind.name}/{{cidr:path}}/history")
+    async def entry_history(request: Request, cidr: str) -> dict[str, Any]:
+        """The audit trail of one entry, newest first."""
+        key = _normalize(cidr)
+        history = await _repository(request, kind).history(key)
+        return {"cidr": key, "history": _jsonable(history)}
+
+    @router.get(f"/v1/{kind.name}/{{cidr:path}}")
+    async def get_entry(request: Request, cidr: str) -> dict[str, Any]:
+        entry = await _repository(request, kind).get(_normalize(cidr))
+        if entry is None:
+            raise HTTPException(status_code=404, detail=f"{cidr} is not on the {kind.name}")
+        return entry.to_json()
+
+    @router.delete(f"/v1/{kind.name}/{{cidr:path}}", status_code=204)
+    async def remove_entry(request: Request, cidr: str) -> Response:
+        if not await _repository(request, kind).remove(_normalize(cidr), _actor(request)):
+            raise HTTPException(status_code=404, detail=f"{cidr} is not on the {kind.name}")
+        return Response(status_code=204)
+
+    return router
 
 
-@router.get("/v1/blocklist")
-async def list_entries(
-    request: Request,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
-    after: Annotated[str | None, Query(max_length=64)] = None,
-    source: Annotated[Literal["manual", "auto"] | None, Query()] = None,
-) -> dict[str, Any]:
-    """Unexpired entries in CIDR order; pass the last `cidr` as `after` for the next page."""
-    entries = await _repository(request).page(limit=limit, after=after, source=source)
-    result: dict[str, Any] = {"entries": [e.to_json() for e in entries]}
-    if len(entries) == limit:
-        result["next"] = entries[-1].cidr
-    return result
-
-
-@router.get("/v1/blocklist/check/{ip}")
-async def check_ip(request: Request, ip: str) -> dict[str, Any]:
-    try:
-        parse_address(ip)
-    except InvalidEntry as error:
-        raise HTTPException(status_code=422, detail=str(error)) from None
-    entry = await _repository(request).check(ip)
-    return {"blocked": entry is not None, "entry": None if entry is None else entry.to_json()}
-
-
-@router.get("/v1/blocklist/{cidr:path}/history")
-async def entry_history(request: Request, cidr: str) -> dict[str, Any]:
-    """The audit trail of one entry, newest first."""
-    key = _normalize(cidr)
-    history = await _repository(request).history(key)
-    return {"cidr": key, "history": _jsonable(history)}
-
-
-@router.get("/v1/blocklist/{cidr:path}")
-async def get_entry(request: Request, cidr: str) -> dict[str, Any]:
-    entry = await _repository(request).get(_normalize(cidr))
-    if entry is None:
-        raise HTTPException(status_code=404, detail=f"{cidr} is not on the blocklist")
-    return entry.to_json()
-
-
-@router.delete("/v1/blocklist/{cidr:path}", status_code=204)
-async def remove_entry(request: Request, cidr: str) -> Response:
-    if not await _repository(request).remove(_normalize(cidr), _actor(request)):
-        raise HTTPException(status_code=404, detail=f"{cidr} is not on the blocklist")
-    return Response(status_code=204)
+async def _lift_bans(request: Request, networks: list[str], actor: str) -> list[str]:
+    """Remove the automatic bans inside newly allowed networks; the receivers drop them
+    from their copies within a change-stream round trip."""
+    blocklist = _repository(request, BLOCKLIST)
+    lifted: list[str] = []
+    for network in networks:
+        lifted += await blocklist.remove_covered(network, actor)
+    return lifted
 
 
 def _normalize(cidr: str) -> str:
@@ -161,3 +197,7 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
+
+
+router = access_router(BLOCKLIST)
+allowlist_router = access_router(ALLOWLIST)

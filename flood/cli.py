@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from flood import scenarios
+from flood.allowlist import AllowlistError, TemporaryAllowlist, networks, read_token
 from flood.report import live_table, plot, print_report
 from flood.scenarios import Sources, Target
 from flood.stats import Stats
 
 MAX_DURATION = 3600.0
+LEGIT_FIRST = "127.0.40.1"
 
 EPILOG = """\
 scenarios (combine any of them in one run; each has its own knobs):
@@ -113,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--legit-ips", type=int, default=10)
     g.add_argument("--legit-size", type=int, default=2048, help="bytes per message")
     g.add_argument("--legit-max", type=int, default=100_000, help="messages in all")
+    g.add_argument(
+        "--legit-allowlisted",
+        action="store_true",
+        help="put the legit senders on the target's allowlist for this run (admin API)",
+    )
+    g.add_argument("--api", default="http://127.0.0.1:8025", help="admin API for the allowlist")
+    g.add_argument("--admin-token", help="bearer token (default: read --admin-token-file)")
+    g.add_argument("--admin-token-file", type=Path, default=Path("var/admin-token"))
     return p
 
 
@@ -190,6 +200,8 @@ def validate(args: argparse.Namespace) -> None:
     active = [n for n in ("idle", "slowloris", "connect", "messages", "legit") if getattr(args, n)]
     if not active:
         raise UsageError("nothing to do: give at least one scenario or --preset (see --help)")
+    if args.legit_allowlisted and not args.legit:
+        raise UsageError("--legit-allowlisted needs a legit stream (--legit RATE)")
     if args.require_legit is not None and not args.legit:
         raise UsageError("--require-legit needs a legit stream (--legit RATE)")
 
@@ -256,7 +268,7 @@ def jobs(
                 stats,
                 stop,
                 args.legit,
-                Sources("127.0.40.1", args.legit_ips),
+                Sources(LEGIT_FIRST, args.legit_ips),
                 args.legit_size,
                 args.legit_max,
             )
@@ -285,6 +297,15 @@ async def run(args: argparse.Namespace, target: Target, stats: Stats) -> None:
     stats.finished = time.monotonic()
 
 
+def allowlisted(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """The legit senders on the allowlist for the run, when asked; else nothing."""
+    if not (args.legit_allowlisted and args.legit):
+        return contextlib.nullcontext()
+    token = read_token(args.admin_token, args.admin_token_file)
+    cidrs = networks(Sources(LEGIT_FIRST, args.legit_ips).addresses())
+    return TemporaryAllowlist(args.api, token, cidrs, ttl=args.duration + 300)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -307,7 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     target = Target(host, port, args.domain, args.timeout, bind_sources=loopback)
     stats = Stats(active_scenarios(args))
-    asyncio.run(run(args, target, stats))
+    try:
+        with allowlisted(args):
+            asyncio.run(run(args, target, stats))
+    except AllowlistError as error:
+        print(f"floodgate flood: --legit-allowlisted: {error}", file=sys.stderr)
+        return 2
 
     settings = {
         key: getattr(args, key)

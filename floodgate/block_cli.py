@@ -1,4 +1,5 @@
-"""`floodgate block ...`: manage the blocklist through the admin API.
+"""`floodgate block ...` and `floodgate allow ...`: manage the access lists through the
+admin API (the same actions and file format for both).
 
 The token comes from FLOODGATE_ADMIN_TOKEN, else `<data_dir>/admin-token` (written by
 `floodgate run`). Exit status: 0 done, 1 refused (invalid entry, not found), 2 cannot talk
@@ -15,6 +16,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +42,58 @@ examples:
 """
 
 
+ALLOW_EPILOG = """\
+examples:
+  floodgate allow add 192.0.2.0/24 --reason "example provider outbound pool"
+  floodgate allow add 2001:db8:1::/48 --reason "transactional sender" --ttl 30d
+  floodgate allow rm 192.0.2.0/24
+  floodgate allow ls
+  floodgate allow check 192.0.2.10
+  floodgate allow import providers.txt
+      (one address or CIDR per line, optionally followed by a note; # starts a comment)
+"""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between `floodgate block` and `floodgate allow`."""
+
+    command: str
+    path: str
+    verdict: str  # "blocked" / "allowed", as the API's check answers
+    help: str
+    description: str
+    epilog: str
+    add_help: str
+    rm_help: str
+
+
+BLOCK = Kind(
+    "block",
+    "/v1/blocklist",
+    "blocked",
+    "manage the IP blocklist through the admin API: add, rm, ls, check, import",
+    "Manage the IP blocklist through the admin API. Every receiver picks changes up from "
+    "the store within about a second.",
+    EPILOG,
+    "ban an address or CIDR (re-adding updates it)",
+    "lift a ban (the exact address or CIDR)",
+)
+ALLOW = Kind(
+    "allow",
+    "/v1/allowlist",
+    "allowed",
+    "manage the IP allowlist (never throttled or auto-banned): add, rm, ls, check, import",
+    "Manage the IP allowlist through the admin API: allowlisted senders skip the rate "
+    "limits and are never auto-banned (a blocklist entry still wins). Adding an entry "
+    "lifts the automatic bans it covers. Every receiver picks changes up within a second.",
+    ALLOW_EPILOG,
+    "allow an address or CIDR (re-adding updates it); --reason is its note",
+    "remove an allowlist entry (the exact address or CIDR)",
+)
+KINDS = {kind.command: kind for kind in (BLOCK, ALLOW)}
+
+
 class ApiError(Exception):
     def __init__(self, message: str, status: int = 2) -> None:
         super().__init__(message)
@@ -57,31 +111,31 @@ def parse_duration(text: str) -> int:
     return int(seconds)
 
 
-def add_block_parser(sub: Any) -> None:
+def add_block_parser(sub: Any, kind: Kind = BLOCK) -> None:
     parser = sub.add_parser(
-        "block",
-        help="manage the IP blocklist through the admin API: add, rm, ls, check, import",
-        description="Manage the IP blocklist through the admin API. Every receiver picks "
-        "changes up from the store within about a second.",
-        epilog=EPILOG,
+        kind.command,
+        help=kind.help,
+        description=kind.description,
+        epilog=kind.epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--api", help="API base URL (default: http://FLOODGATE_API_LISTEN)")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    add = actions.add_parser("add", help="ban an address or CIDR (re-adding updates it)")
+    add = actions.add_parser("add", help=kind.add_help)
     add.add_argument("cidr")
     add.add_argument("--reason", default="")
     add.add_argument("--ttl", type=parse_duration, help="expire after e.g. 3600, 15m, 1h, 7d")
 
-    rm = actions.add_parser("rm", help="lift a ban (the exact address or CIDR)")
+    rm = actions.add_parser("rm", help=kind.rm_help)
     rm.add_argument("cidr")
 
     ls = actions.add_parser("ls", help="list unexpired entries")
-    ls.add_argument("--source", choices=("manual", "auto"))
+    if kind is BLOCK:
+        ls.add_argument("--source", choices=("manual", "auto"))
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    check = actions.add_parser("check", help="is this address blocked, and by which entry?")
+    check = actions.add_parser("check", help=f"is this address {kind.verdict}, by which entry?")
     check.add_argument("ip")
 
     imp = actions.add_parser("import", help="bulk-add entries from a file ('-' for stdin)")
@@ -161,56 +215,60 @@ def _describe(entry: dict[str, Any]) -> str:
 
 
 def run_block(args: argparse.Namespace, settings: Settings) -> int:
+    """`floodgate block ...` or `floodgate allow ...`, by `args.command`."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    kind = KINDS[args.command]
     try:
         client = Client(_base_url(args, settings), _token(settings))
-        return _run(client, args)
+        return _run(client, args, kind)
     except ApiError as error:
-        print(f"floodgate block: {error}", file=sys.stderr)
+        print(f"floodgate {kind.command}: {error}", file=sys.stderr)
         return error.status
 
 
-def _run(client: Client, args: argparse.Namespace) -> int:
+def _run(client: Client, args: argparse.Namespace, kind: Kind) -> int:
     if args.action == "add":
         body: dict[str, Any] = {"cidr": args.cidr, "reason": args.reason}
         if args.ttl is not None:
             body["ttl_seconds"] = args.ttl
-        response = client.call("POST", "/v1/blocklist", json=body)
+        response = client.call("POST", kind.path, json=body)
         if response.status_code not in (200, 201):
             raise ApiError(_message(response), 1)
         verb = "added" if response.status_code == 201 else "updated"
         print(f"{verb}: {_describe(response.json())}")
+        for lifted in response.json().get("lifted", []):
+            print(f"lifted automatic ban: {lifted}")
         return 0
     if args.action == "rm":
-        response = client.call("DELETE", f"/v1/blocklist/{args.cidr}")
+        response = client.call("DELETE", f"{kind.path}/{args.cidr}")
         if response.status_code != 204:
             raise ApiError(_message(response), 1)
         print(f"removed: {args.cidr}")
         return 0
     if args.action == "ls":
-        return _list(client, args)
+        return _list(client, args, kind)
     if args.action == "check":
-        response = client.call("GET", f"/v1/blocklist/check/{args.ip}")
+        response = client.call("GET", f"{kind.path}/check/{args.ip}")
         if response.status_code != 200:
             raise ApiError(_message(response), 1)
         result = response.json()
-        if result["blocked"]:
-            print(f"{args.ip} is blocked by {_describe(result['entry'])}")
+        if result[kind.verdict]:
+            print(f"{args.ip} is {kind.verdict} by {_describe(result['entry'])}")
         else:
-            print(f"{args.ip} is not blocked")
+            print(f"{args.ip} is not {kind.verdict}")
         return 0
     if args.action == "import":
-        return _import(client, args)
+        return _import(client, args, kind)
     raise ApiError(f"unknown action {args.action}")
 
 
-def _list(client: Client, args: argparse.Namespace) -> int:
+def _list(client: Client, args: argparse.Namespace, kind: Kind) -> int:
     params: dict[str, Any] = {"limit": 1000}
-    if args.source:
+    if getattr(args, "source", None):
         params["source"] = args.source
     count = 0
     while True:
-        response = client.call("GET", "/v1/blocklist", params=params)
+        response = client.call("GET", kind.path, params=params)
         if response.status_code != 200:
             raise ApiError(_message(response), 1)
         page = response.json()
@@ -225,7 +283,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _import(client: Client, args: argparse.Namespace) -> int:
+def _import(client: Client, args: argparse.Namespace, kind: Kind) -> int:
     stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")
     with stream:
         lines = list(read_entries(stream, args.reason, args.ttl))
@@ -239,17 +297,20 @@ def _import(client: Client, args: argparse.Namespace) -> int:
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        print(f"floodgate block import: nothing imported:\n  {shown}{more}", file=sys.stderr)
+        print(
+            f"floodgate {kind.command} import: nothing imported:\n  {shown}{more}",
+            file=sys.stderr,
+        )
         return 1
     added = updated = 0
     for start in range(0, len(lines), BATCH):
         batch = lines[start : start + BATCH]
         response = client.call(
-            "POST", "/v1/blocklist/bulk", json={"entries": [entry for _, entry in batch]}
+            "POST", f"{kind.path}/bulk", json={"entries": [entry for _, entry in batch]}
         )
         if response.status_code != 200:
             print(
-                f"floodgate block import: {_message(response)}\n"
+                f"floodgate {kind.command} import: {_message(response)}\n"
                 f"({added + updated} entries before line {batch[0][0]} were imported)",
                 file=sys.stderr,
             )

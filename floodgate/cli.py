@@ -20,6 +20,7 @@ COMMANDS = {
     "flood": "the bundled load and attack generator (loopback only unless --allow-remote); "
     "`floodgate flood --help` for scenarios",
     "block": "manage the IP blocklist through the admin API: add, rm, ls, check, import",
+    "allow": "manage the IP allowlist through the admin API: add, rm, ls, check, import",
 }
 
 
@@ -27,15 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="floodgate", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        if name == "block":
+        if name in ("block", "allow"):
             continue
         sub.add_parser(name, help=help_text, description=help_text)
     try:
-        from floodgate.block_cli import add_block_parser
+        from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
     except ImportError:
         pass
     else:
-        add_block_parser(sub)
+        add_block_parser(sub, BLOCK)
+        add_block_parser(sub, ALLOW)
     return parser
 
 
@@ -81,7 +83,7 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
             return 2
         api_app.main(settings, admin_token(settings)[0])
         return 0
-    if args.command == "block":
+    if args.command in ("block", "allow"):
         from floodgate.block_cli import run_block
 
         return run_block(args, settings)

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pymongo import MongoClient
 
 from flood.cli import resolve_target
 from flood.scenarios import Sources
-from tests.conftest import ServiceFactory
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support.processes import ServiceProcess, clean_environ
 
 QUIET = {"autoban_threshold": "0"}
@@ -246,3 +247,23 @@ def test_sources_spread_over_consecutive_addresses() -> None:
         "127.0.11.0",
         "127.0.11.1",
     ]
+
+
+def test_allowlisted_legit_senders_pass_a_rate_that_throttles_the_others(
+    make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path
+) -> None:
+    receiver = make_receiver(message_rate="2", **QUIET)
+    api = make_api()
+    legit = ("--legit", "10", "--legit-ips", "1", "--duration", "2")
+    result, plain = flood(receiver, tmp_path, *legit)
+    assert result.returncode == 0 and plain is not None, result.stderr
+    assert "450 4.7.1" in plain["scenarios"]["legit"]["outcomes"]  # throttled as anyone
+    token = ("--api", api.http_url, "--admin-token", ADMIN_TOKEN)
+    result, allowed = flood(receiver, tmp_path, *legit, "--legit-allowlisted", *token)
+    assert result.returncode == 0 and allowed is not None, result.stderr
+    outcomes = allowed["scenarios"]["legit"]["outcomes"]
+    assert set(outcomes) == {"250 2.0.0"} and outcomes["250 2.0.0"] >= 10, outcomes
+    left = httpx.get(
+        f"{api.http_url}/v1/allowlist", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ).json()["entries"]
+    assert left == []  # removed at the end of the run
