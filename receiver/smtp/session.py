@@ -293,7 +293,7 @@ class Session(asyncio.Protocol):
             line = bytes(buffer[position : end + 1])
             position = end + 1
             self.more_input = position < len(buffer)
-            if self.overlong:
+            if self.overlong or len(line) > MAX_LINE:
                 self.overlong = False
                 self._reply(replies.LINE_TOO_LONG)
             else:

@@ -183,6 +183,13 @@ def test_control_bytes_anywhere_in_a_command_are_501(line: bytes) -> None:
     assert reply.startswith(b"501 5.5.2 ")
 
 
+def test_an_overlong_line_arriving_whole_is_500_too() -> None:
+    client = ready(Harness())
+    assert client.send(b"NOOP " + b"x" * 3000) == [500]
+    client.feed(b"MAIL FROM:<" + b"a" * 2100 + b"@example.org>\r\nNOOP\r\n")
+    assert client.codes() == [500, 250]
+
+
 def test_an_overlong_line_is_500_and_dropped_unread_then_the_session_goes_on() -> None:
     client = ready(Harness())
     for _ in range(20):
