@@ -40,17 +40,19 @@ async def acquire_lease(db: AsyncDatabase[Any], holder: str, seconds: float) -> 
     return lease is not None and lease.get("holder") == holder
 
 
-async def sweep_expired(db: AsyncDatabase[Any], collection: str) -> int:
-    """Delete messages whose `expires_at` has passed, in batches; return how many."""
+async def sweep_expired(db: AsyncDatabase[Any], collection: str, batch_seconds: float) -> int:
+    """Delete messages whose `expires_at` has passed, in batches of `BATCH`, each within
+    `batch_seconds`; return how many."""
     messages = db[collection]
     now = utcnow()
     deleted = 0
     while deleted < MAX_PER_SWEEP:
-        cursor = messages.find({"expires_at": {"$lt": now}}, {"_id": 1}).limit(BATCH)
-        ids = [doc["_id"] async for doc in cursor]
-        if not ids:
-            break
-        result = await messages.delete_many({"_id": {"$in": ids}, "expires_at": {"$lt": now}})
+        with pymongo.timeout(batch_seconds):
+            cursor = messages.find({"expires_at": {"$lt": now}}, {"_id": 1}).limit(BATCH)
+            ids = [doc["_id"] async for doc in cursor]
+            if not ids:
+                break
+            result = await messages.delete_many({"_id": {"$in": ids}, "expires_at": {"$lt": now}})
         deleted += result.deleted_count
         if len(ids) < BATCH:
             break

@@ -155,11 +155,11 @@ class MessageStore:
 
     async def sweep_expired(self, holder: str, lease: float) -> int | None:
         """Delete expired messages if `holder` gets the sweeper's lease (None if it does
-        not); bounded in count and by the store timeout per operation."""
-        with pymongo.timeout(max(self.config.timeout, 30.0)):
+        not); bounded in count, and each batch by the store timeout."""
+        with pymongo.timeout(self.config.timeout):
             if not await retention.acquire_lease(self.db, holder, lease):
                 return None
-            return await retention.sweep_expired(self.db, MESSAGES)
+        return await retention.sweep_expired(self.db, MESSAGES, self.config.timeout)
 
     async def ping(self, within: float = 2.0) -> bool:
         """Whether the store answers within `within` seconds."""

@@ -302,14 +302,21 @@ class ReceiverState:
         """Check the store in the background, so a dead one is known before mail hits it,
         and sweep expired mail now and then (retention on every store)."""
         next_sweep = time.monotonic() + HEALTH_INTERVAL
-        while not stop.is_set():
-            await self.check_store()
-            if self.store_health.up and time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + SWEEP_INTERVAL
-                await self.sweep()
-            self.summary.flush()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), HEALTH_INTERVAL)
+        sweeper: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                await self.check_store()
+                due = time.monotonic() >= next_sweep
+                if self.store_health.up and due and (sweeper is None or sweeper.done()):
+                    # Its own task: a sweep held up by a slow store never delays a probe.
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL
+                    sweeper = self.loop.create_task(self.sweep())
+                self.summary.flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), HEALTH_INTERVAL)
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
 
     async def sweep(self) -> None:
         try:
