@@ -1,8 +1,11 @@
-"""Issue 3: what held sockets cost, what legit senders feel meanwhile, what a refusal costs.
+"""What held sockets cost, what legit senders feel meanwhile, what a refusal costs, and
+whether one crafted message can stall everyone else.
 
 * Hold 10,000 idle sockets from 40 loopback addresses against a real receiver: its RSS per
-  held socket (target <= 10 KB), and legit latency at concurrency 10 (one connection per
+  held socket (target <= 4 KB), and legit latency at concurrency 10 (one connection per
   message, as MTAs send) while they are held vs unloaded (target: p99 <= 1.5x unloaded).
+* A message whose Subject is folded over 200,000 continuation lines: the worst time another
+  client waits for its banner while the receiver handles it (target <= 100 ms).
 * Refusal cost: one client address at its per-IP cap hammering connect / read 421 / close
   from several processes; refusals per wall second and per receiver CPU-second (target
   >= 10,000 per CPU-second, i.e. on one core).
@@ -14,6 +17,7 @@ import asyncio
 import multiprocessing
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,8 @@ from bench.common import (
     start_service,
 )
 
+RSS_TARGET_KB = 4
+BANNER_TARGET_MS = 100
 IDLE_ENV = {
     "FLOODGATE_MAX_CONNECTIONS": "20000",  # 10k held stays below the stress threshold
     "FLOODGATE_MAX_CONNECTIONS_PER_IP": "300",
@@ -160,7 +166,7 @@ def idle_sockets(quick: bool) -> dict[str, Any]:
         "loaded_p99_ms": loaded_p99,
         "p99_ratio": round(loaded_p99 / unloaded_p99, 2) if unloaded_p99 else None,
         "targets": {
-            "rss_per_socket_kb <= 10": per_socket_kb <= 10,
+            "rss_per_socket_kb <= 4": per_socket_kb <= RSS_TARGET_KB,
             "p99_ratio <= 1.5": bool(unloaded_p99) and loaded_p99 <= 1.5 * unloaded_p99,
         },
     }
@@ -234,8 +240,74 @@ def refusal_cost(quick: bool) -> dict[str, Any]:
     }
 
 
+def _crafted(port: int, lines: int, outcome: dict[str, Any]) -> None:
+    """Send one message with a Subject folded over `lines` lines; record the reply."""
+    with socket.create_connection(("127.0.0.1", port), 60, ("127.0.201.1", 0)) as sock:
+        stream = sock.makefile("rb")
+
+        def reply() -> bytes:
+            while True:
+                line = stream.readline()
+                if not line or line[3:4] != b"-":
+                    return line
+
+        reply()
+        for command in (b"EHLO c.test", b"MAIL FROM:<a@example.org>", b"RCPT TO:<f@mx.test>"):
+            sock.sendall(command + b"\r\n")
+            reply()
+        sock.sendall(b"DATA\r\n")
+        reply()
+        outcome["sent"] = time.monotonic()
+        sock.sendall(b"Subject: x\r\n" + b" y\r\n" * lines + b"\r\nbody\r\n.\r\n")
+        outcome["reply"] = reply().decode(errors="replace").strip()
+        outcome["answered"] = time.monotonic()
+
+
+def _banner_delay(port: int) -> float:
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), 30, ("127.0.202.1", 0)) as sock:
+        sock.recv(256)
+    return time.perf_counter() - started
+
+
+def header_stall(quick: bool) -> dict[str, Any]:
+    lines = 100_000 if quick else 200_000
+    with tempfile.TemporaryDirectory() as directory, embedded_store(Path(directory)) as uri:
+        receiver = start_service(
+            "receiver",
+            {"FLOODGATE_MONGODB_URI": uri, "FLOODGATE_CONNECTION_RATE": "0"},
+            Path(directory),
+        )
+        try:
+            outcome: dict[str, Any] = {}
+            sender = threading.Thread(target=_crafted, args=(receiver.port, lines, outcome))
+            sender.start()
+            delays = []
+            while sender.is_alive() or time.monotonic() < outcome.get("answered", 0) + 0.5:
+                delays.append(_banner_delay(receiver.port))
+                time.sleep(0.02)
+            sender.join()
+        finally:
+            receiver.stop()
+    worst = max(delays) * 1000
+    return {
+        "folded_lines": lines,
+        "message_bytes": 12 + 4 * lines + 10,
+        "reply": outcome.get("reply", "none"),
+        "answered_in_ms": round((outcome["answered"] - outcome["sent"]) * 1000, 1),
+        "probes": len(delays),
+        "banner_p50_ms": round(percentile(delays, 0.5) * 1000, 2),
+        "banner_max_ms": round(worst, 2),
+        "targets": {f"banner_max_ms <= {BANNER_TARGET_MS}": worst <= BANNER_TARGET_MS},
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
-    return {"idle": idle_sockets(quick), "refusal": refusal_cost(quick)}
+    return {
+        "idle": idle_sockets(quick),
+        "refusal": refusal_cost(quick),
+        "header": header_stall(quick),
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -247,7 +319,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"{idle['sockets']:,} idle sockets from {idle['source_addresses']} addresses held: "
             f"receiver RSS {idle['rss_before_mb']} -> {idle['rss_held_mb']} MB, "
-            f"**{idle['rss_per_socket_kb']} KB per socket** (target <= 10); "
+            f"**{idle['rss_per_socket_kb']} KB per socket** (target <= {RSS_TARGET_KB}); "
             f"{idle['held_during_legit']:,} still held after the legit runs.",
             "",
             "| legit, concurrency 10, 1 KB, conn per message | p50 ms | p99 ms |",
@@ -266,4 +338,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"{refusal['per_wall_second']:,}/s wall, "
         f"**{refusal['per_receiver_cpu_second']:,} per receiver CPU-second** (target >= 10,000).",
     ]
+    header = result.get("header")
+    if header:
+        lines += [
+            "",
+            f"Crafted header: a Subject folded over {header['folded_lines']:,} lines "
+            f"({header['message_bytes']:,} bytes) got `{header['reply']}` in "
+            f"{header['answered_in_ms']} ms; meanwhile {header['probes']} other clients waited "
+            f"p50 {header['banner_p50_ms']} ms, **max {header['banner_max_ms']} ms** for their "
+            f"banner (target <= {BANNER_TARGET_MS} ms).",
+        ]
     return "\n".join(lines) + "\n"

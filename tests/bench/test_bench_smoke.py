@@ -25,7 +25,11 @@ def test_quick_abuse_suite_writes_json_and_markdown(tmp_path: Path) -> None:
     assert idle["sockets"] == 2000 and idle["held_during_legit"] == 2000
     assert 0 < idle["rss_per_socket_kb"] < 100
     assert report["suites"]["abuse"]["refusal"]["refusals"] > 0
-    assert "KB per socket" in (tmp_path / "latest.md").read_text()
+    header = report["suites"]["abuse"]["header"]
+    assert header["reply"].startswith("552 5.3.4") and header["probes"] > 0
+    assert header["banner_max_ms"] > 0
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "KB per socket" in markdown and "Crafted header" in markdown
 
 
 def test_unknown_suite_is_refused() -> None:
