@@ -6,22 +6,13 @@ import socket
 import time
 from typing import Any
 
-import httpx
 from pymongo import MongoClient
 
-from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.conftest import ServiceFactory
+from tests.support.api import listing
 from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, queued_id, wait_for
-
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def listing(api: ServiceProcess, address: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{api.http_url}/v1/mailboxes/{address}/messages", headers=AUTH)
-    assert response.status_code == 200, response.text
-    messages: list[dict[str, Any]] = response.json()["messages"]
-    return messages
 
 
 def test_malformed_paths_are_client_errors_that_count_toward_the_limit(

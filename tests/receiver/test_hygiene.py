@@ -10,20 +10,8 @@ from pymongo import MongoClient
 from tests.conftest import ServiceFactory
 from tests.support.metrics import sample
 from tests.support.smtp import RawClient
+from tests.support.smuggling import MALFORMED_ENDINGS
 
-# The malformed end-of-data sequences a public smuggling test client tries.
-ENDINGS = [
-    b"\n.\n",
-    b"\r.\r",
-    b"\r.\n",
-    b"\n.\r",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r\n\x00.\r\n",
-    b"\r\n.\x00\r\n",
-]
 SMUGGLED = b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@mx.test>\r\nDATA\r\n"
 
 
@@ -42,7 +30,7 @@ def test_every_malformed_ending_is_refused_with_521_and_nothing_stored(
     make_receiver: ServiceFactory, mongo: MongoClient[dict[str, Any]], db_name: str
 ) -> None:
     receiver = make_receiver(autoban_threshold="0")
-    for n, ending in enumerate(ENDINGS):
+    for n, ending in enumerate(MALFORMED_ENDINGS):
         client = RawClient(receiver.host, receiver.port)
         open_data(client, f"r{n}@mx.test")
         client.send(b"Subject: smuggle\r\n\r\nx" + ending + SMUGGLED + b"y\r\n.\r\n")
@@ -52,7 +40,9 @@ def test_every_malformed_ending_is_refused_with_521_and_nothing_stored(
         assert stored_raw(mongo, db_name, f"r{n}@mx.test") == []
     assert mongo[db_name]["messages"].count_documents({"rcpt": "victim@mx.test"}) == 0
     url = receiver.http_url
-    assert sample(url, "floodgate_sessions_closed_total", reason="bare_newline") == len(ENDINGS)
+    assert sample(url, "floodgate_sessions_closed_total", reason="bare_newline") == len(
+        MALFORMED_ENDINGS
+    )
 
 
 def test_normalize_mode_stores_each_malformed_ending_as_crlf_only(
@@ -61,7 +51,7 @@ def test_normalize_mode_stores_each_malformed_ending_as_crlf_only(
     receiver = make_receiver(bare_newline="normalize")
     client = RawClient(receiver.host, receiver.port)
     client.hello()
-    for n, ending in enumerate(ENDINGS):
+    for n, ending in enumerate(MALFORMED_ENDINGS):
         assert client.cmd("MAIL FROM:<a@example.org>").code == 250
         assert client.cmd(f"RCPT TO:<n{n}@mx.test>").code == 250
         assert client.cmd("DATA").code == 354

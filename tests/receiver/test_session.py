@@ -9,11 +9,10 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.conftest import ServiceFactory
+from tests.support.api import AUTH, listing
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, queued_id, rss_kb, send_message
-
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def raw_of(api: ServiceProcess, message_id: str) -> bytes:
@@ -30,13 +29,6 @@ def strip_received(data: bytes) -> bytes:
     while data[position : position + 1] in (b"\t", b" "):  # continuation lines
         position = data.index(b"\r\n", position) + 2
     return data[position:]
-
-
-def listing(api: ServiceProcess, address: str) -> list[dict[str, object]]:
-    response = httpx.get(f"{api.http_url}/v1/mailboxes/{address}/messages", headers=AUTH)
-    assert response.status_code == 200, response.text
-    messages: list[dict[str, object]] = response.json()["messages"]
-    return messages
 
 
 def test_message_is_readable_byte_exact_with_dots_and_8bit(

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver.smtp.body import BareNewline, BodyReader, MemoryBudget, Outcome, unstuff
+from tests.support.smuggling import MALFORMED_ENDINGS
 
 LINE = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 
@@ -63,21 +64,6 @@ def test_edge_cases(wire: bytes, content: bytes) -> None:
     body = reader()
     assert body.feed(wire) == len(wire)
     assert body.finish().content == content
-
-
-# The malformed end-of-data sequences of the SMTP smuggling class: none may end DATA.
-MALFORMED_ENDINGS = [
-    b"\n.\n",
-    b"\r.\r",
-    b"\r.\n",
-    b"\n.\r",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r\n",
-    b"\r\n.\r",
-    b"\r\n\x00.\r\n",
-    b"\r\n.\x00\r\n",
-]
 
 
 @pytest.mark.parametrize("ending", MALFORMED_ENDINGS)
