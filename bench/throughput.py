@@ -163,7 +163,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     if not have_postfix_tools():
         return {
             "skipped": "Postfix's smtp-source/smtp-sink are missing "
-            "(bench/install-postfix.sh installs them)"
+            "(FLOODGATE_INSTALL_TOOLS=1 make bench installs them)"
         }
     runs = 3 if quick else 5
     ours, cpu_us, peak_kb = receiver_rates(runs, quick)

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.processes import HAPROXY_MISSING
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REPO = DEPLOY.parent
 
@@ -19,7 +21,7 @@ REPO = DEPLOY.parent
 def test_haproxy_config_is_valid_with_defaults_and_with_test_addresses() -> None:
     haproxy = shutil.which("haproxy")
     if haproxy is None:
-        pytest.skip("haproxy is not installed (tests/install-tools.sh installs it as root)")
+        pytest.skip(HAPROXY_MISSING)
     for env in ({}, {"SMTP_BIND": "127.0.0.1:2600", "MX1": "127.0.0.1:1", "MX1_CHECK": "2"}):
         result = subprocess.run(
             [haproxy, "-c", "-f", str(DEPLOY / "haproxy.cfg")],

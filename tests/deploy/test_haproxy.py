@@ -21,7 +21,7 @@ from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
 from tests.support.blocklist import entry_document
-from tests.support.processes import ServiceProcess, free_port
+from tests.support.processes import HAPROXY_MISSING, ServiceProcess, free_port
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -87,7 +87,7 @@ def haproxy_pair(
     make_receiver: ServiceFactory, tmp_path: Path
 ) -> Iterator[tuple[HAProxy, list[ServiceProcess]]]:
     if shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not installed (tests/install-tools.sh installs it as root)")
+        pytest.skip(HAPROXY_MISSING)
     receivers = [make_receiver(**BEHIND_PROXY), make_receiver(**BEHIND_PROXY)]
     proxy = HAProxy(receivers, tmp_path)
     try:

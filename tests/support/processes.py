@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 STARTUP_TIMEOUT = 30.0
+# tests/install-tools.sh installs HAProxy only when asked: the host is not ours.
+HAPROXY_MISSING = "haproxy is not installed: FLOODGATE_INSTALL_TOOLS=1 make test installs it"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
