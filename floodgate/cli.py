@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pydantic import ValidationError
-
 DESCRIPTION = """Floodgate: an abuse-resistant inbound SMTP receiver (MX) for disposable mail.
 Settings come from FLOODGATE_* environment variables (see README)."""
 
@@ -48,16 +46,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return flood_main(args_list[1:])
     args = build_parser().parse_args(args_list)
-    try:
-        from floodgate import settings as settings_module
+    from floodgate import settings as settings_module
 
+    try:
         settings = settings_module.load()
-    except (ValidationError, ValueError) as error:
-        print(f"floodgate: invalid settings:\n{error}", file=sys.stderr)
+    except settings_module.SettingsError as error:
+        for problem in error.problems:
+            print(f"floodgate: {problem}", file=sys.stderr)
         return 2
     from floodgate.logs import configure
 
-    configure(settings.log_level, settings.log_summary_interval)
+    configure(settings.log_level, settings.log_summary_interval, settings.log_format)
     return _dispatch(args, settings)
 
 

@@ -3,11 +3,17 @@ validated, then passed down as frozen values. Nothing else reads `os.environ`.""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,10 +23,40 @@ from pydantic_settings import (
 
 from blocklist.entries import normalize
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
-from receiver.limits import Limits
+from receiver.limits import RANGES, Limits
 from receiver.smtp.body import BareNewline
 
-_L = LIMIT_DEFAULTS
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Variables of ours that are not settings: the tests' store and the Makefile's installs.
+NOT_SETTINGS = frozenset({"FLOODGATE_TEST_MONGODB_URI", "FLOODGATE_INSTALL_TOOLS"})
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def limit(name: str) -> Any:
+    """A limit's settings field: its default and range from receiver/limits.py."""
+    low, high = RANGES[name]
+    return Field(getattr(LIMIT_DEFAULTS, name), ge=low, le=high)
+
+
+def host_name(text: str) -> bool:
+    """An RFC 1123 host name (labels of letters, digits and inner hyphens), or an
+    address literal in brackets."""
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            ipaddress.ip_address(text[1:-1].removeprefix("IPv6:"))
+        except ValueError:
+            return False
+        return True
+    labels = text.rstrip(".").split(".")
+    return len(text) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+class SettingsError(ValueError):
+    """Every problem found in the settings, one line each, named by its variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -70,6 +106,7 @@ class Settings(BaseSettings):
     # Bare CR/LF or NUL in message content: reject (521, close) | normalize | accept.
     bare_newline: BareNewline = BareNewline.REJECT
     log_level: str = "INFO"
+    log_format: Literal["logfmt", "json"] = "logfmt"
     log_summary_interval: float = Field(10.0, ge=1, le=3600)
 
     # Blocklist sync.
@@ -79,32 +116,32 @@ class Settings(BaseSettings):
     blocklist_snapshot: Path | None = None  # default: <data_dir>/blocklist.snapshot
     blocklist_memo_size: int = Field(65_536, ge=0, le=10_000_000)
 
-    # Receiver limits (see receiver/limits.py for the ranges and Postfix equivalents).
-    max_connections: int = _L.max_connections
-    max_connections_per_ip: int = _L.max_connections_per_ip
-    allowlist_max_connections_per_ip: int = _L.allowlist_max_connections_per_ip
-    ipv6_prefix: int = _L.ipv6_prefix
-    connection_rate: int = _L.connection_rate
-    message_rate: int = _L.message_rate
-    recipient_rate: int = _L.recipient_rate
-    rate_clients: int = _L.rate_clients
-    idle_timeout: float = _L.idle_timeout
-    session_timeout: float = _L.session_timeout
-    data_timeout: float = _L.data_timeout
-    min_data_rate: int = _L.min_data_rate
-    greet_wait: float = _L.greet_wait
-    max_message_size: int = _L.max_message_size
-    max_recipients: int = _L.max_recipients
-    max_data_memory: int = _L.max_data_memory
-    max_commands: int = _L.max_commands
-    junk_command_limit: int = _L.junk_command_limit
-    hard_error_limit: int = _L.hard_error_limit
-    stress_threshold: float = _L.stress_threshold
-    stress_idle_timeout: float = _L.stress_idle_timeout
-    stress_hard_error_limit: int = _L.stress_hard_error_limit
-    autoban_threshold: int = _L.autoban_threshold
-    autoban_window: float = _L.autoban_window
-    autoban_ttl: float = _L.autoban_ttl
+    # Receiver limits: default and range declared once, in receiver/limits.py.
+    max_connections: int = limit("max_connections")
+    max_connections_per_ip: int = limit("max_connections_per_ip")
+    allowlist_max_connections_per_ip: int = limit("allowlist_max_connections_per_ip")
+    ipv6_prefix: int = limit("ipv6_prefix")
+    connection_rate: int = limit("connection_rate")
+    message_rate: int = limit("message_rate")
+    recipient_rate: int = limit("recipient_rate")
+    rate_clients: int = limit("rate_clients")
+    idle_timeout: float = limit("idle_timeout")
+    session_timeout: float = limit("session_timeout")
+    data_timeout: float = limit("data_timeout")
+    min_data_rate: int = limit("min_data_rate")
+    greet_wait: float = limit("greet_wait")
+    max_message_size: int = limit("max_message_size")
+    max_recipients: int = limit("max_recipients")
+    max_data_memory: int = limit("max_data_memory")
+    max_commands: int = limit("max_commands")
+    junk_command_limit: int = limit("junk_command_limit")
+    hard_error_limit: int = limit("hard_error_limit")
+    stress_threshold: float = limit("stress_threshold")
+    stress_idle_timeout: float = limit("stress_idle_timeout")
+    stress_hard_error_limit: int = limit("stress_hard_error_limit")
+    autoban_threshold: int = limit("autoban_threshold")
+    autoban_window: float = limit("autoban_window")
+    autoban_ttl: float = limit("autoban_ttl")
 
     @classmethod
     def settings_customise_sources(
@@ -129,9 +166,23 @@ class Settings(BaseSettings):
         if not domains:
             raise ValueError("at least one domain is required")
         for domain in domains:
-            if " " in domain or "@" in domain:
+            if not host_name(domain) or domain.startswith("["):
                 raise ValueError(f"{domain!r} is not a domain name")
         return ",".join(domains)
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_valid(cls, value: str | None) -> str | None:
+        if value is not None and not host_name(value):
+            raise ValueError("must be a host name (letters, digits, hyphens, dots)")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level_valid(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("smtp_listen", "api_listen", "receiver_http_listen")
     @classmethod
@@ -201,8 +252,91 @@ def _toml_path(*sources: PydanticBaseSettingsSource) -> Path | None:
     return None
 
 
-def load(**overrides: Any) -> Settings:
-    """Read the settings once; raises `pydantic.ValidationError` with every problem found."""
-    settings = Settings(**overrides)
-    settings.limits()  # range-check the limits now, at start-up, not mid-session
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the settings once and check them all; raise `SettingsError` listing every
+    problem, each named by its FLOODGATE_ variable (or TOML key)."""
+    environ = os.environ if environ is None else environ
+    problems = _unknown_variables(environ)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        problems += [_describe(item) for item in error.errors()]
+        if not any(item.get("loc", ("",))[0] == "data_dir" for item in error.errors()):
+            problems += _data_dir_problems(Path(environ.get("FLOODGATE_DATA_DIR") or "var"))
+        raise SettingsError(problems) from None
+    problems += _unknown_toml_keys(settings.config_file)
+    problems += _listen_collisions(settings)
+    problems += _data_dir_problems(settings.data_dir)
+    if problems:
+        raise SettingsError(problems)
+    settings.limits()  # every range was checked above; this cannot fail now
     return settings
+
+
+def _variable(field: str) -> str:
+    return "FLOODGATE_" + field.upper()
+
+
+def _describe(error: Any) -> str:
+    field = str(error["loc"][0]) if error.get("loc") else "?"
+    value = error.get("input")
+    shown = f"={value!r}" if isinstance(value, str | int | float) else ""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{_variable(field)}{shown}: {message}"
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = {_variable(name) for name in Settings.model_fields} | NOT_SETTINGS
+    return [
+        f"{name}: not a setting{_suggest(name, known)}"
+        for name in sorted(environ)
+        if name.startswith("FLOODGATE_") and name not in known
+    ]
+
+
+def _unknown_toml_keys(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        return [f"FLOODGATE_CONFIG_FILE={str(path)!r}: cannot read it: {error}"]
+    known = set(Settings.model_fields)
+    return [
+        f"{path}: key {key!r} is not a setting{_suggest(key, known)}"
+        for key in sorted(data)
+        if key not in known
+    ]
+
+
+def _listen_collisions(settings: Settings) -> list[str]:
+    seen: dict[tuple[str, int], str] = {}
+    problems = []
+    for field in ("smtp_listen", "api_listen", "receiver_http_listen"):
+        host, port = parse_hostport(getattr(settings, field))
+        for (other_host, other_port), other in seen.items():
+            wildcard = {host, other_host} & {"0.0.0.0", "::"}
+            if port == other_port and (host == other_host or wildcard):
+                problems.append(
+                    f"{_variable(field)}={getattr(settings, field)!r}: the same address as "
+                    f"{_variable(other)}; each listener needs its own port"
+                )
+        seen[(host, port)] = field
+    return problems
+
+
+def _data_dir_problems(path: Path) -> list[str]:
+    """The data directory must exist or be creatable, and be writable, at start-up."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        return [f"FLOODGATE_DATA_DIR={str(path)!r}: cannot create or write to it: {reason}"]
+    return []

@@ -17,6 +17,38 @@ def _check(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name}={value} is out of range [{low}, {high}]")
 
 
+# Accepted range of every limit: `Limits` checks it, and the settings declare each
+# FLOODGATE_ variable's range from it, so a range is written once.
+RANGES: dict[str, tuple[float, float]] = {
+    "max_connections": (1, 1_000_000),
+    "max_connections_per_ip": (1, 1_000_000),
+    "allowlist_max_connections_per_ip": (1, 1_000_000),
+    "ipv6_prefix": (32, 128),
+    "connection_rate": (0, 10_000_000),
+    "message_rate": (0, 10_000_000),
+    "recipient_rate": (0, 10_000_000),
+    "rate_clients": (100, 10_000_000),
+    "idle_timeout": (0.1, 3600),
+    "session_timeout": (0.1, 86_400),
+    "data_timeout": (0.1, 86_400),
+    "min_data_rate": (0, 1_000_000_000),
+    "greet_wait": (0, 60),
+    # BSON documents stop at 16 MiB; keep headroom for metadata and our Received line.
+    "max_message_size": (1024, 15 * 1024 * 1024),
+    "max_recipients": (1, 10_000),
+    "max_data_memory": (1024 * 1024, 1 << 40),
+    "max_commands": (10, 1_000_000),
+    "junk_command_limit": (1, 1_000_000),
+    "hard_error_limit": (1, 10_000),
+    "stress_threshold": (0.01, 1.0),
+    "stress_idle_timeout": (0.1, 3600),
+    "stress_hard_error_limit": (1, 10_000),
+    "autoban_threshold": (0, 1_000_000),
+    "autoban_window": (1, 86_400),
+    "autoban_ttl": (1, 31 * 86_400),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Connection, dialogue and rate limits for one receiver."""
@@ -50,37 +82,8 @@ class Limits:
     autoban_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
-        _check("max_connections", self.max_connections, 1, 1_000_000)
-        _check("max_connections_per_ip", self.max_connections_per_ip, 1, 1_000_000)
-        _check(
-            "allowlist_max_connections_per_ip",
-            self.allowlist_max_connections_per_ip,
-            1,
-            1_000_000,
-        )
-        _check("ipv6_prefix", self.ipv6_prefix, 32, 128)
-        _check("connection_rate", self.connection_rate, 0, 10_000_000)
-        _check("message_rate", self.message_rate, 0, 10_000_000)
-        _check("recipient_rate", self.recipient_rate, 0, 10_000_000)
-        _check("rate_clients", self.rate_clients, 100, 10_000_000)
-        _check("idle_timeout", self.idle_timeout, 0.1, 3600)
-        _check("session_timeout", self.session_timeout, 0.1, 86_400)
-        _check("data_timeout", self.data_timeout, 0.1, 86_400)
-        _check("min_data_rate", self.min_data_rate, 0, 1_000_000_000)
-        _check("greet_wait", self.greet_wait, 0, 60)
-        # BSON documents stop at 16 MiB; keep headroom for metadata and our Received line.
-        _check("max_message_size", self.max_message_size, 1024, 15 * 1024 * 1024)
-        _check("max_recipients", self.max_recipients, 1, 10_000)
-        _check("max_data_memory", self.max_data_memory, 1024 * 1024, 1 << 40)
-        _check("max_commands", self.max_commands, 10, 1_000_000)
-        _check("junk_command_limit", self.junk_command_limit, 1, 1_000_000)
-        _check("hard_error_limit", self.hard_error_limit, 1, 10_000)
-        _check("stress_threshold", self.stress_threshold, 0.01, 1.0)
-        _check("stress_idle_timeout", self.stress_idle_timeout, 0.1, 3600)
-        _check("stress_hard_error_limit", self.stress_hard_error_limit, 1, 10_000)
-        _check("autoban_threshold", self.autoban_threshold, 0, 1_000_000)
-        _check("autoban_window", self.autoban_window, 1, 86_400)
-        _check("autoban_ttl", self.autoban_ttl, 1, 31 * 86_400)
+        for name, (low, high) in RANGES.items():
+            _check(name, getattr(self, name), low, high)
 
     def stressed(self) -> Limits:
         """The limits that apply while the receiver is under connection stress."""

@@ -1,0 +1,135 @@
+"""Settings are checked in one pass at start-up: every problem reported at once, each named
+by its FLOODGATE_ variable, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from floodgate.settings import Settings, SettingsError, host_name, load
+from receiver.limits import DEFAULTS, RANGES, Limits
+from tests.support.processes import clean_environ, free_port
+
+
+def floodgate(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "floodgate", *args],
+        env={**clean_environ(), "FLOODGATE_DATA_DIR": str(tmp_path / "var"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
+def test_every_bad_setting_is_named_once_with_exit_2_and_no_traceback(tmp_path: Path) -> None:
+    result = floodgate(
+        tmp_path,
+        "receiver",
+        FLOODGATE_LOG_LEVEL="LOUD",
+        FLOODGATE_MAX_CONECTIONS="5",
+        FLOODGATE_HOSTNAME="bad host name",
+        FLOODGATE_MAX_RECIPIENTS="0",
+        FLOODGATE_IDLE_TIMEOUT="soon",
+        FLOODGATE_DOMAINS="mx.test,not a domain",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    for variable in (
+        "FLOODGATE_LOG_LEVEL='LOUD'",
+        "FLOODGATE_MAX_CONECTIONS: not a setting; did you mean FLOODGATE_MAX_CONNECTIONS?",
+        "FLOODGATE_HOSTNAME='bad host name'",
+        "FLOODGATE_MAX_RECIPIENTS='0'",
+        "FLOODGATE_IDLE_TIMEOUT='soon'",
+        "FLOODGATE_DOMAINS=",
+    ):
+        assert sum(variable in line for line in lines) == 1, (variable, lines)
+    assert all(line.startswith("floodgate: FLOODGATE_") for line in lines), lines
+    assert "greater than or equal to 1" in result.stderr  # the accepted range is said
+
+
+def test_colliding_listeners_and_an_unwritable_data_dir_are_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = floodgate(
+        tmp_path,
+        "receiver",
+        FLOODGATE_SMTP_LISTEN="127.0.0.1:8025",
+        FLOODGATE_DATA_DIR=str(blocker / "var"),
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "FLOODGATE_API_LISTEN='127.0.0.1:8025': the same address as" in result.stderr
+    assert f"FLOODGATE_DATA_DIR='{blocker / 'var'}': cannot create" in result.stderr
+
+
+def test_unknown_toml_keys_get_a_suggestion(tmp_path: Path) -> None:
+    config = tmp_path / "floodgate.toml"
+    config.write_text('max_conections = 5\ndomains = "mx.test"\n')
+    with pytest.raises(SettingsError) as refused:
+        load({"FLOODGATE_CONFIG_FILE": str(config)}, config_file=config, data_dir=tmp_path)
+    assert refused.value.problems == [
+        f"{config}: key 'max_conections' is not a setting; did you mean max_connections?"
+    ]
+
+
+def test_variables_of_ours_that_are_not_settings_are_allowed(tmp_path: Path) -> None:
+    environ = {"FLOODGATE_TEST_MONGODB_URI": "x", "FLOODGATE_INSTALL_TOOLS": "1"}
+    assert load(environ, data_dir=tmp_path).data_dir == tmp_path
+
+
+def test_each_limit_is_declared_once() -> None:
+    # Every limit has a setting whose default and range come from receiver/limits.py.
+    names = {field.name for field in dataclasses.fields(Limits)}
+    assert names == set(RANGES)
+    for name in names:
+        field = Settings.model_fields[name]
+        assert field.default == getattr(DEFAULTS, name)
+        bounds = {type(m).__name__: m for m in field.metadata}
+        assert bounds["Ge"].ge == RANGES[name][0] and bounds["Le"].le == RANGES[name][1]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("mx.test", True),
+        ("mx1.example.org.", True),
+        ("[192.0.2.1]", True),
+        ("[IPv6:2001:db8::1]", True),
+        ("bad host", False),
+        ("-lead.test", False),
+        ("a..b", False),
+        ("x" * 64 + ".test", False),
+        ("under_score.test", False),
+    ],
+)
+def test_host_names(name: str, ok: bool) -> None:
+    assert host_name(name) is ok
+
+
+def test_run_stops_at_once_with_one_line_when_its_api_port_is_taken(tmp_path: Path) -> None:
+    taken = free_port()
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        started = time.monotonic()
+        result = floodgate(
+            tmp_path,
+            "run",
+            FLOODGATE_API_LISTEN=f"127.0.0.1:{taken}",
+            FLOODGATE_SMTP_LISTEN=f"127.0.0.1:{free_port()}",
+            FLOODGATE_RECEIVER_HTTP_LISTEN=f"127.0.0.1:{free_port()}",
+        )
+    assert result.returncode == 2 and time.monotonic() - started < 20
+    assert "Floodgate is running" not in result.stdout
+    [line] = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line == (
+        f"floodgate: FLOODGATE_API_LISTEN=127.0.0.1:{taken}: cannot listen there: "
+        "Address already in use"
+    )
