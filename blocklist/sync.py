@@ -34,6 +34,7 @@ from blocklist import snapshot
 from blocklist.cache import BlocklistCache
 from blocklist.entries import InvalidEntry, expiry_timestamp, parse_network
 from blocklist.index import PrefixIndex
+from mailstore.errors import brief
 
 log = logging.getLogger("floodgate.blocklist")
 
@@ -83,6 +84,7 @@ class BlocklistSync:
         self.resyncs = 0
         self.stream_events = 0
         self.stream_errors = 0
+        self._complaints = _Complaints()
 
     # -- freshness -----------------------------------------------------------------------
 
@@ -188,10 +190,11 @@ class BlocklistSync:
                 await self.resync()
                 failures = 0
                 wait = self.resync_interval
+                self._complaints.recovered("resync")
             except PyMongoError as error:
                 failures += 1
                 wait = min(self.resync_interval, self.max_backoff, 0.5 * 2**failures)
-                log.warning("blocklist resync failed (%s); retrying in %.1fs", _brief(error), wait)
+                self._complaints.failed("resync", f"blocklist resync failed: {_brief(error)}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._resync_now.wait(), wait)
 
@@ -235,10 +238,8 @@ class BlocklistSync:
                 code = getattr(error, "code", None)
                 if isinstance(error, OperationFailure) and code in _RESUME_LOST:
                     self._token = None
-                log.warning(
-                    "blocklist change stream lost (%s); reconnecting in %.2fs",
-                    _brief(error),
-                    backoff,
+                self._complaints.failed(
+                    "change stream", f"blocklist change stream lost: {_brief(error)}"
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -256,6 +257,7 @@ class BlocklistSync:
                 log.warning("blocklist: store has no change streams; resync only (%s)", error)
                 return
             raise
+        self._complaints.recovered("change stream")
         async with stream:
             if self._token is None:
                 # A fresh stream: what happened before it opened is only known after a
@@ -322,5 +324,29 @@ def _copy(index: PrefixIndex) -> PrefixIndex:
 
 
 def _brief(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return text[:200]
+    return brief(error)
+
+
+class _Complaints:
+    """A store outage is logged when it starts, then at most once a minute while it
+    lasts (with how many failures were not logged), and again when it is over."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self._since: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def failed(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._since.get(kind)
+        if last is not None and now - last < self.every:
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return
+        quiet = self._quiet.pop(kind, 0)
+        self._since[kind] = now
+        log.warning("%s%s", message, f" ({quiet} more failures not logged)" if quiet else "")
+
+    def recovered(self, kind: str) -> None:
+        if self._since.pop(kind, None) is not None:
+            self._quiet.pop(kind, None)
+            log.info("blocklist %s: working again", kind)

@@ -8,9 +8,12 @@ repeats were suppressed.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
+
+from receiver.events import logfmt
 
 MAX_KEYS = 1_000
 
@@ -24,7 +27,9 @@ class DedupFilter(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.getMessage()[:300])
+        fields = getattr(record, "fields", None)
+        text = record.getMessage() if fields is None else repr(sorted(fields.items()))
+        key = (record.name, text[:300])
         now = time.monotonic()
         last, suppressed = self._seen.get(key, (0.0, 0))
         if now - last < self.interval:
@@ -34,15 +39,48 @@ class DedupFilter(logging.Filter):
             self._seen.clear()
         self._seen[key] = (now, 0)
         if suppressed:
-            record.msg = f"{record.getMessage()} (suppressed {suppressed} identical lines)"
-            record.args = None
+            record.suppressed = suppressed
         return True
 
 
-def configure(level: str = "INFO", interval: float = 10.0) -> None:
-    """Log to stderr, deduplicated; quiet the chatty libraries."""
+class Formatter(logging.Formatter):
+    """One line per record, ours and every library's alike: logfmt, or JSON lines.
+
+    A structured record (from `receiver.events.emit` or the summary log) carries its fields;
+    any other record becomes `msg=...`. Values are quoted and escaped (see `quote`).
+    """
+
+    def __init__(self, style: str = "logfmt") -> None:
+        super().__init__()
+        self.json = style == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        structured = getattr(record, "fields", None)
+        if structured is not None:
+            fields.update(structured)
+        else:
+            fields["msg"] = record.getMessage()
+        suppressed = getattr(record, "suppressed", 0)
+        if suppressed:
+            fields["suppressed"] = suppressed
+        if record.exc_info:
+            fields["error"] = self.formatException(record.exc_info)
+        if self.json:
+            return json.dumps(fields, default=str)
+        return logfmt(fields)
+
+
+def configure(level: str = "INFO", interval: float = 10.0, style: str = "logfmt") -> None:
+    """Log to stderr in one format (logfmt or JSON), deduplicated; quiet chatty libraries.
+    uvicorn's loggers propagate to the root handler, so its lines share the format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(Formatter(style))
     handler.addFilter(DedupFilter(interval))
     root = logging.getLogger()
     root.handlers[:] = [handler]

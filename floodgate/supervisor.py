@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from types import FrameType
@@ -89,6 +91,11 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        busy = self._busy_addresses()
+        if busy:  # one clear line each, before anything starts (no restart loop)
+            for line in busy:
+                print(f"floodgate: {line}", file=sys.stderr, flush=True)
+            return CONFIG_ERROR
         uri = self.settings.mongodb_uri or self._start_store()
         token, created = admin_token(self.settings)
         env = {**os.environ, "FLOODGATE_MONGODB_URI": uri, "FLOODGATE_ADMIN_TOKEN": token}
@@ -96,7 +103,7 @@ class Supervisor:
         try:
             for child in self.children:
                 child.start()
-            if not self._wait_healthy():
+            if not self._wait_healthy() or not self._wait_store():
                 return 1
             self._banner(uri, token, created)
             return self._watch()
@@ -119,6 +126,42 @@ class Supervisor:
                 return True
             time.sleep(POLL)
         print("floodgate: start-up timed out")
+        return False
+
+    def _busy_addresses(self) -> list[str]:
+        """Listen addresses something else already holds."""
+        busy = []
+        for variable, value in (
+            ("FLOODGATE_SMTP_LISTEN", self.settings.smtp_listen),
+            ("FLOODGATE_API_LISTEN", self.settings.api_listen),
+            ("FLOODGATE_RECEIVER_HTTP_LISTEN", self.settings.receiver_http_listen),
+        ):
+            host, port = parse_hostport(value)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host, port))
+                except OSError as error:
+                    busy.append(f"{variable}={value}: cannot listen there: {error.strerror}")
+        return busy
+
+    def _wait_store(self, timeout: float = STARTUP_TIMEOUT) -> bool:
+        """Wait until the receiver says the store takes writes; say why once if it waits."""
+        url = "http://{}:{}/readyz".format(*parse_hostport(self.settings.receiver_http_listen))
+        deadline = time.monotonic() + timeout
+        said = False
+        while time.monotonic() < deadline and not self.stopping:
+            ready, reason = _readiness(url)
+            if ready:
+                return True
+            if not said and time.monotonic() > deadline - timeout + 5:
+                print(f"floodgate: waiting for the store: {reason}", flush=True)
+                said = True
+            if any(child.exited() is not None for child in self.children):
+                return self._wait_healthy(timeout=0.1)
+            time.sleep(POLL)
+        print(f"floodgate: the store does not take writes: {_readiness(url)[1]}; stopping")
         return False
 
     def _start_store(self) -> str:
@@ -185,6 +228,16 @@ Stop with Ctrl-C.
 """,
             flush=True,
         )
+
+
+def _readiness(url: str) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own URL
+            return True, response.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as error:  # 503 with the reason in the body
+        return False, error.read().decode(errors="replace").strip()
+    except OSError as error:
+        return False, str(error)
 
 
 def _answers(url: str) -> bool:

@@ -19,7 +19,7 @@ from mailstore import retention
 from mailstore.batcher import InsertBatcher
 from mailstore.connection import Document, connect, database
 from mailstore.documents import to_document
-from mailstore.errors import StoreRejected
+from mailstore.errors import StoreRejected, brief
 from mailstore.message import IncomingMessage, utcnow
 
 MESSAGES = "messages"
@@ -51,8 +51,7 @@ def describe(error: BaseException, within: float) -> str:
     """A one-line reason for a failed store operation (driver messages run to kilobytes)."""
     if isinstance(error, TimeoutError) or "timed out" in str(error).lower():
         return f"no durable write within {within:g}s"
-    first = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {first[:120]}"
+    return brief(error)
 
 
 def encode(document: Document) -> RawBSONDocument:

@@ -8,14 +8,35 @@ and the busiest client keys, so a flood of refusals cannot flood the log.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 log = logging.getLogger("floodgate.receiver")
+# Events that say something is wrong; every other event is routine (INFO).
+WARNING_EVENTS = frozenset(
+    {"store_down", "autoban", "stress_on", "indexes_not_ensured", "retention_sweep_failed"}
+)
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\-\[\]]+")
+
+
+def quote(value: object) -> str:
+    """A logfmt value: as is when plain, else double-quoted with quotes, backslashes and
+    control characters escaped, so no client byte can forge or break a log line."""
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    return json.dumps(text)
+
+
+def logfmt(fields: Mapping[str, object]) -> str:
+    return " ".join(f"{key}={quote(value)}" for key, value in fields.items())
+
 
 # Connection outcomes at the door (label `outcome`).
 CONNECTION_OUTCOMES = (
@@ -161,19 +182,22 @@ class SummaryLog:
         lines = []
         seconds = max(now - self._since, 0.001)
         for event, tally in sorted(self._counts.items()):
-            top = " ".join(f"{k}:{n}" for k, n in tally.most_common(3))
-            lines.append(
-                f"event={event} count={sum(tally.values())} clients={len(tally)} "
-                f"seconds={seconds:.0f} top={top}"
-            )
-        for line in lines:
-            log.warning(line)
+            fields = {
+                "event": event,
+                "count": sum(tally.values()),
+                "clients": len(tally),
+                "seconds": f"{seconds:.0f}",
+                "top": " ".join(f"{k}:{n}" for k, n in tally.most_common(3)),
+            }
+            log.info(event, extra={"fields": fields})
+            lines.append(logfmt(fields))
         self._counts.clear()
         self._since = now
         return lines
 
 
 def emit(event: str, **fields: object) -> None:
-    """Log one rare event as a single structured line (`event=name key=value ...`)."""
-    parts = " ".join(f"{k}={v}" for k, v in fields.items())
-    log.warning("event=%s %s", event, parts)
+    """Log one rare event as one structured record (`event=name key=value ...`): INFO when
+    routine, WARNING when something is wrong."""
+    level = logging.WARNING if event in WARNING_EVENTS else logging.INFO
+    log.log(level, event, extra={"fields": {"event": event, **fields}})

@@ -479,7 +479,10 @@ class Session(asyncio.Protocol):
             reply = replies.STORE_BUSY
         except Exception as error:  # never a 250 for mail we cannot vouch for
             if not isinstance(error, StoreError):
-                log.error("event=store_exception error=%s", type(error).__name__)
+                log.error(
+                    "store_exception",
+                    extra={"fields": {"event": "store_exception", "error": type(error).__name__}},
+                )
             events.on_store_attempt(False, 0.0, str(error) or type(error).__name__)
             events.on_message("store_failed")
             # The write may still land: a retry of this message reuses its id.
