@@ -133,3 +133,11 @@ def test_run_stops_at_once_with_one_line_when_its_api_port_is_taken(tmp_path: Pa
         f"floodgate: FLOODGATE_API_LISTEN=127.0.0.1:{taken}: cannot listen there: "
         "Address already in use"
     )
+
+
+def test_the_readme_documents_exactly_the_settings_that_exist() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = set(re.findall(r"^\| `(FLOODGATE_[A-Z0-9_]+)` \|", readme, re.M))
+    assert rows == {"FLOODGATE_" + name.upper() for name in Settings.model_fields}
