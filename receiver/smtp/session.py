@@ -206,6 +206,7 @@ class Session(asyncio.Protocol):
         self.out.append(self.wire.banner)
         self._run()
         self._flush()
+        self._schedule()
 
     async def _lookup_then_greet(self) -> None:
         assert self.ctx.reverse_dns is not None
@@ -243,6 +244,7 @@ class Session(asyncio.Protocol):
         self._before_banner()
         if early:  # the client's first bytes came with the header
             self._dispatch(early)
+        self._schedule()
 
     def _early_talker(self) -> None:
         self.ctx.admission.hit(self.client_key, "pregreet", self.allowed)
@@ -252,9 +254,10 @@ class Session(asyncio.Protocol):
     # --- input ----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        # No timer work here: within a phase deadlines only move later (the one timer
+        # fires early and re-arms); each phase change re-arms it (see _schedule's callers).
         self._dispatch(data)
         self._flush()
-        self._schedule()
 
     def _dispatch(self, data: bytes) -> None:
         phase = self.phase
@@ -403,6 +406,7 @@ class Session(asyncio.Protocol):
             return
         self.body = None
         self._end_of_data(body.finish())
+        self._schedule()  # the DATA deadline may be far later than the idle one
         if self.phase is not Phase.CLOSED:
             self.buffer += data[used:]
             if self.phase is Phase.COMMAND:
@@ -412,6 +416,8 @@ class Session(asyncio.Protocol):
 
     def _end_of_data(self, body: Body) -> None:
         self.phase = Phase.COMMAND
+        # A whole message was received: that is activity, whatever the reply.
+        self.idle_at = self.ctx.clock.time() + self.ctx.admission.limits.idle_timeout
         events = self.ctx.events
         reply = _refusal(body)
         scan = scan_headers(body.content) if reply is None else None

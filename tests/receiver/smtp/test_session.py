@@ -304,6 +304,30 @@ def test_idle_timeout_closes_and_bad_commands_never_rearm_it() -> None:
     assert client.output().endswith(replies.IDLE_TIMEOUT.wire)
 
 
+async def test_the_idle_deadline_applies_right_after_a_long_allowance_in_data() -> None:
+    harness = Harness(idle_timeout=10, min_data_rate=1, data_timeout=300)
+    client = ready(harness)
+    envelope(client)
+    client.feed(b"y" * 1000 + b"\r\n.\r\n")  # 1,000 bytes bought 1,000 s of DATA time
+    await settle()
+    assert client.codes() == [250]
+    harness.clock.advance(10.5)
+    assert client.closed and client.output().endswith(replies.IDLE_TIMEOUT.wire)
+
+
+def test_a_long_data_phase_refused_at_the_dot_still_leaves_the_idle_time() -> None:
+    harness = Harness(idle_timeout=10, min_data_rate=1, max_message_size=2000)
+    client = ready(harness)
+    envelope(client)
+    for _ in range(30):  # 30 s in DATA, well past the idle timeout, then too big
+        client.feed(b"z" * 100)
+        harness.clock.advance(1)
+    client.feed(b"\r\n.\r\n")
+    assert client.codes() == [552] and not client.closed
+    harness.clock.advance(9)
+    assert client.send("NOOP") == [250]
+
+
 def test_good_commands_rearm_the_idle_timer_until_the_session_deadline() -> None:
     harness = Harness(idle_timeout=10, session_timeout=30)
     client = ready(harness)
