@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import (
@@ -21,9 +21,11 @@ from prometheus_client import (
     generate_latest,
 )
 from pymongo.errors import PyMongoError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import messages
 from api.auth import require_token
+from api.gate import Gate
 from mailstore import MessageStore, StoreConfig
 
 log = logging.getLogger("floodgate.api")
@@ -66,6 +68,8 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     app = FastAPI(title="Floodgate API", version="1", lifespan=lifespan)
     app.state.admin_token = config.admin_token
     app.state.metrics = ApiMetrics()
+    # Outermost: token and body size are checked before anything reads a body.
+    app.add_middleware(Gate, token=config.admin_token)
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)
@@ -121,8 +125,9 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 def _install_errors(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's own errors (404 for an unknown path, 405 with its Allow header) too.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = _error(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response

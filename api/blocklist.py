@@ -35,13 +35,20 @@ BLOCKLIST = AccessList("blocklist", "blocked", lifts_bans=False)
 ALLOWLIST = AccessList("allowlist", "allowed", lifts_bans=True)
 
 
+# A prefix shorter than these covers a large share of the Internet: one typo would
+# block (or allow) the world, so it needs an explicit "confirm": true.
+WIDE_PREFIX = {4: 8, 6: 32}
+
+
 class BlockRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `true` is not a TTL and "60" is not a number; `source` is ours to set
+    # (auto-bans come from the receivers, never from a client), so it is not a field.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     cidr: str = Field(min_length=1, max_length=64, description="address or CIDR")
     reason: str = Field("", max_length=MAX_REASON_LENGTH)
     ttl_seconds: int | None = Field(None, ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)
-    source: Literal["manual", "auto"] = "manual"
+    confirm: bool = Field(False, description="needed for prefixes shorter than /8 or /32")
 
 
 class BulkRequest(BaseModel):
@@ -65,15 +72,16 @@ def _actor(request: Request) -> str:
 
 def _build(body: BlockRequest, actor: str, kind: AccessList = BLOCKLIST) -> Entry:
     """The entry a request body asks for; raises `InvalidEntry` saying what is wrong."""
-    if kind is ALLOWLIST and body.source != "manual":
-        raise InvalidEntry("allowlist entries are always manual")
-    return Entry.new(
-        body.cidr,
-        reason=body.reason,
-        source=body.source,
-        ttl_seconds=body.ttl_seconds,
-        actor=actor,
+    entry = Entry.new(
+        body.cidr, reason=body.reason, source="manual", ttl_seconds=body.ttl_seconds, actor=actor
     )
+    net = entry.net
+    if net.prefixlen < WIDE_PREFIX[net.version] and not body.confirm:
+        raise InvalidEntry(
+            f"{entry.cidr} covers 2^{net.bits - net.prefixlen} addresses; "
+            f'send "confirm": true to {kind.name} a prefix shorter than /{WIDE_PREFIX[net.version]}'
+        )
+    return entry
 
 
 def _entry(body: BlockRequest, actor: str, kind: AccessList) -> Entry:
