@@ -6,16 +6,15 @@ import email
 import email.header
 import email.policy
 from datetime import datetime
-from email.message import EmailMessage
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
+from api.render import render
 from mailstore import Document, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
 router = APIRouter()
-MAX_TEXT = 1_000_000  # characters of decoded body returned as JSON
 Address = Annotated[str, Path(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
 
 
@@ -83,40 +82,8 @@ async def get_message(request: Request, message_id: str) -> dict[str, Any]:
             "helo": doc.get("helo"),
         }
     )
-    result.update(parse_content(bytes(doc["raw"])))
+    result.update(await render(bytes(doc["raw"])))
     return result
-
-
-def parse_content(raw: bytes) -> dict[str, Any]:
-    """Decoded headers, and the text and HTML bodies when the message has them."""
-    message = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    headers = []
-    for name, value in message.items():
-        try:
-            headers.append([name, str(value)])
-        except Exception:  # a malformed header is shown raw rather than failing the request
-            headers.append([name, message.get_all(name, [""])[0].__str__()])
-    return {"headers": headers, "text": _body(message, "plain"), "html": _body(message, "html")}
-
-
-def _body(message: EmailMessage, subtype: str) -> str | None:
-    try:
-        part = message.get_body(preferencelist=(subtype,))
-        if part is None:
-            return None
-        payload = part.get_payload(decode=True)
-    except Exception:  # undecodable parts: the raw endpoint still has every byte
-        return None
-    if not isinstance(payload, bytes):
-        return None
-    # 8-bit text without a declared charset is nearly always UTF-8 in practice.
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        text = payload.decode(charset, "replace")
-    except LookupError:  # an unknown charset name
-        text = payload.decode("utf-8", "replace")
-    return text[:MAX_TEXT]
 
 
 @router.get("/v1/messages/{message_id}/raw")

@@ -1,0 +1,87 @@
+"""Rendering that no sender can break: hostile MIME always renders (200), bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from api.render import MAX_BOUNDARIES, render
+from tests.support.api import AUTH
+from tests.support.processes import ServiceProcess
+from tests.support.smtp import RawClient, queued_id, send_message
+
+CHARSETS = ["utf-8", "idna", "utf-7", "bogus-charset", "us-ascii", "", "utf-16", "punycode"]
+ENCODINGS = ["base64", "quoted-printable", "7bit", "8bit", "x-uuencode", "garbage", ""]
+HEADERS = [
+    b"Message-ID: <[>",
+    b"To: a:b:c;;d@e",
+    b"From: =?utf-8?b?!!!?= <x@y>",
+    b"Subject: =?idna?q?x?=",
+    b"Date: not a date",
+    b"Content-Disposition: attachment; filename*=bogus''%ff",
+    b"Received: ((((((((((",
+]
+
+
+@st.composite
+def mime(draw: st.DrawFn, depth: int = 0) -> bytes:
+    headers = draw(st.lists(st.sampled_from(HEADERS), max_size=3))
+    if depth < 4 and draw(st.booleans()):
+        boundary = draw(st.sampled_from([b"b", b"x--", b"", b"=_"]))
+        parts = draw(st.lists(mime(depth + 1), max_size=3))  # type: ignore[call-arg]
+        body = b"".join(b"--" + boundary + b"\r\n" + part + b"\r\n" for part in parts)
+        body += draw(st.sampled_from([b"--" + boundary + b"--\r\n", b"", b"--" + boundary]))
+        kind = b'Content-Type: multipart/mixed; boundary="' + boundary + b'"'
+    else:
+        charset = draw(st.sampled_from(CHARSETS)).encode()
+        kind = b"Content-Type: text/" + draw(st.sampled_from([b"plain", b"html"]))
+        kind += b"; charset=" + charset
+        encoding = draw(st.sampled_from(ENCODINGS)).encode()
+        headers.append(b"Content-Transfer-Encoding: " + encoding)
+        body = draw(st.binary(max_size=60))
+    return b"\r\n".join([*headers, kind]) + b"\r\n\r\n" + body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mime())
+def test_hostile_mime_always_renders(raw: bytes) -> None:
+    view = asyncio.run(render(raw))
+    assert set(view) == {"headers", "text", "html", "parse_error"}
+    assert all(isinstance(n, str) and isinstance(v, str) for n, v in view["headers"])
+
+
+async def test_thousands_of_nested_parts_render_as_raw_headers_with_the_reason() -> None:
+    nested = b"Subject: deep\r\n"
+    for n in range(3000):
+        nested += b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
+    view = await render(nested)
+    assert view["parse_error"] == f"more than {MAX_BOUNDARIES} MIME parts"
+    assert ["Subject", "deep"] in view["headers"]
+
+
+def test_the_reported_messages_read_back_with_200(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    nested = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
+        for n in range(3000)
+    )
+    bodies = [
+        b"Content-Type: text/plain; charset=idna\r\n\r\nhello\r\n",
+        b"Subject: deep\r\n" + nested,
+        b"Message-ID: <[>\r\nSubject: id\r\n\r\nx\r\n",
+        b"To: a:b:c;;d@e\r\nSubject: group\r\n\r\nx\r\n",
+    ]
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    for body in bodies:
+        reply = send_message(client, "a@example.org", ["render@mx.test"], body)
+        assert reply.code == 250, reply
+        message = queued_id(reply.text)
+        view = httpx.get(f"{api.http_url}/v1/messages/{message}", headers=AUTH, timeout=15)
+        assert view.status_code == 200, (body[:60], view.text[:300])
+        raw = httpx.get(f"{api.http_url}/v1/messages/{message}/raw", headers=AUTH, timeout=15)
+        assert raw.status_code == 200 and raw.content.endswith(body)
