@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import messages
-from api.auth import require_token
+from api.auth import require_admin, require_token
 from api.gate import Gate
 from mailstore import MessageStore, StoreConfig
 
@@ -35,6 +35,7 @@ log = logging.getLogger("floodgate.api")
 class ApiConfig:
     store: StoreConfig
     admin_token: str
+    read_token: str | None = None
 
 
 class ApiMetrics:
@@ -67,9 +68,10 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
 
     app = FastAPI(title="Floodgate API", version="1", lifespan=lifespan)
     app.state.admin_token = config.admin_token
+    app.state.read_token = config.read_token
     app.state.metrics = ApiMetrics()
     # Outermost: token and body size are checked before anything reads a body.
-    app.add_middleware(Gate, token=config.admin_token)
+    app.add_middleware(Gate, token=config.admin_token, read_token=config.read_token)
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)
@@ -116,8 +118,8 @@ def _include_blocklist(app: FastAPI) -> None:
         from api.blocklist import allowlist_router, router
     except ImportError:
         return
-    app.include_router(router, dependencies=[Depends(require_token)])
-    app.include_router(allowlist_router, dependencies=[Depends(require_token)])
+    app.include_router(router, dependencies=[Depends(require_admin)])
+    app.include_router(allowlist_router, dependencies=[Depends(require_admin)])
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:

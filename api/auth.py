@@ -1,23 +1,66 @@
-"""Bearer-token authentication for every /v1 route (constant-time comparison)."""
+"""Bearer tokens and what each may do (constant-time comparison).
+
+Two tokens: the **admin** token may do everything; the optional **read** token
+(`FLOODGATE_READ_TOKEN`, for a public reader front end) may only read mailboxes and
+delete messages, and never sees envelope recipients (no Bcc leaks). The API's gate
+(`api.gate`) checks the token before any body is read; these dependencies say it again
+per route, so a route can never be reached by a role it is not meant for.
+"""
 
 from __future__ import annotations
 
 import hmac
+from enum import StrEnum
 
 from fastapi import HTTPException, Request
 
+READER_PATHS = ("/v1/mailboxes/", "/v1/messages/")
 
-def require_token(request: Request) -> None:
-    """FastAPI dependency: 401 unless `Authorization: Bearer <admin token>` matches."""
-    expected: str = request.app.state.admin_token
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), expected.encode()
-    ):
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    READER = "reader"
+
+
+def role_of(header: bytes, admin: str, reader: str | None) -> Role | None:
+    """The role an `Authorization` header value grants, or None."""
+    scheme, _, given = header.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    given = given.strip()
+    if hmac.compare_digest(given, admin.encode()):
+        return Role.ADMIN
+    if reader and hmac.compare_digest(given, reader.encode()):
+        return Role.READER
+    return None
+
+
+def may(role: Role, method: str, path: str) -> bool:
+    """The read token reads mailboxes and deletes messages; the admin token does all."""
+    return role is Role.ADMIN or path.startswith(READER_PATHS)
+
+
+def _role(request: Request) -> Role:
+    header = request.headers.get("authorization", "").encode()
+    role = role_of(header, request.app.state.admin_token, request.app.state.read_token)
+    if role is None:
         raise HTTPException(
             status_code=401,
             detail="missing or invalid bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    request.state.actor = "admin"
+    request.state.actor = role.value
+    return role
+
+
+def require_token(request: Request) -> Role:
+    """Any valid token (mailbox routes); the role decides what the response shows."""
+    return _role(request)
+
+
+def require_admin(request: Request) -> Role:
+    """The admin token only (blocklist and allowlist administration)."""
+    role = _role(request)
+    if role is not Role.ADMIN:
+        raise HTTPException(status_code=403, detail="this route needs the admin token")
+    return role

@@ -9,10 +9,11 @@ when declared, else while it streams), without the body reaching the application
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from api.auth import Role, may, role_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,33 +29,37 @@ def body_limit(path: str) -> int:
     return BULK_BODY if path.endswith("/bulk") else DEFAULT_BODY
 
 
-def authorized(scope: Scope, token: str) -> bool:
-    """Whether the request carries `Authorization: Bearer <token>` (constant time)."""
+def role(scope: Scope, admin: str, reader: str | None) -> Role | None:
+    """The role the request's bearer token grants, or None."""
     for name, value in scope.get("headers", ()):
         if name == b"authorization":
-            scheme, _, given = value.partition(b" ")
-            if scheme.lower() == b"bearer":
-                return hmac.compare_digest(given.strip(), token.encode())
-    return False
+            return role_of(value, admin, reader)
+    return None
 
 
 class Gate:
     """ASGI middleware: see the module docstring."""
 
-    def __init__(self, app: App, token: str) -> None:
+    def __init__(self, app: App, token: str, read_token: str | None = None) -> None:
         self.app = app
         self.token = token
+        self.read_token = read_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path.startswith("/v1") and not authorized(scope, self.token):
-            await _refuse(
-                send, 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
-            )
-            return
+        if path.startswith("/v1"):
+            granted = role(scope, self.token, self.read_token)
+            if granted is None:
+                await _refuse(
+                    send, 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
+                )
+                return
+            if not may(granted, scope["method"], path):
+                await _refuse(send, 403, "this route needs the admin token")
+                return
         limit = body_limit(path)
         declared = _content_length(scope)
         if declared is not None and declared > limit:

@@ -8,8 +8,9 @@ import email.policy
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 
+from api.auth import Role, require_token
 from api.render import render
 from mailstore import Document, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
@@ -36,14 +37,16 @@ def decoded(value: str) -> str:
         return value
 
 
-def summary(doc: Document) -> dict[str, Any]:
-    """The listing fields of a stored message."""
+def summary(doc: Document, role: Role = Role.ADMIN) -> dict[str, Any]:
+    """The listing fields of a stored message. Only the admin sees envelope recipients
+    where the sender wrote no To: (a reader sees only what the sender wrote: no Bcc)."""
     headers = doc.get("headers") or {}
     received: datetime = doc["received_at"]
+    envelope_to = ", ".join(doc.get("rcpt", [])) if role is Role.ADMIN else ""
     return {
         "id": doc["_id"],
         "from": decoded(headers.get("from") or doc.get("mail_from", "")),
-        "to": decoded(headers.get("to") or ", ".join(doc.get("rcpt", []))),
+        "to": decoded(headers.get("to") or envelope_to),
         "subject": decoded(headers.get("subject", "")),
         "received_at": received.isoformat(),
         "size": doc.get("size", 0),
@@ -52,7 +55,10 @@ def summary(doc: Document) -> dict[str, Any]:
 
 @router.get("/v1/mailboxes/{address}/messages")
 async def list_messages(
-    request: Request, address: Address, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    request: Request,
+    address: Address,
+    role: Annotated[Role, Depends(require_token)],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, list[dict[str, Any]]]:
     """Messages for `address` (case-insensitive, canonical as the receiver stores it),
     newest first."""
@@ -60,7 +66,7 @@ async def list_messages(
     if mailbox is None:
         raise HTTPException(status_code=422, detail=f"{address!r} is not a mailbox address")
     docs = await _store(request).list_mailbox(mailbox, limit)
-    return {"messages": [summary(doc) for doc in docs]}
+    return {"messages": [summary(doc, role) for doc in docs]}
 
 
 async def _get(request: Request, message_id: str) -> Document:
@@ -71,17 +77,23 @@ async def _get(request: Request, message_id: str) -> Document:
 
 
 @router.get("/v1/messages/{message_id}")
-async def get_message(request: Request, message_id: str) -> dict[str, Any]:
-    """Metadata plus decoded headers and text."""
+async def get_message(
+    request: Request, message_id: str, role: Annotated[Role, Depends(require_token)]
+) -> dict[str, Any]:
+    """Metadata plus decoded headers and text; the envelope for the admin only."""
     doc = await _get(request, message_id)
-    result = summary(doc)
-    result.update(
-        {
-            "envelope": {"mail_from": doc.get("mail_from", ""), "rcpt_to": doc.get("rcpt", [])},
-            "peer_ip": doc.get("peer_ip"),
-            "helo": doc.get("helo"),
-        }
-    )
+    result = summary(doc, role)
+    if role is Role.ADMIN:
+        result.update(
+            {
+                "envelope": {
+                    "mail_from": doc.get("mail_from", ""),
+                    "rcpt_to": doc.get("rcpt", []),
+                },
+                "peer_ip": doc.get("peer_ip"),
+                "helo": doc.get("helo"),
+            }
+        )
     result.update(await render(bytes(doc["raw"])))
     return result
 

@@ -13,7 +13,8 @@ from floodgate.settings import Settings, parse_hostport
 def main(settings: Settings, token: str) -> None:
     if not settings.mongodb_uri:
         fail("floodgate api needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
-    app = create_app(ApiConfig(store_config(settings, settings.mongodb_uri), token))
+    read_token = settings.read_token.get_secret_value() if settings.read_token else None
+    app = create_app(ApiConfig(store_config(settings, settings.mongodb_uri), token, read_token))
     host, port = parse_hostport(settings.api_listen)
     config = uvicorn.Config(
         app,

@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     api_listen: str = "127.0.0.1:8025"
     receiver_http_listen: str = "127.0.0.1:8026"
     admin_token: SecretStr | None = None
+    read_token: SecretStr | None = None  # mailbox reads and deletes only (a reader front end)
     proxy_protocol: bool = False
     trusted_proxies: str = ""
     allowlist: str = ""  # static allowlist entries (CIDRs), merged with the stored ones
