@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -59,14 +59,39 @@ async def list_messages(
     address: Address,
     role: Annotated[Role, Depends(require_token)],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> dict[str, list[dict[str, Any]]]:
+    before: Annotated[str | None, Query(description="a message id: older ones")] = None,
+    after: Annotated[str | None, Query(description="a message id: newer ones")] = None,
+    since: Annotated[datetime | None, Query(description="received at or after")] = None,
+) -> dict[str, Any]:
     """Messages for `address` (case-insensitive, canonical as the receiver stores it),
-    newest first."""
+    newest first; `next` is the `before` cursor of the following page."""
+    mailbox = _mailbox(address)
+    for name, cursor in (("before", before), ("after", after)):
+        if cursor is not None and not is_message_id(cursor):
+            raise HTTPException(status_code=422, detail=f"{name}: not a message id")
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    docs = await _store(request).list_mailbox(
+        mailbox, limit, before=before, after=after, since=since
+    )
+    result: dict[str, Any] = {"messages": [summary(doc, role) for doc in docs]}
+    if len(docs) == limit:
+        result["next"] = docs[-1]["_id"]
+    return result
+
+
+@router.delete("/v1/mailboxes/{address}/messages")
+async def delete_mailbox(request: Request, address: Address) -> dict[str, int]:
+    """Empty a mailbox: its messages leave it (and the store, if no other mailbox has
+    them)."""
+    return {"deleted": await _store(request).delete_mailbox(_mailbox(address))}
+
+
+def _mailbox(address: str) -> str:
     mailbox = canonical_mailbox(address)
     if mailbox is None:
         raise HTTPException(status_code=422, detail=f"{address!r} is not a mailbox address")
-    docs = await _store(request).list_mailbox(mailbox, limit)
-    return {"messages": [summary(doc, role) for doc in docs]}
+    return mailbox
 
 
 async def _get(request: Request, message_id: str) -> Document:

@@ -27,6 +27,14 @@ def new_message_id(now: float | None = None) -> str:
     return base64.b32encode(raw)[:26].translate(_CROCKFORD).decode("ascii")
 
 
+def id_floor(when: float) -> str:
+    """The smallest id of the millisecond `when` (a POSIX time): ids at or after `when`
+    compare >= it, so a time bound is an id bound (and sorts on the id index)."""
+    millis = int(when * 1000) & ((1 << 48) - 1)
+    raw = millis.to_bytes(6, "big") + bytes(10)
+    return base64.b32encode(raw)[:26].translate(_CROCKFORD).decode("ascii")
+
+
 def is_message_id(text: str) -> bool:
     """Whether `text` has the shape of a message ID (cheap check before a query)."""
     return bool(ID_PATTERN.match(text))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import bson
@@ -20,6 +21,7 @@ from mailstore.batcher import InsertBatcher
 from mailstore.connection import Document, connect, database
 from mailstore.documents import to_document
 from mailstore.errors import StoreRejected, brief
+from mailstore.ids import id_floor
 from mailstore.message import IncomingMessage, utcnow
 
 MESSAGES = "messages"
@@ -33,6 +35,8 @@ LIST_FIELDS = {
 }
 HEALTH = "health"  # one probe document per receiver
 MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
+# Listings page by id (ids sort by time, like received_at) on this index. No index may
+# name _id beside another field: nx-27017 then fails every insert ("JSON path error").
 INBOX_INDEX = "inbox"
 RETENTION_INDEX = "retention"
 
@@ -118,15 +122,45 @@ class MessageStore:
         """
         await self._batcher.insert(encode(to_document(message, self.config.retention)))
 
-    async def list_mailbox(self, address: str, limit: int = 50) -> list[Document]:
-        """Newest first; without the raw bytes."""
+    async def list_mailbox(
+        self,
+        address: str,
+        limit: int = 50,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        since: datetime | None = None,
+    ) -> list[Document]:
+        """Newest first (ids are time-ordered), without the raw bytes; `before`/`after` an
+        id page through the mailbox, `since` a time bounds it."""
+        query: Document = {"rcpt": address.lower()}
+        bounds: Document = {}
+        if before is not None:
+            bounds["$lt"] = before
+        if after is not None:
+            bounds["$gt"] = after
+        if since is not None:  # ids sort by time: a time bound is an id bound
+            bounds["$gte"] = id_floor(since.timestamp())
+        if bounds:
+            query["_id"] = bounds
         with pymongo.timeout(self.config.timeout):
             cursor = (
-                self.messages.find({"rcpt": address.lower()}, LIST_FIELDS)
+                self.messages.find(query, LIST_FIELDS)
                 .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
                 .limit(limit)
             )
             return await cursor.to_list(length=limit)
+
+    async def delete_mailbox(self, address: str) -> int:
+        """Take `address` off every message it received; a message left with no recipient
+        is deleted. Returns how many messages the mailbox held."""
+        mailbox = address.lower()
+        with pymongo.timeout(self.config.timeout):
+            result = await self.messages.update_many(
+                {"rcpt": mailbox}, {"$pull": {"rcpt": mailbox}}
+            )
+            await self.messages.delete_many({"rcpt": {"$size": 0}})
+        return result.modified_count
 
     async def get(self, message_id: str) -> Document | None:
         with pymongo.timeout(self.config.timeout):

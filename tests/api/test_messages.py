@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import smtplib
+from datetime import UTC, datetime
 
 import httpx
 
 from tests.conftest import ADMIN_TOKEN
 from tests.support.processes import ServiceProcess
+from tests.support.smtp import RawClient, queued_id, send_message
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -64,3 +66,31 @@ def test_readyz_and_metrics(api: ServiceProcess, receiver: ServiceProcess) -> No
     ready = httpx.get(f"{receiver.http_url}/readyz")
     assert ready.status_code == 200, ready.text
     assert "floodgate_connections_open" in httpx.get(f"{receiver.http_url}/metrics").text
+
+
+def test_mailbox_pages_by_cursor_and_since_and_can_be_emptied(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    ids = []
+    for n in range(5):
+        reply = send_message(client, "a@example.org", ["pages@mx.test", "other@mx.test"], b"x\r\n")
+        ids.append(queued_id(reply.text))
+        if n == 2:
+            middle = datetime.now(UTC).isoformat()
+    url = f"{api.http_url}/v1/mailboxes/pages@mx.test/messages"
+    first = httpx.get(url, params={"limit": 2}, headers=AUTH).json()
+    assert [m["id"] for m in first["messages"]] == ids[:-3:-1] and first["next"] == ids[3]
+    second = httpx.get(url, params={"limit": 2, "before": first["next"]}, headers=AUTH).json()
+    assert [m["id"] for m in second["messages"]] == [ids[2], ids[1]]
+    newer = httpx.get(url, params={"after": ids[2]}, headers=AUTH).json()["messages"]
+    assert [m["id"] for m in newer] == [ids[4], ids[3]]
+    recent = httpx.get(url, params={"since": middle}, headers=AUTH).json()["messages"]
+    assert [m["id"] for m in recent] == [ids[4], ids[3]]
+    assert httpx.get(url, params={"before": "nope"}, headers=AUTH).status_code == 422
+    emptied = httpx.delete(url, headers=AUTH)
+    assert emptied.status_code == 200 and emptied.json() == {"deleted": 5}
+    assert httpx.get(url, headers=AUTH).json()["messages"] == []
+    other = httpx.get(f"{api.http_url}/v1/mailboxes/other@mx.test/messages", headers=AUTH)
+    assert len(other.json()["messages"]) == 5  # still in the other mailbox

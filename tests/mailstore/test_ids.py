@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailstore.ids import is_message_id, new_message_id
+from mailstore.ids import id_floor, is_message_id, new_message_id
 
 
 def test_ids_have_the_checked_shape_and_sort_by_time() -> None:
@@ -15,3 +15,10 @@ def test_ids_have_the_checked_shape_and_sort_by_time() -> None:
 def test_foreign_text_is_not_an_id() -> None:
     for text in ("", "u" * 26, "0" * 25, "0" * 27, "01M87TZB104Q6DNGTHQKGYV1MF", "il" + "0" * 24):
         assert not is_message_id(text)
+
+
+def test_a_time_floor_sorts_before_every_id_of_that_moment_and_after_earlier_ones() -> None:
+    floor = id_floor(1_700_000_000.5)
+    assert is_message_id(floor)
+    assert all(new_message_id(1_700_000_000.5) >= floor for _ in range(100))
+    assert all(new_message_id(1_700_000_000.499) < floor for _ in range(100))
