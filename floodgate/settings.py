@@ -125,6 +125,8 @@ class Settings(BaseSettings):
     connection_rate: int = limit("connection_rate")
     message_rate: int = limit("message_rate")
     recipient_rate: int = limit("recipient_rate")
+    mailbox_rate: int = limit("mailbox_rate")
+    mailbox_max_messages: int = limit("mailbox_max_messages")
     rate_clients: int = limit("rate_clients")
     idle_timeout: float = limit("idle_timeout")
     session_timeout: float = limit("session_timeout")

@@ -34,6 +34,7 @@ LIST_FIELDS = {
     "size": 1,
 }
 HEALTH = "health"  # one probe document per receiver
+TRIM_BATCH = 5_000
 MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
 # Listings page by id (ids sort by time, like received_at) on this index. No index may
 # name _id beside another field: nx-27017 then fails every insert ("JSON path error").
@@ -150,6 +151,24 @@ class MessageStore:
                 .limit(limit)
             )
             return await cursor.to_list(length=limit)
+
+    async def trim_mailbox(self, address: str, keep: int) -> int:
+        """Take `address` off all but its `keep` newest messages (at most `TRIM_BATCH` at a
+        time); messages left with no mailbox are deleted. Returns how many it left."""
+        mailbox = address.lower()
+        with pymongo.timeout(self.config.timeout):
+            cursor = (
+                self.messages.find({"rcpt": mailbox}, {"_id": 1})
+                .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
+                .skip(keep)
+                .limit(TRIM_BATCH)
+            )
+            ids = [doc["_id"] async for doc in cursor]
+            if not ids:
+                return 0
+            await self.messages.update_many({"_id": {"$in": ids}}, {"$pull": {"rcpt": mailbox}})
+            await self.messages.delete_many({"_id": {"$in": ids}, "rcpt": {"$size": 0}})
+        return len(ids)
 
     async def delete_mailbox(self, address: str) -> int:
         """Take `address` off every message it received; a message left with no recipient

@@ -39,6 +39,7 @@ PER_IP_CAP = Refusal(replies.TOO_MANY_CONNECTIONS_FROM_IP, "per_ip_cap")
 CONNECTION_RATE = Refusal(replies.CONNECTION_RATE, "connection_rate")
 MESSAGE_RATE = Refusal(replies.MESSAGE_RATE, "message_rate")
 RECIPIENT_RATE = Refusal(replies.RECIPIENT_RATE, "recipient_rate")
+MAILBOX_RATE = Refusal(replies.MAILBOX_RATE, "mailbox_rate")
 
 BanHook = Callable[[str, str, float], None]
 StressHook = Callable[[bool, int], None]
@@ -149,6 +150,12 @@ class Admission:
             return None
         self.hit(key, RECIPIENT_RATE.reason)
         return RECIPIENT_RATE
+
+    def mailbox(self, mailbox: str) -> Refusal | None:
+        """One more message for `mailbox`, whoever sends it (an alert loop, a flood)."""
+        if self.rates.take("b:" + mailbox, self.limits.mailbox_rate):
+            return None
+        return MAILBOX_RATE
 
     def hit(self, key: str, reason: str, allowed: bool = False) -> bool:
         """Record that `key` hit a limit; ban it once it keeps doing so. True if banned.

@@ -85,7 +85,14 @@ MESSAGE_OUTCOMES = (
     "no_memory",
     "message_rate",
 )
-RECIPIENT_OUTCOMES = ("accepted", "relay_denied", "too_many", "recipient_rate", "bad_address")
+RECIPIENT_OUTCOMES = (
+    "accepted",
+    "relay_denied",
+    "too_many",
+    "recipient_rate",
+    "mailbox_rate",
+    "bad_address",
+)
 
 
 class Metrics:

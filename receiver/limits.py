@@ -27,6 +27,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "connection_rate": (0, 10_000_000),
     "message_rate": (0, 10_000_000),
     "recipient_rate": (0, 10_000_000),
+    "mailbox_rate": (0, 10_000_000),
+    "mailbox_max_messages": (0, 10_000_000),
     "rate_clients": (100, 10_000_000),
     "idle_timeout": (0.1, 3600),
     "session_timeout": (0.1, 86_400),
@@ -62,6 +64,8 @@ class Limits:
     connection_rate: int = 120  # per client per minute; smtpd_client_connection_rate_limit
     message_rate: int = 120  # per client per minute; smtpd_client_message_rate_limit
     recipient_rate: int = 600  # per client per minute; smtpd_client_recipient_rate_limit
+    mailbox_rate: int = 0  # messages accepted per mailbox per minute, all senders; 0 = off
+    mailbox_max_messages: int = 500  # kept per mailbox, oldest trimmed; 0 = no cap
     rate_clients: int = 100_000  # clients tracked by the rate table (LRU beyond)
     idle_timeout: float = 60.0  # smtpd_timeout (300s, stressed 10s)
     session_timeout: float = 600.0  # no Postfix equivalent

@@ -27,6 +27,7 @@ from receiver.events import (
 )
 from receiver.health import HealthServer
 from receiver.limits import Limits
+from receiver.mailboxes import MailboxKeeper
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
 from receiver.store_health import StoreHealth
 
@@ -51,6 +52,8 @@ class MessageSink(Protocol):
     async def ensure_indexes(self) -> None: ...
 
     async def sweep_expired(self, holder: str, lease: float) -> int | None: ...
+
+    async def trim_mailbox(self, address: str, keep: int) -> int: ...
 
 
 class BlocklistView(Protocol):
@@ -156,6 +159,9 @@ class ReceiverState:
             proxy_timeout=config.proxy_timeout,
             reverse_dns=self._lookup if config.reverse_dns else None,
             sessions=self.sessions,
+            mailboxes=MailboxKeeper(
+                config.limits.mailbox_max_messages, store.trim_mailbox, loop.create_task
+            ),
         )
         self.wire = Wire(self.context)
         self._outcomes = {o: self.metrics.connections.labels(o) for o in CONNECTION_OUTCOMES}

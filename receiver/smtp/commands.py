@@ -135,6 +135,11 @@ def _judge_recipient(session: Session, text: str) -> tuple[Reply, str]:
     if refusal is not None:
         session.ctx.events.on_refused(session.client_key, refusal.reason)
         return refusal.reply, "recipient_rate"
+    if mailbox not in session.recipients:
+        refusal = session.ctx.admission.mailbox(mailbox)
+        if refusal is not None:  # summarised by mailbox, never logged one by one
+            session.ctx.events.on_refused(mailbox, refusal.reason)
+            return refusal.reply, "mailbox_rate"
     session.rcpt_count += 1
     if mailbox not in session.recipients:
         session.recipients.append(mailbox)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from mailstore.message import IncomingMessage
 from receiver.admission import Admission
+from receiver.mailboxes import MailboxKeeper
 from receiver.retries import RetryMemory
 from receiver.smtp.body import BareNewline, MemoryBudget
 
@@ -67,6 +68,7 @@ class SessionContext:
     reverse_dns: ReverseDns | None = None
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
     retries: RetryMemory = field(default_factory=RetryMemory)
+    mailboxes: MailboxKeeper | None = None  # the per-mailbox cap, when the store can trim
 
     @property
     def postmaster(self) -> str:

@@ -496,6 +496,8 @@ class Session(asyncio.Protocol):
             reply = replies.NOT_STORED
         else:
             self.ctx.retries.forget(fingerprint)
+            if self.ctx.mailboxes is not None:
+                self.ctx.mailboxes.stored(message.rcpt_to)
             events.on_store_attempt(True, self.ctx.clock.time() - started, "")
             events.on_message("stored")
             reply = replies.STORED.with_text(f"Ok: queued as {message.id}")
