@@ -23,7 +23,7 @@ from prometheus_client import (
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import messages
+from api import messages, push
 from api.auth import require_admin, require_token
 from api.gate import Gate
 from mailstore import MessageStore, StoreConfig
@@ -62,7 +62,10 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         app.state.indexes_ensured = False
         _attach_blocklist(app)
         await ensure_indexes(app)
+        app.state.hub = push.Hub()
+        follower = await push.start(app.state.hub, app.state.store.messages)
         yield
+        await push.stop(follower)
         if own:
             await app.state.store.close()
 
