@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.header
 import email.policy
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api import push
+from api import render as render_module
 from api.auth import Role, require_token
 from api.render import render
 from mailstore import Document, MessageStore, is_message_id
@@ -153,6 +156,28 @@ async def get_message(
         )
     result.update(await render(bytes(doc["raw"])))
     return result
+
+
+@router.get("/v1/messages/{message_id}/attachments/{index}")
+async def get_attachment(request: Request, message_id: str, index: int) -> Response:
+    """Attachment `index` (from the message's `attachments`) as a download."""
+    doc = await _get(request, message_id)
+    try:
+        async with asyncio.timeout(render_module.PARSE_SECONDS):
+            found = await asyncio.to_thread(render_module.attachment, bytes(doc["raw"]), index)
+    except TimeoutError:
+        raise HTTPException(
+            status_code=503, detail="the message could not be read in time"
+        ) from None
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"no attachment {index} in {message_id}")
+    data, content_type, filename = found
+    disposition = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+    return Response(
+        content=data,
+        media_type=content_type,
+        headers={"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/v1/messages/{message_id}/raw")

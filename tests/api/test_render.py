@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from email.message import EmailMessage
 
 import httpx
 from hypothesis import HealthCheck, given, settings
@@ -49,7 +50,9 @@ def mime(draw: st.DrawFn, depth: int = 0) -> bytes:
 @given(mime())
 def test_hostile_mime_always_renders(raw: bytes) -> None:
     view = asyncio.run(render(raw))
-    assert set(view) == {"headers", "text", "html", "parse_error"}
+    shape = {"headers", "from", "to", "cc", "text", "html", "html_safe", "attachments"}
+    assert set(view) == shape | {"parse_error"}
+    assert all(isinstance(a["size"], int) for a in view["attachments"])
     assert all(isinstance(n, str) and isinstance(v, str) for n, v in view["headers"])
 
 
@@ -85,3 +88,45 @@ def test_the_reported_messages_read_back_with_200(
         assert view.status_code == 200, (body[:60], view.text[:300])
         raw = httpx.get(f"{api.http_url}/v1/messages/{message}/raw", headers=AUTH, timeout=15)
         assert raw.status_code == 200 and raw.content.endswith(body)
+
+
+def test_a_message_shows_its_addresses_attachments_and_safe_html(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    message = EmailMessage()
+    message["From"] = "Ann Lee <ann@example.org>"
+    message["To"] = "box@mx.test, Bob <bob@mx.test>"
+    message["Cc"] = "carol@example.org"
+    message["Subject"] = "parts"
+    message.set_content("plain body\n")
+    message.add_alternative(
+        '<p onclick="steal()">hi<script>alert(1)</script><img src=x onerror=y></p>',
+        subtype="html",
+    )
+    message.add_attachment(
+        b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="invoice.pdf"
+    )
+    raw = message.as_bytes().replace(b"\n", b"\r\n")
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    reply = send_message(client, "ann@example.org", ["box@mx.test"], raw)
+    message_id = queued_id(reply.text)
+    view = httpx.get(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH).json()
+    assert view["from"] == [{"name": "Ann Lee", "address": "ann@example.org"}]
+    assert view["to"] == [
+        {"name": "", "address": "box@mx.test"},
+        {"name": "Bob", "address": "bob@mx.test"},
+    ]
+    assert view["cc"] == [{"name": "", "address": "carol@example.org"}]
+    assert view["text"] == "plain body\n"  # CRLF normalised
+    assert "<script" not in view["html_safe"] and "onclick" not in view["html_safe"]
+    assert "onerror" not in view["html_safe"] and "hi" in view["html_safe"]
+    assert view["attachments"] == [
+        {"filename": "invoice.pdf", "content_type": "application/pdf", "size": 13}
+    ]
+    download = httpx.get(f"{api.http_url}/v1/messages/{message_id}/attachments/0", headers=AUTH)
+    assert download.status_code == 200 and download.content == b"%PDF-1.4 fake"
+    assert download.headers["content-type"] == "application/pdf"
+    assert "invoice.pdf" in download.headers["content-disposition"]
+    missing = httpx.get(f"{api.http_url}/v1/messages/{message_id}/attachments/1", headers=AUTH)
+    assert missing.status_code == 404
