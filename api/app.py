@@ -23,7 +23,7 @@ from prometheus_client import (
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import messages, push
+from api import messages, page, push
 from api.auth import require_admin, require_token
 from api.gate import Gate
 from mailstore import MessageStore, StoreConfig
@@ -78,6 +78,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)
+    page.install(app)
     app.include_router(messages.router, dependencies=[Depends(require_token)])
     _include_blocklist(app)
     return app

@@ -17,6 +17,7 @@ from api import push
 from api import render as render_module
 from api.auth import Role, require_token
 from api.render import render
+from blocklist.entries import aware_datetime
 from mailstore import Document, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
@@ -42,6 +43,12 @@ def decoded(value: str) -> str:
         return value
 
 
+def _iso(value: object) -> str:
+    # A change event from the embedded store carries dates as extended JSON.
+    moment = value if isinstance(value, datetime) else aware_datetime(value)
+    return moment.isoformat() if moment is not None else str(value)
+
+
 def summary(doc: Document, role: Role = Role.ADMIN) -> dict[str, Any]:
     """The listing fields of a stored message. Only the admin sees envelope recipients
     where the sender wrote no To: (a reader sees only what the sender wrote: no Bcc)."""
@@ -53,8 +60,7 @@ def summary(doc: Document, role: Role = Role.ADMIN) -> dict[str, Any]:
         "from": decoded(headers.get("from") or doc.get("mail_from", "")),
         "to": decoded(headers.get("to") or envelope_to),
         "subject": decoded(headers.get("subject", "")),
-        # (a change event from the embedded store may carry the date as text)
-        "received_at": received.isoformat() if isinstance(received, datetime) else str(received),
+        "received_at": _iso(received),
         "size": doc.get("size", 0),
     }
 

@@ -201,15 +201,15 @@ class Entry:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Entry:
         source = doc.get("source", "manual")
-        created = _aware(doc.get("created_at")) or datetime.fromtimestamp(0, UTC)
+        created = aware_datetime(doc.get("created_at")) or datetime.fromtimestamp(0, UTC)
         return cls(
             cidr=str(doc["_id"]),
             reason=str(doc.get("reason", "")),
             source=source if source in SOURCES else "manual",
             created_at=created,
             created_by=str(doc.get("created_by", "unknown")),
-            updated_at=_aware(doc.get("updated_at")) or created,
-            expires_at=_aware(doc.get("expires_at")),
+            updated_at=aware_datetime(doc.get("updated_at")) or created,
+            expires_at=aware_datetime(doc.get("expires_at")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -224,7 +224,9 @@ class Entry:
         }
 
 
-def _aware(value: object) -> datetime | None:
+def aware_datetime(value: object) -> datetime | None:
+    """A stored date as an aware datetime: BSON dates, ISO text and extended JSON
+    (`{"$date": ...}`, as the embedded store's change events carry them); else None."""
     if isinstance(value, dict) and "$date" in value:  # see expiry_timestamp
         value = value["$date"]
         if isinstance(value, int | float):
@@ -245,7 +247,7 @@ def expiry_timestamp(value: object) -> float:
     Change events from the embedded store carry dates as ISO strings or extended-JSON
     `{"$date": ...}` (real MongoDB sends BSON dates); all mean the same moment in UTC.
     """
-    if isinstance(value, str | dict) and _aware(value) is None:
+    if isinstance(value, str | dict) and aware_datetime(value) is None:
         return float("inf")
-    moment = _aware(value)
+    moment = aware_datetime(value)
     return float("inf") if moment is None else moment.timestamp()

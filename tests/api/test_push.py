@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -56,6 +57,7 @@ def test_a_stored_message_appears_on_the_stream_within_a_second(
         ids.append(queued_id(reply.text))
         seen, event_id, data = events.get(timeout=5)
         assert event_id == ids[-1] and data["subject"] == f"live {n}"
+        assert datetime.fromisoformat(data["received_at"]).tzinfo is not None
         assert seen - accepted < 1.0, seen - accepted
     # A client that reconnects with the last id it saw gets what it missed first.
     missed = send_message(client, "a@example.org", ["live@mx.test"], b"Subject: missed\r\n\r\n")

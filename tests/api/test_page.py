@@ -1,0 +1,83 @@
+"""The web inbox in a real headless browser (Debian's chromium + chromium-driver): a message
+sent over SMTP appears on the open page without a reload, opens, and can be deleted."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ServiceFactory
+from tests.support.api import AUTH, listing
+from tests.support.processes import ServiceProcess
+from tests.support.smtp import RawClient, send_message
+
+READ_TOKEN = "page-reader-" + "p" * 20
+ARTEFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artefacts"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver_path, chromium = shutil.which("chromedriver"), shutil.which("chromium")
+    if driver_path is None or chromium is None:
+        pytest.skip("chromium + chromium-driver missing: FLOODGATE_INSTALL_TOOLS=1 make test")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium  # with both paths given, nothing is downloaded
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,800",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_a_message_appears_live_opens_and_is_deleted(
+    browser: Any, make_api: ServiceFactory, receiver: ServiceProcess
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = make_api(read_token=READ_TOKEN)
+    page = httpx.get(api.http_url + "/")
+    assert (
+        page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    )
+    browser.get(f"{api.http_url}/#token={READ_TOKEN}&mailbox=web@mx.test")
+    wait = WebDriverWait(browser, 15)
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live:"))
+
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    body = (
+        b"From: Shop <noreply@shop.example>\r\nSubject: Your code 482913\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nYour code is 482913.\r\n"
+    )
+    assert send_message(client, "noreply@shop.example", ["web@mx.test"], body).code == 250
+    wait.until(lambda d: "Your code 482913" in d.find_element(By.ID, "messages").text)
+
+    browser.find_element(By.CSS_SELECTOR, "#messages li.message").click()
+    wait.until(lambda d: d.find_element(By.ID, "subject").text == "Your code 482913")
+    assert "Your code is 482913." in browser.find_element(By.ID, "text").text
+    assert "Shop <noreply@shop.example>" in browser.find_element(By.ID, "meta").text
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTEFACTS / "inbox.png"))
+
+    browser.find_element(By.ID, "delete").click()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#messages li.message"))
+    assert listing(api, "web@mx.test") == []
+    assert httpx.get(api.http_url + "/v1/blocklist", headers=AUTH).status_code == 200
