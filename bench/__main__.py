@@ -17,9 +17,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import abuse, blocklist, throughput
+from bench import abuse, blocklist, push, throughput
 
-SUITES: dict[str, ModuleType] = {"throughput": throughput, "abuse": abuse, "blocklist": blocklist}
+SUITES: dict[str, ModuleType] = {
+    "throughput": throughput,
+    "abuse": abuse,
+    "blocklist": blocklist,
+    "push": push,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

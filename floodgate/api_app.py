@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from api.app import ApiConfig, create_app
+from api.push import MAX_SUBSCRIBERS
 from floodgate.errors import fail
 from floodgate.receiver_app import store_config
 from floodgate.settings import Settings, parse_hostport
@@ -24,7 +25,8 @@ def main(settings: Settings, token: str) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
-        limit_concurrency=1000,
+        # The live-push hub caps its streams at MAX_SUBSCRIBERS; the rest is for requests.
+        limit_concurrency=MAX_SUBSCRIBERS + 200,
         h11_max_incomplete_event_size=16384,
     )
     server = uvicorn.Server(config)

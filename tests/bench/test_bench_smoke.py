@@ -41,3 +41,17 @@ def test_unknown_suite_is_refused() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "unknown suite nonsense" in result.stderr
+
+
+def test_quick_push_suite_reports_latency_and_subscribers(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "push", "--quick", "--out", str(tmp_path)],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    push = json.loads((tmp_path / "latest.json").read_text())["suites"]["push"]
+    assert push["latency"]["messages"] == 50 and 0 < push["latency"]["p99_ms"] < 10_000
+    assert push["subscribers"]["held"] == 200 and push["subscribers"]["next_status"] == 200
