@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import messages, page, push
 from api.auth import require_admin, require_token
 from api.gate import Gate
+from blocklist.repository import PartialBulk
 from mailstore import MessageStore, StoreConfig
 
 log = logging.getLogger("floodgate.api")
@@ -146,6 +147,10 @@ def _install_errors(app: FastAPI) -> None:
         ]
         first = details[0] if details else {"field": "", "message": "invalid request"}
         return _error(422, f"{first['field']}: {first['message']}", details=details)
+
+    @app.exception_handler(PartialBulk)
+    async def partial(request: Request, exc: PartialBulk) -> JSONResponse:
+        return _error(503, f"the store failed mid-way: {exc}")
 
     @app.exception_handler(PyMongoError)
     async def store_down(request: Request, exc: PyMongoError) -> JSONResponse:

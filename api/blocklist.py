@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo.errors import PyMongoError
 
 from blocklist import BlocklistRepository, Entry, InvalidEntry, normalize, parse_address
 from blocklist.entries import MAX_REASON_LENGTH, MAX_TTL_SECONDS, MIN_TTL_SECONDS
@@ -125,7 +126,12 @@ def access_router(kind: AccessList) -> APIRouter:
                 detail=f"{len(errors)} invalid entries; nothing was written: "
                 + "; ".join(f"#{e['index']} {e['error']}" for e in errors[:10]),
             )
-        result = await _repository(request, kind).add_many(list(entries.values()), actor)
+        try:
+            result = await _repository(request, kind).add_many(list(entries.values()), actor)
+        except PyMongoError:  # undone: the store holds none of it
+            raise HTTPException(
+                status_code=503, detail="the store failed; nothing was written, try again"
+            ) from None
         answer: dict[str, Any] = {"added": result.added, "updated": result.updated}
         if kind.lifts_bans:
             answer["lifted"] = await _lift_bans(request, list(entries), actor)

@@ -8,6 +8,7 @@ since the TTL monitor runs only once a minute). `blocklist_audit`: one document 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, DeleteOne, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 from blocklist.entries import (
     Entry,
@@ -35,6 +37,8 @@ ALLOWLIST_AUDIT = "allowlist_audit"
 EXPIRY_INDEX = "expiry"
 AUDIT_RETENTION = timedelta(days=400)
 MAX_BULK = 10_000
+BULK_CHUNK = 500  # entries per write of a bulk add
+BULK_PAUSE = 0.01  # seconds between chunks: the receivers' inserts get their turn
 MAX_PAGE = 10_000
 
 Document = dict[str, Any]
@@ -44,6 +48,14 @@ Document = dict[str, Any]
 class BulkResult:
     added: int
     updated: int
+
+
+class PartialBulk(Exception):
+    """A bulk add failed and could not be undone either; re-sending it completes it."""
+
+    def __init__(self, written: int) -> None:
+        super().__init__(f"{written} entries may have been written; send the request again")
+        self.written = written
 
 
 class BlocklistRepository:
@@ -93,37 +105,74 @@ class BlocklistRepository:
         return result, created
 
     async def add_many(self, entries: Sequence[Entry], actor: str) -> BulkResult:
-        """Upsert up to `MAX_BULK` entries in one unordered bulk write, audited."""
+        """Upsert up to `MAX_BULK` entries, all or nothing, audited.
+
+        Written in chunks of `BULK_CHUNK` with a pause between them, so a large import
+        never holds the store long enough to stall the receivers' inserts. If a chunk
+        fails, the chunks already written are put back as they were (new entries removed,
+        replaced ones restored) and the error is raised: nothing was written. Should even
+        that fail, `PartialBulk` says so; re-sending the same request completes it, since
+        adding an entry again is idempotent.
+        """
         if len(entries) > MAX_BULK:
             raise ValueError(f"at most {MAX_BULK} entries per bulk request")
         if not entries:
             return BulkResult(0, 0)
         with pymongo.timeout(max(self.timeout, len(entries) / 1000)):
             cursor = self.entries.find({"_id": {"$in": [e.cidr for e in entries]}})
-            live = {d["_id"]: d async for d in cursor if not _expired(d)}
-        operations = [
-            ReplaceOne({"_id": e.cidr}, _merged(e, live.get(e.cidr), actor), upsert=True)
+            before = {d["_id"]: d async for d in cursor}
+        live = {cidr: doc for cidr, doc in before.items() if not _expired(doc)}
+        written: list[Entry] = []
+        try:
+            for start in range(0, len(entries), BULK_CHUNK):
+                chunk = entries[start : start + BULK_CHUNK]
+                operations = [
+                    ReplaceOne({"_id": e.cidr}, _merged(e, live.get(e.cidr), actor), upsert=True)
+                    for e in chunk
+                ]
+                written.extend(chunk)  # a failed chunk may be partly written: undo it too
+                with pymongo.timeout(self.timeout):
+                    await self.entries.bulk_write(operations, ordered=False)
+                await asyncio.sleep(BULK_PAUSE)
+        except PyMongoError:
+            await self._undo(written, before)
+            raise
+        await self._audit_bulk(entries, actor)
+        return BulkResult(added=len(entries) - len(live), updated=len(live))
+
+    async def _undo(self, written: Sequence[Entry], before: dict[str, Document]) -> None:
+        """Put back what a failed bulk add changed."""
+        operations: list[Any] = [
+            ReplaceOne({"_id": e.cidr}, before[e.cidr], upsert=True)
+            if e.cidr in before
+            else DeleteOne({"_id": e.cidr})
+            for e in written
+        ]
+        try:
+            for start in range(0, len(operations), BULK_CHUNK):
+                with pymongo.timeout(self.timeout):
+                    await self.entries.bulk_write(
+                        operations[start : start + BULK_CHUNK], ordered=False
+                    )
+        except PyMongoError as error:
+            raise PartialBulk(len(written)) from error
+
+    async def _audit_bulk(self, entries: Sequence[Entry], actor: str) -> None:
+        now = datetime.now(UTC)
+        records = [
+            {
+                "action": "bulk_add",
+                "cidr": e.cidr,
+                "actor": actor,
+                "at": now,
+                "reason": e.reason,
+                "expires_at": e.expires_at,
+            }
             for e in entries
         ]
-        with pymongo.timeout(max(self.timeout, len(entries) / 1000)):
-            await self.entries.bulk_write(operations, ordered=False)
-            now = datetime.now(UTC)
-            await self.audit.insert_many(
-                [
-                    {
-                        "action": "bulk_add",
-                        "cidr": e.cidr,
-                        "actor": actor,
-                        "at": now,
-                        "reason": e.reason,
-                        "expires_at": e.expires_at,
-                    }
-                    for e in entries
-                ],
-                ordered=False,
-            )
-        added = len(entries) - len(live)
-        return BulkResult(added=added, updated=len(live))
+        for start in range(0, len(records), BULK_CHUNK):
+            with pymongo.timeout(self.timeout):
+                await self.audit.insert_many(records[start : start + BULK_CHUNK], ordered=False)
 
     async def remove(self, cidr: str, actor: str) -> bool:
         key = normalize(cidr)
