@@ -80,6 +80,8 @@ class Service:
 def start_service(role: str, env: dict[str, str], workdir: Path) -> Service:
     """Start `python -m floodgate <role>` and wait for its health endpoint."""
     port, http_port = free_port(), free_port()
+    while http_port == port:  # two picks of a free port can coincide
+        http_port = free_port()
     full = {
         **os.environ,
         "FLOODGATE_DATA_DIR": str(workdir / f"{role}-{port}"),

@@ -47,6 +47,8 @@ RECEIVER_ENV = {
     "FLOODGATE_MESSAGE_RATE": "0",
     "FLOODGATE_RECIPIENT_RATE": "0",
     "FLOODGATE_AUTOBAN_THRESHOLD": "0",
+    # Every message goes to one mailbox and each run checks the stored count: no cap.
+    "FLOODGATE_MAILBOX_MAX_MESSAGES": "0",
     # smtp-source -d sends every message of a session on one connection.
     "FLOODGATE_MAX_COMMANDS": "1000000",
 }

@@ -109,7 +109,6 @@ NOT_STORED = Reply(451, "4.3.0", "Temporary storage failure, try again later")
 NO_MEMORY = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 STORE_BUSY = Reply(451, "4.3.0", "Storage busy, try again later")
 UNSTORABLE = Reply(554, "5.6.0", "Message cannot be stored as sent")
-INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 
 OK = Reply(250, "2.1.0", "Ok")
 RCPT_OK = Reply(250, "2.1.5", "Ok")

@@ -13,6 +13,7 @@ import pytest
 from pymongo import MongoClient
 
 from mailstore.embedded import EmbeddedStore
+from tests.support.faultproxy import FaultProxy, fronting
 from tests.support.processes import ServiceProcess, start_service
 from tests.support.smtp import RawClient
 
@@ -134,3 +135,11 @@ def receiver(make_receiver: ServiceFactory) -> ServiceProcess:
 @pytest.fixture
 def api(make_api: ServiceFactory) -> ServiceProcess:
     return make_api()
+
+
+@pytest.fixture
+def store_fault(store_uri: str) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the test store (skips on a replica set)."""
+    proxy = fronting(store_uri)
+    yield proxy
+    proxy.stop()

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 Handler = Callable[["Session", bytes], Reply | None]
 # RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8: the MAIL parameters we support.
 BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
-HELP_TEXT = "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
 
 def helo(session: Session, arg: bytes) -> Reply | None:

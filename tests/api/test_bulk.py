@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH
-from tests.support.faultproxy import FaultProxy, fronting
+from tests.support.faultproxy import FaultProxy
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, send_message
 
@@ -56,26 +54,19 @@ def test_a_maximal_bulk_add_never_stalls_the_receivers(
     assert codes and set(codes) == {250}, codes[:20]
 
 
-@pytest.fixture
-def fault(store_uri: str) -> Iterator[FaultProxy]:
-    proxy = fronting(store_uri)
-    yield proxy
-    proxy.stop()
-
-
 def test_a_bulk_add_cut_off_mid_way_leaves_nothing_behind(
     make_api: ServiceFactory,
-    fault: FaultProxy,
+    store_fault: FaultProxy,
     mongo: MongoClient[dict[str, Any]],
     db_name: str,
 ) -> None:
-    api = make_api(mongodb_uri=fault.uri, store_timeout="2")
+    api = make_api(mongodb_uri=store_fault.uri, store_timeout="2")
     body = entries(2, 3_000)
-    fault.set_mode("reset_after", after_bytes=150_000)  # a few chunks in, the write is cut
+    store_fault.set_mode("reset_after", after_bytes=150_000)  # a few chunks in, the write is cut
     cut = httpx.post(api.http_url + "/v1/blocklist/bulk", json=body, headers=AUTH, timeout=60)
     assert cut.status_code == 503 and "nothing was written" in cut.json()["error"], cut.text
     assert mongo[db_name]["blocklist"].count_documents({"reason": "bulk"}) == 0
-    fault.set_mode("pass")
+    store_fault.set_mode("pass")
     again = httpx.post(api.http_url + "/v1/blocklist/bulk", json=body, headers=AUTH, timeout=60)
     assert again.status_code == 200 and again.json()["added"] == 3_000
     assert mongo[db_name]["blocklist"].count_documents({"reason": "bulk"}) == 3_000

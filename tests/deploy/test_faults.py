@@ -10,24 +10,15 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
-from tests.support.faultproxy import FaultProxy, fronting
+from tests.support.faultproxy import FaultProxy
 from tests.support.smtp import RawClient, queued_id, send_message
 
 STORE_TIMEOUT = 2.0
-
-
-@pytest.fixture
-def proxy(store_uri: str) -> Iterator[FaultProxy]:
-    fault = fronting(store_uri)
-    yield fault
-    fault.stop()
 
 
 class Sender(threading.Thread):
@@ -68,17 +59,19 @@ class Sender(threading.Thread):
 
 def test_faults_never_lose_or_duplicate_an_accepted_message(
     make_receiver: ServiceFactory,
-    proxy: FaultProxy,
+    store_fault: FaultProxy,
     mongo: MongoClient[dict[str, Any]],
     db_name: str,
 ) -> None:
     receiver = make_receiver(
-        mongodb_uri=proxy.uri,
+        mongodb_uri=store_fault.uri,
         store_timeout=str(STORE_TIMEOUT),
         message_rate="0",
         recipient_rate="0",
         connection_rate="0",
         autoban_threshold="0",
+        # Every accepted message must be found stored: no per-mailbox cap trimming them.
+        mailbox_max_messages="0",
     )
     senders = [Sender(receiver.host, receiver.port, f"127.0.70.{n}") for n in (1, 2, 3)]
     for sender in senders:
@@ -96,9 +89,9 @@ def test_faults_never_lose_or_duplicate_an_accepted_message(
         ("stall", 0),
     ]
     for mode, after in schedule:
-        proxy.set_mode(mode, after_bytes=after)
+        store_fault.set_mode(mode, after_bytes=after)
         time.sleep(1.2)
-    proxy.set_mode("pass")
+    store_fault.set_mode("pass")
     time.sleep(STORE_TIMEOUT + 3)  # recovery: the receiver reconnects by itself
     for sender in senders:
         sender.stop.set()
@@ -110,7 +103,7 @@ def test_faults_never_lose_or_duplicate_an_accepted_message(
     codes = {code for code, *_ in results}
     assert codes <= {250, 451}, [r for r in results if r[0] not in (250, 451)][:3]
     assert 451 in codes and 250 in codes, "the faults did bite, and mail still flowed"
-    assert proxy.resets > 0 and proxy.connections > 1
+    assert store_fault.resets > 0 and store_fault.connections > 1
     for code, text, _tag, seconds in results:
         # Bounded by the store deadline (plus one retried write and slack), never a hang.
         assert seconds < 3 * STORE_TIMEOUT + 3, (code, text, seconds)

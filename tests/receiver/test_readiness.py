@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from pymongo import MongoClient
 
 from mailstore.embedded import EmbeddedStore
 from tests.conftest import ServiceFactory
-from tests.support.faultproxy import FaultProxy, fronting
+from tests.support.faultproxy import FaultProxy
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, send_message, wait_for
 
@@ -51,19 +49,12 @@ def test_receiver_started_with_the_store_down_listens_at_once_and_indexes_later(
         store.stop()
 
 
-@pytest.fixture
-def fault(store_uri: str) -> Iterator[FaultProxy]:
-    proxy = fronting(store_uri)
-    yield proxy
-    proxy.stop()
-
-
 def test_readiness_follows_failing_writes_and_comes_back_with_the_store(
-    make_receiver: ServiceFactory, fault: FaultProxy
+    make_receiver: ServiceFactory, store_fault: FaultProxy
 ) -> None:
-    receiver = make_receiver(mongodb_uri=fault.uri, store_timeout="1")
+    receiver = make_receiver(mongodb_uri=store_fault.uri, store_timeout="1")
     assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
-    fault.set_mode("stall")  # the server still accepts connections; no write completes
+    store_fault.set_mode("stall")  # the server still accepts connections; no write completes
     client = RawClient(receiver.host, receiver.port, timeout=30)
     client.hello()
     assert send_message(client, "a@example.org", ["h@mx.test"], b"x\r\n").code == 451
@@ -71,6 +62,6 @@ def test_readiness_follows_failing_writes_and_comes_back_with_the_store(
     _, reason = readyz(receiver)
     assert "no durable write within 1s" in reason, reason
     assert "store_down" in receiver.log() and "no durable write" in receiver.log()
-    fault.set_mode("pass")
+    store_fault.set_mode("pass")
     assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=20), readyz(receiver)
     assert send_message(client, "a@example.org", ["h@mx.test"], b"x\r\n").code == 250

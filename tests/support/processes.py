@@ -80,6 +80,8 @@ def start_service(
     """Start `python -m floodgate <role>` and wait until its /healthz answers."""
     port = free_port(host)
     http_port = free_port()  # health and API stay on 127.0.0.1
+    while http_port == port:  # two picks of a free port can coincide
+        http_port = free_port()
     full_env = clean_environ()
     full_env.update(
         {
