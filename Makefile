@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/floodgate run
 
+# test/bench change nothing outside the repository unless asked: with CI=true or
+# FLOODGATE_INSTALL_TOOLS=1 they apt-install HAProxy and chromium (test) or Postfix (bench);
+# otherwise a missing tool is one line of output and its tests or bench suite skip.
 test: setup
 	@sh tests/install-tools.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,9 +1,12 @@
 #!/bin/sh
 # Tools the test suite drives as real processes: HAProxy (tests/deploy), and Debian's
 # chromium with its driver (the web inbox page is tested in a real headless browser).
-# The host is not ours: nothing is installed unless asked (CI=true, as .ci/run is run, or
-# FLOODGATE_INSTALL_TOOLS=1), no service is stopped and no process is ended. Without
-# HAProxy the tests that need it skip and say how to enable them.
+#
+# The host is not ours. Nothing outside the repository is changed unless asked: packages
+# are installed only with CI=true (CI sets it; .ci/run relies on it) or
+# FLOODGATE_INSTALL_TOOLS=1. Otherwise a missing tool costs one line here and its tests
+# skip, naming that variable. No service is ever stopped, restarted or disabled and no
+# process is ever ended, whoever started it.
 set -u
 missing=""
 command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
@@ -13,25 +16,56 @@ if [ "${CI:-}" != true ] && [ "${FLOODGATE_INSTALL_TOOLS:-}" != 1 ]; then
     echo "tests:$missing missing; their tests will skip (FLOODGATE_INSTALL_TOOLS=1 make test installs them)" >&2
     exit 0
 fi
+
+# Keep the packages' maintainer scripts from starting a daemon while we install, with a
+# policy-rc.d that is ours alone: created atomically (noclobber) only if none exists, and
+# removed by the trap on every exit path (EXIT, INT, TERM, HUP) only while it still carries
+# our mark. A pre-existing policy-rc.d is never replaced or removed. Only SIGKILL can leave
+# ours behind (it would block every service start on the host); its mark names the process,
+# and the next run removes it once that process is gone.
+policy=/usr/sbin/policy-rc.d
+mark="# floodgate tests/install-tools.sh pid $$: temporary, removed when that process exits"
+ours() { grep -qxF "$1" "$policy" 2>/dev/null; }
+cleanup() { if ours "$mark"; then rm -f "$policy"; fi; }
+hold_services() {
+    stale=$(sed -n 's/^# floodgate [^ ]* pid \([0-9][0-9]*\): temporary.*/\1/p' "$policy" 2>/dev/null)
+    if [ -n "$stale" ] && ! kill -0 "$stale" 2>/dev/null; then  # kill -0 only asks
+        rm -f "$policy"
+    fi
+    trap cleanup EXIT
+    trap 'exit 129' HUP
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    if (set -C; printf '#!/bin/sh\n%s\nexit 101\n' "$mark" >"$policy") 2>/dev/null; then
+        chmod 755 "$policy"
+    fi
+}
+# apt-get install the named packages; on failure refresh the package lists once and retry.
+install() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 \
+        || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1; }
+}
+
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "tests:$missing missing and not installable here (needs root and apt-get)" >&2
-    exit 0
+else
+    hold_services
+    # One package set at a time: a chromium that the distribution lacks must not cost HAProxy.
+    case "$missing" in *haproxy*)
+        install haproxy || echo "tests: haproxy could not be installed; its tests will skip" >&2
+    esac
+    case "$missing" in *chromium*)
+        install chromium chromium-driver \
+            || echo "tests: chromium could not be installed; its tests will skip" >&2
+    esac
+    # If a daemon started anyway (say a pre-existing policy-rc.d allows starts), it is the
+    # host's now and is left alone: Debian's default haproxy.cfg has only `global` and
+    # `defaults`, so it binds no port, and the tests run their own HAProxy on free ports.
 fi
-# Keep the package's maintainer scripts from starting a daemon while we install; the
-# policy file is removed on every exit path, and only if we created it.
-policy=/usr/sbin/policy-rc.d
-created=no
-cleanup() { [ "$created" = yes ] && rm -f "$policy"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=yes
+# CI must run the HAProxy tests, not skip them quietly.
+if [ "${CI:-}" = true ] && ! command -v haproxy >/dev/null 2>&1; then
+    echo "tests: CI=true but haproxy is still missing; the deploy tests must run in CI" >&2
+    exit 1
 fi
-# shellcheck disable=SC2086 # $missing is a list of package names
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null 2>&1 \
-    || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 \
-         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null 2>&1; } \
-    || echo "tests:$missing could not be installed; their tests will skip" >&2
-# If a daemon started anyway it is the host's now and is left alone: Debian's default
-# haproxy.cfg binds no port, and the tests run their own instance on free ports.
 exit 0
