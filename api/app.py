@@ -20,8 +20,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api import messages, page, push
 from api.auth import require_admin, require_token
@@ -70,7 +72,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         if own:
             await app.state.store.close()
 
-    app = FastAPI(title="Floodgate API", version="1", lifespan=lifespan)
+    app = FastAPI(title="Floodgate API", version="1", lifespan=lifespan, responses=ERRORS)
     app.state.admin_token = config.admin_token
     app.state.read_token = config.read_token
     app.state.metrics = ApiMetrics()
@@ -81,6 +83,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     _health_routes(app)
     page.install(app)
     app.include_router(messages.router, dependencies=[Depends(require_token)])
+    _not_allowed_routes(app)
     _include_blocklist(app)
     return app
 
@@ -127,6 +130,69 @@ def _include_blocklist(app: FastAPI) -> None:
     app.include_router(allowlist_router, dependencies=[Depends(require_admin)])
 
 
+class ErrorBody(BaseModel):
+    """Every error: what went wrong, in one sentence (and, for 422, per field)."""
+
+    error: str
+    details: list[dict[str, Any]] | None = None
+
+
+# Documented on every route: the OpenAPI document is the contract.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "malformed request"),
+        (401, "missing or invalid bearer token"),
+        (403, "the read token may not use this route"),
+        (404, "no such thing"),
+        (405, "method not allowed (see Allow)"),
+        (413, "request body too large"),
+        (422, "invalid request"),
+        (503, "the store is unavailable, or too many live subscribers"),
+    )
+}
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(app: FastAPI, path: str) -> str:
+    """Every method routing would really serve at `path` (Starlette's 405 names only the
+    first partly matching route's methods)."""
+    allowed = []
+    for method in METHODS:
+        scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+        for route in app.router.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                if getattr(route, "name", "") != NOT_ALLOWED:
+                    allowed.append(method)
+                break
+    return ", ".join(allowed)
+
+
+NOT_ALLOWED = "not_allowed"
+
+
+def _not_allowed_routes(app: FastAPI) -> None:
+    """`{cidr:path}` would take the check, history and bulk paths as CIDRs for the methods
+    those paths lack: say 405 there (before any token role check, as for any method)."""
+
+    async def not_allowed() -> None:
+        raise StarletteHTTPException(status_code=405, detail="Method Not Allowed")
+
+    for name in ("blocklist", "allowlist"):
+        shadowed = {
+            f"/v1/{name}/check/{{ip}}": ["DELETE"],
+            f"/v1/{name}/{{cidr:path}}/history": ["DELETE"],
+            f"/v1/{name}/bulk": ["GET", "DELETE"],
+        }
+        for path, methods in shadowed.items():
+            app.add_api_route(
+                path, not_allowed, methods=methods, name=NOT_ALLOWED, include_in_schema=False
+            )
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message, **extra})
 
@@ -137,6 +203,8 @@ def _install_errors(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = _error(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = _allowed_methods(request.app, request.url.path)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -187,7 +255,10 @@ def _health_routes(app: FastAPI) -> None:
         await ensure_indexes(request.app)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+    )
     async def metrics(request: Request) -> Response:
         registry: CollectorRegistry = request.app.state.metrics.registry
         body = await asyncio.to_thread(generate_latest, registry)

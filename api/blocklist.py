@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, field_validator
 from pymongo.errors import PyMongoError
 
 from blocklist import BlocklistRepository, Entry, InvalidEntry, normalize, parse_address
@@ -36,6 +36,11 @@ BLOCKLIST = AccessList("blocklist", "blocked", lifts_bans=False)
 ALLOWLIST = AccessList("allowlist", "allowed", lifts_bans=True)
 
 
+# Named formats in the OpenAPI document (the contract tests generate values of them).
+CIDR: dict[str, JsonValue] = {"format": "cidr"}
+Cidr = Annotated[str, Path(max_length=64, json_schema_extra=CIDR)]
+Ip = Annotated[str, Path(max_length=64, json_schema_extra={"format": "ip"})]
+
 # A prefix shorter than these covers a large share of the Internet: one typo would
 # block (or allow) the world, so it needs an explicit "confirm": true.
 WIDE_PREFIX = {4: 8, 6: 32}
@@ -44,12 +49,33 @@ WIDE_PREFIX = {4: 8, 6: 32}
 class BlockRequest(BaseModel):
     # Strict: `true` is not a TTL and "60" is not a number; `source` is ours to set
     # (auto-bans come from the receivers, never from a client), so it is not a field.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
-    cidr: str = Field(min_length=1, max_length=64, description="address or CIDR")
-    reason: str = Field("", max_length=MAX_REASON_LENGTH)
+    cidr: str = Field(
+        min_length=1, max_length=64, description="address or CIDR", json_schema_extra=CIDR
+    )
+    reason: str = Field("", max_length=MAX_REASON_LENGTH, pattern=r"^[^\x00-\x08\x0a-\x1f]*$")
     ttl_seconds: int | None = Field(None, ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)
-    confirm: bool = Field(False, description="needed for prefixes shorter than /8 or /32")
+    confirm: StrictBool = Field(False, description="needed for prefixes shorter than /8 or /32")
+
+    @field_validator("cidr", "reason", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+    @field_validator("ttl_seconds", mode="before")
+    @classmethod
+    def _whole_seconds(cls, value: Any) -> Any:
+        # JSON has one number type: 60 and 60.0 are the same integer; true and "60" are not.
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a whole number of seconds")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("must be a whole number of seconds")
+        return int(value)
 
 
 class BulkRequest(BaseModel):
@@ -96,7 +122,11 @@ def access_router(kind: AccessList) -> APIRouter:
     """The admin routes of one access list."""
     router = APIRouter()
 
-    @router.post(f"/v1/{kind.name}", status_code=201)
+    @router.post(
+        f"/v1/{kind.name}",
+        status_code=201,
+        responses={200: {"description": "an existing entry was updated"}},
+    )
     async def add_entry(request: Request, response: Response, body: BlockRequest) -> dict[str, Any]:
         actor = _actor(request)
         stored, created = await _repository(request, kind).add(_entry(body, actor, kind), actor)
@@ -152,7 +182,7 @@ def access_router(kind: AccessList) -> APIRouter:
         return result
 
     @router.get(f"/v1/{kind.name}/check/{{ip}}")
-    async def check_ip(request: Request, ip: str) -> dict[str, Any]:
+    async def check_ip(request: Request, ip: Ip) -> dict[str, Any]:
         try:
             parse_address(ip)
         except InvalidEntry as error:
@@ -164,21 +194,21 @@ def access_router(kind: AccessList) -> APIRouter:
         }
 
     @router.get(f"/v1/{kind.name}/{{cidr:path}}/history")
-    async def entry_history(request: Request, cidr: str) -> dict[str, Any]:
+    async def entry_history(request: Request, cidr: Cidr) -> dict[str, Any]:
         """The audit trail of one entry, newest first."""
         key = _normalize(cidr)
         history = await _repository(request, kind).history(key)
         return {"cidr": key, "history": _jsonable(history)}
 
     @router.get(f"/v1/{kind.name}/{{cidr:path}}")
-    async def get_entry(request: Request, cidr: str) -> dict[str, Any]:
+    async def get_entry(request: Request, cidr: Cidr) -> dict[str, Any]:
         entry = await _repository(request, kind).get(_normalize(cidr))
         if entry is None:
             raise HTTPException(status_code=404, detail=f"{cidr} is not on the {kind.name}")
         return entry.to_json()
 
     @router.delete(f"/v1/{kind.name}/{{cidr:path}}", status_code=204)
-    async def remove_entry(request: Request, cidr: str) -> Response:
+    async def remove_entry(request: Request, cidr: Cidr) -> Response:
         if not await _repository(request, kind).remove(_normalize(cidr), _actor(request)):
             raise HTTPException(status_code=404, detail=f"{cidr} is not on the {kind.name}")
         return Response(status_code=204)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from api import push
@@ -22,7 +23,23 @@ from mailstore import Document, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
 router = APIRouter()
-Address = Annotated[str, Path(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+# Named formats: the OpenAPI document says what a mailbox and a message id are (the
+# contract tests generate values of these formats; see tests/api/schemathesis_hooks.py).
+Address = Annotated[
+    str, Path(min_length=3, max_length=320, json_schema_extra={"format": "mailbox"})
+]
+ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
+MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
+Responses = dict[int | str, dict[str, Any]]
+RAW: Responses = {
+    200: {"content": {"message/rfc822": {}}, "description": "the message as received"}
+}
+FILE: Responses = {
+    200: {"content": {"application/octet-stream": {}}, "description": "the attachment"}
+}
+EVENTS: Responses = {
+    200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+}
 
 
 def _store(request: Request) -> MessageStore:
@@ -71,9 +88,18 @@ async def list_messages(
     address: Address,
     role: Annotated[Role, Depends(require_token)],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[str | None, Query(description="a message id: older ones")] = None,
-    after: Annotated[str | None, Query(description="a message id: newer ones")] = None,
-    since: Annotated[datetime | None, Query(description="received at or after")] = None,
+    before: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="a message id: older ones")
+    ] = None,
+    after: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="a message id: newer ones")
+    ] = None,
+    since: Annotated[
+        str | None,
+        Query(
+            description="received at or after (RFC 3339)", json_schema_extra={"format": "date-time"}
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Messages for `address` (case-insensitive, canonical as the receiver stores it),
     newest first; `next` is the `before` cursor of the following page."""
@@ -81,10 +107,8 @@ async def list_messages(
     for name, cursor in (("before", before), ("after", after)):
         if cursor is not None and not is_message_id(cursor):
             raise HTTPException(status_code=422, detail=f"{name}: not a message id")
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     docs = await _store(request).list_mailbox(
-        mailbox, limit, before=before, after=after, since=since
+        mailbox, limit, before=before, after=after, since=_moment(since)
     )
     result: dict[str, Any] = {"messages": [summary(doc, role) for doc in docs]}
     if len(docs) == limit:
@@ -92,7 +116,7 @@ async def list_messages(
     return result
 
 
-@router.get("/v1/mailboxes/{address}/events")
+@router.get("/v1/mailboxes/{address}/events", responses=EVENTS)
 async def mailbox_events(
     request: Request,
     address: Address,
@@ -128,6 +152,19 @@ async def delete_mailbox(request: Request, address: Address) -> dict[str, int]:
     return {"deleted": await _store(request).delete_mailbox(_mailbox(address))}
 
 
+def _moment(text: str | None) -> datetime | None:
+    """An RFC 3339 date-time (a bare number is not one), as an aware datetime."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise HTTPException(status_code=422, detail="since: not an RFC 3339 date-time") from None
+    if "T" not in text.upper():
+        raise HTTPException(status_code=422, detail="since: not an RFC 3339 date-time")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _mailbox(address: str) -> str:
     mailbox = canonical_mailbox(address)
     if mailbox is None:
@@ -135,7 +172,7 @@ def _mailbox(address: str) -> str:
     return mailbox
 
 
-async def _get(request: Request, message_id: str) -> Document:
+async def _get(request: Request, message_id: MessageId) -> Document:
     doc = await _store(request).get(message_id) if is_message_id(message_id) else None
     if doc is None:
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
@@ -144,7 +181,7 @@ async def _get(request: Request, message_id: str) -> Document:
 
 @router.get("/v1/messages/{message_id}")
 async def get_message(
-    request: Request, message_id: str, role: Annotated[Role, Depends(require_token)]
+    request: Request, message_id: MessageId, role: Annotated[Role, Depends(require_token)]
 ) -> dict[str, Any]:
     """Metadata plus decoded headers and text; the envelope for the admin only."""
     doc = await _get(request, message_id)
@@ -164,8 +201,10 @@ async def get_message(
     return result
 
 
-@router.get("/v1/messages/{message_id}/attachments/{index}")
-async def get_attachment(request: Request, message_id: str, index: int) -> Response:
+@router.get("/v1/messages/{message_id}/attachments/{index}", responses=FILE)
+async def get_attachment(
+    request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
+) -> Response:
     """Attachment `index` (from the message's `attachments`) as a download."""
     doc = await _get(request, message_id)
     try:
@@ -186,8 +225,8 @@ async def get_attachment(request: Request, message_id: str, index: int) -> Respo
     )
 
 
-@router.get("/v1/messages/{message_id}/raw")
-async def get_raw(request: Request, message_id: str) -> Response:
+@router.get("/v1/messages/{message_id}/raw", responses=RAW)
+async def get_raw(request: Request, message_id: MessageId) -> Response:
     """The message bytes as received, with our Received: line on top."""
     doc = await _get(request, message_id)
     body = bytes(doc.get("received_header", b"")) + bytes(doc["raw"])
@@ -195,7 +234,7 @@ async def get_raw(request: Request, message_id: str) -> Response:
 
 
 @router.delete("/v1/messages/{message_id}", status_code=204)
-async def delete_message(request: Request, message_id: str) -> Response:
+async def delete_message(request: Request, message_id: MessageId) -> Response:
     if not is_message_id(message_id) or not await _store(request).delete(message_id):
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
     return Response(status_code=204)

@@ -24,10 +24,10 @@ def test_v1_routes_need_the_bearer_token(api: ServiceProcess) -> None:
 
 
 def test_unknown_message_is_404_with_json_error(api: ServiceProcess) -> None:
-    for path in ("/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", "/v1/messages/nope/raw"):
-        response = httpx.get(api.http_url + path, headers=AUTH)
-        assert response.status_code == 404
-        assert "no message" in response.json()["error"]
+    unknown = httpx.get(api.http_url + "/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", headers=AUTH)
+    assert unknown.status_code == 404 and "no message" in unknown.json()["error"]
+    malformed = httpx.get(api.http_url + "/v1/messages/nope/raw", headers=AUTH)
+    assert malformed.status_code == 422 and "error" in malformed.json()  # not an id at all
     gone = httpx.delete(f"{api.http_url}/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", headers=AUTH)
     assert gone.status_code == 404
 
