@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,14 +20,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api import messages, page, push
+from api import docs, messages, page, push
 from api.auth import require_admin, require_token
 from api.gate import Gate
+from api.models import ERRORS, Status
 from blocklist.repository import PartialBulk
 from mailstore import MessageStore, StoreConfig
 
@@ -39,6 +39,7 @@ class ApiConfig:
     store: StoreConfig
     admin_token: str
     read_token: str | None = None
+    public_inbox: bool = False  # the page carries the read token (see api.page)
 
 
 class ApiMetrics:
@@ -72,7 +73,14 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         if own:
             await app.state.store.close()
 
-    app = FastAPI(title="Floodgate API", version="1", lifespan=lifespan, responses=ERRORS)
+    app = FastAPI(
+        title="Floodgate API",
+        version="1",
+        lifespan=lifespan,
+        responses=ERRORS,
+        docs_url=None,  # served by api.docs from our own assets
+        redoc_url=None,
+    )
     app.state.admin_token = config.admin_token
     app.state.read_token = config.read_token
     app.state.metrics = ApiMetrics()
@@ -81,7 +89,8 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)
-    page.install(app)
+    page.install(app, config.read_token if config.public_inbox else None)
+    docs.install(app)
     app.include_router(messages.router, dependencies=[Depends(require_token)])
     _not_allowed_routes(app)
     _include_blocklist(app)
@@ -128,29 +137,6 @@ def _include_blocklist(app: FastAPI) -> None:
         return
     app.include_router(router, dependencies=[Depends(require_admin)])
     app.include_router(allowlist_router, dependencies=[Depends(require_admin)])
-
-
-class ErrorBody(BaseModel):
-    """Every error: what went wrong, in one sentence (and, for 422, per field)."""
-
-    error: str
-    details: list[dict[str, Any]] | None = None
-
-
-# Documented on every route: the OpenAPI document is the contract.
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "malformed request"),
-        (401, "missing or invalid bearer token"),
-        (403, "the read token may not use this route"),
-        (404, "no such thing"),
-        (405, "method not allowed (see Allow)"),
-        (413, "request body too large"),
-        (422, "invalid request"),
-        (503, "the store is unavailable, or too many live subscribers"),
-    )
-}
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -243,11 +229,11 @@ def _install_metrics(app: FastAPI) -> None:
 
 
 def _health_routes(app: FastAPI) -> None:
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Status)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Status)
     async def readyz(request: Request) -> JSONResponse:
         store: MessageStore = request.app.state.store
         if not await store.ping(within=2.0):
@@ -257,7 +243,8 @@ def _health_routes(app: FastAPI) -> None:
 
     @app.get(
         "/metrics",
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text exposition", "content": {}}},
     )
     async def metrics(request: Request) -> Response:
         registry: CollectorRegistry = request.app.state.metrics.registry

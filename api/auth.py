@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hmac
 from enum import StrEnum
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 
 class Role(StrEnum):
@@ -33,6 +35,17 @@ def role_of(header: bytes, admin: str, reader: str | None) -> Role | None:
     return None
 
 
+# Declares the scheme in the OpenAPI document (Swagger UI's Authorize button); the
+# checking is ours, below, so that every refusal has our shape.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="The admin token (`FLOODGATE_ADMIN_TOKEN`, or `var/admin-token`), or the "
+    "read token (`FLOODGATE_READ_TOKEN`) for the mailbox routes.",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
 def _role(request: Request) -> Role:
     header = request.headers.get("authorization", "").encode()
     role = role_of(header, request.app.state.admin_token, request.app.state.read_token)
@@ -46,12 +59,12 @@ def _role(request: Request) -> Role:
     return role
 
 
-def require_token(request: Request) -> Role:
+def require_token(request: Request, _: Credentials) -> Role:
     """Any valid token (mailbox routes); the role decides what the response shows."""
     return _role(request)
 
 
-def require_admin(request: Request) -> Role:
+def require_admin(request: Request, _: Credentials) -> Role:
     """The admin token only (blocklist and allowlist administration)."""
     role = _role(request)
     if role is not Role.ADMIN:

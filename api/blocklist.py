@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, field_validator
 from pymongo.errors import PyMongoError
 
+from api import models
 from blocklist import BlocklistRepository, Entry, InvalidEntry, normalize, parse_address
 from blocklist.entries import MAX_REASON_LENGTH, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from blocklist.repository import MAX_BULK, MAX_PAGE
@@ -30,10 +31,11 @@ class AccessList:
     name: str  # path segment and app.state attribute
     verdict: str  # the key of `check`'s answer
     lifts_bans: bool  # adding an entry removes the automatic bans it covers
+    check_model: type[models.Model]  # the answer of `check`
 
 
-BLOCKLIST = AccessList("blocklist", "blocked", lifts_bans=False)
-ALLOWLIST = AccessList("allowlist", "allowed", lifts_bans=True)
+BLOCKLIST = AccessList("blocklist", "blocked", lifts_bans=False, check_model=models.BlockCheck)
+ALLOWLIST = AccessList("allowlist", "allowed", lifts_bans=True, check_model=models.AllowCheck)
 
 
 # Named formats in the OpenAPI document (the contract tests generate values of them).
@@ -126,6 +128,8 @@ def access_router(kind: AccessList) -> APIRouter:
         f"/v1/{kind.name}",
         status_code=201,
         responses={200: {"description": "an existing entry was updated"}},
+        response_model=models.AddedEntry,
+        response_model_exclude_unset=True,
     )
     async def add_entry(request: Request, response: Response, body: BlockRequest) -> dict[str, Any]:
         actor = _actor(request)
@@ -137,7 +141,9 @@ def access_router(kind: AccessList) -> APIRouter:
             result["lifted"] = await _lift_bans(request, [stored.cidr], actor)
         return result
 
-    @router.post(f"/v1/{kind.name}/bulk")
+    @router.post(
+        f"/v1/{kind.name}/bulk", response_model=models.BulkResult, response_model_exclude_unset=True
+    )
     async def add_bulk(request: Request, body: BulkRequest) -> dict[str, Any]:
         """All-or-nothing validation: one bad entry → 422 naming it, and nothing is written."""
         actor = _actor(request)
@@ -167,7 +173,9 @@ def access_router(kind: AccessList) -> APIRouter:
             answer["lifted"] = await _lift_bans(request, list(entries), actor)
         return answer
 
-    @router.get(f"/v1/{kind.name}")
+    @router.get(
+        f"/v1/{kind.name}", response_model=models.EntryPage, response_model_exclude_unset=True
+    )
     async def list_entries(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
@@ -181,7 +189,7 @@ def access_router(kind: AccessList) -> APIRouter:
             result["next"] = entries[-1].cidr
         return result
 
-    @router.get(f"/v1/{kind.name}/check/{{ip}}")
+    @router.get(f"/v1/{kind.name}/check/{{ip}}", response_model=kind.check_model)
     async def check_ip(request: Request, ip: Ip) -> dict[str, Any]:
         try:
             parse_address(ip)
@@ -193,14 +201,14 @@ def access_router(kind: AccessList) -> APIRouter:
             "entry": None if entry is None else entry.to_json(),
         }
 
-    @router.get(f"/v1/{kind.name}/{{cidr:path}}/history")
+    @router.get(f"/v1/{kind.name}/{{cidr:path}}/history", response_model=models.History)
     async def entry_history(request: Request, cidr: Cidr) -> dict[str, Any]:
         """The audit trail of one entry, newest first."""
         key = _normalize(cidr)
         history = await _repository(request, kind).history(key)
         return {"cidr": key, "history": _jsonable(history)}
 
-    @router.get(f"/v1/{kind.name}/{{cidr:path}}")
+    @router.get(f"/v1/{kind.name}/{{cidr:path}}", response_model=models.AccessEntry)
     async def get_entry(request: Request, cidr: Cidr) -> dict[str, Any]:
         entry = await _repository(request, kind).get(_normalize(cidr))
         if entry is None:

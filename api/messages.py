@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
-from api import push
+from api import models, push
 from api import render as render_module
 from api.auth import Role, require_token
 from api.render import render
@@ -31,15 +31,19 @@ Address = Annotated[
 ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
 MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
 Responses = dict[int | str, dict[str, Any]]
-RAW: Responses = {
-    200: {"content": {"message/rfc822": {}}, "description": "the message as received"}
-}
-FILE: Responses = {
-    200: {"content": {"application/octet-stream": {}}, "description": "the attachment"}
-}
-EVENTS: Responses = {
-    200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
-}
+
+
+# Non-JSON answers, each documented with its own media type (and no JSON schema).
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+class RawMessage(Response):
+    media_type = "message/rfc822"
+
+
+class Download(Response):
+    media_type = "application/octet-stream"
 
 
 def _store(request: Request) -> MessageStore:
@@ -82,7 +86,11 @@ def summary(doc: Document, role: Role = Role.ADMIN) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/mailboxes/{address}/messages")
+@router.get(
+    "/v1/mailboxes/{address}/messages",
+    response_model=models.Listing,
+    response_model_exclude_unset=True,
+)
 async def list_messages(
     request: Request,
     address: Address,
@@ -116,13 +124,17 @@ async def list_messages(
     return result
 
 
-@router.get("/v1/mailboxes/{address}/events", responses=EVENTS)
+@router.get(
+    "/v1/mailboxes/{address}/events",
+    response_class=EventStream,
+    responses=models.binary("Server-Sent Events"),
+)
 async def mailbox_events(
     request: Request,
     address: Address,
     role: Annotated[Role, Depends(require_token)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> StreamingResponse:
+) -> EventStream:
     """New messages of `address` as Server-Sent Events (`event: message`, `id:` the
     message id, `data:` its listing entry); heartbeats every 15 s; after a reconnect with
     `Last-Event-ID`, the messages since that id first (at most 100)."""
@@ -142,10 +154,10 @@ async def mailbox_events(
         raise
     stream = push.events(hub, subscriber, backlog, lambda doc: summary(doc, role))
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    return EventStream(stream, headers=headers)
 
 
-@router.delete("/v1/mailboxes/{address}/messages")
+@router.delete("/v1/mailboxes/{address}/messages", response_model=models.Deleted)
 async def delete_mailbox(request: Request, address: Address) -> dict[str, int]:
     """Empty a mailbox: its messages leave it (and the store, if no other mailbox has
     them)."""
@@ -179,13 +191,19 @@ async def _get(request: Request, message_id: MessageId) -> Document:
     return doc
 
 
-@router.get("/v1/messages/{message_id}")
+@router.get(
+    "/v1/messages/{message_id}",
+    response_model=models.MessageDetail,
+    response_model_exclude_unset=True,
+)
 async def get_message(
     request: Request, message_id: MessageId, role: Annotated[Role, Depends(require_token)]
 ) -> dict[str, Any]:
     """Metadata plus decoded headers and text; the envelope for the admin only."""
     doc = await _get(request, message_id)
     result = summary(doc, role)
+    tls = doc.get("tls")
+    result["tls"] = tls if isinstance(tls, dict) else None
     if role is Role.ADMIN:
         result.update(
             {
@@ -201,7 +219,11 @@ async def get_message(
     return result
 
 
-@router.get("/v1/messages/{message_id}/attachments/{index}", responses=FILE)
+@router.get(
+    "/v1/messages/{message_id}/attachments/{index}",
+    response_class=Download,
+    responses=models.binary("the attachment, as its declared type"),
+)
 async def get_attachment(
     request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
 ) -> Response:
@@ -225,12 +247,16 @@ async def get_attachment(
     )
 
 
-@router.get("/v1/messages/{message_id}/raw", responses=RAW)
+@router.get(
+    "/v1/messages/{message_id}/raw",
+    response_class=RawMessage,
+    responses=models.binary("the message as received"),
+)
 async def get_raw(request: Request, message_id: MessageId) -> Response:
     """The message bytes as received, with our Received: line on top."""
     doc = await _get(request, message_id)
     body = bytes(doc.get("received_header", b"")) + bytes(doc["raw"])
-    return Response(content=body, media_type="message/rfc822")
+    return RawMessage(content=body)
 
 
 @router.delete("/v1/messages/{message_id}", status_code=204)

@@ -1,13 +1,17 @@
 """The web inbox: one static page and its script and style, served by us (no CDN, no build).
 
 The page talks to the same `/v1` API with the read token the user enters (or passes in
-the URL fragment, which never reaches a server log). A strict Content-Security-Policy
+the URL fragment, which never reaches a server log). A public deployment
+(`FLOODGATE_PUBLIC_INBOX=true`) serves the page with the read token in a `<meta>` tag, so
+visitors only type a mailbox: the read token is then public by design (it can read and
+delete mail, nothing else). A strict Content-Security-Policy
 allows only our own script, style and API; a message's HTML is shown sanitised, in a
 sandboxed frame with a CSP of its own.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
@@ -32,8 +36,15 @@ HEADERS = {
 }
 
 
-def install(app: FastAPI) -> None:
+TOKEN_SLOT = b"<!-- read-token -->"
+
+
+def install(app: FastAPI, public_token: str | None = None) -> None:
+    """Serve the page; with `public_token`, the page carries it."""
     files = {name: (STATIC / name).read_bytes() for name in TYPES}
+    if public_token is not None:
+        meta = f'<meta name="floodgate-read-token" content="{html.escape(public_token)}">'
+        files["index.html"] = files["index.html"].replace(TOKEN_SLOT, meta.encode())
 
     def serve(name: str) -> Response:
         return Response(files[name], media_type=TYPES[name], headers=HEADERS)

@@ -15,7 +15,14 @@ def main(settings: Settings, token: str) -> None:
     if not settings.mongodb_uri:
         fail("floodgate api needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
     read_token = settings.read_token.get_secret_value() if settings.read_token else None
-    app = create_app(ApiConfig(store_config(settings, settings.mongodb_uri), token, read_token))
+    app = create_app(
+        ApiConfig(
+            store_config(settings, settings.mongodb_uri),
+            token,
+            read_token,
+            public_inbox=settings.public_inbox,
+        )
+    )
     host, port = parse_hostport(settings.api_listen)
     config = uvicorn.Config(
         app,

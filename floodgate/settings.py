@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     receiver_http_listen: str = "127.0.0.1:8026"
     admin_token: SecretStr | None = None
     read_token: SecretStr | None = None  # mailbox reads and deletes only (a reader front end)
+    # The web inbox carries the read token, so anyone who opens it can read mailboxes
+    # (a public disposable-mail site). Needs FLOODGATE_READ_TOKEN.
+    public_inbox: bool = False
     proxy_protocol: bool = False
     trusted_proxies: str = ""
     allowlist: str = ""  # static allowlist entries (CIDRs), merged with the stored ones
@@ -269,6 +272,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         raise SettingsError(problems) from None
     problems += _unknown_toml_keys(settings.config_file)
     problems += _listen_collisions(settings)
+    problems += _dependencies(settings)
     problems += _data_dir_problems(settings.data_dir)
     if problems:
         raise SettingsError(problems)
@@ -330,6 +334,17 @@ def _listen_collisions(settings: Settings) -> list[str]:
                     f"{_variable(other)}; each listener needs its own port"
                 )
         seen[(host, port)] = field
+    return problems
+
+
+def _dependencies(settings: Settings) -> list[str]:
+    """Settings that only mean something together with another."""
+    problems = []
+    if settings.public_inbox and settings.read_token is None:
+        problems.append(
+            "FLOODGATE_PUBLIC_INBOX=true: the page would carry a token, and only the read "
+            "token may be public; set FLOODGATE_READ_TOKEN"
+        )
     return problems
 
 

@@ -137,13 +137,19 @@ async function remove() {
 
 function start() {
   const given = new URLSearchParams(location.hash.slice(1));
-  state.token = given.get("token") || sessionStorage.getItem("floodgate-token") || "";
+  // A public deployment puts the read token in the page: visitors only type a mailbox.
+  const published = document.querySelector('meta[name="floodgate-read-token"]');
+  state.token = published?.content || given.get("token")
+    || sessionStorage.getItem("floodgate-token") || "";
   $("#token").value = state.token;
+  if (published) $("#token").hidden = true;
   $("#delete").addEventListener("click", () => remove().catch((e) => status(e.message)));
   $("#open").addEventListener("submit", (submitted) => {
     submitted.preventDefault();
-    state.token = $("#token").value.trim();
-    sessionStorage.setItem("floodgate-token", state.token);
+    if (!published) {
+      state.token = $("#token").value.trim();
+      sessionStorage.setItem("floodgate-token", state.token);
+    }
     openMailbox($("#mailbox").value.trim()).catch((e) => status(e.message));
   });
   if (given.get("mailbox")) {

@@ -81,3 +81,53 @@ def test_a_message_appears_live_opens_and_is_deleted(
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#messages li.message"))
     assert listing(api, "web@mx.test") == []
     assert httpx.get(api.http_url + "/v1/blocklist", headers=AUTH).status_code == 200
+
+
+def test_a_public_inbox_page_carries_the_read_token(
+    browser: Any, make_api: ServiceFactory, receiver: ServiceProcess
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    private = make_api(read_token=READ_TOKEN)
+    assert READ_TOKEN not in httpx.get(private.http_url + "/").text
+    api = make_api(read_token=READ_TOKEN, public_inbox="true")
+    # A visitor types only the mailbox: no token in the URL, none to enter.
+    browser.get(f"{api.http_url}/")
+    wait = WebDriverWait(browser, 15)
+    assert not browser.find_element(By.ID, "token").is_displayed()
+    browser.find_element(By.ID, "mailbox").send_keys("visitor@mx.test")
+    browser.find_element(By.CSS_SELECTOR, "#open button").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live:"))
+
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    body = b"From: a@b.example\r\nSubject: public 1\r\n\r\nhello\r\n"
+    assert send_message(client, "a@b.example", ["visitor@mx.test"], body).code == 250
+    wait.until(lambda d: "public 1" in d.find_element(By.ID, "messages").text)
+    # The token the page carries is the read token: the admin routes stay closed to it.
+    blocklist = httpx.get(
+        api.http_url + "/v1/blocklist", headers={"Authorization": f"Bearer {READ_TOKEN}"}
+    )
+    assert blocklist.status_code == 403
+
+
+def test_the_api_docs_render_offline_with_an_authorize_button(
+    browser: Any, api: ServiceProcess
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{api.http_url}/docs")
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button.authorize"))
+    wait.until(
+        lambda d: "/v1/mailboxes/{address}/messages" in d.find_element(By.TAG_NAME, "body").text
+    )
+    # Every asset came from the API itself.
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert loaded and all(url.startswith(api.http_url) for url in loaded), loaded
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTEFACTS / "docs.png"))

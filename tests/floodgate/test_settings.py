@@ -68,6 +68,16 @@ def test_colliding_listeners_and_an_unwritable_data_dir_are_refused(tmp_path: Pa
     assert f"FLOODGATE_DATA_DIR='{blocker / 'var'}': cannot create" in result.stderr
 
 
+def test_a_public_inbox_needs_a_read_token(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load({}, public_inbox=True, data_dir=tmp_path)
+    assert refused.value.problems == [
+        "FLOODGATE_PUBLIC_INBOX=true: the page would carry a token, and only the read token "
+        "may be public; set FLOODGATE_READ_TOKEN"
+    ]
+    assert load({}, public_inbox=True, read_token="r" * 24, data_dir=tmp_path).public_inbox
+
+
 def test_unknown_toml_keys_get_a_suggestion(tmp_path: Path) -> None:
     config = tmp_path / "floodgate.toml"
     config.write_text('max_conections = 5\ndomains = "mx.test"\n')

@@ -1,0 +1,168 @@
+"""The API's response shapes: the OpenAPI document states them, and FastAPI holds every
+answer to them (a field that drifts from its model is a 500 in the tests, never a silent
+change for the front ends that read these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class MessageSummary(Model):
+    """One message in a listing (and the `data` of a push event)."""
+
+    id: str = Field(description="message id (26 base32 characters, time-ordered)")
+    from_: str = Field(alias="from", description="the From: header, decoded")
+    to: str = Field(description="the To: header; for the admin, the envelope if none")
+    subject: str
+    received_at: str = Field(description="RFC 3339")
+    size: int = Field(description="bytes as received")
+
+
+class Listing(Model):
+    messages: list[MessageSummary]
+    next: str | None = Field(None, description="the `before` cursor of the next page")
+
+
+class Deleted(Model):
+    deleted: int = Field(description="messages removed from the mailbox")
+
+
+class Address(Model):
+    name: str
+    address: str
+
+
+class Attachment(Model):
+    filename: str | None
+    content_type: str
+    size: int = Field(description="decoded bytes")
+
+
+class Envelope(Model):
+    mail_from: str
+    rcpt_to: list[str]
+
+
+class TlsInfo(Model):
+    version: str = Field(description="e.g. TLSv1.3")
+    cipher: str
+
+
+class MessageDetail(Model):
+    """A message parsed for display. `envelope`, `peer_ip` and `helo` are shown to the
+    admin token only: a reader sees only what the sender wrote (no Bcc)."""
+
+    id: str
+    from_: list[Address] = Field(alias="from")
+    to: list[Address]
+    cc: list[Address]
+    subject: str
+    received_at: str
+    size: int
+    headers: list[tuple[str, str]] = Field(description="[name, decoded value], in order")
+    text: str | None
+    html: str | None = Field(description="the HTML part as sent: never display it as is")
+    html_safe: str | None = Field(description="the HTML part sanitised, for display")
+    attachments: list[Attachment]
+    parse_error: str | None = Field(description="why the message rendered only in part")
+    tls: TlsInfo | None = Field(None, description="how it came over STARTTLS; null if in clear")
+    envelope: Envelope | None = None
+    peer_ip: str | None = None
+    helo: str | None = None
+
+
+class AccessEntry(Model):
+    cidr: str
+    reason: str
+    source: Literal["manual", "auto"]
+    created_at: str
+    created_by: str
+    updated_at: str
+    expires_at: str | None
+
+
+class AddedEntry(AccessEntry):
+    lifted: list[str] | None = Field(
+        None, description="allowlist only: the automatic bans this entry lifted"
+    )
+
+
+class EntryPage(Model):
+    entries: list[AccessEntry]
+    next: str | None = Field(None, description="pass as `after` for the next page")
+
+
+class BulkResult(Model):
+    added: int
+    updated: int
+    lifted: list[str] | None = None
+
+
+class BlockCheck(Model):
+    blocked: bool
+    entry: AccessEntry | None = Field(description="the entry that blocks the address")
+
+
+class AllowCheck(Model):
+    allowed: bool
+    entry: AccessEntry | None = Field(description="the entry that allows the address")
+
+
+class AuditRecord(Model):
+    model_config = ConfigDict(extra="allow")
+    action: str
+    cidr: str
+    actor: str
+    at: str
+
+
+class History(Model):
+    cidr: str
+    history: list[AuditRecord]
+
+
+class Status(Model):
+    status: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: what went wrong, in one sentence (and, for 422, per field)."""
+
+    error: str
+    details: list[dict[str, Any]] | None = None
+
+
+# Documented on every route: the OpenAPI document is the contract.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "malformed request"),
+        (401, "missing or invalid bearer token"),
+        (403, "the read token may not use this route"),
+        (404, "no such thing"),
+        (405, "method not allowed (see Allow)"),
+        (413, "request body too large"),
+        (422, "invalid request"),
+        (503, "the store is unavailable, or too many live subscribers"),
+    )
+}
+
+
+def binary(description: str) -> dict[int | str, dict[str, Any]]:
+    """The responses of a route whose answer is not JSON: FastAPI would document its errors
+    under the route's media type, so they are spelled out as the JSON they are."""
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    errors = {
+        code: {
+            "description": error["description"],
+            "content": {"application/json": {"schema": ref}},
+        }
+        for code, error in ERRORS.items()
+    }
+    return {200: {"description": description, "content": {}}, **errors}
