@@ -27,7 +27,7 @@ from starlette.routing import Match
 from api import docs, messages, page, push
 from api.auth import require_admin, require_token
 from api.gate import Gate
-from api.models import ERRORS, Status
+from api.models import ERRORS, Status, binary
 from blocklist.repository import PartialBulk
 from mailstore import MessageStore, StoreConfig
 
@@ -40,6 +40,7 @@ class ApiConfig:
     admin_token: str
     read_token: str | None = None
     public_inbox: bool = False  # the page carries the read token (see api.page)
+    mta_sts: str | None = None  # the MTA-STS policy file served at /.well-known/
 
 
 class ApiMetrics:
@@ -90,6 +91,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     _install_metrics(app)
     _health_routes(app)
     page.install(app, config.read_token if config.public_inbox else None)
+    _mta_sts_route(app, config.mta_sts)
     docs.install(app)
     app.include_router(messages.router, dependencies=[Depends(require_token)])
     _not_allowed_routes(app)
@@ -226,6 +228,21 @@ def _install_metrics(app: FastAPI) -> None:
         metrics.requests.labels(template, str(response.status_code)).inc()
         metrics.seconds.labels(template).observe(time.perf_counter() - started)
         return response
+
+
+def _mta_sts_route(app: FastAPI, policy: str | None) -> None:
+    """RFC 8461 3.2: the policy, as text/plain, at a fixed path of the policy host
+    (`mta-sts.<domain>`, over HTTPS: see deploy/README). 404 when none is configured."""
+
+    @app.get(
+        "/.well-known/mta-sts.txt",
+        response_class=PlainTextResponse,
+        responses=binary("the MTA-STS policy (text/plain)"),
+    )
+    async def mta_sts() -> PlainTextResponse:
+        if policy is None:
+            raise StarletteHTTPException(status_code=404, detail="no MTA-STS policy configured")
+        return PlainTextResponse(policy, headers={"Cache-Control": "max-age=300"})
 
 
 def _health_routes(app: FastAPI) -> None:

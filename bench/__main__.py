@@ -1,6 +1,6 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput (issue 2), abuse (issue 3), blocklist (issue 4). Results of every suite
+Suites: throughput, abuse, blocklist, push, tls. Results of every suite
 run land in one `latest.json` and `latest.md` under `--out` (default bench/results).
 """
 
@@ -17,13 +17,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import abuse, blocklist, push, throughput
+from bench import abuse, blocklist, push, throughput, tls
 
 SUITES: dict[str, ModuleType] = {
     "throughput": throughput,
     "abuse": abuse,
     "blocklist": blocklist,
     "push": push,
+    "tls": tls,
 }
 
 

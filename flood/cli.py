@@ -34,9 +34,11 @@ scenarios (combine any of them in one run; each has its own knobs):
                floodgate flood --connect 20 --connect-ips 2
   messages   message flood on persistent connections from a few IPs (default 4)
                floodgate flood --messages 8 --messages-ips 4 --messages-size 1024
+  tls        STARTTLS handshake flood: connect, EHLO, STARTTLS, full handshake, QUIT
+               floodgate flood --tls-handshakes 16 --tls-ips 4
   legit      well-behaved senders from other IPs, one connection per message; their
              success rate and latency (p50/p95/p99) are the headline of the report
-               floodgate flood --legit 5 --legit-ips 10
+               floodgate flood --legit 5 --legit-ips 10 [--legit-tls]
 
 presets:
   --preset incident   3,000 idle sockets from 30 IPs, a 4-IP message flood, 10 slowloris
@@ -48,12 +50,12 @@ examples:
   floodgate flood --idle 500 --legit 5 --duration 20 --json out.json --plot out.png
 
 Client IPs are loopback addresses (127.0.10.x idle, 127.0.20.x slowloris, 127.0.30.x
-connect, 127.0.31.x messages, 127.0.40.x legit): on Linux the whole 127.0.0.0/8 answers
-without configuration. The tool raises its own open-files limit to the hard limit; if that
-is too low for --idle, raise it with `ulimit -n` first. Targets outside loopback are refused
-unless --allow-remote is given. Every run ends at --duration; Ctrl-C stops early and still
-reports. Exit status: 0, 1 when legit success is below --require-legit, 2 on bad usage,
-130 when interrupted.
+connect, 127.0.31.x messages, 127.0.32.x tls, 127.0.40.x legit): on Linux the whole
+127.0.0.0/8 answers without configuration. The tool raises its own open-files limit to
+the hard limit; if that is too low for --idle, raise it with `ulimit -n` first. Targets
+outside loopback are refused unless --allow-remote is given. Every run ends at --duration;
+Ctrl-C stops early and still reports. Exit status: 0, 1 when legit success is below
+--require-legit, 2 on bad usage, 130 when interrupted.
 """
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -110,11 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--messages-ips", type=int, default=4)
     g.add_argument("--messages-size", type=int, default=1024, help="bytes per message")
     g.add_argument("--messages-max", type=int, default=1_000_000, help="messages in all")
+    g = p.add_argument_group("tls")
+    g.add_argument("--tls-handshakes", type=int, default=0, metavar="WORKERS", help="concurrent")
+    g.add_argument("--tls-ips", type=int, default=4)
+    g.add_argument("--tls-max", type=int, default=1_000_000, help="handshakes in all")
     g = p.add_argument_group("legit")
     g.add_argument("--legit", type=float, default=0.0, metavar="RATE", help="messages/s")
     g.add_argument("--legit-ips", type=int, default=10)
     g.add_argument("--legit-size", type=int, default=2048, help="bytes per message")
     g.add_argument("--legit-max", type=int, default=100_000, help="messages in all")
+    g.add_argument(
+        "--legit-tls", action="store_true", help="legit senders use STARTTLS when offered"
+    )
     g.add_argument(
         "--legit-allowlisted",
         action="store_true",
@@ -183,10 +192,17 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--duration must be in (0, {MAX_DURATION:.0f}] seconds")
     if not 0 < args.timeout <= 300:
         raise UsageError("--timeout must be in (0, 300] seconds")
-    for name in ("idle", "slowloris", "connect", "messages"):
+    for name in ("idle", "slowloris", "connect", "messages", "tls_handshakes"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must not be negative")
-    for name in ("idle_ips", "slowloris_ips", "connect_ips", "messages_ips", "legit_ips"):
+    for name in (
+        "idle_ips",
+        "slowloris_ips",
+        "connect_ips",
+        "messages_ips",
+        "legit_ips",
+        "tls_ips",
+    ):
         if not 1 <= getattr(args, name) <= 250:
             raise UsageError(f"--{name.replace('_', '-')} must be between 1 and 250")
     if args.legit < 0 or args.legit > 10_000:
@@ -197,8 +213,7 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--require-legit is a percentage (0-100)")
     if args.slowloris_interval <= 0:
         raise UsageError("--slowloris-interval must be positive")
-    active = [n for n in ("idle", "slowloris", "connect", "messages", "legit") if getattr(args, n)]
-    if not active:
+    if not active_scenarios(args):
         raise UsageError("nothing to do: give at least one scenario or --preset (see --help)")
     if args.legit_allowlisted and not args.legit:
         raise UsageError("--legit-allowlisted needs a legit stream (--legit RATE)")
@@ -206,8 +221,18 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--require-legit needs a legit stream (--legit RATE)")
 
 
+SCENARIOS = {
+    "idle": "idle",
+    "slowloris": "slowloris",
+    "connect": "connect",
+    "messages": "messages",
+    "tls_handshakes": "tls",
+    "legit": "legit",
+}
+
+
 def active_scenarios(args: argparse.Namespace) -> list[str]:
-    return [n for n in ("idle", "slowloris", "connect", "messages", "legit") if getattr(args, n)]
+    return [name for option, name in SCENARIOS.items() if getattr(args, option)]
 
 
 def jobs(
@@ -271,6 +296,18 @@ def jobs(
                 Sources(LEGIT_FIRST, args.legit_ips),
                 args.legit_size,
                 args.legit_max,
+                tls=args.legit_tls,
+            )
+        )
+    if args.tls_handshakes:
+        out.append(
+            scenarios.tls_handshakes(
+                target,
+                stats,
+                stop,
+                args.tls_handshakes,
+                Sources("127.0.32.1", args.tls_ips),
+                args.tls_max,
             )
         )
     return out

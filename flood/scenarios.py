@@ -290,8 +290,11 @@ async def legit(
     sources: Sources,
     size: int,
     limit: int,
+    tls: bool = False,
 ) -> None:
-    """A steady stream of well-behaved senders: one connection per message, `rate`/s."""
+    """A steady stream of well-behaved senders: one connection per message, `rate`/s;
+    with `tls`, each uses STARTTLS when offered (and goes on in clear on 454, as an
+    opportunistic sender does)."""
     addresses = sources.addresses()
     tasks: set[asyncio.Task[None]] = set()
 
@@ -309,7 +312,11 @@ async def legit(
             if not greeting.ok:
                 stats.legit(greeting.key, 0.0)
                 return
-            await conn.command("EHLO legit.test", target.timeout)
+            hello = await conn.command("EHLO legit.test", target.timeout)
+            if tls and "STARTTLS" in hello.text.split("\n"):
+                if (await conn.starttls(target.timeout)).code == 220:
+                    stats.note("legit", "over TLS")
+                    await conn.command("EHLO legit.test", target.timeout)
             reply = await transaction(
                 conn, sender, recipient, message(sender, recipient, size, serial), target.timeout
             )
@@ -333,3 +340,50 @@ async def legit(
             break
     # Messages already under way finish (bounded by the per-reply timeout).
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# -- TLS handshake flood -----------------------------------------------------------------
+
+HANDSHAKE = "handshake done"
+
+
+async def tls_handshakes(
+    target: Target,
+    stats: Stats,
+    stop: asyncio.Event,
+    workers: int,
+    sources: Sources,
+    limit: int,
+) -> None:
+    """Full STARTTLS handshakes back to back, then QUIT: the server's costliest cheap work.
+    Outcomes: `handshake done`, or the refusal (454 when the handshake budget is spent)."""
+    addresses = sources.addresses()
+    counter = itertools.count()
+
+    async def worker(index: int) -> None:
+        source = addresses[index % len(addresses)]
+        while not stop.is_set() and next(counter) < limit:
+            conn, failure = await _open(target, source)
+            if conn is None:
+                stats.record("tls", failure)
+                await _wait(stop, 0.01)
+                continue
+            try:
+                greeting = await conn.reply(target.timeout)
+                if not greeting.ok:
+                    stats.record("tls", greeting.key)
+                    await _wait(stop, 0.05)
+                    continue
+                await conn.command("EHLO flood.test", target.timeout)
+                reply = await conn.starttls(target.timeout)
+                stats.record("tls", HANDSHAKE if reply.code == 220 else reply.key)
+                if reply.code == 220:
+                    conn.send(b"QUIT\r\n")
+                else:
+                    await _wait(stop, 0.05)
+            except (Closed, TimeoutError, OSError) as error:
+                stats.record("tls", _error_outcome(error))
+            finally:
+                await conn.close()
+
+    await asyncio.gather(*(worker(i) for i in range(workers)), return_exceptions=True)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from dataclasses import dataclass
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 MAX_REPLY_LINES = 100
+
+
+def _client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+CLIENT_TLS = _client_context()
 
 
 class Closed(Exception):
@@ -74,6 +85,19 @@ class Connection:
             await asyncio.wait_for(self.writer.drain(), within)
         except ConnectionError as error:
             raise Closed(str(error)) from None
+
+    async def starttls(self, within: float) -> Reply:
+        """STARTTLS and, on 220, the handshake (certificates are not checked: an MX's is
+        often self-signed, and opportunistic TLS does not check either, RFC 7435)."""
+        reply = await self.command("STARTTLS", within)
+        if reply.code == 220:
+            try:
+                await asyncio.wait_for(
+                    self.writer.start_tls(CLIENT_TLS, server_hostname=None), within
+                )
+            except (ssl.SSLError, ConnectionError) as error:
+                raise Closed(f"TLS handshake failed: {error}") from None
+        return reply
 
     async def close(self) -> None:
         self.writer.close()

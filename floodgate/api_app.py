@@ -21,6 +21,7 @@ def main(settings: Settings, token: str) -> None:
             token,
             read_token,
             public_inbox=settings.public_inbox,
+            mta_sts=settings.mta_sts_policy,
         )
     )
     host, port = parse_hostport(settings.api_listen)

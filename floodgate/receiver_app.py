@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import ssl
 from pathlib import Path
 
 import uvloop
@@ -13,6 +14,7 @@ from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
 from receiver.server import ReceiverConfig, install_signal_handlers, run_receiver
+from receiver.tls import TlsSettings, self_signed, server_context
 
 
 def store_config(settings: Settings, uri: str) -> StoreConfig:
@@ -48,7 +50,17 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         blocklist_max_staleness=settings.blocklist_max_staleness,
         bare_newline=settings.bare_newline,
         data_dir=settings.data_dir,
+        tls=tls_settings(settings),
     )
+
+
+def tls_settings(settings: Settings) -> TlsSettings | None:
+    """The certificate STARTTLS uses: configured, or self-signed under the data dir."""
+    if not settings.starttls:
+        return None
+    if settings.tls_cert is not None:
+        return TlsSettings(settings.tls_cert, settings.tls_key)
+    return TlsSettings(self_signed(settings.data_dir, settings.smtp_hostname), None, True)
 
 
 def blocklist_config(settings: Settings, snapshot: Path | None = None) -> LocalConfig:
@@ -77,7 +89,7 @@ def raise_fd_limit(wanted: int) -> int:
     return soft
 
 
-async def serve(settings: Settings, uri: str) -> None:
+async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
     """Run the receiver until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
@@ -95,7 +107,7 @@ async def serve(settings: Settings, uri: str) -> None:
     await blocklist.start()
     await allowlist.start()
     try:
-        await run_receiver(receiver_config(settings), store, blocklist, stop, allowlist)
+        await run_receiver(config, store, blocklist, stop, allowlist)
     finally:
         await allowlist.stop()
         await blocklist.stop()
@@ -107,7 +119,13 @@ def main(settings: Settings) -> None:
         fail("floodgate receiver needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
     # Room for every allowed connection plus the store pool, health probes and logs.
     raise_fd_limit(settings.max_connections + 1024)
+    config = receiver_config(settings)
+    if config.tls is not None:
+        try:
+            server_context(config.tls.cert, config.tls.key)
+        except (OSError, ssl.SSLError) as error:
+            fail(f"floodgate receiver: cannot use the TLS certificate {config.tls.cert}: {error}")
     try:
-        uvloop.run(serve(settings, settings.mongodb_uri))
+        uvloop.run(serve(settings, settings.mongodb_uri, config))
     except OSError as error:  # typically: the address is already in use
         fail(f"floodgate receiver: cannot listen: {error}")

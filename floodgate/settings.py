@@ -148,6 +148,20 @@ class Settings(BaseSettings):
     autoban_threshold: int = limit("autoban_threshold")
     autoban_window: float = limit("autoban_window")
     autoban_ttl: float = limit("autoban_ttl")
+    tls_max_handshakes: int = limit("tls_max_handshakes")
+    tls_max_handshakes_per_ip: int = limit("tls_max_handshakes_per_ip")
+    tls_handshake_rate: int = limit("tls_handshake_rate")
+    tls_handshake_timeout: float = limit("tls_handshake_timeout")
+
+    # STARTTLS: offered unless turned off; with no certificate configured, a self-signed
+    # one for the hostname is made under the data dir on first start.
+    starttls: bool = True
+    tls_cert: Path | None = None  # PEM certificate chain
+    tls_key: Path | None = None  # PEM private key (default: in the certificate file)
+    # MTA-STS (RFC 8461): the API serves /.well-known/mta-sts.txt when a mode is set.
+    mta_sts_mode: Literal["testing", "enforce", "none"] | None = None
+    mta_sts_mx: str = ""  # MX names the policy allows (default: FLOODGATE_HOSTNAME)
+    mta_sts_max_age: int = Field(604_800, ge=86_400, le=31_557_600)
 
     @classmethod
     def settings_customise_sources(
@@ -182,6 +196,25 @@ class Settings(BaseSettings):
         if value is not None and not host_name(value):
             raise ValueError("must be a host name (letters, digits, hyphens, dots)")
         return value
+
+    @field_validator("mta_sts_mx")
+    @classmethod
+    def _mx_valid(cls, value: str) -> str:
+        for name in _split(value):
+            # RFC 8461 3.2: a name, or a wildcard for one label ("*.example.com").
+            if not host_name(name.removeprefix("*.")) or name.startswith("["):
+                raise ValueError(f"{name!r} is not an MX host name")
+        return value
+
+    @property
+    def mta_sts_policy(self) -> str | None:
+        """The MTA-STS policy file, or None when no mode is set."""
+        if self.mta_sts_mode is None:
+            return None
+        lines = ["version: STSv1", f"mode: {self.mta_sts_mode}"]
+        lines += [f"mx: {name}" for name in (_split(self.mta_sts_mx) or [self.smtp_hostname])]
+        lines.append(f"max_age: {self.mta_sts_max_age}")
+        return "\r\n".join(lines) + "\r\n"
 
     @field_validator("log_level")
     @classmethod
@@ -340,6 +373,12 @@ def _listen_collisions(settings: Settings) -> list[str]:
 def _dependencies(settings: Settings) -> list[str]:
     """Settings that only mean something together with another."""
     problems = []
+    if settings.tls_key is not None and settings.tls_cert is None:
+        problems.append("FLOODGATE_TLS_KEY is set without FLOODGATE_TLS_CERT")
+    for name in ("tls_cert", "tls_key"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            problems.append(f"{_variable(name)}={str(path)!r}: no such file")
     if settings.public_inbox and settings.read_token is None:
         problems.append(
             "FLOODGATE_PUBLIC_INBOX=true: the page would carry a token, and only the read "

@@ -21,6 +21,7 @@ from types import FrameType
 from floodgate.errors import CONFIG_ERROR
 from floodgate.settings import Settings, parse_hostport
 from mailstore.embedded import EmbeddedStore
+from receiver.tls import SELF_SIGNED
 
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
 RESTART_WINDOW = 60.0
@@ -215,7 +216,8 @@ class Supervisor:
             f"""
 Floodgate is running.
   SMTP      {smtp_host}:{smtp_port}   accepting mail for: {self.settings.domains}
-  API       {api}
+  STARTTLS  {self._tls_note()}
+  API       {api}   (web inbox at {api}/, API docs at {api}/docs)
   token     {token} {token_note}
 
 Send a first message:
@@ -227,6 +229,18 @@ Read it:
 Stop with Ctrl-C.
 """,
             flush=True,
+        )
+
+    def _tls_note(self) -> str:
+        settings = self.settings
+        if not settings.starttls:
+            return "off (FLOODGATE_STARTTLS=false)"
+        if settings.tls_cert is not None:
+            return f"on, certificate {settings.tls_cert}"
+        path = settings.data_dir / "tls" / SELF_SIGNED
+        return (
+            f"on, self-signed certificate for {settings.smtp_hostname} in {path} "
+            "(FLOODGATE_TLS_CERT for a real one)"
         )
 
 

@@ -11,8 +11,9 @@ from mailstore.message import IncomingMessage
 
 
 def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
-    """The MongoDB document for `message`; `raw` is kept byte-exact."""
-    return {
+    """The MongoDB document for `message`; `raw` is kept byte-exact; `tls` only when the
+    message came over STARTTLS."""
+    document = {
         "_id": message.id,
         "raw": Binary(message.raw),
         "received_header": Binary(message.received_header),
@@ -27,3 +28,6 @@ def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
         "size": len(message.raw),
         "headers": message.headers,
     }
+    if message.tls is not None:
+        document["tls"] = {"version": message.tls[0], "cipher": message.tls[1]}
+    return document

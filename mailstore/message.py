@@ -20,6 +20,7 @@ class IncomingMessage:
     received_header: bytes
     # Selected header values from the receiver's bounded scan (mailstore.headers).
     headers: dict[str, str] = field(default_factory=dict)
+    tls: tuple[str, str] | None = None  # (version, cipher) when it came over STARTTLS
 
 
 def utcnow() -> datetime:

@@ -73,7 +73,12 @@ CLOSE_REASONS = (
     "autobanned",
     "per_ip_cap",
     "connection_rate",
+    "tls_failed",
+    "tls_timeout",
 )
+# STARTTLS handshakes: how each ended, and the version negotiated ("none" if none was).
+TLS_OUTCOMES = ("ok", "failed", "timeout", "refused_busy", "refused_rate", "injection")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "none", "other")
 MESSAGE_OUTCOMES = (
     "stored",
     "store_failed",
@@ -150,6 +155,12 @@ class Metrics:
         self.allowlist_entries = Gauge(
             "floodgate_allowlist_entries",
             "Entries in the local allowlist (stored and static)",
+            registry=r,
+        )
+        self.tls = Counter(
+            "floodgate_tls_handshakes",
+            "STARTTLS handshakes by outcome and TLS version",
+            ["outcome", "version"],
             registry=r,
         )
         for outcome in CONNECTION_OUTCOMES:

@@ -48,6 +48,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "autoban_threshold": (0, 1_000_000),
     "autoban_window": (1, 86_400),
     "autoban_ttl": (1, 31 * 86_400),
+    "tls_max_handshakes": (1, 100_000),
+    "tls_max_handshakes_per_ip": (1, 10_000),
+    "tls_handshake_rate": (0, 10_000_000),
+    "tls_handshake_timeout": (0.5, 300),
 }
 
 
@@ -84,6 +88,12 @@ class Limits:
     autoban_threshold: int = 50  # limit hits within the window that trigger a temporary ban
     autoban_window: float = 300.0
     autoban_ttl: float = 3600.0
+    # STARTTLS: handshakes cost far more CPU than a refusal, so they have a budget of their
+    # own (Postfix has none; its tlsproxy and process limit bound them indirectly).
+    tls_max_handshakes: int = 64  # concurrent handshakes, all clients
+    tls_max_handshakes_per_ip: int = 4  # concurrent handshakes per client
+    tls_handshake_rate: int = 60  # per client per minute; 0 = no limit
+    tls_handshake_timeout: float = 10.0  # the whole handshake
 
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():

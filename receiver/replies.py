@@ -83,6 +83,7 @@ SIZE_DECLARED_TOO_BIG = Reply(552, "5.3.4", "Declared message size exceeds fixed
 BAD_SEQUENCE_NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 NEED_HELO = Reply(503, "5.5.1", "Send HELO/EHLO first")
+NEED_EHLO = Reply(503, "5.5.1", "Send EHLO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
 
 # Syntax and protocol hygiene (see README: smuggling and protocol hygiene).
@@ -96,10 +97,15 @@ SYNTAX_EHLO = Reply(501, "5.5.4", "Syntax: EHLO hostname")
 SYNTAX_MAIL = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
 SYNTAX_RCPT = Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
 SYNTAX_DATA = Reply(501, "5.5.4", "Syntax: DATA")
+SYNTAX_STARTTLS = Reply(501, "5.5.4", "Syntax: STARTTLS")
 SYNTAX_VRFY = Reply(501, "5.5.4", "Syntax: VRFY <address>")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
 AUTH_UNSUPPORTED = Reply(502, "5.5.1", "AUTH not supported: this server only receives mail")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
+# RFC 3207 4: "454 TLS not available due to temporary reason" (handshake budget spent).
+TLS_BUSY = Reply(454, "4.7.0", "TLS not available due to temporary reason, try again later")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+ALREADY_TLS = Reply(503, "5.5.1", "TLS already active")
 IMPROPER_PIPELINING = Reply(554, "5.5.0", "Protocol error: improper command pipelining")
 BARE_NEWLINE = Reply(521, "5.5.2", "Protocol error: bare <CR>, <LF> or NUL in message")
 

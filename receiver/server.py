@@ -21,6 +21,7 @@ from receiver.events import (
     CONNECTION_OUTCOMES,
     MESSAGE_OUTCOMES,
     RECIPIENT_OUTCOMES,
+    TLS_VERSIONS,
     Metrics,
     SummaryLog,
     emit,
@@ -30,6 +31,7 @@ from receiver.limits import Limits
 from receiver.mailboxes import MailboxKeeper
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
 from receiver.store_health import StoreHealth
+from receiver.tls import Certificates, Handshakes, TlsSettings
 
 log = logging.getLogger("floodgate.receiver")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,6 +113,7 @@ class ReceiverConfig:
     blocklist_max_staleness: float = 120.0
     bare_newline: BareNewline = BareNewline.REJECT
     data_dir: Path = field(default_factory=lambda: Path("var"))
+    tls: TlsSettings | None = None  # STARTTLS offered when set
 
 
 class ReceiverState:
@@ -147,6 +150,19 @@ class ReceiverState:
             on_stress=self._on_stress,
         )
         self.data_budget = MemoryBudget(config.limits.max_data_memory)
+        self.certificates = Certificates(config.tls) if config.tls is not None else None
+        handshakes = None
+        if self.certificates is not None:
+            limits = config.limits
+            handshakes = Handshakes(
+                self.certificates,
+                max_total=limits.tls_max_handshakes,
+                max_per_client=limits.tls_max_handshakes_per_ip,
+                timeout=limits.tls_handshake_timeout,
+                take_rate=lambda key: self.admission.rates.take(
+                    "t:" + key, limits.tls_handshake_rate
+                ),
+            )
         self.context = SessionContext(
             hostname=config.hostname,
             domains=config.domains,
@@ -162,6 +178,7 @@ class ReceiverState:
             mailboxes=MailboxKeeper(
                 config.limits.mailbox_max_messages, store.trim_mailbox, loop.create_task
             ),
+            tls=handshakes,
         )
         self.wire = Wire(self.context)
         self._outcomes = {o: self.metrics.connections.labels(o) for o in CONNECTION_OUTCOMES}
@@ -246,6 +263,9 @@ class ReceiverState:
     def store_down(self) -> bool:
         return self.store_health.up is False
 
+    def on_tls(self, outcome: str, version: str) -> None:
+        self.metrics.tls.labels(outcome, version if version in TLS_VERSIONS else "other").inc()
+
     def _on_store_health(self, up: bool, reason: str) -> None:
         # Logged on a change of state only, never per failed write.
         if up:
@@ -311,6 +331,8 @@ class ReceiverState:
         sweeper: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                if self.certificates is not None and self.certificates.reload_if_changed():
+                    emit("tls_reloaded", cert=str(self.certificates.settings.cert))
                 await self.check_store()
                 due = time.monotonic() >= next_sweep
                 if self.store_health.up and due and (sweeper is None or sweeper.done()):
@@ -387,6 +409,7 @@ async def run_receiver(
         smtp=f"{config.smtp_host}:{config.smtp_port}",
         http=f"{config.http_host}:{config.http_port}",
         hostname=config.hostname,
+        starttls=_tls_summary(config.tls),
     )
     await stop.wait()
     emit("receiver_stopping", sessions=len(state.sessions))
@@ -399,6 +422,12 @@ async def run_receiver(
         await watcher
     state.summary.flush(force=True)
     await health.close()
+
+
+def _tls_summary(tls: TlsSettings | None) -> str:
+    if tls is None:
+        return "off"
+    return f"self-signed:{tls.cert}" if tls.self_signed else str(tls.cert)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Tools the test suite drives as real processes: HAProxy (tests/deploy), and Debian's
-# chromium with its driver (the web inbox page is tested in a real headless browser).
+# Tools the test suite drives as real processes: HAProxy (tests/deploy), Debian's
+# chromium with its driver (the web inbox page is tested in a real headless browser), and
+# swaks (a third STARTTLS client beside smtplib and openssl).
 #
 # The host is not ours. Nothing outside the repository is changed unless asked: packages
 # are installed only with CI=true (CI sets it; .ci/run relies on it) or
@@ -11,6 +12,7 @@ set -u
 missing=""
 command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium chromium-driver"
+command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
 [ -z "$missing" ] && exit 0
 if [ "${CI:-}" != true ] && [ "${FLOODGATE_INSTALL_TOOLS:-}" != 1 ]; then
     echo "tests:$missing missing; their tests will skip (FLOODGATE_INSTALL_TOOLS=1 make test installs them)" >&2
@@ -54,6 +56,9 @@ else
     # One package set at a time: a chromium that the distribution lacks must not cost HAProxy.
     case "$missing" in *haproxy*)
         install haproxy || echo "tests: haproxy could not be installed; its tests will skip" >&2
+    esac
+    case "$missing" in *swaks*)
+        install swaks || echo "tests: swaks could not be installed; its test will skip" >&2
     esac
     case "$missing" in *chromium*)
         install chromium chromium-driver \

@@ -39,7 +39,12 @@ def _hello(session: Session, arg: bytes, *, extended: bool) -> Reply | None:
     session.helo = name.decode("ascii")
     session.esmtp = extended
     session.reset_transaction()  # RFC 5321 4.1.4: EHLO/HELO clear the transaction
-    return session.wire.ehlo if extended else session.wire.helo
+    if not extended:
+        return session.wire.helo
+    tls = session.ctx.tls
+    if tls is not None and session.tls is None and tls.offered():
+        return session.wire.ehlo_starttls
+    return session.wire.ehlo
 
 
 def mail(session: Session, arg: bytes) -> Reply | None:
@@ -202,10 +207,28 @@ def quit_(session: Session, arg: bytes) -> Reply | None:
 
 
 def starttls(session: Session, arg: bytes) -> Reply | None:
+    tls = session.ctx.tls
     if session.more_input:
-        session.improper_pipelining()  # the STARTTLS injection class (CVE-2011-0411)
+        # The STARTTLS injection class (CVE-2011-0411, CVE-2024-34083): whatever follows
+        # STARTTLS in the same read would run inside the TLS session. Discarded, closed.
+        if tls is not None:
+            session.ctx.events.on_tls("injection", "none")
+        session.improper_pipelining()
         return None
-    return replies.TLS_UNAVAILABLE
+    if tls is None:
+        return replies.TLS_UNAVAILABLE
+    if session.tls is not None:
+        return replies.ALREADY_TLS
+    if arg.strip(b" "):
+        return replies.SYNTAX_STARTTLS
+    if session.helo is None or not session.esmtp:
+        return replies.NEED_EHLO
+    refused = tls.begin(session.client_key, session.allowed)
+    if refused is not None:
+        session.ctx.events.on_tls(f"refused_{refused}", "none")
+        return replies.TLS_BUSY
+    session.start_tls()
+    return None
 
 
 def auth(session: Session, arg: bytes) -> Reply | None:

@@ -16,6 +16,7 @@ from receiver.admission import Admission
 from receiver.mailboxes import MailboxKeeper
 from receiver.retries import RetryMemory
 from receiver.smtp.body import BareNewline, MemoryBudget
+from receiver.tls import Handshakes
 
 ReverseDns = Callable[[str], Awaitable[str | None]]
 
@@ -40,6 +41,8 @@ class Events(Protocol):
     def on_store_attempt(self, ok: bool, seconds: float, reason: str) -> None: ...
 
     def store_down(self) -> bool: ...
+
+    def on_tls(self, outcome: str, version: str) -> None: ...
 
 
 class Clock(Protocol):
@@ -69,6 +72,7 @@ class SessionContext:
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
     retries: RetryMemory = field(default_factory=RetryMemory)
     mailboxes: MailboxKeeper | None = None  # the per-mailbox cap, when the store can trim
+    tls: Handshakes | None = None  # STARTTLS offered when set
 
     @property
     def postmaster(self) -> str:

@@ -27,6 +27,7 @@ from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
 from receiver.smtp.commands import VERBS
 from receiver.smtp.context import SessionContext
 from receiver.smtp.trace import DateCache, received_header, safe_name
+from receiver.tls import Handshakes, describe
 
 log = logging.getLogger("floodgate.receiver")
 
@@ -44,6 +45,7 @@ class Phase(enum.Enum):
     COMMAND = "command"
     DATA = "data"
     STORING = "storing"  # the message waits for the store; input is held
+    HANDSHAKE = "handshake"  # after our 220 to STARTTLS, until TLS is up (or failed)
     CLOSED = "closed"
 
 
@@ -54,6 +56,8 @@ class Wire:
         size = ctx.admission.normal.max_message_size
         extensions = [f"SIZE {size}", "8BITMIME", "SMTPUTF8", "PIPELINING"]
         self.ehlo = Reply(250, "", "\n".join([ctx.hostname, *extensions, "ENHANCEDSTATUSCODES"]))
+        offer = [ctx.hostname, *extensions, "STARTTLS", "ENHANCEDSTATUSCODES"]
+        self.ehlo_starttls = Reply(250, "", "\n".join(offer))
         self.helo = Reply(250, "", ctx.hostname)
         self.banner = f"220 {ctx.hostname} ESMTP Floodgate\r\n".encode("ascii")
         self.teaser = f"220-{ctx.hostname} ESMTP\r\n".encode("ascii")
@@ -94,6 +98,7 @@ class Session(asyncio.Protocol):
         "sender",
         "session_at",
         "slot_held",
+        "tls",
         "transport",
         "utf8",
         "wire",
@@ -118,6 +123,7 @@ class Session(asyncio.Protocol):
         self.recipients: list[str] = []
         self.rcpt_count = self.errors = self.junk_count = self.commands = self.reserved = 0
         self.utf8 = self.more_input = self.overlong = False
+        self.tls: tuple[str, str] | None = None  # (version, cipher) once upgraded
         self.close_reason = "client_closed"
         # Admission counted this connection already: under `key`, or (a trusted proxy's,
         # client not known yet) in the total only.
@@ -373,9 +379,64 @@ class Session(asyncio.Protocol):
         self.out.append(replies.START_DATA.wire)
         self._schedule()
 
+    def start_tls(self) -> None:
+        """Say 220 and hand the connection to the TLS handshake (a handshake slot is held).
+
+        Reading stops before anything else can be read in cleartext: bytes the client sent
+        after STARTTLS in the same read were refused by the verb; anything later is read
+        by the TLS layer as handshake data, where it fails the handshake.
+        """
+        tls = self.ctx.tls
+        transport = self.transport
+        assert tls is not None and transport is not None
+        self.out.append(replies.READY_FOR_TLS.wire)
+        self._flush()
+        transport.pause_reading()
+        self.phase = Phase.HANDSHAKE
+        self._deadline = self.ctx.clock.time() + tls.timeout + 1.0  # start_tls's own first
+        self._schedule()
+        self.ctx.clock.create_task(self._handshake(tls, transport))
+
+    async def _handshake(self, tls: Handshakes, raw: asyncio.Transport) -> None:
+        events = self.ctx.events
+        started = self.ctx.clock.time()
+        try:
+            secure = await tls.upgrade(raw, self)
+        except Exception as error:
+            tls.end(self.client_key)
+            # The loop's handshake deadline aborts the connection (ConnectionAbortedError).
+            late = self.ctx.clock.time() - started >= tls.timeout - EARLY
+            outcome = "timeout" if late or isinstance(error, TimeoutError) else "failed"
+            events.on_tls(outcome, "none")
+            if self.phase is Phase.HANDSHAKE:  # not already closed by us (drain, deadline)
+                # A failed handshake is a client error, as in Postfix.
+                self.ctx.admission.hit(self.client_key, "tls_failed", self.allowed)
+                events.on_refused(self.client_key, "tls_failed")
+                self._abort("tls_" + outcome)
+            raw.abort()
+            self.connection_lost(None)  # the TLS layer never calls it for a failed start
+            return
+        tls.end(self.client_key)
+        if self.phase is not Phase.HANDSHAKE:  # closed while the handshake ran
+            secure.abort()
+            return
+        self.transport = secure
+        self.tls = describe(secure)
+        events.on_tls("ok", self.tls[0])
+        # RFC 3207 4.2: everything learnt before TLS is forgotten; the client says EHLO again.
+        self.helo = None
+        self.esmtp = False
+        self.reset_transaction()
+        self.phase = Phase.COMMAND
+        self.idle_at = self.ctx.clock.time() + self.ctx.admission.limits.idle_timeout
+        self._schedule()
+
     def close_with(self, reply: Reply, reason: str) -> None:
         """Send a final reply and close (deadlines, budgets, refusals, QUIT, shutdown)."""
         if self.phase is Phase.CLOSED or self.transport is None:
+            return
+        if self.phase is Phase.HANDSHAKE:
+            self._abort(reason)  # no cleartext reply inside a TLS handshake
             return
         self.out.append(reply.wire)
         self._flush()
@@ -455,7 +516,8 @@ class Session(asyncio.Protocol):
             ip=self.client_ip,
             client_name=self.client_name,
             hostname=self.ctx.hostname,
-            protocol=("UTF8SMTP" if self.utf8 else "ESMTP") if self.esmtp else "SMTP",
+            protocol=_protocol(self.esmtp, self.utf8, self.tls is not None),
+            tls=self.tls,
             message_id=message_id,
             recipients=self.recipients,
             when=self.wire.dates.format(now),
@@ -470,6 +532,7 @@ class Session(asyncio.Protocol):
             received_at=now,
             received_header=trace,
             headers=headers,
+            tls=self.tls,
         )
 
     async def _store(self, message: IncomingMessage, fingerprint: bytes) -> None:
@@ -577,6 +640,8 @@ class Session(asyncio.Protocol):
         elif phase is Phase.PROXY:
             self.ctx.events.on_refused(self.client_key, "bad_proxy_header")
             self._abort("bad_proxy_header")
+        elif phase is Phase.HANDSHAKE:
+            self._abort("tls_timeout")
 
     def rearm_for_stress(self) -> None:
         """Shorten this session's idle deadline to the stressed limit (stress just began)."""
@@ -598,6 +663,13 @@ class Session(asyncio.Protocol):
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+
+
+def _protocol(esmtp: bool, utf8: bool, tls: bool) -> str:
+    """The `with` keyword of the trace line (RFC 3848, RFC 6531)."""
+    if not esmtp:
+        return "SMTP"
+    return ("UTF8SMTP" if utf8 else "ESMTP") + ("S" if tls else "")
 
 
 def _refusal(body: Body) -> Reply | None:

@@ -44,6 +44,7 @@ def received_header(
     message_id: str,
     recipients: list[str],
     when: str,
+    tls: tuple[str, str] | None = None,
 ) -> bytes:
     """The trace line; `for` names only a lone, plain recipient (no Bcc leaks).
 
@@ -55,8 +56,10 @@ def received_header(
     recipient = ""
     if len(recipients) == 1 and _PLAIN.fullmatch(recipients[0]):
         recipient = f"\r\n\tfor <{recipients[0]}>"
+    # Postfix's form: "(using TLSv1.3 with cipher ...)" after the from clause.
+    using = f"\r\n\t(using {tls[0]} with cipher {tls[1]})" if tls is not None else ""
     text = (
-        f"Received: from {safe_name(helo)} ({name})\r\n\tby {hostname} (Floodgate) with "
+        f"Received: from {safe_name(helo)} ({name}){using}\r\n\tby {hostname} (Floodgate) with "
         f"{protocol} id {message_id}{recipient};\r\n\t{when}\r\n"
     )
     return text.encode("ascii", "replace")

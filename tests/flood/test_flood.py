@@ -267,3 +267,35 @@ def test_allowlisted_legit_senders_pass_a_rate_that_throttles_the_others(
         f"{api.http_url}/v1/allowlist", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
     ).json()["entries"]
     assert left == []  # removed at the end of the run
+
+
+def test_a_handshake_flood_leaves_legit_tls_senders_their_250(
+    make_receiver: ServiceFactory, tmp_path: Path
+) -> None:
+    # A handshake budget small enough that the flood fills it: the flood hears 454 (or
+    # no STARTTLS offer) while the legit senders, one connection per message, keep
+    # delivering, over TLS whenever a handshake slot is free and in clear otherwise.
+    receiver = make_receiver(tls_max_handshakes="4", tls_handshake_rate="0", **QUIET)
+    result, report = flood(
+        receiver,
+        tmp_path,
+        "--tls-handshakes",
+        "12",
+        "--tls-ips",
+        "4",
+        "--legit",
+        "5",
+        "--legit-tls",
+        "--duration",
+        "5",
+        "--require-legit",
+        "100",
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report is not None
+    tls = report["scenarios"]["tls"]["outcomes"]
+    assert tls.get("handshake done", 0) > 20, tls
+    assert report["legit"]["success_pct"] == 100.0
+    assert report["scenarios"]["legit"]["notes"].get("over TLS", 0) > 0
+    adds_up(report)

@@ -89,7 +89,7 @@ def test_a_client_reading_one_segment_per_command_gets_every_reply_whole(
     try:
         assert sock.recv(65536).startswith(b"220 ")
         for command, expected in (
-            (b"EHLO c.test\r\n", 6),  # the multi-line EHLO reply
+            (b"EHLO c.test\r\n", 7),  # the multi-line EHLO reply (STARTTLS offered)
             (b"MAIL FROM:<a@example.org>\r\nRCPT TO:<w@mx.test>\r\nDATA\r\n", 3),  # a group
             (b"x" * 1024 + b"\r\n.\r\n", 1),
             (b"HELP\r\n", 1),

@@ -147,6 +147,9 @@ class FakeEvents:
     def store_down(self) -> bool:
         return self.down
 
+    def on_tls(self, outcome: str, version: str) -> None:
+        self.refused["tls_" + outcome] += 1
+
 
 class Client:
     """One fake connection: feed bytes, read what the session wrote."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -86,8 +87,24 @@ class RawClient:
         assert banner.code == 220, banner
         return self.cmd(f"EHLO {name}")
 
+    def starttls(self, context: ssl.SSLContext | None = None) -> Reply:
+        """STARTTLS and, on 220, the handshake (no certificate check unless `context`)."""
+        reply = self.cmd("STARTTLS")
+        if reply.code == 220:
+            assert not self._buffer, "the server said more after 220"
+            self.sock = (context or insecure_context()).wrap_socket(self.sock)
+        return reply
+
     def close(self) -> None:
         self.sock.close()
+
+
+def insecure_context() -> ssl.SSLContext:
+    """A client context for self-signed test certificates: encryption, no verification."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def send_message(client: RawClient, sender: str, recipients: list[str], body: bytes) -> Reply:

@@ -1,0 +1,213 @@
+"""STARTTLS for the receiver (RFC 3207): the server context, the certificate (configured,
+or a self-signed one made on first start, as Debian's snakeoil is for Postfix), its reload,
+and the handshake budget.
+
+A TLS handshake costs the server far more CPU than a refused connection, so handshakes are
+a resource like connections: a cap on concurrent handshakes (global and per client), a
+per-client handshake rate, a deadline, and a failed handshake counts as a client error.
+When the budget is spent, EHLO stops offering STARTTLS and STARTTLS answers 454: senders
+that only prefer TLS carry on in cleartext, senders that require it retry later. The
+handshake itself runs through the event loop's own `start_tls` (uvloop included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("floodgate.receiver")
+
+# TLS 1.2 and 1.3 only; forward-secret AEAD suites (Mozilla's "intermediate" profile).
+# TLS 1.3 suites are not set by set_ciphers: OpenSSL's defaults are all AEAD.
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!SHA1"
+SELF_SIGNED = "snakeoil.pem"  # key and certificate in one file: replaced atomically
+SELF_SIGNED_DAYS = 3650
+BUSY = "busy"
+RATE = "rate"
+
+
+def server_context(cert: Path, key: Path | None) -> ssl.SSLContext:
+    """The receiver's server-side context. Raises OSError/ssl.SSLError naming the problem."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
+    context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return context
+
+
+def self_signed(data_dir: Path, hostname: str) -> Path:
+    """The self-signed certificate for `hostname` under `data_dir/tls/`, made if missing.
+
+    One PEM file holds the key and the certificate, written to a temporary file and renamed
+    into place, so receivers starting together never read a key of another certificate.
+    """
+    path = data_dir / "tls" / SELF_SIGNED
+    if path.exists():
+        return path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
+    now = datetime.datetime.now(datetime.UTC)
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        alt = x509.DNSName(hostname)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ) + cert.public_bytes(serialization.Encoding.PEM)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".snakeoil-") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(pem)
+    os.replace(out.name, path)
+    return path
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert: Path
+    key: Path | None  # None: the key is in the certificate file
+    self_signed: bool = False
+
+
+class Certificates:
+    """The current server context; reloaded when the certificate or key file changes.
+
+    Sessions take the context at STARTTLS time, so a reload never touches connections
+    already open: they keep the certificate they negotiated with.
+    """
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        self.context = server_context(settings.cert, settings.key)
+        self._stamp = self._files_stamp()
+
+    def _files_stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in (self.settings.cert, self.settings.key):
+            if path is not None:
+                try:
+                    info = path.stat()
+                except OSError:
+                    return ()
+                stamps.append((info.st_mtime_ns, info.st_size))
+        return tuple(stamps)
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if they changed; a broken new pair keeps the old one."""
+        stamp = self._files_stamp()
+        if not stamp or stamp == self._stamp:
+            return False
+        try:
+            context = server_context(self.settings.cert, self.settings.key)
+        except (OSError, ssl.SSLError) as error:
+            # Logged once per change of the files, never per connection.
+            log.warning(
+                "tls_reload_failed",
+                extra={"fields": {"event": "tls_reload_failed", "error": type(error).__name__}},
+            )
+            self._stamp = stamp
+            return False
+        self.context = context
+        self._stamp = stamp
+        return True
+
+
+class Handshakes:
+    """The handshake budget: concurrent handshakes (all, and per client) and a per-client
+    rate. Counts exist only while a handshake runs, so the table is bounded by the
+    global cap."""
+
+    def __init__(
+        self,
+        certificates: Certificates,
+        *,
+        max_total: int,
+        max_per_client: int,
+        timeout: float,
+        take_rate: Callable[[str], bool],
+    ) -> None:
+        self.certificates = certificates
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.timeout = timeout
+        self._take_rate = take_rate
+        self.running = 0
+        self._per_client: dict[str, int] = {}
+
+    def offered(self) -> bool:
+        """Whether EHLO offers STARTTLS now (not while every handshake slot is taken)."""
+        return self.running < self.max_total
+
+    def begin(self, key: str, allowed: bool) -> str | None:
+        """Take a handshake slot for `key`, or say why not (`BUSY` or `RATE`)."""
+        if self.running >= self.max_total:
+            return BUSY
+        if not allowed:
+            if self._per_client.get(key, 0) >= self.max_per_client:
+                return BUSY
+            if not self._take_rate(key):
+                return RATE
+        self.running += 1
+        self._per_client[key] = self._per_client.get(key, 0) + 1
+        return None
+
+    def end(self, key: str) -> None:
+        self.running -= 1
+        left = self._per_client.get(key, 1) - 1
+        if left > 0:
+            self._per_client[key] = left
+        else:
+            self._per_client.pop(key, None)
+
+    async def upgrade(
+        self, transport: asyncio.Transport, protocol: asyncio.Protocol
+    ) -> asyncio.Transport:
+        """Run the server side of the handshake on `transport` (raises on failure)."""
+        loop = asyncio.get_running_loop()
+        secure = await loop.start_tls(
+            transport,
+            protocol,
+            self.certificates.context,
+            server_side=True,
+            ssl_handshake_timeout=self.timeout,
+        )
+        assert secure is not None
+        return secure
+
+
+def describe(transport: asyncio.BaseTransport) -> tuple[str, str]:
+    """(TLS version, cipher name) of an upgraded transport."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return ("unknown", "unknown")
+    cipher = ssl_object.cipher()
+    return (str(ssl_object.version() or "unknown"), str(cipher[0]) if cipher else "unknown")

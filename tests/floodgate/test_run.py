@@ -1,0 +1,66 @@
+"""`floodgate run` (what `make run` starts) from an empty data dir: embedded store,
+receiver and API come up, STARTTLS is offered with a certificate made on the spot, and a
+message sent over it is readable through the API."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import clean_environ, free_port
+from tests.support.smtp import insecure_context
+
+
+def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
+    smtp, api, health = free_port(), free_port(), free_port()
+    output = tmp_path / "run.out"
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "floodgate", "run"],
+            env={
+                **clean_environ(),
+                "FLOODGATE_DATA_DIR": str(tmp_path / "var"),
+                "FLOODGATE_SMTP_LISTEN": f"127.0.0.1:{smtp}",
+                "FLOODGATE_API_LISTEN": f"127.0.0.1:{api}",
+                "FLOODGATE_RECEIVER_HTTP_LISTEN": f"127.0.0.1:{health}",
+                "PYTHONUNBUFFERED": "1",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "Floodgate is running" not in output.read_text():
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.2)
+        text = output.read_text()
+        certificate = tmp_path / "var" / "tls" / "snakeoil.pem"
+        assert f"STARTTLS  on, self-signed certificate for mx.test in {certificate}" in text
+        assert certificate.stat().st_mode & 0o077 == 0  # the key is readable by us alone
+
+        with smtplib.SMTP("127.0.0.1", smtp, local_hostname="client.test") as client:
+            client.starttls(context=insecure_context())
+            client.sendmail("a@sender.example", ["first@mx.test"], b"Subject: hi\r\n\r\nhello\r\n")
+        token = (tmp_path / "var" / "admin-token").read_text().strip()
+        listing = httpx.get(
+            f"http://127.0.0.1:{api}/v1/mailboxes/first@mx.test/messages",
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        [message] = listing["messages"]
+        shown = httpx.get(
+            f"http://127.0.0.1:{api}/v1/messages/{message['id']}",
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        assert shown["tls"]["version"] == "TLSv1.3"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)

@@ -1,0 +1,297 @@
+"""STARTTLS through real sockets against a real receiver process: Python's smtplib,
+`openssl s_client -starttls smtp`, swaks where installed; the command-injection case; a
+handshake that stalls; certificate reload with connections open."""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pymongo import MongoClient
+
+from receiver.tls import self_signed
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.processes import ServiceProcess
+from tests.support.smtp import RawClient, insecure_context, queued_id, send_message
+
+Mongo = MongoClient[dict[str, Any]]
+BODY = b"From: a@sender.example\r\nSubject: over tls\r\n\r\nsecret code 1234\r\n"
+
+
+def handshakes(receiver: ServiceProcess, outcome: str, version: str = "none") -> float:
+    return metric(receiver, "floodgate_tls_handshakes_total", outcome=outcome, version=version)
+
+
+def metric(receiver: ServiceProcess, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{receiver.http_port}/metrics").text
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{wanted}}}")
+
+
+def test_smtplib_delivers_over_starttls_and_the_message_says_so(
+    receiver: ServiceProcess, make_api: ServiceFactory, mongo: Mongo, db_name: str
+) -> None:
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="client.test") as client:
+        client.ehlo()
+        assert client.has_extn("starttls")
+        client.starttls(context=insecure_context())
+        # RFC 3207: the session starts over; EHLO again, and STARTTLS is no longer offered.
+        code, _ = client.ehlo()
+        assert code == 250 and not client.has_extn("starttls")
+        refused = client.sendmail("a@sender.example", ["tls@mx.test"], BODY)
+        assert refused == {}
+        cipher = client.sock.cipher()  # type: ignore[union-attr]
+    doc = mongo[db_name]["messages"].find_one({"rcpt": "tls@mx.test"})
+    assert doc is not None
+    assert doc["tls"] == {"version": cipher[1], "cipher": cipher[0]}
+    trace = bytes(doc["received_header"]).decode()
+    assert " with ESMTPS id " in trace, trace
+    assert f"(using {cipher[1]} with cipher {cipher[0]})" in trace, trace
+    api = make_api()
+    shown = httpx.get(
+        f"{api.http_url}/v1/messages/{doc['_id']}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).json()
+    assert shown["tls"] == {"version": cipher[1], "cipher": cipher[0]}
+    assert handshakes(receiver, "ok", cipher[1]) >= 1
+
+
+def test_tls_1_1_and_older_are_refused(receiver: ServiceProcess) -> None:
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    old = insecure_context()
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # so that this client may offer TLS 1.1 at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1_1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        client.starttls(old)
+    # The server refused it (the client did offer TLS 1.1), and counted a failed handshake.
+    assert handshakes(receiver, "failed")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
+def test_openssl_s_client_negotiates_tls_1_3(receiver: ServiceProcess) -> None:
+    result = subprocess.run(
+        [
+            "openssl",
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-name",
+            "client.test",
+            "-connect",
+            f"{receiver.host}:{receiver.port}",
+            "-brief",
+            "-crlf",
+            "-nocommands",  # "QUIT" is sent, not taken as s_client's own Q command
+            "-ign_eof",
+        ],
+        input=b"EHLO client.test\nQUIT\n",
+        capture_output=True,
+        timeout=30,
+    )
+    session, report = result.stdout.decode(errors="replace"), result.stderr.decode()
+    assert "Protocol version: TLSv1.3" in report, report
+    # stdout is the dialogue inside TLS: EHLO again, no STARTTLS offered any more.
+    assert "250-PIPELINING" in session and "STARTTLS" not in session, session
+    assert "221 2.0.0" in session, session
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks missing")
+def test_swaks_delivers_with_tls(receiver: ServiceProcess, mongo: Mongo, db_name: str) -> None:
+    result = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"{receiver.host}:{receiver.port}",
+            "--to",
+            "swaks@mx.test",
+            "--from",
+            "a@sender.example",
+            "--helo",
+            "client.test",
+            "--tls",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout.decode(errors="replace")
+    doc = mongo[db_name]["messages"].find_one({"rcpt": "swaks@mx.test"})
+    assert doc is not None and doc["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_commands_pipelined_after_starttls_are_never_run(
+    receiver: ServiceProcess, mongo: Mongo, db_name: str
+) -> None:
+    # The exact injection of CVE-2011-0411: plaintext commands in the STARTTLS packet.
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    client.send(b"STARTTLS\r\nMAIL FROM:<evil@attacker.example>\r\nRCPT TO:<x@mx.test>\r\n")
+    reply = client.reply()
+    assert reply.code == 554 and reply.lines[0].startswith("5.5.0"), reply
+    assert client.closed_by_server()
+    assert handshakes(receiver, "injection")
+
+    # The same bytes in a second packet, once our 220 is out: the TLS layer takes them as
+    # a handshake, which fails; nothing is answered in cleartext and the session closes.
+    late = RawClient(receiver.host, receiver.port)
+    late.hello()
+    late.send(b"STARTTLS\r\n")
+    time.sleep(0.05)
+    late.send(b"MAIL FROM:<evil@attacker.example>\r\nRCPT TO:<x@mx.test>\r\nDATA\r\n")
+    assert late.reply().code == 220
+    assert late.closed_by_server()
+    assert b"250" not in late._buffer
+    assert handshakes(receiver, "failed")
+    assert mongo[db_name]["messages"].count_documents({}) == 0
+
+
+def test_a_stalled_handshake_is_cut_at_its_deadline(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(tls_handshake_timeout="1")
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    assert client.cmd("STARTTLS").code == 220
+    started = time.monotonic()
+    assert client.closed_by_server(timeout=6)
+    assert 0.8 <= time.monotonic() - started < 4
+    assert handshakes(receiver, "timeout")
+
+
+def test_the_handshake_budget_refuses_cheaply_and_stops_offering(
+    make_receiver: ServiceFactory,
+) -> None:
+    receiver = make_receiver(
+        tls_max_handshakes="2", tls_max_handshakes_per_ip="1", tls_handshake_rate="3"
+    )
+    stalled = []
+    for source in ("127.0.0.2", "127.0.0.3"):
+        client = RawClient(receiver.host, receiver.port, source=source)
+        client.hello()
+        assert client.cmd("STARTTLS").code == 220  # and then silence: a slot held
+        stalled.append(client)
+    # Every slot is taken: EHLO stops offering STARTTLS, and STARTTLS is 454.
+    third = RawClient(receiver.host, receiver.port, source="127.0.0.4")
+    assert "STARTTLS" not in third.hello().lines
+    reply = third.cmd("STARTTLS")
+    assert reply.code == 454 and reply.lines[0].startswith("4.7.0"), reply
+    assert send_message(third, "a@sender.example", ["plain@mx.test"], BODY).code == 250
+    assert metric(
+        receiver, "floodgate_tls_handshakes_total", outcome="refused_busy", version="none"
+    )
+    for client in stalled:
+        client.close()
+    time.sleep(0.3)
+    # The per-client rate: 3 per minute.
+    rated = 0
+    for _ in range(5):
+        client = RawClient(receiver.host, receiver.port, source="127.0.0.5")
+        client.hello()
+        code = client.starttls().code
+        if code == 454:
+            rated += 1
+        client.close()
+    assert rated == 2
+    assert metric(
+        receiver, "floodgate_tls_handshakes_total", outcome="refused_rate", version="none"
+    )
+
+
+def _peer_name(receiver: ServiceProcess) -> str:
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    client.starttls()
+    assert isinstance(client.sock, ssl.SSLSocket)
+    der = client.sock.getpeercert(binary_form=True)
+    client.close()
+    assert der is not None
+    from cryptography import x509
+
+    return str(x509.load_der_x509_certificate(der).subject.rfc4514_string())
+
+
+def test_a_replaced_certificate_is_used_by_new_sessions_only(
+    make_receiver: ServiceFactory, tmp_path: Path
+) -> None:
+    first = self_signed(tmp_path / "one", "one.test")
+    second = self_signed(tmp_path / "two", "two.test")
+    live = tmp_path / "live.pem"
+    shutil.copy(first, live)
+    receiver = make_receiver(tls_cert=str(live))
+    assert _peer_name(receiver) == "CN=one.test"
+
+    open_session = RawClient(receiver.host, receiver.port)
+    open_session.hello()
+    open_session.starttls()
+    assert open_session.cmd("EHLO client.test").code == 250
+
+    staged = tmp_path / "staged.pem"
+    shutil.copy(second, staged)
+    staged.replace(live)
+    deadline = time.monotonic() + 10
+    while _peer_name(receiver) != "CN=two.test":
+        assert time.monotonic() < deadline, "the new certificate was never used"
+        time.sleep(0.5)
+    # The session opened before the reload carries on with its own TLS session.
+    reply = send_message(open_session, "a@sender.example", ["reload@mx.test"], BODY)
+    assert reply.code == 250 and queued_id(reply.text)
+
+
+def test_starttls_off_and_a_broken_certificate(
+    make_receiver: ServiceFactory, tmp_path: Path
+) -> None:
+    plain = make_receiver(starttls="false")
+    client = RawClient(plain.host, plain.port)
+    assert "STARTTLS" not in client.hello().lines
+    assert client.cmd("STARTTLS").code == 454
+    broken = tmp_path / "broken.pem"
+    broken.write_text("not a certificate\n")
+    with pytest.raises(RuntimeError, match="cannot use the TLS certificate"):
+        make_receiver(tls_cert=str(broken))
+
+
+def test_no_cleartext_reply_after_220(receiver: ServiceProcess) -> None:
+    """The 220 is the last cleartext the server sends on that connection."""
+    sock = socket.create_connection((receiver.host, receiver.port), timeout=5)
+    try:
+        sock.recv(1024)
+        sock.sendall(b"EHLO client.test\r\n")
+        time.sleep(0.2)
+        sock.recv(4096)
+        sock.sendall(b"STARTTLS\r\n")
+        assert sock.recv(1024) == b"220 2.0.0 Ready to start TLS\r\n"
+        wrapped = insecure_context().wrap_socket(sock)
+        wrapped.sendall(b"MAIL FROM:<a@b.example>\r\n")
+        assert wrapped.recv(1024).startswith(b"503 5.5.1")  # EHLO first, as RFC 3207 says
+        wrapped.close()
+    finally:
+        sock.close()
+
+
+def test_the_api_serves_the_mta_sts_policy(make_api: ServiceFactory) -> None:
+    api = make_api(
+        mta_sts_mode="enforce", mta_sts_mx="mx1.example.com,*.mx.example.net", mta_sts_max_age=86400
+    )
+    answer = httpx.get(api.http_url + "/.well-known/mta-sts.txt")  # public: no token
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert answer.text == (
+        "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.mx.example.net\r\n"
+        "max_age: 86400\r\n"
+    )
+    unset = make_api()
+    missing = httpx.get(unset.http_url + "/.well-known/mta-sts.txt")
+    assert missing.status_code == 404 and "error" in missing.json()
