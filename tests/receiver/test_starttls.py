@@ -295,3 +295,17 @@ def test_the_api_serves_the_mta_sts_policy(make_api: ServiceFactory) -> None:
     unset = make_api()
     missing = httpx.get(unset.http_url + "/.well-known/mta-sts.txt")
     assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_starttls_out_of_sequence(receiver: ServiceProcess) -> None:
+    client = RawClient(receiver.host, receiver.port)
+    assert client.reply().code == 220
+    assert client.cmd("STARTTLS").code == 503  # EHLO first (RFC 3207 4)
+    assert client.cmd("HELO client.test").code == 250
+    assert client.cmd("STARTTLS").code == 503  # HELO offers no extensions
+    assert "STARTTLS" in client.cmd("EHLO client.test").lines
+    assert client.cmd("STARTTLS now").code == 501
+    assert client.starttls().code == 220
+    assert client.cmd("EHLO client.test").code == 250
+    reply = client.cmd("STARTTLS")
+    assert reply.code == 503 and reply.lines[0] == "5.5.1 TLS already active"
