@@ -36,7 +36,7 @@ bench: setup
 	$(BIN)/python -m bench
 
 flood: setup
-	$(BIN)/floodgate flood --preset incident
+	$(BIN)/floodgate flood --preset incident --cleanup
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -139,6 +139,9 @@ def _include_blocklist(app: FastAPI) -> None:
         return
     app.include_router(router, dependencies=[Depends(require_admin)])
     app.include_router(allowlist_router, dependencies=[Depends(require_admin)])
+    from api import stats
+
+    app.include_router(stats.router, dependencies=[Depends(require_admin)])
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

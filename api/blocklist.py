@@ -189,6 +189,22 @@ def access_router(kind: AccessList) -> APIRouter:
             result["next"] = entries[-1].cidr
         return result
 
+    @router.delete(f"/v1/{kind.name}", response_model=models.Removed)
+    async def remove_by_source(
+        request: Request,
+        source: Annotated[
+            Literal["manual", "auto"], Query(description="which entries: required, never all")
+        ],
+        older_than: Annotated[
+            int, Query(ge=0, le=MAX_TTL_SECONDS, description="only entries at least this old (s)")
+        ] = 0,
+    ) -> dict[str, int]:
+        """Remove every entry from `source` (e.g. all automatic bans after a load test)."""
+        removed = await _repository(request, kind).remove_by_source(
+            source, _actor(request), older_than=older_than
+        )
+        return {"removed": removed}
+
     @router.get(f"/v1/{kind.name}/check/{{ip}}", response_model=kind.check_model)
     async def check_ip(request: Request, ip: Ip) -> dict[str, Any]:
         try:

@@ -98,6 +98,10 @@ class EntryPage(Model):
     next: str | None = Field(None, description="pass as `after` for the next page")
 
 
+class Removed(Model):
+    removed: int = Field(description="entries removed")
+
+
 class BulkResult(Model):
     added: int
     updated: int
@@ -166,3 +170,61 @@ def binary(description: str) -> dict[int | str, dict[str, Any]]:
         for code, error in ERRORS.items()
     }
     return {200: {"description": description, "content": {}}, **errors}
+
+
+# --- live statistics (GET /v1/stats) ---------------------------------------------------
+
+Tops = list[tuple[str, int]]
+
+
+class Window(Model):
+    refusals: Tops = Field(description="[client, refusals], heaviest first")
+    messages: Tops = Field(description="[client, messages stored]")
+    bytes: Tops = Field(description="[client, bytes stored]")
+    reasons: dict[str, int] = Field(description="refusals by reason")
+    error_bound: dict[str, int] = Field(
+        description="per measure: no count is short of the truth by more than this"
+    )
+
+
+class Totals(Model):
+    accepted: int = Field(description="connections admitted since the receiver started")
+    refused: int
+    stored: int
+    stored_bytes: int
+
+
+class ReceiverStats(Model):
+    receiver: str
+    age_s: float = Field(description="seconds since this snapshot was published")
+    stress: bool
+    store_up: bool | None
+    store_reason: str
+    open_connections: int
+    top_open: Tops = Field(description="[client, open connections], exact")
+    totals: Totals
+    windows: dict[str, Window] = Field(description="`1m` and `5m`")
+
+
+class Overall(Model):
+    receivers: int
+    open_connections: int
+    top_open: Tops
+    windows: dict[str, Window]
+
+
+class ClientState(Model):
+    blocked: bool
+    source: Literal["manual", "auto"] | None = None
+    expires_at: str | None = None
+
+
+class Stats(Model):
+    """Every live receiver's snapshot (published every 5 s; older than 30 s: left out),
+    merged: a client flooding several receivers adds up."""
+
+    receivers: list[ReceiverStats]
+    overall: Overall
+    clients: dict[str, ClientState] = Field(
+        description="the blocklist state of every client named in `overall`"
+    )

@@ -24,6 +24,7 @@ from blocklist.entries import (
     Entry,
     InvalidEntry,
     Net,
+    aware_datetime,
     covering_networks,
     expiry_timestamp,
     normalize,
@@ -233,6 +234,32 @@ class BlocklistRepository:
                 if before is not None:
                     await self.audit.insert_one(_audit("lift", cidr, actor, before, None))
                     removed.append(cidr)
+        return removed
+
+    async def remove_by_source(
+        self, source: str, actor: str, *, older_than: float = 0.0, limit: int = 100_000
+    ) -> int:
+        """Remove every `source` entry created at least `older_than` seconds ago (all the
+        automatic bans after a load test, in one call); audited, in bounded chunks."""
+        cutoff = datetime.now(UTC).timestamp() - older_than
+        with pymongo.timeout(max(self.timeout, limit / 10_000)):
+            cursor = self.entries.find({"source": source}, {"_id": 1, "created_at": 1})
+            chosen = []
+            async for doc in cursor.limit(limit):
+                # Compared here: the embedded store's date range queries are unreliable.
+                created = aware_datetime(doc.get("created_at"))
+                if created is None or created.timestamp() <= cutoff:
+                    chosen.append(str(doc["_id"]))
+        removed = 0
+        for start in range(0, len(chosen), BULK_CHUNK):
+            chunk = chosen[start : start + BULK_CHUNK]
+            with pymongo.timeout(self.timeout):
+                result = await self.entries.delete_many({"_id": {"$in": chunk}, "source": source})
+                await self.audit.insert_many(
+                    [_audit("remove", cidr, actor, {"source": source}, None) for cidr in chunk],
+                    ordered=False,
+                )
+            removed += result.deleted_count
         return removed
 
     async def history(self, cidr: str, limit: int = 100) -> list[Document]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from flood import scenarios
 from flood.allowlist import AllowlistError, TemporaryAllowlist, networks, read_token
+from flood.bans import our_bans
 from flood.report import live_table, plot, print_report
 from flood.scenarios import Sources, Target
 from flood.stats import Stats
@@ -42,8 +43,12 @@ scenarios (combine any of them in one run; each has its own knobs):
 
 presets:
   --preset incident   3,000 idle sockets from 30 IPs, a 4-IP message flood, 10 slowloris
-                      connections and a legit stream of 5 messages/s from 10 IPs, for 30 s;
-                      writes a plot to var/flood-<time>.png
+                      connections and a legit stream of 5 messages/s from 10 IPs, for 75 s
+                      (past the default 60 s idle timeout, so the deadlines are seen
+                      cutting the idle and slowloris sockets); writes var/flood-<time>.png
+
+after the run, with the admin token (--admin-token, or var/admin-token), the report says
+how many of the run's addresses the target auto-banned; --cleanup removes exactly those.
 
 examples:
   floodgate flood --preset incident --require-legit 100
@@ -69,7 +74,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "slowloris_phase": "data",
         "legit": 5.0,
         "legit_ips": 10,
-        "duration": 30.0,
+        # Past the receiver's default 60 s idle timeout, so the slowloris connections are
+        # seen being cut (FLOODGATE_IDLE_TIMEOUT; a shorter one shows it sooner).
+        "duration": 75.0,
     }
 }
 
@@ -129,7 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="put the legit senders on the target's allowlist for this run (admin API)",
     )
-    g.add_argument("--api", default="http://127.0.0.1:8025", help="admin API for the allowlist")
+    g = p.add_argument_group("bans (through the admin API)")
+    g.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="at the end, remove the automatic bans this run caused (and only those)",
+    )
+    g.add_argument(
+        "--api", default="http://127.0.0.1:8025", help="admin API (allowlist, ban report)"
+    )
     g.add_argument("--admin-token", help="bearer token (default: read --admin-token-file)")
     g.add_argument("--admin-token-file", type=Path, default=Path("var/admin-token"))
     return p
@@ -343,6 +358,37 @@ def allowlisted(args: argparse.Namespace) -> contextlib.AbstractContextManager[o
     return TemporaryAllowlist(args.api, token, cidrs, ttl=args.duration + 300)
 
 
+def source_addresses(args: argparse.Namespace) -> list[str]:
+    """Every client address this run used."""
+    groups = [
+        ("idle", "127.0.10.1", args.idle_ips),
+        ("slowloris", "127.0.20.1", args.slowloris_ips),
+        ("connect", "127.0.30.1", args.connect_ips),
+        ("messages", "127.0.31.1", args.messages_ips),
+        ("tls_handshakes", "127.0.32.1", args.tls_ips),
+        ("legit", LEGIT_FIRST, args.legit_ips),
+    ]
+    return [
+        a for name, first, n in groups if getattr(args, name) for a in Sources(first, n).addresses()
+    ]
+
+
+def ban_report(args: argparse.Namespace, started: float, loopback: bool) -> dict[str, Any]:
+    """How many of this run's addresses the target auto-banned (needs the admin API)."""
+    try:
+        token = read_token(args.admin_token, args.admin_token_file)
+    except AllowlistError as error:
+        if args.cleanup:
+            return {"checked": False, "note": f"--cleanup: {error}"}
+        return {"checked": False, "note": "no admin token: bans not checked"}
+    if not loopback:
+        return {"checked": False, "note": "remote target: bans not checked"}
+    found = our_bans(args.api, token, source_addresses(args), started, args.cleanup)
+    if found.error is not None:
+        return {"checked": False, "note": found.error}
+    return {"checked": True, "banned": found.banned, "removed": found.removed}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -365,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     target = Target(host, port, args.domain, args.timeout, bind_sources=loopback)
     stats = Stats(active_scenarios(args))
+    started = time.time()
     try:
         with allowlisted(args):
             asyncio.run(run(args, target, stats))
@@ -378,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         if key not in ("json", "plot") and getattr(args, key) is not None
     }
     report = stats.to_json(f"{host}:{port}", settings)
+    report["bans"] = ban_report(args, started, loopback)
     print_report(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,20 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             f"({legit['success_pct']}%)[/b], latency p50 {lat['p50']} ms, "
             f"p95 {lat['p95']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
         )
+    bans = report.get("bans") or {}
+    if bans.get("checked"):
+        banned, removed = bans["banned"], bans["removed"]
+        line = f"auto-banned by the target during this run: {len(banned)} of its addresses"
+        if banned:
+            line += f" ({', '.join(banned[:5])}{', ...' if len(banned) > 5 else ''})"
+            line += (
+                f"; {removed} removed (--cleanup)"
+                if removed
+                else "; remove them with --cleanup next time, or `floodgate block rm --source auto`"
+            )
+        console.print(line)
+    elif bans.get("note"):
+        console.print(f"[dim]bans: {bans['note']}[/dim]")
     if report["interrupted"]:
         console.print("[yellow]interrupted: partial results[/yellow]")
 

@@ -35,8 +35,11 @@ examples:
   floodgate block add 203.0.113.0/24 --reason "spam run" --ttl 1h
   floodgate block add 2001:db8::/48 --reason "botnet"          (permanent)
   floodgate block rm 203.0.113.0/24
+  floodgate block rm --source auto                   (every automatic ban, in one call)
+  floodgate block rm --source auto --older-than 1h
   floodgate block ls --source auto
   floodgate block check 203.0.113.7
+      (exit status 0: not blocked, 1: blocked, 2: the question could not be answered)
   floodgate block import banned.txt --reason "old list" --ttl 30d
       (one address or CIDR per line, optionally followed by a reason; # starts a comment)
 """
@@ -49,6 +52,7 @@ examples:
   floodgate allow rm 192.0.2.0/24
   floodgate allow ls
   floodgate allow check 192.0.2.10
+      (exit status 0: not allowlisted, 1: allowlisted, 2: could not be answered)
   floodgate allow import providers.txt
       (one address or CIDR per line, optionally followed by a note; # starts a comment)
 """
@@ -128,7 +132,13 @@ def add_block_parser(sub: Any, kind: Kind = BLOCK) -> None:
     add.add_argument("--ttl", type=parse_duration, help="expire after e.g. 3600, 15m, 1h, 7d")
 
     rm = actions.add_parser("rm", help=kind.rm_help)
-    rm.add_argument("cidr")
+    rm.add_argument("cidr", nargs="?", help="the entry (or use --source)")
+    rm.add_argument(
+        "--source", choices=("manual", "auto"), help="remove every entry from this source"
+    )
+    rm.add_argument(
+        "--older-than", type=parse_duration, default=0, help="with --source: e.g. 1h, 7d"
+    )
 
     ls = actions.add_parser("ls", help="list unexpired entries")
     if kind is BLOCK:
@@ -239,7 +249,19 @@ def _run(client: Client, args: argparse.Namespace, kind: Kind) -> int:
         for lifted in response.json().get("lifted", []):
             print(f"lifted automatic ban: {lifted}")
         return 0
+    if args.action == "rm" and args.source is not None:
+        if args.cidr is not None:
+            raise ApiError("give an entry or --source, not both")
+        response = client.call(
+            "DELETE", kind.path, params={"source": args.source, "older_than": args.older_than}
+        )
+        if response.status_code != 200:
+            raise ApiError(_message(response), 1)
+        print(f"removed {response.json()['removed']} {args.source} entries")
+        return 0
     if args.action == "rm":
+        if args.cidr is None:
+            raise ApiError("rm needs an entry (or --source auto|manual)")
         response = client.call("DELETE", f"{kind.path}/{args.cidr}")
         if response.status_code != 204:
             raise ApiError(_message(response), 1)
@@ -250,12 +272,12 @@ def _run(client: Client, args: argparse.Namespace, kind: Kind) -> int:
     if args.action == "check":
         response = client.call("GET", f"{kind.path}/check/{args.ip}")
         if response.status_code != 200:
-            raise ApiError(_message(response), 1)
+            raise ApiError(_message(response), 2)
         result = response.json()
         if result[kind.verdict]:
             print(f"{args.ip} is {kind.verdict} by {_describe(result['entry'])}")
-        else:
-            print(f"{args.ip} is not {kind.verdict}")
+            return 1  # on the list: scripts can test it (documented in the epilog)
+        print(f"{args.ip} is not {kind.verdict}")
         return 0
     if args.action == "import":
         return _import(client, args, kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,8 @@ LIST_FIELDS = {
     "size": 1,
 }
 HEALTH = "health"  # one probe document per receiver
+STATS = "receiver_stats"  # one live-statistics snapshot per receiver (receiver.stats)
+STATS_FORGET = 3600.0  # a snapshot this old is deleted when the stats are read
 TRIM_BATCH = 5_000
 MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
 # Listings page by id (ids sort by time, like received_at) on this index. No index may
@@ -221,6 +224,25 @@ class MessageStore:
             return True
         except (TimeoutError, PyMongoError):
             return False
+
+    async def publish_stats(self, snapshot: Document, within: float) -> None:
+        """Replace this receiver's live-statistics snapshot (one small document each)."""
+        with pymongo.timeout(within):
+            await self.db[STATS].replace_one({"_id": snapshot["_id"]}, snapshot, upsert=True)
+
+    async def withdraw_stats(self, receiver: str, within: float) -> None:
+        with pymongo.timeout(within):
+            await self.db[STATS].delete_one({"_id": receiver})
+
+    async def live_stats(self, max_age: float) -> list[Document]:
+        """Every receiver's snapshot younger than `max_age` seconds (a dead receiver's
+        goes quiet at once, and is deleted after an hour)."""
+        now = time.time()
+        with pymongo.timeout(self.config.timeout):
+            await self.db[STATS].delete_many({"at": {"$lt": now - STATS_FORGET}})
+            docs = [doc async for doc in self.db[STATS].find({}).limit(1000)]
+        fresh = now - max_age
+        return [d for d in docs if isinstance(d.get("at"), int | float) and d["at"] >= fresh]
 
     async def index_info(self) -> MutableMapping[str, Any]:
         with pymongo.timeout(self.config.timeout):

@@ -9,7 +9,7 @@ amount of memory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 Clock = Callable[[], float]
 
@@ -50,6 +50,11 @@ class ConnectionCounts:
     @property
     def keys_tracked(self) -> int:
         return len(self._per_key)
+
+    @property
+    def per_key(self) -> Mapping[str, int]:
+        """Open connections per client key (read-only use: live statistics)."""
+        return self._per_key
 
 
 class RateTable:

@@ -30,6 +30,7 @@ from receiver.health import HealthServer
 from receiver.limits import Limits
 from receiver.mailboxes import MailboxKeeper
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
+from receiver.stats import LiveStats, snapshot
 from receiver.store_health import StoreHealth
 from receiver.tls import Certificates, Handshakes, TlsSettings
 
@@ -37,6 +38,7 @@ log = logging.getLogger("floodgate.receiver")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SHUTDOWN_REFUSAL = Refusal(replies.SHUTTING_DOWN, "shutting_down")
 HEALTH_INTERVAL = 2.0
+STATS_INTERVAL = 5.0  # live statistics published this often (receiver.stats)
 SWEEP_INTERVAL = 30.0  # expired mail leaves the store within about this long
 SWEEP_LEASE = 3 * SWEEP_INTERVAL  # a dead sweeper's lease passes to another receiver
 
@@ -56,6 +58,10 @@ class MessageSink(Protocol):
     async def sweep_expired(self, holder: str, lease: float) -> int | None: ...
 
     async def trim_mailbox(self, address: str, keep: int) -> int: ...
+
+    async def publish_stats(self, snapshot: dict[str, object], within: float) -> None: ...
+
+    async def withdraw_stats(self, receiver: str, within: float) -> None: ...
 
 
 class BlocklistView(Protocol):
@@ -138,6 +144,8 @@ class ReceiverState:
         self.allowlist = allowlist or _NoAllowlist()
         self.metrics = Metrics()
         self.summary = SummaryLog(config.log_summary_interval)
+        self.live = LiveStats()
+        self.accepted_total = 0
         self.sessions: set[Session] = set()
         self.draining = False
         self.store_health = StoreHealth(self._on_store_health)
@@ -220,6 +228,7 @@ class ReceiverState:
             self.refuse(transport, key or ip, refusal)
             return
         self._accepted.inc()
+        self.accepted_total += 1
         session = Session(self.context, self.wire, key, ip)
         transport.set_protocol(session)
         session.connection_made(transport)
@@ -235,6 +244,7 @@ class ReceiverState:
         if outcome is not None:
             outcome.inc()
         self.summary.record(reason, key)
+        self.live.record_refusal(key, reason)
 
     def _from_trusted_proxy(self, ip: str) -> bool:
         if not self.config.proxy_protocol:
@@ -262,6 +272,9 @@ class ReceiverState:
 
     def store_down(self) -> bool:
         return self.store_health.up is False
+
+    def on_stored(self, key: str, size: int) -> None:
+        self.live.record_stored(key, size)
 
     def on_tls(self, outcome: str, version: str) -> None:
         self.metrics.tls.labels(outcome, version if version in TLS_VERSIONS else "other").inc()
@@ -328,6 +341,7 @@ class ReceiverState:
         """Check the store in the background, so a dead one is known before mail hits it,
         and sweep expired mail now and then (retention on every store)."""
         next_sweep = time.monotonic() + HEALTH_INTERVAL
+        next_stats = time.monotonic()
         sweeper: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
@@ -339,12 +353,39 @@ class ReceiverState:
                     # Its own task: a sweep held up by a slow store never delays a probe.
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
                     sweeper = self.loop.create_task(self.sweep())
+                if self.store_health.up and time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + STATS_INTERVAL
+                    await self.publish_stats()
                 self.summary.flush()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), HEALTH_INTERVAL)
         finally:
             if sweeper is not None:
                 sweeper.cancel()
+
+    @property
+    def name(self) -> str:
+        """This receiver among the others (its live-statistics snapshot's id)."""
+        return f"{self.config.hostname} {self.config.smtp_host}:{self.config.smtp_port}"
+
+    def stats_snapshot(self) -> dict[str, object]:
+        return snapshot(
+            self.live,
+            receiver=self.name,
+            open_counts=self.admission.counts.per_key,
+            open_total=self.admission.counts.total,
+            stressed=self.admission.stressed,
+            store_up=self.store_health.up,
+            store_reason=self.store_health.reason,
+            accepted_total=self.accepted_total,
+        )
+
+    async def publish_stats(self) -> None:
+        """One small document, replaced every few seconds; never per connection."""
+        try:
+            await self.store.publish_stats(self.stats_snapshot(), self.config.store_timeout)
+        except Exception as error:  # the next round tries again; health has the outage
+            emit("stats_not_published", error=type(error).__name__)
 
     async def sweep(self) -> None:
         try:
@@ -417,6 +458,8 @@ async def run_receiver(
     # elsewhere at once, instead of "connection refused" or a timeout.
     await state.drain(config.shutdown_grace)
     server.close()
+    with contextlib.suppress(Exception):  # gone from the operators' view at once
+        await store.withdraw_stats(state.name, 1.0)
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher

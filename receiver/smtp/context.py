@@ -44,6 +44,8 @@ class Events(Protocol):
 
     def on_tls(self, outcome: str, version: str) -> None: ...
 
+    def on_stored(self, key: str, size: int) -> None: ...
+
 
 class Clock(Protocol):
     """The event loop's clock and timers (a fake one in unit tests)."""

@@ -563,6 +563,7 @@ class Session(asyncio.Protocol):
                 self.ctx.mailboxes.stored(message.rcpt_to)
             events.on_store_attempt(True, self.ctx.clock.time() - started, "")
             events.on_message("stored")
+            events.on_stored(self.client_key, len(message.raw))
             reply = replies.STORED.with_text(f"Ok: queued as {message.id}")
         finally:
             self.ctx.budget.give(self.reserved)  # the store has answered

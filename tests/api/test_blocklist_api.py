@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pymongo import MongoClient
 
+from blocklist import Entry
 from tests.conftest import ADMIN_TOKEN
 from tests.support.processes import ServiceProcess, clean_environ
 
@@ -137,7 +140,7 @@ def test_block_cli_round_trip(api: ServiceProcess, tmp_path: Path) -> None:
     assert added.stdout.startswith("added: 203.0.113.0/24") and "spam run" in added.stdout
     assert "updated:" in block(api, "add", "203.0.113.0/24", "--reason", "again").stdout
     check = block(api, "check", "203.0.113.9")
-    assert check.returncode == 0 and "is blocked by 203.0.113.0/24" in check.stdout
+    assert check.returncode == 1 and "is blocked by 203.0.113.0/24" in check.stdout
     listed = block(api, "ls")
     assert "203.0.113.0/24" in listed.stdout and "1 entries" in listed.stderr
 
@@ -157,7 +160,8 @@ def test_block_cli_round_trip(api: ServiceProcess, tmp_path: Path) -> None:
     bad_file.write_text("198.51.100.1\n198.51.100.1/24\n")
     rejected = block(api, "import", str(bad_file))
     assert rejected.returncode == 1 and "line 2:" in rejected.stderr
-    assert block(api, "check", "198.51.100.1").stdout.strip() == "198.51.100.1 is not blocked"
+    clean = block(api, "check", "198.51.100.1")
+    assert clean.returncode == 0 and clean.stdout.strip() == "198.51.100.1 is not blocked"
 
     assert block(api, "rm", "203.0.113.0/24").returncode == 0
     assert block(api, "rm", "203.0.113.0/24").returncode == 1
@@ -169,3 +173,32 @@ def test_block_cli_round_trip(api: ServiceProcess, tmp_path: Path) -> None:
 def test_block_cli_rejects_bad_ttl_before_calling(api: ServiceProcess, ttl: str) -> None:
     result = block(api, "add", "192.0.2.1", "--ttl", ttl)
     assert result.returncode == 2 and "--ttl" in result.stderr
+
+
+def test_automatic_bans_go_in_one_call(
+    api: ServiceProcess, mongo: MongoClient[dict[str, Any]], db_name: str
+) -> None:
+    now = datetime.now(UTC)
+    documents = [
+        Entry.new(
+            cidr, source=source, ttl_seconds=4 * 3600, actor="receiver", now=when
+        ).to_document()
+        for cidr, source, when in (
+            ("127.0.31.1", "auto", now),
+            ("127.0.31.2", "auto", now),
+            ("127.0.31.3", "auto", now - timedelta(hours=2)),
+            ("198.51.100.0/24", "manual", now - timedelta(hours=2)),
+        )
+    ]
+    mongo[db_name]["blocklist"].insert_many(documents)
+    older = block(api, "rm", "--source", "auto", "--older-than", "1h")
+    assert older.returncode == 0 and older.stdout.strip() == "removed 1 auto entries", older
+    rest = block(api, "rm", "--source", "auto")
+    assert rest.stdout.strip() == "removed 2 auto entries", rest
+    left = [e["cidr"] for e in call(api, "GET", "/v1/blocklist").json()["entries"]]
+    assert left == ["198.51.100.0/24"]
+    # Never everything by accident: the source is required.
+    assert call(api, "DELETE", "/v1/blocklist").status_code == 422
+    assert block(api, "rm").returncode == 2
+    history = call(api, "GET", "/v1/blocklist/127.0.31.1/32/history").json()["history"]
+    assert history[0]["action"] == "remove"

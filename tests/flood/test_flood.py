@@ -299,3 +299,22 @@ def test_a_handshake_flood_leaves_legit_tls_senders_their_250(
     assert report["legit"]["success_pct"] == 100.0
     assert report["scenarios"]["legit"]["notes"].get("over TLS", 0) > 0
     adds_up(report)
+
+
+def test_the_report_names_the_bans_it_caused_and_cleanup_removes_only_those(
+    make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path
+) -> None:
+    receiver = make_receiver(connection_rate="10", autoban_threshold="5")
+    api = make_api()
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    other = {"cidr": "127.0.99.9", "reason": "someone else's", "ttl_seconds": 3600}
+    assert httpx.post(f"{api.http_url}/v1/blocklist", json=other, headers=auth).status_code == 201
+    args = ["--connect", "2", "--connect-ips", "1", "--duration", "3"]
+    api_args = ["--api", api.http_url, "--admin-token", ADMIN_TOKEN]
+    result, report = flood(receiver, tmp_path, *args, *api_args, "--cleanup")
+    assert result.returncode == 0, result.stderr
+    assert report is not None
+    assert report["bans"] == {"checked": True, "banned": ["127.0.30.1/32"], "removed": 1}
+    assert "auto-banned by the target during this run: 1 of its addresses" in result.stdout
+    left = httpx.get(f"{api.http_url}/v1/blocklist", headers=auth).json()["entries"]
+    assert [e["cidr"] for e in left] == ["127.0.99.9/32"]

@@ -128,6 +128,7 @@ class FakeEvents:
         self.recipients: Counter[str] = Counter()
         self.down = False
         self.attempts: list[tuple[bool, str]] = []
+        self.stored_by: Counter[str] = Counter()
 
     def on_refused(self, key: str, reason: str) -> None:
         self.refused[reason] += 1
@@ -146,6 +147,9 @@ class FakeEvents:
 
     def store_down(self) -> bool:
         return self.down
+
+    def on_stored(self, key: str, size: int) -> None:
+        self.stored_by[key] += size
 
     def on_tls(self, outcome: str, version: str) -> None:
         self.refused["tls_" + outcome] += 1

@@ -1,0 +1,87 @@
+"""`GET /v1/stats`: who is at the door right now, across every live receiver.
+
+Each receiver publishes a small snapshot of its bounded live statistics every few seconds
+(`receiver.stats`); this merges the fresh ones (top-K summed per measure and window) and
+adds the blocklist state of each client named, so an operator can ban from one place.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from api import models
+from blocklist import BlocklistRepository
+from mailstore import MessageStore
+from receiver.stats import MEASURES, TOP, merge_top
+
+MAX_AGE = 30.0  # a snapshot older than this is a receiver that stopped publishing
+
+router = APIRouter()
+
+
+@router.get("/v1/stats", response_model=models.Stats)
+async def stats(request: Request) -> dict[str, Any]:
+    store: MessageStore = request.app.state.store
+    docs = await store.live_stats(MAX_AGE)
+    now = time.time()
+    receivers = [_receiver(doc, now) for doc in sorted(docs, key=lambda d: str(d["_id"]))]
+    overall = _overall(receivers)
+    named = {key for key, _ in overall["top_open"]}
+    for window in overall["windows"].values():
+        for measure in MEASURES:
+            named.update(key for key, _ in window[measure])
+    blocklist: BlocklistRepository = request.app.state.blocklist
+    clients = {key: await _state(blocklist, key) for key in sorted(named)}
+    return {"receivers": receivers, "overall": overall, "clients": clients}
+
+
+def _receiver(doc: dict[str, Any], now: float) -> dict[str, Any]:
+    return {
+        "receiver": str(doc.get("receiver", doc["_id"])),
+        "age_s": round(max(0.0, now - float(doc["at"])), 1),
+        "stress": bool(doc.get("stress")),
+        "store_up": doc.get("store_up"),
+        "store_reason": str(doc.get("store_reason", "")),
+        "open_connections": int(doc.get("open_connections", 0)),
+        "top_open": doc.get("top_open", []),
+        "totals": doc.get("totals", {}),
+        "windows": doc.get("windows", {}),
+    }
+
+
+def _overall(receivers: list[dict[str, Any]]) -> dict[str, Any]:
+    windows: dict[str, Any] = {}
+    for name in ("1m", "5m"):
+        parts = [r["windows"].get(name, {}) for r in receivers]
+        reasons: dict[str, int] = {}
+        for part in parts:
+            for reason, count in part.get("reasons", {}).items():
+                reasons[reason] = reasons.get(reason, 0) + int(count)
+        windows[name] = {
+            **{m: merge_top((p.get(m, []) for p in parts), TOP) for m in MEASURES},
+            "reasons": reasons,
+            "error_bound": {
+                m: sum(int(p.get("error_bound", {}).get(m, 0)) for p in parts) for m in MEASURES
+            },
+        }
+    return {
+        "receivers": len(receivers),
+        "open_connections": sum(r["open_connections"] for r in receivers),
+        "top_open": merge_top((r["top_open"] for r in receivers), TOP),
+        "windows": windows,
+    }
+
+
+async def _state(blocklist: BlocklistRepository, key: str) -> dict[str, Any]:
+    address = key.split("/", 1)[0]  # an IPv6 client is a /64: its first address
+    try:
+        entry = await blocklist.check(address)
+    except ValueError:
+        return {"blocked": False}
+    if entry is None:
+        return {"blocked": False}
+    expires = None if entry.expires_at is None else entry.expires_at.isoformat()
+    return {"blocked": True, "source": entry.source, "expires_at": expires}
