@@ -196,6 +196,7 @@ class Totals(Model):
 
 class ReceiverStats(Model):
     receiver: str
+    at: float = Field(description="when it was published (Unix time, the receiver's clock)")
     age_s: float = Field(description="seconds since this snapshot was published")
     stress: bool
     store_up: bool | None

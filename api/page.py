@@ -22,7 +22,12 @@ TYPES = {
     "index.html": "text/html; charset=utf-8",
     "inbox.js": "text/javascript; charset=utf-8",
     "inbox.css": "text/css; charset=utf-8",
+    # The operator's console (admin token): receivers, live rates, top clients, bans.
+    "console.html": "text/html; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
 }
+PAGES = ("index.html", "console.html")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; frame-src 'self'; base-uri 'none'; form-action 'none'; "
@@ -53,8 +58,12 @@ def install(app: FastAPI, public_token: str | None = None) -> None:
     async def page() -> Response:
         return serve("index.html")
 
+    @app.get("/console", include_in_schema=False)
+    async def console() -> Response:
+        return serve("console.html")
+
     @app.get("/static/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:
-        if name not in files or name == "index.html":
+        if name not in files or name in PAGES:
             raise HTTPException(status_code=404, detail="not found")
         return serve(name)

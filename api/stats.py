@@ -41,6 +41,7 @@ async def stats(request: Request) -> dict[str, Any]:
 def _receiver(doc: dict[str, Any], now: float) -> dict[str, Any]:
     return {
         "receiver": str(doc.get("receiver", doc["_id"])),
+        "at": float(doc["at"]),
         "age_s": round(max(0.0, now - float(doc["at"])), 1),
         "stress": bool(doc.get("stress")),
         "store_up": doc.get("store_up"),

@@ -1,0 +1,232 @@
+// Floodgate's operator console: every live receiver, accepted/refused/stored per second,
+// the heaviest clients of the last minute with a ban button, and the blocklist. It reads
+// /v1/stats and /v1/blocklist with the admin token; data is only ever put in the page as
+// text (never as HTML).
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const POLL_MS = 2000;
+const HISTORY = 150; // points on the chart (five minutes at one poll every 2 s)
+const state = { token: "", timer: null, last: null, history: [], entries: [] };
+
+function status(text) { $("#status").textContent = text; }
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}), Authorization: `Bearer ${state.token}` };
+  if (options.body) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { ...options, headers });
+  if (!response.ok) {
+    let message = `HTTP ${response.status}`;
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  row.append(td);
+  return td;
+}
+
+function button(text, action) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.addEventListener("click", () => action().catch((e) => status(e.message)));
+  return b;
+}
+
+// --- receivers and the chart ----------------------------------------------------------
+
+function receivers(list) {
+  const body = $("#receivers tbody");
+  body.replaceChildren();
+  for (const r of list) {
+    const row = document.createElement("tr");
+    cell(row, r.receiver);
+    cell(row, `${r.age_s.toFixed(1)} s`, "num");
+    cell(row, r.store_up ? "up" : `down: ${r.store_reason}`, r.store_up ? "" : "down");
+    cell(row, r.stress ? "STRESS" : "no", r.stress ? "down" : "");
+    cell(row, String(r.open_connections), "num");
+    body.append(row);
+  }
+}
+
+function rates(list) {
+  // Each receiver publishes its totals every few seconds: its rate is the change between
+  // two of its snapshots over the time between them; the chart adds the receivers up.
+  const point = { accepted: 0, refused: 0, stored: 0 };
+  const seen = {};
+  for (const r of list) {
+    const before = state.last ? state.last[r.receiver] : undefined;
+    let rate = before ? before.rate : null;
+    if (before && r.at > before.at) {
+      rate = {};
+      for (const k of Object.keys(point)) {
+        // A restarted receiver's totals start again from zero: no negative rate.
+        rate[k] = Math.max(0, r.totals[k] - before.totals[k]) / (r.at - before.at);
+      }
+    }
+    seen[r.receiver] = before && r.at === before.at ? before : { at: r.at, totals: r.totals, rate };
+    if (rate) for (const k of Object.keys(point)) point[k] += rate[k];
+  }
+  state.last = seen;
+  state.history.push(point);
+  state.history.splice(0, Math.max(0, state.history.length - HISTORY));
+  draw();
+}
+
+function draw() {
+  const canvas = $("#chart");
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  const points = state.history;
+  const top = Math.max(1, ...points.flatMap((p) => [p.accepted, p.refused, p.stored]));
+  g.fillStyle = "#666";
+  g.font = "11px sans-serif";
+  g.fillText(`${Math.round(top)}/s`, 4, 12);
+  const colours = { accepted: "#1565c0", refused: "#c62828", stored: "#2e7d32" };
+  for (const [name, colour] of Object.entries(colours)) {
+    g.strokeStyle = colour;
+    g.lineWidth = 2;
+    g.beginPath();
+    points.forEach((p, i) => {
+      const x = (i / (HISTORY - 1)) * canvas.width;
+      const y = canvas.height - 4 - (p[name] / top) * (canvas.height - 20);
+      if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+    });
+    g.stroke();
+  }
+}
+
+// --- top clients ----------------------------------------------------------------------
+
+function clients(stats) {
+  const window = stats.overall.windows["1m"] || { refusals: [], messages: [] };
+  const rows = new Map();
+  const get = (key) => {
+    if (!rows.has(key)) rows.set(key, { key, refused: 0, messages: 0, open: 0 });
+    return rows.get(key);
+  };
+  for (const [key, n] of window.refusals) get(key).refused = n;
+  for (const [key, n] of window.messages) get(key).messages = n;
+  for (const [key, n] of stats.overall.top_open) get(key).open = n;
+  const ordered = [...rows.values()].sort(
+    (a, b) => b.refused - a.refused || b.open - a.open || b.messages - a.messages);
+  const body = $("#clients tbody");
+  body.replaceChildren();
+  for (const c of ordered) {
+    const known = stats.clients[c.key] || { blocked: false };
+    const row = document.createElement("tr");
+    row.id = `client-${c.key}`;
+    if (known.blocked) row.className = "blocked";
+    cell(row, c.key);
+    cell(row, String(c.refused), "num");
+    cell(row, String(c.messages), "num");
+    cell(row, String(c.open), "num");
+    cell(row, known.blocked ? `blocked (${known.source})` : "");
+    const actions = cell(row, "");
+    actions.append(known.blocked
+      ? button("Unban", () => unban(c.key))
+      : button("Ban", () => ban(c.key)));
+    body.append(row);
+  }
+}
+
+async function ban(key) {
+  const ttl = $("#ttl").value;
+  const body = { cidr: key, reason: $("#reason").value.trim() };
+  if (ttl) body.ttl_seconds = Number(ttl);
+  await api("/v1/blocklist", { method: "POST", body: JSON.stringify(body) });
+  status(`banned ${key}`);
+  await refresh();
+  await loadBlocklist();
+}
+
+async function unban(key) {
+  const check = await (await api(`/v1/blocklist/check/${encodeURIComponent(key.split("/")[0])}`)).json();
+  if (!check.entry) return;
+  await api(`/v1/blocklist/${encodeURIComponent(check.entry.cidr)}`, { method: "DELETE" });
+  status(`unbanned ${check.entry.cidr}`);
+  await refresh();
+  await loadBlocklist();
+}
+
+// --- the blocklist --------------------------------------------------------------------
+
+async function loadBlocklist() {
+  const source = $("#source").value;
+  const query = source ? `&source=${source}` : "";
+  const page = await (await api(`/v1/blocklist?limit=1000${query}`)).json();
+  state.entries = page.entries;
+  $("#blocklist-count").textContent =
+    `${page.entries.length}${page.next ? "+ (first 1,000 shown)" : ""} entries`;
+  showBlocklist();
+}
+
+function showBlocklist() {
+  const needle = $("#search").value.trim().toLowerCase();
+  const body = $("#blocklist tbody");
+  body.replaceChildren();
+  for (const e of state.entries) {
+    if (needle && !e.cidr.includes(needle) && !e.reason.toLowerCase().includes(needle)) continue;
+    const row = document.createElement("tr");
+    cell(row, e.cidr);
+    cell(row, e.source);
+    cell(row, e.reason);
+    cell(row, e.expires_at ? e.expires_at.replace("T", " ").slice(0, 19) : "never");
+    cell(row, "").append(button("Remove", async () => {
+      await api(`/v1/blocklist/${encodeURIComponent(e.cidr)}`, { method: "DELETE" });
+      await loadBlocklist();
+    }));
+    body.append(row);
+  }
+}
+
+async function clearAutomatic() {
+  const result = await (await api("/v1/blocklist?source=auto", { method: "DELETE" })).json();
+  status(`removed ${result.removed} automatic bans`);
+  await loadBlocklist();
+}
+
+// --- polling --------------------------------------------------------------------------
+
+async function refresh() {
+  const stats = await (await api("/v1/stats")).json();
+  receivers(stats.receivers);
+  rates(stats.receivers);
+  clients(stats);
+  status(`live: ${stats.receivers.length} receivers, ` +
+         `${stats.overall.open_connections} open connections`);
+}
+
+function connect() {
+  if (state.timer) clearInterval(state.timer);
+  state.last = null;
+  state.history = [];
+  const tick = () => refresh().catch((e) => status(e.message));
+  tick();
+  loadBlocklist().catch((e) => status(e.message));
+  state.timer = setInterval(tick, POLL_MS);
+}
+
+function start() {
+  const given = new URLSearchParams(location.hash.slice(1));
+  state.token = given.get("token") || sessionStorage.getItem("floodgate-admin-token") || "";
+  $("#token").value = state.token;
+  $("#login").addEventListener("submit", (submitted) => {
+    submitted.preventDefault();
+    state.token = $("#token").value.trim();
+    sessionStorage.setItem("floodgate-admin-token", state.token);
+    connect();
+  });
+  $("#search").addEventListener("input", showBlocklist);
+  $("#source").addEventListener("change", () => loadBlocklist().catch((e) => status(e.message)));
+  $("#clear-auto").addEventListener("click", () => clearAutomatic().catch((e) => status(e.message)));
+  if (state.token) connect();
+}
+
+start();

@@ -1,0 +1,146 @@
+"""The operator's view of an incident, through real processes: two receivers and an API,
+a flood from the bundled tool, `/v1/stats` naming the flooders, the console page (in a
+real headless browser) showing them, and a ban from the page refusing them on both
+receivers within a second."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import ARTEFACTS
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.processes import ServiceProcess, clean_environ
+from tests.support.smtp import RawClient
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FLOODERS = ("127.0.30.1", "127.0.30.2")
+
+
+def _flood(receiver: ServiceProcess, tmp_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "floodgate",
+            "flood",
+            "--quiet",
+            "--target",
+            f"{receiver.host}:{receiver.port}",
+            "--connect",
+            "4",
+            "--connect-ips",
+            "2",
+            "--duration",
+            "6",
+        ],
+        env=clean_environ(),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _click(driver: Any, xpath: str) -> bool:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        driver.find_element(By.XPATH, xpath).click()
+    except StaleElementReferenceException:
+        return False
+    return True
+
+
+def _refused(receiver: ServiceProcess, source: str) -> bool:
+    client = RawClient(receiver.host, receiver.port, source=source)
+    try:
+        return client.reply().code == 554
+    finally:
+        client.close()
+
+
+def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
+    browser: Any, make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # No automatic bans here: the operator does the banning.
+    limits = {"connection_rate": "20", "autoban_threshold": "0"}
+    first, second = make_receiver(**limits), make_receiver(**limits)
+    api = make_api()
+    flood = _flood(first, tmp_path)
+    try:
+        started = time.monotonic()
+        named: list[str] = []
+        while time.monotonic() - started < 10:
+            stats = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH).json()
+            named = [key for key, _ in stats["overall"]["windows"]["1m"]["refusals"]]
+            if set(FLOODERS) <= set(named):
+                break
+            time.sleep(0.5)
+        assert set(FLOODERS) <= set(named), stats
+        assert len(stats["receivers"]) == 2
+        assert stats["overall"]["windows"]["1m"]["reasons"]["connection_rate"] > 0
+
+        browser.get(f"{api.http_url}/console#token={ADMIN_TOKEN}")
+        wait = WebDriverWait(browser, 15)
+        wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live: 2 receivers"))
+        wait.until(lambda d: d.find_element(By.ID, f"client-{FLOODERS[0]}"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#receivers tbody tr")) == 2
+        time.sleep(6)  # two snapshots of each receiver: the chart has rates to draw
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(ARTEFACTS / "console.png"))
+
+        # The table is redrawn at every poll: find the button and click it in one step.
+        ban = f"//tr[@id='client-{FLOODERS[0]}']//button"
+        wait.until(lambda d: _click(d, ban))
+        banned_at = time.monotonic()
+        deadline = banned_at + 5
+        while not (_refused(first, FLOODERS[0]) and _refused(second, FLOODERS[0])):
+            assert time.monotonic() < deadline, "the ban never reached both receivers"
+            time.sleep(0.05)
+        assert time.monotonic() - banned_at < 1.0 + 0.5  # the click's own request included
+        assert not _refused(second, FLOODERS[1])  # only the one banned
+        wait.until(lambda d: "blocked" in d.find_element(By.ID, f"client-{FLOODERS[0]}").text)
+        entry = httpx.get(f"{api.http_url}/v1/blocklist/{FLOODERS[0]}", headers=AUTH).json()
+        assert entry["source"] == "manual" and entry["reason"] == "banned from the console"
+        assert entry["expires_at"] is not None  # one hour, the page's default
+    finally:
+        flood.terminate()
+        flood.wait(30)
+
+
+def test_the_console_removes_every_automatic_ban_at_once(
+    browser: Any, make_receiver: ServiceFactory, make_api: ServiceFactory
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    receiver = make_receiver(connection_rate="5", autoban_threshold="3")
+    api = make_api()
+    for source in ("127.0.33.1", "127.0.33.2"):
+        for _ in range(12):  # over the connection rate until auto-banned
+            client = RawClient(receiver.host, receiver.port, source=source)
+            client.close()
+    manual = {"cidr": "198.51.100.0/24", "reason": "kept"}
+    assert httpx.post(f"{api.http_url}/v1/blocklist", json=manual, headers=AUTH).status_code == 201
+
+    browser.get(f"{api.http_url}/console#token={ADMIN_TOKEN}")
+    wait = WebDriverWait(browser, 15)
+    rows = "#blocklist tbody tr"
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 3)
+    browser.find_element(By.ID, "search").send_keys("127.0.33.2")
+    assert len(browser.find_elements(By.CSS_SELECTOR, rows)) == 1
+    browser.find_element(By.ID, "search").clear()
+    browser.find_element(By.ID, "clear-auto").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "removed 2 automatic bans")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 1)
+    left = httpx.get(f"{api.http_url}/v1/blocklist", headers=AUTH).json()["entries"]
+    assert [e["cidr"] for e in left] == ["198.51.100.0/24"]
