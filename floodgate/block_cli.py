@@ -342,3 +342,22 @@ def _import(client: Client, args: argparse.Namespace, kind: Kind) -> int:
         updated += result["updated"]
     print(f"imported {len(lines)} entries: {added} added, {updated} updated")
     return 0
+
+
+def run_top(args: argparse.Namespace, settings: Settings) -> int:
+    """`floodgate top`: the live view, with this module's client and token handling."""
+    from floodgate import top
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.interval <= 0 or args.interval > 60:
+        print("floodgate top: --interval must be in (0, 60] seconds", file=sys.stderr)
+        return 2
+    try:
+        return top.run(
+            Client(_base_url(args, settings), _token(settings)), args.interval, args.once
+        )
+    except ApiError as error:
+        print(f"floodgate top: {error}", file=sys.stderr)
+        return error.status
+    except KeyboardInterrupt:
+        return 0

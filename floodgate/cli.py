@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_block_parser(sub, BLOCK)
         add_block_parser(sub, ALLOW)
+        from floodgate.top import add_parser as add_top_parser
+
+        add_top_parser(sub)
     return parser
 
 
@@ -86,4 +89,8 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
         from floodgate.block_cli import run_block
 
         return run_block(args, settings)
+    if args.command == "top":
+        from floodgate.block_cli import run_top
+
+        return run_top(args, settings)
     return 2

@@ -1,0 +1,214 @@
+"""`floodgate top`: the live terminal view of every receiver (from `GET /v1/stats`).
+
+Receivers with their store and stress state, accepted/refused/stored per second, and the
+heaviest clients of the last minute with their blocklist state. Keys: up/down (or k/j)
+select a client, `b` bans it for an hour, `u` lifts its entry, `q` quits. `--once` prints
+one frame and exits (for scripts and for a terminal without keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from floodgate.block_cli import ApiError, Client
+
+BAN_TTL = 3600
+BAN_REASON = "banned from floodgate top"
+KEYS_UP = {"k", "\x1b[A"}
+KEYS_DOWN = {"j", "\x1b[B"}
+
+
+@dataclass
+class View:
+    """What the screen shows, and which client is selected."""
+
+    stats: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    selected: int = 0
+    rates: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+    _last: dict[str, tuple[float, dict[str, int]]] = field(default_factory=dict)
+
+    def update(self, stats: dict[str, Any]) -> None:
+        self.stats = stats
+        self.rows = top_clients(stats)
+        self.selected = min(self.selected, max(0, len(self.rows) - 1))
+        self.rates = self._rates(stats["receivers"])
+
+    def _rates(self, receivers: list[dict[str, Any]]) -> dict[str, float]:
+        total = {"accepted": 0.0, "refused": 0.0, "stored": 0.0}
+        seen = {}
+        for r in receivers:
+            before = self._last.get(r["receiver"])
+            seen[r["receiver"]] = (r["at"], r["totals"])
+            if before is None or r["at"] <= before[0]:
+                continue
+            for key in total:
+                change = max(0, r["totals"][key] - before[1][key])
+                total[key] += change / (r["at"] - before[0])
+        self._last = seen
+        return total
+
+    def move(self, step: int) -> None:
+        if self.rows:
+            self.selected = (self.selected + step) % len(self.rows)
+
+    @property
+    def chosen(self) -> dict[str, Any] | None:
+        return self.rows[self.selected] if self.rows else None
+
+
+def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per client named anywhere in the last minute's tops, heaviest first."""
+    window = stats["overall"]["windows"].get("1m", {})
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(key: str) -> dict[str, Any]:
+        state = stats["clients"].get(key, {"blocked": False})
+        return rows.setdefault(
+            key, {"client": key, "refused": 0, "messages": 0, "open": 0, "state": state}
+        )
+
+    for key, count in window.get("refusals", []):
+        row(key)["refused"] = count
+    for key, count in window.get("messages", []):
+        row(key)["messages"] = count
+    for key, count in stats["overall"]["top_open"]:
+        row(key)["open"] = count
+    return sorted(rows.values(), key=lambda r: (-r["refused"], -r["open"], -r["messages"]))
+
+
+def render(view: View) -> Group:
+    receivers = Table(title="receivers", expand=True)
+    for column in ("receiver", "age", "store", "stress", "open"):
+        receivers.add_column(column, justify="right" if column in ("age", "open") else "left")
+    for r in view.stats.get("receivers", []):
+        store = "up" if r["store_up"] else f"[red]down: {r['store_reason']}[/red]"
+        stress = "[red]STRESS[/red]" if r["stress"] else "no"
+        receivers.add_row(
+            r["receiver"], f"{r['age_s']:.1f}s", store, stress, str(r["open_connections"])
+        )
+    rates = view.rates
+    summary = Text(
+        f"per second: accepted {rates.get('accepted', 0):.0f}, refused "
+        f"{rates.get('refused', 0):.0f}, stored {rates.get('stored', 0):.0f}; open "
+        f"connections {view.stats.get('overall', {}).get('open_connections', 0)}"
+    )
+    clients = Table(title="top clients, last minute", expand=True)
+    for column in ("client", "refused", "messages", "open", "state"):
+        clients.add_column(column, justify="left" if column in ("client", "state") else "right")
+    for index, r in enumerate(view.rows):
+        state = r["state"]
+        label = f"blocked ({state.get('source')})" if state.get("blocked") else ""
+        clients.add_row(
+            r["client"],
+            str(r["refused"]),
+            str(r["messages"]),
+            str(r["open"]),
+            label,
+            style="reverse" if index == view.selected else None,
+        )
+    keys = Text("up/down select   b ban (1 h)   u unban   q quit", style="dim")
+    return Group(receivers, summary, clients, Text(view.message, style="bold"), keys)
+
+
+def act(client: Client, view: View, key: str) -> bool:
+    """Apply one key; False when it asks to quit."""
+    if key in ("q", "\x03"):
+        return False
+    if key in KEYS_UP:
+        view.move(-1)
+    elif key in KEYS_DOWN:
+        view.move(1)
+    elif key in ("b", "u") and view.chosen is not None:
+        target = view.chosen["client"]
+        try:
+            view.message = ban(client, target) if key == "b" else unban(client, target)
+        except ApiError as error:
+            view.message = str(error)
+    return True
+
+
+def ban(client: Client, target: str) -> str:
+    body = {"cidr": target, "reason": BAN_REASON, "ttl_seconds": BAN_TTL}
+    response = client.call("POST", "/v1/blocklist", json=body)
+    if response.status_code not in (200, 201):
+        return f"ban refused: {response.text[:120]}"
+    return f"banned {target} for an hour"
+
+
+def unban(client: Client, target: str) -> str:
+    check = client.call("GET", f"/v1/blocklist/check/{target.split('/')[0]}").json()
+    if not check.get("blocked"):
+        return f"{target} is not blocked"
+    cidr = check["entry"]["cidr"]
+    client.call("DELETE", f"/v1/blocklist/{quote(cidr, safe='')}")
+    return f"removed {cidr}"
+
+
+@contextlib.contextmanager
+def keys() -> Iterator[None]:
+    """The terminal in cbreak mode (single keys, no echo) while the view runs."""
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def read_key(timeout: float) -> str | None:
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    if not ready:
+        return None
+    data = os.read(sys.stdin.fileno(), 8).decode(errors="replace")
+    return data
+
+
+def run(client: Client, interval: float, once: bool) -> int:
+    view = View()
+    view.update(client.call("GET", "/v1/stats").json())
+    console = Console()
+    if once or not sys.stdin.isatty():
+        time.sleep(0 if once else interval)
+        console.print(render(view))
+        return 0
+    with keys(), Live(render(view), console=console, screen=True, auto_refresh=False) as live:
+        next_poll = time.monotonic() + interval
+        while True:
+            key = read_key(max(0.0, next_poll - time.monotonic()))
+            if key is not None and not act(client, view, key):
+                return 0
+            if time.monotonic() >= next_poll:
+                view.update(client.call("GET", "/v1/stats").json())
+                next_poll = time.monotonic() + interval
+            live.update(render(view), refresh=True)
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "top",
+        help="live view of every receiver: top clients, refusals, stress; ban from the keyboard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--api", help="API base URL (default: http://FLOODGATE_API_LISTEN)")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    parser.add_argument("--once", action="store_true", help="print one frame and exit")
