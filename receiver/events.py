@@ -120,6 +120,11 @@ class Metrics:
         )
         self.open = Gauge("floodgate_connections_open", "Open SMTP connections", registry=r)
         self.stress = Gauge("floodgate_stress_mode", "1 while stress mode is on", registry=r)
+        self.store_up = Gauge(
+            "floodgate_store_up",
+            "1 while the store takes durable writes (3 failures down, 2 successes up)",
+            registry=r,
+        )
         self.stress_transitions = Counter(
             "floodgate_stress_transitions", "Stress mode changes", ["to"], registry=r
         )

@@ -200,6 +200,7 @@ class ReceiverState:
         m = self.metrics
         m.open.set_function(lambda: self.admission.counts.total)
         m.stress.set_function(lambda: 1 if self.admission.stressed else 0)
+        m.store_up.set_function(lambda: 1 if self.store_health.up else 0)
         m.store_pending.set_function(lambda: self.store.pending)
         m.data_memory.set_function(lambda: self.data_budget.used)
         m.blocklist_staleness.set_function(self.blocklist.staleness)

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Tools the test suite drives as real processes: HAProxy (tests/deploy), Debian's
-# chromium with its driver (the web inbox page is tested in a real headless browser), and
-# swaks (a third STARTTLS client beside smtplib and openssl).
+# chromium with its driver (the web pages are tested in a real headless browser), swaks (a
+# third STARTTLS client beside smtplib and openssl), and Prometheus's promtool and amtool
+# (the alert rules in deploy/prometheus are checked and unit-tested with them; the
+# packages' daemons are held from starting like every other, see below).
 #
 # The host is not ours. Nothing outside the repository is changed unless asked: packages
 # are installed only with CI=true (CI sets it; .ci/run relies on it) or
@@ -13,6 +15,8 @@ missing=""
 command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium chromium-driver"
 command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
 [ -z "$missing" ] && exit 0
 if [ "${CI:-}" != true ] && [ "${FLOODGATE_INSTALL_TOOLS:-}" != 1 ]; then
     echo "tests:$missing missing; their tests will skip (FLOODGATE_INSTALL_TOOLS=1 make test installs them)" >&2
@@ -59,6 +63,11 @@ else
     esac
     case "$missing" in *swaks*)
         install swaks || echo "tests: swaks could not be installed; its test will skip" >&2
+    esac
+    case "$missing" in *prometheus*)
+        # shellcheck disable=SC2046
+        install $(printf '%s\n' $missing | grep '^prometheus') \
+            || echo "tests: promtool/amtool could not be installed; their tests will skip" >&2
     esac
     case "$missing" in *chromium*)
         install chromium chromium-driver \
