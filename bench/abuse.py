@@ -302,10 +302,62 @@ def header_stall(quick: bool) -> dict[str, Any]:
     }
 
 
+STATS_SHARE_TARGET = 5.0  # % of a refusal's receiver CPU cost
+
+
+def stats_cost(refusal: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """What the live statistics add to each refusal, and what a snapshot costs.
+
+    Measured in process on the exact hot-path call (`LiveStats.record_refusal`), with the
+    worst key mix for the summary (a new address on every refusal, 100,000 of them), and
+    compared with the receiver CPU cost of one refusal from `refusal_cost`.
+    """
+    import json as json_module
+
+    from receiver.stats import LiveStats, snapshot
+
+    calls = 200_000 if quick else 1_000_000
+    keys = [f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}" for n in range(100_000)]
+    stats = LiveStats()
+    record = stats.record_refusal
+    started = time.process_time()
+    for n in range(calls):
+        record(keys[n % 100_000], "per_ip_cap")
+    per_call_us = (time.process_time() - started) / calls * 1e6
+    refusal_us = 1e6 / refusal["per_receiver_cpu_second"]
+    open_counts = {keys[n]: 1 + n % 5 for n in range(10_000)}
+    started = time.process_time()
+    for _ in range(20):
+        document = snapshot(
+            stats,
+            receiver="bench",
+            open_counts=open_counts,
+            open_total=30_000,
+            stressed=False,
+            store_up=True,
+            store_reason="",
+            accepted_total=0,
+        )
+    build_ms = (time.process_time() - started) / 20 * 1000
+    share = 100 * per_call_us / refusal_us
+    return {
+        "calls": calls,
+        "record_us": round(per_call_us, 3),
+        "refusal_us": round(refusal_us, 1),
+        "share_pct": round(share, 2),
+        "cpu_pct_at_10k_per_s": round(per_call_us * 10_000 / 1e4, 2),
+        "snapshot_bytes": len(json_module.dumps(document)),
+        "snapshot_build_ms": round(build_ms, 2),
+        "targets": {f"share_pct < {STATS_SHARE_TARGET}": share < STATS_SHARE_TARGET},
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
+    refusal = refusal_cost(quick)
     return {
         "idle": idle_sockets(quick),
-        "refusal": refusal_cost(quick),
+        "refusal": refusal,
+        "stats": stats_cost(refusal, quick),
         "header": header_stall(quick),
     }
 
@@ -338,6 +390,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"{refusal['per_wall_second']:,}/s wall, "
         f"**{refusal['per_receiver_cpu_second']:,} per receiver CPU-second** (target >= 10,000).",
     ]
+    stats = result.get("stats")
+    if stats:
+        lines += [
+            "",
+            f"Live statistics (heavy hitters per refusal, worst key mix: a new address each "
+            f"time): **{stats['record_us']} µs per refusal, {stats['share_pct']} % of a "
+            f"refusal's {stats['refusal_us']} µs** (target < {STATS_SHARE_TARGET} %); at "
+            f"10,000 refusals/s that is {stats['cpu_pct_at_10k_per_s']} % of one core. A "
+            f"snapshot of 10,000 open clients and 100,000 refused ones: "
+            f"{stats['snapshot_bytes']:,} bytes, built in {stats['snapshot_build_ms']} ms "
+            f"(published every 5 s).",
+        ]
     header = result.get("header")
     if header:
         lines += [
