@@ -26,6 +26,7 @@ TYPES = {
     "console.html": "text/html; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",  # shared by both pages
 }
 PAGES = ("index.html", "console.html")
 CSP = (

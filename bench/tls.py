@@ -18,7 +18,6 @@ The client is Python (asyncio + OpenSSL) in the benchmark process: smtp-source h
 from __future__ import annotations
 
 import asyncio
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pymongo import MongoClient
 
 from bench.common import cpu_seconds, embedded_store, median, percentile, start_service
 from bench.throughput import RECEIVER_ENV
+from flood.smtp import CLIENT_TLS
 
 TLS_ENV = {
     **RECEIVER_ENV,
@@ -43,14 +43,7 @@ BODY = (
 )
 
 
-def _client_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-CONTEXT = _client_context()
+CONTEXT = CLIENT_TLS  # the flood tool's: encryption, no certificate check
 
 
 async def _reply(reader: asyncio.StreamReader) -> int:

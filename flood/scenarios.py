@@ -7,8 +7,10 @@ runner sets at `--duration` (or on Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from flood.smtp import Closed, Connection, message, transaction
@@ -60,6 +62,34 @@ async def _open(target: Target, source: str | None) -> tuple[Connection | None, 
     except OSError as error:
         return None, _error_outcome(error)
     return conn, ""
+
+
+@contextlib.asynccontextmanager
+async def _greeted(
+    target: Target, stats: Stats, stop: asyncio.Event, scenario: str, source: str
+) -> AsyncIterator[Connection | None]:
+    """A connection from `source` that got its 220 and said EHLO, closed afterwards; None
+    (the refusal recorded, after a short pause) when it did not get that far. A failure
+    inside the block is recorded too, as the scenario's outcome."""
+    conn, failure = await _open(target, source)
+    if conn is None:
+        stats.record(scenario, failure)
+        await _wait(stop, 0.05)
+        yield None
+        return
+    try:
+        greeting = await conn.reply(target.timeout)
+        if not greeting.ok:
+            stats.record(scenario, greeting.key)
+            await _wait(stop, 0.05)
+            yield None
+            return
+        await conn.command("EHLO flood.test", target.timeout)
+        yield conn
+    except (Closed, TimeoutError, OSError) as error:
+        stats.record(scenario, _error_outcome(error))
+    finally:
+        await conn.close()
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
@@ -247,18 +277,9 @@ async def messages(
         source = addresses[index % len(addresses)]
         sender = f"flood{index}@flood.test"
         while not stop.is_set():
-            conn, failure = await _open(target, source)
-            if conn is None:
-                stats.record("messages", failure)
-                await _wait(stop, 0.05)
-                continue
-            try:
-                greeting = await conn.reply(target.timeout)
-                if not greeting.ok:
-                    stats.record("messages", greeting.key)
-                    await _wait(stop, 0.05)
+            async with _greeted(target, stats, stop, "messages", source) as conn:
+                if conn is None:
                     continue
-                await conn.command("EHLO flood.test", target.timeout)
                 while not stop.is_set():
                     serial = next(counter)
                     if serial >= limit:
@@ -274,10 +295,6 @@ async def messages(
                     stats.record("messages", reply.key)
                     if reply.code == 421:
                         break
-            except (Closed, TimeoutError, OSError) as error:
-                stats.record("messages", _error_outcome(error))
-            finally:
-                await conn.close()
 
     await asyncio.gather(*(worker(i) for i in range(workers)), return_exceptions=True)
 
@@ -363,27 +380,14 @@ async def tls_handshakes(
     async def worker(index: int) -> None:
         source = addresses[index % len(addresses)]
         while not stop.is_set() and next(counter) < limit:
-            conn, failure = await _open(target, source)
-            if conn is None:
-                stats.record("tls", failure)
-                await _wait(stop, 0.01)
-                continue
-            try:
-                greeting = await conn.reply(target.timeout)
-                if not greeting.ok:
-                    stats.record("tls", greeting.key)
-                    await _wait(stop, 0.05)
+            async with _greeted(target, stats, stop, "tls", source) as conn:
+                if conn is None:
                     continue
-                await conn.command("EHLO flood.test", target.timeout)
                 reply = await conn.starttls(target.timeout)
                 stats.record("tls", HANDSHAKE if reply.code == 220 else reply.key)
                 if reply.code == 220:
                     conn.send(b"QUIT\r\n")
                 else:
                     await _wait(stop, 0.05)
-            except (Closed, TimeoutError, OSError) as error:
-                stats.record("tls", _error_outcome(error))
-            finally:
-                await conn.close()
 
     await asyncio.gather(*(worker(i) for i in range(workers)), return_exceptions=True)

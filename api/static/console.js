@@ -11,17 +11,7 @@ const state = { token: "", timer: null, last: null, history: [], entries: [] };
 
 function status(text) { $("#status").textContent = text; }
 
-async function api(path, options = {}) {
-  const headers = { ...(options.headers || {}), Authorization: `Bearer ${state.token}` };
-  if (options.body) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { ...options, headers });
-  if (!response.ok) {
-    let message = `HTTP ${response.status}`;
-    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return response;
-}
+function api(path, options = {}) { return floodgateFetch(state.token, path, options); }
 
 function cell(row, text, className) {
   const td = document.createElement("td");

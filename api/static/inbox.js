@@ -9,16 +9,7 @@ const FRAME_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 function status(text) { $("#status").textContent = text; }
 
-async function api(path, options = {}) {
-  const headers = { ...(options.headers || {}), Authorization: `Bearer ${state.token}` };
-  const response = await fetch(path, { ...options, headers });
-  if (!response.ok) {
-    let message = `HTTP ${response.status}`;
-    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
-    throw new Error(message);
-  }
-  return response;
-}
+function api(path, options = {}) { return floodgateFetch(state.token, path, options); }
 
 function row(message) {
   if (document.getElementById(`m-${message.id}`)) return;

@@ -168,8 +168,11 @@ def test_json_schema_plot_and_require_legit(make_receiver: ServiceFactory, tmp_p
         "scenarios",
         "legit",
         "timeline",
+        "bans",
     }
     assert report["schema"] == "floodgate.flood/1"
+    # No admin token where this runs: the ban report says it did not look.
+    assert report["bans"] == {"checked": False, "note": "no admin token: bans not checked"}
     assert set(report["legit"]) == {"sent", "accepted", "success_pct", "latency_ms"}
     assert report["legit"]["success_pct"] == 0.0
     assert report["scenarios"]["legit"]["outcomes"] == {"550 5.7.1": report["legit"]["sent"]}
