@@ -217,7 +217,7 @@ class Supervisor:
 Floodgate is running.
   SMTP      {smtp_host}:{smtp_port}   accepting mail for: {self.settings.domains}
   STARTTLS  {self._tls_note()}
-  API       {api}   (web inbox at {api}/, API docs at {api}/docs)
+  API       {api}   (web inbox {api}/, console {api}/console, docs {api}/docs)
   token     {token} {token_note}
 
 Send a first message:

@@ -32,6 +32,7 @@ BAN_TTL = 3600
 BAN_REASON = "banned from floodgate top"
 KEYS_UP = {"k", "\x1b[A"}
 KEYS_DOWN = {"j", "\x1b[B"}
+Snapshot = tuple[float, dict[str, int]]  # (published at, totals)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class View:
     selected: int = 0
     rates: dict[str, float] = field(default_factory=dict)
     message: str = ""
-    _last: dict[str, tuple[float, dict[str, int]]] = field(default_factory=dict)
+    _snapshots: dict[str, tuple[Snapshot | None, Snapshot | None]] = field(default_factory=dict)
 
     def update(self, stats: dict[str, Any]) -> None:
         self.stats = stats
@@ -52,18 +53,21 @@ class View:
         self.rates = self._rates(stats["receivers"])
 
     def _rates(self, receivers: list[dict[str, Any]]) -> dict[str, float]:
+        """Per second, from each receiver's last two distinct snapshots (it publishes every
+        5 s); empty until some receiver has two."""
         total = {"accepted": 0.0, "refused": 0.0, "stored": 0.0}
-        seen = {}
+        measured = False
         for r in receivers:
-            before = self._last.get(r["receiver"])
-            seen[r["receiver"]] = (r["at"], r["totals"])
-            if before is None or r["at"] <= before[0]:
+            older, newer = self._snapshots.get(r["receiver"], (None, None))
+            if newer is None or r["at"] > newer[0]:
+                older, newer = newer, (r["at"], r["totals"])
+                self._snapshots[r["receiver"]] = (older, newer)
+            if older is None:
                 continue
+            measured = True
             for key in total:
-                change = max(0, r["totals"][key] - before[1][key])
-                total[key] += change / (r["at"] - before[0])
-        self._last = seen
-        return total
+                total[key] += max(0, newer[1][key] - older[1][key]) / (newer[0] - older[0])
+        return total if measured else {}
 
     def move(self, step: int) -> None:
         if self.rows:
@@ -105,11 +109,14 @@ def render(view: View) -> Group:
             r["receiver"], f"{r['age_s']:.1f}s", store, stress, str(r["open_connections"])
         )
     rates = view.rates
-    summary = Text(
-        f"per second: accepted {rates.get('accepted', 0):.0f}, refused "
-        f"{rates.get('refused', 0):.0f}, stored {rates.get('stored', 0):.0f}; open "
-        f"connections {view.stats.get('overall', {}).get('open_connections', 0)}"
+    opened = view.stats.get("overall", {}).get("open_connections", 0)
+    per_second = (
+        f"per second: accepted {rates['accepted']:.0f}, refused {rates['refused']:.0f}, "
+        f"stored {rates['stored']:.0f}"
+        if rates
+        else "per second: from the next snapshot on (receivers publish every 5 s)"
     )
+    summary = Text(f"{per_second}; open connections {opened}")
     clients = Table(title="top clients, last minute", expand=True)
     for column in ("client", "refused", "messages", "open", "state"):
         clients.add_column(column, justify="left" if column in ("client", "state") else "right")

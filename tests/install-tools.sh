@@ -23,54 +23,27 @@ if [ "${CI:-}" != true ] && [ "${FLOODGATE_INSTALL_TOOLS:-}" != 1 ]; then
     exit 0
 fi
 
-# Keep the packages' maintainer scripts from starting a daemon while we install, with a
-# policy-rc.d that is ours alone: created atomically (noclobber) only if none exists, and
-# removed by the trap on every exit path (EXIT, INT, TERM, HUP) only while it still carries
-# our mark. A pre-existing policy-rc.d is never replaced or removed. Only SIGKILL can leave
-# ours behind (it would block every service start on the host); its mark names the process,
-# and the next run removes it once that process is gone.
-policy=/usr/sbin/policy-rc.d
-mark="# floodgate tests/install-tools.sh pid $$: temporary, removed when that process exits"
-ours() { grep -qxF "$1" "$policy" 2>/dev/null; }
-cleanup() { if ours "$mark"; then rm -f "$policy"; fi; }
-hold_services() {
-    stale=$(sed -n 's/^# floodgate [^ ]* pid \([0-9][0-9]*\): temporary.*/\1/p' "$policy" 2>/dev/null)
-    if [ -n "$stale" ] && ! kill -0 "$stale" 2>/dev/null; then  # kill -0 only asks
-        rm -f "$policy"
-    fi
-    trap cleanup EXIT
-    trap 'exit 129' HUP
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-    if (set -C; printf '#!/bin/sh\n%s\nexit 101\n' "$mark" >"$policy") 2>/dev/null; then
-        chmod 755 "$policy"
-    fi
-}
-# apt-get install the named packages; on failure refresh the package lists once and retry.
-install() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1 \
-        || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 \
-             && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null 2>&1; }
-}
+# Daemons are held from starting while we install (tools/apt.sh: hold_services).
+. "$(dirname "$0")/../tools/apt.sh"
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "tests:$missing missing and not installable here (needs root and apt-get)" >&2
 else
-    hold_services
+    hold_services tests/install-tools.sh
     # One package set at a time: a chromium that the distribution lacks must not cost HAProxy.
     case "$missing" in *haproxy*)
-        install haproxy || echo "tests: haproxy could not be installed; its tests will skip" >&2
+        apt_install haproxy || echo "tests: haproxy could not be installed; its tests will skip" >&2
     esac
     case "$missing" in *swaks*)
-        install swaks || echo "tests: swaks could not be installed; its test will skip" >&2
+        apt_install swaks || echo "tests: swaks could not be installed; its test will skip" >&2
     esac
     case "$missing" in *prometheus*)
         # shellcheck disable=SC2046
-        install $(printf '%s\n' $missing | grep '^prometheus') \
+        apt_install $(printf '%s\n' $missing | grep '^prometheus') \
             || echo "tests: promtool/amtool could not be installed; their tests will skip" >&2
     esac
     case "$missing" in *chromium*)
-        install chromium chromium-driver \
+        apt_install chromium chromium-driver \
             || echo "tests: chromium could not be installed; its tests will skip" >&2
     esac
     # If a daemon started anyway (say a pre-existing policy-rc.d allows starts), it is the
