@@ -60,7 +60,9 @@ def tls_settings(settings: Settings) -> TlsSettings | None:
         return None
     if settings.tls_cert is not None:
         return TlsSettings(settings.tls_cert, settings.tls_key)
-    return TlsSettings(self_signed(settings.data_dir, settings.smtp_hostname), None, True)
+    name, directory = settings.smtp_hostname, settings.data_dir
+    ecdsa = self_signed(directory, name, ecdsa=True)  # chosen by clients that can
+    return TlsSettings(self_signed(directory, name), None, True, (ecdsa,))
 
 
 def blocklist_config(settings: Settings, snapshot: Path | None = None) -> LocalConfig:
@@ -122,7 +124,7 @@ def main(settings: Settings) -> None:
     config = receiver_config(settings)
     if config.tls is not None:
         try:
-            server_context(config.tls.cert, config.tls.key)
+            server_context(config.tls.cert, config.tls.key, config.tls.extra)
         except (OSError, ssl.SSLError) as error:
             fail(f"floodgate receiver: cannot use the TLS certificate {config.tls.cert}: {error}")
     try:

@@ -239,8 +239,8 @@ Stop with Ctrl-C.
             return f"on, certificate {settings.tls_cert}"
         path = settings.data_dir / "tls" / SELF_SIGNED
         return (
-            f"on, self-signed certificate for {settings.smtp_hostname} in {path} "
-            "(FLOODGATE_TLS_CERT for a real one)"
+            f"on, self-signed certificates (RSA, ECDSA) for {settings.smtp_hostname} in "
+            f"{path.parent}/ (FLOODGATE_TLS_CERT for a real one)"
         )
 
 

@@ -29,37 +29,50 @@ log = logging.getLogger("floodgate.receiver")
 # TLS 1.3 suites are not set by set_ciphers: OpenSSL's defaults are all AEAD.
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS:!SHA1"
 SELF_SIGNED = "snakeoil.pem"  # key and certificate in one file: replaced atomically
+SELF_SIGNED_ECDSA = "snakeoil-ecdsa.pem"  # beside it: cheaper handshakes for most clients
 SELF_SIGNED_DAYS = 3650
 BUSY = "busy"
 RATE = "rate"
 
 
-def server_context(cert: Path, key: Path | None) -> ssl.SSLContext:
-    """The receiver's server-side context. Raises OSError/ssl.SSLError naming the problem."""
+def server_context(cert: Path, key: Path | None, extra: tuple[Path, ...] = ()) -> ssl.SSLContext:
+    """The receiver's server-side context. Raises OSError/ssl.SSLError naming the problem.
+
+    `extra` are more chains of other key types (key and certificate in one file each):
+    OpenSSL then picks, per client, the one its signature algorithms allow; an ECDSA
+    signature costs the server a fraction of an RSA one.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_SINGLE_ECDH_USE
     context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    for chain in extra:
+        context.load_cert_chain(str(chain))
     return context
 
 
-def self_signed(data_dir: Path, hostname: str) -> Path:
-    """The self-signed certificate for `hostname` under `data_dir/tls/`, made if missing.
+def self_signed(data_dir: Path, hostname: str, *, ecdsa: bool = False) -> Path:
+    """The self-signed certificate for `hostname` under `data_dir/tls/`, made if missing:
+    RSA 2048 (every client takes it), or ECDSA P-256 with `ecdsa`.
 
     One PEM file holds the key and the certificate, written to a temporary file and renamed
     into place, so receivers starting together never read a key of another certificate.
     """
-    path = data_dir / "tls" / SELF_SIGNED
+    path = data_dir / "tls" / (SELF_SIGNED_ECDSA if ecdsa else SELF_SIGNED)
     if path.exists():
         return path
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
+        ec.generate_private_key(ec.SECP256R1())
+        if ecdsa
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
     now = datetime.datetime.now(datetime.UTC)
     try:
@@ -96,6 +109,7 @@ class TlsSettings:
     cert: Path
     key: Path | None  # None: the key is in the certificate file
     self_signed: bool = False
+    extra: tuple[Path, ...] = ()  # chains of other key types, key and certificate in each
 
 
 class Certificates:
@@ -107,12 +121,12 @@ class Certificates:
 
     def __init__(self, settings: TlsSettings) -> None:
         self.settings = settings
-        self.context = server_context(settings.cert, settings.key)
+        self.context = server_context(settings.cert, settings.key, settings.extra)
         self._stamp = self._files_stamp()
 
     def _files_stamp(self) -> tuple[tuple[int, int], ...]:
         stamps = []
-        for path in (self.settings.cert, self.settings.key):
+        for path in (self.settings.cert, self.settings.key, *self.settings.extra):
             if path is not None:
                 try:
                     info = path.stat()
@@ -127,7 +141,7 @@ class Certificates:
         if not stamp or stamp == self._stamp:
             return False
         try:
-            context = server_context(self.settings.cert, self.settings.key)
+            context = server_context(self.settings.cert, self.settings.key, self.settings.extra)
         except (OSError, ssl.SSLError) as error:
             # Logged once per change of the files, never per connection.
             log.warning(

@@ -44,8 +44,10 @@ def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
             time.sleep(0.2)
         text = output.read_text()
         certificate = tmp_path / "var" / "tls" / "snakeoil.pem"
-        assert f"STARTTLS  on, self-signed certificate for mx.test in {certificate}" in text
-        assert certificate.stat().st_mode & 0o077 == 0  # the key is readable by us alone
+        tls = certificate.parent
+        assert f"STARTTLS  on, self-signed certificates (RSA, ECDSA) for mx.test in {tls}/" in text
+        for made in (certificate, tls / "snakeoil-ecdsa.pem"):
+            assert made.stat().st_mode & 0o077 == 0  # the keys are readable by us alone
 
         with smtplib.SMTP("127.0.0.1", smtp, local_hostname="client.test") as client:
             client.starttls(context=insecure_context())

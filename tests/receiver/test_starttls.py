@@ -210,6 +210,35 @@ def test_the_handshake_budget_refuses_cheaply_and_stops_offering(
     )
 
 
+def _peer_key(receiver: ServiceProcess, context: ssl.SSLContext) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    client.starttls(context)
+    assert isinstance(client.sock, ssl.SSLSocket)
+    der = client.sock.getpeercert(binary_form=True)
+    client.close()
+    assert der is not None
+    key = x509.load_der_x509_certificate(der).public_key()
+    return (
+        "ecdsa"
+        if isinstance(key, ec.EllipticCurvePublicKey)
+        else ("rsa" if isinstance(key, rsa.RSAPublicKey) else "other")
+    )
+
+
+def test_the_self_signed_pair_serves_ecdsa_and_rsa_clients(receiver: ServiceProcess) -> None:
+    # A modern client gets the ECDSA certificate (a far cheaper signature for us)...
+    assert _peer_key(receiver, insecure_context()) == "ecdsa"
+    # ...one that can only verify RSA still gets a certificate it takes.
+    rsa_only = insecure_context()
+    rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
+    rsa_only.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    assert _peer_key(receiver, rsa_only) == "rsa"
+
+
 def _peer_name(receiver: ServiceProcess) -> str:
     client = RawClient(receiver.host, receiver.port)
     client.hello()
