@@ -419,6 +419,7 @@ class Session(asyncio.Protocol):
         tls.end(self.client_key)
         if self.phase is not Phase.HANDSHAKE:  # closed while the handshake ran
             secure.abort()
+            self.connection_lost(None)  # idempotent: the slot goes back exactly once
             return
         self.transport = secure
         self.tls = describe(secure)

@@ -35,7 +35,10 @@ def metric(receiver: ServiceProcess, name: str, **labels: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{receiver.http_port}/metrics").text
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        series = line.split(" ", 1)[0]
+        if series.split("{", 1)[0] != name:
+            continue
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no {name}{{{wanted}}}")
 
@@ -338,3 +341,23 @@ def test_starttls_out_of_sequence(receiver: ServiceProcess) -> None:
     assert client.cmd("EHLO client.test").code == 250
     reply = client.cmd("STARTTLS")
     assert reply.code == 503 and reply.lines[0] == "5.5.1 TLS already active"
+
+
+def test_tls_sessions_give_their_connection_slots_back(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(max_connections_per_ip="2")
+    for _ in range(6):  # three times the per-client cap, one after another
+        client = RawClient(receiver.host, receiver.port, source="127.0.0.7")
+        client.hello()
+        assert client.starttls().code == 220
+        assert client.cmd("EHLO client.test").code == 250
+        assert client.cmd("QUIT").code == 221
+        client.close()
+    stalled = RawClient(receiver.host, receiver.port, source="127.0.0.7")
+    stalled.hello()
+    assert stalled.cmd("STARTTLS").code == 220
+    stalled.close()  # gone mid-handshake
+    deadline = time.monotonic() + 5
+    while metric(receiver, "floodgate_connections_open") != 0:
+        assert time.monotonic() < deadline, "a TLS session kept its slot"
+        time.sleep(0.1)
+    assert handshakes(receiver, "ok", "TLSv1.3") == 6
