@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 
 from api import models
 from blocklist import BlocklistRepository
@@ -27,7 +28,12 @@ async def stats(request: Request) -> dict[str, Any]:
     store: MessageStore = request.app.state.store
     docs = await store.live_stats(MAX_AGE)
     now = time.time()
-    receivers = [_receiver(doc, now) for doc in sorted(docs, key=lambda d: str(d["_id"]))]
+    receivers = []
+    for doc in sorted(docs, key=lambda d: str(d["_id"])):
+        try:  # a receiver of another version may publish another shape: left out, not a 500
+            receivers.append(models.ReceiverStats.model_validate(_receiver(doc, now)).model_dump())
+        except (ValidationError, KeyError, TypeError, ValueError):
+            continue
     overall = _overall(receivers)
     named = {key for key, _ in overall["top_open"]}
     for window in overall["windows"].values():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pymongo import MongoClient
 
 from tests.api.conftest import ARTEFACTS
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
@@ -144,3 +145,32 @@ def test_the_console_removes_every_automatic_ban_at_once(
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 1)
     left = httpx.get(f"{api.http_url}/v1/blocklist", headers=AUTH).json()["entries"]
     assert [e["cidr"] for e in left] == ["198.51.100.0/24"]
+
+
+def test_stats_leave_out_a_snapshot_of_another_shape(
+    make_receiver: ServiceFactory,
+    make_api: ServiceFactory,
+    mongo: MongoClient[dict[str, Any]],
+    db_name: str,
+) -> None:
+    receiver = make_receiver()
+    api = make_api()
+    # A receiver of another version, mid-upgrade; and one that died an hour ago.
+    mongo[db_name]["receiver_stats"].insert_many(
+        [
+            {"_id": "other version", "at": time.time(), "totals": "not a mapping"},
+            {"_id": "long dead", "at": time.time() - 7200, "receiver": "long dead"},
+        ]
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        answer = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH)
+        assert answer.status_code == 200, answer.text
+        names = [r["receiver"] for r in answer.json()["receivers"]]
+        if names:
+            break
+        assert time.monotonic() < deadline, "the live receiver never appeared"
+        time.sleep(0.5)
+    assert names == [f"mx.test 127.0.0.1:{receiver.port}"]
+    # The dead one's document is deleted once the stats are read.
+    assert mongo[db_name]["receiver_stats"].count_documents({"_id": "long dead"}) == 0
