@@ -182,6 +182,9 @@ class Window(Model):
     messages: Tops = Field(description="[client, messages stored]")
     bytes: Tops = Field(description="[client, bytes stored]")
     reasons: dict[str, int] = Field(description="refusals by reason")
+    by_reason: dict[str, Tops] = Field(
+        default_factory=dict, description="per reason: [client, refusals], heaviest first"
+    )
     error_bound: dict[str, int] = Field(
         description="per measure: no count is short of the truth by more than this"
     )

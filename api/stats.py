@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from api import models
 from blocklist import BlocklistRepository
 from mailstore import MessageStore
-from receiver.stats import MEASURES, TOP, merge_top
+from receiver.stats import MEASURES, TOP, TOP_PER_REASON, merge_top
 
 MAX_AGE = 30.0  # a snapshot older than this is a receiver that stopped publishing
 
@@ -64,12 +64,16 @@ def _overall(receivers: list[dict[str, Any]]) -> dict[str, Any]:
     for name in ("1m", "5m"):
         parts = [r["windows"].get(name, {}) for r in receivers]
         reasons: dict[str, int] = {}
+        by_reason: dict[str, list[Any]] = {}
         for part in parts:
             for reason, count in part.get("reasons", {}).items():
                 reasons[reason] = reasons.get(reason, 0) + int(count)
+            for reason, tops in part.get("by_reason", {}).items():
+                by_reason.setdefault(reason, []).append(tops)
         windows[name] = {
             **{m: merge_top((p.get(m, []) for p in parts), TOP) for m in MEASURES},
             "reasons": reasons,
+            "by_reason": {r: merge_top(tops, TOP_PER_REASON) for r, tops in by_reason.items()},
             "error_bound": {
                 m: sum(int(p.get("error_bound", {}).get(m, 0)) for p in parts) for m in MEASURES
             },

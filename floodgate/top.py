@@ -86,11 +86,18 @@ def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
     def row(key: str) -> dict[str, Any]:
         state = stats["clients"].get(key, {"blocked": False})
         return rows.setdefault(
-            key, {"client": key, "refused": 0, "messages": 0, "open": 0, "state": state}
+            key,
+            {"client": key, "refused": 0, "why": "", "messages": 0, "open": 0, "state": state},
         )
 
     for key, count in window.get("refusals", []):
         row(key)["refused"] = count
+    best: dict[str, int] = {}
+    for reason, tops in window.get("by_reason", {}).items():
+        for key, count in tops:
+            if count > best.get(key, 0):
+                best[key] = count
+                row(key)["why"] = reason
     for key, count in window.get("messages", []):
         row(key)["messages"] = count
     for key, count in stats["overall"]["top_open"]:
@@ -118,14 +125,16 @@ def render(view: View) -> Group:
     )
     summary = Text(f"{per_second}; open connections {opened}")
     clients = Table(title="top clients, last minute", expand=True)
-    for column in ("client", "refused", "messages", "open", "state"):
-        clients.add_column(column, justify="left" if column in ("client", "state") else "right")
+    for column in ("client", "refused", "why", "messages", "open", "state"):
+        left = column in ("client", "why", "state")
+        clients.add_column(column, justify="left" if left else "right")
     for index, r in enumerate(view.rows):
         state = r["state"]
         label = f"blocked ({state.get('source')})" if state.get("blocked") else ""
         clients.add_row(
             r["client"],
             str(r["refused"]),
+            r["why"],
             str(r["messages"]),
             str(r["open"]),
             label,

@@ -8,11 +8,13 @@ is ever written.
 
 Heavy hitters use the Misra-Gries summary ("Frequent"): at most `capacity` counters; a
 new key when all are taken lowers every counter by the smallest one and drops the zeros.
-For a stream of N events, a client's reported count is never more than its true count
-and never less than true - N/(capacity + 1); any client with more than N/(capacity + 1)
-events is present. Summaries merge (add, then cut back to `capacity` the same way), which
-is how windows are built from 10-second buckets and receivers from their snapshots. The
-cost per event is one dict update; the cut runs at most once per `capacity` new keys.
+Refusals are also summarised per reason (smaller summaries), so the view can say why
+each client is refused. For a stream of N events, a client's reported count is never more
+than its true count and never less than true - N/(capacity + 1); any client with more
+than N/(capacity + 1) events is present. Summaries merge (add, then cut back to `capacity`
+the same way), which is how windows are built from 10-second buckets and receivers from
+their snapshots. The cost per event is a dict update or two; the cut runs at most once per
+`capacity` new keys.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any
 BUCKET_SECONDS = 10
 WINDOWS = {"1m": 6, "5m": 30}  # buckets per window
 CAPACITY = 128  # counters per summary and bucket
+REASON_CAPACITY = 32  # counters per refusal reason and bucket
 TOP = 10  # clients per measure in a snapshot
+TOP_PER_REASON = 5
 MEASURES = ("refusals", "messages", "bytes")
 
 
@@ -73,7 +77,7 @@ class Frequent:
 
 
 class Bucket:
-    __slots__ = ("bytes", "messages", "reasons", "refusals", "start")
+    __slots__ = ("by_reason", "bytes", "messages", "reasons", "refusals", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
@@ -81,6 +85,7 @@ class Bucket:
         self.messages = Frequent()
         self.bytes = Frequent()
         self.reasons: Counter[str] = Counter()  # a small fixed vocabulary
+        self.by_reason: dict[str, Frequent] = {}  # who is refused for what
 
 
 class LiveStats:
@@ -110,6 +115,10 @@ class LiveStats:
         bucket = self._bucket()
         bucket.refusals.add(key)
         bucket.reasons[reason] += 1
+        per_reason = bucket.by_reason.get(reason)
+        if per_reason is None:
+            per_reason = bucket.by_reason[reason] = Frequent(REASON_CAPACITY)
+        per_reason.add(key)
         self.refused_total += 1
 
     def record_stored(self, key: str, size: int) -> None:
@@ -126,16 +135,23 @@ class LiveStats:
         oldest = self._current.start - buckets + 1
         merged = {measure: Frequent() for measure in MEASURES}
         reasons: Counter[str] = Counter()
+        by_reason: dict[str, Frequent] = {}
         for bucket in recent:
             if bucket.start < oldest:
                 continue
             for measure in MEASURES:
                 merged[measure].merge(getattr(bucket, measure))
             reasons.update(bucket.reasons)
+            for reason, summary in bucket.by_reason.items():
+                by_reason.setdefault(reason, Frequent(REASON_CAPACITY)).merge(summary)
         return {
             **{m: [[key, n] for key, n in merged[m].top()] for m in MEASURES},
             "error_bound": {m: merged[m].error_bound for m in MEASURES},
             "reasons": dict(reasons),
+            "by_reason": {
+                reason: [[key, n] for key, n in summary.top(TOP_PER_REASON)]
+                for reason, summary in by_reason.items()
+            },
         }
 
 

@@ -102,6 +102,12 @@ function clients(stats) {
     return rows.get(key);
   };
   for (const [key, n] of window.refusals) get(key).refused = n;
+  const why = new Map(); // each client's main refusal reason
+  for (const [reason, list] of Object.entries(window.by_reason || {})) {
+    for (const [key, n] of list) {
+      if (!why.has(key) || why.get(key).n < n) why.set(key, { reason, n });
+    }
+  }
   for (const [key, n] of window.messages) get(key).messages = n;
   for (const [key, n] of stats.overall.top_open) get(key).open = n;
   const ordered = [...rows.values()].sort(
@@ -115,6 +121,7 @@ function clients(stats) {
     if (known.blocked) row.className = "blocked";
     cell(row, c.key);
     cell(row, String(c.refused), "num");
+    cell(row, why.has(c.key) ? why.get(c.key).reason : "");
     cell(row, String(c.messages), "num");
     cell(row, String(c.open), "num");
     cell(row, known.blocked ? `blocked (${known.source})` : "");

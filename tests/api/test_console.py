@@ -69,6 +69,7 @@ def _refused(receiver: ServiceProcess, source: str) -> bool:
 def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
     browser: Any, make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -88,12 +89,17 @@ def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
             time.sleep(0.5)
         assert set(FLOODERS) <= set(named), stats
         assert len(stats["receivers"]) == 2
-        assert stats["overall"]["windows"]["1m"]["reasons"]["connection_rate"] > 0
+        minute = stats["overall"]["windows"]["1m"]
+        assert minute["reasons"]["connection_rate"] > 0
+        assert {k for k, _ in minute["by_reason"]["connection_rate"]} >= set(FLOODERS)
 
         browser.get(f"{api.http_url}/console#token={ADMIN_TOKEN}")
-        wait = WebDriverWait(browser, 15)
+        # The tables are redrawn at every poll: an element found may go stale at once.
+        wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live: 2 receivers"))
-        wait.until(lambda d: d.find_element(By.ID, f"client-{FLOODERS[0]}"))
+        flooder = f"client-{FLOODERS[0]}"
+        # Listed, with why it is refused.
+        wait.until(lambda d: "connection_rate" in d.find_element(By.ID, flooder).text)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#receivers tbody tr")) == 2
         time.sleep(6)  # two snapshots of each receiver: the chart has rates to draw
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
@@ -109,7 +115,7 @@ def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
             time.sleep(0.05)
         assert time.monotonic() - banned_at < 1.0 + 0.5  # the click's own request included
         assert not _refused(second, FLOODERS[1])  # only the one banned
-        wait.until(lambda d: "blocked" in d.find_element(By.ID, f"client-{FLOODERS[0]}").text)
+        wait.until(lambda d: "blocked" in d.find_element(By.ID, flooder).text)
         entry = httpx.get(f"{api.http_url}/v1/blocklist/{FLOODERS[0]}", headers=AUTH).json()
         assert entry["source"] == "manual" and entry["reason"] == "banned from the console"
         assert entry["expires_at"] is not None  # one hour, the page's default

@@ -10,7 +10,11 @@ from floodgate.top import View, top_clients
 
 def stats(at: float, refused: int, stored: int) -> dict[str, Any]:
     totals = {"accepted": 10, "refused": refused, "stored": stored, "stored_bytes": 0}
-    window = {"refusals": [["192.0.2.7", 40], ["192.0.2.8", 3]], "messages": [["192.0.2.9", 5]]}
+    window = {
+        "refusals": [["192.0.2.7", 40], ["192.0.2.8", 3]],
+        "messages": [["192.0.2.9", 5]],
+        "by_reason": {"blocked": [["192.0.2.7", 30]], "per_ip_cap": [["192.0.2.7", 10]]},
+    }
     return {
         "receivers": [{"receiver": "mx1", "at": at, "totals": totals}],
         "overall": {"top_open": [["192.0.2.8", 9]], "windows": {"1m": window}},
@@ -34,6 +38,7 @@ def test_rows_and_selection() -> None:
     rows = top_clients(stats(1.0, 0, 0))
     assert [r["client"] for r in rows] == ["192.0.2.7", "192.0.2.8", "192.0.2.9"]
     assert rows[0]["state"]["blocked"] and rows[1]["open"] == 9
+    assert [r["why"] for r in rows] == ["blocked", "", ""]  # its main reason
     view = View()
     view.update(stats(1.0, 0, 0))
     view.move(-1)

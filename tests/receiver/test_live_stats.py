@@ -60,6 +60,10 @@ def test_windows_slide() -> None:
     assert one["refusals"] == [["203.0.113.10", 1]]
     assert five["refusals"] == [["203.0.113.9", 50], ["203.0.113.10", 1]]
     assert five["reasons"] == {"connection_rate": 50, "per_ip_cap": 1}
+    assert five["by_reason"] == {
+        "connection_rate": [["203.0.113.9", 50]],
+        "per_ip_cap": [["203.0.113.10", 1]],
+    }
     assert one["bytes"] == [["192.0.2.1", 1000]]
     now[0] += 600
     assert stats.window(30)["refusals"] == []
