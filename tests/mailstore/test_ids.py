@@ -22,3 +22,10 @@ def test_a_time_floor_sorts_before_every_id_of_that_moment_and_after_earlier_one
     assert is_message_id(floor)
     assert all(new_message_id(1_700_000_000.5) >= floor for _ in range(100))
     assert all(new_message_id(1_700_000_000.499) < floor for _ in range(100))
+
+
+def test_ids_made_in_one_millisecond_still_increase() -> None:
+    # Far more than one per millisecond: arrival order must survive as id order.
+    ids = [new_message_id() for _ in range(20_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(is_message_id(i) for i in ids[:100])
