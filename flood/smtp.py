@@ -11,14 +11,15 @@ _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 MAX_REPLY_LINES = 100
 
 
-def _client_context() -> ssl.SSLContext:
+def client_context() -> ssl.SSLContext:
+    """A client context for an MX's certificate: encryption, no verification (RFC 7435)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
 
 
-CLIENT_TLS = _client_context()
+CLIENT_TLS = client_context()
 
 
 class Closed(Exception):

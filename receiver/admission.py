@@ -144,6 +144,10 @@ class Admission:
         self.hit(key, MESSAGE_RATE.reason)
         return MESSAGE_RATE
 
+    def handshake(self, key: str) -> bool:
+        """One more TLS handshake from `key` within its per-minute rate (STARTTLS)."""
+        return self.rates.take("t:" + key, self.limits.tls_handshake_rate)
+
     def rcpt(self, key: str, allowed: bool = False) -> Refusal | None:
         """One more recipient from `key` (checked at RCPT TO); allowlisted: no limit."""
         if allowed or self.rates.take("r:" + key, self.limits.recipient_rate):

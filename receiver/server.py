@@ -167,9 +167,7 @@ class ReceiverState:
                 max_total=limits.tls_max_handshakes,
                 max_per_client=limits.tls_max_handshakes_per_ip,
                 timeout=limits.tls_handshake_timeout,
-                take_rate=lambda key: self.admission.rates.take(
-                    "t:" + key, limits.tls_handshake_rate
-                ),
+                take_rate=self.admission.handshake,
             )
         self.context = SessionContext(
             hostname=config.hostname,
@@ -336,7 +334,7 @@ class ReceiverState:
 
     @property
     def _probe_name(self) -> str:
-        return f"receiver {self.config.hostname} {self.config.smtp_host}:{self.config.smtp_port}"
+        return f"receiver {self.name}"
 
     async def watch_store(self, stop: asyncio.Event) -> None:
         """Check the store in the background, so a dead one is known before mail hits it,

@@ -23,6 +23,7 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from operator import itemgetter
 from typing import Any
 
 BUCKET_SECONDS = 10
@@ -73,7 +74,7 @@ class Frequent:
         return self.total // (self.capacity + 1)
 
     def top(self, n: int = TOP) -> list[tuple[str, int]]:
-        return heapq.nlargest(n, self.counts.items(), key=lambda item: item[1])
+        return heapq.nlargest(n, self.counts.items(), key=itemgetter(1))
 
 
 class Bucket:
@@ -157,11 +158,7 @@ class LiveStats:
 
 def top_open(counts: Mapping[str, int], n: int = TOP) -> list[list[Any]]:
     """The clients holding the most connections now (exact: from admission's table)."""
-    return [[key, count] for key, count in heapq.nlargest(n, counts.items(), key=_second)]
-
-
-def _second(item: tuple[str, int]) -> int:
-    return item[1]
+    return [[key, count] for key, count in heapq.nlargest(n, counts.items(), key=itemgetter(1))]
 
 
 def snapshot(

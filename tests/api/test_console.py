@@ -15,9 +15,10 @@ import httpx
 from pymongo import MongoClient
 
 from tests.api.conftest import ARTEFACTS
+from tests.blocklist.test_enforcement import greeting, refused
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support.processes import ServiceProcess, clean_environ
-from tests.support.smtp import RawClient
+from tests.support.smtp import RawClient, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FLOODERS = ("127.0.30.1", "127.0.30.2")
@@ -45,25 +46,6 @@ def _flood(receiver: ServiceProcess, tmp_path: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def _click(driver: Any, xpath: str) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-
-    try:
-        driver.find_element(By.XPATH, xpath).click()
-    except StaleElementReferenceException:
-        return False
-    return True
-
-
-def _refused(receiver: ServiceProcess, source: str) -> bool:
-    client = RawClient(receiver.host, receiver.port, source=source)
-    try:
-        return client.reply().code == 554
-    finally:
-        client.close()
 
 
 def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
@@ -105,16 +87,17 @@ def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTEFACTS / "console.png"))
 
-        # The table is redrawn at every poll: find the button and click it in one step.
+        # The table is redrawn at every poll: find the button and click it in one step (the
+        # wait retries when the row went stale in between).
         ban = f"//tr[@id='client-{FLOODERS[0]}']//button"
-        wait.until(lambda d: _click(d, ban))
+        wait.until(lambda d: d.find_element(By.XPATH, ban).click() is None)
         banned_at = time.monotonic()
-        deadline = banned_at + 5
-        while not (_refused(first, FLOODERS[0]) and _refused(second, FLOODERS[0])):
-            assert time.monotonic() < deadline, "the ban never reached both receivers"
-            time.sleep(0.05)
+        everywhere = wait_for(
+            lambda: refused(first, FLOODERS[0]) and refused(second, FLOODERS[0]), timeout=5
+        )
+        assert everywhere, "the ban never reached both receivers"
         assert time.monotonic() - banned_at < 1.0 + 0.5  # the click's own request included
-        assert not _refused(second, FLOODERS[1])  # only the one banned
+        assert not greeting(second, FLOODERS[1]).startswith("554")  # only the one banned
         wait.until(lambda d: "blocked" in d.find_element(By.ID, flooder).text)
         entry = httpx.get(f"{api.http_url}/v1/blocklist/{FLOODERS[0]}", headers=AUTH).json()
         assert entry["source"] == "manual" and entry["reason"] == "banned from the console"

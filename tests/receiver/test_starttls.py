@@ -20,27 +20,18 @@ from pymongo import MongoClient
 
 from receiver.tls import self_signed
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient, insecure_context, queued_id, send_message
+from tests.support.smtp import RawClient, insecure_context, queued_id, send_message, wait_for
 
 Mongo = MongoClient[dict[str, Any]]
 BODY = b"From: a@sender.example\r\nSubject: over tls\r\n\r\nsecret code 1234\r\n"
 
 
 def handshakes(receiver: ServiceProcess, outcome: str, version: str = "none") -> float:
-    return metric(receiver, "floodgate_tls_handshakes_total", outcome=outcome, version=version)
-
-
-def metric(receiver: ServiceProcess, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{receiver.http_port}/metrics").text
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        series = line.split(" ", 1)[0]
-        if series.split("{", 1)[0] != name:
-            continue
-        if all(f'{k}="{v}"' in series for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name}{{{wanted}}}")
+    return sample(
+        receiver.http_url, "floodgate_tls_handshakes_total", outcome=outcome, version=version
+    )
 
 
 def test_smtplib_delivers_over_starttls_and_the_message_says_so(
@@ -192,9 +183,7 @@ def test_the_handshake_budget_refuses_cheaply_and_stops_offering(
     reply = third.cmd("STARTTLS")
     assert reply.code == 454 and reply.lines[0].startswith("4.7.0"), reply
     assert send_message(third, "a@sender.example", ["plain@mx.test"], BODY).code == 250
-    assert metric(
-        receiver, "floodgate_tls_handshakes_total", outcome="refused_busy", version="none"
-    )
+    assert handshakes(receiver, "refused_busy")
     for client in stalled:
         client.close()
     time.sleep(0.3)
@@ -208,9 +197,7 @@ def test_the_handshake_budget_refuses_cheaply_and_stops_offering(
             rated += 1
         client.close()
     assert rated == 2
-    assert metric(
-        receiver, "floodgate_tls_handshakes_total", outcome="refused_rate", version="none"
-    )
+    assert handshakes(receiver, "refused_rate")
 
 
 def _peer_key(receiver: ServiceProcess, context: ssl.SSLContext) -> str:
@@ -273,10 +260,9 @@ def test_a_replaced_certificate_is_used_by_new_sessions_only(
     staged = tmp_path / "staged.pem"
     shutil.copy(second, staged)
     staged.replace(live)
-    deadline = time.monotonic() + 10
-    while _peer_name(receiver) != "CN=two.test":
-        assert time.monotonic() < deadline, "the new certificate was never used"
-        time.sleep(0.5)
+    assert wait_for(lambda: _peer_name(receiver) == "CN=two.test", timeout=10, interval=0.5), (
+        "the new certificate was never used"
+    )
     # The session opened before the reload carries on with its own TLS session.
     reply = send_message(open_session, "a@sender.example", ["reload@mx.test"], BODY)
     assert reply.code == 250 and queued_id(reply.text)
@@ -356,8 +342,7 @@ def test_tls_sessions_give_their_connection_slots_back(make_receiver: ServiceFac
     stalled.hello()
     assert stalled.cmd("STARTTLS").code == 220
     stalled.close()  # gone mid-handshake
-    deadline = time.monotonic() + 5
-    while metric(receiver, "floodgate_connections_open") != 0:
-        assert time.monotonic() < deadline, "a TLS session kept its slot"
-        time.sleep(0.1)
+    connections = "floodgate_connections_open"
+    released = wait_for(lambda: sample(receiver.http_url, connections) == 0, timeout=5)
+    assert released, "a TLS session kept its slot"
     assert handshakes(receiver, "ok", "TLSv1.3") == 6

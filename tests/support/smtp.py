@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+from flood.smtp import client_context as insecure_context  # no certificate check
+
 
 @dataclass
 class Reply:
@@ -97,14 +99,6 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def insecure_context() -> ssl.SSLContext:
-    """A client context for self-signed test certificates: encryption, no verification."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def send_message(client: RawClient, sender: str, recipients: list[str], body: bytes) -> Reply:
