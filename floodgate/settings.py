@@ -146,12 +146,15 @@ class Settings(BaseSettings):
     stress_idle_timeout: float = limit("stress_idle_timeout")
     stress_hard_error_limit: int = limit("stress_hard_error_limit")
     autoban_threshold: int = limit("autoban_threshold")
+    autoban_refusal_threshold: int = limit("autoban_refusal_threshold")
     autoban_window: float = limit("autoban_window")
     autoban_ttl: float = limit("autoban_ttl")
     tls_max_handshakes: int = limit("tls_max_handshakes")
     tls_max_handshakes_per_ip: int = limit("tls_max_handshakes_per_ip")
+    tls_max_handshakes_per_network: int = limit("tls_max_handshakes_per_network")
     tls_handshake_rate: int = limit("tls_handshake_rate")
     tls_handshake_timeout: float = limit("tls_handshake_timeout")
+    tls_hello_timeout: float = limit("tls_hello_timeout")
 
     # STARTTLS: offered unless turned off; with no certificate configured, a self-signed
     # one for the hostname is made under the data dir on first start.

@@ -118,32 +118,3 @@ class HitCounter:
 
     def __len__(self) -> int:
         return len(self._hits)
-
-
-class TemporaryBans:
-    """Bans this receiver applies at once, before the shared blocklist confirms them."""
-
-    __slots__ = ("_bans", "_capacity", "_clock")
-
-    def __init__(self, capacity: int, clock: Clock) -> None:
-        self._bans: OrderedDict[str, float] = OrderedDict()
-        self._capacity = capacity
-        self._clock = clock
-
-    def ban(self, key: str, ttl: float) -> None:
-        self._bans.pop(key, None)
-        self._bans[key] = self._clock() + ttl
-        if len(self._bans) > self._capacity:
-            self._bans.popitem(last=False)
-
-    def banned(self, key: str) -> bool:
-        until = self._bans.get(key)
-        if until is None:
-            return False
-        if until <= self._clock():
-            del self._bans[key]
-            return False
-        return True
-
-    def __len__(self) -> int:
-        return len(self._bans)

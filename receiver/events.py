@@ -43,7 +43,6 @@ CONNECTION_OUTCOMES = (
     "accepted",
     "blocked",
     "blocked_allowlisted",
-    "autobanned",
     "global_cap",
     "per_ip_cap",
     "connection_rate",
@@ -70,14 +69,17 @@ CLOSE_REASONS = (
     "bad_proxy_header",
     # A trusted proxy named a client that admission then refused.
     "blocked",
-    "autobanned",
     "per_ip_cap",
     "connection_rate",
     "tls_failed",
     "tls_timeout",
+    "tls_no_hello",
+    "tls_busy",
 )
 # STARTTLS handshakes: how each ended, and the version negotiated ("none" if none was).
-TLS_OUTCOMES = ("ok", "failed", "timeout", "refused_busy", "refused_rate", "injection")
+# `no_hello`: no complete ClientHello within the hello deadline after our 220; `busy`: a
+# ClientHello came but no handshake slot freed up in time (never the client's fault).
+TLS_OUTCOMES = ("ok", "failed", "timeout", "no_hello", "busy", "refused_rate", "injection")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "none", "other")
 MESSAGE_OUTCOMES = (
     "stored",
@@ -87,6 +89,7 @@ MESSAGE_OUTCOMES = (
     "too_big",
     "header_too_big",
     "bare_newline",
+    "folded_start",
     "no_memory",
     "message_rate",
 )

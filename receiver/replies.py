@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Replies that are the client's fault and count against the hard error limit.
-CLIENT_ERRORS = frozenset({450, 500, 501, 502, 503, 504, 550, 553, 555})
+# Replies that are the client's fault and count against the hard error limit. Not 450: our
+# rate deferrals are policy, and a Postfix that reuses a connection for its queue would
+# otherwise collect 21 of them and be cut off (Postfix's own anvil replies count there).
+CLIENT_ERRORS = frozenset({500, 501, 502, 503, 504, 550, 553, 555})
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,9 @@ NOT_STORED = Reply(451, "4.3.0", "Temporary storage failure, try again later")
 NO_MEMORY = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 STORE_BUSY = Reply(451, "4.3.0", "Storage busy, try again later")
 UNSTORABLE = Reply(554, "5.6.0", "Message cannot be stored as sent")
+# A first line starting with SP or HTAB would fold into the Received field we prepend
+# (RFC 5322 2.2.3 unfolding), letting the sender write inside our trace line.
+FOLDED_START = Reply(554, "5.6.0", "Message cannot start with white space (RFC 5322 2.2.3)")
 
 OK = Reply(250, "2.1.0", "Ok")
 RCPT_OK = Reply(250, "2.1.5", "Ok")

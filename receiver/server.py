@@ -75,6 +75,8 @@ class BlocklistView(Protocol):
 
     def ban(self, key: str, reason: str, ttl: float) -> None: ...
 
+    def generation(self) -> int: ...
+
 
 class AllowlistView(Protocol):
     """What the receiver needs from the allowlist: memory-only checks and freshness."""
@@ -154,6 +156,7 @@ class ReceiverState:
             config.limits,
             is_blocked=blocklist.is_blocked,
             is_allowed=self.allowlist.is_allowed,
+            generation=blocklist.generation,
             on_ban=self._on_ban,
             on_stress=self._on_stress,
         )
@@ -166,7 +169,9 @@ class ReceiverState:
                 self.certificates,
                 max_total=limits.tls_max_handshakes,
                 max_per_client=limits.tls_max_handshakes_per_ip,
+                max_per_network=limits.tls_max_handshakes_per_network,
                 timeout=limits.tls_handshake_timeout,
+                hello_timeout=limits.tls_hello_timeout,
                 take_rate=self.admission.handshake,
             )
         self.context = SessionContext(

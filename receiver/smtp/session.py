@@ -24,7 +24,7 @@ from receiver import replies
 from receiver.replies import Reply
 from receiver.smtp import proxy
 from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
-from receiver.smtp.commands import VERBS
+from receiver.smtp.commands import GROUP_ENDERS, VERBS
 from receiver.smtp.context import SessionContext
 from receiver.smtp.trace import DateCache, received_header, safe_name
 from receiver.tls import Handshakes, describe
@@ -85,6 +85,7 @@ class Session(asyncio.Protocol):
         "data_start",
         "errors",
         "esmtp",
+        "generation",
         "helo",
         "idle_at",
         "junk_count",
@@ -125,6 +126,7 @@ class Session(asyncio.Protocol):
         self.utf8 = self.more_input = self.overlong = False
         self.tls: tuple[str, str] | None = None  # (version, cipher) once upgraded
         self.close_reason = "client_closed"
+        self.generation = ctx.admission.generation()  # the blocklist as admission saw it
         # Admission counted this connection already: under `key`, or (a trusted proxy's,
         # client not known yet) in the total only.
         self.slot_held = True
@@ -253,7 +255,7 @@ class Session(asyncio.Protocol):
         self._schedule()
 
     def _early_talker(self) -> None:
-        self.ctx.admission.hit(self.client_key, "pregreet", self.allowed)
+        self.ctx.admission.violation(self.client_key, "pregreet", self.allowed)
         self.ctx.events.on_refused(self.client_key, "pregreet")
         self.close_with(replies.PREGREET, "pregreet")
 
@@ -313,6 +315,8 @@ class Session(asyncio.Protocol):
 
     def _command(self, line: bytes) -> None:
         self.commands += 1
+        if self.generation != self.ctx.admission.generation() and self._banned():
+            return
         if line.endswith(b"\r\n"):
             text = line[:-2]
         elif self.ctx.bare_newline is BareNewline.REJECT:
@@ -324,7 +328,13 @@ class Session(asyncio.Protocol):
             self._reply(replies.CONTROL_CHARACTERS)
             return
         verb, _, arg = text.partition(b" ")
-        handler = VERBS.get(verb.upper())
+        verb = verb.upper()
+        if self.more_input and (not self.esmtp or verb in GROUP_ENDERS):
+            if verb == b"STARTTLS" and self.ctx.tls is not None:
+                self.ctx.events.on_tls("injection", "none")
+            self.improper_pipelining()
+            return
+        handler = VERBS.get(verb)
         if handler is None:
             self.ctx.events.on_refused(self.client_key, "unknown_command")
             self._reply(replies.UNKNOWN_COMMAND)
@@ -332,6 +342,17 @@ class Session(asyncio.Protocol):
         reply = handler(self, arg)
         if reply is not None:
             self._reply(reply)
+
+    def _banned(self) -> bool:
+        """The blocklist changed since we last looked: end the session if it now covers
+        this client (a ban made elsewhere reaches open sessions at their next command)."""
+        self.generation = self.ctx.admission.generation()
+        refusal = self.ctx.admission.banned(self.client_ip)
+        if refusal is None:
+            return False
+        self.ctx.events.on_refused(self.client_key, refusal.reason)
+        self.close_with(refusal.reply, "blocked")
+        return True
 
     def _reply(self, reply: Reply) -> None:
         """Queue a reply and apply the dialogue budgets it affects."""
@@ -343,7 +364,7 @@ class Session(asyncio.Protocol):
         elif reply.counts_as_error:
             self.errors += 1
             if self.errors > limits.hard_error_limit:  # "exceeded", as in Postfix
-                self.ctx.admission.hit(self.client_key, "too_many_errors", self.allowed)
+                self.ctx.admission.violation(self.client_key, "too_many_errors", self.allowed)
                 self.close_with(replies.TOO_MANY_ERRORS, "too_many_errors")
                 return
         if self.commands > limits.max_commands:
@@ -367,7 +388,7 @@ class Session(asyncio.Protocol):
 
     def improper_pipelining(self) -> None:
         """A command or content sent without waiting for the reply it depends on."""
-        self.ctx.admission.hit(self.client_key, "improper_pipelining", self.allowed)
+        self.ctx.admission.violation(self.client_key, "improper_pipelining", self.allowed)
         self.ctx.events.on_refused(self.client_key, "improper_pipelining")
         self.close_with(replies.IMPROPER_PIPELINING, "improper_pipelining")
 
@@ -380,11 +401,12 @@ class Session(asyncio.Protocol):
         self._schedule()
 
     def start_tls(self) -> None:
-        """Say 220 and hand the connection to the TLS handshake (a handshake slot is held).
+        """Say 220 and hand the connection to the TLS handshake.
 
         Reading stops before anything else can be read in cleartext: bytes the client sent
-        after STARTTLS in the same read were refused by the verb; anything later is read
-        by the TLS layer as handshake data, where it fails the handshake.
+        after STARTTLS in the same read were refused before the verb ran; anything later is
+        read by the TLS layer as handshake data, where it fails the handshake. A handshake
+        slot is taken only once the ClientHello is complete (`Handshakes.hello`).
         """
         tls = self.ctx.tls
         transport = self.transport
@@ -393,11 +415,18 @@ class Session(asyncio.Protocol):
         self._flush()
         transport.pause_reading()
         self.phase = Phase.HANDSHAKE
-        self._deadline = self.ctx.clock.time() + tls.timeout + 1.0  # start_tls's own first
+        # The hello wait, then the loop's own handshake deadline, which fires first.
+        self._deadline = self.ctx.clock.time() + tls.hello_timeout + tls.timeout + 1.0
         self._schedule()
         self.ctx.clock.create_task(self._handshake(tls, transport))
 
     async def _handshake(self, tls: Handshakes, raw: asyncio.Transport) -> None:
+        waiting = await tls.hello(
+            raw, self.client_key, self.allowed, lambda: self.phase is Phase.HANDSHAKE
+        )
+        if waiting is not None:
+            self._no_handshake(waiting, raw)
+            return
         events = self.ctx.events
         started = self.ctx.clock.time()
         try:
@@ -410,7 +439,7 @@ class Session(asyncio.Protocol):
             events.on_tls(outcome, "none")
             if self.phase is Phase.HANDSHAKE:  # not already closed by us (drain, deadline)
                 # A failed handshake is a client error, as in Postfix.
-                self.ctx.admission.hit(self.client_key, "tls_failed", self.allowed)
+                self.ctx.admission.violation(self.client_key, "tls_failed", self.allowed)
                 events.on_refused(self.client_key, "tls_failed")
                 self._abort("tls_" + outcome)
             raw.abort()
@@ -431,6 +460,19 @@ class Session(asyncio.Protocol):
         self.phase = Phase.COMMAND
         self.idle_at = self.ctx.clock.time() + self.ctx.admission.limits.idle_timeout
         self._schedule()
+
+    def _no_handshake(self, why: str, raw: asyncio.Transport) -> None:
+        """No handshake ran: no ClientHello in time (a client error: a compliant client
+        sends it at once), no slot in time (ours), or the session is gone already."""
+        if why == "gone" or self.phase is not Phase.HANDSHAKE:
+            if self.phase is Phase.HANDSHAKE:
+                self._abort("client_closed")
+            return
+        self.ctx.events.on_tls(why, "none")
+        if why == "no_hello":
+            self.ctx.admission.violation(self.client_key, "tls_failed", self.allowed)
+            self.ctx.events.on_refused(self.client_key, "tls_failed")
+        self._abort("tls_" + why)
 
     def close_with(self, reply: Reply, reason: str) -> None:
         """Send a final reply and close (deadlines, budgets, refusals, QUIT, shutdown)."""
@@ -462,6 +504,7 @@ class Session(asyncio.Protocol):
             self.body = None
             self.ctx.events.on_message("bare_newline")
             self.ctx.events.on_refused(self.client_key, "bare_newline")
+            self.ctx.admission.violation(self.client_key, "bare_newline", self.allowed)
             self.close_with(replies.BARE_NEWLINE, "bare_newline")
             return
         if used < 0:
@@ -484,7 +527,10 @@ class Session(asyncio.Protocol):
         reply = _refusal(body)
         scan = scan_headers(body.content) if reply is None else None
         if scan is not None:
-            if scan.refused:
+            if body.content[:1] in (b" ", b"\t"):
+                reply = replies.FOLDED_START
+                events.on_message("folded_start")
+            elif scan.refused:
                 reply = replies.HEADER_TOO_BIG if scan.too_big else replies.TOO_MANY_HEADER_FIELDS
                 events.on_message("header_too_big")
             elif events.store_down():

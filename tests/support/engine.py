@@ -215,7 +215,14 @@ class Harness:
         self.clock = FakeClock()
         self.sink = FakeSink()
         self.events = FakeEvents()
-        self.admission = Admission(limits, clock=self.clock.time)
+        self.blocked: set[str] = set()  # the blocklist: change it through block()
+        self.blocklist_changes = 0
+        self.admission = Admission(
+            limits,
+            is_blocked=self.blocked.__contains__,
+            generation=lambda: self.blocklist_changes,
+            clock=self.clock.time,
+        )
         self.budget = MemoryBudget(limits.max_data_memory)
         self.context = SessionContext(
             hostname="mx.test",
@@ -242,6 +249,11 @@ class Harness:
         session = Session(self.context, self.wire, key, ip)
         session.connection_made(transport)  # type: ignore[arg-type]
         return Client(self, session, transport)
+
+    def block(self, ip: str) -> None:
+        """An entry reaching the receiver's blocklist (from any receiver or the API)."""
+        self.blocked.add(ip)
+        self.blocklist_changes += 1
 
     @property
     def open_connections(self) -> int:
