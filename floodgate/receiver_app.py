@@ -13,7 +13,7 @@ from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
-from receiver.server import ReceiverConfig, install_signal_handlers, run_receiver
+from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
 from receiver.tls import TlsSettings, self_signed, server_context
 
 
@@ -51,6 +51,18 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         bare_newline=settings.bare_newline,
         data_dir=settings.data_dir,
         tls=tls_settings(settings),
+        spool=spool_settings(settings),
+    )
+
+
+def spool_settings(settings: Settings) -> SpoolSettings | None:
+    if not settings.spool:
+        return None
+    return SpoolSettings(
+        directory=settings.data_dir / "spool",
+        max_bytes=settings.spool_max_bytes,
+        min_free=settings.spool_min_free_bytes,
+        replay_rate=settings.spool_replay_rate,
     )
 
 

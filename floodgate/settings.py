@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     max_pending_inserts: int = Field(2_000, ge=1, le=1_000_000)
     insert_batch_size: int = Field(256, ge=1, le=10_000)
     retention: int = Field(86_400, ge=60, le=366 * 86_400)
+    # The local spool (receiver.spool): mail taken while the store is away.
+    spool: bool = True
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 50)
+    spool_min_free_bytes: int = Field(256 << 20, ge=0, le=1 << 50)
+    spool_replay_rate: float = Field(500.0, ge=1, le=1_000_000)
     data_dir: Path = Path("var")
 
     # Listeners and identity.

@@ -21,7 +21,7 @@ from mailstore import retention
 from mailstore.batcher import InsertBatcher
 from mailstore.connection import Document, connect, database
 from mailstore.documents import to_document
-from mailstore.errors import StoreRejected, brief
+from mailstore.errors import StoreError, StoreRejected, brief
 from mailstore.ids import id_floor
 from mailstore.message import IncomingMessage, utcnow
 
@@ -43,6 +43,9 @@ MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
 # name _id beside another field: nx-27017 then fails every insert ("JSON path error").
 INBOX_INDEX = "inbox"
 RETENTION_INDEX = "retention"
+# One document per fingerprint (a sender's retry is the same message), on any receiver,
+# after any restart. Sparse: documents from before fingerprints are not indexed.
+FINGERPRINT_INDEX = "fingerprint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +116,41 @@ class MessageStore:
             await self.messages.create_index(
                 [("expires_at", ASCENDING)], name=RETENTION_INDEX, expireAfterSeconds=0
             )
+            await self.messages.create_index(
+                [("fp", ASCENDING)], name=FINGERPRINT_INDEX, unique=True, sparse=True
+            )
 
     @property
     def pending(self) -> int:
         return self._batcher.pending
 
-    async def insert(self, message: IncomingMessage) -> None:
-        """Return once the message is durable; raise `StoreError` otherwise.
+    async def insert(self, message: IncomingMessage) -> str:
+        """Return the id it is stored under once the message is durable; raise
+        `StoreError` otherwise.
 
+        The id is the message's own, or, when a document with the same fingerprint is
+        already stored (the sender's retry of a message whose first write landed after
+        all), that document's: one copy, and the retry hears the first id.
         `StoreRejected` (before anything is queued) when the document cannot be encoded:
         that message alone fails, never the batch it would have joined.
         """
-        await self._batcher.insert(encode(to_document(message, self.config.retention)))
+        document = encode(to_document(message, self.config.retention))
+        for _ in range(2):
+            if await self._batcher.insert(document):
+                return message.id
+            first = await self._first_copy(message.fingerprint)
+            if first is not None:
+                return first
+            # The first copy went (deleted, expired) between the two: store this one.
+        raise StoreError("fingerprint conflict did not resolve")
+
+    async def _first_copy(self, fingerprint: str) -> str | None:
+        try:
+            with pymongo.timeout(self.config.timeout):
+                found = await self.messages.find_one({"fp": fingerprint}, {"_id": 1})
+        except PyMongoError as error:
+            raise StoreError(f"fingerprint lookup failed: {brief(error)}") from None
+        return str(found["_id"]) if found is not None else None
 
     async def list_mailbox(
         self,

@@ -16,11 +16,13 @@ from typing import Protocol, cast
 from mailstore.message import IncomingMessage
 from receiver import replies
 from receiver.admission import Admission, Refusal
+from receiver.delivery import Delivery
 from receiver.events import (
     CLOSE_REASONS,
     CONNECTION_OUTCOMES,
     MESSAGE_OUTCOMES,
     RECIPIENT_OUTCOMES,
+    REPLAY_OUTCOMES,
     TLS_VERSIONS,
     Metrics,
     SummaryLog,
@@ -29,7 +31,9 @@ from receiver.events import (
 from receiver.health import HealthServer
 from receiver.limits import Limits
 from receiver.mailboxes import MailboxKeeper
+from receiver.replay import Replay, ReplayConfig
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
+from receiver.spool import Spool
 from receiver.stats import LiveStats, snapshot
 from receiver.store_health import StoreHealth
 from receiver.tls import Certificates, Handshakes, TlsSettings
@@ -49,7 +53,7 @@ class MessageSink(Protocol):
     @property
     def pending(self) -> int: ...
 
-    async def insert(self, message: IncomingMessage) -> None: ...
+    async def insert(self, message: IncomingMessage) -> str: ...
 
     async def probe(self, name: str, within: float) -> str | None: ...
 
@@ -122,6 +126,17 @@ class ReceiverConfig:
     bare_newline: BareNewline = BareNewline.REJECT
     data_dir: Path = field(default_factory=lambda: Path("var"))
     tls: TlsSettings | None = None  # STARTTLS offered when set
+    spool: SpoolSettings | None = None  # None: the store away means 451
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """The local spool (receiver.spool): where, how big, how fast it drains."""
+
+    directory: Path
+    max_bytes: int = 1 << 30
+    min_free: int = 256 << 20  # bytes of the disk the spool never eats into
+    replay_rate: float = 500.0  # messages per second into a recovering store
 
 
 class ReceiverState:
@@ -161,6 +176,22 @@ class ReceiverState:
             on_stress=self._on_stress,
         )
         self.data_budget = MemoryBudget(config.limits.max_data_memory)
+        self.spool: Spool | None = None
+        if config.spool is not None:
+            self.spool = Spool(
+                config.spool.directory,
+                max_bytes=config.spool.max_bytes,
+                min_free=config.spool.min_free,
+            )
+        self.delivery = Delivery(
+            store,
+            self,
+            loop,
+            spool=self.spool,
+            mailboxes=MailboxKeeper(
+                config.limits.mailbox_max_messages, store.trim_mailbox, loop.create_task
+            ),
+        )
         self.certificates = Certificates(config.tls) if config.tls is not None else None
         handshakes = None
         if self.certificates is not None:
@@ -178,7 +209,7 @@ class ReceiverState:
             hostname=config.hostname,
             domains=config.domains,
             admission=self.admission,
-            sink=store,
+            delivery=self.delivery,
             events=self,
             budget=self.data_budget,
             clock=loop,
@@ -186,9 +217,6 @@ class ReceiverState:
             proxy_timeout=config.proxy_timeout,
             reverse_dns=self._lookup if config.reverse_dns else None,
             sessions=self.sessions,
-            mailboxes=MailboxKeeper(
-                config.limits.mailbox_max_messages, store.trim_mailbox, loop.create_task
-            ),
             tls=handshakes,
         )
         self.wire = Wire(self.context)
@@ -210,6 +238,11 @@ class ReceiverState:
         m.blocklist_entries.set_function(self.blocklist.entries)
         m.allowlist_staleness.set_function(self.allowlist.staleness)
         m.allowlist_entries.set_function(self.allowlist.entries)
+        spool = self.spool
+        if spool is not None:
+            m.spool_messages.set_function(lambda: spool.messages)
+            m.spool_bytes.set_function(lambda: spool.bytes)
+            m.spool_oldest.set_function(spool.oldest_age)
 
     # --- the gate -------------------------------------------------------------------
 
@@ -314,15 +347,28 @@ class ReceiverState:
     # --- health ---------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
+        """Whether mail can be taken: the store writes, or the spool takes it meanwhile."""
         if self.draining:
             return False, "shutting down"
+        spool = self.spool
+        state = "ready"
         if self.store_health.up is not True:
-            return False, f"store not taking writes: {self.store_health.reason}"
+            store = f"store not taking writes: {self.store_health.reason}"
+            if spool is None:
+                return False, store
+            if spool.failing:
+                return False, f"{store}; spool failing"
+            if not spool.room(64 * 1024):
+                return False, f"{store}; spool full ({spool.bytes} bytes)"
+            state = f"ready, {store}"
         for name, access in (("blocklist", self.blocklist), ("allowlist", self.allowlist)):
             staleness = access.staleness()
             if staleness > self.config.blocklist_max_staleness:
                 return False, f"{name} stale for {staleness:.0f}s"
-        return True, "ready"
+        if spool is not None and (spool.messages or self.store_health.up is not True):
+            age = spool.oldest_age()
+            state += f"; spooling: {spool.messages} messages, oldest {age:.0f}s"
+        return True, state
 
     async def check_store(self) -> None:
         """Probe the store with one durable write, under the insert deadline; once it
@@ -401,6 +447,21 @@ class ReceiverState:
             self.metrics.expired.inc(deleted)
             emit("retention_swept", deleted=deleted)
 
+    # --- the spool ------------------------------------------------------------------
+
+    async def replay(self, stop: asyncio.Event) -> None:
+        """Drain the spool into the store whenever the store takes writes again."""
+        assert self.spool is not None and self.config.spool is not None
+        replayed = {o: self.metrics.replayed.labels(o) for o in REPLAY_OUTCOMES}
+        replay = Replay(
+            self.spool,
+            self.store,
+            ReplayConfig(rate=self.config.spool.replay_rate),
+            on_outcome=lambda outcome, n: replayed[outcome].inc(n),
+            on_stored=self.delivery.stored,
+        )
+        await replay.run(lambda: self.store_health.up is True, stop)
+
     # --- shutdown -------------------------------------------------------------------
 
     async def drain(self, grace: float) -> None:
@@ -444,6 +505,11 @@ async def run_receiver(
     loop = asyncio.get_running_loop()
     state = ReceiverState(config, store, blocklist, loop, allowlist)
     health = HealthServer(state.metrics.registry, state.ready)
+    replayer: asyncio.Task[None] | None = None
+    if state.spool is not None:
+        state.spool.open()  # what an earlier run (or crash) left: replay takes it
+        state.spool.start()
+        replayer = loop.create_task(state.replay(stop), name="spool-replay")
     server = await loop.create_server(
         lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True
     )
@@ -467,6 +533,11 @@ async def run_receiver(
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    if replayer is not None and state.spool is not None:
+        replayer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replayer
+        await state.spool.close()  # what is left waits on disk for the next start
     state.summary.flush(force=True)
     await health.close()
 

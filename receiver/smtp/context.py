@@ -9,22 +9,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mailstore.message import IncomingMessage
 from receiver.admission import Admission
-from receiver.mailboxes import MailboxKeeper
-from receiver.retries import RetryMemory
 from receiver.smtp.body import BareNewline, MemoryBudget
 from receiver.tls import Handshakes
+
+if TYPE_CHECKING:
+    from receiver.delivery import Delivery
 
 ReverseDns = Callable[[str], Awaitable[str | None]]
 
 
 class Sink(Protocol):
-    """Where accepted messages go; `insert` returns only once the message is durable."""
+    """Where accepted messages go; `insert` returns the id the message is stored under,
+    only once it is durable."""
 
-    async def insert(self, message: IncomingMessage) -> None: ...
+    async def insert(self, message: IncomingMessage) -> str: ...
 
 
 class Events(Protocol):
@@ -64,7 +66,7 @@ class SessionContext:
     hostname: str
     domains: frozenset[str]
     admission: Admission
-    sink: Sink
+    delivery: Delivery  # store, spool or 451: the session only speaks SMTP
     events: Events
     budget: MemoryBudget
     clock: Clock
@@ -72,8 +74,6 @@ class SessionContext:
     proxy_timeout: float = 5.0
     reverse_dns: ReverseDns | None = None
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
-    retries: RetryMemory = field(default_factory=RetryMemory)
-    mailboxes: MailboxKeeper | None = None  # the per-mailbox cap, when the store can trim
     tls: Handshakes | None = None  # STARTTLS offered when set
 
     @property

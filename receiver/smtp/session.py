@@ -16,11 +16,11 @@ import logging
 import re
 from typing import cast
 
-from mailstore.errors import StoreBusy, StoreError, StoreRejected
 from mailstore.headers import scan_headers
 from mailstore.ids import new_message_id
 from mailstore.message import IncomingMessage, utcnow
 from receiver import replies
+from receiver.delivery import fingerprint
 from receiver.replies import Reply
 from receiver.smtp import proxy
 from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
@@ -533,11 +533,6 @@ class Session(asyncio.Protocol):
             elif scan.refused:
                 reply = replies.HEADER_TOO_BIG if scan.too_big else replies.TOO_MANY_HEADER_FIELDS
                 events.on_message("header_too_big")
-            elif events.store_down():
-                # The health loop saw the store down: answer now rather than hold the
-                # sender (and a pending-insert slot) for the whole store deadline.
-                events.on_message("store_failed")
-                reply = replies.NOT_STORED
         else:
             events.on_message(body.outcome.value)
         if reply is not None:
@@ -548,14 +543,15 @@ class Session(asyncio.Protocol):
         self.phase = Phase.STORING
         self.reserved = body.reserved
         assert scan is not None
-        retries = self.ctx.retries
-        fingerprint = retries.fingerprint(self.sender or "", self.recipients, body.content)
-        message_id = retries.recall(fingerprint) or new_message_id()  # a retry: same id
-        message = self._message(message_id, body.content, scan.values)
+        sender = self.sender or ""
+        print_ = fingerprint(sender, self.recipients, body.content)
+        message = self._message(new_message_id(), body.content, scan.values, print_)
         self.reset_transaction()
-        self.ctx.clock.create_task(self._store(message, fingerprint))
+        self.ctx.clock.create_task(self._deliver(message))
 
-    def _message(self, message_id: str, raw: bytes, headers: dict[str, str]) -> IncomingMessage:
+    def _message(
+        self, message_id: str, raw: bytes, headers: dict[str, str], print_: str
+    ) -> IncomingMessage:
         now = utcnow()
         helo = safe_name(self.helo)
         trace = received_header(
@@ -580,40 +576,14 @@ class Session(asyncio.Protocol):
             received_header=trace,
             headers=headers,
             tls=self.tls,
+            fingerprint=print_,
         )
 
-    async def _store(self, message: IncomingMessage, fingerprint: bytes) -> None:
-        events = self.ctx.events
-        started = self.ctx.clock.time()
+    async def _deliver(self, message: IncomingMessage) -> None:
         try:
-            await self.ctx.sink.insert(message)
-        except StoreRejected:
-            events.on_message("unstorable")
-            reply = replies.UNSTORABLE
-        except StoreBusy:
-            events.on_message("store_busy")
-            reply = replies.STORE_BUSY
-        except Exception as error:  # never a 250 for mail we cannot vouch for
-            if not isinstance(error, StoreError):
-                log.error(
-                    "store_exception",
-                    extra={"fields": {"event": "store_exception", "error": type(error).__name__}},
-                )
-            events.on_store_attempt(False, 0.0, str(error) or type(error).__name__)
-            events.on_message("store_failed")
-            # The write may still land: a retry of this message reuses its id.
-            self.ctx.retries.remember(fingerprint, message.id)
-            reply = replies.NOT_STORED
-        else:
-            self.ctx.retries.forget(fingerprint)
-            if self.ctx.mailboxes is not None:
-                self.ctx.mailboxes.stored(message.rcpt_to)
-            events.on_store_attempt(True, self.ctx.clock.time() - started, "")
-            events.on_message("stored")
-            events.on_stored(self.client_key, len(message.raw))
-            reply = replies.STORED.with_text(f"Ok: queued as {message.id}")
+            reply = await self.ctx.delivery.deliver(message, self.client_key)
         finally:
-            self.ctx.budget.give(self.reserved)  # the store has answered
+            self.ctx.budget.give(self.reserved)  # stored, spooled or refused: memory back
             self.reserved = 0
         self._stored(reply)
 

@@ -20,6 +20,7 @@ from typing import Any
 from mailstore.errors import StoreError
 from mailstore.message import IncomingMessage
 from receiver.admission import Admission
+from receiver.delivery import Delivery
 from receiver.limits import DEFAULTS, Limits
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
 
@@ -110,12 +111,16 @@ class FakeSink:
         self.fail: Exception | None = None
         self.gate: asyncio.Event | None = None
 
-    async def insert(self, message: IncomingMessage) -> None:
+    async def insert(self, message: IncomingMessage) -> str:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
+        for stored in self.messages:  # the store's unique fingerprint index
+            if message.fingerprint and stored.fingerprint == message.fingerprint:
+                return stored.id
         self.messages.append(message)
+        return message.id
 
 
 class FakeEvents:
@@ -228,7 +233,7 @@ class Harness:
             hostname="mx.test",
             domains=domains,
             admission=self.admission,
-            sink=self.sink,
+            delivery=Delivery(self.sink, self.events, self.clock),  # type: ignore[arg-type]
             events=self.events,
             budget=self.budget,
             clock=self.clock,  # type: ignore[arg-type]
