@@ -228,6 +228,8 @@ class ReceiverState:
             return
         self._accepted.inc()
         self.accepted_total += 1
+        if key is not None:  # behind a trusted proxy the client is known only later
+            self.live.record_connection(key)
         session = Session(self.context, self.wire, key, ip)
         transport.set_protocol(session)
         session.connection_made(transport)
