@@ -255,10 +255,10 @@ class ReceiverState:
 
     # --- events ---------------------------------------------------------------------
 
-    def on_session_closed(self, reason: str) -> None:
+    def on_session_closed(self, reason: str, key: str) -> None:
         self._closed[reason].inc()
         if reason not in ("quit", "client_closed", "shutdown"):
-            self.summary.record(reason, "-")
+            self.summary.record(reason, key)
 
     def on_message(self, outcome: str) -> None:
         self._messages[outcome].inc()
