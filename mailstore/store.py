@@ -213,7 +213,7 @@ class MessageStore:
 
     async def sweep_expired(self, holder: str, lease: float) -> int | None:
         """Delete expired messages if `holder` gets the sweeper's lease (None if it does
-        not); bounded in count, and each batch by the store timeout."""
+        not), within the store timeout; return how many."""
         with pymongo.timeout(self.config.timeout):
             if not await retention.acquire_lease(self.db, holder, lease):
                 return None
