@@ -91,7 +91,7 @@ class InsertBatcher:
         try:
             await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:
-            raise StoreTimeout(f"not durable within {self._timeout}s") from None
+            raise StoreTimeout(f"timeout: no durable write within {self._timeout:g}s") from None
 
     def _release(self, future: asyncio.Future[None]) -> None:
         self._pending -= 1
