@@ -76,6 +76,9 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         app.state.hub = push.Hub()
         follower = await push.start(app.state.hub, app.state.store.messages)
         yield
+        indexing = getattr(app.state, "indexing", None)  # started by a /readyz, not done
+        if indexing is not None:
+            indexing.cancel()
         await push.stop(follower)
         if own:
             await app.state.store.close()
