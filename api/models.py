@@ -179,6 +179,9 @@ Tops = list[tuple[str, int]]
 
 class Window(Model):
     refusals: Tops = Field(description="[client, refusals], heaviest first")
+    connections: Tops = Field(
+        default_factory=list, description="[client, connections admitted], heaviest first"
+    )
     messages: Tops = Field(description="[client, messages stored]")
     bytes: Tops = Field(description="[client, bytes stored]")
     reasons: dict[str, int] = Field(description="refusals by reason")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
+from floodgate.top import add_parser as add_top_parser
+
 DESCRIPTION = """Floodgate: an abuse-resistant inbound SMTP receiver (MX) for disposable mail.
 Settings come from FLOODGATE_* environment variables (see README)."""
 
@@ -29,16 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("block", "allow"):
             continue
         sub.add_parser(name, help=help_text, description=help_text)
-    try:
-        from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
-    except ImportError:
-        pass
-    else:
-        add_block_parser(sub, BLOCK)
-        add_block_parser(sub, ALLOW)
-        from floodgate.top import add_parser as add_top_parser
-
-        add_top_parser(sub)
+    add_block_parser(sub, BLOCK)
+    add_block_parser(sub, ALLOW)
+    add_top_parser(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
+from receiver.events import emit
 from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
 from receiver.tls import TlsSettings, self_signed, server_context
 
@@ -109,7 +110,7 @@ async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
     install_signal_handlers(stop)
     # Indexes are made by the health loop once the store answers: the port opens at once
     # even when the store is down (every message gets 451 until it is back).
-    store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False)
+    store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False, report=emit)
     blocklist = LocalBlocklist(store.db, blocklist_config(settings))
     allowlist = LocalAllowlist(
         store.db,

@@ -307,7 +307,16 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     try:
         settings = Settings(**overrides)
     except ValidationError as error:
-        problems += [_describe(item) for item in error.errors()]
+        # Every problem at once: the file's unknown keys too, and each bad value named
+        # where it came from (the TOML key when neither a variable nor an argument won).
+        named = overrides.get("config_file") or environ.get("FLOODGATE_CONFIG_FILE")
+        path = Path(named) if named else None
+        problems += _unknown_toml_keys(path)
+        in_file = _toml_keys(path) - {k for k in Settings.model_fields if _variable(k) in environ}
+        in_file -= set(overrides)
+        problems += [
+            _describe(item, path if _field(item) in in_file else None) for item in error.errors()
+        ]
         if not any(item.get("loc", ("",))[0] == "data_dir" for item in error.errors()):
             problems += _data_dir_problems(Path(environ.get("FLOODGATE_DATA_DIR") or "var"))
         raise SettingsError(problems) from None
@@ -325,12 +334,29 @@ def _variable(field: str) -> str:
     return "FLOODGATE_" + field.upper()
 
 
-def _describe(error: Any) -> str:
-    field = str(error["loc"][0]) if error.get("loc") else "?"
+def _field(error: Any) -> str:
+    return str(error["loc"][0]) if error.get("loc") else "?"
+
+
+def _describe(error: Any, toml: Path | None = None) -> str:
+    """One problem, named by its variable, or by its key in the TOML file `toml`."""
+    field = _field(error)
     value = error.get("input")
     shown = f"={value!r}" if isinstance(value, str | int | float) else ""
     message = str(error["msg"]).removeprefix("Value error, ")
+    if toml is not None:
+        return f"{toml}: key {field!r}{shown}: {message}"
     return f"{_variable(field)}{shown}: {message}"
+
+
+def _toml_keys(path: Path | None) -> set[str]:
+    """The keys a TOML settings file sets (none if it cannot be read: said elsewhere)."""
+    if path is None:
+        return set()
+    try:
+        return set(tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:

@@ -1,7 +1,8 @@
 """`floodgate top`: the live terminal view of every receiver (from `GET /v1/stats`).
 
 Receivers with their store and stress state, accepted/refused/stored per second, and the
-heaviest clients of the last minute with their blocklist state. Keys: up/down (or k/j)
+heaviest clients of the last minute (refusals, connections admitted, messages stored,
+connections open now) with their blocklist state. Keys: up/down (or k/j)
 select a client, `b` bans it for an hour, `u` lifts its entry, `q` quits. `--once` prints
 one frame and exits (for scripts and for a terminal without keys).
 """
@@ -87,7 +88,15 @@ def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
         state = stats["clients"].get(key, {"blocked": False})
         return rows.setdefault(
             key,
-            {"client": key, "refused": 0, "why": "", "messages": 0, "open": 0, "state": state},
+            {
+                "client": key,
+                "refused": 0,
+                "why": "",
+                "connections": 0,
+                "messages": 0,
+                "open": 0,
+                "state": state,
+            },
         )
 
     for key, count in window.get("refusals", []):
@@ -98,11 +107,16 @@ def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
             if count > best.get(key, 0):
                 best[key] = count
                 row(key)["why"] = reason
+    for key, count in window.get("connections", []):
+        row(key)["connections"] = count
     for key, count in window.get("messages", []):
         row(key)["messages"] = count
     for key, count in stats["overall"]["top_open"]:
         row(key)["open"] = count
-    return sorted(rows.values(), key=lambda r: (-r["refused"], -r["open"], -r["messages"]))
+    return sorted(
+        rows.values(),
+        key=lambda r: (-r["refused"], -r["connections"], -r["open"], -r["messages"]),
+    )
 
 
 def render(view: View) -> Group:
@@ -125,7 +139,7 @@ def render(view: View) -> Group:
     )
     summary = Text(f"{per_second}; open connections {opened}")
     clients = Table(title="top clients, last minute", expand=True)
-    for column in ("client", "refused", "why", "messages", "open", "state"):
+    for column in ("client", "refused", "why", "conns", "messages", "open", "state"):
         left = column in ("client", "why", "state")
         clients.add_column(column, justify="left" if left else "right")
     for index, r in enumerate(view.rows):
@@ -135,6 +149,7 @@ def render(view: View) -> Group:
             r["client"],
             str(r["refused"]),
             r["why"],
+            str(r["connections"]),
             str(r["messages"]),
             str(r["open"]),
             label,

@@ -266,6 +266,8 @@ class ReceiverState:
             return
         self._accepted.inc()
         self.accepted_total += 1
+        if key is not None:  # behind a trusted proxy the client is known only later
+            self.live.record_connection(key)
         session = Session(self.context, self.wire, key, ip)
         transport.set_protocol(session)
         session.connection_made(transport)
@@ -291,10 +293,10 @@ class ReceiverState:
 
     # --- events ---------------------------------------------------------------------
 
-    def on_session_closed(self, reason: str) -> None:
+    def on_session_closed(self, reason: str, key: str) -> None:
         self._closed[reason].inc()
         if reason not in ("quit", "client_closed", "shutdown"):
-            self.summary.record(reason, "-")
+            self.summary.record(reason, key)
 
     def on_message(self, outcome: str) -> None:
         self._messages[outcome].inc()

@@ -168,7 +168,7 @@ class Session(asyncio.Protocol):
             return
         self.slot_held = False
         self.ctx.admission.release(self.counted_key)
-        self.ctx.events.on_session_closed(self.close_reason)
+        self.ctx.events.on_session_closed(self.close_reason, self.client_key)
 
     def pause_writing(self) -> None:
         self._pause(2)  # a client that does not read its replies stops being read

@@ -88,6 +88,25 @@ def test_unknown_toml_keys_get_a_suggestion(tmp_path: Path) -> None:
     ]
 
 
+def test_a_toml_file_with_a_typo_and_a_bad_value_reports_both_by_its_keys(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "floodgate.toml"
+    config.write_text('max_conections = 5\nidle_timeout = -1\ndomains = "mx.test"\n')
+    with pytest.raises(SettingsError) as refused:
+        load({"FLOODGATE_CONFIG_FILE": str(config)}, config_file=config, data_dir=tmp_path)
+    problems = refused.value.problems
+    assert problems[0] == (
+        f"{config}: key 'max_conections' is not a setting; did you mean max_connections?"
+    )
+    assert len(problems) == 2 and problems[1].startswith(f"{config}: key 'idle_timeout'=-1: ")
+    # A variable wins over the file: then the variable is named.
+    environ = {"FLOODGATE_CONFIG_FILE": str(config), "FLOODGATE_IDLE_TIMEOUT": "-2"}
+    with pytest.raises(SettingsError) as refused:
+        load(environ, config_file=config, data_dir=tmp_path, idle_timeout=-2)
+    assert any(p.startswith("FLOODGATE_IDLE_TIMEOUT=-2: ") for p in refused.value.problems)
+
+
 def test_variables_of_ours_that_are_not_settings_are_allowed(tmp_path: Path) -> None:
     environ = {"FLOODGATE_TEST_MONGODB_URI": "x", "FLOODGATE_INSTALL_TOOLS": "1"}
     assert load(environ, data_dir=tmp_path).data_dir == tmp_path

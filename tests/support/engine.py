@@ -138,7 +138,7 @@ class FakeEvents:
     def on_refused(self, key: str, reason: str) -> None:
         self.refused[reason] += 1
 
-    def on_session_closed(self, reason: str) -> None:
+    def on_session_closed(self, reason: str, key: str) -> None:
         self.closed[reason] += 1
 
     def on_message(self, outcome: str) -> None:
