@@ -56,7 +56,7 @@ def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
     from selenium.webdriver.support.ui import WebDriverWait
 
     # No automatic bans here: the operator does the banning.
-    limits = {"connection_rate": "20", "autoban_threshold": "0"}
+    limits = {"connection_rate": "20", "autoban_threshold": "0", "autoban_refusal_threshold": "0"}
     first, second = make_receiver(**limits), make_receiver(**limits)
     api = make_api()
     flood = _flood(first, tmp_path)
@@ -113,7 +113,7 @@ def test_the_console_removes_every_automatic_ban_at_once(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    receiver = make_receiver(connection_rate="5", autoban_threshold="3")
+    receiver = make_receiver(connection_rate="5", autoban_refusal_threshold="3")
     api = make_api()
     for source in ("127.0.33.1", "127.0.33.2"):
         for _ in range(12):  # over the connection rate until auto-banned
@@ -204,7 +204,7 @@ def test_the_console_keeps_its_blocklist_current_and_fits_1280_and_400_pixels(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    receiver = make_receiver(connection_rate="5", autoban_threshold="3")
+    receiver = make_receiver(connection_rate="5", autoban_refusal_threshold="3")
     api = make_api()
     browser.get(f"{api.http_url}/console#token={ADMIN_TOKEN}")
     wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
