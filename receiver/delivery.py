@@ -66,6 +66,7 @@ class Delivery:
         self.clock = clock
         self.spool = spool
         self.mailboxes = mailboxes
+        self._spooling = False
 
     async def deliver(self, message: IncomingMessage, client_key: str) -> Reply:
         """The reply for `message`, once it is durable somewhere (or known not to be)."""
@@ -108,6 +109,8 @@ class Delivery:
             self.events.on_message(why)
             return replies.NOT_STORED
         was_failing = spool.failing
+        if spool.messages == 0:
+            self._spooling = False  # drained since: the next spooled message starts anew
         try:
             await spool.append(message)
         except SpoolFull:
@@ -118,6 +121,9 @@ class Delivery:
                 emit("spool_failed", error=str(error)[:160])
             self.events.on_message("spool_full")
             return replies.NOT_STORED
+        if not self._spooling:  # a state change: logged once, never deduplicated away
+            self._spooling = True
+            emit("spool_on", reason=why)
         self.events.on_message("spooled")
         self.events.on_stored(client_key, len(message.raw))
         return replies.STORED.with_text(f"Ok: queued as {message.id}")

@@ -87,6 +87,8 @@ class Replay:
                 done += await self._batch(records[start : start + self.config.batch])
             self.spool.replayed(path)
             emit("spool_segment_replayed", records=len(records))
+        if done and not self.spool.messages:
+            emit("spool_off", replayed=done)  # drained: a state change, logged once
         return done
 
     async def _live_first(self) -> None:
