@@ -119,15 +119,29 @@ def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
     )
 
 
+def spool_cell(spool: dict[str, Any] | None) -> str:
+    """A receiver's spool: off, empty, or what it holds and for how long."""
+    if spool is None:
+        return "off"
+    if not spool.get("messages"):
+        return "empty"
+    return f"[yellow]{spool['messages']} msgs, oldest {spool['oldest_s']:.0f}s[/yellow]"
+
+
 def render(view: View) -> Group:
     receivers = Table(title="receivers", expand=True)
-    for column in ("receiver", "age", "store", "stress", "open"):
+    for column in ("receiver", "age", "store", "stress", "open", "spool"):
         receivers.add_column(column, justify="right" if column in ("age", "open") else "left")
     for r in view.stats.get("receivers", []):
         store = "up" if r["store_up"] else f"[red]down: {r['store_reason']}[/red]"
         stress = "[red]STRESS[/red]" if r["stress"] else "no"
         receivers.add_row(
-            r["receiver"], f"{r['age_s']:.1f}s", store, stress, str(r["open_connections"])
+            r["receiver"],
+            f"{r['age_s']:.1f}s",
+            store,
+            stress,
+            str(r["open_connections"]),
+            spool_cell(r.get("spool")),
         )
     rates = view.rates
     opened = view.stats.get("overall", {}).get("open_connections", 0)

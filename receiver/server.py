@@ -430,7 +430,18 @@ class ReceiverState:
             store_up=self.store_health.up,
             store_reason=self.store_health.reason,
             accepted_total=self.accepted_total,
+            spool=self._spool_state(),
         )
+
+    def _spool_state(self) -> dict[str, float] | None:
+        spool = self.spool
+        if spool is None:
+            return None
+        return {
+            "messages": spool.messages,
+            "bytes": spool.bytes,
+            "oldest_s": round(spool.oldest_age(), 1),
+        }
 
     async def publish_stats(self) -> None:
         """One small document, replaced every few seconds; never per connection."""

@@ -179,6 +179,7 @@ def snapshot(
     store_up: bool | None,
     store_reason: str,
     accepted_total: int,
+    spool: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The compact document a receiver publishes (a few KB whatever the load)."""
     return {
@@ -189,6 +190,8 @@ def snapshot(
         "store_up": store_up,
         "store_reason": store_reason,
         "open_connections": open_total,
+        # Messages held on this host's disk while the store is away (None: spool off).
+        "spool": dict(spool) if spool is not None else None,
         "top_open": top_open(open_counts),
         "totals": {
             "accepted": accepted_total,

@@ -53,6 +53,13 @@ function receivers(list) {
     cell(row, r.store_up ? "up" : `down: ${r.store_reason}`, r.store_up ? "" : "down");
     cell(row, r.stress ? "STRESS" : "no", r.stress ? "down" : "");
     cell(row, String(r.open_connections), "num");
+    const spool = r.spool;
+    const held = spool && spool.messages > 0;
+    cell(
+      row,
+      !spool ? "off" : held ? `${spool.messages} msgs, oldest ${spool.oldest_s.toFixed(0)} s` : "empty",
+      held ? "down" : "",
+    );
     body.append(row);
   }
   label($("#receivers"));

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,9 +23,9 @@ from mailstore.ids import new_message_id
 from mailstore.message import IncomingMessage, utcnow
 from receiver.delivery import fingerprint
 from receiver.spool import Spool, SpoolFull, encode, read_records, read_segment, segment_paths
-from tests.conftest import ServiceFactory
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.deploy.test_faults import Sender
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, clean_environ
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
 
@@ -137,9 +140,10 @@ def _stored(uri: str, db_name: str) -> dict[str, list[str]]:
         return found
 
 
-def _readyz(receiver: ServiceProcess) -> tuple[int, str]:
-    import httpx
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
+
+def _readyz(receiver: ServiceProcess) -> tuple[int, str]:
     answer = httpx.get(f"{receiver.http_url}/readyz", timeout=5)
     return answer.status_code, answer.text
 
@@ -197,7 +201,7 @@ def test_store_away_under_load_costs_senders_nothing_and_every_message_lands_onc
 
 
 def test_a_receiver_killed_while_spooling_stores_everything_once_after_restart(
-    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+    make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path, db_name: str
 ) -> None:
     store = EmbeddedStore(tmp_path / "own-store")
     uri = store.start()
@@ -217,7 +221,27 @@ def test_a_receiver_killed_while_spooling_stores_everything_once_after_restart(
         receiver.process.send_signal(signal.SIGKILL)
         receiver.process.wait(10)
         store.start()
-        again = make_receiver(mongodb_uri=uri, store_timeout="1", data_dir=str(data_dir))
+        # Replayed slowly here, so the operator's views can be seen holding the spool.
+        again = make_receiver(
+            mongodb_uri=uri, store_timeout="1", data_dir=str(data_dir), spool_replay_rate="2"
+        )
+        api = make_api(mongodb_uri=uri)
+
+        def spool_shown() -> bool:
+            stats = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=5).json()
+            return any((r.get("spool") or {}).get("messages") for r in stats["receivers"])
+
+        assert wait_for(spool_shown, timeout=15, interval=0.5)
+        env = {**clean_environ(), "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+        env["FLOODGATE_DATA_DIR"] = str(tmp_path / "top")
+        top = subprocess.run(
+            [sys.executable, "-m", "floodgate", "top", "--once", "--api", api.http_url],
+            env={**env, "COLUMNS": "160"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert top.returncode == 0 and "msgs, oldest" in top.stdout, top.stdout + top.stderr
         assert wait_for(lambda: all(s in _stored(uri, db_name) for s in ids), timeout=30)
         found = _stored(uri, db_name)
         assert {s: found[s] for s in ids} == {s: [i] for s, i in ids.items()}
