@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from receiver.delivery import fingerprint
 from receiver.spool import Spool, SpoolFull, encode, read_records, read_segment, segment_paths
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.deploy.test_faults import Sender
-from tests.support.processes import ServiceProcess, clean_environ
+from tests.support.processes import ServiceProcess, clean_environ, start_service
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
 
@@ -148,7 +149,7 @@ def _readyz(receiver: ServiceProcess) -> tuple[int, str]:
     return answer.status_code, answer.text
 
 
-def test_store_away_under_load_costs_senders_nothing_and_every_message_lands_once(
+def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_lands_once(
     make_receiver: ServiceFactory, tmp_path: Path, db_name: str
 ) -> None:
     store = EmbeddedStore(tmp_path / "own-store")
@@ -170,7 +171,7 @@ def test_store_away_under_load_costs_senders_nothing_and_every_message_lands_onc
         killed = time.monotonic()
         assert wait_for(lambda: "spooling" in _readyz(receiver)[1], timeout=15)
         assert _readyz(receiver)[0] == 200  # still in the pool: mail is being taken
-        time.sleep(max(0.0, 20 - (time.monotonic() - killed)))  # the store away ~20 s
+        time.sleep(max(0.0, 60 - (time.monotonic() - killed)))  # the store away a minute
         store.start()
         back = time.monotonic()
         time.sleep(2)
@@ -283,6 +284,61 @@ def test_a_full_spool_answers_451_and_replays_what_it_took(
         assert {s: found[s] for s in taken} == {s: [i] for s, i in taken.items()}
         assert not any(s in found for s in (f"full {n}" for n in range(12)) if s not in taken)
     finally:
+        store.stop()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a private tmpfs needs root and unshare",
+)
+def test_a_really_full_disk_answers_451_keeps_whole_records_and_replays_them(
+    store_env: dict[str, str], tmp_path: Path, db_name: str
+) -> None:
+    """The spool on a 1 MiB tmpfs of the receiver's own (a private mount namespace: the
+    host's mounts are untouched, and the mount ends with the process), no free-space
+    floor: the disk itself fills up mid-write."""
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    data_dir = tmp_path / "tiny"
+    spool_dir = data_dir / "spool"
+    mount = 'mkdir -p "$1" && mount -t tmpfs -o size=1m tmpfs "$1" && shift && exec "$@"'
+    env = {
+        **store_env,
+        "FLOODGATE_MONGODB_URI": uri,
+        "FLOODGATE_DATA_DIR": str(data_dir),
+        "FLOODGATE_STORE_TIMEOUT": "1",
+        "FLOODGATE_SPOOL_MIN_FREE_BYTES": "0",
+        "FLOODGATE_MESSAGE_RATE": "0",
+        "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh")
+    receiver = start_service("receiver", env, tmp_path, wrapper=(*wrapper, str(spool_dir)))
+    try:
+        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        store.kill()
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        taken: dict[str, str] = {}
+        codes = []
+        filler = b"y" * 200 + b"\r\n"
+        for n in range(10):  # ~200 KB each: a 1 MiB disk takes four or five
+            body = f"Subject: disk {n}\r\n\r\n".encode() + filler * 1000
+            reply = send_message(client, "s@example.org", ["disk@mx.test"], body)
+            codes.append(reply.code)
+            if reply.code == 250:
+                taken[f"disk {n}"] = queued_id(reply.text)
+        assert 451 in codes and 250 in codes, codes
+        status, reason = _readyz(receiver)
+        # The free space is checked before each write (full), and a write the disk still
+        # refuses is cut back (failing): either way 503 and 451, never a torn record.
+        assert status == 503 and ("spool full" in reason or "spool failing" in reason), reason
+        store.start()
+        assert wait_for(lambda: all(s in _stored(uri, db_name) for s in taken), timeout=30)
+        found = _stored(uri, db_name)
+        assert {s: found[s] for s in taken} == {s: [i] for s, i in taken.items()}
+        assert "spool_record_quarantined" not in receiver.log()  # nothing torn or corrupt
+    finally:
+        receiver.stop()
         store.stop()
 
 
