@@ -57,6 +57,11 @@ CONNECTION_RATE = Reply(421, "4.7.0", "Connection rate limit exceeded, slow down
 PREGREET = Reply(554, "5.5.1", "Protocol error: talking before the greeting")
 UNTRUSTED_PROXY = Reply(554, "5.7.1", "PROXY header not accepted from your address")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, try again later")
+# Listed by DNS lists past the threshold (receiver.screen), as postscreen words them; the
+# text names the list and the client. `drop`: instead of the banner, then close (RFC 7504:
+# 521, this host does not accept mail from you); `enforce`: to every RCPT.
+DNSBL_DROP = Reply(521, "5.7.1", "Service unavailable; client blocked using a DNS list")
+DNSBL_ENFORCE = Reply(550, "5.7.1", "Service unavailable; client blocked using a DNS list")
 
 # Deadlines (closed right after).
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
