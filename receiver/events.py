@@ -29,6 +29,7 @@ WARNING_EVENTS = frozenset(
         "spool_failed",
         "spool_record_quarantined",
         "spool_replay_paused",
+        "dnsbl_disabled",
     }
 )
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\-\[\]]+")

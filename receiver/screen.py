@@ -65,6 +65,7 @@ LOOKUP_OUTCOMES = (
 REVERSE_DNS = "reverse-dns"  # the reverse DNS check's name (not a list domain)
 DISABLE_SECONDS = 600.0  # a list that refuses us is left alone this long
 CACHE_SIZE = 100_000  # passes remembered (client addresses), least recent dropped
+_MISSING = "\0"  # not in the pass cache (no client name contains a NUL)
 _RESOLVER = {"nxdomain": "clean", "answer": "clean"}  # else the resolver's own word
 
 
@@ -156,12 +157,15 @@ class ScreenMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 6),
             registry=registry,
         )
-        for check in checks:
-            self.lookup_seconds.labels(check)
-            for outcome in LOOKUP_OUTCOMES:
-                self.lookups.labels(check, outcome)
-        for verdict in VERDICTS:
-            self.verdicts.labels(verdict)
+        # Every child made once: the labels are known up front, and a lookup per screen
+        # by label values costs more than the counting itself.
+        self.latency = {check: self.lookup_seconds.labels(check) for check in checks}
+        self.outcomes = {
+            (check, outcome): self.lookups.labels(check, outcome)
+            for check in checks
+            for outcome in LOOKUP_OUTCOMES
+        }
+        self.by_verdict = {verdict: self.verdicts.labels(verdict) for verdict in VERDICTS}
 
 
 class Screen:
@@ -188,8 +192,9 @@ class Screen:
 
     async def screen(self, ip: str, allowed: bool, deadline: float) -> Verdict:
         """Screen one client within `deadline` seconds."""
-        if ip in self._passed:
-            return self._verdict(Verdict(client_name=self._passed[ip], verdict="cached"))
+        name = self._passed.get(ip, _MISSING)
+        if name is not _MISSING:
+            return self._verdict(Verdict(client_name=name, verdict="cached"))
         if allowed and not self.config.reverse_dns:
             return self._verdict(Verdict(verdict="allowlisted"))
         started = self._clock()
@@ -231,7 +236,7 @@ class Screen:
             if check == REVERSE_DNS:
                 client_name = answer.values[0] if answer.values else ""
                 self._count(check, "clean" if answer.outcome in _RESOLVER else answer.outcome)
-                self.metrics.lookup_seconds.labels(check).observe(answer.seconds)
+                self.metrics.latency[check].observe(answer.seconds)
                 continue
             added, outcome = self._list(check, answer)
             score += added
@@ -251,7 +256,7 @@ class Screen:
 
     def _list(self, domain: str, answer: Answer) -> tuple[int, str]:
         """The weight one list's answer adds, and its outcome (counted)."""
-        self.metrics.lookup_seconds.labels(domain).observe(answer.seconds)
+        self.metrics.latency[domain].observe(answer.seconds)
         values = answer.values
         weight = 0
         if answer.outcome != "answer":
@@ -289,11 +294,11 @@ class Screen:
         emit("dnsbl_disabled", list=domain, answer=values[0], seconds=int(DISABLE_SECONDS))
 
     def _count(self, check: str, outcome: str) -> None:
-        self.metrics.lookups.labels(check, outcome).inc()
+        self.metrics.outcomes[check, outcome].inc()
         self._lookups.setdefault(check, Counter())[outcome] += 1
 
     def _verdict(self, verdict: Verdict) -> Verdict:
-        self.metrics.verdicts.labels(verdict.verdict).inc()
+        self.metrics.by_verdict[verdict.verdict].inc()
         self._tally[verdict.verdict] += 1
         return verdict
 
