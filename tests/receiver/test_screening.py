@@ -54,6 +54,12 @@ def test_drop_says_521_instead_of_the_banner_and_caches_only_passes(
         assert client(receiver, CLEAN).hello().code == 250
     assert dns.queries.count(listed(LISTED, "zen.test")) == 2  # a fail is never cached
     assert dns.queries.count(listed(CLEAN, "zen.test")) == 1  # a pass is
+    # Every lookup the receiver made reached this loopback server, and only these.
+    zones = ("zen.test", "wl.test")
+    assert sorted(set(dns.queries)) == sorted(
+        listed(ip, z) for ip in (LISTED, CLEAN) for z in zones
+    )
+    assert len(dns.queries) == 6
     url = receiver.http_url
     assert sample(url, "floodgate_screen_verdicts_total", verdict="drop") == 2
     assert sample(url, "floodgate_screen_verdicts_total", verdict="cached") == 1
