@@ -107,6 +107,20 @@ async def test_enforce_greets_and_refuses_every_recipient() -> None:
     assert harness.events.refused["dnsbl zen.test"] == 1  # once per client, not per RCPT
 
 
+async def test_enforce_refusals_never_spend_the_error_budget() -> None:
+    harness = Harness(hard_error_limit=3)
+    reply = replies.DNSBL_ENFORCE.with_text(LISTED)
+    screen = FakeScreen(Verdict("enforce", 1, "dnsbl zen.test", reply))
+    client = screened(harness, screen)
+    await answer(screen)
+    client.send("EHLO c.test")
+    client.send("MAIL FROM:<a@c.test>")
+    for n in range(10):
+        assert client.send(f"RCPT TO:<r{n}@mx.test>") == [550]
+    assert not client.closed and harness.events.recipients["dnsbl"] == 10
+    assert client.send("QUIT") == [221]
+
+
 async def test_ignore_greets_and_only_counts() -> None:
     harness = Harness()
     screen = FakeScreen(Verdict("ignore", 1, "dnsbl-ignored zen.test"))
