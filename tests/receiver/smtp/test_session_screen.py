@@ -10,6 +10,7 @@ import dataclasses
 from receiver import replies
 from receiver.screen import PASS, Verdict
 from tests.support.engine import Client, Harness, settle
+from tests.support.proxy_headers import v1
 
 LISTED = "Service unavailable; client [192.0.2.9] blocked using zen.test"
 
@@ -21,19 +22,23 @@ class FakeScreen:
         self.verdict = verdict
         self.release = asyncio.Event()
         self.deadlines: list[float] = []
+        self.ips: list[str] = []
         self.fail = False
 
     async def screen(self, ip: str, allowed: bool, deadline: float) -> Verdict:
         self.deadlines.append(deadline)
+        self.ips.append(ip)
         await self.release.wait()
         if self.fail:
             raise RuntimeError("a bug in a check")
         return self.verdict
 
 
-def screened(harness: Harness, screen: FakeScreen, ip: str = "192.0.2.9") -> Client:
+def screened(
+    harness: Harness, screen: FakeScreen, ip: str = "192.0.2.9", *, proxied: bool = False
+) -> Client:
     harness.context = dataclasses.replace(harness.context, screen=screen)
-    return harness.connect(ip)
+    return harness.connect(ip, proxied=proxied)
 
 
 async def answer(screen: FakeScreen) -> None:
@@ -157,3 +162,11 @@ async def test_reverse_dns_from_the_screen_names_the_client() -> None:
     client = screened(harness, screen)
     await answer(screen)
     assert client.session.client_name == "mta.sender.test"
+
+
+async def test_behind_a_trusted_proxy_the_client_in_the_header_is_screened() -> None:
+    harness, screen = Harness(), FakeScreen()
+    client = screened(harness, screen, "127.0.0.1", proxied=True)
+    client.feed(v1("198.51.100.7"))
+    await answer(screen)
+    assert screen.ips == ["198.51.100.7"] and client.codes() == [220]
