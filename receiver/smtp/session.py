@@ -232,7 +232,8 @@ class Session(asyncio.Protocol):
         try:
             verdict = await screen.screen(self.client_ip, self.allowed, deadline)
         except Exception as error:  # fail open: a bug in a check never costs a client
-            log.error("screen_exception", extra={"fields": {"error": type(error).__name__}})
+            fields = {"event": "screen_exception", "error": type(error).__name__}
+            log.error("screen_exception", extra={"fields": fields})
             verdict = PASS
         banner_due = self.screening == 2
         self.screening = 0
