@@ -99,12 +99,23 @@ def test_enforce_keeps_the_dialogue_and_refuses_every_recipient(
 def test_ignore_greets_and_counts_the_would_be_refusal(
     make_receiver: ServiceFactory, dns: DnsServer
 ) -> None:
-    receiver = make_receiver(dns_servers=dns.address, dnsbl_sites="zen.test")
+    receiver = make_receiver(
+        dns_servers=dns.address, dnsbl_sites="zen.test", log_summary_interval="1"
+    )
     listed_client = client(receiver, LISTED)
     assert listed_client.hello().code == 250
     assert listed_client.cmd("MAIL FROM:<a@sender.test>").code == 250
     assert listed_client.cmd("RCPT TO:<x@mx.test>").code == 250
+    for n in range(2, 12):
+        client(receiver, f"127.0.1.{n}").hello()
     assert sample(receiver.http_url, "floodgate_screen_verdicts_total", verdict="ignore") == 1
+    # One summary line per interval, never one per client.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "event=screen_summary" not in receiver.log():
+        time.sleep(0.2)
+    lines = [x for x in receiver.log().splitlines() if "event=screen_summary" in x]
+    assert 1 <= len(lines) <= 3, lines
+    assert "ignore=1" in receiver.log() and "zen.test=" in lines[0]
 
 
 @pytest.mark.parametrize("greet_wait", ["0", "0.6"])
