@@ -13,7 +13,10 @@ from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
+from receiver import dnsbl
 from receiver.events import emit
+from receiver.resolver import system_servers
+from receiver.screen import ScreenConfig
 from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
 from receiver.tls import TlsSettings, self_signed, server_context
 
@@ -43,8 +46,8 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         proxy_protocol=settings.proxy_protocol,
         trusted_proxies=settings.trusted_proxy_networks,
         proxy_timeout=settings.proxy_protocol_timeout,
-        reverse_dns=settings.reverse_dns,
-        dns_timeout=settings.dns_timeout,
+        screen=screen_config(settings),
+        dns_servers=dns_servers(settings),
         shutdown_grace=settings.shutdown_grace,
         store_timeout=settings.store_timeout,
         log_summary_interval=settings.log_summary_interval,
@@ -65,6 +68,37 @@ def spool_settings(settings: Settings) -> SpoolSettings | None:
         min_free=settings.spool_min_free_bytes,
         replay_rate=settings.spool_replay_rate,
     )
+
+
+def screen_config(settings: Settings) -> ScreenConfig:
+    sites = settings.dnsbl_site_list
+    return ScreenConfig(
+        sites=sites,
+        action=settings.dnsbl_action,
+        threshold=settings.dnsbl_threshold,
+        replies=dnsbl.parse_replies(settings.dnsbl_reply, sites),
+        reverse_dns=settings.reverse_dns,
+        dns_timeout=settings.dns_timeout,
+        pass_ttl=settings.dnsbl_pass_ttl,
+    )
+
+
+def dns_servers(
+    settings: Settings, resolv_conf: Path = Path("/etc/resolv.conf")
+) -> tuple[tuple[str, int], ...]:
+    """The configured resolvers; else the system's, read only when screening is on."""
+    if settings.dns_server_list or not screen_config(settings).active:
+        return settings.dns_server_list
+    try:
+        servers = system_servers(resolv_conf.read_text())
+    except OSError:
+        servers = ()
+    if not servers:
+        fail(
+            f"floodgate receiver: screening is on but {resolv_conf} names no nameserver; "
+            "set FLOODGATE_DNS_SERVERS"
+        )
+    return servers
 
 
 def tls_settings(settings: Settings) -> TlsSettings | None:

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from blocklist.entries import normalize
+from receiver import dnsbl
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
 from receiver.limits import RANGES, Limits
 from receiver.smtp.body import BareNewline
@@ -69,6 +70,21 @@ def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, in
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not host:port")
     return host or default_host, int(port)
+
+
+def dns_server(value: str) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; port 53 by default."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":") if rest else "53"
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, "53"  # IPv4, or IPv6 without brackets
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host[:port]")
+    return host, int(port)
 
 
 class Settings(BaseSettings):
@@ -160,6 +176,19 @@ class Settings(BaseSettings):
     tls_handshake_rate: int = limit("tls_handshake_rate")
     tls_handshake_timeout: float = limit("tls_handshake_timeout")
     tls_hello_timeout: float = limit("tls_hello_timeout")
+    dnsbl_threshold: int = limit("dnsbl_threshold")
+    screen_timeout: float = limit("screen_timeout")
+    stress_screen_timeout: float = limit("stress_screen_timeout")
+    dnsbl_pass_ttl: float = limit("dnsbl_pass_ttl")
+    dns_max_in_flight: int = limit("dns_max_in_flight")
+    dns_rate: int = limit("dns_rate")
+
+    # Screening before the banner: DNS lists in postscreen's syntax (receiver.dnsbl), off
+    # while empty. No DNS query is made unless lists or reverse DNS are configured.
+    dnsbl_sites: str = ""
+    dnsbl_action: Literal["ignore", "enforce", "drop"] = "ignore"
+    dnsbl_reply: str = ""  # list=shown name, ...: what a refusal calls a list
+    dns_servers: str = ""  # host:port, ...; empty: the system's (/etc/resolv.conf)
 
     # STARTTLS: offered unless turned off; with no certificate configured, a self-signed
     # one for the hostname is made under the data dir on first start.
@@ -243,6 +272,34 @@ class Settings(BaseSettings):
         for item in _split(value):
             ipaddress.ip_network(item, strict=False)
         return value
+
+    @field_validator("dnsbl_sites")
+    @classmethod
+    def _sites_valid(cls, value: str) -> str:
+        dnsbl.parse_sites(value)  # raises ValueError naming the entry
+        return value
+
+    @field_validator("dnsbl_reply")
+    @classmethod
+    def _reply_valid(cls, value: str) -> str:
+        dnsbl.parse_replies(value)
+        return value
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _servers_valid(cls, value: str) -> str:
+        for item in _split(value):
+            ipaddress.ip_address(dns_server(item)[0])  # an address: no lookup to find it
+        return value
+
+    @property
+    def dnsbl_site_list(self) -> tuple[dnsbl.Site, ...]:
+        return dnsbl.parse_sites(self.dnsbl_sites)
+
+    @property
+    def dns_server_list(self) -> tuple[tuple[str, int], ...]:
+        """The configured resolvers; empty means the system's."""
+        return tuple(dns_server(item) for item in _split(self.dns_servers))
 
     @field_validator("allowlist")
     @classmethod
@@ -413,6 +470,11 @@ def _dependencies(settings: Settings) -> list[str]:
         path = getattr(settings, name)
         if path is not None and not path.is_file():
             problems.append(f"{_variable(name)}={str(path)!r}: no such file")
+    if settings.dnsbl_reply:
+        try:
+            dnsbl.parse_replies(settings.dnsbl_reply, settings.dnsbl_site_list)
+        except ValueError as error:
+            problems.append(f"FLOODGATE_DNSBL_REPLY={settings.dnsbl_reply!r}: {error}")
     if settings.public_inbox and settings.read_token is None:
         problems.append(
             "FLOODGATE_PUBLIC_INBOX=true: the page would carry a token, and only the read "

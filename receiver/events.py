@@ -29,6 +29,7 @@ WARNING_EVENTS = frozenset(
         "spool_failed",
         "spool_record_quarantined",
         "spool_replay_paused",
+        "dnsbl_disabled",
     }
 )
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\-\[\]]+")
@@ -84,6 +85,7 @@ CLOSE_REASONS = (
     "tls_timeout",
     "tls_no_hello",
     "tls_busy",
+    "dnsbl",  # the screen's `drop`
 )
 # STARTTLS handshakes: how each ended, and the version negotiated ("none" if none was).
 # `no_hello`: no complete ClientHello within the hello deadline after our 220; `busy`: a
@@ -113,6 +115,7 @@ RECIPIENT_OUTCOMES = (
     "recipient_rate",
     "mailbox_rate",
     "bad_address",
+    "dnsbl",  # the screen's `enforce`
 )
 
 

@@ -55,6 +55,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "tls_handshake_rate": (0, 10_000_000),
     "tls_handshake_timeout": (0.5, 300),
     "tls_hello_timeout": (0.5, 300),
+    "dnsbl_threshold": (1, 1_000),
+    "screen_timeout": (0.05, 30),
+    "stress_screen_timeout": (0.01, 30),
+    "dnsbl_pass_ttl": (0, 7 * 86_400),
+    "dns_max_in_flight": (1, 100_000),
+    "dns_rate": (1, 1_000_000),
 }
 
 
@@ -116,6 +122,16 @@ class Limits:
     tls_handshake_rate: int = 600  # per client per minute, as connections; 0 = no limit
     tls_handshake_timeout: float = 10.0  # the whole handshake, from the ClientHello
     tls_hello_timeout: float = 5.0  # from our 220 to a complete ClientHello
+    # Screening before the banner (receiver.screen), off unless lists or reverse DNS are
+    # configured. A score at or above the threshold refuses.
+    dnsbl_threshold: int = 1  # postscreen_dnsbl_threshold (1)
+    # The screen's deadline when the pregreet wait is off (within it when on): what a
+    # clean client may wait for its banner at worst. Postscreen waits up to its greet wait.
+    screen_timeout: float = 1.0
+    stress_screen_timeout: float = 0.25  # under stress: tighter deadline, same verdicts
+    dnsbl_pass_ttl: float = 3600.0  # a pass is cached this long; postscreen_dnsbl_max_ttl
+    dns_max_in_flight: int = 1_000  # lookups awaiting an answer; past it: not sent
+    dns_rate: int = 2_000  # lookups sent per second (a one-second burst); past it: not sent
 
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():
@@ -127,6 +143,7 @@ class Limits:
             self,
             idle_timeout=min(self.idle_timeout, self.stress_idle_timeout),
             hard_error_limit=min(self.hard_error_limit, self.stress_hard_error_limit),
+            screen_timeout=min(self.screen_timeout, self.stress_screen_timeout),
         )
 
     @property

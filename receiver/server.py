@@ -7,14 +7,13 @@ import contextlib
 import ipaddress
 import logging
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
 
 from mailstore.message import IncomingMessage
-from receiver import replies
+from receiver import dnsbl, replies
 from receiver.admission import Admission, Refusal
 from receiver.delivery import Delivery
 from receiver.events import (
@@ -32,6 +31,8 @@ from receiver.health import HealthServer
 from receiver.limits import Limits
 from receiver.mailboxes import MailboxKeeper
 from receiver.replay import Replay, ReplayConfig
+from receiver.resolver import Resolver
+from receiver.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
 from receiver.spool import Spool
 from receiver.stats import LiveStats, snapshot
@@ -117,8 +118,8 @@ class ReceiverConfig:
     proxy_protocol: bool = False
     trusted_proxies: tuple[Network, ...] = ()
     proxy_timeout: float = 5.0
-    reverse_dns: bool = False
-    dns_timeout: float = 2.0
+    screen: ScreenConfig = field(default_factory=ScreenConfig)  # off unless configured
+    dns_servers: tuple[tuple[str, int], ...] = ()  # the screen's resolvers
     shutdown_grace: float = 30.0
     store_timeout: float = 5.0  # the insert deadline; write probes get the same
     log_summary_interval: float = 10.0
@@ -193,6 +194,7 @@ class ReceiverState:
             ),
         )
         self.certificates = Certificates(config.tls) if config.tls is not None else None
+        self.screen = self._build_screen()
         handshakes = None
         if self.certificates is not None:
             limits = config.limits
@@ -215,7 +217,7 @@ class ReceiverState:
             clock=loop,
             bare_newline=config.bare_newline,
             proxy_timeout=config.proxy_timeout,
-            reverse_dns=self._lookup if config.reverse_dns else None,
+            screen=self.screen,
             sessions=self.sessions,
             tls=handshakes,
         )
@@ -337,14 +339,17 @@ class ReceiverState:
             for session in list(self.sessions):
                 session.rearm_for_stress()
 
-    async def _lookup(self, ip: str) -> str | None:
-        """Reverse DNS with a short timeout; only when configured (off by default)."""
-        try:
-            async with asyncio.timeout(self.config.dns_timeout):
-                host, _ = await self.loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
-                return host
-        except (TimeoutError, OSError):
+    def _build_screen(self) -> Screen | None:
+        """The checks before the banner: None (no DNS at all) unless configured."""
+        config = self.config.screen
+        if not config.active:
             return None
+        limits = self.config.limits
+        resolver = Resolver(
+            self.config.dns_servers, max_in_flight=limits.dns_max_in_flight, rate=limits.dns_rate
+        )
+        metrics = ScreenMetrics(self.metrics.registry, (*dnsbl.domains(config.sites), REVERSE_DNS))
+        return Screen(config, resolver, metrics, self.loop.time)
 
     # --- health ---------------------------------------------------------------------
 
@@ -528,6 +533,10 @@ async def run_receiver(
     )
     await health.start(config.http_host, config.http_port)
     watcher = loop.create_task(state.watch_store(stop))
+    reporter = None
+    if state.screen is not None:
+        await state.screen.resolver.open()
+        reporter = loop.create_task(state.screen.report(config.log_summary_interval, stop))
     emit(
         "receiver_listening",
         smtp=f"{config.smtp_host}:{config.smtp_port}",
@@ -551,6 +560,9 @@ async def run_receiver(
         with contextlib.suppress(asyncio.CancelledError):
             await replayer
         await state.spool.close()  # what is left waits on disk for the next start
+    if state.screen is not None and reporter is not None:
+        await reporter  # ends with `stop`, after its last summary line
+        state.screen.resolver.close()
     state.summary.flush(force=True)
     await health.close()
 

@@ -138,6 +138,8 @@ def _judge_recipient(session: Session, text: str) -> tuple[Reply, str]:
         return replies.BAD_ADDRESS, "bad_address"
     if address.utf8 and not session.utf8:
         return replies.NOT_ASCII_ADDRESS, "bad_address"
+    if session.screened is not None:  # listed (`enforce`): the dialogue goes on, counted
+        return session.screened, "dnsbl"
     mailbox = _our_mailbox(session, address)
     if mailbox is None:
         return replies.RELAY_DENIED, "relay_denied"  # never an open relay

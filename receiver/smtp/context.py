@@ -7,19 +7,24 @@ values. Nothing here imports the server or the store driver.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mailstore.message import IncomingMessage
 from receiver.admission import Admission
+from receiver.screen import Verdict
 from receiver.smtp.body import BareNewline, MemoryBudget
 from receiver.tls import Handshakes
 
 if TYPE_CHECKING:
     from receiver.delivery import Delivery
 
-ReverseDns = Callable[[str], Awaitable[str | None]]
+
+class Screener(Protocol):
+    """The checks run before the banner (receiver.screen); never raises."""
+
+    async def screen(self, ip: str, allowed: bool, deadline: float) -> Verdict: ...
 
 
 class Sink(Protocol):
@@ -72,7 +77,7 @@ class SessionContext:
     clock: Clock
     bare_newline: BareNewline = BareNewline.REJECT
     proxy_timeout: float = 5.0
-    reverse_dns: ReverseDns | None = None
+    screen: Screener | None = None  # before the banner: DNS lists, reverse DNS
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
     tls: Handshakes | None = None  # STARTTLS offered when set
 

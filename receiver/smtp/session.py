@@ -22,10 +22,11 @@ from mailstore.message import IncomingMessage, utcnow
 from receiver import replies
 from receiver.delivery import fingerprint
 from receiver.replies import Reply
+from receiver.screen import PASS, screen_deadline
 from receiver.smtp import proxy
 from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
 from receiver.smtp.commands import GROUP_ENDERS, VERBS
-from receiver.smtp.context import SessionContext
+from receiver.smtp.context import Screener, SessionContext
 from receiver.smtp.trace import DateCache, received_header, safe_name
 from receiver.tls import Handshakes, describe
 
@@ -96,6 +97,8 @@ class Session(asyncio.Protocol):
         "rcpt_count",
         "recipients",
         "reserved",
+        "screened",
+        "screening",
         "sender",
         "session_at",
         "slot_held",
@@ -126,6 +129,8 @@ class Session(asyncio.Protocol):
         self.utf8 = self.more_input = self.overlong = False
         self.tls: tuple[str, str] | None = None  # (version, cipher) once upgraded
         self.close_reason = "client_closed"
+        self.screened: Reply | None = None  # the screen's `enforce`: said to every RCPT
+        self.screening = 0  # 1: the screen runs, 2: and the banner waits for it
         self.generation = ctx.admission.generation()  # the blocklist as admission saw it
         # Admission counted this connection already: under `key`, or (a trusted proxy's,
         # client not known yet) in the total only.
@@ -195,7 +200,10 @@ class Session(asyncio.Protocol):
     # --- before the banner ----------------------------------------------------------
 
     def _before_banner(self) -> None:
-        """Pregreet teaser, or straight to the banner (reverse DNS first if configured)."""
+        """The screen (when configured) and the pregreet teaser, or straight to the banner."""
+        if self.ctx.screen is not None:
+            self.screening = 1
+            self.ctx.clock.create_task(self._screen(self.ctx.screen))
         if self.ctx.admission.normal.greet_wait > 0:
             # Postscreen's teaser: the first line of a multi-line greeting. A real client
             # waits for the final "220 " line; a bot that fires its commands now is caught.
@@ -205,9 +213,9 @@ class Session(asyncio.Protocol):
             self._greet()
 
     def _greet(self) -> None:
-        if self.ctx.reverse_dns is not None and self.client_name is None:
-            self._deadline = self.session_at  # the lookup has its own short timeout
-            self.ctx.clock.create_task(self._lookup_then_greet())
+        if self.screening:
+            self.screening = 2
+            self._deadline = self.session_at  # the screen has its own short deadline
             return
         self.phase = Phase.COMMAND
         self.idle_at = self.ctx.clock.time() + self.ctx.admission.limits.idle_timeout
@@ -216,10 +224,30 @@ class Session(asyncio.Protocol):
         self._flush()
         self._schedule()
 
-    async def _lookup_then_greet(self) -> None:
-        assert self.ctx.reverse_dns is not None
-        self.client_name = await self.ctx.reverse_dns(self.client_ip) or ""
-        if self.phase is Phase.GREETING:
+    async def _screen(self, screen: Screener) -> None:
+        admission = self.ctx.admission
+        deadline = screen_deadline(
+            admission.normal.greet_wait, admission.limits.screen_timeout, admission.stressed
+        )
+        try:
+            verdict = await screen.screen(self.client_ip, self.allowed, deadline)
+        except Exception as error:  # fail open: a bug in a check never costs a client
+            fields = {"event": "screen_exception", "error": type(error).__name__}
+            log.error("screen_exception", extra={"fields": fields})
+            verdict = PASS
+        banner_due = self.screening == 2
+        self.screening = 0
+        if self.phase is not Phase.GREETING:
+            return  # gone, or refused meanwhile (talked before the banner)
+        if verdict.client_name is not None:
+            self.client_name = verdict.client_name
+        if verdict.action is not None:
+            self.ctx.events.on_refused(self.client_key, verdict.reason)
+            if verdict.action == "drop" and verdict.reply is not None:
+                self.close_with(verdict.reply, "dnsbl")
+                return
+            self.screened = verdict.reply  # None when the action is `ignore`
+        if banner_due:
             self._greet()
 
     def _proxy_header(self) -> None:

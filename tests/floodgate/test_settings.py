@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from floodgate.receiver_app import dns_servers, screen_config
 from floodgate.settings import Settings, SettingsError, host_name, load
 from receiver.limits import DEFAULTS, RANGES, Limits
 from tests.support.processes import clean_environ, free_port
@@ -170,3 +171,47 @@ def test_the_readme_documents_exactly_the_settings_that_exist() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     rows = set(re.findall(r"^\| `(FLOODGATE_[A-Z0-9_]+)` \|", readme, re.M))
     assert rows == {"FLOODGATE_" + name.upper() for name in Settings.model_fields}
+
+
+def test_a_postscreen_dnsbl_line_is_taken_as_it_is(tmp_path: Path) -> None:
+    settings = load(
+        {},
+        data_dir=tmp_path,
+        dnsbl_sites="zen.example*3, b.example*2, wl.example=127.0.[0..255].[1..3]*-2",
+        dnsbl_reply="zen.example=ZEN",
+        dns_servers="127.0.0.1:5353, ::1, [::1]:54, 127.0.0.2",
+    )
+    assert [s.weight for s in settings.dnsbl_site_list] == [3, 2, -2]
+    assert settings.dns_server_list == (
+        ("127.0.0.1", 5353),
+        ("::1", 53),
+        ("::1", 54),
+        ("127.0.0.2", 53),
+    )
+
+
+def test_bad_screen_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(
+            {},
+            data_dir=tmp_path,
+            dnsbl_sites="zen.example=127.0.0.300",
+            dns_servers="resolver.example:53",  # a name would need a lookup to find it
+            dnsbl_action="reject",
+        )
+    text = str(caught.value)
+    for variable in ("FLOODGATE_DNSBL_SITES=", "FLOODGATE_DNS_SERVERS=", "FLOODGATE_DNSBL_ACTION="):
+        assert variable in text, text
+    unknown = r"FLOODGATE_DNSBL_REPLY=.*not in FLOODGATE_DNSBL_SITES"
+    with pytest.raises(SettingsError, match=unknown):
+        load({}, data_dir=tmp_path, dnsbl_sites="zen.example", dnsbl_reply="other.example=x")
+
+
+def test_screening_is_off_by_default_and_then_reads_no_resolver(tmp_path: Path) -> None:
+    settings = load({}, data_dir=tmp_path)
+    assert not screen_config(settings).active
+    assert dns_servers(settings, tmp_path / "absent") == ()
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.53\n")
+    on = load({}, data_dir=tmp_path, reverse_dns=True)
+    assert dns_servers(on, conf) == (("127.0.0.53", 53),)
