@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 Clock = Callable[[], float]
 
@@ -118,3 +119,28 @@ class HitCounter:
 
     def __len__(self) -> int:
         return len(self._hits)
+
+
+@dataclass(frozen=True, slots=True)
+class Accountant:
+    """Every count admission judges by, in one value handed to it (anvil's role).
+
+    `Admission` only compares these with the limits; which accountant it gets decides what
+    the counts cover: this process's clients (`local`), or, behind another implementation
+    of the same tables, every worker of a host.
+    """
+
+    counts: ConnectionCounts
+    rates: RateTable
+    violations: HitCounter  # protocol violations, toward an auto-ban
+    refusals: HitCounter  # connections refused at connect, toward an auto-ban
+
+    @classmethod
+    def local(cls, window: float, capacity: int, clock: Clock) -> Accountant:
+        """Counts for the clients of this process alone, bounded by `capacity` keys."""
+        return cls(
+            ConnectionCounts(),
+            RateTable(capacity, clock),
+            HitCounter(window, capacity, clock),
+            HitCounter(window, capacity, clock),
+        )

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from receiver import replies
-from receiver.accountant import Clock, ConnectionCounts, HitCounter, RateTable
+from receiver.accountant import Accountant, Clock, HitCounter
 from receiver.keys import client_key
 from receiver.limits import Limits
 from receiver.replies import Reply
@@ -68,13 +68,18 @@ class Admission:
         clock: Clock = time.monotonic,
         on_ban: BanHook | None = None,
         on_stress: StressHook | None = None,
+        accountant: Accountant | None = None,
     ) -> None:
         self.normal = limits
         self.stressed_limits = limits.stressed()
-        self.counts = ConnectionCounts()
-        self.rates = RateTable(limits.rate_clients, clock)
-        self.violations = HitCounter(limits.autoban_window, limits.rate_clients, clock)
-        self.refusals = HitCounter(limits.autoban_window, limits.rate_clients, clock)
+        # Counting is the accountant's; this class only judges (style: anvil and smtpd).
+        self.accountant = accountant or Accountant.local(
+            limits.autoban_window, limits.rate_clients, clock
+        )
+        self.counts = self.accountant.counts
+        self.rates = self.accountant.rates
+        self.violations = self.accountant.violations
+        self.refusals = self.accountant.refusals
         self.stressed = False
         self._is_blocked = is_blocked
         # Bumped by every change to the blocklist: open sessions look again only then.

@@ -207,3 +207,18 @@ def test_an_explicit_blocklist_entry_wins_over_the_allowlist_and_is_named() -> N
     _, refusal = admission.connect("192.0.2.60")
     assert refusal is not None and refusal.reason == "blocked_allowlisted"
     assert refusal.reply == replies.BLOCKED
+
+
+def test_admission_judges_by_the_accountant_it_is_given() -> None:
+    """Two judges sharing one accountant see one client's connections as one count."""
+    from receiver.accountant import Accountant
+
+    clock = Clock()
+    shared = Accountant.local(300, 1000, clock)
+    first = Admission(limits(max_connections_per_ip=2), clock=clock, accountant=shared)
+    second = Admission(limits(max_connections_per_ip=2), clock=clock, accountant=shared)
+    assert first.connect("192.0.2.70")[1] is None
+    assert second.connect("192.0.2.70")[1] is None
+    assert first.connect("192.0.2.70")[1] is admission.PER_IP_CAP
+    alone = Admission(limits(max_connections_per_ip=2), clock=clock)
+    assert alone.connect("192.0.2.70")[1] is None  # its own counts
