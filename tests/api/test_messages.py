@@ -75,7 +75,8 @@ def test_mailbox_pages_by_cursor_and_since_and_can_be_emptied(
     client.hello()
     ids = []
     for n in range(5):
-        reply = send_message(client, "a@example.org", ["pages@mx.test", "other@mx.test"], b"x\r\n")
+        body = f"Subject: page {n}\r\n\r\nx\r\n".encode()  # each its own message
+        reply = send_message(client, "a@example.org", ["pages@mx.test", "other@mx.test"], body)
         ids.append(queued_id(reply.text))
         if n == 2:
             middle = datetime.now(UTC).isoformat()

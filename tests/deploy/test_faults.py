@@ -24,9 +24,10 @@ STORE_TIMEOUT = 2.0
 class Sender(threading.Thread):
     """Sends messages back to back, each tagged, recording (code, text, id, seconds)."""
 
-    def __init__(self, host: str, port: int, source: str) -> None:
+    def __init__(self, host: str, port: int, source: str, pause: float = 0.01) -> None:
         super().__init__(daemon=True)
         self.host, self.port, self.source = host, port, source
+        self.pause = pause
         self.results: list[tuple[int, str, str, float]] = []
         self.stop = threading.Event()
 
@@ -51,7 +52,7 @@ class Sender(threading.Thread):
             reply = send_message(client, "s@example.org", ["box@mx.test"], body)
             self.results.append((reply.code, reply.text, tag, time.monotonic() - started))
             sent += 1
-            self.stop.wait(0.01)  # steady, not flat out: a few thousand messages in all
+            self.stop.wait(self.pause)  # steady, not flat out: a few thousand messages in all
             if reply.code >= 500 or reply.code == 421:
                 client.close()
                 client = None

@@ -144,7 +144,8 @@ def test_mail_keeps_flowing_when_one_receiver_dies(
     for n in range(12):
         client = through(proxy, f"127.0.9.{n + 1}")
         assert client.hello().code == 250
-        reply = send_message(client, "a@example.org", ["box@mx.test"], b"Subject: f\r\n\r\nx\r\n")
+        body = f"Subject: f {n}\r\n\r\nx\r\n".encode()  # each its own message
+        reply = send_message(client, "a@example.org", ["box@mx.test"], body)
         assert reply.code == 250, reply
         ids.append(queued_id(reply.text))
         client.close()

@@ -40,7 +40,9 @@ def test_v1_and_v2_headers_name_the_client_that_gets_stored(
     ):
         client = through_proxy(receiver, header)
         assert client.hello().code == 250  # banner, then EHLO
-        reply = send_message(client, "a@example.org", ["box@mx.test"], b"Subject: p\r\n\r\nx\r\n")
+        # One message each (the same bytes again would be the same message, stored once).
+        body = f"Subject: p\r\n\r\nfrom {client_ip}\r\n".encode()
+        reply = send_message(client, "a@example.org", ["box@mx.test"], body)
         assert reply.code == 250, reply
         stored = mongo[db_name]["messages"].find_one({"_id": queued_id(reply.text)})
         assert stored is not None and stored["peer_ip"] == client_ip
