@@ -27,7 +27,9 @@ from starlette.routing import Match
 from api import docs, messages, page, push
 from api.auth import require_admin, require_token
 from api.gate import Gate
+from api.limits import DEFAULTS, ApiLimits
 from api.models import ERRORS, Status, binary
+from api.renderpool import RenderPool
 from blocklist.repository import PartialBulk
 from mailstore import MessageStore, StoreConfig
 
@@ -41,6 +43,7 @@ class ApiConfig:
     read_token: str | None = None
     public_inbox: bool = False  # the page carries the read token (see api.page)
     mta_sts: str | None = None  # the MTA-STS policy file served at /.well-known/
+    limits: ApiLimits = DEFAULTS  # render workers and live-push shares (api.limits)
 
 
 class ApiMetrics:
@@ -67,10 +70,13 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         app.state.indexes_ensured = False
         _attach_blocklist(app)
         await ensure_indexes(app)
-        app.state.hub = push.Hub()
+        app.state.hub = push.Hub(config.limits)
+        app.state.renderer = RenderPool(config.limits)
+        app.state.renderer.start()
         follower = await push.start(app.state.hub, app.state.store.messages)
         yield
         await push.stop(follower)
+        await app.state.renderer.close()
         if own:
             await app.state.store.close()
 

@@ -68,8 +68,8 @@ def test_a_stored_message_appears_on_the_stream_within_a_second(
 
 async def test_a_reader_that_falls_behind_is_dropped_not_buffered() -> None:
     hub = Hub()
-    slow = hub.subscribe("box@mx.test")
-    other = hub.subscribe("other@mx.test")
+    slow = hub.subscribe("box@mx.test", "127.0.0.1")
+    other = hub.subscribe("other@mx.test", "127.0.0.1")
     assert slow is not None and other is not None
     for n in range(QUEUE + 5):
         hub.publish({"_id": str(n), "rcpt": ["box@mx.test"]})
