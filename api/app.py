@@ -27,6 +27,7 @@ from starlette.routing import Match
 from api import docs, messages, page, push
 from api.auth import require_admin, require_token
 from api.gate import Gate
+from api.head import HeadAsGet
 from api.limits import DEFAULTS, ApiLimits
 from api.models import ERRORS, Status, binary
 from api.renderpool import RenderPool
@@ -93,6 +94,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics()
     # Outermost: token and body size are checked before anything reads a body.
     app.add_middleware(Gate, token=config.admin_token, read_token=config.read_token)
+    app.add_middleware(HeadAsGet)  # outermost: HEAD is a GET to every layer below
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)

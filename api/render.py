@@ -168,7 +168,13 @@ def _filename(part: EmailMessage) -> str | None:
     name = part.get_filename()
     if not name:
         return None
-    return decode_words(clean(str(name)))[:MAX_FILENAME]
+    name = decode_words(clean(str(name)))
+    if len(name) <= MAX_FILENAME:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension) > 15:  # no extension worth keeping
+        return name[:MAX_FILENAME]
+    return stem[: MAX_FILENAME - len(extension) - 1] + "." + extension
 
 
 def _content_type(part: EmailMessage) -> str:

@@ -9,7 +9,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.render import MAX_BOUNDARIES, view
+from api.render import MAX_BOUNDARIES, MAX_FILENAME, view
 from tests.support.api import AUTH
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, queued_id, send_message
@@ -137,3 +137,13 @@ def test_a_message_shows_its_addresses_attachments_and_safe_html(
     assert "invoice.pdf" in download.headers["content-disposition"]
     missing = httpx.get(f"{api.http_url}/v1/messages/{message_id}/attachments/1", headers=AUTH)
     assert missing.status_code == 404
+
+
+def test_a_long_attachment_name_is_cut_with_its_extension_kept() -> None:
+    name = "x" * 1_000 + ".pdf"
+    raw = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\nhi\r\n--b\r\n'
+        b'Content-Disposition: attachment; filename="' + name.encode() + b'"\r\n\r\nx\r\n--b--\r\n'
+    )
+    [attachment] = view(raw)["attachments"]
+    assert attachment["filename"] == "x" * (MAX_FILENAME - 4) + ".pdf"
