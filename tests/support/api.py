@@ -24,11 +24,16 @@ def listing(api: ServiceProcess, address: str) -> list[dict[str, Any]]:
 
 
 def deliver(receiver: ServiceProcess, mailbox: str, raw: bytes) -> str:
-    """Send `raw` (CRLF line ends) to `mailbox` over SMTP; its message id (asserts 250)."""
+    """Send `raw` (CRLF line ends) to `mailbox` over SMTP, on a connection of its own that
+    it closes; its message id (asserts 250)."""
     client = RawClient(receiver.host, receiver.port)
-    client.hello()
-    reply = send_message(client, "sender@example.org", [mailbox], raw)
-    assert reply.code == 250, reply
+    try:
+        client.hello()
+        reply = send_message(client, "sender@example.org", [mailbox], raw)
+        assert reply.code == 250, reply
+        client.cmd("QUIT")
+    finally:
+        client.close()
     return queued_id(reply.text)
 
 
