@@ -219,6 +219,12 @@ def _install_errors(app: FastAPI) -> None:
     async def partial(request: Request, exc: PartialBulk) -> JSONResponse:
         return _error(503, f"the store failed mid-way: {exc}")
 
+    # A bug of ours still answers JSON (Starlette's default is a plain-text 500).
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("event=api_internal_error error=%s", type(exc).__name__, exc_info=exc)
+        return _error(500, "internal error")
+
     @app.exception_handler(PyMongoError)
     async def store_down(request: Request, exc: PyMongoError) -> JSONResponse:
         log.warning("event=api_store_error error=%s", type(exc).__name__)

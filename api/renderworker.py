@@ -10,8 +10,12 @@ answered, and the pool starts a fresh one: Python does not give freed memory bac
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import os
 import resource
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -65,8 +69,19 @@ def resident() -> int:
         return int(statm.read().split()[1]) * _PAGE
 
 
+def _die_with_parent() -> None:
+    """Linux PR_SET_PDEATHSIG: killed with the API, even in the middle of a job."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the API died before the call took effect
+        os._exit(0)
+
+
 def serve(jobs: dict[str, Job], memory: int) -> None:
     """Answer jobs until stdin closes (or until this process has grown: it then exits)."""
+    _die_with_parent()
     with open("/proc/self/statm") as statm:
         mapped = int(statm.read().split()[0]) * _PAGE
     resource.setrlimit(resource.RLIMIT_AS, (mapped + memory, mapped + memory))

@@ -1,19 +1,25 @@
 """The render pool: real worker processes, killed at the deadline, a bounded queue, a
 verdict per job, one run for simultaneous asks, and a lane small messages keep to
-themselves."""
+themselves; random bytes and MIME trees rendered under the workers' limits."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.limits import ApiLimits
 from api.renderpool import SMALL_MESSAGE, Busy, RenderPool
+from tests.api.test_render import mime
 
 COMMAND = (sys.executable, "-m", "tests.api.slow_worker")
 BIG = b"x" * (SMALL_MESSAGE + 1)
@@ -84,3 +90,36 @@ async def test_a_job_that_needs_more_memory_fails_in_its_worker_only(pool: Rende
     outcome = await pool.run("m/hog", {"job": "hog"}, BIG)
     assert outcome.failure == "needs more memory than a render may use"
     assert (await pool.run("m/echo", {"job": "echo"}, b"ok")).body == b"ok"
+
+
+@pytest.fixture(scope="module")
+def live_pool() -> Iterator[tuple[RenderPool, asyncio.AbstractEventLoop]]:
+    """A pool with the real worker, on a loop of its own thread (hypothesis calls the test
+    many times; the pool outlives each call)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    pool = RenderPool(ApiLimits(render_workers=1, render_seconds=2.0))
+    loop.call_soon_threadsafe(pool.start)
+    yield pool, loop
+    asyncio.run_coroutine_threadsafe(pool.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+KNOWN_FAILURES = {"rendering took longer than 2s", "needs more memory than a render may use"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=4_000), mime()))
+def test_random_bytes_and_mime_trees_render_within_the_workers_bounds(
+    live_pool: tuple[RenderPool, asyncio.AbstractEventLoop], raw: bytes
+) -> None:
+    pool, loop = live_pool
+    key = f"{uuid.uuid4()}/view"  # a fresh job each time: no verdict reused
+    outcome = asyncio.run_coroutine_threadsafe(pool.run(key, {"job": "view"}, raw), loop)
+    answer = outcome.result(timeout=30)
+    assert answer.failure is None or answer.failure in KNOWN_FAILURES, answer.failure
+    if answer.failure is None:
+        json.dumps(answer.head["view"], ensure_ascii=False).encode("utf-8")
