@@ -28,7 +28,7 @@ Address = Annotated[
     str, Path(min_length=3, max_length=320, json_schema_extra={"format": "mailbox"})
 ]
 ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
-MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
+MessageId = Annotated[str, Path(pattern=ID_PATTERN, json_schema_extra={"format": "message-id"})]
 Responses = dict[int | str, dict[str, Any]]
 
 
@@ -243,7 +243,11 @@ async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -
 @router.get(
     "/v1/messages/{message_id}/attachments/{index}",
     response_class=Download,
-    responses=models.binary("the attachment, as its declared type"),
+    responses={
+        **models.binary("the attachment"),
+        # Served as the type its part declares (RFC 2046 media types): any type at all.
+        200: {"description": "the attachment, as its declared type", "content": {"*/*": {}}},
+    },
 )
 async def get_attachment(
     request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
