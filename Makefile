@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench flood clean
+.PHONY: setup install run test lint bench flood clean
 
 setup: $(STAMP)
 
@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# Production hosts (deploy/README.md): the project and its runtime dependencies only, no
+# test, lint or browser tools. Rerun after a `git pull`; restart the services afterwards.
+install:
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet .
+	@$(BIN)/floodgate --help > /dev/null && echo "installed: $(BIN)/floodgate"
 
 run: setup
 	$(BIN)/floodgate run

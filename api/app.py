@@ -24,17 +24,23 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api import docs, messages, page, push
+from api import docs, messages, page, push, stats
 from api.auth import require_admin, require_token
+from api.blocklist import allowlist_router
+from api.blocklist import router as blocklist_router
 from api.gate import Gate
 from api.head import HeadAsGet
 from api.limits import DEFAULTS, ApiLimits
 from api.models import ERRORS, Status, binary
 from api.renderpool import RenderPool
-from blocklist.repository import PartialBulk
+from blocklist import BlocklistRepository
+from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT, PartialBulk
 from mailstore import MessageStore, StoreConfig
 
 log = logging.getLogger("floodgate.api")
+# /readyz answers within this, store down or not: a probe with a 1 s timeout must see the
+# reason (503 and why), not a timeout of its own.
+READY_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,9 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         app.state.renderer.start()
         follower = await push.start(app.state.hub, app.state.store.messages)
         yield
+        indexing = getattr(app.state, "indexing", None)  # started by a /readyz, not done
+        if indexing is not None:
+            indexing.cancel()
         await push.stop(follower)
         await app.state.renderer.close()
         if own:
@@ -108,11 +117,6 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
 
 
 def _attach_blocklist(app: FastAPI) -> None:
-    try:
-        from blocklist import BlocklistRepository
-        from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT
-    except ImportError:
-        return
     app.state.blocklist = BlocklistRepository(app.state.store.db)
     app.state.allowlist = BlocklistRepository(
         app.state.store.db, collection=ALLOWLIST, audit=ALLOWLIST_AUDIT
@@ -140,15 +144,18 @@ async def ensure_indexes(app: FastAPI) -> bool:
     return True
 
 
-def _include_blocklist(app: FastAPI) -> None:
-    try:
-        from api.blocklist import allowlist_router, router
-    except ImportError:
+def _ensure_indexes_soon(app: FastAPI) -> None:
+    """Indexes not made yet: try in the background, so /readyz never waits on them."""
+    if app.state.indexes_ensured:
         return
-    app.include_router(router, dependencies=[Depends(require_admin)])
-    app.include_router(allowlist_router, dependencies=[Depends(require_admin)])
-    from api import stats
+    task = getattr(app.state, "indexing", None)
+    if task is None or task.done():
+        app.state.indexing = asyncio.get_running_loop().create_task(ensure_indexes(app))
 
+
+def _include_blocklist(app: FastAPI) -> None:
+    app.include_router(blocklist_router, dependencies=[Depends(require_admin)])
+    app.include_router(allowlist_router, dependencies=[Depends(require_admin)])
     app.include_router(stats.router, dependencies=[Depends(require_admin)])
 
 
@@ -270,9 +277,10 @@ def _health_routes(app: FastAPI) -> None:
     @app.get("/readyz", response_model=Status)
     async def readyz(request: Request) -> JSONResponse:
         store: MessageStore = request.app.state.store
-        if not await store.ping(within=2.0):
-            return _error(503, "message store not answering")
-        await ensure_indexes(request.app)
+        reason = await store.check(within=READY_TIMEOUT)
+        if reason is not None:
+            return _error(503, f"message store not answering: {reason}")
+        _ensure_indexes_soon(request.app)
         return JSONResponse({"status": "ready"})
 
     @app.get(

@@ -180,6 +180,9 @@ Tops = list[tuple[str, int]]
 
 class Window(Model):
     refusals: Tops = Field(description="[client, refusals], heaviest first")
+    connections: Tops = Field(
+        default_factory=list, description="[client, connections admitted], heaviest first"
+    )
     messages: Tops = Field(description="[client, messages stored]")
     bytes: Tops = Field(description="[client, bytes stored]")
     reasons: dict[str, int] = Field(description="refusals by reason")
@@ -198,6 +201,12 @@ class Totals(Model):
     stored_bytes: int
 
 
+class SpoolState(Model):
+    messages: int
+    bytes: int
+    oldest_s: float = Field(description="age of the oldest spooled message, seconds")
+
+
 class ReceiverStats(Model):
     receiver: str
     at: float = Field(description="when it was published (Unix time, the receiver's clock)")
@@ -206,6 +215,9 @@ class ReceiverStats(Model):
     store_up: bool | None
     store_reason: str
     open_connections: int
+    spool: SpoolState | None = Field(
+        None, description="messages held on the receiver's disk while the store is away"
+    )
     top_open: Tops = Field(description="[client, open connections], exact")
     totals: Totals
     windows: dict[str, Window] = Field(description="`1m` and `5m`")

@@ -53,6 +53,7 @@ def _receiver(doc: dict[str, Any], now: float) -> dict[str, Any]:
         "store_up": doc.get("store_up"),
         "store_reason": str(doc.get("store_reason", "")),
         "open_connections": int(doc.get("open_connections", 0)),
+        "spool": doc.get("spool"),
         "top_open": doc.get("top_open", []),
         "totals": doc.get("totals", {}),
         "windows": doc.get("windows", {}),

@@ -1,6 +1,6 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, render. Results of every suite
+Suites: throughput, abuse, blocklist, push, tls, spool, screen, render. Results of every suite
 run land in one `latest.json` and `latest.md` under `--out` (default bench/results).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import abuse, blocklist, push, render, throughput, tls
+from bench import abuse, blocklist, push, render, screen, spool, throughput, tls
 
 SUITES: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -25,6 +25,8 @@ SUITES: dict[str, ModuleType] = {
     "blocklist": blocklist,
     "push": push,
     "tls": tls,
+    "spool": spool,
+    "screen": screen,
     "render": render,
 }
 

@@ -7,6 +7,11 @@ receiver calls before the greeting: memory only, microseconds.
 written to the shared collection (source `auto`) in the background, so every other receiver
 enforces it within a change-stream round trip. Writes are queued in a bounded queue; if the
 store is down and the queue fills, further bans stay local (and are counted), never blocking.
+
+A ban lives in one place, this cache: there is no second table of bans in the receiver. Until
+the store confirms a ban's write, a full resync keeps it (`pending`); from then on the store
+is the only truth, so a removal or expiry there (API, CLI, console, an allowlist entry that
+lifts it) reaches every receiver through the change stream or the next resync.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from blocklist.cache import DEFAULT_MEMO_SIZE, BlocklistCache
-from blocklist.entries import Entry, InvalidEntry, parse_network
+from blocklist.entries import Entry, InvalidEntry, Net, parse_network
 from blocklist.repository import (
     ALLOWLIST,
     ALLOWLIST_AUDIT,
@@ -57,6 +64,7 @@ class LocalList:
         *,
         collection: str = COLLECTION,
         audit: str = AUDIT_COLLECTION,
+        overlay: Callable[[], Iterable[tuple[Net, float]]] = tuple,
     ) -> None:
         self.config = config
         self.name = collection
@@ -70,6 +78,7 @@ class LocalList:
             snapshot_path=config.snapshot_path,
             resync_interval=config.resync_interval,
             change_stream=config.change_stream,
+            overlay=overlay,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -107,6 +116,10 @@ class LocalList:
     def entries(self) -> int:
         return len(self.cache)
 
+    def generation(self) -> int:
+        """A number that changes whenever the list does (open sessions look again then)."""
+        return self.cache.changes
+
 
 class LocalAllowlist(LocalList):
     """Senders that are never throttled or auto-banned: stored entries, plus the static
@@ -137,9 +150,11 @@ class LocalBlocklist(LocalList):
     """The blocklist, and this receiver's auto-bans written to it in the background."""
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]], config: LocalConfig) -> None:
-        super().__init__(db, config)
+        super().__init__(db, config, overlay=self._unconfirmed)
         self._bans: asyncio.Queue[Entry] | None = None
         self.bans_dropped = 0
+        # Bans made here whose write the store has not confirmed: network -> expiry.
+        self.pending: OrderedDict[Net, float] = OrderedDict()
 
     async def start(self) -> None:
         self._bans = asyncio.Queue(MAX_PENDING_BANS)
@@ -157,9 +172,13 @@ class LocalBlocklist(LocalList):
             log.warning("auto-ban of %s not recorded: %s", key, error)
             return
         expires = entry.expires_at.timestamp() if entry.expires_at else time.time() + ttl
-        current = self.cache.index.get(parse_network(entry.cidr))
+        net = parse_network(entry.cidr)
+        current = self.cache.index.get(net)
         if current is None or current < expires:
-            self.cache.upsert(entry.cidr, expires)
+            self.cache.upsert(net, expires)
+        self.pending[net] = expires
+        while len(self.pending) > MAX_PENDING_BANS:
+            self.pending.popitem(last=False)
         if self._bans is None:
             return
         try:
@@ -174,13 +193,22 @@ class LocalBlocklist(LocalList):
             for attempt in range(3):
                 try:
                     existing = await self.repository.get(entry.cidr)
-                    if existing is not None and _outranks(existing, entry):
-                        break  # a manual, permanent or longer ban already covers it: keep it
-                    await self.repository.add(entry, self.config.actor)
-                    break
+                    if existing is None or not _outranks(existing, entry):
+                        # (else a manual, permanent or longer ban already covers it)
+                        await self.repository.add(entry, self.config.actor)
                 except PyMongoError as error:
                     log.warning("auto-ban of %s not yet stored: %s", entry.cidr, error)
                     await asyncio.sleep(0.5 * 2**attempt)
+                else:
+                    # The store holds it now: from here on only the store decides.
+                    self.pending.pop(parse_network(entry.cidr), None)
+                    break
+
+    def _unconfirmed(self) -> list[tuple[Net, float]]:
+        now = time.time()
+        for net in [net for net, expires in self.pending.items() if expires <= now]:
+            del self.pending[net]
+        return list(self.pending.items())
 
 
 def _outranks(existing: Entry, ban: Entry) -> bool:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from blocklist import snapshot
 from blocklist.cache import BlocklistCache
-from blocklist.entries import InvalidEntry, expiry_timestamp, parse_network
+from blocklist.entries import InvalidEntry, Net, expiry_timestamp, parse_network
 from blocklist.index import PrefixIndex
 from mailstore.errors import brief
 
@@ -61,8 +61,12 @@ class BlocklistSync:
         max_backoff: float = 10.0,
         poll_interval: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        overlay: Callable[[], Iterable[tuple[Net, float]]] = tuple,
     ) -> None:
         self.collection = collection
+        # Entries this receiver made that the store has not confirmed yet (its own
+        # auto-bans): a resync keeps them instead of undoing them until the write lands.
+        self.overlay = overlay
         self.cache = cache
         self.snapshot_path = snapshot_path
         self.resync_interval = resync_interval
@@ -170,6 +174,9 @@ class BlocklistSync:
                     log.warning("blocklist: ignoring malformed entry %r", doc["_id"])
             for kind, key, expires in self._journal:
                 _apply(fresh, kind, key, expires)
+            for net, expires in self.overlay():
+                if expires > now and (fresh.get(net) or 0.0) < expires:
+                    fresh.add(net, expires)
         finally:
             journal, self._journal = self._journal, None
         if fresh._tables != self.cache.index._tables:

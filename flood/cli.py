@@ -43,9 +43,10 @@ scenarios (combine any of them in one run; each has its own knobs):
 
 presets:
   --preset incident   3,000 idle sockets from 30 IPs, a 4-IP message flood, 10 slowloris
-                      connections and a legit stream of 5 messages/s from 10 IPs, for 75 s
-                      (past the default 60 s idle timeout, so the deadlines are seen
-                      cutting the idle and slowloris sockets); writes var/flood-<time>.png
+                      connections and a legit stream of 5 messages/s from 10 IPs,
+                      for {incident:.0f} s (past the default 60 s idle timeout, so the
+                      deadlines are seen cutting the idle and slowloris sockets); writes
+                      var/flood-<time>.png
 
 after the run, with the admin token (--admin-token, or var/admin-token), the report says
 how many of the run's addresses the target auto-banned; --cleanup removes exactly those.
@@ -86,14 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="floodgate flood",
         description="Load and attack generator for an SMTP receiver: replays the incidents "
         "and reports whether legitimate mail still got through, and how fast.",
-        epilog=EPILOG,
+        epilog=EPILOG.format(incident=PRESETS["incident"]["duration"]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--target", default="127.0.0.1:2525", help="HOST:PORT (default %(default)s)")
     p.add_argument("--domain", default="mx.test", help="recipient domain (default %(default)s)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made mix (see below)")
-    p.add_argument("--duration", type=float, help="seconds (default 10; incident preset 30)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help=f"seconds (default 10; incident preset {PRESETS['incident']['duration']:.0f})",
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="per reply, seconds")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a PNG over time")

@@ -41,6 +41,22 @@ def live_table(stats: Stats, enabled: bool) -> Iterator[Callable[[], None]]:
         yield lambda: live.update(_live_renderable(stats))
 
 
+def scenario_rows(name: str, scenario: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
+    """One scenario's rows: its outcomes, its total, then its follow-up notes (e.g. "held
+    to the end"), the section closing after the last of them so no note reads as the next
+    scenario's."""
+    attempts = scenario["attempts"]
+    rows: list[tuple[str, str, str, str, bool]] = []
+    for outcome, count in sorted(scenario["outcomes"].items(), key=lambda kv: -kv[1]):
+        share = f"{100 * count / attempts:.1f}%" if attempts else "-"
+        rows.append(("" if rows else name, outcome, str(count), share, False))
+    rows.append(("" if rows else name, "[b]total[/b]", f"[b]{attempts}[/b]", "", False))
+    for note, count in scenario["notes"].items():
+        rows.append(("", f"[dim]{note}[/dim]", f"[dim]{count}[/dim]", "", False))
+    rows[-1] = (*rows[-1][:4], True)
+    return rows
+
+
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     table = Table(title=f"floodgate flood against {report['target']}, {report['duration_s']}s")
@@ -49,15 +65,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     table.add_column("count", justify="right")
     table.add_column("share", justify="right")
     for name, scenario in report["scenarios"].items():
-        attempts = scenario["attempts"]
-        first = True
-        for outcome, count in sorted(scenario["outcomes"].items(), key=lambda kv: -kv[1]):
-            share = f"{100 * count / attempts:.1f}%" if attempts else "-"
-            table.add_row(name if first else "", outcome, str(count), share)
-            first = False
-        table.add_row("", "[b]total[/b]", f"[b]{attempts}[/b]", "", end_section=True)
-        for note, count in scenario["notes"].items():
-            table.add_row("", f"[dim]{note}[/dim]", f"[dim]{count}[/dim]", "")
+        for row in scenario_rows(name, scenario):
+            table.add_row(*row[:4], end_section=row[4])
     console.print(table)
     legit = report["legit"]
     if legit["sent"]:

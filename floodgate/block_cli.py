@@ -130,6 +130,12 @@ def add_block_parser(sub: Any, kind: Kind = BLOCK) -> None:
     add.add_argument("cidr")
     add.add_argument("--reason", default="")
     add.add_argument("--ttl", type=parse_duration, help="expire after e.g. 3600, 15m, 1h, 7d")
+    add.add_argument(
+        "--confirm",
+        action="store_true",
+        help="yes, this wide prefix (shorter than /8 for IPv4, /32 for IPv6): the API "
+        "refuses one without it",
+    )
 
     rm = actions.add_parser("rm", help=kind.rm_help)
     rm.add_argument("cidr", nargs="?", help="the entry (or use --source)")
@@ -241,9 +247,13 @@ def _run(client: Client, args: argparse.Namespace, kind: Kind) -> int:
         body: dict[str, Any] = {"cidr": args.cidr, "reason": args.reason}
         if args.ttl is not None:
             body["ttl_seconds"] = args.ttl
+        if args.confirm:
+            body["confirm"] = True
         response = client.call("POST", kind.path, json=body)
         if response.status_code not in (200, 201):
-            raise ApiError(_message(response), 1)
+            # The API speaks of its JSON field; here the same consent is a flag.
+            message = _message(response).replace('send "confirm": true', "add --confirm")
+            raise ApiError(message, 1)
         verb = "added" if response.status_code == 201 else "updated"
         print(f"{verb}: {_describe(response.json())}")
         for lifted in response.json().get("lifted", []):

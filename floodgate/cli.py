@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
+from floodgate.spool_cli import add_parser as add_spool_parser
+from floodgate.top import add_parser as add_top_parser
+
 DESCRIPTION = """Floodgate: an abuse-resistant inbound SMTP receiver (MX) for disposable mail.
 Settings come from FLOODGATE_* environment variables (see README)."""
 
@@ -29,16 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("block", "allow"):
             continue
         sub.add_parser(name, help=help_text, description=help_text)
-    try:
-        from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
-    except ImportError:
-        pass
-    else:
-        add_block_parser(sub, BLOCK)
-        add_block_parser(sub, ALLOW)
-        from floodgate.top import add_parser as add_top_parser
-
-        add_top_parser(sub)
+    add_block_parser(sub, BLOCK)
+    add_block_parser(sub, ALLOW)
+    add_top_parser(sub)
+    add_spool_parser(sub)
     return parser
 
 
@@ -93,4 +91,8 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
         from floodgate.block_cli import run_top
 
         return run_top(args, settings)
+    if args.command == "spool":
+        from floodgate.spool_cli import run
+
+        return run(args, settings)
     return 2

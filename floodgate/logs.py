@@ -3,7 +3,8 @@
 The incident we design against: an alert per failed event flooded a mailbox with
 thousands of identical messages. Here a record identical to one logged within the last
 interval is dropped and counted; the next time it is let through it says how many
-repeats were suppressed.
+repeats were suppressed. A change of state is never dropped: after store_down, store_up,
+store_down within the interval, the log must not end on the wrong state.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import time
 from receiver.events import logfmt
 
 MAX_KEYS = 1_000
+# Events that say a state changed (each is logged once per change by its owner, so they
+# cannot flood): never deduplicated.
+STATE_CHANGES = frozenset(
+    {"store_down", "store_up", "stress_on", "stress_off", "spool_on", "spool_off"}
+)
 
 
 class DedupFilter(logging.Filter):
@@ -28,6 +34,8 @@ class DedupFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = getattr(record, "fields", None)
+        if fields is not None and fields.get("event") in STATE_CHANGES:
+            return True
         text = record.getMessage() if fields is None else repr(sorted(fields.items()))
         key = (record.name, text[:300])
         now = time.monotonic()

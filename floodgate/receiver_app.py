@@ -13,7 +13,11 @@ from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
-from receiver.server import ReceiverConfig, install_signal_handlers, run_receiver
+from receiver import dnsbl
+from receiver.events import emit
+from receiver.resolver import system_servers
+from receiver.screen import ScreenConfig
+from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
 from receiver.tls import TlsSettings, self_signed, server_context
 
 
@@ -42,8 +46,8 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         proxy_protocol=settings.proxy_protocol,
         trusted_proxies=settings.trusted_proxy_networks,
         proxy_timeout=settings.proxy_protocol_timeout,
-        reverse_dns=settings.reverse_dns,
-        dns_timeout=settings.dns_timeout,
+        screen=screen_config(settings),
+        dns_servers=dns_servers(settings),
         shutdown_grace=settings.shutdown_grace,
         store_timeout=settings.store_timeout,
         log_summary_interval=settings.log_summary_interval,
@@ -51,7 +55,50 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         bare_newline=settings.bare_newline,
         data_dir=settings.data_dir,
         tls=tls_settings(settings),
+        spool=spool_settings(settings),
     )
+
+
+def spool_settings(settings: Settings) -> SpoolSettings | None:
+    if not settings.spool:
+        return None
+    return SpoolSettings(
+        directory=settings.data_dir / "spool",
+        max_bytes=settings.spool_max_bytes,
+        min_free=settings.spool_min_free_bytes,
+        replay_rate=settings.spool_replay_rate,
+    )
+
+
+def screen_config(settings: Settings) -> ScreenConfig:
+    sites = settings.dnsbl_site_list
+    return ScreenConfig(
+        sites=sites,
+        action=settings.dnsbl_action,
+        threshold=settings.dnsbl_threshold,
+        replies=dnsbl.parse_replies(settings.dnsbl_reply, sites),
+        reverse_dns=settings.reverse_dns,
+        dns_timeout=settings.dns_timeout,
+        pass_ttl=settings.dnsbl_pass_ttl,
+    )
+
+
+def dns_servers(
+    settings: Settings, resolv_conf: Path = Path("/etc/resolv.conf")
+) -> tuple[tuple[str, int], ...]:
+    """The configured resolvers; else the system's, read only when screening is on."""
+    if settings.dns_server_list or not screen_config(settings).active:
+        return settings.dns_server_list
+    try:
+        servers = system_servers(resolv_conf.read_text())
+    except OSError:
+        servers = ()
+    if not servers:
+        fail(
+            f"floodgate receiver: screening is on but {resolv_conf} names no nameserver; "
+            "set FLOODGATE_DNS_SERVERS"
+        )
+    return servers
 
 
 def tls_settings(settings: Settings) -> TlsSettings | None:
@@ -97,7 +144,7 @@ async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
     install_signal_handlers(stop)
     # Indexes are made by the health loop once the store answers: the port opens at once
     # even when the store is down (every message gets 451 until it is back).
-    store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False)
+    store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False, report=emit)
     blocklist = LocalBlocklist(store.db, blocklist_config(settings))
     allowlist = LocalAllowlist(
         store.db,

@@ -25,6 +25,7 @@ from api.limits import DEFAULTS as API_DEFAULTS
 from api.limits import RANGES as API_RANGES
 from api.limits import ApiLimits
 from blocklist.entries import normalize
+from receiver import dnsbl
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
 from receiver.limits import RANGES, Limits
 from receiver.smtp.body import BareNewline
@@ -80,6 +81,21 @@ def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, in
     return host or default_host, int(port)
 
 
+def dns_server(value: str) -> tuple[str, int]:
+    """`host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; port 53 by default."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":") if rest else "53"
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, "53"  # IPv4, or IPv6 without brackets
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host[:port]")
+    return host, int(port)
+
+
 class Settings(BaseSettings):
     """All of Floodgate's settings. Each field is the variable `FLOODGATE_<NAME>`."""
 
@@ -96,6 +112,11 @@ class Settings(BaseSettings):
     max_pending_inserts: int = Field(2_000, ge=1, le=1_000_000)
     insert_batch_size: int = Field(256, ge=1, le=10_000)
     retention: int = Field(86_400, ge=60, le=366 * 86_400)
+    # The local spool (receiver.spool): mail taken while the store is away.
+    spool: bool = True
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 50)
+    spool_min_free_bytes: int = Field(256 << 20, ge=0, le=1 << 50)
+    spool_replay_rate: float = Field(500.0, ge=1, le=1_000_000)
     data_dir: Path = Path("var")
 
     # Listeners and identity.
@@ -155,12 +176,28 @@ class Settings(BaseSettings):
     stress_idle_timeout: float = limit("stress_idle_timeout")
     stress_hard_error_limit: int = limit("stress_hard_error_limit")
     autoban_threshold: int = limit("autoban_threshold")
+    autoban_refusal_threshold: int = limit("autoban_refusal_threshold")
     autoban_window: float = limit("autoban_window")
     autoban_ttl: float = limit("autoban_ttl")
     tls_max_handshakes: int = limit("tls_max_handshakes")
     tls_max_handshakes_per_ip: int = limit("tls_max_handshakes_per_ip")
+    tls_max_handshakes_per_network: int = limit("tls_max_handshakes_per_network")
     tls_handshake_rate: int = limit("tls_handshake_rate")
     tls_handshake_timeout: float = limit("tls_handshake_timeout")
+    tls_hello_timeout: float = limit("tls_hello_timeout")
+    dnsbl_threshold: int = limit("dnsbl_threshold")
+    screen_timeout: float = limit("screen_timeout")
+    stress_screen_timeout: float = limit("stress_screen_timeout")
+    dnsbl_pass_ttl: float = limit("dnsbl_pass_ttl")
+    dns_max_in_flight: int = limit("dns_max_in_flight")
+    dns_rate: int = limit("dns_rate")
+
+    # Screening before the banner: DNS lists in postscreen's syntax (receiver.dnsbl), off
+    # while empty. No DNS query is made unless lists or reverse DNS are configured.
+    dnsbl_sites: str = ""
+    dnsbl_action: Literal["ignore", "enforce", "drop"] = "ignore"
+    dnsbl_reply: str = ""  # list=shown name, ...: what a refusal calls a list
+    dns_servers: str = ""  # host:port, ...; empty: the system's (/etc/resolv.conf)
 
     # API limits (rendering, live push): default and range declared once, in api/limits.py.
     render_workers: int = api_limit("render_workers")
@@ -253,6 +290,34 @@ class Settings(BaseSettings):
             ipaddress.ip_network(item, strict=False)
         return value
 
+    @field_validator("dnsbl_sites")
+    @classmethod
+    def _sites_valid(cls, value: str) -> str:
+        dnsbl.parse_sites(value)  # raises ValueError naming the entry
+        return value
+
+    @field_validator("dnsbl_reply")
+    @classmethod
+    def _reply_valid(cls, value: str) -> str:
+        dnsbl.parse_replies(value)
+        return value
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _servers_valid(cls, value: str) -> str:
+        for item in _split(value):
+            ipaddress.ip_address(dns_server(item)[0])  # an address: no lookup to find it
+        return value
+
+    @property
+    def dnsbl_site_list(self) -> tuple[dnsbl.Site, ...]:
+        return dnsbl.parse_sites(self.dnsbl_sites)
+
+    @property
+    def dns_server_list(self) -> tuple[tuple[str, int], ...]:
+        """The configured resolvers; empty means the system's."""
+        return tuple(dns_server(item) for item in _split(self.dns_servers))
+
     @field_validator("allowlist")
     @classmethod
     def _allowlist_valid(cls, value: str) -> str:
@@ -320,7 +385,16 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     try:
         settings = Settings(**overrides)
     except ValidationError as error:
-        problems += [_describe(item) for item in error.errors()]
+        # Every problem at once: the file's unknown keys too, and each bad value named
+        # where it came from (the TOML key when neither a variable nor an argument won).
+        named = overrides.get("config_file") or environ.get("FLOODGATE_CONFIG_FILE")
+        path = Path(named) if named else None
+        problems += _unknown_toml_keys(path)
+        in_file = _toml_keys(path) - {k for k in Settings.model_fields if _variable(k) in environ}
+        in_file -= set(overrides)
+        problems += [
+            _describe(item, path if _field(item) in in_file else None) for item in error.errors()
+        ]
         if not any(item.get("loc", ("",))[0] == "data_dir" for item in error.errors()):
             problems += _data_dir_problems(Path(environ.get("FLOODGATE_DATA_DIR") or "var"))
         raise SettingsError(problems) from None
@@ -338,12 +412,29 @@ def _variable(field: str) -> str:
     return "FLOODGATE_" + field.upper()
 
 
-def _describe(error: Any) -> str:
-    field = str(error["loc"][0]) if error.get("loc") else "?"
+def _field(error: Any) -> str:
+    return str(error["loc"][0]) if error.get("loc") else "?"
+
+
+def _describe(error: Any, toml: Path | None = None) -> str:
+    """One problem, named by its variable, or by its key in the TOML file `toml`."""
+    field = _field(error)
     value = error.get("input")
     shown = f"={value!r}" if isinstance(value, str | int | float) else ""
     message = str(error["msg"]).removeprefix("Value error, ")
+    if toml is not None:
+        return f"{toml}: key {field!r}{shown}: {message}"
     return f"{_variable(field)}{shown}: {message}"
+
+
+def _toml_keys(path: Path | None) -> set[str]:
+    """The keys a TOML settings file sets (none if it cannot be read: said elsewhere)."""
+    if path is None:
+        return set()
+    try:
+        return set(tomllib.loads(path.read_text()))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -400,6 +491,11 @@ def _dependencies(settings: Settings) -> list[str]:
         path = getattr(settings, name)
         if path is not None and not path.is_file():
             problems.append(f"{_variable(name)}={str(path)!r}: no such file")
+    if settings.dnsbl_reply:
+        try:
+            dnsbl.parse_replies(settings.dnsbl_reply, settings.dnsbl_site_list)
+        except ValueError as error:
+            problems.append(f"FLOODGATE_DNSBL_REPLY={settings.dnsbl_reply!r}: {error}")
     if settings.public_inbox and settings.read_token is None:
         problems.append(
             "FLOODGATE_PUBLIC_INBOX=true: the page would carry a token, and only the read "

@@ -1,7 +1,8 @@
 """`floodgate top`: the live terminal view of every receiver (from `GET /v1/stats`).
 
 Receivers with their store and stress state, accepted/refused/stored per second, and the
-heaviest clients of the last minute with their blocklist state. Keys: up/down (or k/j)
+heaviest clients of the last minute (refusals, connections admitted, messages stored,
+connections open now) with their blocklist state. Keys: up/down (or k/j)
 select a client, `b` bans it for an hour, `u` lifts its entry, `q` quits. `--once` prints
 one frame and exits (for scripts and for a terminal without keys).
 """
@@ -87,7 +88,15 @@ def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
         state = stats["clients"].get(key, {"blocked": False})
         return rows.setdefault(
             key,
-            {"client": key, "refused": 0, "why": "", "messages": 0, "open": 0, "state": state},
+            {
+                "client": key,
+                "refused": 0,
+                "why": "",
+                "connections": 0,
+                "messages": 0,
+                "open": 0,
+                "state": state,
+            },
         )
 
     for key, count in window.get("refusals", []):
@@ -98,22 +107,41 @@ def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
             if count > best.get(key, 0):
                 best[key] = count
                 row(key)["why"] = reason
+    for key, count in window.get("connections", []):
+        row(key)["connections"] = count
     for key, count in window.get("messages", []):
         row(key)["messages"] = count
     for key, count in stats["overall"]["top_open"]:
         row(key)["open"] = count
-    return sorted(rows.values(), key=lambda r: (-r["refused"], -r["open"], -r["messages"]))
+    return sorted(
+        rows.values(),
+        key=lambda r: (-r["refused"], -r["connections"], -r["open"], -r["messages"]),
+    )
+
+
+def spool_cell(spool: dict[str, Any] | None) -> str:
+    """A receiver's spool: off, empty, or what it holds and for how long."""
+    if spool is None:
+        return "off"
+    if not spool.get("messages"):
+        return "empty"
+    return f"[yellow]{spool['messages']} msgs, oldest {spool['oldest_s']:.0f}s[/yellow]"
 
 
 def render(view: View) -> Group:
     receivers = Table(title="receivers", expand=True)
-    for column in ("receiver", "age", "store", "stress", "open"):
+    for column in ("receiver", "age", "store", "stress", "open", "spool"):
         receivers.add_column(column, justify="right" if column in ("age", "open") else "left")
     for r in view.stats.get("receivers", []):
         store = "up" if r["store_up"] else f"[red]down: {r['store_reason']}[/red]"
         stress = "[red]STRESS[/red]" if r["stress"] else "no"
         receivers.add_row(
-            r["receiver"], f"{r['age_s']:.1f}s", store, stress, str(r["open_connections"])
+            r["receiver"],
+            f"{r['age_s']:.1f}s",
+            store,
+            stress,
+            str(r["open_connections"]),
+            spool_cell(r.get("spool")),
         )
     rates = view.rates
     opened = view.stats.get("overall", {}).get("open_connections", 0)
@@ -125,7 +153,7 @@ def render(view: View) -> Group:
     )
     summary = Text(f"{per_second}; open connections {opened}")
     clients = Table(title="top clients, last minute", expand=True)
-    for column in ("client", "refused", "why", "messages", "open", "state"):
+    for column in ("client", "refused", "why", "conns", "messages", "open", "state"):
         left = column in ("client", "why", "state")
         clients.add_column(column, justify="left" if left else "right")
     for index, r in enumerate(view.rows):
@@ -135,6 +163,7 @@ def render(view: View) -> Group:
             r["client"],
             str(r["refused"]),
             r["why"],
+            str(r["connections"]),
             str(r["messages"]),
             str(r["open"]),
             label,

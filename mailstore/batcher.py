@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import pymongo
 from bson.raw_bson import RawBSONDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from mailstore.errors import StoreBusy, StoreError, StoreTimeout
+from mailstore.errors import StoreBusy, StoreError, StoreTimeout, cause
 
-log = logging.getLogger("floodgate.store")
 DUPLICATE_KEY = 11000
+
+
+class Report(Protocol):
+    """Logs one named event with fields: the process's one log helper, injected by the
+    composition root (the store imports nothing of ours)."""
+
+    def __call__(self, event: str, **fields: object) -> None: ...
 
 
 class InsertBatcher:
@@ -37,13 +42,15 @@ class InsertBatcher:
         max_pending: int,
         max_batch: int = 256,
         max_batches_in_flight: int = 2,
+        report: Report | None = None,
     ) -> None:
         self._collection = collection
+        self._report = report
         self._timeout = timeout
         self._max_pending = max_pending
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_batches_in_flight)
-        self._queue: deque[tuple[RawBSONDocument, asyncio.Future[None]]] = deque()
+        self._queue: deque[tuple[RawBSONDocument, asyncio.Future[bool]]] = deque()
         self._wakeup = asyncio.Event()
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -72,21 +79,23 @@ class InsertBatcher:
             if not future.done():
                 future.set_exception(StoreError("store shutting down"))
 
-    async def insert(self, document: RawBSONDocument) -> None:
-        """Return once `document` is durable; raise StoreError (or a subclass) otherwise."""
+    async def insert(self, document: RawBSONDocument) -> bool:
+        """Return once `document` is durable: True, or False when a document with its
+        fingerprint is (the same message, stored before). Raise StoreError (or a subclass)
+        otherwise."""
         if self._pending >= self._max_pending:
             raise StoreBusy(f"{self._pending} inserts pending")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending += 1
         future.add_done_callback(self._release)
         self._queue.append((document, future))
         self._wakeup.set()
         try:
-            await asyncio.wait_for(asyncio.shield(future), self._timeout)
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:
-            raise StoreTimeout(f"not durable within {self._timeout}s") from None
+            raise StoreTimeout(f"timeout: no durable write within {self._timeout:g}s") from None
 
-    def _release(self, future: asyncio.Future[None]) -> None:
+    def _release(self, future: asyncio.Future[bool]) -> None:
         self._pending -= 1
         if not future.cancelled():
             future.exception()  # mark retrieved: a caller that timed out no longer asks
@@ -112,46 +121,69 @@ class InsertBatcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, batch: list[tuple[RawBSONDocument, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[RawBSONDocument, asyncio.Future[bool]]]) -> None:
+        copies: set[int] = set()
         try:
-            failed = await self._insert_many([doc for doc, _ in batch])
+            failed, copies, reason = await self._insert_many([doc for doc, _ in batch])
         except Exception as error:  # every failure of the batch is a 451 for its members
-            log.warning(
-                "store_insert_failed",
-                extra={
-                    "event": "store_insert_failed",
-                    "size": len(batch),
-                    "error": type(error).__name__,
-                },
-            )
-            failed = set(range(len(batch)))
+            failed, reason = set(range(len(batch))), cause(error, self._timeout)
         finally:
             self._slots.release()
+        if failed and self._report is not None:
+            self._report("store_insert_failed", size=len(batch), failed=len(failed), error=reason)
         for index, (_, future) in enumerate(batch):
             if future.done():
                 continue
             if index in failed:
-                future.set_exception(StoreError("insert failed"))
+                future.set_exception(StoreError(reason))
             else:
-                future.set_result(None)
+                future.set_result(index not in copies)
 
-    async def _insert_many(self, documents: list[RawBSONDocument]) -> set[int]:
-        """Insert; return the indexes of documents that are not durably stored."""
+    async def _insert_many(
+        self, documents: list[RawBSONDocument]
+    ) -> tuple[set[int], set[int], str]:
+        """Insert; return the indexes of documents that are not durably stored, of those
+        whose fingerprint a stored document already has, and why any failed."""
+        everything = set(range(len(documents)))
         try:
             # Client-side operation timeout: the driver gives up (and retries within it).
             with pymongo.timeout(self._timeout):
                 await self._collection.insert_many(documents, ordered=False)
         except BulkWriteError as error:
             details = error.details
-            if details.get("writeConcernErrors"):
-                return set(range(len(documents)))
+            for concern in details.get("writeConcernErrors", []):
+                return everything, set(), cause(WriteError(concern), self._timeout)
             failed: set[int] = set()
+            copies: set[int] = set()
+            reason = ""
             for write_error in details.get("writeErrors", []):
+                index = int(write_error["index"])
                 # A duplicate _id means an earlier attempt of this very insert (a driver
-                # retry) already stored it: the ID is assigned once, at DATA time.
+                # retry, a spool replay) already stored it: the ID is assigned once, at
+                # DATA time. A duplicate fingerprint: the same message, stored before.
                 if write_error.get("code") != DUPLICATE_KEY:
-                    failed.add(int(write_error["index"]))
-            return failed
-        except PyMongoError:
-            return set(range(len(documents)))
-        return set()
+                    failed.add(index)
+                    reason = reason or cause(WriteError(write_error), self._timeout)
+                elif _on_fingerprint(write_error):
+                    copies.add(index)
+            return failed, copies, reason
+        except PyMongoError as error:
+            return everything, set(), cause(error, self._timeout)
+        return set(), set(), ""
+
+
+def _on_fingerprint(write_error: dict[str, Any]) -> bool:
+    """Whether a duplicate-key error is on the fingerprint index, not on `_id`. MongoDB
+    names the key (`keyPattern`); nx-27017 only says it in the message."""
+    pattern = write_error.get("keyPattern")
+    if pattern:
+        return "fp" in pattern
+    return "_id" not in str(write_error.get("errmsg", ""))
+
+
+class WriteError(Exception):
+    """One write error or write-concern error of a bulk reply, as an error to classify."""
+
+    def __init__(self, details: dict[str, Any]) -> None:
+        super().__init__(str(details.get("errmsg", "")))
+        self.code = details.get("code")

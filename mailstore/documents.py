@@ -30,4 +30,6 @@ def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
     }
     if message.tls is not None:
         document["tls"] = {"version": message.tls[0], "cipher": message.tls[1]}
+    if message.fingerprint:
+        document["fp"] = message.fingerprint
     return document

@@ -21,6 +21,9 @@ class IncomingMessage:
     # Selected header values from the receiver's bounded scan (mailstore.headers).
     headers: dict[str, str] = field(default_factory=dict)
     tls: tuple[str, str] | None = None  # (version, cipher) when it came over STARTTLS
+    # Envelope and bytes hashed (receiver.delivery.fingerprint): the same message sent
+    # again, a sender's retry, is the same message; stored under a unique index.
+    fingerprint: str = ""
 
 
 def utcnow() -> datetime:

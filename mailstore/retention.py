@@ -1,11 +1,16 @@
-"""Retention that happens on any store: a bounded sweeper, one at a time across receivers.
+"""Retention that happens on any store: a sweeper, one at a time across receivers.
 
 MongoDB's TTL monitor deletes expired messages by itself about once a minute; the
 embedded store only expires them lazily, when something reads the collection, so a
 receiver with no readers would fill its disk. Every receiver runs this sweeper; a lease
 document lets one of them work at a time (where MongoDB's own TTL monitor already did the
-work, the sweep finds nothing and costs one indexed query). Each sweep deletes in batches
-and stops after a bounded number, so it never competes with inserts for long.
+work, the sweep deletes nothing and costs one indexed delete).
+
+The sweep deletes without reading first: on the embedded store any read of the collection
+(a find for the ids to delete, a count) makes the store drop the expired documents
+itself, and the sweeper would count none of the deletions it caused. One delete under the
+store deadline: a sweep that runs out of time leaves the rest to the next one (its partial
+count is lost, never inflated).
 """
 
 from __future__ import annotations
@@ -21,8 +26,6 @@ from mailstore.message import utcnow
 
 LEASES = "leases"
 LEASE = "retention"
-BATCH = 500  # ids per delete
-MAX_PER_SWEEP = 20_000  # the rest waits for the next sweep
 
 
 async def acquire_lease(db: AsyncDatabase[Any], holder: str, seconds: float) -> bool:
@@ -40,20 +43,9 @@ async def acquire_lease(db: AsyncDatabase[Any], holder: str, seconds: float) -> 
     return lease is not None and lease.get("holder") == holder
 
 
-async def sweep_expired(db: AsyncDatabase[Any], collection: str, batch_seconds: float) -> int:
-    """Delete messages whose `expires_at` has passed, in batches of `BATCH`, each within
-    `batch_seconds`; return how many."""
-    messages = db[collection]
-    now = utcnow()
-    deleted = 0
-    while deleted < MAX_PER_SWEEP:
-        with pymongo.timeout(batch_seconds):
-            cursor = messages.find({"expires_at": {"$lt": now}}, {"_id": 1}).limit(BATCH)
-            ids = [doc["_id"] async for doc in cursor]
-            if not ids:
-                break
-            result = await messages.delete_many({"_id": {"$in": ids}, "expires_at": {"$lt": now}})
-        deleted += result.deleted_count
-        if len(ids) < BATCH:
-            break
-    return deleted
+async def sweep_expired(db: AsyncDatabase[Any], collection: str, within: float) -> int:
+    """Delete messages whose `expires_at` has passed, within `within` seconds; return how
+    many were deleted."""
+    with pymongo.timeout(within):
+        result = await db[collection].delete_many({"expires_at": {"$lt": utcnow()}})
+    return result.deleted_count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from mailstore import retention
-from mailstore.batcher import InsertBatcher
+from mailstore.batcher import InsertBatcher, Report
 from mailstore.connection import Document, connect, database
 from mailstore.documents import to_document
-from mailstore.errors import StoreRejected, brief
+from mailstore.errors import StoreError, StoreRejected, brief, cause
 from mailstore.ids import id_floor
 from mailstore.message import IncomingMessage, utcnow
 
@@ -43,6 +44,9 @@ MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
 # name _id beside another field: nx-27017 then fails every insert ("JSON path error").
 INBOX_INDEX = "inbox"
 RETENTION_INDEX = "retention"
+# One document per fingerprint (a sender's retry is the same message), on any receiver,
+# after any restart. Sparse: documents from before fingerprints are not indexed.
+FINGERPRINT_INDEX = "fingerprint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +57,6 @@ class StoreConfig:
     max_pending: int = 2_000
     batch_size: int = 256
     retention: int = 86_400
-
-
-def describe(error: BaseException, within: float) -> str:
-    """A one-line reason for a failed store operation (driver messages run to kilobytes)."""
-    if isinstance(error, TimeoutError) or "timed out" in str(error).lower():
-        return f"no durable write within {within:g}s"
-    return brief(error)
 
 
 def encode(document: Document) -> RawBSONDocument:
@@ -76,7 +73,12 @@ def encode(document: Document) -> RawBSONDocument:
 class MessageStore:
     """Messages in MongoDB. Create with `await MessageStore.open(config)`."""
 
-    def __init__(self, client: AsyncMongoClient[Document], config: StoreConfig) -> None:
+    def __init__(
+        self,
+        client: AsyncMongoClient[Document],
+        config: StoreConfig,
+        report: Report | None = None,
+    ) -> None:
         self.client = client
         self.config = config
         self.db: AsyncDatabase[Document] = database(client, config.database)
@@ -86,12 +88,16 @@ class MessageStore:
             timeout=config.timeout,
             max_pending=config.max_pending,
             max_batch=config.batch_size,
+            report=report,
         )
 
     @classmethod
-    async def open(cls, config: StoreConfig, *, ensure_indexes: bool = True) -> MessageStore:
-        """Connect; create indexes when the store answers (a down store is not fatal here)."""
-        store = cls(connect(config.uri, timeout=config.timeout), config)
+    async def open(
+        cls, config: StoreConfig, *, ensure_indexes: bool = True, report: Report | None = None
+    ) -> MessageStore:
+        """Connect; create indexes when the store answers (a down store is not fatal here).
+        `report` logs store events (a failed insert batch) in the caller's vocabulary."""
+        store = cls(connect(config.uri, timeout=config.timeout), config, report)
         store._batcher.start()
         if ensure_indexes:
             try:
@@ -113,18 +119,41 @@ class MessageStore:
             await self.messages.create_index(
                 [("expires_at", ASCENDING)], name=RETENTION_INDEX, expireAfterSeconds=0
             )
+            await self.messages.create_index(
+                [("fp", ASCENDING)], name=FINGERPRINT_INDEX, unique=True, sparse=True
+            )
 
     @property
     def pending(self) -> int:
         return self._batcher.pending
 
-    async def insert(self, message: IncomingMessage) -> None:
-        """Return once the message is durable; raise `StoreError` otherwise.
+    async def insert(self, message: IncomingMessage) -> str:
+        """Return the id it is stored under once the message is durable; raise
+        `StoreError` otherwise.
 
+        The id is the message's own, or, when a document with the same fingerprint is
+        already stored (the sender's retry of a message whose first write landed after
+        all), that document's: one copy, and the retry hears the first id.
         `StoreRejected` (before anything is queued) when the document cannot be encoded:
         that message alone fails, never the batch it would have joined.
         """
-        await self._batcher.insert(encode(to_document(message, self.config.retention)))
+        document = encode(to_document(message, self.config.retention))
+        for _ in range(2):
+            if await self._batcher.insert(document):
+                return message.id
+            first = await self._first_copy(message.fingerprint)
+            if first is not None:
+                return first
+            # The first copy went (deleted, expired) between the two: store this one.
+        raise StoreError("fingerprint conflict did not resolve")
+
+    async def _first_copy(self, fingerprint: str) -> str | None:
+        try:
+            with pymongo.timeout(self.config.timeout):
+                found = await self.messages.find_one({"fp": fingerprint}, {"_id": 1})
+        except PyMongoError as error:
+            raise StoreError(f"fingerprint lookup failed: {brief(error)}") from None
+        return str(found["_id"]) if found is not None else None
 
     async def list_mailbox(
         self,
@@ -205,25 +234,35 @@ class MessageStore:
                     {"_id": name}, {"$set": {"at": utcnow()}}, upsert=True
                 )
         except (TimeoutError, PyMongoError) as error:
-            return describe(error, within)
+            return cause(error, within)
         return None
 
     async def sweep_expired(self, holder: str, lease: float) -> int | None:
         """Delete expired messages if `holder` gets the sweeper's lease (None if it does
-        not); bounded in count, and each batch by the store timeout."""
+        not), within the store timeout; return how many."""
         with pymongo.timeout(self.config.timeout):
             if not await retention.acquire_lease(self.db, holder, lease):
                 return None
         return await retention.sweep_expired(self.db, MESSAGES, self.config.timeout)
 
-    async def ping(self, within: float = 2.0) -> bool:
-        """Whether the store answers within `within` seconds."""
+    async def check(self, within: float) -> str | None:
+        """None if the store answers a ping within `within` seconds, else why not (the
+        cause first: refused, timeout, ...)."""
         try:
-            with pymongo.timeout(within):
-                await self.client.admin.command("ping")
-            return True
-        except (TimeoutError, PyMongoError):
-            return False
+            # The driver's deadline leaves it time to say why (refused, ...); the outer
+            # one holds whatever the driver does past its own (server selection overruns).
+            async with asyncio.timeout(within):
+                with pymongo.timeout(within * 0.7):
+                    await self.client.admin.command("ping")
+        except (TimeoutError, PyMongoError) as error:
+            # The driver's monitor knows why a server is unreachable (refused, ...) even
+            # when the deadline ran out first.
+            return cause(self._server_error() or error, within, "answer")
+        return None
+
+    def _server_error(self) -> Exception | None:
+        servers = self.client.topology_description.server_descriptions().values()
+        return next((s.error for s in servers if s.error is not None), None)
 
     async def publish_stats(self, snapshot: Document, within: float) -> None:
         """Replace this receiver's live-statistics snapshot (one small document each)."""

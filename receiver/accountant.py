@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 Clock = Callable[[], float]
 
@@ -120,30 +121,26 @@ class HitCounter:
         return len(self._hits)
 
 
-class TemporaryBans:
-    """Bans this receiver applies at once, before the shared blocklist confirms them."""
+@dataclass(frozen=True, slots=True)
+class Accountant:
+    """Every count admission judges by, in one value handed to it (anvil's role).
 
-    __slots__ = ("_bans", "_capacity", "_clock")
+    `Admission` only compares these with the limits; which accountant it gets decides what
+    the counts cover: this process's clients (`local`), or, behind another implementation
+    of the same tables, every worker of a host.
+    """
 
-    def __init__(self, capacity: int, clock: Clock) -> None:
-        self._bans: OrderedDict[str, float] = OrderedDict()
-        self._capacity = capacity
-        self._clock = clock
+    counts: ConnectionCounts
+    rates: RateTable
+    violations: HitCounter  # protocol violations, toward an auto-ban
+    refusals: HitCounter  # connections refused at connect, toward an auto-ban
 
-    def ban(self, key: str, ttl: float) -> None:
-        self._bans.pop(key, None)
-        self._bans[key] = self._clock() + ttl
-        if len(self._bans) > self._capacity:
-            self._bans.popitem(last=False)
-
-    def banned(self, key: str) -> bool:
-        until = self._bans.get(key)
-        if until is None:
-            return False
-        if until <= self._clock():
-            del self._bans[key]
-            return False
-        return True
-
-    def __len__(self) -> int:
-        return len(self._bans)
+    @classmethod
+    def local(cls, window: float, capacity: int, clock: Clock) -> Accountant:
+        """Counts for the clients of this process alone, bounded by `capacity` keys."""
+        return cls(
+            ConnectionCounts(),
+            RateTable(capacity, clock),
+            HitCounter(window, capacity, clock),
+            HitCounter(window, capacity, clock),
+        )

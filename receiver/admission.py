@@ -2,6 +2,18 @@
 
 Cheapest gate first (Postfix's postscreen): at connect the blocklist, the caps and the
 connection rate are decided from memory before any banner, handler or store work.
+
+Auto-ban is earned by abuse, never by compliance (Postfix's anvil never bans; postscreen
+bans only for protocol violations). Two counts lead to a ban, each within
+`autoban_window`: *violations* (pregreet, improper pipelining, bare newlines, a spent error
+budget, a failed TLS handshake: things a compliant client never does), and connections
+*refused at connect* (cap, connection rate): one per connection, with a threshold far
+beyond what a retrying MTA can reach. A message or recipient rate deferral (450) never
+counts: a sender that honours it is compliant by definition.
+
+The ban itself has one home, the blocklist: `on_ban` applies it there at once (locally,
+then shared), and `is_blocked` is the only question asked at connect, so a removal
+anywhere is a removal here.
 """
 
 from __future__ import annotations
@@ -11,14 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from receiver import replies
-from receiver.accountant import Clock, ConnectionCounts, HitCounter, RateTable, TemporaryBans
+from receiver.accountant import Accountant, Clock, HitCounter
 from receiver.keys import client_key
 from receiver.limits import Limits
 from receiver.replies import Reply
 
 # Leave stress mode only well below the threshold, so the mode does not flap.
 STRESS_EXIT_FRACTION = 0.8
-BAN_TABLE_CAPACITY = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +44,6 @@ BLOCKED = Refusal(replies.BLOCKED, "blocked")
 # Blocked although allowlisted: the explicit blocklist entry wins, and the overlap is
 # counted under its own name so an operator sees it in the summary lines.
 BLOCKED_ALLOWLISTED = Refusal(replies.BLOCKED, "blocked_allowlisted")
-AUTOBANNED = Refusal(replies.BLOCKED, "autobanned")
 GLOBAL_CAP = Refusal(replies.TOO_MANY_CONNECTIONS, "global_cap")
 PER_IP_CAP = Refusal(replies.TOO_MANY_CONNECTIONS_FROM_IP, "per_ip_cap")
 CONNECTION_RATE = Refusal(replies.CONNECTION_RATE, "connection_rate")
@@ -54,18 +64,26 @@ class Admission:
         *,
         is_blocked: Callable[[str], bool] = lambda _ip: False,
         is_allowed: Callable[[str], bool] = lambda _ip: False,
+        generation: Callable[[], int] = lambda: 0,
         clock: Clock = time.monotonic,
         on_ban: BanHook | None = None,
         on_stress: StressHook | None = None,
+        accountant: Accountant | None = None,
     ) -> None:
         self.normal = limits
         self.stressed_limits = limits.stressed()
-        self.counts = ConnectionCounts()
-        self.rates = RateTable(limits.rate_clients, clock)
-        self.hits = HitCounter(limits.autoban_window, limits.rate_clients, clock)
-        self.bans = TemporaryBans(BAN_TABLE_CAPACITY, clock)
+        # Counting is the accountant's; this class only judges (style: anvil and smtpd).
+        self.accountant = accountant or Accountant.local(
+            limits.autoban_window, limits.rate_clients, clock
+        )
+        self.counts = self.accountant.counts
+        self.rates = self.accountant.rates
+        self.violations = self.accountant.violations
+        self.refusals = self.accountant.refusals
         self.stressed = False
         self._is_blocked = is_blocked
+        # Bumped by every change to the blocklist: open sessions look again only then.
+        self.generation = generation
         self.allowed = is_allowed
         self._on_ban = on_ban
         self._on_stress = on_stress
@@ -112,12 +130,15 @@ class Admission:
         return key, refusal
 
     def _access(self, ip: str, key: str) -> Refusal | None:
-        """The blocklist, then automatic bans, which never apply to allowlisted clients."""
+        """The blocklist: manual entries and automatic bans alike (an allowlist entry
+        lifts the automatic bans it covers from the blocklist itself)."""
         if self._is_blocked(ip):
             return BLOCKED_ALLOWLISTED if self.allowed(ip) else BLOCKED
-        if self.bans.banned(key) and not self.allowed(ip):
-            return AUTOBANNED
         return None
+
+    def banned(self, ip: str) -> Refusal | None:
+        """For an open session: whether its client has been blocked since it connected."""
+        return self._access(ip, "")
 
     def _client_checks(self, key: str, allowed: bool) -> Refusal | None:
         if allowed:  # its own cap; no rate, no hit toward a ban
@@ -125,10 +146,10 @@ class Admission:
                 return PER_IP_CAP
             return None
         if self.counts.of(key) >= self.normal.max_connections_per_ip:
-            self.hit(key, PER_IP_CAP.reason)
+            self._refused(key, PER_IP_CAP.reason)
             return PER_IP_CAP
         if not self.rates.take("c:" + key, self.normal.connection_rate):
-            self.hit(key, CONNECTION_RATE.reason)
+            self._refused(key, CONNECTION_RATE.reason)
             return CONNECTION_RATE
         return None
 
@@ -141,8 +162,7 @@ class Admission:
         """One more message from `key` (checked at MAIL FROM); allowlisted: no limit."""
         if allowed or self.rates.take("m:" + key, self.limits.message_rate):
             return None
-        self.hit(key, MESSAGE_RATE.reason)
-        return MESSAGE_RATE
+        return MESSAGE_RATE  # a deferral: never a step toward a ban
 
     def handshake(self, key: str) -> bool:
         """One more TLS handshake from `key` within its per-minute rate (STARTTLS)."""
@@ -152,8 +172,7 @@ class Admission:
         """One more recipient from `key` (checked at RCPT TO); allowlisted: no limit."""
         if allowed or self.rates.take("r:" + key, self.limits.recipient_rate):
             return None
-        self.hit(key, RECIPIENT_RATE.reason)
-        return RECIPIENT_RATE
+        return RECIPIENT_RATE  # a deferral: never a step toward a ban
 
     def mailbox(self, mailbox: str) -> Refusal | None:
         """One more message for `mailbox`, whoever sends it (an alert loop, a flood)."""
@@ -161,16 +180,22 @@ class Admission:
             return None
         return MAILBOX_RATE
 
-    def hit(self, key: str, reason: str, allowed: bool = False) -> bool:
-        """Record that `key` hit a limit; ban it once it keeps doing so. True if banned.
-        An allowlisted client is never banned."""
-        threshold = self.normal.autoban_threshold
-        if threshold <= 0 or allowed:
+    def violation(self, key: str, reason: str, allowed: bool = False) -> bool:
+        """Record a protocol violation by `key`; ban it once it keeps committing them.
+        True if this one banned it. An allowlisted client is never banned."""
+        if allowed:
             return False
-        if self.hits.hit(key) < threshold:
+        return self._count(self.violations, self.normal.autoban_threshold, key, reason)
+
+    def _refused(self, key: str, reason: str) -> bool:
+        """A connection refused at connect (cap, rate): at most one count per connection."""
+        return self._count(self.refusals, self.normal.autoban_refusal_threshold, key, reason)
+
+    def _count(self, counter: HitCounter, threshold: int, key: str, reason: str) -> bool:
+        if threshold <= 0 or counter.hit(key) < threshold:
             return False
-        self.hits.forget(key)
-        self.bans.ban(key, self.normal.autoban_ttl)
+        self.violations.forget(key)
+        self.refusals.forget(key)
         if self._on_ban is not None:
             self._on_ban(key, reason, self.normal.autoban_ttl)
         return True

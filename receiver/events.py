@@ -20,7 +20,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 log = logging.getLogger("floodgate.receiver")
 # Events that say something is wrong; every other event is routine (INFO).
 WARNING_EVENTS = frozenset(
-    {"store_down", "autoban", "stress_on", "indexes_not_ensured", "retention_sweep_failed"}
+    {
+        "store_down",
+        "autoban",
+        "stress_on",
+        "indexes_not_ensured",
+        "retention_sweep_failed",
+        "spool_failed",
+        "spool_record_quarantined",
+        "spool_replay_paused",
+        "dnsbl_disabled",
+    }
 )
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\-\[\]]+")
 
@@ -43,7 +53,6 @@ CONNECTION_OUTCOMES = (
     "accepted",
     "blocked",
     "blocked_allowlisted",
-    "autobanned",
     "global_cap",
     "per_ip_cap",
     "connection_rate",
@@ -70,26 +79,35 @@ CLOSE_REASONS = (
     "bad_proxy_header",
     # A trusted proxy named a client that admission then refused.
     "blocked",
-    "autobanned",
     "per_ip_cap",
     "connection_rate",
     "tls_failed",
     "tls_timeout",
+    "tls_no_hello",
+    "tls_busy",
+    "dnsbl",  # the screen's `drop`
 )
 # STARTTLS handshakes: how each ended, and the version negotiated ("none" if none was).
-TLS_OUTCOMES = ("ok", "failed", "timeout", "refused_busy", "refused_rate", "injection")
+# `no_hello`: no complete ClientHello within the hello deadline after our 220; `busy`: a
+# ClientHello came but no handshake slot freed up in time (never the client's fault).
+TLS_OUTCOMES = ("ok", "failed", "timeout", "no_hello", "busy", "refused_rate", "injection")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3", "none", "other")
 MESSAGE_OUTCOMES = (
     "stored",
+    "spooled",  # on this host's disk while the store is away; 250 all the same
+    "spool_full",  # the store away and the spool full (or off): 451
     "store_failed",
     "store_busy",
     "unstorable",
     "too_big",
     "header_too_big",
     "bare_newline",
+    "folded_start",
     "no_memory",
     "message_rate",
 )
+# Spooled records replayed into the store (label `outcome`).
+REPLAY_OUTCOMES = ("stored", "duplicate", "quarantined", "failed")
 RECIPIENT_OUTCOMES = (
     "accepted",
     "relay_denied",
@@ -97,6 +115,7 @@ RECIPIENT_OUTCOMES = (
     "recipient_rate",
     "mailbox_rate",
     "bad_address",
+    "dnsbl",  # the screen's `enforce`
 )
 
 
@@ -168,6 +187,25 @@ class Metrics:
             ["outcome", "version"],
             registry=r,
         )
+        self.spool_messages = Gauge(
+            "floodgate_spool_messages", "Messages in the local spool, not yet stored", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "floodgate_spool_bytes", "Bytes of the local spool's records", registry=r
+        )
+        self.spool_oldest = Gauge(
+            "floodgate_spool_oldest_seconds",
+            "Age of the oldest spooled message (0 when the spool is empty)",
+            registry=r,
+        )
+        self.replayed = Counter(
+            "floodgate_spool_replayed",
+            "Spooled messages replayed into the store, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in REPLAY_OUTCOMES:
+            self.replayed.labels(outcome)
         for outcome in CONNECTION_OUTCOMES:
             self.connections.labels(outcome)
         for reason in CLOSE_REASONS:

@@ -31,3 +31,13 @@ def client_key(ip: str, ipv6_prefix: int = 64) -> str:
 def key_network(key: str) -> str:
     """The CIDR a key stands for, as a blocklist entry would name it."""
     return key if "/" in key else f"{key}/32" if ":" not in key else f"{key}/128"
+
+
+def network_key(key: str) -> str:
+    """The network a client key belongs to, for per-network caps: the IPv4 /24 or the
+    IPv6 /48 (a site's allocation, RFC 6177) that holds it."""
+    if ":" not in key:
+        head, _, _ = key.rpartition(".")
+        return f"{head}.0/24"
+    address = key.split("/", 1)[0]
+    return str(ipaddress.IPv6Network((address, 48), strict=False))

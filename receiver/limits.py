@@ -46,12 +46,21 @@ RANGES: dict[str, tuple[float, float]] = {
     "stress_idle_timeout": (0.1, 3600),
     "stress_hard_error_limit": (1, 10_000),
     "autoban_threshold": (0, 1_000_000),
+    "autoban_refusal_threshold": (0, 10_000_000),
     "autoban_window": (1, 86_400),
     "autoban_ttl": (1, 31 * 86_400),
     "tls_max_handshakes": (1, 100_000),
     "tls_max_handshakes_per_ip": (1, 10_000),
+    "tls_max_handshakes_per_network": (1, 100_000),
     "tls_handshake_rate": (0, 10_000_000),
     "tls_handshake_timeout": (0.5, 300),
+    "tls_hello_timeout": (0.5, 300),
+    "dnsbl_threshold": (1, 1_000),
+    "screen_timeout": (0.05, 30),
+    "stress_screen_timeout": (0.01, 30),
+    "dnsbl_pass_ttl": (0, 7 * 86_400),
+    "dns_max_in_flight": (1, 100_000),
+    "dns_rate": (1, 1_000_000),
 }
 
 
@@ -60,14 +69,25 @@ class Limits:
     """Connection, dialogue and rate limits for one receiver."""
 
     max_connections: int = 10_000  # Postfix: default_process_limit (100)
-    max_connections_per_ip: int = 10  # smtpd_client_connection_count_limit (50)
+    # Above a default MTA's per-destination concurrency: Postfix opens up to
+    # default_destination_concurrency_limit = 20 connections to one MX (Exim up to
+    # remote_max_parallel = 4), and opens the next as soon as it has read our 221, before
+    # our side of the closed one is gone: a cap of exactly 20 refused a stock Postfix 15-18
+    # times in 300 messages. Half again as many leaves that race room (Postfix's own
+    # smtpd_client_connection_count_limit is 50).
+    max_connections_per_ip: int = 30
     # Allowlisted senders: no rates, no auto-ban, but a concurrency cap of their own
     # (smtpd_client_event_limit_exceptions exempts them from Postfix's limits entirely).
     allowlist_max_connections_per_ip: int = 50
     ipv6_prefix: int = 64  # smtpd_client_ipv6_prefix_length? (anvil: none)
-    connection_rate: int = 120  # per client per minute; smtpd_client_connection_rate_limit
-    message_rate: int = 120  # per client per minute; smtpd_client_message_rate_limit
-    recipient_rate: int = 600  # per client per minute; smtpd_client_recipient_rate_limit
+    # Rates cap a flood's share; they are not there to shape a real MTA's burst. Postfix
+    # with TLS required reuses no connection (smtp_tls_connection_reuse = no), so each of
+    # its messages is a connection and a handshake: a few hundred queued messages arrive
+    # as a few hundred connections within seconds, and the bucket's burst (one minute's
+    # worth) takes them without a deferral.
+    connection_rate: int = 600  # per client per minute; smtpd_client_connection_rate_limit
+    message_rate: int = 600  # per client per minute; smtpd_client_message_rate_limit
+    recipient_rate: int = 6000  # per client per minute; smtpd_client_recipient_rate_limit
     mailbox_rate: int = 0  # messages accepted per mailbox per minute, all senders; 0 = off
     mailbox_max_messages: int = 500  # kept per mailbox, oldest trimmed; 0 = no cap
     rate_clients: int = 100_000  # clients tracked by the rate table (LRU beyond)
@@ -85,15 +105,33 @@ class Limits:
     stress_threshold: float = 0.75  # fraction of max_connections that turns stress on
     stress_idle_timeout: float = 10.0
     stress_hard_error_limit: int = 1
-    autoban_threshold: int = 50  # limit hits within the window that trigger a temporary ban
+    # Auto-ban (receiver.admission): protocol violations, which a compliant client never
+    # commits, ban after `autoban_threshold` within the window; connections refused at
+    # connect (caps, connection rate) only after `autoban_refusal_threshold`, a count a
+    # retrying MTA never reaches (README: "Auto-ban" has the arithmetic).
+    autoban_threshold: int = 50
+    autoban_refusal_threshold: int = 1000
     autoban_window: float = 300.0
     autoban_ttl: float = 3600.0
     # STARTTLS: handshakes cost far more CPU than a refusal, so they have a budget of their
-    # own (Postfix has none; its tlsproxy and process limit bound them indirectly).
+    # own (Postfix has none; its tlsproxy and process limit bound them indirectly). A slot
+    # is taken only once a complete ClientHello has arrived, so silence holds none.
     tls_max_handshakes: int = 64  # concurrent handshakes, all clients
-    tls_max_handshakes_per_ip: int = 4  # concurrent handshakes per client
-    tls_handshake_rate: int = 60  # per client per minute; 0 = no limit
-    tls_handshake_timeout: float = 10.0  # the whole handshake
+    tls_max_handshakes_per_ip: int = 30  # per client: as many as its connections
+    tls_max_handshakes_per_network: int = 32  # per IPv4 /24 or IPv6 /48
+    tls_handshake_rate: int = 600  # per client per minute, as connections; 0 = no limit
+    tls_handshake_timeout: float = 10.0  # the whole handshake, from the ClientHello
+    tls_hello_timeout: float = 5.0  # from our 220 to a complete ClientHello
+    # Screening before the banner (receiver.screen), off unless lists or reverse DNS are
+    # configured. A score at or above the threshold refuses.
+    dnsbl_threshold: int = 1  # postscreen_dnsbl_threshold (1)
+    # The screen's deadline when the pregreet wait is off (within it when on): what a
+    # clean client may wait for its banner at worst. Postscreen waits up to its greet wait.
+    screen_timeout: float = 1.0
+    stress_screen_timeout: float = 0.25  # under stress: tighter deadline, same verdicts
+    dnsbl_pass_ttl: float = 3600.0  # a pass is cached this long; postscreen_dnsbl_max_ttl
+    dns_max_in_flight: int = 1_000  # lookups awaiting an answer; past it: not sent
+    dns_rate: int = 2_000  # lookups sent per second (a one-second burst); past it: not sent
 
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():
@@ -105,6 +143,7 @@ class Limits:
             self,
             idle_timeout=min(self.idle_timeout, self.stress_idle_timeout),
             hard_error_limit=min(self.hard_error_limit, self.stress_hard_error_limit),
+            screen_timeout=min(self.screen_timeout, self.stress_screen_timeout),
         )
 
     @property

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Replies that are the client's fault and count against the hard error limit.
-CLIENT_ERRORS = frozenset({450, 500, 501, 502, 503, 504, 550, 553, 555})
+# Replies that are the client's fault and count against the hard error limit. Not 450: our
+# rate deferrals are policy, and a Postfix that reuses a connection for its queue would
+# otherwise collect 21 of them and be cut off (Postfix's own anvil replies count there).
+CLIENT_ERRORS = frozenset({500, 501, 502, 503, 504, 550, 553, 555})
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,8 @@ class Reply:
     status: str
     text: str
     wire: bytes = field(init=False, repr=False, compare=False)
+    # Our policy, not the client's mistake: never counted against its error budget.
+    policy: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         # Rendered once: a reply costs one bytes object, written as it is.
@@ -36,7 +40,7 @@ class Reply:
 
     def with_text(self, text: str) -> Reply:
         """The same codes with another human text (e.g. a queue id)."""
-        return Reply(self.code, self.status, text)
+        return Reply(self.code, self.status, text, self.policy)
 
     def line(self) -> bytes:
         """The wire form, CRLF-terminated, for writing straight to a transport."""
@@ -44,7 +48,7 @@ class Reply:
 
     @property
     def counts_as_error(self) -> bool:
-        return self.code in CLIENT_ERRORS
+        return self.code in CLIENT_ERRORS and not self.policy
 
 
 # Refusals decided before the banner (the connection is closed right after).
@@ -55,6 +59,14 @@ CONNECTION_RATE = Reply(421, "4.7.0", "Connection rate limit exceeded, slow down
 PREGREET = Reply(554, "5.5.1", "Protocol error: talking before the greeting")
 UNTRUSTED_PROXY = Reply(554, "5.7.1", "PROXY header not accepted from your address")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, try again later")
+# Listed by DNS lists past the threshold (receiver.screen), as postscreen words them; the
+# text names the list and the client. `drop`: instead of the banner, then close (RFC 7504:
+# 521, this host does not accept mail from you); `enforce`: to every RCPT, never counted as
+# the client's error: a listed MTA sending to many recipients must not earn a ban by it.
+DNSBL_DROP = Reply(521, "5.7.1", "Service unavailable; client blocked using a DNS list")
+DNSBL_ENFORCE = Reply(
+    550, "5.7.1", "Service unavailable; client blocked using a DNS list", policy=True
+)
 
 # Deadlines (closed right after).
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
@@ -115,6 +127,9 @@ NOT_STORED = Reply(451, "4.3.0", "Temporary storage failure, try again later")
 NO_MEMORY = Reply(452, "4.3.1", "Insufficient system storage, try again later")
 STORE_BUSY = Reply(451, "4.3.0", "Storage busy, try again later")
 UNSTORABLE = Reply(554, "5.6.0", "Message cannot be stored as sent")
+# A first line starting with SP or HTAB would fold into the Received field we prepend
+# (RFC 5322 2.2.3 unfolding), letting the sender write inside our trace line.
+FOLDED_START = Reply(554, "5.6.0", "Message cannot start with white space (RFC 5322 2.2.3)")
 
 OK = Reply(250, "2.1.0", "Ok")
 RCPT_OK = Reply(250, "2.1.5", "Ok")

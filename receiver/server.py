@@ -7,20 +7,21 @@ import contextlib
 import ipaddress
 import logging
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
 
 from mailstore.message import IncomingMessage
-from receiver import replies
+from receiver import dnsbl, replies
 from receiver.admission import Admission, Refusal
+from receiver.delivery import Delivery
 from receiver.events import (
     CLOSE_REASONS,
     CONNECTION_OUTCOMES,
     MESSAGE_OUTCOMES,
     RECIPIENT_OUTCOMES,
+    REPLAY_OUTCOMES,
     TLS_VERSIONS,
     Metrics,
     SummaryLog,
@@ -29,7 +30,11 @@ from receiver.events import (
 from receiver.health import HealthServer
 from receiver.limits import Limits
 from receiver.mailboxes import MailboxKeeper
+from receiver.replay import Replay, ReplayConfig
+from receiver.resolver import Resolver
+from receiver.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
+from receiver.spool import Spool
 from receiver.stats import LiveStats, snapshot
 from receiver.store_health import StoreHealth
 from receiver.tls import Certificates, Handshakes, TlsSettings
@@ -49,7 +54,7 @@ class MessageSink(Protocol):
     @property
     def pending(self) -> int: ...
 
-    async def insert(self, message: IncomingMessage) -> None: ...
+    async def insert(self, message: IncomingMessage) -> str: ...
 
     async def probe(self, name: str, within: float) -> str | None: ...
 
@@ -74,6 +79,8 @@ class BlocklistView(Protocol):
     def entries(self) -> int: ...
 
     def ban(self, key: str, reason: str, ttl: float) -> None: ...
+
+    def generation(self) -> int: ...
 
 
 class AllowlistView(Protocol):
@@ -111,8 +118,8 @@ class ReceiverConfig:
     proxy_protocol: bool = False
     trusted_proxies: tuple[Network, ...] = ()
     proxy_timeout: float = 5.0
-    reverse_dns: bool = False
-    dns_timeout: float = 2.0
+    screen: ScreenConfig = field(default_factory=ScreenConfig)  # off unless configured
+    dns_servers: tuple[tuple[str, int], ...] = ()  # the screen's resolvers
     shutdown_grace: float = 30.0
     store_timeout: float = 5.0  # the insert deadline; write probes get the same
     log_summary_interval: float = 10.0
@@ -120,6 +127,17 @@ class ReceiverConfig:
     bare_newline: BareNewline = BareNewline.REJECT
     data_dir: Path = field(default_factory=lambda: Path("var"))
     tls: TlsSettings | None = None  # STARTTLS offered when set
+    spool: SpoolSettings | None = None  # None: the store away means 451
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """The local spool (receiver.spool): where, how big, how fast it drains."""
+
+    directory: Path
+    max_bytes: int = 1 << 30
+    min_free: int = 256 << 20  # bytes of the disk the spool never eats into
+    replay_rate: float = 500.0  # messages per second into a recovering store
 
 
 class ReceiverState:
@@ -154,11 +172,29 @@ class ReceiverState:
             config.limits,
             is_blocked=blocklist.is_blocked,
             is_allowed=self.allowlist.is_allowed,
+            generation=blocklist.generation,
             on_ban=self._on_ban,
             on_stress=self._on_stress,
         )
         self.data_budget = MemoryBudget(config.limits.max_data_memory)
+        self.spool: Spool | None = None
+        if config.spool is not None:
+            self.spool = Spool(
+                config.spool.directory,
+                max_bytes=config.spool.max_bytes,
+                min_free=config.spool.min_free,
+            )
+        self.delivery = Delivery(
+            store,
+            self,
+            loop,
+            spool=self.spool,
+            mailboxes=MailboxKeeper(
+                config.limits.mailbox_max_messages, store.trim_mailbox, loop.create_task
+            ),
+        )
         self.certificates = Certificates(config.tls) if config.tls is not None else None
+        self.screen = self._build_screen()
         handshakes = None
         if self.certificates is not None:
             limits = config.limits
@@ -166,24 +202,23 @@ class ReceiverState:
                 self.certificates,
                 max_total=limits.tls_max_handshakes,
                 max_per_client=limits.tls_max_handshakes_per_ip,
+                max_per_network=limits.tls_max_handshakes_per_network,
                 timeout=limits.tls_handshake_timeout,
+                hello_timeout=limits.tls_hello_timeout,
                 take_rate=self.admission.handshake,
             )
         self.context = SessionContext(
             hostname=config.hostname,
             domains=config.domains,
             admission=self.admission,
-            sink=store,
+            delivery=self.delivery,
             events=self,
             budget=self.data_budget,
             clock=loop,
             bare_newline=config.bare_newline,
             proxy_timeout=config.proxy_timeout,
-            reverse_dns=self._lookup if config.reverse_dns else None,
+            screen=self.screen,
             sessions=self.sessions,
-            mailboxes=MailboxKeeper(
-                config.limits.mailbox_max_messages, store.trim_mailbox, loop.create_task
-            ),
             tls=handshakes,
         )
         self.wire = Wire(self.context)
@@ -205,6 +240,11 @@ class ReceiverState:
         m.blocklist_entries.set_function(self.blocklist.entries)
         m.allowlist_staleness.set_function(self.allowlist.staleness)
         m.allowlist_entries.set_function(self.allowlist.entries)
+        spool = self.spool
+        if spool is not None:
+            m.spool_messages.set_function(lambda: spool.messages)
+            m.spool_bytes.set_function(lambda: spool.bytes)
+            m.spool_oldest.set_function(spool.oldest_age)
 
     # --- the gate -------------------------------------------------------------------
 
@@ -228,6 +268,8 @@ class ReceiverState:
             return
         self._accepted.inc()
         self.accepted_total += 1
+        if key is not None:  # behind a trusted proxy the client is known only later
+            self.live.record_connection(key)
         session = Session(self.context, self.wire, key, ip)
         transport.set_protocol(session)
         session.connection_made(transport)
@@ -253,10 +295,10 @@ class ReceiverState:
 
     # --- events ---------------------------------------------------------------------
 
-    def on_session_closed(self, reason: str) -> None:
+    def on_session_closed(self, reason: str, key: str) -> None:
         self._closed[reason].inc()
         if reason not in ("quit", "client_closed", "shutdown"):
-            self.summary.record(reason, "-")
+            self.summary.record(reason, key)
 
     def on_message(self, outcome: str) -> None:
         self._messages[outcome].inc()
@@ -297,27 +339,43 @@ class ReceiverState:
             for session in list(self.sessions):
                 session.rearm_for_stress()
 
-    async def _lookup(self, ip: str) -> str | None:
-        """Reverse DNS with a short timeout; only when configured (off by default)."""
-        try:
-            async with asyncio.timeout(self.config.dns_timeout):
-                host, _ = await self.loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
-                return host
-        except (TimeoutError, OSError):
+    def _build_screen(self) -> Screen | None:
+        """The checks before the banner: None (no DNS at all) unless configured."""
+        config = self.config.screen
+        if not config.active:
             return None
+        limits = self.config.limits
+        resolver = Resolver(
+            self.config.dns_servers, max_in_flight=limits.dns_max_in_flight, rate=limits.dns_rate
+        )
+        metrics = ScreenMetrics(self.metrics.registry, (*dnsbl.domains(config.sites), REVERSE_DNS))
+        return Screen(config, resolver, metrics, self.loop.time)
 
     # --- health ---------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
+        """Whether mail can be taken: the store writes, or the spool takes it meanwhile."""
         if self.draining:
             return False, "shutting down"
+        spool = self.spool
+        state = "ready"
         if self.store_health.up is not True:
-            return False, f"store not taking writes: {self.store_health.reason}"
+            store = f"store not taking writes: {self.store_health.reason}"
+            if spool is None:
+                return False, store
+            if spool.failing:
+                return False, f"{store}; spool failing"
+            if not spool.room(64 * 1024):
+                return False, f"{store}; spool full ({spool.bytes} bytes)"
+            state = f"ready, {store}"
         for name, access in (("blocklist", self.blocklist), ("allowlist", self.allowlist)):
             staleness = access.staleness()
             if staleness > self.config.blocklist_max_staleness:
                 return False, f"{name} stale for {staleness:.0f}s"
-        return True, "ready"
+        if spool is not None and (spool.messages or self.store_health.up is not True):
+            age = spool.oldest_age()
+            state += f"; spooling: {spool.messages} messages, oldest {age:.0f}s"
+        return True, state
 
     async def check_store(self) -> None:
         """Probe the store with one durable write, under the insert deadline; once it
@@ -377,7 +435,18 @@ class ReceiverState:
             store_up=self.store_health.up,
             store_reason=self.store_health.reason,
             accepted_total=self.accepted_total,
+            spool=self._spool_state(),
         )
+
+    def _spool_state(self) -> dict[str, float] | None:
+        spool = self.spool
+        if spool is None:
+            return None
+        return {
+            "messages": spool.messages,
+            "bytes": spool.bytes,
+            "oldest_s": round(spool.oldest_age(), 1),
+        }
 
     async def publish_stats(self) -> None:
         """One small document, replaced every few seconds; never per connection."""
@@ -395,6 +464,21 @@ class ReceiverState:
         if deleted:
             self.metrics.expired.inc(deleted)
             emit("retention_swept", deleted=deleted)
+
+    # --- the spool ------------------------------------------------------------------
+
+    async def replay(self, stop: asyncio.Event) -> None:
+        """Drain the spool into the store whenever the store takes writes again."""
+        assert self.spool is not None and self.config.spool is not None
+        replayed = {o: self.metrics.replayed.labels(o) for o in REPLAY_OUTCOMES}
+        replay = Replay(
+            self.spool,
+            self.store,
+            ReplayConfig(rate=self.config.spool.replay_rate),
+            on_outcome=lambda outcome, n: replayed[outcome].inc(n),
+            on_stored=self.delivery.stored,
+        )
+        await replay.run(lambda: self.store_health.up is True, stop)
 
     # --- shutdown -------------------------------------------------------------------
 
@@ -439,11 +523,20 @@ async def run_receiver(
     loop = asyncio.get_running_loop()
     state = ReceiverState(config, store, blocklist, loop, allowlist)
     health = HealthServer(state.metrics.registry, state.ready)
+    replayer: asyncio.Task[None] | None = None
+    if state.spool is not None:
+        state.spool.open()  # what an earlier run (or crash) left: replay takes it
+        state.spool.start()
+        replayer = loop.create_task(state.replay(stop), name="spool-replay")
     server = await loop.create_server(
         lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True
     )
     await health.start(config.http_host, config.http_port)
     watcher = loop.create_task(state.watch_store(stop))
+    reporter = None
+    if state.screen is not None:
+        await state.screen.resolver.open()
+        reporter = loop.create_task(state.screen.report(config.log_summary_interval, stop))
     emit(
         "receiver_listening",
         smtp=f"{config.smtp_host}:{config.smtp_port}",
@@ -462,6 +555,14 @@ async def run_receiver(
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    if replayer is not None and state.spool is not None:
+        replayer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replayer
+        await state.spool.close()  # what is left waits on disk for the next start
+    if state.screen is not None and reporter is not None:
+        await reporter  # ends with `stop`, after its last summary line
+        state.screen.resolver.close()
     state.summary.flush(force=True)
     await health.close()
 

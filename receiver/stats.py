@@ -1,10 +1,10 @@
 """Who is at the door right now: bounded live statistics of one receiver.
 
 Prometheus counters carry no addresses (rightly: unbounded labels). This module keeps, in
-fixed memory, the heaviest clients by refusals, stored messages and bytes over sliding
-windows of 1 and 5 minutes, plus refusals by reason, and builds a compact snapshot the
-receiver publishes to the store every few seconds (`Publisher`). Nothing per connection
-is ever written.
+fixed memory, the heaviest clients by refusals, accepted connections, stored messages and
+bytes over sliding windows of 1 and 5 minutes, plus refusals by reason, and builds a
+compact snapshot the receiver publishes to the store every few seconds. Nothing per
+connection is ever written.
 
 Heavy hitters use the Misra-Gries summary ("Frequent"): at most `capacity` counters; a
 new key when all are taken lowers every counter by the smallest one and drops the zeros.
@@ -32,7 +32,10 @@ CAPACITY = 128  # counters per summary and bucket
 REASON_CAPACITY = 32  # counters per refusal reason and bucket
 TOP = 10  # clients per measure in a snapshot
 TOP_PER_REASON = 5
-MEASURES = ("refusals", "messages", "bytes")
+# Connections are counted as admitted (before any SMTP): a client that opens and closes
+# connections as fast as it can is named here, as Postfix's anvil reports the maximal
+# connection rate per client.
+MEASURES = ("refusals", "connections", "messages", "bytes")
 
 
 class Frequent:
@@ -78,11 +81,12 @@ class Frequent:
 
 
 class Bucket:
-    __slots__ = ("by_reason", "bytes", "messages", "reasons", "refusals", "start")
+    __slots__ = ("by_reason", "bytes", "connections", "messages", "reasons", "refusals", "start")
 
     def __init__(self, start: int) -> None:
         self.start = start
         self.refusals = Frequent()
+        self.connections = Frequent()
         self.messages = Frequent()
         self.bytes = Frequent()
         self.reasons: Counter[str] = Counter()  # a small fixed vocabulary
@@ -121,6 +125,10 @@ class LiveStats:
             per_reason = bucket.by_reason[reason] = Frequent(REASON_CAPACITY)
         per_reason.add(key)
         self.refused_total += 1
+
+    def record_connection(self, key: str) -> None:
+        """One connection from `key` admitted (refused ones go to `record_refusal`)."""
+        self._bucket().connections.add(key)
 
     def record_stored(self, key: str, size: int) -> None:
         bucket = self._bucket()
@@ -171,6 +179,7 @@ def snapshot(
     store_up: bool | None,
     store_reason: str,
     accepted_total: int,
+    spool: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The compact document a receiver publishes (a few KB whatever the load)."""
     return {
@@ -181,6 +190,8 @@ def snapshot(
         "store_up": store_up,
         "store_reason": store_reason,
         "open_connections": open_total,
+        # Messages held on this host's disk while the store is away (None: spool off).
+        "spool": dict(spool) if spool is not None else None,
         "top_open": top_open(open_counts),
         "totals": {
             "accepted": accepted_total,

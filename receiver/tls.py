@@ -3,10 +3,13 @@ or a self-signed one made on first start, as Debian's snakeoil is for Postfix), 
 and the handshake budget.
 
 A TLS handshake costs the server far more CPU than a refused connection, so handshakes are
-a resource like connections: a cap on concurrent handshakes (global and per client), a
-per-client handshake rate, a deadline, and a failed handshake counts as a client error.
-When the budget is spent, EHLO stops offering STARTTLS and STARTTLS answers 454: senders
-that only prefer TLS carry on in cleartext, senders that require it retry later. The
+a resource like connections: a cap on concurrent handshakes (global, per client and per
+network), a per-client handshake rate, deadlines, and a failed handshake counts as a client
+error. A slot is taken only once the client's complete ClientHello has arrived (seen with
+MSG_PEEK, nothing read): a client that says STARTTLS and then nothing holds no slot, and
+gets `tls_hello_timeout` to start. EHLO always offers STARTTLS and a client within its
+handshake rate always gets 220: when every slot is busy, its ClientHello waits for one
+(within the same deadline) instead of being turned away or downgraded to cleartext. The
 handshake itself runs through the event loop's own `start_tls` (uvloop included).
 """
 
@@ -17,11 +20,14 @@ import datetime
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from receiver.keys import network_key
 
 log = logging.getLogger("floodgate.receiver")
 
@@ -31,8 +37,17 @@ CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!MD
 SELF_SIGNED = "snakeoil.pem"  # key and certificate in one file: replaced atomically
 SELF_SIGNED_ECDSA = "snakeoil-ecdsa.pem"  # beside it: cheaper handshakes for most clients
 SELF_SIGNED_DAYS = 3650
-BUSY = "busy"
 RATE = "rate"
+NO_HELLO = "no_hello"
+BUSY = "busy"
+GONE = "gone"
+# TLS record layer (RFC 8446 5.1): type 22 is a handshake record; a 5-byte header carries
+# the length of the fragment (at most 2^14 + 2048 octets in any version).
+_HANDSHAKE_RECORD = 0x16
+_RECORD_HEADER = 5
+_MAX_RECORD = _RECORD_HEADER + 16384 + 2048
+_POLL_FIRST = 0.0005  # the ClientHello follows our 220 within a round trip
+_POLL_MAX = 0.05
 
 
 def server_context(cert: Path, key: Path | None, extra: tuple[Path, ...] = ()) -> ssl.SSLContext:
@@ -156,9 +171,9 @@ class Certificates:
 
 
 class Handshakes:
-    """The handshake budget: concurrent handshakes (all, and per client) and a per-client
-    rate. Counts exist only while a handshake runs, so the table is bounded by the
-    global cap."""
+    """The handshake budget: concurrent handshakes (all, per client, per network) and a
+    per-client rate. Counts exist only while a handshake runs, so the tables are bounded
+    by the global cap."""
 
     def __init__(
         self,
@@ -166,41 +181,75 @@ class Handshakes:
         *,
         max_total: int,
         max_per_client: int,
+        max_per_network: int,
         timeout: float,
+        hello_timeout: float,
         take_rate: Callable[[str], bool],
     ) -> None:
         self.certificates = certificates
         self.max_total = max_total
         self.max_per_client = max_per_client
+        self.max_per_network = max_per_network
         self.timeout = timeout
+        self.hello_timeout = hello_timeout
         self._take_rate = take_rate
         self.running = 0
         self._per_client: dict[str, int] = {}
-
-    def offered(self) -> bool:
-        """Whether EHLO offers STARTTLS now (not while every handshake slot is taken)."""
-        return self.running < self.max_total
+        self._per_network: dict[str, int] = {}
 
     def begin(self, key: str, allowed: bool) -> str | None:
-        """Take a handshake slot for `key`, or say why not (`BUSY` or `RATE`)."""
-        if self.running >= self.max_total:
-            return BUSY
-        if not allowed:
-            if self._per_client.get(key, 0) >= self.max_per_client:
-                return BUSY
-            if not self._take_rate(key):
-                return RATE
-        self.running += 1
-        self._per_client[key] = self._per_client.get(key, 0) + 1
+        """At STARTTLS: None to say 220, or `RATE` past the client's handshake rate."""
+        if not allowed and not self._take_rate(key):
+            return RATE
         return None
 
+    def acquire(self, key: str, allowed: bool) -> bool:
+        """Take a slot for a client whose ClientHello is complete; False if none is free."""
+        if self.running >= self.max_total:
+            return False
+        network = network_key(key)
+        if not allowed and (
+            self._per_client.get(key, 0) >= self.max_per_client
+            or self._per_network.get(network, 0) >= self.max_per_network
+        ):
+            return False
+        self.running += 1
+        self._per_client[key] = self._per_client.get(key, 0) + 1
+        self._per_network[network] = self._per_network.get(network, 0) + 1
+        return True
+
     def end(self, key: str) -> None:
+        """Give back the slot `acquire` took."""
         self.running -= 1
-        left = self._per_client.get(key, 1) - 1
-        if left > 0:
-            self._per_client[key] = left
-        else:
-            self._per_client.pop(key, None)
+        _decrement(self._per_client, key)
+        _decrement(self._per_network, network_key(key))
+
+    async def hello(
+        self, transport: asyncio.Transport, key: str, allowed: bool, alive: Callable[[], bool]
+    ) -> str | None:
+        """Wait for a complete ClientHello, then for a slot; None once one is held.
+
+        Otherwise why not: `NO_HELLO` (nothing complete within the hello deadline), `BUSY`
+        (no slot freed up within it) or `GONE` (the client left, or the session closed).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hello_timeout
+        fd = _fileno(transport)
+        delay = _POLL_FIRST
+        hello = False
+        while alive() and fd is not None:
+            if not hello:
+                state = _peek_record(fd)
+                if state is None:
+                    return GONE
+                hello = state
+            if hello and self.acquire(key, allowed):
+                return None
+            if loop.time() >= deadline:
+                return BUSY if hello else NO_HELLO
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
+        return GONE
 
     async def upgrade(
         self, transport: asyncio.Transport, protocol: asyncio.Protocol
@@ -216,6 +265,46 @@ class Handshakes:
         )
         assert secure is not None
         return secure
+
+
+def _decrement(table: dict[str, int], key: str) -> None:
+    left = table.get(key, 1) - 1
+    if left > 0:
+        table[key] = left
+    else:
+        table.pop(key, None)
+
+
+def _fileno(transport: asyncio.Transport) -> int | None:
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def _peek_record(fd: int) -> bool | None:
+    """Whether the first TLS record waiting on `fd` is complete (nothing is consumed).
+
+    True also for bytes that are not a handshake record at all: the handshake then fails
+    at once, as it should. None when the client has closed or the socket failed.
+    """
+    sock = socket.socket(fileno=fd)
+    try:
+        head = sock.recv(_MAX_RECORD, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    if not head:
+        return None  # end of stream
+    if head[0] != _HANDSHAKE_RECORD:
+        return True
+    if len(head) < _RECORD_HEADER:
+        return False
+    return len(head) >= _RECORD_HEADER + int.from_bytes(head[3:5], "big")
 
 
 def describe(transport: asyncio.BaseTransport) -> tuple[str, str]:

@@ -3,7 +3,9 @@
 # chromium with its driver (the web pages are tested in a real headless browser), swaks (a
 # third STARTTLS client beside smtplib and openssl), and Prometheus's promtool and amtool
 # (the alert rules in deploy/prometheus are checked and unit-tested with them; the
-# packages' daemons are held from starting like every other, see below).
+# packages' daemons are held from starting like every other, see below), and Postfix (a
+# real sending MTA at its defaults: tests/support/postfix.py runs a private instance with
+# its own configuration and queue directories, never the host's).
 #
 # The host is not ours. Nothing outside the repository is changed unless asked: packages
 # are installed only with CI=true (CI sets it; .ci/run relies on it) or
@@ -17,6 +19,7 @@ command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium chromium-d
 command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
+[ -x /usr/sbin/postfix ] || missing="$missing postfix"
 [ -z "$missing" ] && exit 0
 if [ "${CI:-}" != true ] && [ "${FLOODGATE_INSTALL_TOOLS:-}" != 1 ]; then
     echo "tests:$missing missing; their tests will skip (FLOODGATE_INSTALL_TOOLS=1 make test installs them)" >&2
@@ -41,6 +44,13 @@ else
         # shellcheck disable=SC2046
         apt_install $(printf '%s\n' $missing | grep '^prometheus') \
             || echo "tests: promtool/amtool could not be installed; their tests will skip" >&2
+    esac
+    case "$missing" in *postfix*)
+        # "No configuration" writes no /etc/postfix/main.cf (as bench/install-postfix.sh):
+        # without it Debian's postfix.service (ConditionPathExists) and init script do not
+        # start Postfix, now or at boot; the tests start only their private instances.
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        apt_install postfix || echo "tests: postfix could not be installed; its tests will skip" >&2
     esac
     case "$missing" in *chromium*)
         apt_install chromium chromium-driver \

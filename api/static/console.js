@@ -1,13 +1,16 @@
 // Floodgate's operator console: every live receiver, accepted/refused/stored per second,
-// the heaviest clients of the last minute with a ban button, and the blocklist. It reads
-// /v1/stats and /v1/blocklist with the admin token; data is only ever put in the page as
-// text (never as HTML).
+// the heaviest clients of the last minute with a ban button, and the blocklist. It polls
+// /v1/stats and /v1/blocklist with the admin token while connected, so bans made anywhere
+// else (automatic ones included) show up; data is only ever put in the page as text (never
+// as HTML).
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
 const POLL_MS = 2000;
 const HISTORY = 150; // points on the chart (five minutes at one poll every 2 s)
-const state = { token: "", timer: null, last: null, history: [], entries: [] };
+const state = {
+  token: "", timer: null, last: null, history: [], entries: [], listing: false, relist: false,
+};
 
 function status(text) { $("#status").textContent = text; }
 
@@ -19,6 +22,15 @@ function cell(row, text, className) {
   if (className) td.className = className;
   row.append(td);
   return td;
+}
+
+// Each cell carries its column's name: on a narrow screen a row is shown as a card whose
+// cells are labelled (console.css), so no column hides behind a sideways scrollbar.
+function label(table) {
+  const names = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
+  for (const row of table.querySelectorAll("tbody tr")) {
+    [...row.children].forEach((td, i) => { td.dataset.label = names[i] || ""; });
+  }
 }
 
 function button(text, action) {
@@ -41,8 +53,16 @@ function receivers(list) {
     cell(row, r.store_up ? "up" : `down: ${r.store_reason}`, r.store_up ? "" : "down");
     cell(row, r.stress ? "STRESS" : "no", r.stress ? "down" : "");
     cell(row, String(r.open_connections), "num");
+    const spool = r.spool;
+    const held = spool && spool.messages > 0;
+    cell(
+      row,
+      !spool ? "off" : held ? `${spool.messages} msgs, oldest ${spool.oldest_s.toFixed(0)} s` : "empty",
+      held ? "down" : "",
+    );
     body.append(row);
   }
+  label($("#receivers"));
 }
 
 function rates(list) {
@@ -98,10 +118,11 @@ function clients(stats) {
   const window = stats.overall.windows["1m"] || { refusals: [], messages: [] };
   const rows = new Map();
   const get = (key) => {
-    if (!rows.has(key)) rows.set(key, { key, refused: 0, messages: 0, open: 0 });
+    if (!rows.has(key)) rows.set(key, { key, refused: 0, connections: 0, messages: 0, open: 0 });
     return rows.get(key);
   };
   for (const [key, n] of window.refusals) get(key).refused = n;
+  for (const [key, n] of window.connections || []) get(key).connections = n;
   const why = new Map(); // each client's main refusal reason
   for (const [reason, list] of Object.entries(window.by_reason || {})) {
     for (const [key, n] of list) {
@@ -111,7 +132,8 @@ function clients(stats) {
   for (const [key, n] of window.messages) get(key).messages = n;
   for (const [key, n] of stats.overall.top_open) get(key).open = n;
   const ordered = [...rows.values()].sort(
-    (a, b) => b.refused - a.refused || b.open - a.open || b.messages - a.messages);
+    (a, b) => b.refused - a.refused || b.connections - a.connections || b.open - a.open ||
+      b.messages - a.messages);
   const body = $("#clients tbody");
   body.replaceChildren();
   for (const c of ordered) {
@@ -122,6 +144,7 @@ function clients(stats) {
     cell(row, c.key);
     cell(row, String(c.refused), "num");
     cell(row, why.has(c.key) ? why.get(c.key).reason : "");
+    cell(row, String(c.connections), "num");
     cell(row, String(c.messages), "num");
     cell(row, String(c.open), "num");
     cell(row, known.blocked ? `blocked (${known.source})` : "");
@@ -131,6 +154,7 @@ function clients(stats) {
       : button("Ban", () => ban(c.key)));
     body.append(row);
   }
+  label($("#clients"));
 }
 
 async function ban(key) {
@@ -155,13 +179,24 @@ async function unban(key) {
 // --- the blocklist --------------------------------------------------------------------
 
 async function loadBlocklist() {
-  const source = $("#source").value;
-  const query = source ? `&source=${source}` : "";
-  const page = await (await api(`/v1/blocklist?limit=1000${query}`)).json();
-  state.entries = page.entries;
-  $("#blocklist-count").textContent =
-    `${page.entries.length}${page.next ? "+ (first 1,000 shown)" : ""} entries`;
-  showBlocklist();
+  // One listing at a time; a change asked for meanwhile (a ban, a removal) lists again
+  // once it answers, so the page never ends on a listing older than the change.
+  if (state.listing) { state.relist = true; return; }
+  state.listing = true;
+  try {
+    do {
+      state.relist = false;
+      const source = $("#source").value;
+      const query = source ? `&source=${source}` : "";
+      const page = await (await api(`/v1/blocklist?limit=1000${query}`)).json();
+      state.entries = page.entries;
+      $("#blocklist-count").textContent =
+        `${page.entries.length}${page.next ? "+ (first 1,000 shown)" : ""} entries`;
+      showBlocklist();
+    } while (state.relist);
+  } finally {
+    state.listing = false;
+  }
 }
 
 function showBlocklist() {
@@ -181,6 +216,7 @@ function showBlocklist() {
     }));
     body.append(row);
   }
+  label($("#blocklist"));
 }
 
 async function clearAutomatic() {
@@ -204,9 +240,13 @@ function connect() {
   if (state.timer) clearInterval(state.timer);
   state.last = null;
   state.history = [];
-  const tick = () => refresh().catch((e) => status(e.message));
+  // The blocklist is polled with the statistics: automatic bans and bans made elsewhere
+  // (floodgate top, the CLI, another console) appear within a poll.
+  const tick = () => {
+    refresh().catch((e) => status(e.message));
+    loadBlocklist().catch((e) => status(e.message));
+  };
   tick();
-  loadBlocklist().catch((e) => status(e.message));
   state.timer = setInterval(tick, POLL_MS);
 }
 

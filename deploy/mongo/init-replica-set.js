@@ -3,11 +3,20 @@
 // Run on the first member through the localhost exception (before any user exists), e.g.
 //   mongosh --quiet --file deploy/mongo/init-replica-set.js
 // Environment: RS_NAME (rs0), RS_MEMBERS ("mongo1:27017,mongo2:27017,mongo3:27017"),
-// MONGO_ADMIN_PASSWORD, FLOODGATE_DB_PASSWORD.
+// MONGO_ADMIN_PASSWORD, and FLOODGATE_MONGODB_URI: the application user and its password
+// are taken from the URI's credentials, the one place Floodgate keeps them.
 const name = process.env.RS_NAME || "rs0";
 const members = (process.env.RS_MEMBERS || "mongo1:27017,mongo2:27017,mongo3:27017")
   .split(",")
   .map((host, i) => ({ _id: i, host: host.trim(), priority: i === 0 ? 2 : 1 }));
+
+// mongodb://user:password@host1,host2/... (percent-encoded, as a URI needs).
+const credentials = /^mongodb(?:\+srv)?:\/\/([^:@\/]+):([^@\/]+)@/.exec(
+  process.env.FLOODGATE_MONGODB_URI || "",
+);
+if (credentials === null) throw new Error("FLOODGATE_MONGODB_URI names no user:password@");
+const appUser = decodeURIComponent(credentials[1]);
+const appPassword = decodeURIComponent(credentials[2]);
 
 function status() {
   try {
@@ -41,13 +50,13 @@ if (admin.getUser("admin") === null) {
 // From here on the localhost exception is gone: authenticate for the rest.
 admin.auth("admin", process.env.MONGO_ADMIN_PASSWORD);
 const app = db.getSiblingDB("floodgate");
-if (app.getUser("floodgate") === null) {
+if (app.getUser(appUser) === null) {
   app.createUser({
-    user: "floodgate",
-    pwd: process.env.FLOODGATE_DB_PASSWORD,
+    user: appUser,
+    pwd: appPassword,
     // readWrite for messages/blocklist; change streams need find + changeStream on them.
     roles: [{ role: "readWrite", db: "floodgate" }],
   });
-  print("created user floodgate");
+  print(`created user ${appUser}`);
 }
 print("replica set ready");

@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from receiver.smtp.session import Session
 
 Handler = Callable[["Session", bytes], Reply | None]
+# Commands that must end a pipelined group (RFC 2920 3.1, plus HELO, STARTTLS (RFC 3207
+# 4.2), AUTH and ETRN): the client must wait for their reply before sending more. A client
+# never offered PIPELINING (no EHLO yet, or HELO) must wait after every command. Postfix:
+# smtpd_forbid_unauth_pipelining.
+GROUP_ENDERS = frozenset(
+    {b"EHLO", b"HELO", b"DATA", b"VRFY", b"EXPN", b"TURN", b"ETRN", b"QUIT", b"NOOP"}
+    | {b"STARTTLS", b"AUTH"}
+)
 # RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8: the MAIL parameters we support.
 BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 
@@ -41,8 +49,9 @@ def _hello(session: Session, arg: bytes, *, extended: bool) -> Reply | None:
     session.reset_transaction()  # RFC 5321 4.1.4: EHLO/HELO clear the transaction
     if not extended:
         return session.wire.helo
-    tls = session.ctx.tls
-    if tls is not None and session.tls is None and tls.offered():
+    # Offered whenever TLS is on: a busy receiver queues handshakes, it never hides
+    # STARTTLS (that would downgrade every sender to cleartext during a handshake flood).
+    if session.ctx.tls is not None and session.tls is None:
         return session.wire.ehlo_starttls
     return session.wire.ehlo
 
@@ -129,6 +138,8 @@ def _judge_recipient(session: Session, text: str) -> tuple[Reply, str]:
         return replies.BAD_ADDRESS, "bad_address"
     if address.utf8 and not session.utf8:
         return replies.NOT_ASCII_ADDRESS, "bad_address"
+    if session.screened is not None:  # listed (`enforce`): the dialogue goes on, counted
+        return session.screened, "dnsbl"
     mailbox = _our_mailbox(session, address)
     if mailbox is None:
         return replies.RELAY_DENIED, "relay_denied"  # never an open relay
@@ -163,12 +174,7 @@ def data(session: Session, arg: bytes) -> Reply | None:
         return replies.NEED_MAIL if session.sender is None else replies.BAD_SEQUENCE_NEED_RCPT
     if arg:
         return replies.SYNTAX_DATA
-    if session.more_input:
-        # Content sent before our 354: RFC 2920 3.1 makes DATA the last command of a
-        # group, and a client that does not wait is not an MTA (Postfix's
-        # smtpd_forbid_unauth_pipelining).
-        session.improper_pipelining()
-        return None
+    # Content sent before our 354 never gets here: DATA ends a group (GROUP_ENDERS).
     session.start_data()
     return None
 
@@ -199,22 +205,14 @@ def help_(session: Session, arg: bytes) -> Reply | None:
 
 
 def quit_(session: Session, arg: bytes) -> Reply | None:
-    if session.more_input:
-        session.improper_pipelining()  # nothing may follow QUIT in a group
-        return None
     session.close_with(replies.BYE, "quit")
     return None
 
 
 def starttls(session: Session, arg: bytes) -> Reply | None:
+    # Whatever followed STARTTLS in the same read was refused before this runs
+    # (GROUP_ENDERS): the injection class of CVE-2011-0411 and CVE-2024-34083.
     tls = session.ctx.tls
-    if session.more_input:
-        # The STARTTLS injection class (CVE-2011-0411, CVE-2024-34083): whatever follows
-        # STARTTLS in the same read would run inside the TLS session. Discarded, closed.
-        if tls is not None:
-            session.ctx.events.on_tls("injection", "none")
-        session.improper_pipelining()
-        return None
     if tls is None:
         return replies.TLS_UNAVAILABLE
     if session.tls is not None:
@@ -223,9 +221,8 @@ def starttls(session: Session, arg: bytes) -> Reply | None:
         return replies.SYNTAX_STARTTLS
     if session.helo is None or not session.esmtp:
         return replies.NEED_EHLO
-    refused = tls.begin(session.client_key, session.allowed)
-    if refused is not None:
-        session.ctx.events.on_tls(f"refused_{refused}", "none")
+    if tls.begin(session.client_key, session.allowed) is not None:
+        session.ctx.events.on_tls("refused_rate", "none")
         return replies.TLS_BUSY
     session.start_tls()
     return None

@@ -7,24 +7,31 @@ values. Nothing here imports the server or the store driver.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mailstore.message import IncomingMessage
 from receiver.admission import Admission
-from receiver.mailboxes import MailboxKeeper
-from receiver.retries import RetryMemory
+from receiver.screen import Verdict
 from receiver.smtp.body import BareNewline, MemoryBudget
 from receiver.tls import Handshakes
 
-ReverseDns = Callable[[str], Awaitable[str | None]]
+if TYPE_CHECKING:
+    from receiver.delivery import Delivery
+
+
+class Screener(Protocol):
+    """The checks run before the banner (receiver.screen); never raises."""
+
+    async def screen(self, ip: str, allowed: bool, deadline: float) -> Verdict: ...
 
 
 class Sink(Protocol):
-    """Where accepted messages go; `insert` returns only once the message is durable."""
+    """Where accepted messages go; `insert` returns the id the message is stored under,
+    only once it is durable."""
 
-    async def insert(self, message: IncomingMessage) -> None: ...
+    async def insert(self, message: IncomingMessage) -> str: ...
 
 
 class Events(Protocol):
@@ -32,7 +39,7 @@ class Events(Protocol):
 
     def on_refused(self, key: str, reason: str) -> None: ...
 
-    def on_session_closed(self, reason: str) -> None: ...
+    def on_session_closed(self, reason: str, key: str) -> None: ...
 
     def on_message(self, outcome: str) -> None: ...
 
@@ -64,16 +71,14 @@ class SessionContext:
     hostname: str
     domains: frozenset[str]
     admission: Admission
-    sink: Sink
+    delivery: Delivery  # store, spool or 451: the session only speaks SMTP
     events: Events
     budget: MemoryBudget
     clock: Clock
     bare_newline: BareNewline = BareNewline.REJECT
     proxy_timeout: float = 5.0
-    reverse_dns: ReverseDns | None = None
+    screen: Screener | None = None  # before the banner: DNS lists, reverse DNS
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
-    retries: RetryMemory = field(default_factory=RetryMemory)
-    mailboxes: MailboxKeeper | None = None  # the per-mailbox cap, when the store can trim
     tls: Handshakes | None = None  # STARTTLS offered when set
 
     @property

@@ -16,16 +16,17 @@ import logging
 import re
 from typing import cast
 
-from mailstore.errors import StoreBusy, StoreError, StoreRejected
 from mailstore.headers import scan_headers
 from mailstore.ids import new_message_id
 from mailstore.message import IncomingMessage, utcnow
 from receiver import replies
+from receiver.delivery import fingerprint
 from receiver.replies import Reply
+from receiver.screen import PASS, screen_deadline
 from receiver.smtp import proxy
 from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
-from receiver.smtp.commands import VERBS
-from receiver.smtp.context import SessionContext
+from receiver.smtp.commands import GROUP_ENDERS, VERBS
+from receiver.smtp.context import Screener, SessionContext
 from receiver.smtp.trace import DateCache, received_header, safe_name
 from receiver.tls import Handshakes, describe
 
@@ -85,6 +86,7 @@ class Session(asyncio.Protocol):
         "data_start",
         "errors",
         "esmtp",
+        "generation",
         "helo",
         "idle_at",
         "junk_count",
@@ -95,6 +97,8 @@ class Session(asyncio.Protocol):
         "rcpt_count",
         "recipients",
         "reserved",
+        "screened",
+        "screening",
         "sender",
         "session_at",
         "slot_held",
@@ -125,6 +129,9 @@ class Session(asyncio.Protocol):
         self.utf8 = self.more_input = self.overlong = False
         self.tls: tuple[str, str] | None = None  # (version, cipher) once upgraded
         self.close_reason = "client_closed"
+        self.screened: Reply | None = None  # the screen's `enforce`: said to every RCPT
+        self.screening = 0  # 1: the screen runs, 2: and the banner waits for it
+        self.generation = ctx.admission.generation()  # the blocklist as admission saw it
         # Admission counted this connection already: under `key`, or (a trusted proxy's,
         # client not known yet) in the total only.
         self.slot_held = True
@@ -166,7 +173,7 @@ class Session(asyncio.Protocol):
             return
         self.slot_held = False
         self.ctx.admission.release(self.counted_key)
-        self.ctx.events.on_session_closed(self.close_reason)
+        self.ctx.events.on_session_closed(self.close_reason, self.client_key)
 
     def pause_writing(self) -> None:
         self._pause(2)  # a client that does not read its replies stops being read
@@ -193,7 +200,10 @@ class Session(asyncio.Protocol):
     # --- before the banner ----------------------------------------------------------
 
     def _before_banner(self) -> None:
-        """Pregreet teaser, or straight to the banner (reverse DNS first if configured)."""
+        """The screen (when configured) and the pregreet teaser, or straight to the banner."""
+        if self.ctx.screen is not None:
+            self.screening = 1
+            self.ctx.clock.create_task(self._screen(self.ctx.screen))
         if self.ctx.admission.normal.greet_wait > 0:
             # Postscreen's teaser: the first line of a multi-line greeting. A real client
             # waits for the final "220 " line; a bot that fires its commands now is caught.
@@ -203,9 +213,9 @@ class Session(asyncio.Protocol):
             self._greet()
 
     def _greet(self) -> None:
-        if self.ctx.reverse_dns is not None and self.client_name is None:
-            self._deadline = self.session_at  # the lookup has its own short timeout
-            self.ctx.clock.create_task(self._lookup_then_greet())
+        if self.screening:
+            self.screening = 2
+            self._deadline = self.session_at  # the screen has its own short deadline
             return
         self.phase = Phase.COMMAND
         self.idle_at = self.ctx.clock.time() + self.ctx.admission.limits.idle_timeout
@@ -214,10 +224,30 @@ class Session(asyncio.Protocol):
         self._flush()
         self._schedule()
 
-    async def _lookup_then_greet(self) -> None:
-        assert self.ctx.reverse_dns is not None
-        self.client_name = await self.ctx.reverse_dns(self.client_ip) or ""
-        if self.phase is Phase.GREETING:
+    async def _screen(self, screen: Screener) -> None:
+        admission = self.ctx.admission
+        deadline = screen_deadline(
+            admission.normal.greet_wait, admission.limits.screen_timeout, admission.stressed
+        )
+        try:
+            verdict = await screen.screen(self.client_ip, self.allowed, deadline)
+        except Exception as error:  # fail open: a bug in a check never costs a client
+            fields = {"event": "screen_exception", "error": type(error).__name__}
+            log.error("screen_exception", extra={"fields": fields})
+            verdict = PASS
+        banner_due = self.screening == 2
+        self.screening = 0
+        if self.phase is not Phase.GREETING:
+            return  # gone, or refused meanwhile (talked before the banner)
+        if verdict.client_name is not None:
+            self.client_name = verdict.client_name
+        if verdict.action is not None:
+            self.ctx.events.on_refused(self.client_key, verdict.reason)
+            if verdict.action == "drop" and verdict.reply is not None:
+                self.close_with(verdict.reply, "dnsbl")
+                return
+            self.screened = verdict.reply  # None when the action is `ignore`
+        if banner_due:
             self._greet()
 
     def _proxy_header(self) -> None:
@@ -253,7 +283,7 @@ class Session(asyncio.Protocol):
         self._schedule()
 
     def _early_talker(self) -> None:
-        self.ctx.admission.hit(self.client_key, "pregreet", self.allowed)
+        self.ctx.admission.violation(self.client_key, "pregreet", self.allowed)
         self.ctx.events.on_refused(self.client_key, "pregreet")
         self.close_with(replies.PREGREET, "pregreet")
 
@@ -313,6 +343,8 @@ class Session(asyncio.Protocol):
 
     def _command(self, line: bytes) -> None:
         self.commands += 1
+        if self.generation != self.ctx.admission.generation() and self._banned():
+            return
         if line.endswith(b"\r\n"):
             text = line[:-2]
         elif self.ctx.bare_newline is BareNewline.REJECT:
@@ -324,7 +356,13 @@ class Session(asyncio.Protocol):
             self._reply(replies.CONTROL_CHARACTERS)
             return
         verb, _, arg = text.partition(b" ")
-        handler = VERBS.get(verb.upper())
+        verb = verb.upper()
+        if self.more_input and (not self.esmtp or verb in GROUP_ENDERS):
+            if verb == b"STARTTLS" and self.ctx.tls is not None:
+                self.ctx.events.on_tls("injection", "none")
+            self.improper_pipelining()
+            return
+        handler = VERBS.get(verb)
         if handler is None:
             self.ctx.events.on_refused(self.client_key, "unknown_command")
             self._reply(replies.UNKNOWN_COMMAND)
@@ -332,6 +370,17 @@ class Session(asyncio.Protocol):
         reply = handler(self, arg)
         if reply is not None:
             self._reply(reply)
+
+    def _banned(self) -> bool:
+        """The blocklist changed since we last looked: end the session if it now covers
+        this client (a ban made elsewhere reaches open sessions at their next command)."""
+        self.generation = self.ctx.admission.generation()
+        refusal = self.ctx.admission.banned(self.client_ip)
+        if refusal is None:
+            return False
+        self.ctx.events.on_refused(self.client_key, refusal.reason)
+        self.close_with(refusal.reply, "blocked")
+        return True
 
     def _reply(self, reply: Reply) -> None:
         """Queue a reply and apply the dialogue budgets it affects."""
@@ -343,7 +392,7 @@ class Session(asyncio.Protocol):
         elif reply.counts_as_error:
             self.errors += 1
             if self.errors > limits.hard_error_limit:  # "exceeded", as in Postfix
-                self.ctx.admission.hit(self.client_key, "too_many_errors", self.allowed)
+                self.ctx.admission.violation(self.client_key, "too_many_errors", self.allowed)
                 self.close_with(replies.TOO_MANY_ERRORS, "too_many_errors")
                 return
         if self.commands > limits.max_commands:
@@ -367,7 +416,7 @@ class Session(asyncio.Protocol):
 
     def improper_pipelining(self) -> None:
         """A command or content sent without waiting for the reply it depends on."""
-        self.ctx.admission.hit(self.client_key, "improper_pipelining", self.allowed)
+        self.ctx.admission.violation(self.client_key, "improper_pipelining", self.allowed)
         self.ctx.events.on_refused(self.client_key, "improper_pipelining")
         self.close_with(replies.IMPROPER_PIPELINING, "improper_pipelining")
 
@@ -380,11 +429,12 @@ class Session(asyncio.Protocol):
         self._schedule()
 
     def start_tls(self) -> None:
-        """Say 220 and hand the connection to the TLS handshake (a handshake slot is held).
+        """Say 220 and hand the connection to the TLS handshake.
 
         Reading stops before anything else can be read in cleartext: bytes the client sent
-        after STARTTLS in the same read were refused by the verb; anything later is read
-        by the TLS layer as handshake data, where it fails the handshake.
+        after STARTTLS in the same read were refused before the verb ran; anything later is
+        read by the TLS layer as handshake data, where it fails the handshake. A handshake
+        slot is taken only once the ClientHello is complete (`Handshakes.hello`).
         """
         tls = self.ctx.tls
         transport = self.transport
@@ -393,11 +443,18 @@ class Session(asyncio.Protocol):
         self._flush()
         transport.pause_reading()
         self.phase = Phase.HANDSHAKE
-        self._deadline = self.ctx.clock.time() + tls.timeout + 1.0  # start_tls's own first
+        # The hello wait, then the loop's own handshake deadline, which fires first.
+        self._deadline = self.ctx.clock.time() + tls.hello_timeout + tls.timeout + 1.0
         self._schedule()
         self.ctx.clock.create_task(self._handshake(tls, transport))
 
     async def _handshake(self, tls: Handshakes, raw: asyncio.Transport) -> None:
+        waiting = await tls.hello(
+            raw, self.client_key, self.allowed, lambda: self.phase is Phase.HANDSHAKE
+        )
+        if waiting is not None:
+            self._no_handshake(waiting, raw)
+            return
         events = self.ctx.events
         started = self.ctx.clock.time()
         try:
@@ -410,7 +467,7 @@ class Session(asyncio.Protocol):
             events.on_tls(outcome, "none")
             if self.phase is Phase.HANDSHAKE:  # not already closed by us (drain, deadline)
                 # A failed handshake is a client error, as in Postfix.
-                self.ctx.admission.hit(self.client_key, "tls_failed", self.allowed)
+                self.ctx.admission.violation(self.client_key, "tls_failed", self.allowed)
                 events.on_refused(self.client_key, "tls_failed")
                 self._abort("tls_" + outcome)
             raw.abort()
@@ -431,6 +488,19 @@ class Session(asyncio.Protocol):
         self.phase = Phase.COMMAND
         self.idle_at = self.ctx.clock.time() + self.ctx.admission.limits.idle_timeout
         self._schedule()
+
+    def _no_handshake(self, why: str, raw: asyncio.Transport) -> None:
+        """No handshake ran: no ClientHello in time (a client error: a compliant client
+        sends it at once), no slot in time (ours), or the session is gone already."""
+        if why == "gone" or self.phase is not Phase.HANDSHAKE:
+            if self.phase is Phase.HANDSHAKE:
+                self._abort("client_closed")
+            return
+        self.ctx.events.on_tls(why, "none")
+        if why == "no_hello":
+            self.ctx.admission.violation(self.client_key, "tls_failed", self.allowed)
+            self.ctx.events.on_refused(self.client_key, "tls_failed")
+        self._abort("tls_" + why)
 
     def close_with(self, reply: Reply, reason: str) -> None:
         """Send a final reply and close (deadlines, budgets, refusals, QUIT, shutdown)."""
@@ -462,6 +532,7 @@ class Session(asyncio.Protocol):
             self.body = None
             self.ctx.events.on_message("bare_newline")
             self.ctx.events.on_refused(self.client_key, "bare_newline")
+            self.ctx.admission.violation(self.client_key, "bare_newline", self.allowed)
             self.close_with(replies.BARE_NEWLINE, "bare_newline")
             return
         if used < 0:
@@ -484,14 +555,12 @@ class Session(asyncio.Protocol):
         reply = _refusal(body)
         scan = scan_headers(body.content) if reply is None else None
         if scan is not None:
-            if scan.refused:
+            if body.content[:1] in (b" ", b"\t"):
+                reply = replies.FOLDED_START
+                events.on_message("folded_start")
+            elif scan.refused:
                 reply = replies.HEADER_TOO_BIG if scan.too_big else replies.TOO_MANY_HEADER_FIELDS
                 events.on_message("header_too_big")
-            elif events.store_down():
-                # The health loop saw the store down: answer now rather than hold the
-                # sender (and a pending-insert slot) for the whole store deadline.
-                events.on_message("store_failed")
-                reply = replies.NOT_STORED
         else:
             events.on_message(body.outcome.value)
         if reply is not None:
@@ -502,14 +571,15 @@ class Session(asyncio.Protocol):
         self.phase = Phase.STORING
         self.reserved = body.reserved
         assert scan is not None
-        retries = self.ctx.retries
-        fingerprint = retries.fingerprint(self.sender or "", self.recipients, body.content)
-        message_id = retries.recall(fingerprint) or new_message_id()  # a retry: same id
-        message = self._message(message_id, body.content, scan.values)
+        sender = self.sender or ""
+        print_ = fingerprint(sender, self.recipients, body.content)
+        message = self._message(new_message_id(), body.content, scan.values, print_)
         self.reset_transaction()
-        self.ctx.clock.create_task(self._store(message, fingerprint))
+        self.ctx.clock.create_task(self._deliver(message))
 
-    def _message(self, message_id: str, raw: bytes, headers: dict[str, str]) -> IncomingMessage:
+    def _message(
+        self, message_id: str, raw: bytes, headers: dict[str, str], print_: str
+    ) -> IncomingMessage:
         now = utcnow()
         helo = safe_name(self.helo)
         trace = received_header(
@@ -534,40 +604,14 @@ class Session(asyncio.Protocol):
             received_header=trace,
             headers=headers,
             tls=self.tls,
+            fingerprint=print_,
         )
 
-    async def _store(self, message: IncomingMessage, fingerprint: bytes) -> None:
-        events = self.ctx.events
-        started = self.ctx.clock.time()
+    async def _deliver(self, message: IncomingMessage) -> None:
         try:
-            await self.ctx.sink.insert(message)
-        except StoreRejected:
-            events.on_message("unstorable")
-            reply = replies.UNSTORABLE
-        except StoreBusy:
-            events.on_message("store_busy")
-            reply = replies.STORE_BUSY
-        except Exception as error:  # never a 250 for mail we cannot vouch for
-            if not isinstance(error, StoreError):
-                log.error(
-                    "store_exception",
-                    extra={"fields": {"event": "store_exception", "error": type(error).__name__}},
-                )
-            events.on_store_attempt(False, 0.0, str(error) or type(error).__name__)
-            events.on_message("store_failed")
-            # The write may still land: a retry of this message reuses its id.
-            self.ctx.retries.remember(fingerprint, message.id)
-            reply = replies.NOT_STORED
-        else:
-            self.ctx.retries.forget(fingerprint)
-            if self.ctx.mailboxes is not None:
-                self.ctx.mailboxes.stored(message.rcpt_to)
-            events.on_store_attempt(True, self.ctx.clock.time() - started, "")
-            events.on_message("stored")
-            events.on_stored(self.client_key, len(message.raw))
-            reply = replies.STORED.with_text(f"Ok: queued as {message.id}")
+            reply = await self.ctx.delivery.deliver(message, self.client_key)
         finally:
-            self.ctx.budget.give(self.reserved)  # the store has answered
+            self.ctx.budget.give(self.reserved)  # stored, spooled or refused: memory back
             self.reserved = 0
         self._stored(reply)
 

@@ -169,6 +169,16 @@ def test_block_cli_round_trip(api: ServiceProcess, tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "refused the admin token" in wrong.stderr
 
 
+def test_block_cli_adds_a_wide_prefix_only_with_confirm(api: ServiceProcess) -> None:
+    for wide in ("10.0.0.0/7", "2001:db8::/31"):
+        refused = block(api, "add", wide, "--reason", "whole range")
+        assert refused.returncode == 1 and "add --confirm" in refused.stderr, refused.stderr
+        added = block(api, "add", wide, "--reason", "whole range", "--confirm")
+        assert added.returncode == 0 and added.stdout.startswith(f"added: {wide}"), added.stderr
+    narrow = block(api, "add", "10.0.0.0/8", "--confirm")  # harmless where not needed
+    assert narrow.returncode == 0, narrow.stderr
+
+
 @pytest.mark.parametrize("ttl", ["0", "abc", "-5m"])
 def test_block_cli_rejects_bad_ttl_before_calling(api: ServiceProcess, ttl: str) -> None:
     result = block(api, "add", "192.0.2.1", "--ttl", ttl)

@@ -56,7 +56,7 @@ def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
     from selenium.webdriver.support.ui import WebDriverWait
 
     # No automatic bans here: the operator does the banning.
-    limits = {"connection_rate": "20", "autoban_threshold": "0"}
+    limits = {"connection_rate": "20", "autoban_threshold": "0", "autoban_refusal_threshold": "0"}
     first, second = make_receiver(**limits), make_receiver(**limits)
     api = make_api()
     flood = _flood(first, tmp_path)
@@ -113,7 +113,7 @@ def test_the_console_removes_every_automatic_ban_at_once(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    receiver = make_receiver(connection_rate="5", autoban_threshold="3")
+    receiver = make_receiver(connection_rate="5", autoban_refusal_threshold="3")
     api = make_api()
     for source in ("127.0.33.1", "127.0.33.2"):
         for _ in range(12):  # over the connection rate until auto-banned
@@ -163,3 +163,71 @@ def test_stats_leave_out_a_snapshot_of_another_shape(
     assert names == [f"mx.test 127.0.0.1:{receiver.port}"]
     # The dead one's document is deleted once the stats are read.
     assert mongo[db_name]["receiver_stats"].count_documents({"_id": "long dead"}) == 0
+
+
+# Every control's box, and whether anything is wider than its container (the page, a
+# section): a control past the right edge is one a user would have to scroll sideways for.
+LAYOUT = """
+const width = window.innerWidth;
+const controls = [...document.querySelectorAll("button, input, select")].map((e) => {
+  const r = e.getBoundingClientRect();
+  return { text: e.textContent || e.id, left: r.left, right: r.right, width: r.width };
+});
+const overflowing = [...document.querySelectorAll("section, table")]
+  .filter((e) => e.scrollWidth > e.clientWidth + 1)
+  .map((e) => e.id || e.querySelector("h2").textContent);
+return { width, page: document.documentElement.scrollWidth, controls, overflowing };
+"""
+
+
+def _layout_fits(browser: Any, width: int) -> None:
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 1400, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+    time.sleep(2.5)  # one poll redraws the tables at this width
+    layout = browser.execute_script(LAYOUT)
+    assert layout["width"] == width
+    assert layout["page"] <= width, layout
+    assert layout["overflowing"] == [], layout
+    for control in layout["controls"]:
+        assert control["width"] > 0, control  # not collapsed away
+        assert 0 <= control["left"] and control["right"] <= width, control
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTEFACTS / f"console-{width}.png"))
+
+
+def test_the_console_keeps_its_blocklist_current_and_fits_1280_and_400_pixels(
+    browser: Any, make_receiver: ServiceFactory, make_api: ServiceFactory
+) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    receiver = make_receiver(connection_rate="5", autoban_refusal_threshold="3")
+    api = make_api()
+    browser.get(f"{api.http_url}/console#token={ADMIN_TOKEN}")
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live: 1 receivers"))
+    wait.until(lambda d: d.find_element(By.ID, "blocklist-count").text == "0 entries")
+
+    # Bans made while the page is open, none of them from the page: an automatic one, and
+    # one through the API (as `floodgate block add` or another console would).
+    for _ in range(12):
+        RawClient(receiver.host, receiver.port, source="127.0.36.1").close()
+    manual = {"cidr": "198.51.100.0/24", "reason": "from elsewhere"}
+    assert httpx.post(f"{api.http_url}/v1/blocklist", json=manual, headers=AUTH).status_code == 201
+    shown = time.monotonic()
+    wait.until(lambda d: d.find_element(By.ID, "blocklist-count").text == "2 entries")
+    assert time.monotonic() - shown < 5
+    listed = browser.find_element(By.ID, "blocklist").text
+    assert "127.0.36.1" in listed and "198.51.100.0/24" in listed
+    # The banned client is in the top clients with its button, at both widths.
+    wait.until(lambda d: "Unban" in d.find_element(By.ID, "client-127.0.36.1").text)
+
+    _layout_fits(browser, 1280)
+    _layout_fits(browser, 400)
+    # Still usable at 400 px: the row's button unbans it.
+    unban = "//tr[@id='client-127.0.36.1']//button"
+    wait.until(lambda d: d.find_element(By.XPATH, unban).click() is None)
+    wait.until(lambda d: d.find_element(By.ID, "blocklist-count").text == "1 entries")

@@ -55,3 +55,19 @@ def test_quick_push_suite_reports_latency_and_subscribers(tmp_path: Path) -> Non
     push = json.loads((tmp_path / "latest.json").read_text())["suites"]["push"]
     assert push["latency"]["messages"] == 50 and 0 < push["latency"]["p99_ms"] < 10_000
     assert push["subscribers"]["held"] == 200 and push["subscribers"]["next_status"] == 200
+
+
+def test_quick_screen_suite_reports_banner_latency_lookups_and_cpu(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "screen", "--quick", "--out", str(tmp_path)],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    screen = json.loads((tmp_path / "latest.json").read_text())["suites"]["screen"]
+    for mode in ("off", "cold", "warm"):
+        assert 0 < screen["banner_ms"][mode]["p50"] <= screen["banner_ms"][mode]["p99"] < 1000
+    assert screen["lookups"]["per_s"] > 0 and screen["cpu_us"]["screened"] > 0
+    assert "Screening before the banner" in (tmp_path / "latest.md").read_text()

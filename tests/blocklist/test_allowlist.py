@@ -73,9 +73,8 @@ def test_an_allowlisted_sender_is_never_autobanned_but_keeps_its_own_cap(
     for _ in range(5):
         assert greeting(receiver, "127.0.22.7").startswith("421 4.7.0")  # its own cap: 3
     for client in held:  # errors past the hard limit, again and again: closed, never banned
-        client.send("DATA\r\nDATA\r\n")
-        assert client.reply().code == 503
-        assert client.reply().code == 503
+        assert client.cmd("DATA").code == 503
+        assert client.cmd("DATA").code == 503
         assert client.reply().code == 421
         client.close()
     assert wait_for(lambda: greeting(receiver, "127.0.22.7").startswith("220"), timeout=5)
@@ -97,7 +96,7 @@ def test_allowlist_added_through_the_api_lifts_an_autoban_on_every_receiver(
     make_api: ServiceFactory, make_receiver: ServiceFactory
 ) -> None:
     api = make_api()
-    limits = {"max_connections_per_ip": "1", "autoban_threshold": "3", "idle_timeout": "30"}
+    limits = {"max_connections_per_ip": "1", "autoban_refusal_threshold": "3", "idle_timeout": "30"}
     first, second = make_receiver(**limits), make_receiver(**limits)
     wait_fresh(first, second)
     holder = RawClient(first.host, first.port, source="127.0.24.1")

@@ -166,7 +166,7 @@ def test_bans_survive_a_restart_while_the_store_is_down(
 def test_autoban_is_shared_with_every_receiver(
     make_receiver: ServiceFactory, mongo: MongoClient[dict[str, Any]], db_name: str
 ) -> None:
-    limits = {"max_connections_per_ip": "1", "autoban_threshold": "3", "idle_timeout": "30"}
+    limits = {"max_connections_per_ip": "1", "autoban_refusal_threshold": "3", "idle_timeout": "30"}
     first, second = make_receiver(**limits), make_receiver(**limits)
     wait_fresh(first, second)
     holder = RawClient(first.host, first.port, source="127.0.13.1")

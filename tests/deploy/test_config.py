@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,23 +111,59 @@ def test_compose_describes_a_three_member_replica_set_behind_haproxy() -> None:
     assert "rs.initiate" in script and "NotYetInitialized" in script  # idempotent
 
 
-def test_env_example_names_the_whole_replica_set() -> None:
-    settings = dict(
-        line.split("=", 1)
-        for line in (DEPLOY / "floodgate.env.example").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+def environment_file(path: Path) -> dict[str, str]:
+    """Variables as systemd's EnvironmentFile= reads them: KEY=VALUE lines; blank lines and
+    lines starting with # or ; ignored; a value in matching quotes loses them; nothing
+    after a value is a comment. Anything else fails here, as it would fail there."""
+    variables = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, sep, value = line.partition("=")
+        assert sep and key.strip().isidentifier(), f"systemd cannot read: {line!r}"
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        variables[key.strip()] = value
+    return variables
+
+
+def unit_environment(unit: Path) -> dict[str, str]:
+    """The unit's own `Environment=KEY=VALUE` lines (one assignment each, as ours are)."""
+    lines = unit.read_text().splitlines()
+    pairs = [line.removeprefix("Environment=") for line in lines if line.startswith("Environment=")]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@pytest.mark.parametrize("unit", ["floodgate-receiver.service", "floodgate-api.service"])
+def test_env_example_passes_the_settings_check_as_each_unit_loads_it(
+    unit: str, tmp_path: Path
+) -> None:
+    """deploy/README copies the example to /etc/floodgate/floodgate.env for the units: the
+    process each unit starts must accept it (a refused setting exits 2, and systemd's
+    Restart=always would restart it for ever)."""
+    settings = environment_file(DEPLOY / "floodgate.env.example")
     uri = settings["FLOODGATE_MONGODB_URI"]
     assert "replicaSet=rs0" in uri and uri.count("mongo") >= 4  # scheme + three members
-    from floodgate.settings import Settings
-
-    Settings(
-        **{
-            k[len("FLOODGATE_") :].lower(): v
-            for k, v in settings.items()
-            if k.startswith("FLOODGATE_")
-        }
+    assert "FLOODGATE_DB_PASSWORD" not in settings  # credentials live in the URI
+    environ = {**settings, **unit_environment(DEPLOY / "systemd" / unit)}
+    environ["FLOODGATE_DATA_DIR"] = str(tmp_path / "state")  # systemd's StateDirectory
+    check = "from floodgate.settings import load; load()"
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        env={"PATH": os.environ["PATH"], **environ},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_init_script_takes_the_application_password_from_the_uri() -> None:
+    script = (DEPLOY / "mongo" / "init-replica-set.js").read_text()
+    assert "FLOODGATE_DB_PASSWORD" not in script and "FLOODGATE_MONGODB_URI" in script
 
 
 def test_docker_compose_config_when_available(tmp_path: Path) -> None:
@@ -147,3 +184,18 @@ def test_docker_compose_config_when_available(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_production_install_has_no_dev_tools_and_the_runbook_uses_it() -> None:
+    """`make install` puts the project and its runtime dependencies in .venv, never the
+    [dev] extras (pytest, mypy, selenium, ...) that `make setup` adds."""
+    dry = subprocess.run(
+        ["make", "-n", "install"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert dry.returncode == 0, dry.stderr
+    installs = [line for line in dry.stdout.splitlines() if "pip install" in line]
+    assert installs and not any("[dev]" in line or " -e " in line for line in installs)
+    runbook = (DEPLOY / "README.md").read_text()
+    assert "make install" in runbook and "make setup" not in runbook
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        assert "ExecStart=/opt/floodgate/.venv/bin/floodgate " in unit.read_text()

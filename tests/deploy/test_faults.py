@@ -72,6 +72,8 @@ def test_faults_never_lose_or_duplicate_an_accepted_message(
         autoban_threshold="0",
         # Every accepted message must be found stored: no per-mailbox cap trimming them.
         mailbox_max_messages="0",
+        # The 451 path: with the spool on (tests/receiver/test_spool.py) they would be 250.
+        spool="false",
     )
     senders = [Sender(receiver.host, receiver.port, f"127.0.70.{n}") for n in (1, 2, 3)]
     for sender in senders:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from api.app import ApiMetrics
 from receiver.events import Metrics
+from receiver.screen import ScreenMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -41,7 +42,7 @@ def run(*args: str) -> str:
 
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
     promtool = tool("promtool")
-    assert "SUCCESS: 9 rules found" in run(promtool, "check", "rules", "alerts.yml")
+    assert "SUCCESS: 11 rules found" in run(promtool, "check", "rules", "alerts.yml")
     run(promtool, "test", "rules", "alerts_test.yml")
     run(promtool, "check", "config", "prometheus.yml")
 
@@ -53,7 +54,9 @@ def test_alertmanager_config_groups_and_inhibits() -> None:
 
 def exported() -> set[str]:
     names: set[str] = set()
-    registries: list[CollectorRegistry] = [Metrics().registry, ApiMetrics().registry]
+    screen = CollectorRegistry()
+    ScreenMetrics(screen, ("zen.example",))
+    registries: list[CollectorRegistry] = [Metrics().registry, ApiMetrics().registry, screen]
     for registry in registries:
         for family in registry.collect():
             names.update(family.name + suffix for suffix in SUFFIXES[family.type])

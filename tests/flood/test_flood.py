@@ -321,3 +321,37 @@ def test_the_report_names_the_bans_it_caused_and_cleanup_removes_only_those(
     assert "auto-banned by the target during this run: 1 of its addresses" in result.stdout
     left = httpx.get(f"{api.http_url}/v1/blocklist", headers=auth).json()["entries"]
     assert [e["cidr"] for e in left] == ["127.0.99.9/32"]
+
+
+def test_the_help_states_the_incident_presets_real_duration() -> None:
+    from flood.cli import PRESETS, build_parser
+
+    seconds = f"{PRESETS['incident']['duration']:.0f}"
+    text = " ".join(build_parser().format_help().split())
+    assert f"incident preset {seconds})" in text and f"for {seconds} s" in text
+
+
+def test_follow_up_rows_stay_under_their_own_scenario() -> None:
+    from rich.console import Console
+
+    from flood.report import print_report, scenario_rows
+
+    idle = {"attempts": 6, "outcomes": {"connected": 6}, "notes": {"held to the end": 6}}
+    rows = scenario_rows("idle", idle)
+    assert [r[1] for r in rows] == ["connected", "[b]total[/b]", "[dim]held to the end[/dim]"]
+    assert [r[4] for r in rows] == [False, False, True]  # the section ends after the note
+    legit = {"attempts": 2, "outcomes": {"accepted": 2}, "notes": {}}
+    report: dict[str, Any] = {
+        "target": "127.0.0.1:2525",
+        "duration_s": 1,
+        "scenarios": {"idle": idle, "legit": legit},
+        "legit": {"sent": 0},
+        "interrupted": False,
+    }
+    console = Console(record=True, width=100)
+    print_report(report, console)
+    lines = console.export_text().splitlines()
+    note = next(i for i, line in enumerate(lines) if "held to the end" in line)
+    # The rule that closes idle's section comes after its note, before legit's rows.
+    assert "─" in lines[note + 1] or "━" in lines[note + 1], lines
+    assert "legit" in lines[note + 2], lines

@@ -6,10 +6,14 @@ import json
 import logging
 import re
 
-from floodgate.logs import Formatter
+import httpx
+
+from floodgate.logs import DedupFilter, Formatter
 from receiver.events import logfmt, quote
+from tests.conftest import ServiceFactory
+from tests.support.faultproxy import FaultProxy
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient
+from tests.support.smtp import RawClient, wait_for
 
 LINE = re.compile(r"^ts=\S+ level=(debug|info|warning|error|critical) logger=\S+ ")
 
@@ -51,3 +55,36 @@ def test_a_receivers_log_is_all_logfmt_with_routine_events_at_info(
     assert lines and all(LINE.match(line) for line in lines), lines[:5]
     listening = [line for line in lines if "event=receiver_listening" in line]
     assert listening and " level=info " in listening[0]
+
+
+def test_repeats_are_dropped_but_never_a_change_of_state() -> None:
+    dedup = DedupFilter(interval=60)
+    routine = [record("x", event="stats_not_published", error="AutoReconnect") for _ in range(3)]
+    assert [dedup.filter(r) for r in routine] == [True, False, False]
+    flapping = ["store_down", "store_up", "store_down", "store_up", "stress_on", "stress_off"]
+    changes = [record("x", event=e, reason="timeout") for e in flapping + flapping]
+    assert all(dedup.filter(r) for r in changes)
+
+
+def test_a_receivers_log_ends_on_the_state_its_store_is_in(
+    make_receiver: ServiceFactory, store_fault: FaultProxy
+) -> None:
+    """A store that pauses twice within the duplicate filter's interval: both outages and
+    both recoveries are in the log, each outage with its cause, and the log ends on up."""
+    receiver = make_receiver(
+        mongodb_uri=store_fault.uri, store_timeout="1", log_summary_interval="60"
+    )
+
+    def events() -> list[str]:
+        return re.findall(r"event=(store_down|store_up)", receiver.log())
+
+    assert wait_for(lambda: events() == ["store_up"], timeout=15), receiver.log()
+    for outage in (1, 2):
+        store_fault.set_mode("stall")
+        assert wait_for(lambda n=outage: events().count("store_down") == n, timeout=20)
+        store_fault.set_mode("pass")
+        assert wait_for(lambda n=outage: events().count("store_up") == n + 1, timeout=20)
+    assert events() == ["store_up", "store_down", "store_up", "store_down", "store_up"]
+    downs = [line for line in receiver.log().splitlines() if "event=store_down" in line]
+    assert all('reason="timeout: no durable write within 1s"' in line for line in downs), downs
+    assert httpx.get(f"{receiver.http_url}/readyz", timeout=5).status_code == 200

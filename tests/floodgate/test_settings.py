@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from floodgate.receiver_app import dns_servers, screen_config
 from floodgate.settings import Settings, SettingsError, host_name, load
 from receiver.limits import DEFAULTS, RANGES, Limits
 from tests.support.processes import clean_environ, free_port
@@ -88,6 +89,25 @@ def test_unknown_toml_keys_get_a_suggestion(tmp_path: Path) -> None:
     ]
 
 
+def test_a_toml_file_with_a_typo_and_a_bad_value_reports_both_by_its_keys(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "floodgate.toml"
+    config.write_text('max_conections = 5\nidle_timeout = -1\ndomains = "mx.test"\n')
+    with pytest.raises(SettingsError) as refused:
+        load({"FLOODGATE_CONFIG_FILE": str(config)}, config_file=config, data_dir=tmp_path)
+    problems = refused.value.problems
+    assert problems[0] == (
+        f"{config}: key 'max_conections' is not a setting; did you mean max_connections?"
+    )
+    assert len(problems) == 2 and problems[1].startswith(f"{config}: key 'idle_timeout'=-1: ")
+    # A variable wins over the file: then the variable is named.
+    environ = {"FLOODGATE_CONFIG_FILE": str(config), "FLOODGATE_IDLE_TIMEOUT": "-2"}
+    with pytest.raises(SettingsError) as refused:
+        load(environ, config_file=config, data_dir=tmp_path, idle_timeout=-2)
+    assert any(p.startswith("FLOODGATE_IDLE_TIMEOUT=-2: ") for p in refused.value.problems)
+
+
 def test_variables_of_ours_that_are_not_settings_are_allowed(tmp_path: Path) -> None:
     environ = {"FLOODGATE_TEST_MONGODB_URI": "x", "FLOODGATE_INSTALL_TOOLS": "1"}
     assert load(environ, data_dir=tmp_path).data_dir == tmp_path
@@ -151,3 +171,47 @@ def test_the_readme_documents_exactly_the_settings_that_exist() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     rows = set(re.findall(r"^\| `(FLOODGATE_[A-Z0-9_]+)` \|", readme, re.M))
     assert rows == {"FLOODGATE_" + name.upper() for name in Settings.model_fields}
+
+
+def test_a_postscreen_dnsbl_line_is_taken_as_it_is(tmp_path: Path) -> None:
+    settings = load(
+        {},
+        data_dir=tmp_path,
+        dnsbl_sites="zen.example*3, b.example*2, wl.example=127.0.[0..255].[1..3]*-2",
+        dnsbl_reply="zen.example=ZEN",
+        dns_servers="127.0.0.1:5353, ::1, [::1]:54, 127.0.0.2",
+    )
+    assert [s.weight for s in settings.dnsbl_site_list] == [3, 2, -2]
+    assert settings.dns_server_list == (
+        ("127.0.0.1", 5353),
+        ("::1", 53),
+        ("::1", 54),
+        ("127.0.0.2", 53),
+    )
+
+
+def test_bad_screen_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(
+            {},
+            data_dir=tmp_path,
+            dnsbl_sites="zen.example=127.0.0.300",
+            dns_servers="resolver.example:53",  # a name would need a lookup to find it
+            dnsbl_action="reject",
+        )
+    text = str(caught.value)
+    for variable in ("FLOODGATE_DNSBL_SITES=", "FLOODGATE_DNS_SERVERS=", "FLOODGATE_DNSBL_ACTION="):
+        assert variable in text, text
+    unknown = r"FLOODGATE_DNSBL_REPLY=.*not in FLOODGATE_DNSBL_SITES"
+    with pytest.raises(SettingsError, match=unknown):
+        load({}, data_dir=tmp_path, dnsbl_sites="zen.example", dnsbl_reply="other.example=x")
+
+
+def test_screening_is_off_by_default_and_then_reads_no_resolver(tmp_path: Path) -> None:
+    settings = load({}, data_dir=tmp_path)
+    assert not screen_config(settings).active
+    assert dns_servers(settings, tmp_path / "absent") == ()
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.53\n")
+    on = load({}, data_dir=tmp_path, reverse_dns=True)
+    assert dns_servers(on, conf) == (("127.0.0.53", 53),)

@@ -12,6 +12,7 @@ def stats(at: float, refused: int, stored: int) -> dict[str, Any]:
     totals = {"accepted": 10, "refused": refused, "stored": stored, "stored_bytes": 0}
     window = {
         "refusals": [["192.0.2.7", 40], ["192.0.2.8", 3]],
+        "connections": [["192.0.2.10", 60], ["192.0.2.9", 5]],
         "messages": [["192.0.2.9", 5]],
         "by_reason": {"blocked": [["192.0.2.7", 30]], "per_ip_cap": [["192.0.2.7", 10]]},
     }
@@ -36,9 +37,11 @@ def test_rates_need_two_snapshots_and_ignore_a_repeated_one() -> None:
 
 def test_rows_and_selection() -> None:
     rows = top_clients(stats(1.0, 0, 0))
-    assert [r["client"] for r in rows] == ["192.0.2.7", "192.0.2.8", "192.0.2.9"]
+    # Refused first, then those opening connections fast (never refused, no mail).
+    assert [r["client"] for r in rows] == ["192.0.2.7", "192.0.2.8", "192.0.2.10", "192.0.2.9"]
     assert rows[0]["state"]["blocked"] and rows[1]["open"] == 9
-    assert [r["why"] for r in rows] == ["blocked", "", ""]  # its main reason
+    assert rows[2]["connections"] == 60
+    assert [r["why"] for r in rows] == ["blocked", "", "", ""]  # its main reason
     view = View()
     view.update(stats(1.0, 0, 0))
     view.move(-1)

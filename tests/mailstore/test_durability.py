@@ -1,4 +1,7 @@
-"""A 250 only for durably stored mail: the store is killed and restarted under a live receiver."""
+"""A 250 only for durably stored mail: the store is killed and restarted under a live receiver.
+
+These run with the spool off (`FLOODGATE_SPOOL=false`): the store is then the only place a
+250 can vouch for, and its absence is a 451. The spool's own promise is in test_spool.py."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ def test_store_killed_gives_451_never_250_then_recovers(
     store = EmbeddedStore(tmp_path / "own-store")
     uri = store.start()
     try:
-        receiver = make_receiver(mongodb_uri=uri, store_timeout="1.5")
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1.5", spool="false")
         client = RawClient(receiver.host, receiver.port, timeout=30)
         client.hello()
         first = send_message(client, "a@example.org", ["d@mx.test"], b"Subject: 1\r\n\r\nx\r\n")
@@ -56,7 +59,7 @@ def test_receiver_started_while_store_is_down_answers_451_not_250(
     store = EmbeddedStore(tmp_path / "down-store")
     uri = store.start()
     store.kill()
-    receiver = make_receiver(mongodb_uri=uri, store_timeout="1")
+    receiver = make_receiver(mongodb_uri=uri, store_timeout="1", spool="false")
     client = RawClient(receiver.host, receiver.port, timeout=30)
     client.hello()
     reply = send_message(client, "a@example.org", ["d@mx.test"], b"x\r\n")
@@ -72,7 +75,7 @@ def test_store_stalled_past_the_deadline_then_retried_stores_each_message_once(
     pid = store.process.pid
     stopped = False
     try:
-        receiver = make_receiver(mongodb_uri=uri, store_timeout="1.5")
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1.5", spool="false")
         clients = [RawClient(receiver.host, receiver.port, timeout=30) for _ in range(8)]
         bodies = [f"Subject: stalled {n}\r\n\r\nbody {n}\r\n".encode() for n in range(8)]
         for client in clients:

@@ -1,5 +1,6 @@
-"""Retention on the embedded store, which never expires anything by itself: the receivers'
-sweeper deletes expired mail with nobody reading, one sweeper at a time."""
+"""Retention on the embedded store, which expires mail only lazily, when the collection is
+read: the receivers' sweeper deletes expired mail with nobody reading, counts it, one
+sweeper at a time."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mailstore.embedded import EmbeddedStore
 from mailstore.message import utcnow
 from mailstore.retention import acquire_lease
 from tests.conftest import ServiceFactory
+from tests.support.metrics import sample
 from tests.support.smtp import wait_for
 
 
@@ -48,8 +50,11 @@ def test_expired_mail_leaves_the_store_file_with_no_reader(
         receiver = make_receiver(mongodb_uri=uri)
         assert wait_for(lambda: rows_on_disk(database, "old") == 0, timeout=30)
         assert rows_on_disk(database, "new") == 5
-        # (Counted by floodgate_messages_expired_total where our deletes did the work; the
-        # embedded store may drop them itself as soon as the sweeper's query reads them.)
+        # Counted: the sweeper deletes without reading first, so the embedded store's
+        # lazy expiry (on any read) does not take the deletions from under the counter.
+        expired = sample(receiver.http_url, "floodgate_messages_expired_total")
+        assert expired == 60, expired
+        assert "event=retention_swept deleted=60" in receiver.log()
         assert receiver.alive()
     finally:
         store.stop()

@@ -1,4 +1,4 @@
-from receiver.accountant import ConnectionCounts, HitCounter, RateTable, TemporaryBans
+from receiver.accountant import ConnectionCounts, HitCounter, RateTable
 
 
 class Clock:
@@ -50,12 +50,3 @@ def test_hits_expire_with_the_window() -> None:
     assert [hits.hit("k") for _ in range(3)] == [1, 2, 3]
     clock.now += 61
     assert hits.hit("k") == 1
-
-
-def test_temporary_bans_expire() -> None:
-    clock = Clock()
-    bans = TemporaryBans(capacity=10, clock=clock)
-    bans.ban("k", 30)
-    assert bans.banned("k") and not bans.banned("other")
-    clock.now += 31
-    assert not bans.banned("k") and len(bans) == 0

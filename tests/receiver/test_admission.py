@@ -4,6 +4,7 @@ import pytest
 
 from receiver import admission, replies
 from receiver.admission import Admission
+from receiver.keys import client_key
 from receiver.limits import DEFAULTS, Limits
 
 
@@ -67,28 +68,93 @@ def test_stress_turns_on_at_threshold_and_off_with_hysteresis() -> None:
     assert seen == [True, False]
 
 
-def test_client_that_keeps_hitting_limits_is_banned_once() -> None:
-    bans: list[tuple[str, str, float]] = []
-    judge = Admission(
-        limits(max_connections_per_ip=1, autoban_threshold=3, autoban_ttl=60),
-        clock=Clock(),
-        on_ban=lambda key, reason, ttl: bans.append((key, reason, ttl)),
+class Blocklist:
+    """The blocklist as admission sees it: the one home of every ban (fake clock)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.entries: dict[str, float] = {}
+        self.changes = 0
+        self.bans: list[tuple[str, str, float]] = []
+
+    def ban(self, key: str, reason: str, ttl: float) -> None:
+        self.bans.append((key, reason, ttl))
+        self.entries[key] = self.clock.now + ttl
+        self.changes += 1
+
+    def remove(self, key: str) -> None:
+        del self.entries[key]
+        self.changes += 1
+
+    def is_blocked(self, ip: str) -> bool:
+        return self.entries.get(client_key(ip), 0.0) > self.clock.now
+
+    def judge(self, limits: Limits, **hooks: object) -> Admission:
+        return Admission(
+            limits,
+            is_blocked=self.is_blocked,
+            generation=lambda: self.changes,
+            clock=self.clock,
+            on_ban=self.ban,
+            **hooks,  # type: ignore[arg-type]
+        )
+
+
+def test_client_that_keeps_connecting_while_refused_is_banned_once() -> None:
+    blocklist = Blocklist(Clock())
+    judge = blocklist.judge(
+        limits(max_connections_per_ip=1, autoban_refusal_threshold=3, autoban_ttl=60)
     )
     judge.connect("192.0.2.9")
     for _ in range(3):
         assert judge.connect("192.0.2.9")[1] is admission.PER_IP_CAP
-    assert bans == [("192.0.2.9", "per_ip_cap", 60)]
+    assert blocklist.bans == [("192.0.2.9", "per_ip_cap", 60)]
     judge.release("192.0.2.9")
-    assert judge.connect("192.0.2.9")[1] is admission.AUTOBANNED
+    assert judge.connect("192.0.2.9")[1] is admission.BLOCKED
+
+
+def test_rate_deferrals_never_lead_to_a_ban() -> None:
+    blocklist = Blocklist(Clock())
+    judge = blocklist.judge(limits(message_rate=1, recipient_rate=1, autoban_threshold=2))
+    deferrals = [judge.mail("192.0.2.8") for _ in range(500)]
+    deferrals += [judge.rcpt("192.0.2.8") for _ in range(500)]
+    assert deferrals.count(admission.MESSAGE_RATE) == 499
+    assert deferrals.count(admission.RECIPIENT_RATE) == 499
+    assert blocklist.bans == [] and judge.connect("192.0.2.8")[1] is None
+
+
+def test_violations_ban_at_the_threshold_within_the_window() -> None:
+    clock = Clock()
+    blocklist = Blocklist(clock)
+    judge = blocklist.judge(limits(autoban_threshold=3, autoban_window=60))
+    assert not judge.violation("192.0.2.7", "pregreet")
+    assert not judge.violation("192.0.2.7", "pregreet")
+    clock.now += 61  # the window passed: counting starts again
+    assert not judge.violation("192.0.2.7", "pregreet")
+    assert not judge.violation("192.0.2.7", "improper_pipelining")
+    assert judge.violation("192.0.2.7", "bare_newline")
+    assert blocklist.bans == [("192.0.2.7", "bare_newline", DEFAULTS.autoban_ttl)]
+
+
+def test_an_unban_in_the_blocklist_is_an_unban() -> None:
+    clock = Clock()
+    blocklist = Blocklist(clock)
+    judge = blocklist.judge(limits(autoban_threshold=1, autoban_ttl=30))
+    generation = judge.generation()
+    judge.violation("192.0.2.6", "pregreet")
+    assert judge.connect("192.0.2.6")[1] is admission.BLOCKED
+    assert judge.generation() != generation and judge.banned("192.0.2.6") is admission.BLOCKED
+    blocklist.remove("192.0.2.6")  # the operator's unban: nothing else remembers the ban
+    assert judge.connect("192.0.2.6")[1] is None and judge.banned("192.0.2.6") is None
 
 
 def test_autoban_expires() -> None:
     clock = Clock()
-    judge = Admission(limits(message_rate=1, autoban_threshold=2, autoban_ttl=30), clock=clock)
-    judge.mail("k")
-    judge.mail("k")
-    judge.mail("k")
-    assert judge.connect("k")[1] is admission.AUTOBANNED
+    blocklist = Blocklist(clock)
+    judge = blocklist.judge(limits(autoban_threshold=2, autoban_ttl=30))
+    judge.violation("k", "pregreet")
+    judge.violation("k", "pregreet")
+    assert judge.connect("k")[1] is admission.BLOCKED
     clock.now += 31
     assert judge.connect("k")[1] is None
 
@@ -128,11 +194,10 @@ def test_allowlisted_clients_skip_rates_and_bans_but_keep_their_own_cap() -> Non
     assert all(admission.mail("192.0.2.50", allowed=True) is None for _ in range(50))
     assert all(admission.rcpt("192.0.2.50", allowed=True) is None for _ in range(50))
     for _ in range(10):
-        assert not admission.hit("192.0.2.50", "too_many_errors", allowed=True)
-    admission.bans.ban("192.0.2.50", 3600)  # a ban from before it was allowlisted
+        assert not admission.violation("192.0.2.50", "too_many_errors", allowed=True)
     for _ in range(3):
         admission.release("192.0.2.50")
-    assert admission.connect("192.0.2.50")[1] is None  # automatic bans do not apply
+    assert admission.connect("192.0.2.50")[1] is None
     assert admission.connect("192.0.2.51")[1] is None
     assert admission.connect("192.0.2.51")[1] is not None  # its neighbour: cap of 1
 
@@ -142,3 +207,18 @@ def test_an_explicit_blocklist_entry_wins_over_the_allowlist_and_is_named() -> N
     _, refusal = admission.connect("192.0.2.60")
     assert refusal is not None and refusal.reason == "blocked_allowlisted"
     assert refusal.reply == replies.BLOCKED
+
+
+def test_admission_judges_by_the_accountant_it_is_given() -> None:
+    """Two judges sharing one accountant see one client's connections as one count."""
+    from receiver.accountant import Accountant
+
+    clock = Clock()
+    shared = Accountant.local(300, 1000, clock)
+    first = Admission(limits(max_connections_per_ip=2), clock=clock, accountant=shared)
+    second = Admission(limits(max_connections_per_ip=2), clock=clock, accountant=shared)
+    assert first.connect("192.0.2.70")[1] is None
+    assert second.connect("192.0.2.70")[1] is None
+    assert first.connect("192.0.2.70")[1] is admission.PER_IP_CAP
+    alone = Admission(limits(max_connections_per_ip=2), clock=clock)
+    assert alone.connect("192.0.2.70")[1] is None  # its own counts

@@ -4,6 +4,8 @@ import pytest
 
 from floodgate.logs import DedupFilter
 from receiver.events import SummaryLog
+from tests.conftest import ServiceFactory
+from tests.support.smtp import RawClient, wait_for
 
 
 class Clock:
@@ -36,3 +38,27 @@ def test_identical_log_lines_are_suppressed_and_counted(caplog: pytest.LogCaptur
     ]
     passed = [r for r in records if dedup.filter(r)]
     assert len(passed) == 1
+
+
+def test_session_end_summaries_name_the_heaviest_clients(make_receiver: ServiceFactory) -> None:
+    """Idle timeouts from three addresses: the summary line names them, heaviest first
+    (it said `top=-:6`, every session end under one anonymous key)."""
+    receiver = make_receiver(idle_timeout="1", log_summary_interval="1")
+    clients = [
+        RawClient(receiver.host, receiver.port, source=f"127.0.37.{n}")
+        for n, count in ((1, 3), (2, 2), (3, 1))
+        for _ in range(count)
+    ]
+    for client in clients:
+        assert client.reply().code == 220
+    for client in clients:
+        assert client.reply().code == 421  # the idle deadline
+
+    def summary() -> str:
+        lines = receiver.log().splitlines()
+        return next((line for line in lines if "event=idle_timeout" in line), "")
+
+    assert wait_for(lambda: summary() != "", timeout=15), receiver.log()
+    line = summary()
+    assert "count=6 clients=3" in line, line
+    assert 'top="127.0.37.1:3 127.0.37.2:2 127.0.37.3:1"' in line, line

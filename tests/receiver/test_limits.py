@@ -231,8 +231,12 @@ def test_abnormal_disconnects_never_leak_connection_slots(make_receiver: Service
     assert RawClient(receiver.host, receiver.port).hello().code == 250
 
 
-def test_client_that_keeps_hitting_limits_is_autobanned(make_receiver: ServiceFactory) -> None:
-    receiver = make_receiver(max_connections_per_ip="1", autoban_threshold="3", idle_timeout="30")
+def test_client_that_keeps_connecting_while_refused_is_autobanned(
+    make_receiver: ServiceFactory,
+) -> None:
+    receiver = make_receiver(
+        max_connections_per_ip="1", autoban_refusal_threshold="3", idle_timeout="30"
+    )
     holder = RawClient(receiver.host, receiver.port, source="127.0.0.10")
     assert holder.reply().code == 220
     for _ in range(3):

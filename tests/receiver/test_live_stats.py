@@ -70,6 +70,21 @@ def test_windows_slide() -> None:
     assert stats.refused_total == 51 and stats.stored_total == 1
 
 
+def test_connections_are_a_measure_of_their_own() -> None:
+    now = [1000.0]
+    stats = LiveStats(clock=lambda: now[0])
+    for _ in range(60):  # connect and close: never refused, never a message
+        stats.record_connection("203.0.113.20")
+    stats.record_connection("192.0.2.1")
+    one = stats.window(6)
+    assert one["connections"] == [["203.0.113.20", 60], ["192.0.2.1", 1]]
+    assert one["refusals"] == [] and one["messages"] == []
+    assert one["error_bound"]["connections"] == 0
+    now[0] += 120
+    assert stats.window(6)["connections"] == []
+    assert stats.window(30)["connections"][0] == ["203.0.113.20", 60]
+
+
 def test_the_snapshot_stays_small_with_many_clients() -> None:
     now = [1000.0]
     stats = LiveStats(clock=lambda: now[0])
@@ -79,6 +94,9 @@ def test_the_snapshot_stays_small_with_many_clients() -> None:
             stats.record_refusal(f"10.0.{second}.{n}", "connection_rate")
         for _ in range(5):  # 2.4 % of all refusals: a heavy hitter in every bucket
             stats.record_refusal("198.51.100.7", "blocked")
+            stats.record_connection("198.51.100.8")
+        for n in range(200):
+            stats.record_connection(f"10.2.{second}.{n}")
     open_counts = {f"10.1.{n // 250}.{n % 250}": 1 + n % 3 for n in range(10_000)}
     document = snapshot(
         stats,
@@ -96,6 +114,9 @@ def test_the_snapshot_stays_small_with_many_clients() -> None:
     key, count = five["refusals"][0]
     assert key == "198.51.100.7"
     assert 1500 - five["error_bound"]["refusals"] <= count <= 1500
+    key, count = five["connections"][0]
+    assert key == "198.51.100.8"
+    assert 1500 - five["error_bound"]["connections"] <= count <= 1500
     assert document["top_open"][0][1] == 3
 
 

@@ -30,7 +30,7 @@ def test_receiver_started_with_the_store_down_listens_at_once_and_indexes_later(
     store.stop()  # down: same port, started again below
     try:
         started = time.monotonic()
-        receiver = make_receiver(mongodb_uri=uri, store_timeout="1")
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1", spool="false")
         with socket.create_connection((receiver.host, receiver.port), timeout=5):
             pass
         assert time.monotonic() - started < 4  # it waited ~6 s for index creation before
@@ -52,7 +52,7 @@ def test_receiver_started_with_the_store_down_listens_at_once_and_indexes_later(
 def test_readiness_follows_failing_writes_and_comes_back_with_the_store(
     make_receiver: ServiceFactory, store_fault: FaultProxy
 ) -> None:
-    receiver = make_receiver(mongodb_uri=store_fault.uri, store_timeout="1")
+    receiver = make_receiver(mongodb_uri=store_fault.uri, store_timeout="1", spool="false")
     assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
     store_fault.set_mode("stall")  # the server still accepts connections; no write completes
     client = RawClient(receiver.host, receiver.port, timeout=30)

@@ -79,7 +79,7 @@ def test_tls_1_1_and_older_are_refused(receiver: ServiceProcess) -> None:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
 def test_openssl_s_client_negotiates_tls_1_3(receiver: ServiceProcess) -> None:
-    result = subprocess.run(
+    with subprocess.Popen(
         [
             "openssl",
             "s_client",
@@ -94,15 +94,29 @@ def test_openssl_s_client_negotiates_tls_1_3(receiver: ServiceProcess) -> None:
             "-nocommands",  # "QUIT" is sent, not taken as s_client's own Q command
             "-ign_eof",
         ],
-        input=b"EHLO client.test\nQUIT\n",
-        capture_output=True,
-        timeout=30,
-    )
-    session, report = result.stdout.decode(errors="replace"), result.stderr.decode()
-    assert "Protocol version: TLSv1.3" in report, report
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            # EHLO ends a group (RFC 2920 3.1): QUIT goes only once its reply is in.
+            process.stdin.write(b"EHLO client.test\n")
+            process.stdin.flush()
+            session = b""
+            deadline = time.monotonic() + 20
+            while b"250 " not in session and time.monotonic() < deadline:
+                session += process.stdout.readline()
+            process.stdin.write(b"QUIT\n")
+            rest, report = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    dialogue = (session + rest).decode(errors="replace")
+    assert "Protocol version: TLSv1.3" in report.decode(), report
     # stdout is the dialogue inside TLS: EHLO again, no STARTTLS offered any more.
-    assert "250-PIPELINING" in session and "STARTTLS" not in session, session
-    assert "221 2.0.0" in session, session
+    assert "250-PIPELINING" in dialogue and "STARTTLS" not in dialogue, dialogue
+    assert "221 2.0.0" in dialogue, dialogue
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks missing")
@@ -154,40 +168,132 @@ def test_commands_pipelined_after_starttls_are_never_run(
     assert mongo[db_name]["messages"].count_documents({}) == 0
 
 
-def test_a_stalled_handshake_is_cut_at_its_deadline(make_receiver: ServiceFactory) -> None:
-    receiver = make_receiver(tls_handshake_timeout="1")
+def client_hello() -> bytes:
+    """The bytes of a real ClientHello (the first flight of Python's TLS client)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = insecure_context().wrap_bio(incoming, outgoing, server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def stalled_after_hello(receiver: ServiceProcess, source: str) -> RawClient:
+    """A client that says STARTTLS, sends its ClientHello, and then nothing."""
+    client = RawClient(receiver.host, receiver.port, source=source)
+    client.hello()
+    assert client.cmd("STARTTLS").code == 220
+    client.send(client_hello())
+    return client
+
+
+def test_silence_after_starttls_is_cut_at_the_hello_deadline(
+    make_receiver: ServiceFactory,
+) -> None:
+    receiver = make_receiver(tls_hello_timeout="1")
     client = RawClient(receiver.host, receiver.port)
     client.hello()
     assert client.cmd("STARTTLS").code == 220
     started = time.monotonic()
     assert client.closed_by_server(timeout=6)
     assert 0.8 <= time.monotonic() - started < 4
+    assert handshakes(receiver, "no_hello")
+
+
+def test_a_stalled_handshake_is_cut_at_its_deadline(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(tls_handshake_timeout="1")
+    client = stalled_after_hello(receiver, "127.0.0.2")
+    started = time.monotonic()
+    assert client.closed_by_server(timeout=6)
+    assert 0.8 <= time.monotonic() - started < 4
     assert handshakes(receiver, "timeout")
 
 
-def test_the_handshake_budget_refuses_cheaply_and_stops_offering(
+def test_half_open_starttls_from_16_addresses_holds_no_handshake_slot(
+    make_receiver: ServiceFactory, mongo: Mongo, db_name: str
+) -> None:
+    """64 sockets that say STARTTLS and then nothing (16 addresses x 4, the cap's worth)
+    once switched STARTTLS off for everyone for the 10 s timeout. A slot is now taken only
+    by a complete ClientHello: a legitimate client keeps STARTTLS and its TLS."""
+    receiver = make_receiver(tls_max_handshakes="64", tls_hello_timeout="30")
+    silent = []
+    for n in range(16):
+        for _ in range(4):
+            client = RawClient(receiver.host, receiver.port, source=f"127.0.41.{n + 1}")
+            client.hello()
+            assert client.cmd("STARTTLS").code == 220
+            silent.append(client)
+    legit = RawClient(receiver.host, receiver.port, source="127.0.42.1")
+    assert "STARTTLS" in legit.hello().lines
+    assert legit.starttls().code == 220
+    assert "STARTTLS" not in legit.cmd("EHLO client.test").lines  # inside TLS now
+    reply = send_message(legit, "a@sender.example", ["tls@mx.test"], BODY)
+    assert reply.code == 250
+    assert all(not client.closed_by_server(timeout=0.01) for client in silent)  # still open
+    for client in silent:
+        client.close()
+    assert handshakes(receiver, "ok", "TLSv1.3") == 1
+
+
+def test_a_hello_that_finds_every_slot_busy_waits_for_one_instead_of_a_refusal(
     make_receiver: ServiceFactory,
 ) -> None:
     receiver = make_receiver(
-        tls_max_handshakes="2", tls_max_handshakes_per_ip="1", tls_handshake_rate="3"
+        tls_max_handshakes="2", tls_handshake_timeout="1", tls_hello_timeout="4"
     )
-    stalled = []
-    for source in ("127.0.0.2", "127.0.0.3"):
-        client = RawClient(receiver.host, receiver.port, source=source)
-        client.hello()
-        assert client.cmd("STARTTLS").code == 220  # and then silence: a slot held
-        stalled.append(client)
-    # Every slot is taken: EHLO stops offering STARTTLS, and STARTTLS is 454.
-    third = RawClient(receiver.host, receiver.port, source="127.0.0.4")
-    assert "STARTTLS" not in third.hello().lines
-    reply = third.cmd("STARTTLS")
-    assert reply.code == 454 and reply.lines[0].startswith("4.7.0"), reply
-    assert send_message(third, "a@sender.example", ["plain@mx.test"], BODY).code == 250
-    assert handshakes(receiver, "refused_busy")
-    for client in stalled:
+    stalled = [stalled_after_hello(receiver, f"127.0.43.{n}") for n in (1, 2)]
+    time.sleep(0.2)  # both slots held by complete hellos that never finish
+    client = RawClient(receiver.host, receiver.port, source="127.0.43.3")
+    assert "STARTTLS" in client.hello().lines  # offered though every slot is busy
+    started = time.monotonic()
+    assert client.starttls().code == 220  # handshake done once a stalled one timed out
+    assert 0.3 <= time.monotonic() - started < 3.5
+    assert client.cmd("EHLO client.test").code == 250
+    assert send_message(client, "a@sender.example", ["wait@mx.test"], BODY).code == 250
+    assert all(stall.closed_by_server(timeout=3) for stall in stalled)
+    assert handshakes(receiver, "timeout") == 2
+
+
+def test_a_hello_that_finds_no_slot_within_the_deadline_is_closed_uncounted(
+    make_receiver: ServiceFactory,
+) -> None:
+    receiver = make_receiver(
+        tls_max_handshakes="1",
+        tls_handshake_timeout="5",
+        tls_hello_timeout="1",
+        autoban_threshold="1",
+    )
+    stalled = stalled_after_hello(receiver, "127.0.44.1")
+    time.sleep(0.2)
+    waiting = stalled_after_hello(receiver, "127.0.44.2")
+    assert waiting.closed_by_server(timeout=4)
+    assert handshakes(receiver, "busy") == 1
+    # Not its fault: no violation, so no ban at a threshold of one.
+    assert RawClient(receiver.host, receiver.port, source="127.0.44.2").reply().code == 220
+    stalled.close()
+
+
+def test_per_client_and_per_network_handshake_caps(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(
+        tls_max_handshakes_per_ip="1",
+        tls_max_handshakes_per_network="2",
+        tls_handshake_timeout="2",
+        tls_hello_timeout="0.5",
+    )
+    held = stalled_after_hello(receiver, "127.0.45.1")
+    second = stalled_after_hello(receiver, "127.0.45.1")  # same client: waits, then closed
+    other = stalled_after_hello(receiver, "127.0.45.2")  # same /24: the network's second slot
+    third = stalled_after_hello(receiver, "127.0.45.3")  # the /24 is full
+    assert second.closed_by_server(timeout=2) and third.closed_by_server(timeout=2)
+    assert handshakes(receiver, "busy") == 2
+    elsewhere = RawClient(receiver.host, receiver.port, source="127.0.46.1")  # another /24
+    elsewhere.hello()
+    assert elsewhere.starttls().code == 220
+    for client in (held, other):
         client.close()
-    time.sleep(0.3)
-    # The per-client rate: 3 per minute.
+
+
+def test_the_handshake_rate_is_per_client_and_answers_454(make_receiver: ServiceFactory) -> None:
+    receiver = make_receiver(tls_handshake_rate="3")
     rated = 0
     for _ in range(5):
         client = RawClient(receiver.host, receiver.port, source="127.0.0.5")

@@ -20,6 +20,7 @@ from typing import Any
 from mailstore.errors import StoreError
 from mailstore.message import IncomingMessage
 from receiver.admission import Admission
+from receiver.delivery import Delivery
 from receiver.limits import DEFAULTS, Limits
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
 
@@ -110,12 +111,16 @@ class FakeSink:
         self.fail: Exception | None = None
         self.gate: asyncio.Event | None = None
 
-    async def insert(self, message: IncomingMessage) -> None:
+    async def insert(self, message: IncomingMessage) -> str:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
+        for stored in self.messages:  # the store's unique fingerprint index
+            if message.fingerprint and stored.fingerprint == message.fingerprint:
+                return stored.id
         self.messages.append(message)
+        return message.id
 
 
 class FakeEvents:
@@ -133,7 +138,7 @@ class FakeEvents:
     def on_refused(self, key: str, reason: str) -> None:
         self.refused[reason] += 1
 
-    def on_session_closed(self, reason: str) -> None:
+    def on_session_closed(self, reason: str, key: str) -> None:
         self.closed[reason] += 1
 
     def on_message(self, outcome: str) -> None:
@@ -215,13 +220,20 @@ class Harness:
         self.clock = FakeClock()
         self.sink = FakeSink()
         self.events = FakeEvents()
-        self.admission = Admission(limits, clock=self.clock.time)
+        self.blocked: set[str] = set()  # the blocklist: change it through block()
+        self.blocklist_changes = 0
+        self.admission = Admission(
+            limits,
+            is_blocked=self.blocked.__contains__,
+            generation=lambda: self.blocklist_changes,
+            clock=self.clock.time,
+        )
         self.budget = MemoryBudget(limits.max_data_memory)
         self.context = SessionContext(
             hostname="mx.test",
             domains=domains,
             admission=self.admission,
-            sink=self.sink,
+            delivery=Delivery(self.sink, self.events, self.clock),  # type: ignore[arg-type]
             events=self.events,
             budget=self.budget,
             clock=self.clock,  # type: ignore[arg-type]
@@ -242,6 +254,11 @@ class Harness:
         session = Session(self.context, self.wire, key, ip)
         session.connection_made(transport)  # type: ignore[arg-type]
         return Client(self, session, transport)
+
+    def block(self, ip: str) -> None:
+        """An entry reaching the receiver's blocklist (from any receiver or the API)."""
+        self.blocked.add(ip)
+        self.blocklist_changes += 1
 
     @property
     def open_connections(self) -> int:

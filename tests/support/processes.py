@@ -76,8 +76,11 @@ def start_service(
     *,
     host: str = "127.0.0.1",
     wait: bool = True,
+    wrapper: tuple[str, ...] = (),
 ) -> ServiceProcess:
-    """Start `python -m floodgate <role>` and wait until its /healthz answers."""
+    """Start `python -m floodgate <role>` and wait until its /healthz answers.
+
+    `wrapper` runs before it (e.g. `unshare` giving the process a mount of its own)."""
     port = free_port(host)
     http_port = free_port()  # health and API stay on 127.0.0.1
     while http_port == port:  # two picks of a free port can coincide
@@ -101,7 +104,7 @@ def start_service(
     log_path = workdir / f"{role}-{port}.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "floodgate", role],
+            [*wrapper, sys.executable, "-m", "floodgate", role],
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,

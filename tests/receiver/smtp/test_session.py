@@ -109,6 +109,73 @@ def test_quit_closes_and_is_counted_as_quit() -> None:
 # --- hygiene: synchronisation and bare line ends ------------------------------------
 
 
+@pytest.mark.parametrize(
+    "hello, pipelined",
+    [
+        (None, b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\n"),
+        (None, b"HELO client.test\r\nMAIL FROM:<a@example.org>\r\n"),
+        (None, b"NOOP\r\nEHLO client.test\r\n"),  # nothing offered PIPELINING yet
+        ("EHLO client.test", b"NOOP\r\nNOOP\r\n"),
+        ("EHLO client.test", b"VRFY a\r\nRSET\r\n"),
+        ("EHLO client.test", b"QUIT\r\nNOOP\r\n"),
+        # A HELO client was never offered PIPELINING: no group at all.
+        ("HELO client.test", b"MAIL FROM:<a@example.org>\r\nRCPT TO:<box@mx.test>\r\n"),
+        # DATA refused (no recipient): what follows it is still not a command.
+        ("EHLO client.test", b"DATA\r\nSubject: smuggled\r\n\r\nhi\r\n.\r\n"),
+        ("EHLO client.test", b"MAIL FROM:<a@example.org>\r\nDATA\r\nRSET\r\n"),
+    ],
+)
+def test_input_after_a_command_that_ends_a_group_is_refused_and_closes(
+    hello: str | None, pipelined: bytes
+) -> None:
+    harness = Harness()
+    client = harness.connect()
+    if hello is not None:
+        assert client.codes()[-1] == 220 and client.send(hello) == [250]
+    client.new()
+    client.feed(pipelined)
+    assert client.codes()[-1] == 554 and client.replies()[-1].startswith(b"554 5.5.0")
+    assert client.closed and not harness.sink.messages
+    assert harness.events.refused["improper_pipelining"] == 1
+
+
+async def test_a_group_ended_by_data_and_the_dot_then_quit_are_pipelining_done_right() -> None:
+    harness = Harness()
+    client = ready(harness)
+    client.feed(
+        b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\n"
+    )
+    assert client.codes()[-4:] == [250, 250, 250, 354]
+    client.feed(b"Subject: ok\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+    await settle()
+    assert client.codes()[-2:] == [250, 221] and len(harness.sink.messages) == 1
+
+
+@pytest.mark.parametrize("first", [b" ", b"\t"])
+async def test_content_starting_with_white_space_cannot_continue_our_trace_line(
+    first: bytes,
+) -> None:
+    harness = Harness()
+    client = ready(harness)
+    envelope(client)
+    client.feed(first + b"by evil.example; forged hop\r\nSubject: x\r\n\r\nhi\r\n.\r\n")
+    await settle()
+    assert client.codes() == [554]
+    assert client.replies()[-1] + b"\r\n" == replies.FOLDED_START.wire
+    assert not harness.sink.messages and not client.closed
+    assert client.send("RSET") == [250]
+
+
+async def test_a_session_ends_at_its_next_command_once_its_client_is_blocked() -> None:
+    harness = Harness()
+    client = ready(harness)
+    other = ready(harness, "192.0.2.2")
+    harness.block("192.0.2.1")
+    assert client.send("NOOP") == [554] and client.closed
+    assert other.send("NOOP") == [250] and not other.closed
+    assert harness.events.refused["blocked"] == 1
+
+
 def test_content_sent_before_the_354_is_improper_pipelining() -> None:
     harness = Harness()
     client = ready(harness)
@@ -366,7 +433,7 @@ def test_junk_commands_and_errors_and_commands_have_budgets() -> None:
     junk = ready(Harness(junk_command_limit=3))
     assert [junk.send("NOOP") for _ in range(4)] == [[250], [250], [250], [421]]
     errors = ready(Harness(hard_error_limit=2))
-    errors.feed(b"DATA\r\nDATA\r\nDATA\r\nNOOP\r\n")
+    errors.feed(b"RCPT TO:<a@mx.test>\r\n" * 3 + b"NOOP\r\n")
     assert errors.codes() == [503, 503, 503, 421] and errors.closed
     commands = ready(Harness(max_commands=10, junk_command_limit=100))
     codes = [code for _ in range(12) for code in commands.send("NOOP")]
@@ -429,7 +496,7 @@ async def test_input_held_while_storing_is_bounded_by_pausing_the_transport() ->
     envelope(client)
     client.feed(b"x\r\n.\r\n")
     for _ in range(10):
-        client.feed(b"NOOP\r\n" * 2000)  # 12 KB a read, nothing answered yet
+        client.feed(b"RSET\r\n" * 2000)  # 12 KB a read, nothing answered yet
     assert not client.transport.reading
     harness.sink.gate.set()
     await settle()
@@ -518,31 +585,26 @@ def test_a_proxy_that_stalls_or_sends_garbage_is_dropped_and_released(wait: byte
 # --- exactly once across sender retries ----------------------------------------------
 
 
-async def test_a_retry_after_an_unknown_outcome_reuses_the_id_and_a_new_message_does_not() -> None:
+async def test_a_retry_of_a_message_stored_after_all_is_answered_with_the_first_id() -> None:
     harness = Harness()
     client = ready(harness)
     harness.sink.fail = StoreError("not durable within 5s")  # the write may still land
     envelope(client)
     client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")
     await settle()
-    assert client.codes() == [451]
-    harness.events.down = True  # a retry while the store is known down: 451 at once
-    envelope(client)
-    client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")
-    await settle()
-    assert client.codes() == [451]
-    harness.events.down = False
+    assert client.codes() == [451]  # no spool here: the sender retries
     harness.sink.fail = None
     envelope(client)
-    client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")  # the sender's retry, byte for byte
+    client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")  # the retry, byte for byte
     await settle()
     [first] = harness.sink.messages
     assert client.new() == [f"250 2.0.0 Ok: queued as {first.id}".encode()]
     envelope(client)
-    client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")  # stored already: now a new message
+    client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")  # again: the same message, one copy
     await settle()
-    assert client.codes() == [250] and harness.sink.messages[1].id != first.id
+    assert client.new() == [f"250 2.0.0 Ok: queued as {first.id}".encode()]
+    assert len(harness.sink.messages) == 1
     envelope(client, rcpt="other@mx.test")
     client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")  # other envelope, other message
     await settle()
-    assert len({m.id for m in harness.sink.messages}) == 3
+    assert len({m.id for m in harness.sink.messages}) == 2

@@ -1,0 +1,70 @@
+"""`floodgate spool replay --dir`: a spool copied off a lost MX host, pushed into the store
+once, however often it is run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+
+from receiver.spool import Spool, segment_paths
+from tests.receiver.test_spool import message
+from tests.support.processes import clean_environ
+
+
+async def _spool_of(directory: Path, count: int) -> list[str]:
+    spool = Spool(directory, max_bytes=1 << 30, min_free=0)
+    spool.open()
+    spool.start()
+    messages = [message(n) for n in range(count)]
+    try:
+        for m in messages:
+            await spool.append(m)
+    finally:
+        await spool.close()
+    return [m.id for m in messages]
+
+
+def _floodgate(store_env: dict[str, str], tmp_path: Path, *args: str) -> Any:
+    env = {**clean_environ(), **store_env, "FLOODGATE_DATA_DIR": str(tmp_path / "data")}
+    return subprocess.run(
+        [sys.executable, "-m", "floodgate", "spool", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_a_copied_spool_is_replayed_once_however_often_it_is_run(
+    store_env: dict[str, str],
+    mongo: MongoClient[dict[str, Any]],
+    db_name: str,
+    tmp_path: Path,
+) -> None:
+    copied = tmp_path / "mx3-spool"
+    ids = await _spool_of(copied, 30)
+    status = _floodgate(store_env, tmp_path, "status", "--dir", str(copied))
+    assert status.returncode == 0 and status.stdout.startswith("30 messages"), status
+    # A second copy of the same spool (say, restored twice): still one document each.
+    twin = tmp_path / "mx3-spool-again"
+    twin.mkdir()
+    for path in segment_paths(copied):
+        (twin / path.name).write_bytes(path.read_bytes())
+
+    first = _floodgate(store_env, tmp_path, "replay", "--dir", str(copied))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("30 in the store") and "0 left" in first.stdout, first
+    again = _floodgate(store_env, tmp_path, "replay", "--dir", str(twin))
+    assert again.returncode == 0 and again.stdout.startswith("30 in the store"), again
+    messages = mongo[db_name]["messages"]
+    assert sorted(d["_id"] for d in messages.find({}, {"_id": 1})) == sorted(ids)
+    assert segment_paths(copied) == [] and segment_paths(twin) == []
+
+
+def test_replay_without_a_spool_says_so(store_env: dict[str, str], tmp_path: Path) -> None:
+    done = _floodgate(store_env, tmp_path, "replay", "--dir", str(tmp_path / "nothing"))
+    assert done.returncode == 2 and "no spool directory" in done.stderr

@@ -1,0 +1,102 @@
+"""The screen's DNS client against a real DNS server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from receiver.resolver import PTR, A, Resolver, decode_answer, encode_query, system_servers
+from tests.support.dnsserver import GARBAGE, SERVFAIL, TIMEOUT, DnsServer, Record, closed_port
+
+
+async def _resolver(port: int, **kw: int) -> Resolver:
+    resolver = Resolver(
+        (("127.0.0.1", port),),
+        max_in_flight=kw.get("max_in_flight", 100),
+        rate=kw.get("rate", 1000),
+    )
+    await resolver.open()
+    return resolver
+
+
+async def test_each_outcome_is_told_apart() -> None:
+    records = {
+        "a.test": Record.a("127.0.0.2", "127.0.0.4"),
+        "fail.test": SERVFAIL,
+        "silent.test": TIMEOUT,
+        "junk.test": GARBAGE,
+        "4.3.2.1.in-addr.arpa": Record.ptr("mail.sender.test"),
+    }
+    with DnsServer(records) as dns:
+        resolver = await _resolver(dns.port)
+        try:
+            answers = await asyncio.gather(
+                resolver.lookup("a.test", A, 1.0),
+                resolver.lookup("none.test", A, 1.0),
+                resolver.lookup("fail.test", A, 1.0),
+                resolver.lookup("silent.test", A, 0.2),
+                resolver.lookup("junk.test", A, 1.0),
+                resolver.lookup("4.3.2.1.in-addr.arpa", PTR, 1.0),
+            )
+        finally:
+            resolver.close()
+    assert [a.outcome for a in answers] == [
+        "answer",
+        "nxdomain",
+        "servfail",
+        "timeout",
+        "garbage",
+        "answer",
+    ]
+    assert answers[0].values == ("127.0.0.2", "127.0.0.4")
+    assert answers[5].values == ("mail.sender.test",)
+    assert 0.15 < answers[3].seconds < 0.5
+
+
+async def test_a_dead_server_costs_the_timeout_and_no_more() -> None:
+    resolver = await _resolver(closed_port())
+    try:
+        started = time.monotonic()
+        answer = await resolver.lookup("x.test", A, 0.3)
+        assert answer.outcome == "timeout"
+        assert time.monotonic() - started < 0.6
+        assert resolver.in_flight == 0
+    finally:
+        resolver.close()
+
+
+async def test_past_the_caps_lookups_are_not_sent_and_say_so_at_once() -> None:
+    with DnsServer({"slow.test": Record.a("127.0.0.2", delay=0.3)}) as dns:
+        resolver = await _resolver(dns.port, max_in_flight=2, rate=1000)
+        try:
+            futures = [resolver.lookup("slow.test", A, 1.0) for _ in range(3)]
+            assert futures[2].done() and futures[2].result().outcome == "throttled"
+            await asyncio.gather(*futures)
+        finally:
+            resolver.close()
+        resolver = await _resolver(dns.port, max_in_flight=100, rate=3)
+        try:
+            outcomes = [(await resolver.lookup("a.test", A, 1.0)).outcome for _ in range(4)]
+        finally:
+            resolver.close()
+    assert outcomes == ["nxdomain", "nxdomain", "nxdomain", "throttled"]
+
+
+def test_an_answer_to_another_question_is_garbage() -> None:
+    query = encode_query(7, "a.test", A)
+    response = bytearray(query)
+    response[2] |= 0x80  # QR: a response, but to a.test
+    assert decode_answer(bytes(response), "b.test", A).outcome == "garbage"
+    assert decode_answer(bytes(response), "a.test", A).outcome == "nxdomain"  # no records
+    assert decode_answer(query, "a.test", A).outcome == "garbage"  # not a response
+
+
+def test_compression_loops_are_garbage_not_a_hang() -> None:
+    header = b"\x00\x07\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00"
+    looping = header + b"\xc0\x0c" + b"\x00\x01\x00\x01"
+    assert decode_answer(looping, "a.test", A).outcome == "garbage"
+
+
+def test_system_servers_come_from_nameserver_lines() -> None:
+    text = "# comment\nsearch x\nnameserver 10.0.0.53\nnameserver fe80::1%eth0\n"
+    assert system_servers(text) == (("10.0.0.53", 53), ("fe80::1", 53))

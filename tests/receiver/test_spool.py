@@ -1,0 +1,410 @@
+"""The local spool: records that survive torn writes and corruption, and a real receiver that
+keeps taking mail while its store is away, then stores every acknowledged message once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pymongo import MongoClient
+
+from mailstore.embedded import EmbeddedStore
+from mailstore.ids import new_message_id
+from mailstore.message import IncomingMessage, utcnow
+from receiver.delivery import fingerprint
+from receiver.spool import Spool, SpoolFull, encode, read_records, read_segment, segment_paths
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.deploy.test_faults import Sender
+from tests.support.processes import ServiceProcess, clean_environ, start_service
+from tests.support.smtp import RawClient, queued_id, send_message, wait_for
+
+
+def message(n: int = 0, raw: bytes = b"Subject: s\r\n\r\nbody\r\n") -> IncomingMessage:
+    return IncomingMessage(
+        id=new_message_id(),
+        raw=raw,
+        mail_from=f"s{n}@example.org",
+        rcpt_to=(f"r{n}@mx.test", "other@mx.test"),
+        peer_ip="192.0.2.1",
+        helo="client.test",
+        received_at=utcnow(),
+        received_header=b"Received: from client.test\r\n",
+        headers={"subject": f"s {n}"},
+        tls=("TLSv1.3", "TLS_AES_256_GCM_SHA384") if n % 2 else None,
+        fingerprint=fingerprint(f"s{n}@example.org", [f"r{n}@mx.test"], raw),
+    )
+
+
+# --- records -------------------------------------------------------------------------
+
+
+def test_a_record_reads_back_exactly() -> None:
+    original = message(1, raw=b"Subject: caf\xc3\xa9\r\n\r\n\x00\xff bytes as sent\r\n")
+    [record] = list(read_records(encode(original)))
+    assert record.message == original and record.offset == 0
+
+
+def test_a_torn_last_record_is_dropped_and_the_ones_before_kept() -> None:
+    records = [encode(message(n)) for n in range(3)]
+    data = b"".join(records)
+    for cut in range(len(data) - len(records[-1]), len(data)):
+        assert len(list(read_records(data[:cut]))) == 2
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bodies=st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=8),
+    cut=st.integers(min_value=0),
+    flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(1, 255)), max_size=4),
+    junk=st.binary(max_size=64),
+)
+def test_cut_or_corrupted_segments_give_back_every_whole_record_and_invent_none(
+    bodies: list[bytes], cut: int, flips: list[tuple[int, int]], junk: bytes
+) -> None:
+    originals = [message(n, raw=b"Subject: p\r\n\r\n" + body) for n, body in enumerate(bodies)]
+    encoded = [encode(m) for m in originals]
+    data = bytearray(b"".join(encoded) + junk)
+    touched: set[int] = set()
+    for position, value in flips:
+        at = position % len(data)
+        data[at] ^= value
+        touched.add(at)
+    end = cut % (len(data) + 1)
+    recovered = [r.message for r in read_records(bytes(data[:end]))]
+    assert all(m in originals for m in recovered)  # nothing invented
+    assert len(recovered) == len(set(m.id for m in recovered))  # nothing twice
+    start = 0
+    for original, record in zip(originals, encoded, strict=True):
+        span = range(start, start + len(record))
+        whole = span.stop <= end and not touched.intersection(span)
+        if whole:
+            assert original in recovered  # every intact record survives its neighbours
+        start = span.stop
+
+
+async def test_the_spool_appends_with_one_sync_per_batch_and_counts_what_is_left(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, min_free=0)
+    spool.open()
+    spool.start()
+    try:
+        batch = [message(n) for n in range(20)]
+        await asyncio.gather(*(spool.append(m) for m in batch))
+        assert spool.messages == 20 and spool.bytes == sum(len(encode(m)) for m in batch)
+        too_big = message(99, raw=b"x" * (1 << 20))
+        with pytest.raises(SpoolFull):
+            await spool.append(too_big)
+    finally:
+        await spool.close()
+    again = Spool(tmp_path / "spool", max_bytes=1 << 20, min_free=0)
+    again.open()  # a restart: what was left is counted, ready for replay
+    assert again.messages == 20
+    [path] = again.sealed()
+    assert [r.message for r in read_segment(path)] == batch
+    again.replayed(path)
+    assert again.messages == 0 and segment_paths(tmp_path / "spool") == []
+
+
+async def test_the_free_space_floor_refuses_before_the_disk_is_full(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 40, min_free=free + (1 << 30))
+    spool.open()
+    spool.start()
+    try:
+        with pytest.raises(SpoolFull):
+            await spool.append(message())
+    finally:
+        await spool.close()
+
+
+# --- a real receiver, a real store that goes away -----------------------------------
+
+
+def _stored(uri: str, db_name: str) -> dict[str, list[str]]:
+    """Subject -> ids of the documents carrying it."""
+    with MongoClient(uri) as check:
+        found: dict[str, list[str]] = {}
+        for document in check[db_name]["messages"].find({}, {"headers": 1}):
+            found.setdefault(document["headers"].get("subject", ""), []).append(document["_id"])
+        return found
+
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _readyz(receiver: ServiceProcess) -> tuple[int, str]:
+    answer = httpx.get(f"{receiver.http_url}/readyz", timeout=5)
+    return answer.status_code, answer.text
+
+
+def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_lands_once(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    try:
+        receiver = make_receiver(
+            mongodb_uri=uri,
+            store_timeout="1",
+            message_rate="0",
+            connection_rate="0",
+            mailbox_max_messages="0",
+        )
+        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        senders = [Sender(receiver.host, receiver.port, f"127.0.80.{n}") for n in (1, 2, 3)]
+        for sender in senders:
+            sender.start()
+        time.sleep(1.5)
+        store.kill()
+        killed = time.monotonic()
+        assert wait_for(lambda: "spooling" in _readyz(receiver)[1], timeout=15)
+        assert _readyz(receiver)[0] == 200  # still in the pool: mail is being taken
+        time.sleep(max(0.0, 60 - (time.monotonic() - killed)))  # the store away a minute
+        store.start()
+        back = time.monotonic()
+        time.sleep(2)
+        for sender in senders:
+            sender.stop.set()
+        for sender in senders:
+            sender.join(60)
+        results = [r for sender in senders for r in sender.results]
+        assert {code for code, *_ in results} == {250}, [r for r in results if r[0] != 250][:3]
+        spooled = receiver.log().count("spool_on")
+        assert spooled >= 1, receiver.log()[-2000:]
+        # Every acknowledged message readable within 30 s of the store's return, once.
+        want = {f"fault {tag}": queued_id(text) for _, text, tag, _ in results}
+
+        def all_stored() -> bool:
+            found = _stored(uri, db_name)
+            return all(subject in found for subject in want)
+
+        assert wait_for(all_stored, timeout=30, interval=0.5)
+        assert time.monotonic() - back < 30
+        found = _stored(uri, db_name)
+        for subject, first_id in want.items():
+            assert found[subject] == [first_id], (subject, found[subject], first_id)
+        assert wait_for(lambda: "spooling" not in _readyz(receiver)[1], timeout=10)
+        assert len(results) > 100  # steady load: it did not stall
+    finally:
+        store.stop()
+
+
+def test_a_receiver_killed_while_spooling_stores_everything_once_after_restart(
+    make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    data_dir = tmp_path / "receiver-data"
+    try:
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1", data_dir=str(data_dir))
+        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        store.kill()
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        ids = {}
+        for n in range(20):
+            body = f"Subject: kill {n}\r\n\r\nbody {n}\r\n".encode()
+            reply = send_message(client, "s@example.org", ["kill@mx.test"], body)
+            assert reply.code == 250, reply
+            ids[f"kill {n}"] = queued_id(reply.text)
+        receiver.process.send_signal(signal.SIGKILL)
+        receiver.process.wait(10)
+        store.start()
+        # Replayed slowly here, so the operator's views can be seen holding the spool.
+        again = make_receiver(
+            mongodb_uri=uri, store_timeout="1", data_dir=str(data_dir), spool_replay_rate="2"
+        )
+        api = make_api(mongodb_uri=uri)
+
+        def spool_shown() -> bool:
+            stats = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=5).json()
+            return any((r.get("spool") or {}).get("messages") for r in stats["receivers"])
+
+        assert wait_for(spool_shown, timeout=15, interval=0.5)
+        env = {**clean_environ(), "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+        env["FLOODGATE_DATA_DIR"] = str(tmp_path / "top")
+        top = subprocess.run(
+            [sys.executable, "-m", "floodgate", "top", "--once", "--api", api.http_url],
+            env={**env, "COLUMNS": "160"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert top.returncode == 0 and "msgs, oldest" in top.stdout, top.stdout + top.stderr
+        assert wait_for(lambda: all(s in _stored(uri, db_name) for s in ids), timeout=30)
+        found = _stored(uri, db_name)
+        assert {s: found[s] for s in ids} == {s: [i] for s, i in ids.items()}
+        assert wait_for(lambda: not list((data_dir / "spool").glob("*.spool")), timeout=10)
+        assert again.alive()
+    finally:
+        store.stop()
+
+
+def test_a_full_spool_answers_451_and_replays_what_it_took(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    try:
+        receiver = make_receiver(
+            mongodb_uri=uri, store_timeout="1", spool_max_bytes=str(1 << 20), message_rate="0"
+        )
+        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        store.kill()
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        taken: dict[str, str] = {}
+        codes = []
+        filler = b"x" * 200 + b"\r\n"
+        for n in range(12):  # ~200 KB each: the 1 MiB spool takes four or five
+            body = f"Subject: full {n}\r\n\r\n".encode() + filler * 1000
+            reply = send_message(client, "s@example.org", ["full@mx.test"], body)
+            codes.append(reply.code)
+            if reply.code == 250:
+                taken[f"full {n}"] = queued_id(reply.text)
+        assert 451 in codes and 250 in codes, codes
+        assert codes == sorted(codes)  # once full, full (nothing drains while the store is away)
+        status, reason = _readyz(receiver)
+        assert status == 503 and "spool full" in reason, reason
+        store.start()
+        assert wait_for(lambda: all(s in _stored(uri, db_name) for s in taken), timeout=30)
+        found = _stored(uri, db_name)
+        assert {s: found[s] for s in taken} == {s: [i] for s, i in taken.items()}
+        assert not any(s in found for s in (f"full {n}" for n in range(12)) if s not in taken)
+    finally:
+        store.stop()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a private tmpfs needs root and unshare",
+)
+def test_a_really_full_disk_answers_451_keeps_whole_records_and_replays_them(
+    store_env: dict[str, str], tmp_path: Path, db_name: str
+) -> None:
+    """The spool on a 1 MiB tmpfs of the receiver's own (a private mount namespace: the
+    host's mounts are untouched, and the mount ends with the process), no free-space
+    floor: the disk itself fills up mid-write."""
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    data_dir = tmp_path / "tiny"
+    spool_dir = data_dir / "spool"
+    mount = 'mkdir -p "$1" && mount -t tmpfs -o size=1m tmpfs "$1" && shift && exec "$@"'
+    env = {
+        **store_env,
+        "FLOODGATE_MONGODB_URI": uri,
+        "FLOODGATE_DATA_DIR": str(data_dir),
+        "FLOODGATE_STORE_TIMEOUT": "1",
+        "FLOODGATE_SPOOL_MIN_FREE_BYTES": "0",
+        "FLOODGATE_MESSAGE_RATE": "0",
+        "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh")
+    receiver = start_service("receiver", env, tmp_path, wrapper=(*wrapper, str(spool_dir)))
+    try:
+        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        store.kill()
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        taken: dict[str, str] = {}
+        codes = []
+        filler = b"y" * 200 + b"\r\n"
+        for n in range(10):  # ~200 KB each: a 1 MiB disk takes four or five
+            body = f"Subject: disk {n}\r\n\r\n".encode() + filler * 1000
+            reply = send_message(client, "s@example.org", ["disk@mx.test"], body)
+            codes.append(reply.code)
+            if reply.code == 250:
+                taken[f"disk {n}"] = queued_id(reply.text)
+        assert 451 in codes and 250 in codes, codes
+        status, reason = _readyz(receiver)
+        # The free space is checked before each write (full), and a write the disk still
+        # refuses is cut back (failing): either way 503 and 451, never a torn record.
+        assert status == 503 and ("spool full" in reason or "spool failing" in reason), reason
+        store.start()
+        assert wait_for(lambda: all(s in _stored(uri, db_name) for s in taken), timeout=30)
+        found = _stored(uri, db_name)
+        assert {s: found[s] for s in taken} == {s: [i] for s, i in taken.items()}
+        assert "spool_record_quarantined" not in receiver.log()  # nothing torn or corrupt
+    finally:
+        receiver.stop()
+        store.stop()
+
+
+def _send_and_leave(receiver: ServiceProcess, body: bytes) -> None:
+    """A sender that sends its final dot and is gone before it can read our 250."""
+    client = RawClient(receiver.host, receiver.port, timeout=30)
+    client.hello()
+    assert client.cmd("MAIL FROM:<s@example.org>").code == 250
+    assert client.cmd("RCPT TO:<retry@mx.test>").code == 250
+    assert client.cmd("DATA").code == 354
+    client.send(body + b".\r\n")
+    client.close()
+
+
+@pytest.mark.parametrize("case", ["same receiver", "after a restart", "another receiver"])
+def test_a_retry_of_a_message_whose_250_was_never_heard_is_stored_once(
+    make_receiver: ServiceFactory, mongo: MongoClient[dict[str, Any]], db_name: str, case: str
+) -> None:
+    first = make_receiver()
+    second = make_receiver() if case == "another receiver" else first
+    body = f"Subject: retried {case}\r\n\r\nthe same bytes\r\n".encode()
+    messages = mongo[db_name]["messages"]
+    _send_and_leave(first, body)
+    assert wait_for(lambda: messages.count_documents({"rcpt": "retry@mx.test"}) == 1, timeout=10)
+    [stored] = messages.find({"rcpt": "retry@mx.test"}, {"_id": 1})
+    if case == "after a restart":
+        first.stop()
+        second = make_receiver()
+    client = RawClient(second.host, second.port, timeout=30)
+    client.hello()
+    reply = send_message(client, "s@example.org", ["retry@mx.test"], body)  # the retry
+    assert reply.code == 250 and queued_id(reply.text) == stored["_id"]
+    assert messages.count_documents({"rcpt": "retry@mx.test"}) == 1
+
+
+def test_a_retry_of_a_spooled_message_is_one_document(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    try:
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1")
+        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        store.kill()
+        body = b"Subject: spooled retry\r\n\r\nsame bytes\r\n"
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        assert send_message(client, "s@example.org", ["sr@mx.test"], body).code == 250
+        assert send_message(client, "s@example.org", ["sr@mx.test"], body).code == 250
+        store.start()
+        assert wait_for(lambda: "spooled retry" in _stored(uri, db_name), timeout=30)
+        time.sleep(2)  # both records replayed by now
+        assert len(_stored(uri, db_name)["spooled retry"]) == 1
+    finally:
+        store.stop()
+
+
+def test_spool_off_keeps_the_451(make_receiver: ServiceFactory, tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    try:
+        receiver = make_receiver(mongodb_uri=uri, store_timeout="1", spool="false")
+        store.kill()
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        assert send_message(client, "s@example.org", ["off@mx.test"], b"x\r\n").code == 451
+        assert not (Path(receiver.env["FLOODGATE_DATA_DIR"]) / "spool").exists()
+    finally:
+        store.stop()

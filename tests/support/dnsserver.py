@@ -1,0 +1,131 @@
+"""A small authoritative DNS server on loopback, for the screen's tests and benchmark.
+
+It serves whatever records a test gives it (list zones, PTR names), each of which may be
+slow, never answered, SERVFAIL, or garbage; every other name is NXDOMAIN. It listens on
+127.0.0.1 only and records every question it gets, so a test can count lookups (a cached
+pass asks nothing) and know that the receiver asked no one else.
+
+    with DnsServer({listed("127.0.0.2", "zen.test"): Record.a("127.0.0.2")}) as dns:
+        make_receiver(dns_servers=dns.address, dnsbl_sites="zen.test")
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
+
+from receiver.dnsbl import query_name
+
+
+def listed(ip: str, zone: str) -> str:
+    """The name a list `zone` holds for `ip` (RFC 5782)."""
+    name = query_name(ip, zone)
+    assert name is not None
+    return name
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the server does for one name."""
+
+    kind: str  # a, ptr, servfail, timeout, garbage
+    values: tuple[str, ...] = ()
+    delay: float = 0.0
+
+    @classmethod
+    def a(cls, *addresses: str, delay: float = 0.0) -> Record:
+        return cls("a", addresses, delay)
+
+    @classmethod
+    def ptr(cls, name: str, delay: float = 0.0) -> Record:
+        return cls("ptr", (name,), delay)
+
+
+SERVFAIL = Record("servfail")
+TIMEOUT = Record("timeout")
+GARBAGE = Record("garbage")
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        data, sock = self.request
+        try:
+            query = DNSRecord.parse(data)
+        except Exception:
+            return
+        name = str(query.q.qname).rstrip(".").lower()
+        self.server.owner.queries.append(name)
+        record = self.server.owner.records.get(name)
+        if record is not None and record.delay:
+            time.sleep(record.delay)
+        answer = _answer(query, name, record)
+        if answer is not None:
+            sock.sendto(answer, self.client_address)
+
+
+def _answer(query: Any, name: str, record: Record | None) -> bytes | None:
+    reply = query.reply()
+    if record is None:
+        reply.header.rcode = RCODE.NXDOMAIN
+    elif record.kind == "timeout":
+        return None
+    elif record.kind == "servfail":
+        reply.header.rcode = RCODE.SERVFAIL
+    elif record.kind == "garbage":
+        return (
+            bytes(reply.pack())[:2] + b"\x81\x80\x00\x01\xff\xff\x00\x00\x00\x00\xff\x07"
+        )  # our id, then nonsense
+    elif record.kind == "ptr" and query.q.qtype == QTYPE.PTR:
+        reply.add_answer(RR(name, QTYPE.PTR, rdata=PTR(record.values[0]), ttl=60))
+    elif record.kind == "a" and query.q.qtype == QTYPE.A:
+        for value in record.values:
+            reply.add_answer(RR(name, QTYPE.A, rdata=A(value), ttl=60))
+    packed: bytes = reply.pack()
+    return packed
+
+
+class _Server(socketserver.ThreadingUDPServer):
+    daemon_threads = True
+    owner: DnsServer
+
+
+class DnsServer:
+    """Serves `records` on 127.0.0.1 (a free port) while in its `with` block."""
+
+    def __init__(self, records: dict[str, Record] | None = None) -> None:
+        self.records: dict[str, Record] = dict(records or {})
+        self.queries: list[str] = []
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def address(self) -> str:
+        """For FLOODGATE_DNS_SERVERS."""
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> DnsServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def closed_port() -> int:
+    """A loopback UDP port nobody listens on (a resolver that is down)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
