@@ -29,7 +29,10 @@ from api.auth import require_admin, require_token
 from api.blocklist import allowlist_router
 from api.blocklist import router as blocklist_router
 from api.gate import Gate
+from api.head import HeadAsGet
+from api.limits import DEFAULTS, ApiLimits
 from api.models import ERRORS, Status, binary
+from api.renderpool import RenderPool
 from blocklist import BlocklistRepository
 from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT, PartialBulk
 from mailstore import MessageStore, StoreConfig
@@ -47,6 +50,7 @@ class ApiConfig:
     read_token: str | None = None
     public_inbox: bool = False  # the page carries the read token (see api.page)
     mta_sts: str | None = None  # the MTA-STS policy file served at /.well-known/
+    limits: ApiLimits = DEFAULTS  # render workers and live-push shares (api.limits)
 
 
 class ApiMetrics:
@@ -73,13 +77,16 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         app.state.indexes_ensured = False
         _attach_blocklist(app)
         await ensure_indexes(app)
-        app.state.hub = push.Hub()
+        app.state.hub = push.Hub(config.limits)
+        app.state.renderer = RenderPool(config.limits)
+        app.state.renderer.start()
         follower = await push.start(app.state.hub, app.state.store.messages)
         yield
         indexing = getattr(app.state, "indexing", None)  # started by a /readyz, not done
         if indexing is not None:
             indexing.cancel()
         await push.stop(follower)
+        await app.state.renderer.close()
         if own:
             await app.state.store.close()
 
@@ -96,6 +103,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics()
     # Outermost: token and body size are checked before anything reads a body.
     app.add_middleware(Gate, token=config.admin_token, read_token=config.read_token)
+    app.add_middleware(HeadAsGet)  # outermost: HEAD is a GET to every layer below
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)
@@ -217,6 +225,12 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(PartialBulk)
     async def partial(request: Request, exc: PartialBulk) -> JSONResponse:
         return _error(503, f"the store failed mid-way: {exc}")
+
+    # A bug of ours still answers JSON (Starlette's default is a plain-text 500).
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("event=api_internal_error error=%s", type(exc).__name__, exc_info=exc)
+        return _error(500, "internal error")
 
     @app.exception_handler(PyMongoError)
     async def store_down(request: Request, exc: PyMongoError) -> JSONResponse:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import email
-import email.header
-import email.policy
+import contextlib
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -14,10 +13,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
-from api import models, push
-from api import render as render_module
+from api import models, push, render
 from api.auth import Role, require_token
-from api.render import render
+from api.charsets import decode_words
+from api.renderpool import Busy, Outcome, RenderPool
 from blocklist.entries import aware_datetime
 from mailstore import Document, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
@@ -29,13 +28,23 @@ Address = Annotated[
     str, Path(min_length=3, max_length=320, json_schema_extra={"format": "mailbox"})
 ]
 ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
-MessageId = Annotated[str, Path(pattern=ID_PATTERN)]
+MessageId = Annotated[str, Path(pattern=ID_PATTERN, json_schema_extra={"format": "message-id"})]
 Responses = dict[int | str, dict[str, Any]]
 
 
 # Non-JSON answers, each documented with its own media type (and no JSON schema).
 class EventStream(StreamingResponse):
     media_type = "text/event-stream"
+
+    async def stream_response(self, send: Callable[[Any], Awaitable[None]]) -> None:
+        # A reader that does not take what we write for WRITE_TIMEOUT is dropped: its
+        # stream ends (and its hub slot with it) instead of waiting on it for ever.
+        async def timed(message: MutableMapping[str, Any]) -> None:
+            async with asyncio.timeout(push.WRITE_TIMEOUT):
+                await send(message)
+
+        with contextlib.suppress(TimeoutError):
+            await super().stream_response(timed)
 
 
 class RawMessage(Response):
@@ -52,16 +61,9 @@ def _store(request: Request) -> MessageStore:
 
 
 def decoded(value: str) -> str:
-    """RFC 2047 encoded words decoded; the receiver stores header values undecoded.
-
-    Values are capped at 998 characters by the receiver's scan, so this is bounded.
-    """
-    if "=?" not in value:
-        return value
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except Exception:  # an undecodable word is shown as sent rather than failing the list
-        return value
+    """RFC 2047 encoded words decoded (allowlisted charsets, linear: `api.charsets`); the
+    receiver stores header values undecoded, capped at 998 characters."""
+    return decode_words(value)
 
 
 def _iso(value: object) -> str:
@@ -141,9 +143,11 @@ async def mailbox_events(
     mailbox = _mailbox(address)
     hub: push.Hub = request.app.state.hub
     # Subscribe before reading the catch-up, so nothing can fall between the two.
-    subscriber = hub.subscribe(mailbox)
-    if subscriber is None:
-        raise HTTPException(status_code=503, detail="too many live subscribers; retry later")
+    client = push.client_key(request.client.host if request.client else "")
+    try:
+        subscriber = hub.subscribe(mailbox, client)
+    except push.Full as full:
+        raise HTTPException(full.status, str(full), headers={"Retry-After": "5"}) from None
     try:
         backlog: list[Document] = []
         if last_event_id is not None and is_message_id(last_event_id):
@@ -215,30 +219,55 @@ async def get_message(
                 "helo": doc.get("helo"),
             }
         )
-    result.update(await render(bytes(doc["raw"])))
+    raw = bytes(doc["raw"])
+    outcome = await _render(request, f"{message_id}/view", {"job": "view"}, raw)
+    if outcome.failure is not None:
+        result.update(render.fallback(raw, outcome.failure))
+    else:
+        result.update(outcome.head["view"])
     return result
+
+
+async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
+    pool: RenderPool = request.app.state.renderer
+    try:
+        return await pool.run(key, job, raw)
+    except Busy:
+        raise HTTPException(
+            status_code=503,
+            detail="too many messages being rendered; retry later",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 @router.get(
     "/v1/messages/{message_id}/attachments/{index}",
     response_class=Download,
-    responses=models.binary("the attachment, as its declared type"),
+    responses={
+        **models.binary("the attachment"),
+        # Served as the type its part declares (RFC 2046 media types): any type at all.
+        200: {"description": "the attachment, as its declared type", "content": {"*/*": {}}},
+    },
 )
 async def get_attachment(
     request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
 ) -> Response:
-    """Attachment `index` (from the message's `attachments`) as a download."""
+    """Attachment `index` (from the message's `attachments`) as a download, whole; 422 if
+    its bytes cannot be recovered exactly (the message as sent is at `/raw`)."""
     doc = await _get(request, message_id)
-    try:
-        async with asyncio.timeout(render_module.PARSE_SECONDS):
-            found = await asyncio.to_thread(render_module.attachment, bytes(doc["raw"]), index)
-    except TimeoutError:
-        raise HTTPException(
-            status_code=503, detail="the message could not be read in time"
-        ) from None
-    if found is None:
+    job = {"job": "attachment", "index": index}
+    outcome = await _render(request, f"{message_id}/attachment/{index}", job, bytes(doc["raw"]))
+    if outcome.head.get("missing"):
         raise HTTPException(status_code=404, detail=f"no attachment {index} in {message_id}")
-    data, content_type, filename = found
+    reason = outcome.failure or outcome.head.get("unextractable")
+    if reason is not None:
+        raise HTTPException(
+            status_code=422,
+            detail=f"attachment {index} cannot be extracted intact ({reason}); "
+            f"the message as received is at /v1/messages/{message_id}/raw",
+        )
+    data = outcome.body
+    content_type, filename = outcome.head["content_type"], outcome.head["filename"]
     disposition = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
     return Response(
         content=data,

@@ -152,8 +152,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "no such thing"),
         (405, "method not allowed (see Allow)"),
         (413, "request body too large"),
-        (422, "invalid request"),
-        (503, "the store is unavailable, or too many live subscribers"),
+        (422, "invalid request, or an attachment that cannot be extracted intact (see /raw)"),
+        (429, "too many live streams from this client or on this mailbox (see Retry-After)"),
+        (503, "the store is unavailable, too many live subscribers, or the renderer is busy"),
     )
 }
 

@@ -1,23 +1,29 @@
 """Live push: new messages of a mailbox as Server-Sent Events.
 
 One change stream per API process follows inserts into `messages` and fans each new
-message out in memory to the subscribers of its mailboxes. Everything is bounded: the
-number of subscribers (503 beyond), each subscriber's queue (a reader too slow to keep up
-is dropped, never buffered forever), and the catch-up a reconnecting client gets from
-`Last-Event-ID` (the id of the last message it saw).
+message out in memory to the subscribers of its mailboxes. Everything is bounded and
+shared fairly: the number of subscribers in all (503 beyond), per client (an IPv4 address
+or an IPv6 /64) and per mailbox (429 beyond), so one client cannot take every slot; each
+subscriber's queue (a reader too slow to keep up is dropped and its slot freed at once,
+never buffered forever) and each write (`WRITE_TIMEOUT`); and the catch-up a reconnecting
+client gets from `Last-Event-ID` (the id of the last message it saw).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
+
+from api.limits import DEFAULTS, ApiLimits
 
 log = logging.getLogger("floodgate.api")
 
@@ -26,32 +32,65 @@ QUEUE = 100  # events a subscriber may fall behind before it is dropped
 HEARTBEAT = 15.0  # seconds between comments that keep proxies from closing the stream
 POLL = 0.1  # the embedded store answers an empty getMore at once: pace empty polls
 CATCH_UP = 100  # messages replayed after a Last-Event-ID
+WRITE_TIMEOUT = 10.0  # seconds one write may wait for a reader before it is dropped
+CLIENT_V6_PREFIX = 64  # an IPv6 client is its /64: one host usually holds the whole /64
 
 Summary = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class Subscriber:
-    __slots__ = ("dropped", "mailbox", "queue")
+def client_key(host: str) -> str:
+    """The client an address counts as: an IPv4 address, or the /64 of an IPv6 one."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, CLIENT_V6_PREFIX), strict=False))
+    return str(address)
 
-    def __init__(self, mailbox: str) -> None:
+
+class Subscriber:
+    __slots__ = ("client", "dropped", "mailbox", "queue")
+
+    def __init__(self, mailbox: str, client: str) -> None:
         self.mailbox = mailbox
+        self.client = client
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE)
         self.dropped = False
+
+
+class Full(Exception):
+    """No slot for this subscriber: `status` 503 (all slots taken) or 429 (its share)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class Hub:
     """Subscribers by mailbox, and the change stream that feeds them."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: ApiLimits = DEFAULTS, total: int = MAX_SUBSCRIBERS) -> None:
         self._by_mailbox: dict[str, set[Subscriber]] = {}
+        self._by_client: Counter[str] = Counter()
+        self.limits = limits
+        self.total = total
         self.count = 0
         self.events = 0
 
-    def subscribe(self, mailbox: str) -> Subscriber | None:
-        if self.count >= MAX_SUBSCRIBERS:
-            return None
-        subscriber = Subscriber(mailbox)
+    def subscribe(self, mailbox: str, client: str) -> Subscriber:
+        """A slot for `client` (see `client_key`) on `mailbox`, or `Full`."""
+        if self.count >= self.total:
+            raise Full(503, "too many live subscribers; retry later")
+        if self._by_client[client] >= self.limits.push_per_client:
+            raise Full(429, "too many live streams from this client")
+        if len(self._by_mailbox.get(mailbox, ())) >= self.limits.push_per_mailbox:
+            raise Full(429, "too many live streams on this mailbox")
+        subscriber = Subscriber(mailbox, client)
         self._by_mailbox.setdefault(mailbox, set()).add(subscriber)
+        self._by_client[client] += 1
         self.count += 1
         return subscriber
 
@@ -60,6 +99,9 @@ class Hub:
         if group is not None and subscriber in group:
             group.discard(subscriber)
             self.count -= 1
+            self._by_client[subscriber.client] -= 1
+            if self._by_client[subscriber.client] <= 0:
+                del self._by_client[subscriber.client]
             if not group:
                 del self._by_mailbox[subscriber.mailbox]
 
@@ -70,7 +112,10 @@ class Hub:
                 try:
                     subscriber.queue.put_nowait(document)
                 except asyncio.QueueFull:
-                    subscriber.dropped = True  # too slow: it reconnects with Last-Event-ID
+                    # Too slow: its slot is free at once (its stream ends when it next
+                    # wakes); the client reconnects with Last-Event-ID.
+                    subscriber.dropped = True
+                    self.unsubscribe(subscriber)
         self.events += 1
 
     async def follow(self, messages: AsyncCollection[Any]) -> None:

@@ -1,58 +1,106 @@
-"""Rendering a stored message for the API, such that no sender can break it.
+"""Reading a stored message (synchronous): its parsed view, or one attachment whole.
 
-The stdlib MIME parser is rich and slow on hostile input (thousands of nested parts, codecs
-that raise, header syntax its registry chokes on). So parsing is bounded (bytes, parts),
-runs off the event loop in a worker thread, has a deadline, and every step that can raise
-is contained: on any problem the message still renders, its headers as raw text, with a
-`parse_error` saying what went wrong. `/raw` never parses at all.
+These functions parse hostile bytes with the standard library's MIME parser; they run only
+inside a render worker process (`api.renderworker`), under an address-space limit and a
+deadline that kills the process (`api.renderpool`). They still bound what they can: a
+cheap pre-check of the number of parts, header values past `MAX_REGISTRY_VALUE` kept out
+of the header registry (whose cost grows far faster than the value: a 96 KB Subject of
+encoded words took 260 MB there), charsets from an allowlist (`api.charsets`), and every
+string valid UTF-8. On any problem the message still renders, its headers as raw text,
+with a `parse_error` saying what went wrong. `/raw` never parses at all.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.policy
+import email.errors
 import re
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.policy import EmailPolicy
 from typing import Any
 
 import nh3
 
-MAX_PARSE_BYTES = 4 * 1024 * 1024  # a longer message is rendered from its first 4 MiB
+from api.charsets import clean, decode, decode_words
+
 MAX_BOUNDARIES = 100  # multipart boundaries declared; more is not mail, it is an attack
 MAX_HEADERS = 1_000
 MAX_TEXT = 1_000_000  # characters of decoded body returned as JSON
 MAX_ATTACHMENTS = 100
+# Values longer than these skip the header registry, whose parse grows faster than linearly
+# (8 KB of RFC 2231 parameters: 0.4 s; 96 KB of encoded words: 260 MB): shown decoded by
+# our linear decoder; a long address list is not parsed into addresses, a long MIME header
+# is read the simple way (its parameters split, as Python's compat32 policy does).
+MAX_ADDRESS_VALUE = 8 * 1024  # a To: of ~250 addresses
+MAX_MIME_VALUE = 1024  # Content-Type, -Disposition...: a real one is a line or two
+ADDRESS_HEADERS = frozenset({"from", "to", "cc", "bcc", "sender", "reply-to", "resent-from"})
+MAX_FILENAME = 255  # characters of an attachment's name handed out (a common file system max)
 ADDRESS_FIELDS = ("from", "to", "cc")
-PARSE_SECONDS = 3.0
 _BOUNDARY = re.compile(rb"boundary\s*=", re.IGNORECASE)
 _FOLD = re.compile(rb"\r?\n[ \t]")
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
-_PARSER = BytesParser(policy=email.policy.default)
+# Defects that mean the decoded bytes of a part are not what the sender encoded.
+_DAMAGE = (
+    email.errors.InvalidBase64CharactersDefect,
+    email.errors.InvalidBase64PaddingDefect,
+    email.errors.InvalidBase64LengthDefect,
+    email.errors.CloseBoundaryNotFoundDefect,
+    email.errors.StartBoundaryNotFoundDefect,
+)
 
 
-async def render(raw: bytes) -> dict[str, Any]:
-    """Headers, text and HTML of `raw`, within `PARSE_SECONDS`, whatever the bytes."""
-    head = raw[:MAX_PARSE_BYTES]
-    if len(_BOUNDARY.findall(head)) > MAX_BOUNDARIES:
+class _RawHeader(str):
+    """A header value kept out of the registry, with what EmailMessage asks of it."""
+
+    __slots__ = ()
+
+    @property
+    def content_disposition(self) -> str:
+        return self.split(";", 1)[0].strip().lower()
+
+
+class _BoundedPolicy(EmailPolicy):
+    """policy.default, except that a long value stays plain text (no registry parse), and
+    a value parsed once is not parsed again (EmailMessage fetches Content-Type often)."""
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        limit = MAX_ADDRESS_VALUE if name.lower() in ADDRESS_HEADERS else MAX_MIME_VALUE
+        if len(value) > limit:
+            return _RawHeader(value)
+        key = (name, value)
+        parsed = _PARSED.get(key)
+        if parsed is None:
+            parsed = _PARSED[key] = super().header_fetch_parse(name, value)
+        return parsed
+
+
+# Parsed header values of the message being read (cleared for each: a worker reads one
+# message at a time, and the registry's objects are immutable).
+_PARSED: dict[tuple[str, str], Any] = {}
+
+
+_PARSER = BytesParser(policy=_BoundedPolicy())
+
+
+def too_many_parts(raw: bytes) -> bool:
+    """A cheap look before parsing: more boundaries than any real message declares."""
+    return len(_BOUNDARY.findall(raw)) > MAX_BOUNDARIES
+
+
+def view(raw: bytes) -> dict[str, Any]:
+    """Headers, addresses, text, HTML and attachments of `raw`, whatever the bytes."""
+    if too_many_parts(raw):
         return fallback(raw, f"more than {MAX_BOUNDARIES} MIME parts")
-    try:
-        async with asyncio.timeout(PARSE_SECONDS):
-            return await asyncio.to_thread(parse, head)
-    except TimeoutError:
-        return fallback(raw, f"parsing took longer than {PARSE_SECONDS:g}s")
-
-
-def parse(raw: bytes) -> dict[str, Any]:
-    """The parsed view (synchronous: call it through `render`)."""
+    _PARSED.clear()
     try:
         message = _PARSER.parsebytes(raw)
     except Exception as error:  # the parser's own defects are not ours to raise
         return fallback(raw, f"unparseable message: {type(error).__name__}")
     assert isinstance(message, EmailMessage)
-    headers = []
-    for name, value in list(message.raw_items())[:MAX_HEADERS]:
-        headers.append([name, _header(message, name, value)])
+    headers = [
+        [clean(name), decode_words(str(value))]
+        for name, value in list(message.raw_items())[:MAX_HEADERS]
+    ]
     html = _body(message, "html")
     return {
         "headers": headers,
@@ -80,30 +128,53 @@ def attachments(message: EmailMessage) -> list[EmailMessage]:
         return []
 
 
+class Unextractable(Exception):
+    """The attachment exists but its bytes cannot be recovered exactly."""
+
+
 def attachment(raw: bytes, index: int) -> tuple[bytes, str, str] | None:
-    """(bytes, content type, file name) of attachment `index`, or None (synchronous)."""
+    """(bytes, content type, file name) of attachment `index` of the whole message, or None
+    if there is no such attachment; `Unextractable` if its decoded bytes would be damaged."""
+    if too_many_parts(raw):
+        return None
+    _PARSED.clear()
     try:
-        message = _PARSER.parsebytes(raw[:MAX_PARSE_BYTES])
+        message = _PARSER.parsebytes(raw)
         assert isinstance(message, EmailMessage)
         parts = attachments(message)
         if not 0 <= index < len(parts):
             return None
         part = parts[index]
         payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        return data, _content_type(part), part.get_filename() or f"attachment-{index}"
-    except Exception:
-        return None
+    except Exception as error:
+        raise Unextractable(type(error).__name__) from None
+    damage = [d for p in message.walk() for d in p.defects if isinstance(d, _DAMAGE)]
+    if damage or not isinstance(payload, bytes):
+        raise Unextractable(type(damage[0]).__name__ if damage else "no payload")
+    return payload, _content_type(part), _filename(part) or f"attachment-{index}"
 
 
 def _describe(part: EmailMessage) -> dict[str, Any]:
     try:
         payload = part.get_payload(decode=True)
         size = len(payload) if isinstance(payload, bytes) else 0
-        name = part.get_filename()
+        name = _filename(part)
     except Exception:
         size, name = 0, None
     return {"filename": name, "content_type": _content_type(part), "size": size}
+
+
+def _filename(part: EmailMessage) -> str | None:
+    name = part.get_filename()
+    if not name:
+        return None
+    name = decode_words(clean(str(name)))
+    if len(name) <= MAX_FILENAME:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension) > 15:  # no extension worth keeping
+        return name[:MAX_FILENAME]
+    return stem[: MAX_FILENAME - len(extension) - 1] + "." + extension
 
 
 def _content_type(part: EmailMessage) -> str:
@@ -117,10 +188,10 @@ def _content_type(part: EmailMessage) -> str:
 def _addresses(message: EmailMessage, field: str) -> list[dict[str, str]]:
     try:
         header = message[field]
-        if header is None:
+        if not hasattr(header, "addresses"):  # absent, or too long for the registry
             return []
         return [
-            {"name": str(address.display_name), "address": str(address.addr_spec)}
+            {"name": clean(str(address.display_name)), "address": clean(str(address.addr_spec))}
             for address in header.addresses
         ]
     except Exception:  # a header the registry cannot read: see `headers` for its text
@@ -128,14 +199,14 @@ def _addresses(message: EmailMessage, field: str) -> list[dict[str, str]]:
 
 
 def fallback(raw: bytes, reason: str) -> dict[str, Any]:
-    """Headers split by hand from the raw bytes, no bodies, and why."""
+    """Headers split by hand from the raw bytes, no bodies, and why (linear, capped)."""
     end = raw.find(b"\r\n\r\n")
     section = raw[: end if end >= 0 else min(len(raw), 256 * 1024)]
     headers = []
     for line in _FOLD.sub(b" ", section).split(b"\n")[:MAX_HEADERS]:
         name, colon, value = line.rstrip(b"\r").partition(b":")
         if colon:
-            headers.append([_text(name), _text(value.strip())])
+            headers.append([_text(name), decode_words(_text(value.strip()))])
     empty: dict[str, Any] = {field: [] for field in ADDRESS_FIELDS}
     return {
         "headers": headers,
@@ -148,13 +219,6 @@ def fallback(raw: bytes, reason: str) -> dict[str, Any]:
     }
 
 
-def _header(message: EmailMessage, name: str, value: Any) -> str:
-    try:
-        return str(message.policy.header_fetch_parse(name, value))
-    except Exception:  # undecodable words, registry parse errors: shown as sent
-        return " ".join(str(value).split())
-
-
 def _body(message: EmailMessage, subtype: str) -> str | None:
     try:
         part = message.get_body(preferencelist=(subtype,))
@@ -164,11 +228,7 @@ def _body(message: EmailMessage, subtype: str) -> str | None:
         if not isinstance(payload, bytes):
             return None
         # 8-bit text without a declared charset is nearly always UTF-8 in practice.
-        charset = part.get_content_charset() or "utf-8"
-        try:
-            text = payload.decode(charset, "replace")
-        except (LookupError, UnicodeError, ValueError):  # unknown or hostile codecs
-            text = payload.decode("utf-8", "replace")
+        text = decode(payload[: 4 * MAX_TEXT], part.get_content_charset() or "utf-8")
         return text[:MAX_TEXT].replace("\r\n", "\n")
     except Exception:  # undecodable parts: the raw endpoint still has every byte
         return None

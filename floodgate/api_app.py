@@ -22,6 +22,7 @@ def main(settings: Settings, token: str) -> None:
             read_token,
             public_inbox=settings.public_inbox,
             mta_sts=settings.mta_sts_policy,
+            limits=settings.api_limits(),
         )
     )
     host, port = parse_hostport(settings.api_listen)

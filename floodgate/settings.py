@@ -21,6 +21,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from api.limits import DEFAULTS as API_DEFAULTS
+from api.limits import RANGES as API_RANGES
+from api.limits import ApiLimits
 from blocklist.entries import normalize
 from receiver import dnsbl
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
@@ -37,6 +40,12 @@ def limit(name: str) -> Any:
     """A limit's settings field: its default and range from receiver/limits.py."""
     low, high = RANGES[name]
     return Field(getattr(LIMIT_DEFAULTS, name), ge=low, le=high)
+
+
+def api_limit(name: str) -> Any:
+    """An API limit's settings field: its default and range from api/limits.py."""
+    low, high = API_RANGES[name]
+    return Field(getattr(API_DEFAULTS, name), ge=low, le=high)
 
 
 def host_name(text: str) -> bool:
@@ -190,6 +199,14 @@ class Settings(BaseSettings):
     dnsbl_reply: str = ""  # list=shown name, ...: what a refusal calls a list
     dns_servers: str = ""  # host:port, ...; empty: the system's (/etc/resolv.conf)
 
+    # API limits (rendering, live push): default and range declared once, in api/limits.py.
+    render_workers: int = api_limit("render_workers")
+    render_queue: int = api_limit("render_queue")
+    render_seconds: float = api_limit("render_seconds")
+    render_memory: int = api_limit("render_memory")
+    push_per_client: int = api_limit("push_per_client")
+    push_per_mailbox: int = api_limit("push_per_mailbox")
+
     # STARTTLS: offered unless turned off; with no certificate configured, a self-signed
     # one for the hostname is made under the data dir on first start.
     starttls: bool = True
@@ -337,6 +354,10 @@ class Settings(BaseSettings):
         """The receiver limits as one frozen, range-checked value."""
         names = Limits.__dataclass_fields__.keys()
         return Limits(**{name: getattr(self, name) for name in names})
+
+    def api_limits(self) -> ApiLimits:
+        """The API's limits as the frozen value api/ takes."""
+        return ApiLimits(**{name: getattr(self, name) for name in API_RANGES})
 
     def admin_token_value(self) -> str | None:
         """The admin bearer token, if one is configured."""

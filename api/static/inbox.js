@@ -103,17 +103,32 @@ async function show(id) {
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = `${attachment.filename || "attachment"} (${attachment.size} bytes)`;
-    button.addEventListener("click", () => download(id, index, attachment.filename));
+    button.addEventListener("click", () =>
+      download(id, index, attachment.filename).catch((e) => status(e.message)));
     item.append(button);
     list.append(item);
   });
+}
+
+// File systems take 255 bytes per name; a longer `download` name makes the browser refuse
+// the download. Cut to 100 characters (kept under 255 bytes of UTF-8), extension kept.
+const MAX_NAME = 100;
+
+function safeName(name) {
+  let clean = (name || "attachment").replace(/[\u0000-\u001f\u007f/\\:*?"<>|]/g, "_").trim();
+  clean = clean.replace(/^\.+/, "") || "attachment";
+  if (Array.from(clean).length <= MAX_NAME) return clean;
+  const dot = clean.lastIndexOf(".");
+  const extension = dot > 0 && clean.length - dot <= 16 ? clean.slice(dot) : "";
+  return Array.from(clean.slice(0, clean.length - extension.length))
+    .slice(0, MAX_NAME - Array.from(extension).length).join("") + extension;
 }
 
 async function download(id, index, name) {
   const blob = await (await api(`/v1/messages/${id}/attachments/${index}`)).blob();
   const link = document.createElement("a");
   link.href = URL.createObjectURL(blob);
-  link.download = name || "attachment";
+  link.download = safeName(name);
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }

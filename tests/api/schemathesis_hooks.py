@@ -2,12 +2,20 @@
 
 The OpenAPI document names a format where a regular expression cannot say what is valid
 (a CIDR without host bits, an IP address, a mailbox); these strategies generate valid
-values, so a request the schema calls valid is one the API must accept.
+values, so a request the schema calls valid is one the API must accept. Message ids are
+drawn half the time from the messages the test seeded (`CONTRACT_SEEDED`, JSON), so the
+message routes render, extract and serve real (and hostile) mail rather than answer 404.
+A DELETE gets the seeded twin of the id it drew (each message is seeded twice), so
+deleting never starves the reads; an attachment index for a seeded message is one that
+mostly exists.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+from typing import Any
 
 import schemathesis
 from hypothesis import strategies as st
@@ -29,7 +37,33 @@ ADDRESS = st.one_of(
     st.integers(0, 2**96 - 1).map(lambda v: str(ipaddress.IPv6Address((0x2001_0DB8 << 96) | v))),
 )
 MAILBOX = st.from_regex(r"\A[a-z0-9]([a-z0-9.+_-]{0,30}[a-z0-9])?@(mx|example)\.test\Z")
+MESSAGE_ID = st.from_regex(r"\A[0-9a-hjkmnp-tv-z]{26}\Z")
+SEEDED = json.loads(os.environ.get("CONTRACT_SEEDED", '{"ids": [], "mailboxes": [], "twins": {}}'))
+
+
+def seeded_or(values: list[str], other: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(values), other) if values else other
+
 
 schemathesis.openapi.format("cidr", st.one_of(V4, V6, ADDRESS))
 schemathesis.openapi.format("ip", ADDRESS)
 schemathesis.openapi.format("mailbox", MAILBOX.filter(lambda m: ".." not in m))
+schemathesis.openapi.format("message-id", seeded_or(SEEDED["ids"], MESSAGE_ID))
+
+
+@schemathesis.hook
+def map_path_parameters(
+    context: schemathesis.HookContext, path_parameters: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """A DELETE gets the twin of a seeded id; an attachment index for a seeded message is
+    0-2 (seeded messages have few attachments)."""
+    operation = context.operation
+    if not path_parameters or operation is None:
+        return path_parameters
+    if operation.method.upper() == "DELETE":
+        twins: dict[str, str] = SEEDED["twins"]
+        return {name: twins.get(value, value) for name, value in path_parameters.items()}
+    index = path_parameters.get("index")
+    if isinstance(index, int) and path_parameters.get("message_id") in SEEDED["twins"]:
+        return {**path_parameters, "index": index % 3}
+    return path_parameters

@@ -102,3 +102,39 @@ def test_the_api_docs_render_offline_with_an_authorize_button(
     assert loaded and all(url.startswith(api.http_url) for url in loaded), loaded
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTEFACTS / "docs.png"))
+
+
+def test_smtputf8_mail_reads_cleanly_and_a_long_attachment_name_downloads(
+    browser: Any, make_api: ServiceFactory, receiver: ServiceProcess, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api = make_api(read_token=READ_TOKEN)
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
+    browser.get(f"{api.http_url}/#token={READ_TOKEN}&mailbox=utf8@mx.test")
+    wait = WebDriverWait(browser, 15)
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live:"))
+    name = "Rechnung-" + "ü" * 300 + ".pdf"  # 609 bytes of UTF-8: no file system takes it
+    body = (
+        "From: Jörg Müller <jörg@bücher.example>\r\nSubject: Grüße ✓\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nHallo, schöne Grüße.\r\n--b\r\n"
+        f'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="{name}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n"
+    ).encode()
+    client = RawClient(receiver.host, receiver.port)
+    client.hello()
+    assert send_message(client, "j@example.org", ["utf8@mx.test"], body).code == 250
+    wait.until(lambda d: "Grüße ✓" in d.find_element(By.ID, "messages").text)
+    browser.find_element(By.CSS_SELECTOR, "#messages li.message").click()
+    wait.until(lambda d: d.find_element(By.ID, "subject").text == "Grüße ✓")
+    assert "Hallo, schöne Grüße." in browser.find_element(By.ID, "text").text
+    assert "Jörg Müller <jörg@bücher.example>" in browser.find_element(By.ID, "meta").text
+    browser.find_element(By.CSS_SELECTOR, "#attachments button").click()
+    wait.until(lambda d: [p for p in tmp_path.iterdir() if p.suffix == ".pdf"])
+    [saved] = [p for p in tmp_path.iterdir() if p.suffix == ".pdf"]
+    assert saved.name == "Rechnung-" + "ü" * 87 + ".pdf"  # 100 characters, extension kept
+    assert saved.read_bytes() == b"%PDF-1.4\n"

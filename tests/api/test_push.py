@@ -10,11 +10,14 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 
-from api.push import QUEUE, Hub
+from api.limits import ApiLimits
+from api.push import QUEUE, Full, Hub, client_key
+from tests.conftest import ServiceFactory
 from tests.support.api import AUTH
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient, queued_id, send_message
+from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
 
 def listen(api: ServiceProcess, mailbox: str, out: queue.Queue[Any], **headers: str) -> None:
@@ -68,8 +71,8 @@ def test_a_stored_message_appears_on_the_stream_within_a_second(
 
 async def test_a_reader_that_falls_behind_is_dropped_not_buffered() -> None:
     hub = Hub()
-    slow = hub.subscribe("box@mx.test")
-    other = hub.subscribe("other@mx.test")
+    slow = hub.subscribe("box@mx.test", "127.0.0.1")
+    other = hub.subscribe("other@mx.test", "127.0.0.1")
     assert slow is not None and other is not None
     for n in range(QUEUE + 5):
         hub.publish({"_id": str(n), "rcpt": ["box@mx.test"]})
@@ -78,3 +81,70 @@ async def test_a_reader_that_falls_behind_is_dropped_not_buffered() -> None:
     hub.unsubscribe(slow)
     hub.unsubscribe(slow)  # twice: counted once
     assert hub.count == 1
+
+
+def _status(api: ServiceProcess, mailbox: str) -> tuple[int, httpx.Client]:
+    """Open a stream and keep it open: its status, and the client holding it."""
+    client = httpx.Client(headers=AUTH, timeout=10)
+    url = f"{api.http_url}/v1/mailboxes/{mailbox}/events"
+    response = client.send(client.build_request("GET", url), stream=True)
+    return response.status_code, client
+
+
+def _probe(api: ServiceProcess, mailbox: str) -> int:
+    status, client = _status(api, mailbox)
+    client.close()
+    return status
+
+
+def test_one_client_gets_its_share_of_streams_not_every_slot(make_api: ServiceFactory) -> None:
+    api = make_api(push_per_client=3, push_per_mailbox=2)
+    held: list[httpx.Client] = []
+    try:
+        for mailbox in ("a@mx.test", "a@mx.test", "b@mx.test"):
+            status, client = _status(api, mailbox)
+            held.append(client)
+            assert status == 200
+        status, client = _status(api, "c@mx.test")  # a fourth from the same address
+        held.append(client)
+        assert status == 429
+        held[0].close()  # one leaves: its slot is free again
+        assert wait_for(lambda: _probe(api, "c@mx.test") == 200, timeout=5)
+    finally:
+        for client in held:
+            client.close()
+
+
+def test_a_mailbox_gets_its_share_of_streams(make_api: ServiceFactory) -> None:
+    api = make_api(push_per_mailbox=2)
+    held = [_status(api, "busy@mx.test") for _ in range(3)]
+    try:
+        assert [status for status, _ in held] == [200, 200, 429]
+        url = f"{api.http_url}/v1/mailboxes/busy@mx.test/events"
+        refused = httpx.get(url, headers=AUTH)
+        assert refused.json() == {"error": "too many live streams on this mailbox"}
+        assert refused.headers["retry-after"] == "5"
+    finally:
+        for _, client in held:
+            client.close()
+
+
+def test_a_dropped_reader_frees_its_slot_at_once() -> None:
+    hub = Hub(ApiLimits(push_per_client=2, push_per_mailbox=2), total=2)
+    slow = hub.subscribe("box@mx.test", "192.0.2.1")
+    hub.subscribe("other@mx.test", "192.0.2.1")
+    with pytest.raises(Full) as full:
+        hub.subscribe("third@mx.test", "192.0.2.2")
+    assert full.value.status == 503  # the global cap is kept
+    for n in range(QUEUE + 1):
+        hub.publish({"_id": str(n), "rcpt": ["box@mx.test"]})
+    assert slow.dropped and hub.count == 1
+    hub.subscribe("third@mx.test", "192.0.2.2")  # its slot went to someone else
+
+
+def test_clients_are_ipv4_addresses_and_ipv6_slash_64s() -> None:
+    assert client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9")
+    assert client_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")

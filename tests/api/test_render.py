@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
 from email.message import EmailMessage
 
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.render import MAX_BOUNDARIES, render
+from api.render import MAX_BOUNDARIES, MAX_FILENAME, view
 from tests.support.api import AUTH
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, queued_id, send_message
@@ -49,20 +49,27 @@ def mime(draw: st.DrawFn, depth: int = 0) -> bytes:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mime())
 def test_hostile_mime_always_renders(raw: bytes) -> None:
-    view = asyncio.run(render(raw))
+    shown = view(raw)
     shape = {"headers", "from", "to", "cc", "text", "html", "html_safe", "attachments"}
-    assert set(view) == shape | {"parse_error"}
-    assert all(isinstance(a["size"], int) for a in view["attachments"])
-    assert all(isinstance(n, str) and isinstance(v, str) for n, v in view["headers"])
+    assert set(shown) == shape | {"parse_error"}
+    assert all(isinstance(a["size"], int) for a in shown["attachments"])
+    assert all(isinstance(n, str) and isinstance(v, str) for n, v in shown["headers"])
+    json.dumps(shown, ensure_ascii=False).encode("utf-8")  # valid UTF-8 throughout
 
 
-async def test_thousands_of_nested_parts_render_as_raw_headers_with_the_reason() -> None:
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2_000))
+def test_random_bytes_render_as_valid_utf8(raw: bytes) -> None:
+    json.dumps(view(raw), ensure_ascii=False).encode("utf-8")
+
+
+def test_thousands_of_nested_parts_render_as_raw_headers_with_the_reason() -> None:
     nested = b"Subject: deep\r\n"
     for n in range(3000):
         nested += b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
-    view = await render(nested)
-    assert view["parse_error"] == f"more than {MAX_BOUNDARIES} MIME parts"
-    assert ["Subject", "deep"] in view["headers"]
+    shown = view(nested)
+    assert shown["parse_error"] == f"more than {MAX_BOUNDARIES} MIME parts"
+    assert ["Subject", "deep"] in shown["headers"]
 
 
 def test_the_reported_messages_read_back_with_200(
@@ -130,3 +137,13 @@ def test_a_message_shows_its_addresses_attachments_and_safe_html(
     assert "invoice.pdf" in download.headers["content-disposition"]
     missing = httpx.get(f"{api.http_url}/v1/messages/{message_id}/attachments/1", headers=AUTH)
     assert missing.status_code == 404
+
+
+def test_a_long_attachment_name_is_cut_with_its_extension_kept() -> None:
+    name = "x" * 1_000 + ".pdf"
+    raw = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\nhi\r\n--b\r\n'
+        b'Content-Disposition: attachment; filename="' + name.encode() + b'"\r\n\r\nx\r\n--b--\r\n'
+    )
+    [attachment] = view(raw)["attachments"]
+    assert attachment["filename"] == "x" * (MAX_FILENAME - 4) + ".pdf"

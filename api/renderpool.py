@@ -1,0 +1,212 @@
+"""Render jobs in worker processes: bounded in memory, time and concurrency.
+
+Each job runs in a worker process (`api.renderworker`) that limits its own address space;
+at the deadline the worker is killed, so the work really stops (a thread cannot be), and a
+fresh one takes its place. Two lanes: one worker for small messages, so everyday mail
+renders at once whatever big messages are doing, and `render_workers` for the rest. A lane
+lets at most `render_queue` jobs wait; one more is `Busy` (the API says 503). A job that
+failed (deadline, memory, a crashed worker) leaves a verdict under its key, so asking again
+answers at once instead of starting the same work; the same job asked for while running
+is run once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from api.charsets import clean_all
+from api.limits import ApiLimits
+
+log = logging.getLogger("floodgate.api")
+
+SMALL_MESSAGE = 64 * 1024  # bytes: rendered in the small lane
+VERDICTS = 4_096  # failed jobs remembered (a few hundred bytes each)
+RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker cannot start
+WORKER = ("-m", "api.renderworker")
+
+
+class Busy(Exception):
+    """Every worker of the lane is busy and its queue is full."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A job's answer (`head`, `body`), or why there is none (`failure`)."""
+
+    head: dict[str, Any]
+    body: bytes = b""
+    failure: str | None = None
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, command: Sequence[str]) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        worker = cls(process)
+        try:
+            await worker.read()  # {"ready": true} once it has imported and limited itself
+        except BaseException:
+            await worker.kill()
+            raise
+        return worker
+
+    async def ask(self, head: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        assert self.process.stdin is not None
+        encoded = json.dumps(head).encode()
+        self.process.stdin.write(len(encoded).to_bytes(4, "big") + encoded)
+        self.process.stdin.write(len(body).to_bytes(4, "big") + body)
+        await self.process.stdin.drain()
+        return await self.read()
+
+    async def read(self) -> tuple[dict[str, Any], bytes]:
+        stdout = self.process.stdout
+        assert stdout is not None
+        head = json.loads(await stdout.readexactly(int.from_bytes(await stdout.readexactly(4))))
+        body = await stdout.readexactly(int.from_bytes(await stdout.readexactly(4)))
+        return head, body
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        await self.process.wait()
+
+
+class Lane:
+    """`size` workers and a queue of at most `queue` waiting jobs."""
+
+    def __init__(
+        self, name: str, command: Sequence[str], size: int, queue: int, seconds: float
+    ) -> None:
+        self.name, self.command, self.size = name, tuple(command), size
+        self.queue, self.seconds = queue, seconds
+        self.waiting = 0
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._all: set[_Worker] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def start(self) -> None:
+        for _ in range(self.size):
+            self._replace()
+
+    def _replace(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._spawn(), name=f"render-{self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _spawn(self) -> None:
+        while not self.closed:
+            try:
+                worker = await _Worker.start(self.command)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+                log.error("event=render_worker_failed_to_start error=%s", type(error).__name__)
+                await asyncio.sleep(RESPAWN_PAUSE)
+                continue
+            if self.closed:
+                await worker.kill()
+                return
+            self._all.add(worker)
+            self._idle.put_nowait(worker)
+            return
+
+    async def run(self, head: dict[str, Any], body: bytes) -> Outcome:
+        if self.waiting >= self.queue and self._idle.empty():
+            raise Busy(self.name)
+        self.waiting += 1
+        try:
+            worker = await self._idle.get()
+        finally:
+            self.waiting -= 1
+        healthy = False
+        try:
+            async with asyncio.timeout(self.seconds):
+                answer, data = await worker.ask(head, body)
+            healthy = not answer.pop("retire", False)
+            failure = answer.pop("failed", None)
+            return Outcome(clean_all(answer), data, failure)
+        except TimeoutError:
+            log.warning("event=render_deadline lane=%s seconds=%g", self.name, self.seconds)
+            return Outcome({}, failure=f"rendering took longer than {self.seconds:g}s")
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            log.warning("event=render_worker_died lane=%s", self.name)
+            return Outcome({}, failure="the render worker failed (out of memory?)")
+        finally:
+            if healthy:
+                self._idle.put_nowait(worker)
+            else:
+                self._all.discard(worker)
+                await asyncio.shield(worker.kill())
+                if not self.closed:
+                    self._replace()
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in list(self._all):
+            with contextlib.suppress(Exception):
+                await worker.kill()
+
+
+class RenderPool:
+    """The API's render workers: a small lane, a general lane, verdicts, single flight."""
+
+    def __init__(self, limits: ApiLimits, command: Sequence[str] | None = None) -> None:
+        command = command or (sys.executable, *WORKER)
+        command = (*command, str(limits.render_memory))
+        self.small = Lane("small", command, 1, limits.render_queue, limits.render_seconds)
+        self.general = Lane(
+            "general", command, limits.render_workers, limits.render_queue, limits.render_seconds
+        )
+        self._verdicts: OrderedDict[str, str] = OrderedDict()
+        self._running: dict[str, asyncio.Future[Outcome]] = {}
+
+    def start(self) -> None:
+        self.small.start()
+        self.general.start()
+
+    async def close(self) -> None:
+        await self.small.close()
+        await self.general.close()
+
+    async def run(self, key: str, head: dict[str, Any], raw: bytes) -> Outcome:
+        """The answer to job `head` on message `raw`; `key` names the job (message id and
+        what is asked), for its verdict and to join a run of the same job."""
+        verdict = self._verdicts.get(key)
+        if verdict is not None:
+            return Outcome({}, failure=verdict)
+        running = self._running.get(key)
+        if running is None:
+            lane = self.small if len(raw) <= SMALL_MESSAGE else self.general
+            running = asyncio.ensure_future(lane.run(head, raw))
+            self._running[key] = running
+            running.add_done_callback(lambda done: self._finished(key, done))
+        # Shielded: a client that goes away does not abandon a job others may wait for.
+        return await asyncio.shield(running)
+
+    def _finished(self, key: str, done: asyncio.Future[Outcome]) -> None:
+        self._running.pop(key, None)
+        if done.cancelled() or done.exception() is not None:
+            return
+        failure = done.result().failure
+        if failure is not None:
+            self._verdicts[key] = failure
+            while len(self._verdicts) > VERDICTS:
+                self._verdicts.popitem(last=False)

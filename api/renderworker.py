@@ -1,0 +1,110 @@
+"""A render worker process: `python -m api.renderworker MEMORY_BYTES`.
+
+Reads jobs from stdin and writes answers to stdout, one at a time, as frames (see
+`write_frame`): a JSON head and a binary body. It sets its own address-space limit first
+(RLIMIT_AS: what it may map beyond what it holds after start-up), so a message that needs
+more memory fails here with MemoryError, or kills only this process; the API kills it at
+the deadline (`api.renderpool`). After a job that left it large, it exits once it has
+answered, and the pool starts a fresh one: Python does not give freed memory back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from api import render
+
+Job = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]
+RECYCLE_GROWTH = 32 * 1024 * 1024  # resident bytes gained past which a worker retires
+_PAGE = resource.getpagesize()
+
+
+def write_frame(stream: BinaryIO, head: dict[str, Any], body: bytes = b"") -> None:
+    """Frame: 4-byte head length, head (JSON), 4-byte body length, body (big-endian)."""
+    # ASCII JSON: a stray surrogate is escaped, never an encoding error here.
+    encoded = json.dumps(head).encode("ascii")
+    stream.write(len(encoded).to_bytes(4, "big") + encoded + len(body).to_bytes(4, "big"))
+    stream.write(body)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """The next frame, or None at end of input."""
+    size = stream.read(4)
+    if len(size) < 4:
+        return None
+    head = json.loads(stream.read(int.from_bytes(size, "big")))
+    body = stream.read(int.from_bytes(stream.read(4), "big"))
+    return head, body
+
+
+def view(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
+    return {"view": render.view(raw)}, b""
+
+
+def attachment(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
+    try:
+        found = render.attachment(raw, int(head["index"]))
+    except render.Unextractable as error:
+        return {"unextractable": str(error)}, b""
+    if found is None:
+        return {"missing": True}, b""
+    data, content_type, filename = found
+    return {"content_type": content_type, "filename": filename}, data
+
+
+JOBS: dict[str, Job] = {"view": view, "attachment": attachment}
+
+
+def resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
+def _die_with_parent() -> None:
+    """Linux PR_SET_PDEATHSIG: killed with the API, even in the middle of a job."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the API died before the call took effect
+        os._exit(0)
+
+
+def serve(jobs: dict[str, Job], memory: int) -> None:
+    """Answer jobs until stdin closes (or until this process has grown: it then exits)."""
+    _die_with_parent()
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * _PAGE
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + memory, mapped + memory))
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames may reach the pipe
+    baseline = resident()
+    write_frame(stdout, {"ready": True})
+    while (frame := read_frame(stdin)) is not None:
+        head, body = frame
+        try:
+            answer, data = jobs[head["job"]](head, body)
+        except MemoryError:
+            answer, data = {"failed": "needs more memory than a render may use"}, b""
+        del body, frame
+        retire = resident() - baseline > RECYCLE_GROWTH
+        write_frame(stdout, {**answer, "retire": retire}, data)
+        if retire:
+            return
+
+
+def main(jobs: dict[str, Job] = JOBS) -> None:
+    serve(jobs, int(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""No message the receiver accepts makes the API answer 500, hand out a corrupt attachment,
+or take more than its bounded share of memory and CPU: the crafted cases, through a real
+receiver and a real API (with its render workers)."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
+
+import httpx
+
+from bench.hostile import (
+    big_attachment,
+    bombs,
+    encoded_word_bomb,
+    punycode_body,
+    punycode_subject,
+    smtputf8,
+)
+from tests.conftest import ServiceFactory
+from tests.support.api import AUTH, cpu_seconds, deliver, family, listing, rss_total_kb
+from tests.support.processes import ServiceProcess
+
+MIB_KB = 1024
+
+
+def fetch(api: ServiceProcess, message_id: str, suffix: str = "") -> httpx.Response:
+    url = f"{api.http_url}/v1/messages/{message_id}{suffix}"
+    return httpx.get(url, headers=AUTH, timeout=30)
+
+
+def timed(api: ServiceProcess, message_id: str) -> tuple[float, httpx.Response]:
+    started = time.monotonic()
+    response = fetch(api, message_id)
+    return time.monotonic() - started, response
+
+
+def test_smtputf8_mail_from_a_real_client_reads_as_utf8(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    message = EmailMessage()
+    message["From"] = "Jörg Müller <jörg@bücher.example>"
+    message["To"] = "zoë@mx.test"
+    message["Subject"] = "Grüße ✓"
+    message.set_content("Hallo\n")
+    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="client.test") as client:
+        # smtplib sends SMTPUTF8 and the raw UTF-8 headers (RFC 6531/6532), as an MTA does.
+        refused = client.send_message(message, "jörg@bücher.example", ["zoë@mx.test"])
+    assert refused == {}
+    [entry] = listing(api, "zoë@mx.test")
+    view = fetch(api, entry["id"])
+    assert view.status_code == 200 and view.headers["content-type"] == "application/json"
+    body = view.json()
+    assert body["from"] == [{"name": "Jörg Müller", "address": "jörg@bücher.example"}]
+    assert body["to"] == [{"name": "", "address": "zoë@mx.test"}]
+    assert ["Subject", "Grüße ✓"] in body["headers"] and body["parse_error"] is None
+    hand_made = fetch(api, deliver(receiver, "utf8@mx.test", smtputf8(1))).json()
+    assert hand_made["cc"] == [{"name": "李", "address": "li@例え.jp"}]
+
+
+def test_an_encoded_word_bomb_costs_the_api_little_memory(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    bomb = deliver(receiver, "bomb@mx.test", encoded_word_bomb(6_000))
+    small = deliver(receiver, "bomb@mx.test", b"Subject: hi\r\n\r\nx\r\n")
+    assert fetch(api, small).status_code == 200  # the workers are up
+    time.sleep(0.5)
+    pids = family(api.process.pid)
+    before = rss_total_kb(pids)
+    peak = before
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_total_kb(family(api.process.pid)))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: fetch(api, bomb), range(6)))
+    finally:
+        stop.set()
+        sampler.join()
+    for answer in answers:
+        assert answer.status_code == 200
+        subject = dict(answer.json()["headers"])["Subject"]
+        assert subject == "a" * 6_000
+    growth_mb = (peak - before) / MIB_KB
+    print(f"encoded-word bomb: API and workers {before // MIB_KB} MB, peak +{growth_mb:.1f} MB")
+    assert growth_mb <= 64, growth_mb
+
+
+def test_work_stops_at_the_deadline_and_is_not_started_again(
+    receiver: ServiceProcess, make_api: ServiceFactory
+) -> None:
+    api = make_api(render_seconds=0.1)
+    raw, _ = big_attachment()
+    slow = deliver(receiver, "slow@mx.test", raw)
+    small = deliver(receiver, "slow@mx.test", b"Subject: hi\r\n\r\nx\r\n")
+    assert fetch(api, small).status_code == 200
+    time.sleep(0.5)
+    workers = family(api.process.pid)
+    answer = fetch(api, slow)
+    after_deadline = cpu_seconds(workers)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["parse_error"] == "rendering took longer than 0.1s"
+    assert ["Subject", "big"] in body["headers"]
+    time.sleep(1.0)
+    spent = cpu_seconds(workers) - after_deadline
+    print(f"CPU spent after the deadline: {spent:.3f} s")
+    assert spent < 0.1, spent  # the API idles; the killed worker spends nothing more
+    assert any(not alive for alive in (_alive(pid) for pid in workers[1:]))
+    again, repeat = timed(api, slow)
+    assert repeat.json()["parse_error"] == "rendering took longer than 0.1s" and again < 0.5
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_eight_crafted_messages_in_parallel_leave_small_mail_its_normal_time(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    crafted = [raw for name, raw in bombs().items() if name != "big_attachment"]
+    crafted.append(big_attachment(1_000_000)[0])
+    heavy = [deliver(receiver, "heavy@mx.test", raw) for raw in crafted]
+    assert len(heavy) == 8
+    small = deliver(receiver, "heavy@mx.test", b"Subject: hi\r\n\r\nsmall\r\n")
+    normal = min(timed(api, small)[0] for _ in range(3))
+    with ThreadPoolExecutor(9) as pool:
+        storm = [pool.submit(fetch, api, message_id) for message_id in heavy]
+        time.sleep(0.3)  # the storm has started
+        during, answer = timed(api, small)
+        answers = [future.result() for future in storm]
+    assert answer.status_code == 200 and answer.json()["text"] == "small\n"
+    print(f"small message: {normal * 1000:.0f} ms alone, {during * 1000:.0f} ms in the storm")
+    assert during <= max(0.5, 5 * normal), (normal, during)
+    assert {a.status_code for a in answers} == {200}
+
+
+def test_pathological_charsets_render_at_once(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    ids = [deliver(receiver, "puny@mx.test", raw) for raw in (punycode_body(), punycode_subject())]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: timed(api, ids[n % 2]), range(8)))
+    for seconds, answer in results:
+        assert answer.status_code == 200 and answer.json()["parse_error"] is None
+        assert seconds < 2.0
+    body = fetch(api, ids[0]).json()
+    assert body["text"].startswith("aaaa")  # read as UTF-8: punycode is no MIME charset
+
+
+def test_a_seven_megabyte_attachment_downloads_whole(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    raw, data = big_attachment()
+    assert len(raw) > 9_500_000
+    message_id = deliver(receiver, "big@mx.test", raw)
+    view = fetch(api, message_id).json()
+    assert view["attachments"] == [
+        {"filename": "big.bin", "content_type": "application/octet-stream", "size": len(data)}
+    ]
+    download = fetch(api, message_id, "/attachments/0")
+    assert download.status_code == 200 and download.content == data
+    head = httpx.head(f"{api.http_url}/v1/messages/{message_id}/attachments/0", headers=AUTH)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(data))
+
+
+def test_a_damaged_attachment_is_refused_with_a_pointer_to_raw(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    raw = (
+        b'Subject: cut\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\n"
+        b"Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK!!!broken\r\n"
+    )  # invalid base64 and no closing boundary: what was sent cannot be recovered exactly
+    message_id = deliver(receiver, "cut@mx.test", raw)
+    answer = fetch(api, message_id, "/attachments/0")
+    assert answer.status_code == 422
+    assert f"/v1/messages/{message_id}/raw" in answer.json()["error"]
+    assert fetch(api, message_id, "/raw").content.endswith(raw)
+
+
+def test_a_full_render_queue_answers_503_json(
+    receiver: ServiceProcess, make_api: ServiceFactory
+) -> None:
+    api = make_api(render_workers=1, render_queue=0, render_seconds=2)
+    raw, _ = big_attachment()
+    heavy = [deliver(receiver, "busy@mx.test", raw) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda message_id: fetch(api, message_id), heavy))
+    busy = [a for a in answers if a.status_code == 503]
+    assert busy and {a.status_code for a in answers} <= {200, 503}
+    assert busy[0].json()["error"] == "too many messages being rendered; retry later"
+    assert busy[0].headers["retry-after"] == "1"

@@ -1,0 +1,125 @@
+"""The render pool: real worker processes, killed at the deadline, a bounded queue, a
+verdict per job, one run for simultaneous asks, and a lane small messages keep to
+themselves; random bytes and MIME trees rendered under the workers' limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from api.limits import ApiLimits
+from api.renderpool import SMALL_MESSAGE, Busy, RenderPool
+from tests.api.test_render import mime
+
+COMMAND = (sys.executable, "-m", "tests.api.slow_worker")
+BIG = b"x" * (SMALL_MESSAGE + 1)
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[RenderPool]:
+    limits = ApiLimits(render_workers=1, render_queue=2, render_seconds=0.5)
+    pool = RenderPool(limits, COMMAND)
+    pool.start()
+    yield pool
+    await pool.close()
+
+
+def worker_pids(pool: RenderPool) -> set[int]:
+    lanes = (pool.small, pool.general)
+    return {worker.process.pid for lane in lanes for worker in lane._all}
+
+
+async def test_a_job_past_the_deadline_is_killed_and_its_process_is_gone(
+    pool: RenderPool,
+) -> None:
+    await pool.run("warm", {"job": "echo"}, BIG)  # the workers are up
+    before = worker_pids(pool)
+    started = time.monotonic()
+    outcome = await pool.run("m1/spin", {"job": "spin"}, BIG)
+    assert outcome.failure == "rendering took longer than 0.5s"
+    assert time.monotonic() - started < 1.5
+    # The spinning process no longer exists: no CPU is spent after the deadline.
+    gone = before - worker_pids(pool)
+    assert len(gone) == 1 and not os.path.exists(f"/proc/{gone.pop()}")
+    # A fresh worker took its place and works.
+    answer = await asyncio.wait_for(pool.run("m2/echo", {"job": "echo"}, BIG), 10)
+    assert answer.failure is None and answer.body == BIG
+
+
+async def test_a_failed_job_is_not_run_again(pool: RenderPool) -> None:
+    await pool.run("m1/spin", {"job": "spin"}, BIG)
+    started = time.monotonic()
+    again = await pool.run("m1/spin", {"job": "spin"}, BIG)
+    assert again.failure is not None and time.monotonic() - started < 0.05
+
+
+async def test_simultaneous_asks_for_one_job_share_one_run(pool: RenderPool) -> None:
+    await pool.run("warm", {"job": "echo"}, BIG)
+    started = time.monotonic()
+    outcomes = await asyncio.gather(*(pool.run("m/spin", {"job": "spin"}, BIG) for _ in range(8)))
+    assert {o.failure for o in outcomes} == {"rendering took longer than 0.5s"}
+    assert time.monotonic() - started < 1.5  # one deadline, not eight in a row
+
+
+async def test_past_the_queue_a_job_is_refused_at_once(pool: RenderPool) -> None:
+    await pool.run("warm", {"job": "echo"}, BIG)
+    # One running and two waiting fill the general lane (one worker, queue of two).
+    jobs = [asyncio.ensure_future(pool.run(f"m{n}", {"job": "spin"}, BIG)) for n in range(3)]
+    await asyncio.sleep(0.1)
+    with pytest.raises(Busy):
+        await pool.run("m3", {"job": "spin"}, BIG)
+    # Meanwhile a small message has its own lane and answers at once.
+    started = time.monotonic()
+    small = await pool.run("s", {"job": "view"}, b"Subject: hi\r\n\r\nsmall\r\n")
+    assert small.failure is None and small.head["view"]["text"] == "small\n"
+    assert time.monotonic() - started < 0.3
+    await asyncio.gather(*jobs)
+
+
+async def test_a_job_that_needs_more_memory_fails_in_its_worker_only(pool: RenderPool) -> None:
+    outcome = await pool.run("m/hog", {"job": "hog"}, BIG)
+    assert outcome.failure == "needs more memory than a render may use"
+    assert (await pool.run("m/echo", {"job": "echo"}, b"ok")).body == b"ok"
+
+
+@pytest.fixture(scope="module")
+def live_pool() -> Iterator[tuple[RenderPool, asyncio.AbstractEventLoop]]:
+    """A pool with the real worker, on a loop of its own thread (hypothesis calls the test
+    many times; the pool outlives each call)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    pool = RenderPool(ApiLimits(render_workers=1, render_seconds=2.0))
+    loop.call_soon_threadsafe(pool.start)
+    yield pool, loop
+    asyncio.run_coroutine_threadsafe(pool.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+KNOWN_FAILURES = {"rendering took longer than 2s", "needs more memory than a render may use"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=4_000), mime()))
+def test_random_bytes_and_mime_trees_render_within_the_workers_bounds(
+    live_pool: tuple[RenderPool, asyncio.AbstractEventLoop], raw: bytes
+) -> None:
+    pool, loop = live_pool
+    key = f"{uuid.uuid4()}/view"  # a fresh job each time: no verdict reused
+    outcome = asyncio.run_coroutine_threadsafe(pool.run(key, {"job": "view"}, raw), loop)
+    answer = outcome.result(timeout=30)
+    assert answer.failure is None or answer.failure in KNOWN_FAILURES, answer.failure
+    if answer.failure is None:
+        json.dumps(answer.head["view"], ensure_ascii=False).encode("utf-8")
