@@ -71,6 +71,7 @@ CLOSE_REASONS = (
     "data_too_slow",
     "too_many_errors",
     "too_many_commands",
+    "too_many_deferrals",
     "shutdown",
     "improper_pipelining",
     "bare_newline",

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 # rate deferrals are policy, and a Postfix that reuses a connection for its queue would
 # otherwise collect 21 of them and be cut off (Postfix's own anvil replies count there).
 CLIENT_ERRORS = frozenset({500, 501, 502, 503, 504, 550, 553, 555})
+# Our rate deferrals: a budget of their own per session, never a step toward a ban.
+DEFERRALS = frozenset({450})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,11 @@ class Reply:
 
     @property
     def counts_as_error(self) -> bool:
-        return self.code in CLIENT_ERRORS and not self.policy
+        return self.code in CLIENT_ERRORS
+
+    @property
+    def deferral(self) -> bool:
+        return self.code in DEFERRALS and not self.policy
 
 
 # Refusals decided before the banner (the connection is closed right after).
@@ -77,6 +83,7 @@ DATA_TOO_SLOW = Reply(421, "4.4.2", "DATA transfer too slow, closing connection"
 # Dialogue limits.
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands, closing connection")
+TOO_MANY_DEFERRALS = Reply(421, "4.7.0", "Rate limit exceeded, try again later")
 MESSAGE_RATE = Reply(450, "4.7.1", "Message rate limit exceeded, try again later")
 RECIPIENT_RATE = Reply(450, "4.7.1", "Recipient rate limit exceeded, try again later")
 MAILBOX_RATE = Reply(450, "4.2.1", "Mailbox receiving too fast, try again later")

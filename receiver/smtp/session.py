@@ -82,6 +82,7 @@ class Session(asyncio.Protocol):
         "close_reason",
         "commands",
         "counted_key",
+        "deferrals",
         "ctx",
         "data_start",
         "errors",
@@ -126,6 +127,7 @@ class Session(asyncio.Protocol):
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.rcpt_count = self.errors = self.junk_count = self.commands = self.reserved = 0
+        self.deferrals = 0
         self.utf8 = self.more_input = self.overlong = False
         self.tls: tuple[str, str] | None = None  # (version, cipher) once upgraded
         self.close_reason = "client_closed"
@@ -394,6 +396,15 @@ class Session(asyncio.Protocol):
             if self.errors > limits.hard_error_limit:  # "exceeded", as in Postfix
                 self.ctx.admission.violation(self.client_key, "too_many_errors", self.allowed)
                 self.close_with(replies.TOO_MANY_ERRORS, "too_many_errors")
+                return
+        elif reply.deferral:
+            # A client that keeps asking after being told to wait is sent away (never
+            # banned for it): an MTA retries later on a new connection, within its own
+            # pace; a flood that reconnects at once meets the connection rate, and the
+            # connections refused there are what earn a ban.
+            self.deferrals += 1
+            if self.deferrals > limits.hard_error_limit:
+                self.close_with(replies.TOO_MANY_DEFERRALS, "too_many_deferrals")
                 return
         if self.commands > limits.max_commands:
             self.close_with(replies.TOO_MANY_COMMANDS, "too_many_commands")

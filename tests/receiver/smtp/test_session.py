@@ -608,3 +608,13 @@ async def test_a_retry_of_a_message_stored_after_all_is_answered_with_the_first_
     client.feed(b"Subject: once\r\n\r\nx\r\n.\r\n")  # other envelope, other message
     await settle()
     assert len({m.id for m in harness.sink.messages}) == 2
+
+
+def test_a_client_that_keeps_asking_past_its_rate_is_sent_away_but_not_banned() -> None:
+    harness = Harness(message_rate=1, hard_error_limit=3, autoban_threshold=1)
+    client = ready(harness)
+    assert client.send("MAIL FROM:<a@example.org>") == [250]
+    assert client.send("RSET") == [250]
+    codes = [code for _ in range(5) for code in client.send("MAIL FROM:<a@example.org>")]
+    assert codes == [450, 450, 450, 450, 421] and client.closed
+    assert harness.blocked == set() and len(harness.admission.violations) == 0
