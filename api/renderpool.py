@@ -44,6 +44,7 @@ class Outcome:
     head: dict[str, Any]
     body: bytes = b""
     failure: str | None = None
+    lasting: bool = True  # a failure that says something about the message (cached)
 
 
 class _Worker:
@@ -128,11 +129,26 @@ class Lane:
     async def run(self, head: dict[str, Any], body: bytes) -> Outcome:
         if self.waiting >= self.queue and self._idle.empty():
             raise Busy(self.name)
+        for _ in range(self.size + 1):
+            outcome = await self._attempt(head, body)
+            if outcome is not None:
+                return outcome
+        return Outcome({}, failure="the render workers are restarting", lasting=False)
+
+    async def _attempt(self, head: dict[str, Any], body: bytes) -> Outcome | None:
+        """One worker's answer; None when that worker had died while idle (it never
+        saw the job, so the job is not to blame: another worker takes it)."""
         self.waiting += 1
         try:
             worker = await self._idle.get()
         finally:
             self.waiting -= 1
+        if worker.process.returncode is not None:
+            self._all.discard(worker)
+            await asyncio.shield(worker.kill())
+            if not self.closed:
+                self._replace()
+            return None
         healthy = False
         try:
             async with asyncio.timeout(self.seconds):
@@ -143,6 +159,9 @@ class Lane:
         except TimeoutError:
             log.warning("event=render_deadline lane=%s seconds=%g", self.name, self.seconds)
             return Outcome({}, failure=f"rendering took longer than {self.seconds:g}s")
+        except (BrokenPipeError, ConnectionResetError):
+            log.warning("event=render_worker_gone lane=%s", self.name)
+            return None  # it died before reading the job: not this message's doing
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             log.warning("event=render_worker_died lane=%s", self.name)
             return Outcome({}, failure="the render worker failed (out of memory?)")
@@ -206,7 +225,7 @@ class RenderPool:
         if done.cancelled() or done.exception() is not None:
             return
         failure = done.result().failure
-        if failure is not None:
+        if failure is not None and done.result().lasting:
             self._verdicts[key] = failure
             while len(self._verdicts) > VERDICTS:
                 self._verdicts.popitem(last=False)

@@ -56,6 +56,18 @@ async def test_a_job_past_the_deadline_is_killed_and_its_process_is_gone(
     assert answer.failure is None and answer.body == BIG
 
 
+async def test_a_worker_that_died_while_idle_costs_the_next_job_nothing(
+    pool: RenderPool,
+) -> None:
+    await pool.run("warm", {"job": "echo"}, BIG)
+    [pid] = {worker.process.pid for worker in pool.general._all}
+    os.kill(pid, 9)  # dead while idle: the next job must not be blamed for it
+    await asyncio.sleep(0.2)
+    answer = await asyncio.wait_for(pool.run("m3/echo", {"job": "echo"}, BIG), 10)
+    assert answer.failure is None and answer.body == BIG
+    assert pid not in worker_pids(pool)
+
+
 async def test_a_failed_job_is_not_run_again(pool: RenderPool) -> None:
     await pool.run("m1/spin", {"job": "spin"}, BIG)
     started = time.monotonic()
