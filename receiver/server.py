@@ -295,6 +295,11 @@ class ReceiverState:
 
     # --- events ---------------------------------------------------------------------
 
+    def on_identified(self, key: str) -> None:
+        """A proxied connection's client, named by its PROXY header: counted as a
+        connection of that client, as a direct one is at the gate."""
+        self.live.record_connection(key)
+
     def on_session_closed(self, reason: str, key: str) -> None:
         self._closed[reason].inc()
         if reason not in ("quit", "client_closed", "shutdown"):

@@ -275,6 +275,7 @@ class Session(asyncio.Protocol):
             self.close_with(refusal.reply, refusal.reason)
             return
         self.client_key = self.counted_key = key
+        self.ctx.events.on_identified(key)  # behind a proxy, the client is known only now
         self.allowed = self.ctx.admission.allowed(self.client_ip)
         self.phase = Phase.GREETING
         early = bytes(self.buffer)

@@ -129,6 +129,7 @@ class FakeEvents:
     def __init__(self) -> None:
         self.refused: Counter[str] = Counter()
         self.closed: Counter[str] = Counter()
+        self.identified: list[str] = []
         self.messages: Counter[str] = Counter()
         self.recipients: Counter[str] = Counter()
         self.down = False
@@ -137,6 +138,9 @@ class FakeEvents:
 
     def on_refused(self, key: str, reason: str) -> None:
         self.refused[reason] += 1
+
+    def on_identified(self, key: str) -> None:
+        self.identified.append(key)
 
     def on_session_closed(self, reason: str, key: str) -> None:
         self.closed[reason] += 1

@@ -618,3 +618,11 @@ def test_a_client_that_keeps_asking_past_its_rate_is_sent_away_but_not_banned() 
     codes = [code for _ in range(5) for code in client.send("MAIL FROM:<a@example.org>")]
     assert codes == [450, 450, 450, 450, 421] and client.closed
     assert harness.blocked == set() and len(harness.admission.violations) == 0
+
+
+def test_a_proxied_connection_is_counted_for_the_client_its_header_names() -> None:
+    harness = Harness()
+    client = harness.connect("10.0.0.1", proxied=True)
+    client.feed(v1("198.51.100.9"))
+    assert client.codes() == [220]
+    assert harness.events.identified == ["198.51.100.9"]
