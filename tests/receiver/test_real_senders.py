@@ -154,6 +154,20 @@ def assert_readable(api: ServiceProcess, messages: list[Outgoing]) -> None:
         assert re.match(rb"Received: [^;]* with (ESMTPS|UTF8SMTPS) ", found[0]), found[0][:300]
         # The body arrives exact (8-bit and UTF-8 untouched, not downgraded to 7-bit).
         assert found[0].endswith(message.content), message.kind
+    assert_rendered(api, [m for m in messages if m.smtputf8])
+
+
+def assert_rendered(api: ServiceProcess, messages: list[Outgoing]) -> None:
+    """Every SMTPUTF8 message a real MTA delivered renders as JSON, its UTF-8 intact."""
+    for message in messages:
+        address = message.recipients[0]
+        for entry in listing(api, quote(address, safe="@")):
+            answer = httpx.get(f"{api.http_url}/v1/messages/{entry['id']}", headers=AUTH)
+            assert answer.status_code == 200, answer.text[:300]
+            shown = answer.json()
+            assert [to["address"] for to in shown["to"]] == [address], shown["to"]
+            assert shown["subject"] == f"Grüße {message.number} — ✓", shown["subject"]
+            assert f"中文 {message.number}." in shown["text"], shown["text"][:200]
 
 
 def test_postfix_at_its_defaults_with_tls_required_delivers_everything(
