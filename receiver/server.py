@@ -28,6 +28,7 @@ from receiver.events import (
     emit,
 )
 from receiver.health import HealthServer
+from receiver.housekeeping import Housekeeping, Job
 from receiver.limits import Limits
 from receiver.mailboxes import MailboxKeeper
 from receiver.replay import Replay, ReplayConfig
@@ -46,6 +47,8 @@ HEALTH_INTERVAL = 2.0
 STATS_INTERVAL = 5.0  # live statistics published this often (receiver.stats)
 SWEEP_INTERVAL = 30.0  # expired mail leaves the store within about this long
 SWEEP_LEASE = 3 * SWEEP_INTERVAL  # a dead sweeper's lease passes to another receiver
+TLS_RELOAD_INTERVAL = 2.0  # certificate files are checked this often
+SUMMARY_TICK = 1.0  # the summary log looks this often (it logs once per its own interval)
 
 
 class MessageSink(Protocol):
@@ -399,31 +402,30 @@ class ReceiverState:
     def _probe_name(self) -> str:
         return f"receiver {self.name}"
 
-    async def watch_store(self, stop: asyncio.Event) -> None:
-        """Check the store in the background, so a dead one is known before mail hits it,
-        and sweep expired mail now and then (retention on every store)."""
-        next_sweep = time.monotonic() + HEALTH_INTERVAL
-        next_stats = time.monotonic()
-        sweeper: asyncio.Task[None] | None = None
-        try:
-            while not stop.is_set():
-                if self.certificates is not None and self.certificates.reload_if_changed():
-                    emit("tls_reloaded", cert=str(self.certificates.settings.cert))
-                await self.check_store()
-                due = time.monotonic() >= next_sweep
-                if self.store_health.up and due and (sweeper is None or sweeper.done()):
-                    # Its own task: a sweep held up by a slow store never delays a probe.
-                    next_sweep = time.monotonic() + SWEEP_INTERVAL
-                    sweeper = self.loop.create_task(self.sweep())
-                if self.store_health.up and time.monotonic() >= next_stats:
-                    next_stats = time.monotonic() + STATS_INTERVAL
-                    await self.publish_stats()
-                self.summary.flush()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), HEALTH_INTERVAL)
-        finally:
-            if sweeper is not None:
-                sweeper.cancel()
+    def jobs(self) -> list[Job]:
+        """The periodic jobs, each on its own clock (receiver.housekeeping)."""
+
+        def up() -> bool:
+            return self.store_health.up is True
+
+        jobs = [
+            # The store is judged by writes before mail hits it; indexes once it answers.
+            Job("store-probe", HEALTH_INTERVAL, self.check_store),
+            # Retention on every store, one receiver at a time (a lease in the store).
+            Job("retention-sweep", SWEEP_INTERVAL, self.sweep, up, first_delay=HEALTH_INTERVAL),
+            Job("live-stats", STATS_INTERVAL, self.publish_stats, up),
+            Job("log-summary", SUMMARY_TICK, self._flush_summary),
+        ]
+        if self.certificates is not None:
+            jobs.append(Job("tls-reload", TLS_RELOAD_INTERVAL, self._reload_tls))
+        return jobs
+
+    async def _flush_summary(self) -> None:
+        self.summary.flush()  # logs only once its own interval has passed
+
+    async def _reload_tls(self) -> None:
+        if self.certificates is not None and self.certificates.reload_if_changed():
+            emit("tls_reloaded", cert=str(self.certificates.settings.cert))
 
     @property
     def name(self) -> str:
@@ -537,7 +539,8 @@ async def run_receiver(
         lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True
     )
     await health.start(config.http_host, config.http_port)
-    watcher = loop.create_task(state.watch_store(stop))
+    housekeeping = Housekeeping(state.jobs())
+    housekeeping.start(stop)
     reporter = None
     if state.screen is not None:
         await state.screen.resolver.open()
@@ -557,9 +560,7 @@ async def run_receiver(
     server.close()
     with contextlib.suppress(Exception):  # gone from the operators' view at once
         await store.withdraw_stats(state.name, 1.0)
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    await housekeeping.close()
     if replayer is not None and state.spool is not None:
         replayer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
