@@ -110,7 +110,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory, embedded_store(Path(directory)) as uri:
         env = {"FLOODGATE_MONGODB_URI": uri, "FLOODGATE_MESSAGE_RATE": "0"}
         receiver = start_service("receiver", env, Path(directory))
-        api = start_service("api", env, Path(directory))
+        # Capacity, not fairness: every subscriber here comes from one address, so the
+        # per-client cap (20 streams by default) is lifted to the process's global cap.
+        capacity = {"FLOODGATE_PUSH_PER_CLIENT": str(SUBSCRIBER_TARGET)}
+        api = start_service("api", {**env, **capacity}, Path(directory))
         try:
             # Subscribers first: the latency listener below stays connected to the end.
             held = asyncio.run(_hold(api.http_port, api.pid, 200 if quick else SUBSCRIBER_TARGET))
