@@ -50,11 +50,11 @@ class Reply:
 
     @property
     def counts_as_error(self) -> bool:
-        return self.code in CLIENT_ERRORS
+        return self.code in CLIENT_ERRORS and not self.policy
 
     @property
     def deferral(self) -> bool:
-        return self.code in DEFERRALS and not self.policy
+        return self.code in DEFERRALS
 
 
 # Refusals decided before the banner (the connection is closed right after).
