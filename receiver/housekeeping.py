@@ -25,6 +25,7 @@ class Job:
     run: Callable[[], Awaitable[None]]
     due: Callable[[], bool] = lambda: True
     first_delay: float = 0.0
+    recheck: float = 0.25  # seconds until `due()` is asked again after a "not now"
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
@@ -35,11 +36,15 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
 async def _every(job: Job, stop: asyncio.Event) -> None:
     await _pause(stop, job.first_delay)
     while not stop.is_set():
-        if job.due():
-            try:
-                await job.run()
-            except Exception as error:  # the next round tries again
-                emit("job_failed", job=job.name, error=type(error).__name__)
+        if not job.due():
+            # Not now (say, the store is not up yet): look again soon, so the first round
+            # runs as soon as it can rather than a whole interval later.
+            await _pause(stop, min(job.recheck, job.interval))
+            continue
+        try:
+            await job.run()
+        except Exception as error:  # the next round tries again
+            emit("job_failed", job=job.name, error=type(error).__name__)
         await _pause(stop, job.interval)
 
 

@@ -49,3 +49,20 @@ async def test_a_job_waits_while_it_is_not_due() -> None:
     await asyncio.sleep(0.1)
     assert ran
     await jobs.close()
+
+
+async def test_a_job_that_was_not_due_runs_as_soon_as_it_is_not_an_interval_later() -> None:
+    ran = []
+    due = False
+
+    async def stats() -> None:
+        ran.append(1)
+
+    stop = asyncio.Event()
+    jobs = Housekeeping([Job("live-stats", 60.0, stats, lambda: due, recheck=0.01)])
+    jobs.start(stop)
+    await asyncio.sleep(0.05)
+    due = True  # the store just came up
+    await asyncio.sleep(0.1)
+    assert ran == [1]
+    await jobs.close()
