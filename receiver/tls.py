@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from receiver.accountant import ConnectionCounts
 from receiver.keys import network_key
 
 log = logging.getLogger("floodgate.receiver")
@@ -193,9 +194,8 @@ class Handshakes:
         self.timeout = timeout
         self.hello_timeout = hello_timeout
         self._take_rate = take_rate
-        self.running = 0
-        self._per_client: dict[str, int] = {}
-        self._per_network: dict[str, int] = {}
+        self.clients = ConnectionCounts()  # handshakes running: in all and per client
+        self.networks = ConnectionCounts()  # ... and per network (its total is unused)
 
     def begin(self, key: str, allowed: bool) -> str | None:
         """At STARTTLS: None to say 220, or `RATE` past the client's handshake rate."""
@@ -205,24 +205,22 @@ class Handshakes:
 
     def acquire(self, key: str, allowed: bool) -> bool:
         """Take a slot for a client whose ClientHello is complete; False if none is free."""
-        if self.running >= self.max_total:
+        if self.clients.total >= self.max_total:
             return False
         network = network_key(key)
         if not allowed and (
-            self._per_client.get(key, 0) >= self.max_per_client
-            or self._per_network.get(network, 0) >= self.max_per_network
+            self.clients.of(key) >= self.max_per_client
+            or self.networks.of(network) >= self.max_per_network
         ):
             return False
-        self.running += 1
-        self._per_client[key] = self._per_client.get(key, 0) + 1
-        self._per_network[network] = self._per_network.get(network, 0) + 1
+        self.clients.acquire(key)
+        self.networks.acquire(network)
         return True
 
     def end(self, key: str) -> None:
         """Give back the slot `acquire` took."""
-        self.running -= 1
-        _decrement(self._per_client, key)
-        _decrement(self._per_network, network_key(key))
+        self.clients.release(key)
+        self.networks.release(network_key(key))
 
     async def hello(
         self, transport: asyncio.Transport, key: str, allowed: bool, alive: Callable[[], bool]
@@ -265,14 +263,6 @@ class Handshakes:
         )
         assert secure is not None
         return secure
-
-
-def _decrement(table: dict[str, int], key: str) -> None:
-    left = table.get(key, 1) - 1
-    if left > 0:
-        table[key] = left
-    else:
-        table.pop(key, None)
 
 
 def _fileno(transport: asyncio.Transport) -> int | None:
