@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench.common import cpu_seconds, embedded_store, median, percentile, start_service
+from bench.common import cpu_seconds, embedded_store, median, metric, percentile, start_service
 from bench.throughput import RECEIVER_ENV
 
 LISTS = ("a.bench.test", "b.bench.test", "c.bench.test")
@@ -111,17 +109,6 @@ def _sources(count: int, offset: int) -> list[str]:
     return out
 
 
-def _metric(url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def _measure(receiver: Any, count: int, concurrency: int, offset: int) -> dict[str, Any]:
     cold = _sources(count, offset)
     before = cpu_seconds(receiver.pid)
@@ -158,14 +145,14 @@ def run(quick: bool = False) -> dict[str, Any]:
                 asyncio.run(_banners(screened.port, _sources(200, 900_000), 10))
                 on = _measure(screened, count, 10, 0)
                 url = screened.http_url
-                asked = _metric(url, "floodgate_screen_lookups_total")
+                asked = metric(url, "floodgate_screen_lookups_total")
                 started = time.perf_counter()
                 asyncio.run(_banners(screened.port, _sources(burst, 300_000), 100))
                 elapsed = time.perf_counter() - started
-                lookups = _metric(url, "floodgate_screen_lookups_total") - asked
+                lookups = metric(url, "floodgate_screen_lookups_total") - asked
                 # Over the whole run, every lookup of every measure above.
-                timeouts = _metric(url, "floodgate_screen_lookups_total", outcome="timeout")
-                throttled = _metric(url, "floodgate_screen_lookups_total", outcome="throttled")
+                timeouts = metric(url, "floodgate_screen_lookups_total", outcome="timeout")
+                throttled = metric(url, "floodgate_screen_lookups_total", outcome="throttled")
             finally:
                 screened.stop()
     finally:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from pymongo import MongoClient
 
-from bench.common import cpu_seconds, median, percentile, start_service
+from bench.common import cpu_seconds, median, metric, percentile, start_service
 from mailstore.embedded import EmbeddedStore
 
 CLIENTS = 20
@@ -103,34 +103,19 @@ def _phase(port: int, pid: int, count: int) -> dict[str, Any]:
     }
 
 
-def _metric(url: str, name: str) -> float:
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def _ready_reason(url: str) -> str:
     return httpx.get(url + "/readyz", timeout=5).text
 
 
-def _replayed(url: str) -> float:
-    total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("floodgate_spool_replayed_total{"):
-            total += float(line.split()[1])
-    return total
-
-
 def _drain(url: str, store: EmbeddedStore) -> dict[str, Any]:
     """Bring the store back; time the replay from its first record to an empty spool."""
-    held = _metric(url, "floodgate_spool_messages")
-    before = _replayed(url)
+    held = metric(url, "floodgate_spool_messages")
+    before = metric(url, "floodgate_spool_replayed_total")
     store.start()
     back = time.monotonic()
     first: float | None = None
-    while _metric(url, "floodgate_spool_messages") > 0:
-        if first is None and _replayed(url) > before:
+    while metric(url, "floodgate_spool_messages") > 0:
+        if first is None and metric(url, "floodgate_spool_replayed_total") > before:
             first = time.monotonic()
         if time.monotonic() - back > 120:
             raise RuntimeError("the spool did not drain in 2 minutes")
