@@ -26,6 +26,7 @@ from receiver.delivery import fingerprint
 from receiver.spool import Spool, SpoolFull, encode, read_records, read_segment, segment_paths
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.deploy.test_faults import Sender
+from tests.receiver.test_readiness import readyz
 from tests.support.processes import ServiceProcess, clean_environ, start_service
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
@@ -141,12 +142,32 @@ def _stored(uri: str, db_name: str) -> dict[str, list[str]]:
         return found
 
 
+def _stored_once(uri: str, db_name: str, taken: dict[str, str]) -> None:
+    """Every message taken (subject -> the id its 250 named) is stored under that id,
+    exactly once, within 30 s."""
+    assert wait_for(lambda: all(s in _stored(uri, db_name) for s in taken), timeout=30)
+    found = _stored(uri, db_name)
+    assert {s: found[s] for s in taken} == {s: [i] for s, i in taken.items()}
+
+
+def _fill(receiver: ServiceProcess, name: str, count: int) -> tuple[dict[str, str], list[int]]:
+    """`count` messages of ~200 KB while the store is away: what was taken (subject -> id)
+    and every code answered."""
+    client = RawClient(receiver.host, receiver.port, timeout=30)
+    client.hello()
+    taken: dict[str, str] = {}
+    codes = []
+    filler = b"x" * 200 + b"\r\n"
+    for n in range(count):
+        body = f"Subject: {name} {n}\r\n\r\n".encode() + filler * 1000
+        reply = send_message(client, "s@example.org", [f"{name}@mx.test"], body)
+        codes.append(reply.code)
+        if reply.code == 250:
+            taken[f"{name} {n}"] = queued_id(reply.text)
+    return taken, codes
+
+
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def _readyz(receiver: ServiceProcess) -> tuple[int, str]:
-    answer = httpx.get(f"{receiver.http_url}/readyz", timeout=5)
-    return answer.status_code, answer.text
 
 
 def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_lands_once(
@@ -162,7 +183,7 @@ def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_
             connection_rate="0",
             mailbox_max_messages="0",
         )
-        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
         # Steady, about 10 messages a second each: a minute of it is ~1,800 spooled messages
         # (the embedded store's inserts slow down as one mailbox grows to many thousands).
         senders = [
@@ -173,8 +194,8 @@ def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_
         time.sleep(1.5)
         store.kill()
         killed = time.monotonic()
-        assert wait_for(lambda: "spooling" in _readyz(receiver)[1], timeout=15)
-        assert _readyz(receiver)[0] == 200  # still in the pool: mail is being taken
+        assert wait_for(lambda: "spooling" in readyz(receiver)[1], timeout=15)
+        assert readyz(receiver)[0] == 200  # still in the pool: mail is being taken
         time.sleep(max(0.0, 60 - (time.monotonic() - killed)))  # the store away a minute
         store.start()
         back = time.monotonic()
@@ -199,7 +220,7 @@ def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_
         found = _stored(uri, db_name)
         for subject, first_id in want.items():
             assert found[subject] == [first_id], (subject, found[subject], first_id)
-        assert wait_for(lambda: "spooling" not in _readyz(receiver)[1], timeout=10)
+        assert wait_for(lambda: "spooling" not in readyz(receiver)[1], timeout=10)
         assert len(results) > 100  # steady load: it did not stall
     finally:
         store.stop()
@@ -213,7 +234,7 @@ def test_a_receiver_killed_while_spooling_stores_everything_once_after_restart(
     data_dir = tmp_path / "receiver-data"
     try:
         receiver = make_receiver(mongodb_uri=uri, store_timeout="1", data_dir=str(data_dir))
-        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
         store.kill()
         client = RawClient(receiver.host, receiver.port, timeout=30)
         client.hello()
@@ -247,9 +268,7 @@ def test_a_receiver_killed_while_spooling_stores_everything_once_after_restart(
             timeout=60,
         )
         assert top.returncode == 0 and "msgs, oldest" in top.stdout, top.stdout + top.stderr
-        assert wait_for(lambda: all(s in _stored(uri, db_name) for s in ids), timeout=30)
-        found = _stored(uri, db_name)
-        assert {s: found[s] for s in ids} == {s: [i] for s, i in ids.items()}
+        _stored_once(uri, db_name, ids)
         assert wait_for(lambda: not list((data_dir / "spool").glob("*.spool")), timeout=10)
         assert again.alive()
     finally:
@@ -265,27 +284,16 @@ def test_a_full_spool_answers_451_and_replays_what_it_took(
         receiver = make_receiver(
             mongodb_uri=uri, store_timeout="1", spool_max_bytes=str(1 << 20), message_rate="0"
         )
-        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
         store.kill()
-        client = RawClient(receiver.host, receiver.port, timeout=30)
-        client.hello()
-        taken: dict[str, str] = {}
-        codes = []
-        filler = b"x" * 200 + b"\r\n"
-        for n in range(12):  # ~200 KB each: the 1 MiB spool takes four or five
-            body = f"Subject: full {n}\r\n\r\n".encode() + filler * 1000
-            reply = send_message(client, "s@example.org", ["full@mx.test"], body)
-            codes.append(reply.code)
-            if reply.code == 250:
-                taken[f"full {n}"] = queued_id(reply.text)
+        taken, codes = _fill(receiver, "full", 12)  # the 1 MiB spool takes four or five
         assert 451 in codes and 250 in codes, codes
         assert codes == sorted(codes)  # once full, full (nothing drains while the store is away)
-        status, reason = _readyz(receiver)
+        status, reason = readyz(receiver)
         assert status == 503 and "spool full" in reason, reason
         store.start()
-        assert wait_for(lambda: all(s in _stored(uri, db_name) for s in taken), timeout=30)
+        _stored_once(uri, db_name, taken)
         found = _stored(uri, db_name)
-        assert {s: found[s] for s in taken} == {s: [i] for s, i in taken.items()}
         assert not any(s in found for s in (f"full {n}" for n in range(12)) if s not in taken)
     finally:
         store.stop()
@@ -318,28 +326,16 @@ def test_a_really_full_disk_answers_451_keeps_whole_records_and_replays_them(
     wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh")
     receiver = start_service("receiver", env, tmp_path, wrapper=(*wrapper, str(spool_dir)))
     try:
-        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
         store.kill()
-        client = RawClient(receiver.host, receiver.port, timeout=30)
-        client.hello()
-        taken: dict[str, str] = {}
-        codes = []
-        filler = b"y" * 200 + b"\r\n"
-        for n in range(10):  # ~200 KB each: a 1 MiB disk takes four or five
-            body = f"Subject: disk {n}\r\n\r\n".encode() + filler * 1000
-            reply = send_message(client, "s@example.org", ["disk@mx.test"], body)
-            codes.append(reply.code)
-            if reply.code == 250:
-                taken[f"disk {n}"] = queued_id(reply.text)
+        taken, codes = _fill(receiver, "disk", 10)  # a 1 MiB disk takes four or five
         assert 451 in codes and 250 in codes, codes
-        status, reason = _readyz(receiver)
+        status, reason = readyz(receiver)
         # The free space is checked before each write (full), and a write the disk still
         # refuses is cut back (failing): either way 503 and 451, never a torn record.
         assert status == 503 and ("spool full" in reason or "spool failing" in reason), reason
         store.start()
-        assert wait_for(lambda: all(s in _stored(uri, db_name) for s in taken), timeout=30)
-        found = _stored(uri, db_name)
-        assert {s: found[s] for s in taken} == {s: [i] for s, i in taken.items()}
+        _stored_once(uri, db_name, taken)
         assert "spool_record_quarantined" not in receiver.log()  # nothing torn or corrupt
     finally:
         receiver.stop()
@@ -385,7 +381,7 @@ def test_a_retry_of_a_spooled_message_is_one_document(
     uri = store.start()
     try:
         receiver = make_receiver(mongodb_uri=uri, store_timeout="1")
-        assert wait_for(lambda: _readyz(receiver)[0] == 200, timeout=15)
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
         store.kill()
         body = b"Subject: spooled retry\r\n\r\nsame bytes\r\n"
         client = RawClient(receiver.host, receiver.port, timeout=30)
