@@ -28,7 +28,7 @@ from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
 from receiver.smtp.commands import GROUP_ENDERS, VERBS
 from receiver.smtp.context import Screener, SessionContext
 from receiver.smtp.trace import DateCache, received_header, safe_name
-from receiver.tls import Handshakes, describe
+from receiver.tls import GONE, NO_HELLO, Handshakes, describe
 
 log = logging.getLogger("floodgate.receiver")
 
@@ -504,12 +504,12 @@ class Session(asyncio.Protocol):
     def _no_handshake(self, why: str, raw: asyncio.Transport) -> None:
         """No handshake ran: no ClientHello in time (a client error: a compliant client
         sends it at once), no slot in time (ours), or the session is gone already."""
-        if why == "gone" or self.phase is not Phase.HANDSHAKE:
+        if why == GONE or self.phase is not Phase.HANDSHAKE:
             if self.phase is Phase.HANDSHAKE:
                 self._abort("client_closed")
             return
         self.ctx.events.on_tls(why, "none")
-        if why == "no_hello":
+        if why == NO_HELLO:
             self.ctx.admission.violation(self.client_key, "tls_failed", self.allowed)
             self.ctx.events.on_refused(self.client_key, "tls_failed")
         self._abort("tls_" + why)
