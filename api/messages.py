@@ -277,6 +277,31 @@ async def get_attachment(
 
 
 @router.get(
+    "/v1/messages/{message_id}/links",
+    response_model=models.Links,
+    responses={504: {"model": models.ErrorBody, "description": "over the render bounds"}},
+)
+async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
+    """Links (http, https, mailto) of the text and HTML parts and likely one-time codes,
+    found in a render worker under the render bounds; 504 if the message cannot be read
+    within them, 422 if it has no parts to read (its bytes are at `/raw`)."""
+    doc = await _get(request, message_id)
+    outcome = await _render(request, f"{message_id}/links", {"job": "links"}, bytes(doc["raw"]))
+    if outcome.failure is not None:
+        raise HTTPException(
+            status_code=504, detail=f"links could not be read within bounds: {outcome.failure}"
+        )
+    if "unparseable" in outcome.head:
+        raise HTTPException(
+            status_code=422,
+            detail=f"{outcome.head['unparseable']}; the message as received is at "
+            f"/v1/messages/{message_id}/raw",
+        )
+    found: dict[str, Any] = outcome.head["links"]
+    return found
+
+
+@router.get(
     "/v1/messages/{message_id}/raw",
     response_class=RawMessage,
     responses=models.binary("the message as received"),
