@@ -56,10 +56,15 @@ _KEYWORD = re.compile(
 # with at least one of each. Not the tail or head of a longer number, a price, a path, a
 # phone number, a date or a time (the neighbours below), nor a word of a URL.
 _CODE = re.compile(
-    r"(?<![\w$€£¥₹+#@/\\:.,=&?%~-])(?<!\d[- .])(?<![$€£¥₹] )"
+    # "G-123456": a one-letter prefix some senders put before the digits (not the code)
+    r"(?:(?<=\b[A-Z]-)|(?<![\w$€£¥₹+#@/\\:.,=&?%~-])(?<!\d[- .])(?<![$€£¥₹] ))"
     r"(\d{3}[- ]\d{3}|\d{4,8}|(?=[A-Z]*\d)(?=\d*[A-Z])[A-Z\d]{4,10})"
     r"(?![\w€$£¥₹%/\\:@]|[.,]\d|[- ]\d)"
     r"(?!\s?(?:[€$£¥₹]|(?:USD|EUR|GBP|JPY|CHF|INR|dollars?|euros?)\b))"
+)
+# What a postal or a shop's code is announced by: the candidate right after is no code.
+_PLACE = re.compile(
+    r"\b(?:zip|post|postal|area|country|promo|coupon|voucher|discount)\s*codes?\W{0,3}$", re.I
 )
 _SPACES = re.compile(r"\s+")
 # Tags after which a browser starts a new line: kept as a break in the visible text, so
@@ -150,16 +155,19 @@ def _usable(url: str) -> str | None:
 
 def _trim(url: str) -> str:
     """A URL found in prose without the punctuation that ends the sentence around it: a
-    closing bracket stays only if the URL opened one (as in Wikipedia links)."""
-    while url:
-        last = url[-1]
-        if last in _TRAILING:
-            url = url[:-1]
-        elif last in _CLOSERS and url.count(_CLOSERS[last]) < url.count(last):
-            url = url[:-1]
-        else:
+    closing bracket stays only if the URL opened one (as in Wikipedia links). Linear: the
+    brackets are counted once."""
+    opened = {closer: url.count(opener) for closer, opener in _CLOSERS.items()}
+    closed = {closer: url.count(closer) for closer in _CLOSERS}
+    end = len(url)
+    while end:
+        last = url[end - 1]
+        if last in _CLOSERS and opened[last] < closed[last]:
+            closed[last] -= 1
+        elif last not in _TRAILING:
             break
-    return url
+        end -= 1
+    return url[:end]
 
 
 class _Anchors(HTMLParser):
@@ -255,7 +263,11 @@ def _codes(text: str, found: _Found) -> None:
         return
     starts = [start for start, _ in keywords]
     for match in _CODE.finditer(text):
-        if _plausible(match.group()) and _announced(match, keywords, starts):
+        if (
+            _plausible(match.group())
+            and _announced(match, keywords, starts)
+            and not _PLACE.search(text, max(0, match.start() - 30), match.start())
+        ):
             context = text[max(0, match.start() - CONTEXT) : match.end() + CONTEXT]
             found.code(match.group(), _SPACES.sub(" ", context).strip())
             if len(found.codes) >= MAX_CODES:
