@@ -3,8 +3,10 @@ scrape HTML.
 
 Runs only inside a render worker process (`api.renderworker`), under its memory limit and
 killable deadline (`api.renderpool`), on the subject and the bodies `api.render.bodies`
-decoded (transfer encodings and charsets as the message view decodes them). Linear scans
-only, and every output is bounded: `MAX_LINKS` links of at most `MAX_URL` characters,
+decoded (transfer encodings and charsets as the message view decodes them). The text
+scans are linear; the HTML goes through the standard library's parser, whose one known
+quadratic case (a tag left open at the end) is cut off first, and the deadline stops any
+other. Every output is bounded: `MAX_LINKS` links of at most `MAX_URL` characters,
 `MAX_CODES` codes, `MAX_OUTPUT` characters in all; whatever is left out sets `truncated`.
 
 Only `http`, `https` and `mailto` links are listed: they are what a tester follows (a page
@@ -73,6 +75,7 @@ _BLOCKS = frozenset(
     "address article aside blockquote br dd div dl dt footer form h1 h2 h3 h4 h5 h6 header "
     "hr li main nav ol p pre section table tbody td tfoot th thead tr ul".split()
 )
+_TAG_OPEN = re.compile(r"<[A-Za-z/!?]")  # what starts markup; "a < b" is text
 _HIDDEN = frozenset({"script", "style", "head", "template", "noscript"})
 
 
@@ -234,12 +237,21 @@ def _from_html(html: str, found: _Found) -> str:
     """Record the links of `html`; its visible text."""
     parser = _Anchors(found)
     try:
-        parser.feed(html)
+        parser.feed(_finished(html))
         parser.close()
     except Exception:  # the standard parser gave up on some markup: keep what it read
         found.truncated = True
     parser._close_anchor()  # an <a> left open at the end of the part
     return "".join(parser.visible)
+
+
+def _finished(html: str) -> str:
+    """`html` without a markup construct still open at its end (after its last ">"): a
+    browser drops a tag cut off by the end of input (the "eof-in-tag" parse error), and
+    Python's parser before the fix of CVE-2025-6069 (gh-135462) rescans such a tail from
+    every "<" in it: 300 KB of "<a " took it over 45 s, and nothing once cut."""
+    tail = _TAG_OPEN.search(html, html.rfind(">") + 1)
+    return html if tail is None else html[: tail.start()]
 
 
 def _alt(attrs: list[tuple[str, str | None]]) -> str | None:
