@@ -54,13 +54,15 @@ _KEYWORD = re.compile(
     r"|\bcódigo\b|\bcodice\b|\b\u043a\u043e\u0434\b|\b(?-i:PIN|OTP|TAN)\b",
     re.I,
 )
-# A code: 4-8 digits, 3+3 digits split by a space or hyphen, or 4-10 capitals and digits
-# with at least one of each. Not the tail or head of a longer number, a price, a path, a
+# A code: 4-8 digits, 3+3 digits split by a space or hyphen, 4-10 capitals and digits
+# with at least one of each, or two groups of 3-5 capitals and digits joined by a hyphen
+# (with a digit somewhere). Not the tail or head of a longer number, a price, a path, a
 # phone number, a date or a time (the neighbours below), nor a word of a URL.
 _CODE = re.compile(
     # "G-123456": a one-letter prefix some senders put before the digits (not the code)
     r"(?:(?<=\b[A-Z]-)|(?<![\w$€£¥₹+#@/\\:.,=&?%~-])(?<!\d[- .])(?<![$€£¥₹] ))"
-    r"(\d{3}[- ]\d{3}|\d{4,8}|(?=[A-Z]*\d)(?=\d*[A-Z])[A-Z\d]{4,10})"
+    r"(\d{3}[- ]\d{3}|\d{4,8}|(?=[A-Z]*\d)(?=\d*[A-Z])[A-Z\d]{4,10}"
+    r"|(?=[A-Z-]*\d)[A-Z\d]{3,5}-[A-Z\d]{3,5})"
     r"(?![\w€$£¥₹%/\\:@]|[.,]\d|[- ]\d)"
     r"(?!\s?(?:[€$£¥₹]|(?:USD|EUR|GBP|JPY|CHF|INR|dollars?|euros?)\b))"
 )

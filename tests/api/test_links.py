@@ -225,10 +225,12 @@ def test_codes_are_found_before_and_after_their_word_and_in_capitals() -> None:
     found = extract(
         "",
         "G-582913 is your Google verification code.\nYour PIN: 0427\n"
-        "Use K7QP29 as your one-time password.\nfar away: " + "x " * 100 + "99887766",
+        "Use K7QP29 as your one-time password.\nConfirmation code: 3HK-2P9\n"
+        "far away: " + "x " * 100 + "99887766",
         None,
     )
-    assert [code["code"] for code in found["codes"]] == ["582913", "0427", "K7QP29"]
+    codes = [code["code"] for code in found["codes"]]
+    assert codes == ["582913", "0427", "K7QP29", "3HK-2P9"]
 
 
 def test_only_http_https_and_mailto_links_are_listed() -> None:
