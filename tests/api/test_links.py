@@ -5,6 +5,7 @@ sender wrote; the corpus of real-world MIME lists without a 500."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.policy import SMTP
 
@@ -171,6 +172,29 @@ def test_a_message_past_the_render_deadline_is_504_and_not_read_again(
     # The message itself still reads (its own job: the raw headers and why).
     view = httpx.get(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH, timeout=30)
     assert view.status_code == 200 and view.json()["parse_error"]
+
+
+def test_links_asked_while_every_render_worker_is_busy_are_503_with_retry_after(
+    make_api: ServiceFactory, receiver: ServiceProcess
+) -> None:
+    # One worker for big messages and no queue: while it reads one catalogue, a second
+    # catalogue's links are refused at once rather than waiting.
+    api = make_api(render_workers="1", render_queue="0", render_seconds="20")
+    anchors = "".join(f'<p><a href="https://example.com/{n}">item {n}</a>' for n in range(40_000))
+    ids = []
+    for subject in ("first", "second"):
+        message = EmailMessage(policy=SMTP)
+        message["Subject"] = subject
+        message.set_content(anchors, subtype="html", cte="base64")
+        ids.append(deliver(receiver, "tester@mx.test", message.as_bytes()))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(links_of, api, ids[0])
+        time.sleep(0.6)  # the first job is in the worker (it takes over a second)
+        second = links_of(api, ids[1])
+        assert second.status_code == 503, second.text
+        assert second.headers["retry-after"] == "1"
+        assert first.result().status_code == 200
+    assert links_of(api, ids[1]).status_code == 200  # free again: served
 
 
 def test_an_unknown_id_is_404_and_a_malformed_one_is_422(api: ServiceProcess) -> None:
