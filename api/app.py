@@ -93,6 +93,8 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     app = FastAPI(
         title="Floodgate API",
         version="1",
+        description=docs.DESCRIPTION,
+        openapi_tags=docs.TAGS,
         lifespan=lifespan,
         responses=ERRORS,
         docs_url=None,  # served by api.docs from our own assets
@@ -262,20 +264,30 @@ def _mta_sts_route(app: FastAPI, policy: str | None) -> None:
         "/.well-known/mta-sts.txt",
         response_class=PlainTextResponse,
         responses=binary("the MTA-STS policy (text/plain)"),
+        tags=[docs.Tag.HEALTH],
+        summary="The MTA-STS policy",
     )
     async def mta_sts() -> PlainTextResponse:
+        """The policy that tells sending MTAs to insist on STARTTLS to our MX (RFC 8461),
+        as `text/plain`; serve it on `https://mta-sts.<domain>/`. 404 when
+        `FLOODGATE_MTA_STS_MODE` is unset."""
         if policy is None:
             raise StarletteHTTPException(status_code=404, detail="no MTA-STS policy configured")
         return PlainTextResponse(policy, headers={"Cache-Control": "max-age=300"})
 
 
 def _health_routes(app: FastAPI) -> None:
-    @app.get("/healthz", response_model=Status)
+    @app.get("/healthz", response_model=Status, tags=[docs.Tag.HEALTH], summary="Liveness probe")
     async def healthz() -> dict[str, str]:
+        """`{"status": "ok"}` while the process lives: for a liveness probe (it does not
+        ask the store)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Status)
+    @app.get("/readyz", response_model=Status, tags=[docs.Tag.HEALTH], summary="Readiness probe")
     async def readyz(request: Request) -> JSONResponse:
+        """`{"status": "ready"}` when the message store answers, else 503 naming the cause
+        (refused, timeout...), within 0.5 s either way so a probe with a 1 s timeout sees
+        the reason."""
         store: MessageStore = request.app.state.store
         reason = await store.check(within=READY_TIMEOUT)
         if reason is not None:
@@ -287,8 +299,12 @@ def _health_routes(app: FastAPI) -> None:
         "/metrics",
         response_class=PlainTextResponse,
         responses={200: {"description": "Prometheus text exposition", "content": {}}},
+        tags=[docs.Tag.HEALTH],
+        summary="Prometheus metrics",
     )
     async def metrics(request: Request) -> Response:
+        """Requests by route template and status, and their durations, in the Prometheus
+        text format (labels are route templates only: never an address)."""
         registry: CollectorRegistry = request.app.state.metrics.registry
         body = await asyncio.to_thread(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -35,15 +35,23 @@ def role_of(header: bytes, admin: str, reader: str | None) -> Role | None:
     return None
 
 
-# Declares the scheme in the OpenAPI document (Swagger UI's Authorize button); the
-# checking is ours, below, so that every refusal has our shape.
-BEARER = HTTPBearer(
+# Declare the two schemes in the OpenAPI document (Swagger UI's Authorize button), and
+# for each route which it takes (OpenAPI's security requirements listed for an operation
+# are alternatives: either token); the checking is ours, below, so that every refusal has our shape.
+ADMIN_BEARER = HTTPBearer(
     auto_error=False,
-    scheme_name="token",
-    description="The admin token (`FLOODGATE_ADMIN_TOKEN`, or `var/admin-token`), or the "
-    "read token (`FLOODGATE_READ_TOKEN`) for the mailbox routes.",
+    scheme_name="adminToken",
+    description="The admin token: `FLOODGATE_ADMIN_TOKEN`, or the one `floodgate run` wrote "
+    "to `var/admin-token`. Every route; a message shows its envelope.",
 )
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+READ_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="readToken",
+    description="The read token: `FLOODGATE_READ_TOKEN` (optional). Mailbox and message "
+    "routes only (`403` elsewhere); a message shows only what its sender wrote (no Bcc).",
+)
+AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN_BEARER)]
+ReadCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(READ_BEARER)]
 
 
 def _role(request: Request) -> Role:
@@ -59,12 +67,12 @@ def _role(request: Request) -> Role:
     return role
 
 
-def require_token(request: Request, _: Credentials) -> Role:
+def require_token(request: Request, _: AdminCredentials, __: ReadCredentials) -> Role:
     """Any valid token (mailbox routes); the role decides what the response shows."""
     return _role(request)
 
 
-def require_admin(request: Request, _: Credentials) -> Role:
+def require_admin(request: Request, _: AdminCredentials) -> Role:
     """The admin token only (blocklist and allowlist administration)."""
     role = _role(request)
     if role is not Role.ADMIN:

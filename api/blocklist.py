@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictBool, field_
 from pymongo.errors import PyMongoError
 
 from api import models
+from api.docs import Tag
 from blocklist import BlocklistRepository, Entry, InvalidEntry, normalize, parse_address
 from blocklist.entries import MAX_REASON_LENGTH, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from blocklist.repository import MAX_BULK, MAX_PAGE
@@ -122,7 +123,7 @@ def _entry(body: BlockRequest, actor: str, kind: AccessList) -> Entry:
 
 def access_router(kind: AccessList) -> APIRouter:
     """The admin routes of one access list."""
-    router = APIRouter()
+    router = APIRouter(tags=[Tag(kind.name)])
 
     @router.post(
         f"/v1/{kind.name}",
@@ -130,8 +131,13 @@ def access_router(kind: AccessList) -> APIRouter:
         responses={200: {"description": "an existing entry was updated"}},
         response_model=models.AddedEntry,
         response_model_exclude_unset=True,
+        summary=f"Add or update one {kind.name} entry",
     )
     async def add_entry(request: Request, response: Response, body: BlockRequest) -> dict[str, Any]:
+        """An address or CIDR (host bits set: 422, never widened), a reason and an optional
+        `ttl_seconds`; 201 when new, 200 when it replaced an entry's reason and expiry.
+        A prefix shorter than /8 (IPv4) or /32 (IPv6) needs `"confirm": true`. On the
+        allowlist, the automatic bans the entry covers are lifted (listed in `lifted`)."""
         actor = _actor(request)
         stored, created = await _repository(request, kind).add(_entry(body, actor, kind), actor)
         if not created:
@@ -142,10 +148,15 @@ def access_router(kind: AccessList) -> APIRouter:
         return result
 
     @router.post(
-        f"/v1/{kind.name}/bulk", response_model=models.BulkResult, response_model_exclude_unset=True
+        f"/v1/{kind.name}/bulk",
+        response_model=models.BulkResult,
+        response_model_exclude_unset=True,
+        summary=f"Add many {kind.name} entries at once",
     )
     async def add_bulk(request: Request, body: BulkRequest) -> dict[str, Any]:
-        """All-or-nothing validation: one bad entry → 422 naming it, and nothing is written."""
+        """Up to 10,000 entries of the single route's shape. All-or-nothing validation: one
+        bad entry → 422 naming it, and nothing is written; a store failure mid-way undoes
+        what was written (503)."""
         actor = _actor(request)
         entries: dict[str, Entry] = {}
         errors: list[dict[str, Any]] = []
@@ -174,7 +185,10 @@ def access_router(kind: AccessList) -> APIRouter:
         return answer
 
     @router.get(
-        f"/v1/{kind.name}", response_model=models.EntryPage, response_model_exclude_unset=True
+        f"/v1/{kind.name}",
+        response_model=models.EntryPage,
+        response_model_exclude_unset=True,
+        summary=f"List {kind.name} entries",
     )
     async def list_entries(
         request: Request,
@@ -189,7 +203,11 @@ def access_router(kind: AccessList) -> APIRouter:
             result["next"] = entries[-1].cidr
         return result
 
-    @router.delete(f"/v1/{kind.name}", response_model=models.Removed)
+    @router.delete(
+        f"/v1/{kind.name}",
+        response_model=models.Removed,
+        summary=f"Remove every {kind.name} entry of one source",
+    )
     async def remove_by_source(
         request: Request,
         source: Annotated[
@@ -205,8 +223,15 @@ def access_router(kind: AccessList) -> APIRouter:
         )
         return {"removed": removed}
 
-    @router.get(f"/v1/{kind.name}/check/{{ip}}", response_model=kind.check_model)
+    @router.get(
+        f"/v1/{kind.name}/check/{{ip}}",
+        response_model=kind.check_model,
+        summary=f"Is this address on the {kind.name}?",
+    )
     async def check_ip(request: Request, ip: Ip) -> dict[str, Any]:
+        """Whether a client address is covered, with the most specific entry covering it
+        (an IPv4-mapped IPv6 address is the IPv4 address it carries); 422 if `ip` is not
+        an address."""
         try:
             parse_address(ip)
         except InvalidEntry as error:
@@ -217,22 +242,37 @@ def access_router(kind: AccessList) -> APIRouter:
             "entry": None if entry is None else entry.to_json(),
         }
 
-    @router.get(f"/v1/{kind.name}/{{cidr:path}}/history", response_model=models.History)
+    @router.get(
+        f"/v1/{kind.name}/{{cidr:path}}/history",
+        response_model=models.History,
+        summary=f"The audit trail of one {kind.name} entry",
+    )
     async def entry_history(request: Request, cidr: Cidr) -> dict[str, Any]:
-        """The audit trail of one entry, newest first."""
+        """Every add, update and removal of one entry (who, when, before and after), newest
+        first; kept 400 days, so it outlives the entry. URL-encode the `/` as `%2F`."""
         key = _normalize(cidr)
         history = await _repository(request, kind).history(key)
         return {"cidr": key, "history": _jsonable(history)}
 
-    @router.get(f"/v1/{kind.name}/{{cidr:path}}", response_model=models.AccessEntry)
+    @router.get(
+        f"/v1/{kind.name}/{{cidr:path}}",
+        response_model=models.AccessEntry,
+        summary=f"Read one {kind.name} entry",
+    )
     async def get_entry(request: Request, cidr: Cidr) -> dict[str, Any]:
+        """The entry for exactly this address or CIDR (normalized: `203.0.113.7` is
+        `203.0.113.7/32`), or 404; to ask what covers an address, use `check`."""
         entry = await _repository(request, kind).get(_normalize(cidr))
         if entry is None:
             raise HTTPException(status_code=404, detail=f"{cidr} is not on the {kind.name}")
         return entry.to_json()
 
-    @router.delete(f"/v1/{kind.name}/{{cidr:path}}", status_code=204)
+    @router.delete(
+        f"/v1/{kind.name}/{{cidr:path}}", status_code=204, summary=f"Remove one {kind.name} entry"
+    )
     async def remove_entry(request: Request, cidr: Cidr) -> Response:
+        """Remove the entry for exactly this address or CIDR (URL-encode the `/` as `%2F`),
+        audited; every receiver drops it within a second. 404 if there is none."""
         if not await _repository(request, kind).remove(_normalize(cidr), _actor(request)):
             raise HTTPException(status_code=404, detail=f"{cidr} is not on the {kind.name}")
         return Response(status_code=204)

@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from api import models, push, render
 from api.auth import Role, require_token
 from api.charsets import decode_words
+from api.docs import Tag
 from api.renderpool import Busy, Outcome, RenderPool
 from blocklist.entries import aware_datetime
 from mailstore import Document, MessageStore, is_message_id
@@ -92,6 +93,8 @@ def summary(doc: Document, role: Role = Role.ADMIN) -> dict[str, Any]:
     "/v1/mailboxes/{address}/messages",
     response_model=models.Listing,
     response_model_exclude_unset=True,
+    tags=[Tag.MAILBOXES],
+    summary="List a mailbox, newest first",
 )
 async def list_messages(
     request: Request,
@@ -130,6 +133,8 @@ async def list_messages(
     "/v1/mailboxes/{address}/events",
     response_class=EventStream,
     responses=models.binary("Server-Sent Events"),
+    tags=[Tag.MAILBOXES],
+    summary="Follow a mailbox live (Server-Sent Events)",
 )
 async def mailbox_events(
     request: Request,
@@ -161,7 +166,12 @@ async def mailbox_events(
     return EventStream(stream, headers=headers)
 
 
-@router.delete("/v1/mailboxes/{address}/messages", response_model=models.Deleted)
+@router.delete(
+    "/v1/mailboxes/{address}/messages",
+    response_model=models.Deleted,
+    tags=[Tag.MAILBOXES],
+    summary="Empty a mailbox",
+)
 async def delete_mailbox(request: Request, address: Address) -> dict[str, int]:
     """Empty a mailbox: its messages leave it (and the store, if no other mailbox has
     them)."""
@@ -199,6 +209,8 @@ async def _get(request: Request, message_id: MessageId) -> Document:
     "/v1/messages/{message_id}",
     response_model=models.MessageDetail,
     response_model_exclude_unset=True,
+    tags=[Tag.MESSAGES],
+    summary="Read a message, parsed for display",
 )
 async def get_message(
     request: Request, message_id: MessageId, role: Annotated[Role, Depends(require_token)]
@@ -248,6 +260,8 @@ async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -
         # Served as the type its part declares (RFC 2046 media types): any type at all.
         200: {"description": "the attachment, as its declared type", "content": {"*/*": {}}},
     },
+    tags=[Tag.MESSAGES],
+    summary="Download one attachment",
 )
 async def get_attachment(
     request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
@@ -277,9 +291,38 @@ async def get_attachment(
 
 
 @router.get(
+    "/v1/messages/{message_id}/links",
+    response_model=models.Links,
+    responses={504: {"model": models.ErrorBody, "description": "over the render bounds"}},
+    tags=[Tag.MESSAGES],
+    summary="Links and one-time codes of a message",
+)
+async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
+    """Links (http, https, mailto) of the text and HTML parts and likely one-time codes,
+    found in a render worker under the render bounds; 504 if the message cannot be read
+    within them, 422 if it has no parts to read (its bytes are at `/raw`)."""
+    doc = await _get(request, message_id)
+    outcome = await _render(request, f"{message_id}/links", {"job": "links"}, bytes(doc["raw"]))
+    if outcome.failure is not None:
+        raise HTTPException(
+            status_code=504, detail=f"links could not be read within bounds: {outcome.failure}"
+        )
+    if "unparseable" in outcome.head:
+        raise HTTPException(
+            status_code=422,
+            detail=f"{outcome.head['unparseable']}; the message as received is at "
+            f"/v1/messages/{message_id}/raw",
+        )
+    found: dict[str, Any] = outcome.head["links"]
+    return found
+
+
+@router.get(
     "/v1/messages/{message_id}/raw",
     response_class=RawMessage,
     responses=models.binary("the message as received"),
+    tags=[Tag.MESSAGES],
+    summary="The message as received (message/rfc822)",
 )
 async def get_raw(request: Request, message_id: MessageId) -> Response:
     """The message bytes as received, with our Received: line on top."""
@@ -288,8 +331,12 @@ async def get_raw(request: Request, message_id: MessageId) -> Response:
     return RawMessage(content=body)
 
 
-@router.delete("/v1/messages/{message_id}", status_code=204)
+@router.delete(
+    "/v1/messages/{message_id}", status_code=204, tags=[Tag.MESSAGES], summary="Delete a message"
+)
 async def delete_message(request: Request, message_id: MessageId) -> Response:
+    """Remove the message from the store (from every mailbox it was delivered to); 404 if
+    there is no such message."""
     if not is_message_id(message_id) or not await _store(request).delete(message_id):
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
     return Response(status_code=204)

@@ -77,6 +77,26 @@ class MessageDetail(Model):
     helo: str | None = None
 
 
+class Link(Model):
+    url: str = Field(description="as sent (http, https or mailto): redirects not followed")
+    text: str | None = Field(description="the anchor's text (or a linked image's alt)")
+    source: Literal["text", "html"] = Field(description="the part it was first found in")
+
+
+class Code(Model):
+    code: str = Field(description="as written (digits, or capitals and digits)")
+    context: str = Field(description="the words around it")
+
+
+class Links(Model):
+    """The links and likely one-time codes of a message, so a test script does not have
+    to scrape HTML."""
+
+    links: list[Link] = Field(description="de-duplicated, HTML part first, then text")
+    codes: list[Code] = Field(description="subject first, then text, then the HTML's text")
+    truncated: bool = Field(description="true if some links or codes were left out")
+
+
 class AccessEntry(Model):
     cidr: str
     reason: str

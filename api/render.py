@@ -115,6 +115,27 @@ def view(raw: bytes) -> dict[str, Any]:
     }
 
 
+class Unparseable(Exception):
+    """The message cannot be parsed into parts at all (see `fallback` for its headers)."""
+
+
+def bodies(raw: bytes) -> tuple[str, str | None, str | None]:
+    """(Subject, text part, HTML part) of `raw`, decoded as `view` decodes them (without
+    the rest of its work); `Unparseable` saying why when there are no parts to read."""
+    if too_many_parts(raw):
+        raise Unparseable(f"more than {MAX_BOUNDARIES} MIME parts")
+    _PARSED.clear()
+    try:
+        message = _PARSER.parsebytes(raw)
+    except Exception as error:
+        raise Unparseable(f"unparseable message: {type(error).__name__}") from None
+    assert isinstance(message, EmailMessage)
+    # The raw value, as `view` reads headers: never through the header registry.
+    subject = next((str(v) for n, v in message.raw_items() if n.lower() == "subject"), "")
+    subject = decode_words(subject)
+    return subject, _body(message, "plain"), _body(message, "html")
+
+
 def attachments(message: EmailMessage) -> list[EmailMessage]:
     """The message's attachments, in order, at most `MAX_ATTACHMENTS`."""
     try:

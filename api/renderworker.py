@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from api import render
+from api import links, render
 
 Job = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]
 RECYCLE_GROWTH = 32 * 1024 * 1024  # resident bytes gained past which a worker retires
@@ -61,7 +61,15 @@ def attachment(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]
     return {"content_type": content_type, "filename": filename}, data
 
 
-JOBS: dict[str, Job] = {"view": view, "attachment": attachment}
+def links_and_codes(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
+    try:
+        subject, text, html = render.bodies(raw)
+    except render.Unparseable as error:
+        return {"unparseable": str(error)}, b""
+    return {"links": links.extract(subject, text, html)}, b""
+
+
+JOBS: dict[str, Job] = {"view": view, "attachment": attachment, "links": links_and_codes}
 
 
 def resident() -> int:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from api import models
+from api.docs import Tag
 from blocklist import BlocklistRepository
 from mailstore import MessageStore
 from receiver.stats import MEASURES, TOP, TOP_PER_REASON, merge_top
@@ -23,8 +24,16 @@ MAX_AGE = 30.0  # a snapshot older than this is a receiver that stopped publishi
 router = APIRouter()
 
 
-@router.get("/v1/stats", response_model=models.Stats)
+@router.get(
+    "/v1/stats",
+    response_model=models.Stats,
+    tags=[Tag.STATS],
+    summary="Live statistics: who is at the door now",
+)
 async def stats(request: Request) -> dict[str, Any]:
+    """Every live receiver's statistics (published every 5 s; silent for 30 s: left out),
+    merged: top clients by refusals, connections, messages and bytes over 1 and 5 minutes,
+    refusals by reason, open connections, and each named client's blocklist state."""
     store: MessageStore = request.app.state.store
     docs = await store.live_stats(MAX_AGE)
     now = time.time()
