@@ -12,8 +12,8 @@ const state = {
 const TOKEN_HELP = {
   read: ["read token", "Token: the read token (FLOODGATE_READ_TOKEN) opens any mailbox; the "
     + "admin token works too."],
-  admin: ["admin token", "Token: the admin token (FLOODGATE_ADMIN_TOKEN, or the one `floodgate "
-    + "run` prints and writes to var/admin-token). This server has no read token."],
+  admin: ["admin token", "Token: the admin token (FLOODGATE_ADMIN_TOKEN, or the one floodgate run "
+    + "prints and writes to var/admin-token). This server has no read token."],
 };
 
 function status(text) { $("#status").textContent = text; }
@@ -224,8 +224,9 @@ function move(step) {
 }
 
 function keyboard(event) {
-  const typing = event.target.closest("input, textarea, select, [role=tab]");
+  const typing = event.target.closest("input, textarea, select");
   if (typing || $("#confirm-delete").open || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.key === "Enter" && event.target.closest("button, a")) return;  // its own click
   const action = KEYS[event.key];
   if (!action) return;
   event.preventDefault();

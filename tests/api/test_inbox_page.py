@@ -397,6 +397,16 @@ def test_the_authentication_tab_shows_each_verdict_with_its_reason(
     assert "body hash" in shown(browser, "#auth") and "esp.example" in shown(browser, "#auth")
     assert_no_sideways_scroll(browser)
     shot(browser, f"inbox-{width}-auth")
+    # Dark, when the reader's system is: the page's colours, not the badges' words, change.
+    light = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    browser.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
+    dark = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert (light, dark) == ("rgb(255, 255, 255)", "rgb(21, 24, 28)")
+    assert browser.find_element(By.CSS_SELECTOR, "#auth .badge").text == "PASS"
+    shot(browser, f"inbox-{width}-auth-dark")
 
 
 def test_codes_and_links_are_listed_with_copy_buttons(
