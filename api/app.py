@@ -49,6 +49,7 @@ class ApiConfig:
     admin_token: str
     read_token: str | None = None
     public_inbox: bool = False  # the page carries the read token (see api.page)
+    domains: tuple[str, ...] = ()  # the domains we receive for, as the page tells its users
     mta_sts: str | None = None  # the MTA-STS policy file served at /.well-known/
     limits: ApiLimits = DEFAULTS  # render workers and live-push shares (api.limits)
 
@@ -109,7 +110,12 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)
-    page.install(app, config.read_token if config.public_inbox else None)
+    page.install(
+        app,
+        config.read_token if config.public_inbox else None,
+        domains=config.domains,
+        read_token_configured=config.read_token is not None,
+    )
     _mta_sts_route(app, config.mta_sts)
     docs.install(app)
     app.include_router(messages.router, dependencies=[Depends(require_token)])

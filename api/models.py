@@ -72,6 +72,9 @@ class MessageDetail(Model):
     attachments: list[Attachment]
     parse_error: str | None = Field(description="why the message rendered only in part")
     tls: TlsInfo | None = Field(None, description="how it came over STARTTLS; null if in clear")
+    auth: dict[str, Any] | None = Field(
+        None, description="SPF, HELO, DKIM, DMARC and ARC verdicts; null when not checked"
+    )
     envelope: Envelope | None = None
     peer_ip: str | None = None
     helo: str | None = None

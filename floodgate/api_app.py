@@ -21,6 +21,7 @@ def main(settings: Settings, token: str) -> None:
             token,
             read_token,
             public_inbox=settings.public_inbox,
+            domains=tuple(settings.domains.split(",")),
             mta_sts=settings.mta_sts_policy,
             limits=settings.api_limits(),
         )

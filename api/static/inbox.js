@@ -1,42 +1,94 @@
-// Floodgate's web inbox: list a mailbox, see new mail arrive live (Server-Sent Events read
-// with fetch, so the token travels in a header), read, download, delete. Message data is
-// only ever put in the page as text; HTML is shown sanitised, in a sandboxed frame.
+// Floodgate's web inbox: say what to type, list a mailbox, see new mail arrive live
+// (Server-Sent Events read with fetch, so the token travels in a header), move through it
+// with the keyboard, read (message.js), download, delete after a confirmation. Message data
+// is only ever put in the page as text.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { mailbox: "", token: "", stream: null, lastId: null, open: null };
-const FRAME_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'";
+const state = {
+  mailbox: "", token: "", stream: null, lastId: null, open: null, selected: null,
+  published: false, domains: [], tokenKind: "admin",
+};
+const TOKEN_HELP = {
+  read: ["read token", "Token: the read token (FLOODGATE_READ_TOKEN) opens any mailbox; the "
+    + "admin token works too."],
+  admin: ["admin token", "Token: the admin token (FLOODGATE_ADMIN_TOKEN, or the one floodgate run "
+    + "prints and writes to var/admin-token). This server has no read token."],
+};
 
 function status(text) { $("#status").textContent = text; }
 
+function notice(text) {
+  $("#notice").textContent = text || "";
+  $("#notice").hidden = !text;
+}
+
 function api(path, options = {}) { return floodgateFetch(state.token, path, options); }
 
-function row(message) {
+function failed(error) {
+  status(error.status === 401
+    ? `that token does not open mailboxes here. ${TOKEN_HELP[state.tokenKind][1]}`
+    : error.message);
+}
+
+function rows() { return [...document.querySelectorAll("#messages li.message")]; }
+
+function showEmpty() {
+  const empty = rows().length === 0 && Boolean(state.mailbox);
+  $("#empty").hidden = !empty;
+  $("#empty-title").textContent = `No mail for ${state.mailbox} yet.`;
+  $("#empty-hint").textContent = `Waiting for it live: send a message to ${state.mailbox} and `
+    + "it appears here, no reload needed.";
+}
+
+function row(message, newest = true) {
   if (document.getElementById(`m-${message.id}`)) return;
   const item = document.createElement("li");
   item.id = `m-${message.id}`;
   item.className = "message";
-  for (const [name, value] of [["subject", message.subject || "(no subject)"],
-                               ["from", message.from], ["when", message.received_at]]) {
-    const part = document.createElement("span");
-    part.className = name;
-    part.textContent = `${value} `;
-    item.append(part);
-  }
-  item.addEventListener("click", () => show(message.id));
-  $("#messages").prepend(item);
+  item.tabIndex = -1;
+  item.dataset.id = message.id;
+  const subject = document.createElement("span");
+  subject.className = "subject";
+  subject.textContent = message.subject || "(no subject)";
+  const from = document.createElement("span");
+  from.className = "from";
+  from.textContent = message.from;
+  item.append(subject, from, timeElement(message.received_at));
+  item.addEventListener("click", () => { select(item); open(item); });
+  if (newest) $("#messages").prepend(item); else $("#messages").append(item);
+  showEmpty();
 }
 
+function domainOf(mailbox) { return mailbox.slice(mailbox.lastIndexOf("@") + 1).toLowerCase(); }
+
 async function openMailbox(mailbox) {
-  state.mailbox = mailbox;
+  if (state.stream) state.stream.abort();
+  state.mailbox = "";
   state.lastId = null;
+  state.selected = null;
   $("#messages").replaceChildren();
-  $("#message").hidden = true;
+  closeMessage();
+  notice("");
+  showEmpty();
+  if (!mailbox.includes("@")) {
+    notice(`"${mailbox}" is not an address: type one like anything@${state.domains[0] || "mx.test"}.`);
+    return;
+  }
+  if (state.domains.length && !state.domains.includes(domainOf(mailbox))) {
+    notice(`We do not receive mail for ${domainOf(mailbox)}: nothing sent to ${mailbox} `
+      + `arrives here. Use an address at ${state.domains.join(", ")}.`);
+    status("not one of our domains");
+    return;
+  }
   status("loading…");
   const path = `/v1/mailboxes/${encodeURIComponent(mailbox)}/messages?limit=100`;
   const listing = await (await api(path)).json();
-  for (const message of listing.messages.slice().reverse()) row(message);
+  state.mailbox = mailbox;
+  $("#guide").open = false;  // said once; the summary line opens it again
+  for (const message of listing.messages) row(message, false);
   if (listing.messages.length) state.lastId = listing.messages[0].id;
+  showEmpty();
   listen();
 }
 
@@ -80,34 +132,40 @@ function event(block) {
   state.lastId = fields.id;
 }
 
-async function show(id) {
+function select(item) {
+  if (!item) return;
+  state.selected = item.dataset.id;
+  for (const other of rows()) other.classList.toggle("selected", other === item);
+  item.focus({ preventScroll: true });
+  item.scrollIntoView({ block: "nearest" });
+}
+
+async function open(item) {
+  const id = item.dataset.id;
   const message = await (await api(`/v1/messages/${id}`)).json();
   state.open = id;
-  for (const item of document.querySelectorAll("#messages li")) {
-    item.classList.toggle("open", item.id === `m-${id}`);
-  }
-  $("#message").hidden = false;
-  $("#subject").textContent = message.subject || "(no subject)";
-  const from = message.from.map((a) => a.name ? `${a.name} <${a.address}>` : a.address);
-  $("#meta").textContent = `${from.join(", ")} · ${message.received_at}`;
-  $("#text").textContent = message.text || "";
-  const frame = $("#html");
-  frame.hidden = !message.html_safe;
-  frame.srcdoc = message.html_safe
-    ? `<meta http-equiv="Content-Security-Policy" content="${FRAME_CSP}">${message.html_safe}`
-    : "";
+  for (const other of rows()) other.classList.toggle("open", other.dataset.id === id);
+  document.body.classList.add("reading");
+  showMessage(message);
   const list = $("#attachments");
   list.replaceChildren();
   message.attachments.forEach((attachment, index) => {
-    const item = document.createElement("li");
+    const entry = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = `${attachment.filename || "attachment"} (${attachment.size} bytes)`;
     button.addEventListener("click", () =>
-      download(id, index, attachment.filename).catch((e) => status(e.message)));
-    item.append(button);
-    list.append(item);
+      download(`/v1/messages/${id}/attachments/${index}`, attachment.filename).catch(failed));
+    entry.append(button);
+    list.append(entry);
   });
+}
+
+function closeMessage() {
+  state.open = null;
+  document.body.classList.remove("reading");
+  for (const other of rows()) other.classList.remove("open");
+  hideMessage();
 }
 
 // File systems take 255 bytes per name; a longer `download` name makes the browser refuse
@@ -124,8 +182,8 @@ function safeName(name) {
     .slice(0, MAX_NAME - Array.from(extension).length).join("") + extension;
 }
 
-async function download(id, index, name) {
-  const blob = await (await api(`/v1/messages/${id}/attachments/${index}`)).blob();
+async function download(path, name) {
+  const blob = await (await api(path)).blob();
   const link = document.createElement("a");
   link.href = URL.createObjectURL(blob);
   link.download = safeName(name);
@@ -133,34 +191,100 @@ async function download(id, index, name) {
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
-async function remove() {
+function confirmDelete() {
   if (!state.open) return;
-  await api(`/v1/messages/${state.open}`, { method: "DELETE" });
-  document.getElementById(`m-${state.open}`)?.remove();
-  $("#message").hidden = true;
-  state.open = null;
+  $("#confirm-subject").textContent = $("#subject").textContent;
+  $("#confirm-delete").showModal();
+}
+
+async function remove() {
+  const id = state.open;
+  if (!id) return;
+  await api(`/v1/messages/${id}`, { method: "DELETE" });
+  const item = document.getElementById(`m-${id}`);
+  const next = item?.nextElementSibling || item?.previousElementSibling;
+  item?.remove();
+  closeMessage();
+  if (next) select(next);
+  showEmpty();
+}
+
+const KEYS = {
+  j: () => move(1),
+  k: () => move(-1),
+  Enter: () => { const item = document.getElementById(`m-${state.selected}`); if (item) open(item).catch(failed); },
+  Escape: () => { if (state.open) { closeMessage(); select(document.getElementById(`m-${state.selected}`)); } },
+};
+
+function move(step) {
+  const all = rows();
+  if (!all.length) return;
+  const at = all.findIndex((item) => item.dataset.id === state.selected);
+  select(all[Math.min(all.length - 1, Math.max(0, at < 0 ? 0 : at + step))]);
+}
+
+function keyboard(event) {
+  const typing = event.target.closest("input, textarea, select");
+  if (typing || $("#confirm-delete").open || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.key === "Enter" && event.target.closest("button, a")) return;  // its own click
+  const action = KEYS[event.key];
+  if (!action) return;
+  event.preventDefault();
+  action();
+}
+
+function explain() {
+  const domains = document.querySelector('meta[name="floodgate-domains"]')?.content || "";
+  state.domains = domains.split(",").filter(Boolean);
+  state.tokenKind = document.querySelector('meta[name="floodgate-token-kind"]')?.content === "read"
+    ? "read" : "admin";
+  const first = state.domains[0] || "mx.test";
+  $("#mailbox").placeholder = `anything@${first}`;
+  $("#domains").textContent = state.domains.length ? state.domains.join(", ") : "our domains";
+  const [label, help] = TOKEN_HELP[state.tokenKind];
+  $("#token").placeholder = label;
+  $("#token-label").textContent = label;
+  $("#token-help").textContent = state.published ? "No token needed: this inbox is public." : help;
+}
+
+function installActions() {
+  $("#delete").addEventListener("click", confirmDelete);
+  $("#confirm-cancel").addEventListener("click", () => $("#confirm-delete").close());
+  $("#confirm-ok").addEventListener("click", () => {
+    $("#confirm-delete").close();
+    remove().catch(failed);
+  });
+  $("#back").addEventListener("click", () => KEYS.Escape());
+  $("#raw-download").addEventListener("click", () => {
+    if (state.open) download(`/v1/messages/${state.open}/raw`, `${state.open}.eml`).catch(failed);
+  });
+  document.addEventListener("keydown", keyboard);
+  setInterval(floodgateRefreshTimes, 30000);
 }
 
 function start() {
   const given = new URLSearchParams(location.hash.slice(1));
   // A public deployment puts the read token in the page: visitors only type a mailbox.
   const published = document.querySelector('meta[name="floodgate-read-token"]');
+  state.published = Boolean(published);
   state.token = published?.content || given.get("token")
     || sessionStorage.getItem("floodgate-token") || "";
   $("#token").value = state.token;
   if (published) $("#token").hidden = true;
-  $("#delete").addEventListener("click", () => remove().catch((e) => status(e.message)));
+  explain();
+  installMessageView();
+  installActions();
   $("#open").addEventListener("submit", (submitted) => {
     submitted.preventDefault();
     if (!published) {
       state.token = $("#token").value.trim();
       sessionStorage.setItem("floodgate-token", state.token);
     }
-    openMailbox($("#mailbox").value.trim()).catch((e) => status(e.message));
+    openMailbox($("#mailbox").value.trim()).catch(failed);
   });
   if (given.get("mailbox")) {
     $("#mailbox").value = given.get("mailbox");
-    openMailbox(given.get("mailbox")).catch((e) => status(e.message));
+    openMailbox(given.get("mailbox")).catch(failed);
   }
 }
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ServiceFactory
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support.api import AUTH, listing
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, send_message
@@ -43,15 +43,29 @@ def test_a_message_appears_live_opens_and_is_deleted(
 
     browser.find_element(By.CSS_SELECTOR, "#messages li.message").click()
     wait.until(lambda d: d.find_element(By.ID, "subject").text == "Your code 482913")
+    browser.find_element(By.ID, "tab-text").click()
     assert "Your code is 482913." in browser.find_element(By.ID, "text").text
     assert "Shop <noreply@shop.example>" in browser.find_element(By.ID, "meta").text
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTEFACTS / "inbox.png"))
 
     browser.find_element(By.ID, "delete").click()
+    browser.find_element(By.ID, "confirm-ok").click()
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#messages li.message"))
     assert listing(api, "web@mx.test") == []
     assert httpx.get(api.http_url + "/v1/blocklist", headers=AUTH).status_code == 200
+
+
+def test_the_page_carries_our_domains_and_which_token_works_but_no_secret(
+    make_api: ServiceFactory,
+) -> None:
+    admin_only = httpx.get(make_api(domains="mx.test,alt.test").http_url + "/").text
+    assert '<meta name="floodgate-domains" content="mx.test,alt.test">' in admin_only
+    assert '<meta name="floodgate-token-kind" content="admin">' in admin_only
+    with_reader = httpx.get(make_api(read_token=READ_TOKEN).http_url + "/").text
+    assert '<meta name="floodgate-token-kind" content="read">' in with_reader
+    for page in (admin_only, with_reader):
+        assert ADMIN_TOKEN not in page and READ_TOKEN not in page
 
 
 def test_a_public_inbox_page_carries_the_read_token(
@@ -67,6 +81,7 @@ def test_a_public_inbox_page_carries_the_read_token(
     browser.get(f"{api.http_url}/")
     wait = WebDriverWait(browser, 15)
     assert not browser.find_element(By.ID, "token").is_displayed()
+    assert "No token needed" in browser.find_element(By.ID, "token-help").text
     browser.find_element(By.ID, "mailbox").send_keys("visitor@mx.test")
     browser.find_element(By.CSS_SELECTOR, "#open button").click()
     wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live:"))
@@ -131,6 +146,7 @@ def test_smtputf8_mail_reads_cleanly_and_a_long_attachment_name_downloads(
     wait.until(lambda d: "Grüße ✓" in d.find_element(By.ID, "messages").text)
     browser.find_element(By.CSS_SELECTOR, "#messages li.message").click()
     wait.until(lambda d: d.find_element(By.ID, "subject").text == "Grüße ✓")
+    browser.find_element(By.ID, "tab-text").click()
     assert "Hallo, schöne Grüße." in browser.find_element(By.ID, "text").text
     assert "Jörg Müller <jörg@bücher.example>" in browser.find_element(By.ID, "meta").text
     browser.find_element(By.CSS_SELECTOR, "#attachments button").click()
