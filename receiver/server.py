@@ -145,6 +145,7 @@ class ReceiverState:
         loop: asyncio.AbstractEventLoop,
         allowlist: AllowlistView | None = None,
         accountant: Accountant | None = None,
+        local_stress: bool = True,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -162,6 +163,7 @@ class ReceiverState:
             on_ban=self._on_ban,
             on_stress=self._on_stress,
             accountant=accountant,
+            local_stress=local_stress,
         )
         self.data_budget = MemoryBudget(config.limits.max_data_memory)
         self.spool: Spool | None = None
@@ -358,6 +360,45 @@ def default_receiver_id(config: ReceiverConfig) -> str:
     return f"{config.hostname} {config.smtp_host}:{config.smtp_port}"
 
 
+class Background:
+    """What runs beside the sessions of one receiver: the spool's replay, the periodic
+    jobs and the screen's reporter; started before serving, closed after the drain."""
+
+    def __init__(self, state: ReceiverState, stop: asyncio.Event) -> None:
+        self.state = state
+        self.stop = stop
+        self.housekeeping = Housekeeping(state.upkeep.jobs())
+        self._replayer: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        state, loop = self.state, asyncio.get_running_loop()
+        if state.spool is not None:
+            state.spool.open()  # what an earlier run (or crash) left: replay takes it
+            state.spool.start()
+            self._replayer = loop.create_task(state.replay(self.stop), name="spool-replay")
+        self.housekeeping.start(self.stop)
+        if state.screen is not None:
+            await state.screen.resolver.open()
+            interval = state.config.log_summary_interval
+            self._reporter = loop.create_task(state.screen.report(interval, self.stop))
+
+    async def close(self) -> None:
+        state = self.state
+        with contextlib.suppress(Exception):  # gone from the operators' view at once
+            await state.store.withdraw_stats(state.name, 1.0)
+        await self.housekeeping.close()
+        if self._replayer is not None and state.spool is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+            await state.spool.close()  # what is left waits on disk for the next start
+        if state.screen is not None and self._reporter is not None:
+            await self._reporter  # ends with `stop`, after its last summary line
+            state.screen.resolver.close()
+        state.telemetry.summary.flush(force=True)
+
+
 async def run_receiver(
     config: ReceiverConfig,
     store: MessageSink,
@@ -369,11 +410,8 @@ async def run_receiver(
     loop = asyncio.get_running_loop()
     state = ReceiverState(config, store, blocklist, loop, allowlist)
     health = HealthServer(state.metrics.registry, state.ready)
-    replayer: asyncio.Task[None] | None = None
-    if state.spool is not None:
-        state.spool.open()  # what an earlier run (or crash) left: replay takes it
-        state.spool.start()
-        replayer = loop.create_task(state.replay(stop), name="spool-replay")
+    background = Background(state, stop)
+    await background.start()
     server = await loop.create_server(
         lambda: Gate(state.gate),
         config.smtp_host,
@@ -382,18 +420,12 @@ async def run_receiver(
         reuse_address=True,
     )
     await health.start(config.http_host, config.http_port)
-    housekeeping = Housekeeping(state.upkeep.jobs())
-    housekeeping.start(stop)
-    reporter = None
-    if state.screen is not None:
-        await state.screen.resolver.open()
-        reporter = loop.create_task(state.screen.report(config.log_summary_interval, stop))
     emit(
         "receiver_listening",
         smtp=f"{config.smtp_host}:{config.smtp_port}",
         http=f"{config.http_host}:{config.http_port}",
         hostname=config.hostname,
-        starttls=_tls_summary(config.tls),
+        starttls=tls_summary(config.tls),
     )
     await stop.wait()
     emit("receiver_stopping", sessions=len(state.sessions))
@@ -401,22 +433,11 @@ async def run_receiver(
     # elsewhere at once, instead of "connection refused" or a timeout.
     await state.drain(config.shutdown_grace)
     server.close()
-    with contextlib.suppress(Exception):  # gone from the operators' view at once
-        await store.withdraw_stats(state.name, 1.0)
-    await housekeeping.close()
-    if replayer is not None and state.spool is not None:
-        replayer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replayer
-        await state.spool.close()  # what is left waits on disk for the next start
-    if state.screen is not None and reporter is not None:
-        await reporter  # ends with `stop`, after its last summary line
-        state.screen.resolver.close()
-    state.telemetry.summary.flush(force=True)
+    await background.close()
     await health.close()
 
 
-def _tls_summary(tls: TlsSettings | None) -> str:
+def tls_summary(tls: TlsSettings | None) -> str:
     if tls is None:
         return "off"
     return f"self-signed:{tls.cert}" if tls.self_signed else str(tls.cert)
