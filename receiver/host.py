@@ -185,6 +185,10 @@ class HostGate:
         # A v2 LOCAL command (the proxy's own health check) names no client: it is
         # judged as the proxy itself, as a session would.
         ip = client or pending.ip
+        if self.draining:  # the header came after the stop: as a newcomer would hear
+            self.admission.release(None)
+            self._refuse(pending.conn, ip, SHUTDOWN_REFUSAL)
+            return
         key, refusal = self.admission.identify(ip)
         if refusal is not None:
             self.admission.release(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -243,3 +244,21 @@ def test_a_retry_after_451_on_another_worker_gives_one_stored_document(
         ids.add(queued_id(reply.text))
     assert len(ids) == 1
     assert database["messages"].count_documents({"rcpt": "late@mx.test"}) == 1
+
+
+def test_stress_is_decided_for_the_host_and_applied_by_every_worker(
+    make_receiver: ServiceFactory,
+) -> None:
+    # Stress at 4 open connections of the host: one worker alone never holds that many.
+    receiver = make_receiver(
+        workers="4", max_connections="10", stress_threshold="0.4", stress_idle_timeout="3"
+    )
+    assert wait_for(lambda: all_ready(receiver), 15)
+    held = [RawClient(receiver.host, receiver.port, source=f"127.0.49.{i}") for i in range(1, 5)]
+    assert greeted(held) == 4
+    assert wait_for(lambda: set(samples(receiver, "floodgate_stress_mode").values()) == {1.0})
+    started = time.monotonic()
+    for client in held:  # the stressed idle timeout reaches sessions on every worker
+        assert client.reply().code == 421
+    assert time.monotonic() - started < 6  # not the 60 s idle timeout
+    assert wait_for(lambda: set(samples(receiver, "floodgate_stress_mode").values()) == {0.0})
