@@ -24,7 +24,7 @@ from receiver.resolver import system_servers
 from receiver.screen import ScreenConfig
 from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
 from receiver.tls import TlsSettings, self_signed, server_context
-from receiver.workers import run_host
+from receiver.workers import WorkersFailed, run_host
 
 
 def store_config(settings: Settings, uri: str) -> StoreConfig:
@@ -200,3 +200,5 @@ def main(settings: Settings) -> None:
         uvloop.run(serve(settings, settings.mongodb_uri, config))
     except OSError as error:  # typically: the address is already in use
         fail(f"floodgate receiver: cannot listen: {error}")
+    except WorkersFailed as error:
+        fail(f"floodgate receiver: {error}; see the worker's log lines above")

@@ -41,6 +41,8 @@ from receiver.worker import STATUS_INTERVAL
 
 Spawn = Callable[[int, socket.socket], subprocess.Popen[bytes]]
 RESTART_DELAY = 0.5  # seconds before a dead worker's successor starts
+MAX_RESTARTS = 5  # deaths of one worker within RESTART_WINDOW, then the host stops:
+RESTART_WINDOW = 60.0  # a worker that cannot live is a fault for its supervisor to see
 SILENT_AFTER = 5 * STATUS_INTERVAL  # a worker this long without a status is not ready
 WATCH_INTERVAL = 0.5
 
@@ -93,6 +95,9 @@ class Host:
             on_worker_gone=self._gone,
         )
         self.stopping = False
+        self.failed = False  # a worker kept dying: the host stopped for its supervisor
+        self._stop: asyncio.Event | None = None
+        self._deaths: dict[int, list[float]] = {}
         self._restarts: set[asyncio.Task[None]] = set()
         m = self.telemetry.metrics
         m.open.set_function(lambda: self.admission.counts.total)
@@ -123,7 +128,17 @@ class Host:
         if process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(1.0)
-        if not self.stopping:
+        if self.stopping:
+            return
+        now = self.loop.time()
+        deaths = [t for t in self._deaths.get(end.index, []) if now - t < RESTART_WINDOW]
+        self._deaths[end.index] = [*deaths, now]
+        if len(deaths) >= MAX_RESTARTS:
+            emit("worker_keeps_dying", worker=end.name, deaths=len(deaths) + 1)
+            self.failed = True
+            if self._stop is not None:
+                self._stop.set()
+        else:
             task = self.loop.create_task(self._restart(end))
             self._restarts.add(task)
             task.add_done_callback(self._restarts.discard)
@@ -197,6 +212,7 @@ class Host:
 
     async def run(self, stop: asyncio.Event) -> None:
         config = self.config
+        self._stop = stop
         for end in self.ends:
             self.start_worker(end)
         self.gate.listen(config.smtp_host, config.smtp_port)
@@ -257,5 +273,13 @@ async def run_host(
     allowlist: AllowlistView,
     stop: asyncio.Event,
 ) -> None:
-    """Serve SMTP on every worker until `stop` is set, then drain them and return."""
-    await Host(config, workers, spawn, store, blocklist, allowlist).run(stop)
+    """Serve SMTP on every worker until `stop` is set, then drain them and return;
+    raise `WorkersFailed` if a worker kept dying (the process exits non-zero)."""
+    host = Host(config, workers, spawn, store, blocklist, allowlist)
+    await host.run(stop)
+    if host.failed:
+        raise WorkersFailed(f"a worker died {MAX_RESTARTS + 1} times within {RESTART_WINDOW:.0f}s")
+
+
+class WorkersFailed(RuntimeError):
+    """A worker of the host kept dying: restarting it again would hide the fault."""

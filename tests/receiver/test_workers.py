@@ -262,3 +262,17 @@ def test_stress_is_decided_for_the_host_and_applied_by_every_worker(
         assert client.reply().code == 421
     assert time.monotonic() - started < 6  # not the 60 s idle timeout
     assert wait_for(lambda: set(samples(receiver, "floodgate_stress_mode").values()) == {0.0})
+
+
+def test_a_worker_that_keeps_dying_stops_the_host_for_its_supervisor(
+    make_receiver: ServiceFactory,
+) -> None:
+    receiver = make_receiver(workers="2", **FAST)
+    assert wait_for(lambda: all_ready(receiver), 15)
+    for _ in range(6):  # the sixth death within a minute is one too many
+        pid = worker_pids(receiver)["w1"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda p=pid: worker_pids(receiver)["w1"] != p or not receiver.alive(), 10)
+    assert wait_for(lambda: not receiver.alive(), 30)
+    assert receiver.process.returncode == 2
+    assert "event=worker_keeps_dying worker=w1" in receiver.log()
