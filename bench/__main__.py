@@ -1,7 +1,8 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, spool, screen, render. Results of every suite
-run land in one `latest.json` and `latest.md` under `--out` (default bench/results).
+Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers. Results of
+every suite run land in one `latest.json` and `latest.md` under `--out` (default
+bench/results).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import abuse, blocklist, push, render, screen, spool, throughput, tls
+from bench import abuse, blocklist, push, render, screen, spool, throughput, tls, workers
 
 SUITES: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -28,6 +29,7 @@ SUITES: dict[str, ModuleType] = {
     "spool": spool,
     "screen": screen,
     "render": render,
+    "workers": workers,
 }
 
 

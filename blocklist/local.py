@@ -186,6 +186,19 @@ class LocalBlocklist(LocalList):
         except asyncio.QueueFull:
             self.bans_dropped += 1
 
+    def hold(self, key: str, ttl: float) -> None:
+        """Apply a ban decided on this host and written by another process (a worker's,
+        written by its host's gate) to this cache only: the store stays the truth, so a
+        removal there reaches this cache as any other change does."""
+        try:
+            net = parse_network(key)
+        except InvalidEntry:
+            return
+        expires = time.time() + ttl
+        current = self.cache.index.get(net)
+        if current is None or current < expires:
+            self.cache.upsert(net, expires)
+
     async def _write_bans(self) -> None:
         assert self._bans is not None
         while True:

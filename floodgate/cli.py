@@ -32,12 +32,33 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         if name in ("block", "allow"):
             continue
-        sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "receiver":
+            command.add_argument(
+                "--workers",
+                type=_workers,
+                metavar="N",
+                help="worker processes behind one gate (default FLOODGATE_WORKERS, 1)",
+            )
     add_block_parser(sub, BLOCK)
     add_block_parser(sub, ALLOW)
     add_top_parser(sub)
     add_spool_parser(sub)
     return parser
+
+
+def _workers(text: str) -> int:
+    """`--workers N`: the same range as FLOODGATE_WORKERS."""
+    from floodgate.settings import Settings
+
+    field = Settings.model_fields["workers"]
+    low, high = 1, 64
+    for bound in field.metadata:
+        low = getattr(bound, "ge", low)
+        high = getattr(bound, "le", high)
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"must be a number from {low} to {high}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +93,8 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
     if args.command == "receiver":
         from floodgate import receiver_app
 
+        if args.workers is not None:
+            settings = settings.model_copy(update={"workers": args.workers})
         receiver_app.main(settings)
         return 0
     if args.command == "api":

@@ -1,10 +1,15 @@
-"""Build and run one receiver process from settings: store, blocklist, SMTP."""
+"""Build and run a receiver from settings: store, blocklist, SMTP; one process, or a
+host's gate and its workers (FLOODGATE_WORKERS, receiver.workers)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
+import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import uvloop
@@ -19,6 +24,7 @@ from receiver.resolver import system_servers
 from receiver.screen import ScreenConfig
 from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
 from receiver.tls import TlsSettings, self_signed, server_context
+from receiver.workers import WorkersFailed, run_host
 
 
 def store_config(settings: Settings, uri: str) -> StoreConfig:
@@ -156,11 +162,27 @@ async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
     await blocklist.start()
     await allowlist.start()
     try:
-        await run_receiver(config, store, blocklist, stop, allowlist)
+        if settings.workers > 1:
+            await run_host(
+                config, settings.workers, spawn_worker, store, blocklist, allowlist, stop
+            )
+        else:
+            await run_receiver(config, store, blocklist, stop, allowlist)
     finally:
         await allowlist.stop()
         await blocklist.stop()
         await store.close()
+
+
+def spawn_worker(index: int, end: socket.socket) -> subprocess.Popen[bytes]:
+    """Worker `index` of this host (floodgate.worker_app), with its end of the channel;
+    it reads the same settings from the same environment."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "floodgate.worker_app", str(index), str(end.fileno())],
+        pass_fds=(end.fileno(),),
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
 
 
 def main(settings: Settings) -> None:
@@ -178,3 +200,5 @@ def main(settings: Settings) -> None:
         uvloop.run(serve(settings, settings.mongodb_uri, config))
     except OSError as error:  # typically: the address is already in use
         fail(f"floodgate receiver: cannot listen: {error}")
+    except WorkersFailed as error:
+        fail(f"floodgate receiver: {error}; see the worker's log lines above")

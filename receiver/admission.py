@@ -69,6 +69,7 @@ class Admission:
         on_ban: BanHook | None = None,
         on_stress: StressHook | None = None,
         accountant: Accountant | None = None,
+        local_stress: bool = True,
     ) -> None:
         self.normal = limits
         self.stressed_limits = limits.stressed()
@@ -89,6 +90,9 @@ class Admission:
         self._on_stress = on_stress
         self._stress_on = limits.stress_connections
         self._stress_off = max(0, int(self._stress_on * STRESS_EXIT_FRACTION))
+        # A worker of a host sees only its share of the connections: the host's gate
+        # decides stress from the host's total and tells it (`set_stressed`).
+        self._local_stress = local_stress
 
     @property
     def limits(self) -> Limits:
@@ -200,7 +204,16 @@ class Admission:
             self._on_ban(key, reason, self.normal.autoban_ttl)
         return True
 
+    def set_stressed(self, stressed: bool) -> None:
+        """Stress decided elsewhere (the host's gate, from every worker's connections)."""
+        if stressed != self.stressed:
+            self.stressed = stressed
+            if self._on_stress is not None:
+                self._on_stress(stressed, self.counts.total)
+
     def _update_stress(self) -> None:
+        if not self._local_stress:
+            return
         total = self.counts.total
         if not self.stressed and total >= self._stress_on:
             self.stressed = True

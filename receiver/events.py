@@ -60,6 +60,7 @@ CONNECTION_OUTCOMES = (
     "shutting_down",
     "untrusted_proxy",
     "bad_proxy_header",
+    "worker_busy",  # a host's worker was not taking hand-overs (receiver.host)
 )
 # Why a session ended (label `reason`).
 CLOSE_REASONS = (

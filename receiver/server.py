@@ -1,54 +1,38 @@
-"""The receiver process: the admission gate, shared state, and the serve/shutdown lifecycle."""
+"""One receiver: its composition root (`ReceiverState`) and its serve/shutdown lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 from mailstore.message import IncomingMessage
 from receiver import dnsbl, replies
-from receiver.admission import Admission, Refusal
+from receiver.accountant import Accountant
+from receiver.admission import Admission
 from receiver.delivery import Delivery
-from receiver.events import (
-    CLOSE_REASONS,
-    CONNECTION_OUTCOMES,
-    MESSAGE_OUTCOMES,
-    RECIPIENT_OUTCOMES,
-    REPLAY_OUTCOMES,
-    TLS_VERSIONS,
-    Metrics,
-    SummaryLog,
-    emit,
-)
+from receiver.events import REPLAY_OUTCOMES, emit
+from receiver.gate import ConnectionGate, Gate, Network
 from receiver.health import HealthServer
-from receiver.housekeeping import Housekeeping, Job
+from receiver.housekeeping import Housekeeping
 from receiver.limits import Limits
 from receiver.mailboxes import MailboxKeeper
 from receiver.replay import Replay, ReplayConfig
 from receiver.resolver import Resolver
 from receiver.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics
-from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
+from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext
 from receiver.spool import Spool
-from receiver.stats import LiveStats, snapshot
-from receiver.store_health import StoreHealth
+from receiver.stats import snapshot
+from receiver.telemetry import Telemetry
 from receiver.tls import Certificates, Handshakes, TlsSettings
+from receiver.upkeep import Upkeep
 
 log = logging.getLogger("floodgate.receiver")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-SHUTDOWN_REFUSAL = Refusal(replies.SHUTTING_DOWN, "shutting_down")
-HEALTH_INTERVAL = 2.0
-STATS_INTERVAL = 5.0  # live statistics published this often (receiver.stats)
-SWEEP_INTERVAL = 30.0  # expired mail leaves the store within about this long
-SWEEP_LEASE = 3 * SWEEP_INTERVAL  # a dead sweeper's lease passes to another receiver
-TLS_RELOAD_INTERVAL = 2.0  # certificate files are checked this often
-SUMMARY_TICK = 1.0  # the summary log looks this often (it logs once per its own interval)
 
 
 class MessageSink(Protocol):
@@ -131,6 +115,7 @@ class ReceiverConfig:
     data_dir: Path = field(default_factory=lambda: Path("var"))
     tls: TlsSettings | None = None  # STARTTLS offered when set
     spool: SpoolSettings | None = None  # None: the store away means 451
+    receiver_id: str = ""  # empty: hostname and listen address (default_receiver_id)
 
 
 @dataclass(frozen=True)
@@ -144,10 +129,12 @@ class SpoolSettings:
 
 
 class ReceiverState:
-    """The gate and the receiver's shared state: admission, health, events, drain.
+    """The composition root of one receiver: wires the gate (receiver.gate), telemetry
+    (receiver.telemetry), the periodic jobs (receiver.upkeep) and the session engine, and
+    holds what spans them: readiness, the spool's replay and the drain at shutdown.
 
     Sessions see none of this directly: they read the immutable `SessionContext` built
-    here, and report through its `Events` (implemented by this class).
+    here, and report through its `Events` (the telemetry).
     """
 
     def __init__(
@@ -157,20 +144,17 @@ class ReceiverState:
         blocklist: BlocklistView,
         loop: asyncio.AbstractEventLoop,
         allowlist: AllowlistView | None = None,
+        accountant: Accountant | None = None,
+        local_stress: bool = True,
     ) -> None:
         self.config = config
         self.loop = loop
         self.store = store
         self.blocklist = blocklist
         self.allowlist = allowlist or _NoAllowlist()
-        self.metrics = Metrics()
-        self.summary = SummaryLog(config.log_summary_interval)
-        self.live = LiveStats()
-        self.accepted_total = 0
+        self.telemetry = Telemetry(config.log_summary_interval)
+        self.metrics = self.telemetry.metrics
         self.sessions: set[Session] = set()
-        self.draining = False
-        self.store_health = StoreHealth(self._on_store_health)
-        self._indexes_ensured = False
         self.admission = Admission(
             config.limits,
             is_blocked=blocklist.is_blocked,
@@ -178,6 +162,8 @@ class ReceiverState:
             generation=blocklist.generation,
             on_ban=self._on_ban,
             on_stress=self._on_stress,
+            accountant=accountant,
+            local_stress=local_stress,
         )
         self.data_budget = MemoryBudget(config.limits.max_data_memory)
         self.spool: Spool | None = None
@@ -189,7 +175,7 @@ class ReceiverState:
             )
         self.delivery = Delivery(
             store,
-            self,
+            self.telemetry,
             loop,
             spool=self.spool,
             mailboxes=MailboxKeeper(
@@ -198,45 +184,51 @@ class ReceiverState:
         )
         self.certificates = Certificates(config.tls) if config.tls is not None else None
         self.screen = self._build_screen()
-        handshakes = None
-        if self.certificates is not None:
-            limits = config.limits
-            handshakes = Handshakes(
-                self.certificates,
-                max_total=limits.tls_max_handshakes,
-                max_per_client=limits.tls_max_handshakes_per_ip,
-                max_per_network=limits.tls_max_handshakes_per_network,
-                timeout=limits.tls_handshake_timeout,
-                hello_timeout=limits.tls_hello_timeout,
-                take_rate=self.admission.handshake,
-            )
         self.context = SessionContext(
             hostname=config.hostname,
             domains=config.domains,
             admission=self.admission,
             delivery=self.delivery,
-            events=self,
+            events=self.telemetry,
             budget=self.data_budget,
             clock=loop,
             bare_newline=config.bare_newline,
             proxy_timeout=config.proxy_timeout,
             screen=self.screen,
             sessions=self.sessions,
-            tls=handshakes,
+            tls=self._handshakes(),
         )
-        self.wire = Wire(self.context)
-        self._outcomes = {o: self.metrics.connections.labels(o) for o in CONNECTION_OUTCOMES}
-        self._accepted = self.metrics.connections.labels("accepted")
-        self._closed = {r: self.metrics.closed.labels(r) for r in CLOSE_REASONS}
-        self._messages = {o: self.metrics.messages.labels(o) for o in MESSAGE_OUTCOMES}
-        self._recipients = {o: self.metrics.recipients.labels(o) for o in RECIPIENT_OUTCOMES}
+        trusted = config.trusted_proxies if config.proxy_protocol else ()
+        self.gate = ConnectionGate(self.admission, self.telemetry, self.context, trusted)
+        self.upkeep = Upkeep(
+            self.name,
+            store,
+            self.telemetry,
+            self.stats_snapshot,
+            store_timeout=config.store_timeout,
+            certificates=self.certificates,
+        )
         self._wire_gauges()
+
+    def _handshakes(self) -> Handshakes | None:
+        if self.certificates is None:
+            return None
+        limits = self.config.limits
+        return Handshakes(
+            self.certificates,
+            max_total=limits.tls_max_handshakes,
+            max_per_client=limits.tls_max_handshakes_per_ip,
+            max_per_network=limits.tls_max_handshakes_per_network,
+            timeout=limits.tls_handshake_timeout,
+            hello_timeout=limits.tls_hello_timeout,
+            take_rate=self.admission.handshake,
+        )
 
     def _wire_gauges(self) -> None:
         m = self.metrics
         m.open.set_function(lambda: self.admission.counts.total)
         m.stress.set_function(lambda: 1 if self.admission.stressed else 0)
-        m.store_up.set_function(lambda: 1 if self.store_health.up else 0)
+        m.store_up.set_function(lambda: 1 if self.telemetry.store_health.up else 0)
         m.store_pending.set_function(lambda: self.store.pending)
         m.data_memory.set_function(lambda: self.data_budget.used)
         m.blocklist_staleness.set_function(self.blocklist.staleness)
@@ -249,100 +241,16 @@ class ReceiverState:
             m.spool_bytes.set_function(lambda: spool.bytes)
             m.spool_oldest.set_function(spool.oldest_age)
 
-    # --- the gate -------------------------------------------------------------------
-
-    def admit(self, transport: asyncio.Transport) -> None:
-        """Admit or refuse a new connection before any banner, handler or store work."""
-        peer = transport.get_extra_info("peername")
-        if not peer:
-            transport.abort()
-            return
-        ip: str = peer[0]
-        key: str | None
-        refusal: Refusal | None
-        if self.draining:
-            key, refusal = ip, SHUTDOWN_REFUSAL
-        elif self._from_trusted_proxy(ip):
-            key, refusal = None, self.admission.connect_unkeyed()
-        else:
-            key, refusal = self.admission.connect(ip)
-        if refusal is not None:
-            self.refuse(transport, key or ip, refusal)
-            return
-        self._accepted.inc()
-        self.accepted_total += 1
-        if key is not None:  # behind a trusted proxy the client is known only later
-            self.live.record_connection(key)
-        session = Session(self.context, self.wire, key, ip)
-        transport.set_protocol(session)
-        session.connection_made(transport)
-
-    def refuse(self, transport: asyncio.Transport, key: str, refusal: Refusal) -> None:
-        """Send the refusal and close; counted and summarised, never logged one by one."""
-        transport.write(refusal.reply.line())
-        transport.close()
-        self.on_refused(key, refusal.reason)
-
-    def on_refused(self, key: str, reason: str) -> None:
-        outcome = self._outcomes.get(reason)
-        if outcome is not None:
-            outcome.inc()
-        self.summary.record(reason, key)
-        self.live.record_refusal(key, reason)
-
-    def _from_trusted_proxy(self, ip: str) -> bool:
-        if not self.config.proxy_protocol:
-            return False
-        address = ipaddress.ip_address(ip)
-        return any(address in network for network in self.config.trusted_proxies)
-
-    # --- events ---------------------------------------------------------------------
-
-    def on_identified(self, key: str) -> None:
-        """A proxied connection's client, named by its PROXY header: counted as a
-        connection of that client, as a direct one is at the gate."""
-        self.live.record_connection(key)
-
-    def on_session_closed(self, reason: str, key: str) -> None:
-        self._closed[reason].inc()
-        if reason not in ("quit", "client_closed", "shutdown"):
-            self.summary.record(reason, key)
-
-    def on_message(self, outcome: str) -> None:
-        self._messages[outcome].inc()
-
-    def on_recipient(self, outcome: str) -> None:
-        self._recipients[outcome].inc()
-
-    def on_store_attempt(self, ok: bool, seconds: float, reason: str) -> None:
-        if ok:
-            self.metrics.store_seconds.observe(seconds)
-        self.store_health.record(ok, reason)
-
-    def store_down(self) -> bool:
-        return self.store_health.up is False
-
-    def on_stored(self, key: str, size: int) -> None:
-        self.live.record_stored(key, size)
-
-    def on_tls(self, outcome: str, version: str) -> None:
-        self.metrics.tls.labels(outcome, version if version in TLS_VERSIONS else "other").inc()
-
-    def _on_store_health(self, up: bool, reason: str) -> None:
-        # Logged on a change of state only, never per failed write.
-        if up:
-            emit("store_up")
-        else:
-            emit("store_down", reason=reason)
+    @property
+    def draining(self) -> bool:
+        return self.gate.draining
 
     def _on_ban(self, key: str, reason: str, ttl: float) -> None:
-        self.metrics.autobans.inc()
-        emit("autoban", key=key, reason=reason, ttl=int(ttl))
+        self.telemetry.on_ban(key, reason, ttl)
         self.blocklist.ban(key, reason, ttl)
 
     def _on_stress(self, stressed: bool, connections: int) -> None:
-        self.metrics.stress_transitions.labels("on" if stressed else "off").inc()
-        emit("stress_on" if stressed else "stress_off", connections=connections)
+        self.telemetry.on_stress(stressed, connections)
         if stressed:
             for session in list(self.sessions):
                 session.rearm_for_stress()
@@ -366,9 +274,10 @@ class ReceiverState:
         if self.draining:
             return False, "shutting down"
         spool = self.spool
+        health = self.telemetry.store_health
         state = "ready"
-        if self.store_health.up is not True:
-            store = f"store not taking writes: {self.store_health.reason}"
+        if health.up is not True:
+            store = f"store not taking writes: {health.reason}"
             if spool is None:
                 return False, store
             if spool.failing:
@@ -380,68 +289,28 @@ class ReceiverState:
             staleness = access.staleness()
             if staleness > self.config.blocklist_max_staleness:
                 return False, f"{name} stale for {staleness:.0f}s"
-        if spool is not None and (spool.messages or self.store_health.up is not True):
+        if spool is not None and (spool.messages or health.up is not True):
             age = spool.oldest_age()
             state += f"; spooling: {spool.messages} messages, oldest {age:.0f}s"
         return True, state
 
-    async def check_store(self) -> None:
-        """Probe the store with one durable write, under the insert deadline; once it
-        answers, make sure its indexes (inbox listing, TTL retention) exist."""
-        reason = await self.store.probe(self._probe_name, self.config.store_timeout)
-        self.store_health.record(reason is None, reason or "")
-        if reason is None and not self._indexes_ensured:
-            try:
-                await self.store.ensure_indexes()
-            except Exception as error:  # retried at the next probe
-                emit("indexes_not_ensured", error=type(error).__name__)
-            else:
-                self._indexes_ensured = True
-
-    @property
-    def _probe_name(self) -> str:
-        return f"receiver {self.name}"
-
-    def jobs(self) -> list[Job]:
-        """The periodic jobs, each on its own clock (receiver.housekeeping)."""
-
-        def up() -> bool:
-            return self.store_health.up is True
-
-        jobs = [
-            # The store is judged by writes before mail hits it; indexes once it answers.
-            Job("store-probe", HEALTH_INTERVAL, self.check_store),
-            # Retention on every store, one receiver at a time (a lease in the store).
-            Job("retention-sweep", SWEEP_INTERVAL, self.sweep, up, first_delay=HEALTH_INTERVAL),
-            Job("live-stats", STATS_INTERVAL, self.publish_stats, up),
-            Job("log-summary", SUMMARY_TICK, self._flush_summary),
-        ]
-        if self.certificates is not None:
-            jobs.append(Job("tls-reload", TLS_RELOAD_INTERVAL, self._reload_tls))
-        return jobs
-
-    async def _flush_summary(self) -> None:
-        self.summary.flush()  # logs only once its own interval has passed
-
-    async def _reload_tls(self) -> None:
-        if self.certificates is not None and self.certificates.reload_if_changed():
-            emit("tls_reloaded", cert=str(self.certificates.settings.cert))
-
     @property
     def name(self) -> str:
-        """This receiver among the others (its live-statistics snapshot's id)."""
-        return f"{self.config.hostname} {self.config.smtp_host}:{self.config.smtp_port}"
+        """This receiver among the others: its id, keying its statistics snapshot, its
+        probe and its sweep lease (a worker's is its host's name plus `/w<i>`)."""
+        return self.config.receiver_id or default_receiver_id(self.config)
 
     def stats_snapshot(self) -> dict[str, object]:
+        telemetry = self.telemetry
         return snapshot(
-            self.live,
+            telemetry.live,
             receiver=self.name,
             open_counts=self.admission.counts.per_key,
             open_total=self.admission.counts.total,
             stressed=self.admission.stressed,
-            store_up=self.store_health.up,
-            store_reason=self.store_health.reason,
-            accepted_total=self.accepted_total,
+            store_up=telemetry.store_health.up,
+            store_reason=telemetry.store_health.reason,
+            accepted_total=telemetry.accepted_total,
             spool=self._spool_state(),
         )
 
@@ -454,23 +323,6 @@ class ReceiverState:
             "bytes": spool.bytes,
             "oldest_s": round(spool.oldest_age(), 1),
         }
-
-    async def publish_stats(self) -> None:
-        """One small document, replaced every few seconds; never per connection."""
-        try:
-            await self.store.publish_stats(self.stats_snapshot(), self.config.store_timeout)
-        except Exception as error:  # the next round tries again; health has the outage
-            emit("stats_not_published", error=type(error).__name__)
-
-    async def sweep(self) -> None:
-        try:
-            deleted = await self.store.sweep_expired(self._probe_name, SWEEP_LEASE)
-        except Exception as error:  # the next sweep tries again
-            emit("retention_sweep_failed", error=type(error).__name__)
-            return
-        if deleted:
-            self.metrics.expired.inc(deleted)
-            emit("retention_swept", deleted=deleted)
 
     # --- the spool ------------------------------------------------------------------
 
@@ -485,13 +337,13 @@ class ReceiverState:
             on_outcome=lambda outcome, n: replayed[outcome].inc(n),
             on_stored=self.delivery.stored,
         )
-        await replay.run(lambda: self.store_health.up is True, stop)
+        await replay.run(lambda: self.telemetry.store_health.up is True, stop)
 
     # --- shutdown -------------------------------------------------------------------
 
     async def drain(self, grace: float) -> None:
         """Close idle sessions now; let sessions in a DATA transaction finish (bounded)."""
-        self.draining = True
+        self.gate.draining = True
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             for session in list(self.sessions):
@@ -503,20 +355,48 @@ class ReceiverState:
         await asyncio.sleep(0)
 
 
-class Gate(asyncio.Protocol):
-    """The first protocol of every connection: hands it to admission, nothing else.
+def default_receiver_id(config: ReceiverConfig) -> str:
+    """A single-process receiver's id: its hostname and listen address."""
+    return f"{config.hostname} {config.smtp_host}:{config.smtp_port}"
 
-    Refusals are written by the gate itself and never build a session.
-    """
 
-    __slots__ = ("_state",)
+class Background:
+    """What runs beside the sessions of one receiver: the spool's replay, the periodic
+    jobs and the screen's reporter; started before serving, closed after the drain."""
 
-    def __init__(self, state: ReceiverState) -> None:
-        self._state = state
+    def __init__(self, state: ReceiverState, stop: asyncio.Event) -> None:
+        self.state = state
+        self.stop = stop
+        self.housekeeping = Housekeeping(state.upkeep.jobs())
+        self._replayer: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TCP transports are full transports without subclassing asyncio's ABCs.
-        self._state.admit(cast(asyncio.Transport, transport))
+    async def start(self) -> None:
+        state, loop = self.state, asyncio.get_running_loop()
+        if state.spool is not None:
+            state.spool.open()  # what an earlier run (or crash) left: replay takes it
+            state.spool.start()
+            self._replayer = loop.create_task(state.replay(self.stop), name="spool-replay")
+        self.housekeeping.start(self.stop)
+        if state.screen is not None:
+            await state.screen.resolver.open()
+            interval = state.config.log_summary_interval
+            self._reporter = loop.create_task(state.screen.report(interval, self.stop))
+
+    async def close(self) -> None:
+        state = self.state
+        with contextlib.suppress(Exception):  # gone from the operators' view at once
+            await state.store.withdraw_stats(state.name, 1.0)
+        await self.housekeeping.close()
+        if self._replayer is not None and state.spool is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+            await state.spool.close()  # what is left waits on disk for the next start
+        if state.screen is not None and self._reporter is not None:
+            await self._reporter  # ends with `stop`, after its last summary line
+            state.screen.resolver.close()
+        state.telemetry.summary.flush(force=True)
 
 
 async def run_receiver(
@@ -530,27 +410,22 @@ async def run_receiver(
     loop = asyncio.get_running_loop()
     state = ReceiverState(config, store, blocklist, loop, allowlist)
     health = HealthServer(state.metrics.registry, state.ready)
-    replayer: asyncio.Task[None] | None = None
-    if state.spool is not None:
-        state.spool.open()  # what an earlier run (or crash) left: replay takes it
-        state.spool.start()
-        replayer = loop.create_task(state.replay(stop), name="spool-replay")
+    background = Background(state, stop)
+    await background.start()
     server = await loop.create_server(
-        lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True
+        lambda: Gate(state.gate),
+        config.smtp_host,
+        config.smtp_port,
+        backlog=4096,
+        reuse_address=True,
     )
     await health.start(config.http_host, config.http_port)
-    housekeeping = Housekeeping(state.jobs())
-    housekeeping.start(stop)
-    reporter = None
-    if state.screen is not None:
-        await state.screen.resolver.open()
-        reporter = loop.create_task(state.screen.report(config.log_summary_interval, stop))
     emit(
         "receiver_listening",
         smtp=f"{config.smtp_host}:{config.smtp_port}",
         http=f"{config.http_host}:{config.http_port}",
         hostname=config.hostname,
-        starttls=_tls_summary(config.tls),
+        starttls=tls_summary(config.tls),
     )
     await stop.wait()
     emit("receiver_stopping", sessions=len(state.sessions))
@@ -558,22 +433,11 @@ async def run_receiver(
     # elsewhere at once, instead of "connection refused" or a timeout.
     await state.drain(config.shutdown_grace)
     server.close()
-    with contextlib.suppress(Exception):  # gone from the operators' view at once
-        await store.withdraw_stats(state.name, 1.0)
-    await housekeeping.close()
-    if replayer is not None and state.spool is not None:
-        replayer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await replayer
-        await state.spool.close()  # what is left waits on disk for the next start
-    if state.screen is not None and reporter is not None:
-        await reporter  # ends with `stop`, after its last summary line
-        state.screen.resolver.close()
-    state.summary.flush(force=True)
+    await background.close()
     await health.close()
 
 
-def _tls_summary(tls: TlsSettings | None) -> str:
+def tls_summary(tls: TlsSettings | None) -> str:
     if tls is None:
         return "off"
     return f"self-signed:{tls.cert}" if tls.self_signed else str(tls.cert)

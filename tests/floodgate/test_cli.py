@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from floodgate.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,3 +40,12 @@ def test_no_import_of_our_own_code_is_guarded() -> None:
                         if set(names) & set(PACKAGES):
                             guarded.append(f"{path.relative_to(REPO)}:{statement.lineno}")
     assert guarded == []
+
+
+def test_receiver_workers_takes_the_settings_range() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["receiver", "--workers", "4"]).workers == 4
+    assert parser.parse_args(["receiver"]).workers is None  # FLOODGATE_WORKERS decides
+    for wrong in ("0", "65", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["receiver", "--workers", wrong])
