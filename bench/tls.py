@@ -18,6 +18,7 @@ The client is Python (asyncio + OpenSSL) in the benchmark process: smtp-source h
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -37,10 +38,10 @@ TLS_ENV = {
     "FLOODGATE_TLS_MAX_HANDSHAKES_PER_IP": "10000",
     "FLOODGATE_TLS_MAX_HANDSHAKES": "256",
 }
-BODY = (
-    b"From: <bench@client.test>\r\nTo: <inbox@mx.test>\r\nSubject: tls bench\r\n\r\n"
-    + (b"x" * 70 + b"\r\n") * 12
-)
+HEAD = b"From: <bench@client.test>\r\nTo: <inbox@mx.test>\r\nSubject: tls bench %d\r\n\r\n"
+TEXT = (b"x" * 70 + b"\r\n") * 12
+# Identical bytes from one sender to one recipient are one message (a retry): number them.
+SERIAL = itertools.count()
 
 
 async def _reply(reader: asyncio.StreamReader) -> int:
@@ -72,7 +73,7 @@ async def session(port: int, *, tls: bool, send: bool, source: str = "127.0.0.1"
             for line in (b"MAIL FROM:<bench@client.test>", b"RCPT TO:<inbox@mx.test>"):
                 assert await _command(reader, writer, line) == 250
             assert await _command(reader, writer, b"DATA") == 354
-            writer.write(BODY + b".\r\n")
+            writer.write(HEAD % next(SERIAL) + TEXT + b".\r\n")
             code = await _reply(reader)
             if code != 250:
                 raise ConnectionError(f"message answered {code}")
