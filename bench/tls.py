@@ -44,6 +44,11 @@ TEXT = (b"x" * 70 + b"\r\n") * 12
 SERIAL = itertools.count()
 
 
+def message(serial: int) -> bytes:
+    """The bench's message, number `serial`, without the final dot."""
+    return HEAD % serial + TEXT
+
+
 async def _reply(reader: asyncio.StreamReader) -> int:
     while True:
         line = await reader.readline()
@@ -73,7 +78,7 @@ async def session(port: int, *, tls: bool, send: bool, source: str = "127.0.0.1"
             for line in (b"MAIL FROM:<bench@client.test>", b"RCPT TO:<inbox@mx.test>"):
                 assert await _command(reader, writer, line) == 250
             assert await _command(reader, writer, b"DATA") == 354
-            writer.write(HEAD % next(SERIAL) + TEXT + b".\r\n")
+            writer.write(message(next(SERIAL)) + b".\r\n")
             code = await _reply(reader)
             if code != 250:
                 raise ConnectionError(f"message answered {code}")

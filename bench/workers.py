@@ -33,7 +33,7 @@ from pymongo import MongoClient
 
 from bench.abuse import _hammer
 from bench.common import CLK_TCK, Service, embedded_store, median, start_service
-from bench.tls import BODY, TLS_ENV, _command, _reply
+from bench.tls import TLS_ENV, _command, _reply, message
 from flood.smtp import CLIENT_TLS
 from receiver import channel
 from receiver.channel import Handoff
@@ -73,7 +73,7 @@ async def session(port: int, serial: int, *, tls: bool, send: bool, source: str)
             for line in (b"MAIL FROM:<bench@client.test>", b"RCPT TO:<inbox@mx.test>"):
                 assert await _command(reader, writer, line) == 250
             assert await _command(reader, writer, b"DATA") == 354
-            writer.write(b"X-Serial: %d\r\n" % serial + BODY + b".\r\n")
+            writer.write(message(serial) + b".\r\n")
             code = await _reply(reader)
             if code != 250:
                 raise ConnectionError(f"message answered {code}")
