@@ -208,6 +208,8 @@ async def get_message(
     result = summary(doc, role)
     tls = doc.get("tls")
     result["tls"] = tls if isinstance(tls, dict) else None
+    auth = doc.get("auth")
+    result["auth"] = auth if isinstance(auth, dict) else None
     if role is Role.ADMIN:
         result.update(
             {

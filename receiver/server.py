@@ -15,6 +15,7 @@ from typing import Protocol, cast
 from mailstore.message import IncomingMessage
 from receiver import dnsbl, replies
 from receiver.admission import Admission, Refusal
+from receiver.authcheck import AuthChecker, AuthConfig
 from receiver.delivery import Delivery
 from receiver.events import (
     CLOSE_REASONS,
@@ -131,6 +132,7 @@ class ReceiverConfig:
     data_dir: Path = field(default_factory=lambda: Path("var"))
     tls: TlsSettings | None = None  # STARTTLS offered when set
     spool: SpoolSettings | None = None  # None: the store away means 451
+    auth: AuthConfig | None = None  # authentication verdicts (receiver.authcheck) when set
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class ReceiverState:
         )
         self.certificates = Certificates(config.tls) if config.tls is not None else None
         self.screen = self._build_screen()
+        self.auth = self._build_auth()
         handshakes = None
         if self.certificates is not None:
             limits = config.limits
@@ -223,6 +226,7 @@ class ReceiverState:
             screen=self.screen,
             sessions=self.sessions,
             tls=handshakes,
+            auth=self.auth,
         )
         self.wire = Wire(self.context)
         self._outcomes = {o: self.metrics.connections.labels(o) for o in CONNECTION_OUTCOMES}
@@ -358,6 +362,17 @@ class ReceiverState:
         )
         metrics = ScreenMetrics(self.metrics.registry, (*dnsbl.domains(config.sites), REVERSE_DNS))
         return Screen(config, resolver, metrics, self.loop.time)
+
+    def _build_auth(self) -> AuthChecker | None:
+        """The authentication checks, on a resolver of their own (same servers and
+        bounds as the screen's): None, and no DNS at all, unless configured."""
+        if self.config.auth is None:
+            return None
+        limits = self.config.limits
+        resolver = Resolver(
+            self.config.dns_servers, max_in_flight=limits.dns_max_in_flight, rate=limits.dns_rate
+        )
+        return AuthChecker(self.config.auth, resolver, self.metrics.registry)
 
     # --- health ---------------------------------------------------------------------
 
@@ -535,6 +550,8 @@ async def run_receiver(
         state.spool.open()  # what an earlier run (or crash) left: replay takes it
         state.spool.start()
         replayer = loop.create_task(state.replay(stop), name="spool-replay")
+    if state.auth is not None:
+        await state.auth.open()  # workers started before the first message, not during it
     server = await loop.create_server(
         lambda: Gate(state), config.smtp_host, config.smtp_port, backlog=4096, reuse_address=True
     )
@@ -569,6 +586,8 @@ async def run_receiver(
     if state.screen is not None and reporter is not None:
         await reporter  # ends with `stop`, after its last summary line
         state.screen.resolver.close()
+    if state.auth is not None:
+        await state.auth.close()
     state.summary.flush(force=True)
     await health.close()
 
