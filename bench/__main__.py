@@ -1,6 +1,6 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, spool, screen, render. Results of every suite
+Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, auth. Results of every suite
 run land in one `latest.json` and `latest.md` under `--out` (default bench/results).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import abuse, blocklist, push, render, screen, spool, throughput, tls
+from bench import abuse, auth, blocklist, push, render, screen, spool, throughput, tls
 
 SUITES: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -28,6 +28,7 @@ SUITES: dict[str, ModuleType] = {
     "spool": spool,
     "screen": screen,
     "render": render,
+    "auth": auth,
 }
 
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 from mailstore.message import IncomingMessage
 from receiver.authcheck import dmarc, signatures, spf
 from receiver.authcheck.dmarc import DkimResult, OrgDomains
-from receiver.authcheck.lookups import ERROR, FOUND, Lookups
+from receiver.authcheck.lookups import ERROR, FOUND, Lookups, TtlCache
 from receiver.authcheck.pool import Verifier
 from receiver.authcheck.results import Verdicts, authentication_results, strip_forged
 from receiver.authcheck.spf import SpfResult
@@ -60,6 +60,10 @@ class AuthChecker:
             resolver, timeout=config.dns_timeout, size=config.cache_size, ttl=config.cache_ttl
         )
         self.orgs = OrgDomains()
+        # SPF results by (client, domain): a warm sender costs no evaluation at all.
+        self.spf_results: TtlCache[tuple[str, str], SpfResult] = TtlCache(
+            config.cache_size, config.cache_ttl
+        )
         self.verifier = Verifier(config.workers, config.queue)
         self.results = Counter(
             "floodgate_auth_results",
@@ -67,9 +71,7 @@ class AuthChecker:
             ["method", "result"],
             registry=registry,
         )
-        for method in METHODS:
-            for result in RESULTS:
-                self.results.labels(method, result)
+        self._counts = {(m, r): self.results.labels(m, r) for m in METHODS for r in RESULTS}
 
     async def open(self) -> None:
         await self.resolver.open()
@@ -84,13 +86,14 @@ class AuthChecker:
         return Pending(self, ip, helo, sender, clock)
 
     def count(self, verdicts: Verdicts) -> None:
-        self.results.labels("spf", verdicts.spf.result).inc()
-        self.results.labels("helo", verdicts.helo.result).inc()
+        counts = self._counts
+        counts["spf", verdicts.spf.result].inc()
+        counts["helo", verdicts.helo.result].inc()
         for d in verdicts.dkim:
-            self.results.labels("dkim", d.result).inc()
+            counts["dkim", d.result].inc()
         if verdicts.dmarc is not None:
-            self.results.labels("dmarc", verdicts.dmarc.result).inc()
-        self.results.labels("arc", verdicts.arc[0]).inc()
+            counts["dmarc", verdicts.dmarc.result].inc()
+        counts["arc", verdicts.arc[0]].inc()
 
 
 class Pending:
@@ -107,13 +110,29 @@ class Pending:
         # RFC 7208 2.4: the null sender is checked as postmaster@<HELO name>.
         self.spf_domain = sender.rpartition("@")[2].lower() if sender else self.helo
         identity = sender or f"postmaster@{self.helo}"
-        dns = checker.dns
-        self.spf_task = clock.create_task(
-            spf.check_host(dns, ip, self.spf_domain, identity, self.helo)
+        self.spf_task = self._spf(self.spf_domain, identity)
+        self.helo_task = self._spf(self.helo, f"postmaster@{self.helo}")
+
+    def _spf(self, domain: str, identity: str) -> asyncio.Future[SpfResult]:
+        """The SPF check of one identity: remembered, or started now."""
+        cached = self.checker.spf_results.get((self.ip, domain))
+        if cached is not None:
+            done: asyncio.Future[SpfResult] = asyncio.get_running_loop().create_future()
+            done.set_result(cached)
+            return done
+        task: asyncio.Task[SpfResult] = self.clock.create_task(
+            spf.check_host(self.checker.dns, self.ip, domain, identity, self.helo)
         )
-        self.helo_task = clock.create_task(
-            spf.check_host(dns, ip, self.helo, f"postmaster@{self.helo}", self.helo)
-        )
+        task.add_done_callback(self._remember)
+        return task
+
+    def _remember(self, task: asyncio.Future[SpfResult]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        result = task.result()
+        # Not a temporary failure, nor a result a macro tied to this sender (RFC 7208 7.3).
+        if result.result != "temperror" and not result.personal:
+            self.checker.spf_results.put((self.ip, result.domain), result)
 
     def cancel(self) -> None:
         """The transaction was abandoned (RSET, a new HELO, the client left)."""
@@ -143,41 +162,49 @@ class Pending:
         )
 
     async def _verdicts(self, message: IncomingMessage) -> Verdicts:
-        deadline = self.clock.time() + self.checker.config.timeout
+        checker = self.checker
         fields = signatures.header_fields(message.raw)
         needs, arc = signatures.key_needs(fields)
         author = dmarc.from_domain(v.decode("utf-8", "replace") for n, v in fields if n == b"from")
         signed = self.clock.create_task(self._signatures(message.raw, needs, arc))
-        spf_result = await _within(self.spf_task, deadline, self.clock, self.spf_domain)
-        helo_result = await _within(self.helo_task, deadline, self.clock, self.helo)
-        try:
-            left = max(0.0, deadline - self.clock.time())
-            dkim_results, arc_result = await asyncio.wait_for(asyncio.shield(signed), left)
-        except TimeoutError:
-            signed.cancel()
+        policy = self.clock.create_task(dmarc.policy(checker.dns, checker.orgs, author))
+        # One wait for everything, until the deadline: what is not done then is temperror.
+        waiting = {self.spf_task, self.helo_task, signed, policy}
+        await asyncio.wait(waiting, timeout=checker.config.timeout)
+        for task in waiting:
+            task.cancel()  # a no-op for those done
+        spf_result = _spf(self.spf_task, self.spf_domain)
+        helo_result = _spf(self.helo_task, self.helo)
+        if signed.done() and not signed.cancelled() and signed.exception() is None:
+            dkim_results, arc_result = signed.result()
+        else:
             dkim_results = [
                 DkimResult("temperror", n.domain, n.selector, DEADLINE) if n else _unusable()
                 for n in needs
                 if n is None or n.field == "dkim-signature"
             ]
             arc_result = ("temperror", DEADLINE) if arc else ("none", "")
-        dmarc_task = self.clock.create_task(
-            dmarc.evaluate(self.checker.dns, self.checker.orgs, author, spf_result, dkim_results)
-        )
-        try:
-            left = max(0.0, deadline - self.clock.time())
-            dmarc_result = await asyncio.wait_for(dmarc_task, left)
-        except TimeoutError:
+        if not policy.done() or policy.cancelled():
             dmarc_result = dmarc.DmarcResult(
                 "temperror", author or "", None, False, False, DEADLINE
             )
+        elif isinstance(policy.exception(), LookupError):
+            why = str(policy.exception())
+            dmarc_result = dmarc.DmarcResult("temperror", author or "", None, False, False, why)
+        else:
+            found = policy.result()
+            dmarc_result = dmarc.verdict(checker.orgs, author, found, spf_result, dkim_results)
         return Verdicts(spf_result, helo_result, dkim_results, dmarc_result, arc_result)
 
     async def _signatures(
         self, raw: bytes, needs: list[signatures.KeyNeed | None], arc: bool
     ) -> tuple[list[DkimResult], tuple[str, str]]:
         names = sorted({n.name for n in needs if n is not None})
-        answers = await asyncio.gather(*(self.checker.dns.ask(name, TXT) for name in names))
+        ask = self.checker.dns.ask
+        if len(names) == 1:  # the common case: no task for one lookup
+            answers = [await ask(names[0], TXT)]
+        else:
+            answers = list(await asyncio.gather(*(ask(name, TXT) for name in names)))
         found = dict(zip(names, answers, strict=True))
         keys = {
             name: next((v for v in a.values if "p=" in v), a.values[0])
@@ -228,12 +255,8 @@ def _arc(outcome: tuple[str, str]) -> tuple[str, str]:
     return (cv if cv in ("pass", "fail", "none") else "permerror", reason)
 
 
-async def _within(
-    task: asyncio.Task[SpfResult], deadline: float, clock: Any, domain: str
-) -> SpfResult:
-    """The task's result by `deadline`, or temperror (RFC 8601 2.7.2) and the task ends."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - clock.time()))
-    except TimeoutError:
-        task.cancel()
-        return SpfResult("temperror", domain, DEADLINE)
+def _spf(task: asyncio.Future[SpfResult], domain: str) -> SpfResult:
+    """The task's result, or temperror (RFC 8601 2.7.2) when the deadline came first."""
+    if task.done() and not task.cancelled():
+        return task.result()
+    return SpfResult("temperror", domain, DEADLINE)

@@ -17,10 +17,14 @@ from receiver.authcheck.lookups import ERROR, Result
 from receiver.authcheck.spf import Asker, SpfResult
 from receiver.resolver import TXT
 
-__all__ = ["DkimResult", "DmarcResult", "OrgDomains", "Policy", "evaluate", "from_domain"]
+__all__ = ["DkimResult", "DmarcResult", "OrgDomains", "Policy", "from_domain", "policy", "verdict"]
 
 _TAG = re.compile(r"\s*([a-z]+)\s*=\s*([^;]*?)\s*(?:;|$)", re.IGNORECASE)
 _POLICIES = ("none", "quarantine", "reject")
+# One plain address, bare or in angle brackets after a display name with no special
+# characters: the From: of almost every message. Anything else goes to the full parser.
+_LOCAL, _DOMAIN = r"[A-Za-z0-9._+=-]+", r"([A-Za-z0-9.-]+)"
+_SIMPLE_FROM = re.compile(rf"\s*(?:[A-Za-z0-9 ._-]*<{_LOCAL}@{_DOMAIN}>|{_LOCAL}@{_DOMAIN})\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,18 +58,32 @@ class DmarcResult:
 class OrgDomains:
     """Organizational domains (RFC 7489 3.2) from the bundled Public Suffix List."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 4096) -> None:
         self._list = PublicSuffixList()
+        self._known: dict[str, str] = {}
+        self._size = size
 
     def of(self, domain: str) -> str:
-        org = self._list.privatesuffix(domain.lower())
-        return org if isinstance(org, str) else domain.lower()
+        domain = domain.lower()
+        known = self._known.get(domain)
+        if known is None:
+            org = self._list.privatesuffix(domain)
+            known = org if isinstance(org, str) else domain
+            if len(self._known) >= self._size:
+                self._known.clear()  # bounded; refilled from the list, which is in memory
+            self._known[domain] = known
+        return known
 
 
 def from_domain(values: Iterable[str]) -> str | None:
     """The one domain of the From: field, or None when there is none or more than one
     (RFC 7489 6.6.1: such a message cannot be evaluated)."""
-    addresses = email.utils.getaddresses(list(values))
+    values = list(values)
+    if len(values) == 1:
+        simple = _SIMPLE_FROM.fullmatch(values[0])
+        if simple is not None:  # `Name <a@b>` or `a@b`: no parser needed
+            return (simple[1] or simple[2]).lower().rstrip(".")
+    addresses = email.utils.getaddresses(values)
     domains = {addr.rpartition("@")[2].lower().rstrip(".>") for _, addr in addresses if addr}
     domains.discard("")
     return domains.pop() if len(domains) == 1 else None
@@ -102,38 +120,44 @@ async def _record(dns: Asker, domain: str) -> Policy | None:
     return parse_record(records[0])
 
 
-async def evaluate(
-    dns: Asker,
+async def policy(dns: Asker, orgs: OrgDomains, author: str | None) -> Policy | None:
+    """The policy that governs `author`: its own record, else its organizational
+    domain's (6.6.3: whose `sp=` governs subdomains). Raises LookupError on a DNS failure."""
+    if author is None:
+        return None
+    found = await _record(dns, author)
+    org = orgs.of(author)
+    if found is None and org != author:
+        parent = await _record(dns, org)
+        if parent is not None:
+            found = Policy(parent.sp or parent.p, None, parent.adkim, parent.aspf)
+    return found
+
+
+def verdict(
     orgs: OrgDomains,
     author: str | None,
+    found: Policy | None,
     spf: SpfResult,
     dkim: list[DkimResult],
 ) -> DmarcResult:
-    """The DMARC verdict for a From domain, given the SPF (MAIL FROM) and DKIM results."""
+    """The DMARC result for a From domain, its policy, and the SPF (MAIL FROM) and DKIM
+    results."""
     if author is None:
         return DmarcResult("permerror", "", None, False, False, "no single From domain")
-    org = orgs.of(author)
-    try:
-        policy = await _record(dns, author)
-        if policy is None and org != author:
-            found = await _record(dns, org)
-            # 6.6.3: the organizational record's sp= governs its subdomains.
-            policy = Policy(found.sp or found.p, None, found.adkim, found.aspf) if found else None
-    except LookupError as error:
-        return DmarcResult("temperror", author, None, False, False, str(error))
-    if policy is None:
+    if found is None:
         return DmarcResult("none", author, None, False, False, "no DMARC record")
-    spf_aligned = spf.result == "pass" and _aligned(spf.domain, author, policy.aspf, orgs)
+    spf_aligned = spf.result == "pass" and _aligned(spf.domain, author, found.aspf, orgs)
     dkim_aligned = any(
-        d.result == "pass" and _aligned(d.domain, author, policy.adkim, orgs) for d in dkim
+        d.result == "pass" and _aligned(d.domain, author, found.adkim, orgs) for d in dkim
     )
-    result = "pass" if spf_aligned or dkim_aligned else "fail"
+    if not (spf_aligned or dkim_aligned):
+        reason = "neither SPF nor DKIM passed aligned with the From domain"
+        return DmarcResult("fail", author, found.p, False, False, reason)
     reason = "aligned " + ", ".join(
         name for name, ok in (("SPF", spf_aligned), ("DKIM", dkim_aligned)) if ok
     )
-    if result == "fail":
-        reason = "neither SPF nor DKIM passed aligned with the From domain"
-    return DmarcResult(result, author, policy.p, spf_aligned, dkim_aligned, reason)
+    return DmarcResult("pass", author, found.p, spf_aligned, dkim_aligned, reason)
 
 
 def _aligned(domain: str, author: str, mode: str, orgs: OrgDomains) -> bool:

@@ -10,15 +10,18 @@ the same time share one query.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from cachetools import TTLCache
+from typing import Generic, TypeVar
 
 from receiver.resolver import Answer, Resolver
 
-__all__ = ["ERROR", "FOUND", "VOID", "Lookups", "Result"]
+__all__ = ["ERROR", "FOUND", "VOID", "Lookups", "Result", "TtlCache"]
 
 FOUND, VOID, ERROR = "found", "void", "error"
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +42,46 @@ def _result(answer: Answer) -> Result:
     return Result(ERROR, why=f"DNS {answer.outcome}")
 
 
+class TtlCache(Generic[K, V]):
+    """At most `size` entries, each for `ttl` seconds; when full, the oldest goes.
+
+    A dict in insertion order and one clock read per access: cheaper per lookup than a
+    general cache, and this runs for every message.
+    """
+
+    def __init__(self, size: int, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self._entries: dict[K, tuple[float, V]] = {}
+        self._size = size
+        self._ttl = ttl
+        self._clock = clock
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < self._clock():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: K, value: V) -> None:
+        entries = self._entries
+        entries.pop(key, None)
+        if len(entries) >= self._size:
+            del entries[next(iter(entries))]
+        entries[key] = (self._clock() + self._ttl, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Lookups:
     """Cached questions to one resolver, each under `timeout` seconds."""
 
     def __init__(self, resolver: Resolver, *, timeout: float, size: int, ttl: float) -> None:
         self.resolver = resolver
         self.timeout = timeout
-        self._cache: TTLCache[tuple[str, int], Result] = TTLCache(maxsize=size, ttl=ttl)
+        self._cache: TtlCache[tuple[str, int], Result] = TtlCache(size, ttl)
         self._asking: dict[tuple[str, int], asyncio.Future[Answer]] = {}
         self.asked = 0  # queries sent (the cache missed): for tests and the bench
 
@@ -64,7 +100,7 @@ class Lookups:
             future.add_done_callback(lambda _: self._asking.pop(key, None))
         result = _result(await asyncio.shield(future))
         if result.status != ERROR:
-            self._cache[key] = result
+            self._cache.put(key, result)
         return result
 
 

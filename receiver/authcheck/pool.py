@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["Verifier"]
 
@@ -24,16 +24,43 @@ COMMAND = (sys.executable, "-m", "receiver.authcheck.worker")
 RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker fails to start
 
 
+class _Pipe(asyncio.SubprocessProtocol):
+    """A worker's stdout, cut into frames; each frame answers the one job in flight."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.waiting: asyncio.Future[bytes] | None = None
+        self.exited = False
+        self.gone = asyncio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < 4:
+            return
+        size = int.from_bytes(self.buffer[:4], "big")
+        if len(self.buffer) >= 4 + size and self.waiting is not None:
+            frame = bytes(self.buffer[4 : 4 + size])
+            del self.buffer[: 4 + size]
+            if not self.waiting.done():
+                self.waiting.set_result(frame)
+
+    def process_exited(self) -> None:
+        self.exited = True
+        self.gone.set()
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_exception(EOFError("the worker exited"))
+
+
 class _Worker:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
+    def __init__(self, transport: asyncio.SubprocessTransport, pipe: _Pipe) -> None:
+        self.transport = transport
+        self.pipe = pipe
 
     @classmethod
     async def start(cls) -> _Worker:
-        process = await asyncio.create_subprocess_exec(
-            *COMMAND, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        worker = cls(process)
+        loop = asyncio.get_running_loop()
+        transport, pipe = await loop.subprocess_exec(_Pipe, *COMMAND, stderr=None)
+        worker = cls(transport, pipe)
         try:
             await worker.read()  # {"ready": true} once dkimpy is imported
         except BaseException:
@@ -42,26 +69,29 @@ class _Worker:
         return worker
 
     async def ask(self, job: dict[str, Any], raw: bytes) -> dict[str, Any]:
-        stdin = self.process.stdin
-        assert stdin is not None
+        # uvloop's pipe transports are write transports without asyncio's base classes.
+        stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
         head = json.dumps(job).encode()
+        # One job in flight per worker: the write buffer holds one message at most.
         stdin.write(len(head).to_bytes(4, "big") + head + len(raw).to_bytes(4, "big") + raw)
-        await stdin.drain()
         return await self.read()
 
     async def read(self) -> dict[str, Any]:
-        stdout = self.process.stdout
-        assert stdout is not None
-        size = int.from_bytes(await stdout.readexactly(4), "big")
-        answer: dict[str, Any] = json.loads(await stdout.readexactly(size))
+        pipe = self.pipe
+        if pipe.exited:
+            raise EOFError("the worker exited")
+        pipe.waiting = asyncio.get_running_loop().create_future()
+        pipe.pipe_data_received(1, b"")  # a frame already buffered
+        answer: dict[str, Any] = json.loads(await pipe.waiting)
         return answer
 
     def kill(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            self.transport.kill()
+        self.transport.close()
+
+    async def wait(self) -> None:
+        await self.pipe.gone.wait()
 
 
 class Verifier:
@@ -94,7 +124,7 @@ class Verifier:
         try:
             worker = await self._idle.get()
             answer = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+        except (OSError, EOFError, ValueError) as error:
             log.error("auth_worker_failed", extra={"fields": {"error": type(error).__name__}})
             self._retire(worker)
             return None
@@ -122,7 +152,7 @@ class Verifier:
         while not self.closed:
             try:
                 worker = await _Worker.start()
-            except (OSError, asyncio.IncompleteReadError, ValueError):
+            except (OSError, EOFError, ValueError):
                 await asyncio.sleep(RESPAWN_PAUSE)
                 continue
             if self.closed:
@@ -140,5 +170,5 @@ class Verifier:
             worker.kill()
         for worker in list(self._all):
             with contextlib.suppress(Exception):
-                await worker.process.wait()
+                await worker.wait()
         self._all.clear()

@@ -19,7 +19,10 @@ MAX_ARC_SETS = 8  # ARC instances read (RFC 8617 4.2.1 caps the chain at 50)
 _END = re.compile(rb"\r\n\r\n")
 _FIELD_END = re.compile(rb"\r\n(?![ \t])")
 _FIELDS = (b"dkim-signature", b"arc-seal", b"arc-message-signature")
-_TAG = re.compile(r"\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*([^;]*?)\s*(?:;|$)")
+# The d= and s= tags of a tag-list (RFC 6376 3.2): the rest is dkimpy's, in the worker.
+_D = re.compile(r"(?:^|;)\s*d\s*=\s*([^;]*)")
+_S = re.compile(r"(?:^|;)\s*s\s*=\s*([^;]*)")
+_FWS = re.compile(r"\s+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
 
 
@@ -63,8 +66,8 @@ def key_needs(fields: list[tuple[bytes, bytes]]) -> tuple[list[KeyNeed | None], 
         if counts[name] > limit:
             continue
         arc = arc or name != b"dkim-signature"
-        tags = _tags(value.decode("ascii", "replace"))
-        domain, selector = tags.get("d", "").lower(), tags.get("s", "").lower()
+        text = value[:8192].decode("ascii", "replace")
+        domain, selector = _tag(_D, text), _tag(_S, text)
         usable = _NAME.fullmatch(domain) and _NAME.fullmatch(selector)
         need = KeyNeed(name.decode(), domain, selector) if usable else None
         if name == b"dkim-signature" or need is not None:
@@ -72,11 +75,9 @@ def key_needs(fields: list[tuple[bytes, bytes]]) -> tuple[list[KeyNeed | None], 
     return needs, arc
 
 
-def _tags(text: str) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for match in _TAG.finditer(text[:8192]):
-        tags.setdefault(match[1].lower(), re.sub(r"\s+", "", match[2]))
-    return tags
+def _tag(pattern: re.Pattern[str], text: str) -> str:
+    match = pattern.search(text)
+    return _FWS.sub("", match[1]).lower() if match is not None else ""
 
 
 # --- in the worker process ------------------------------------------------------------

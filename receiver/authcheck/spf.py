@@ -26,6 +26,7 @@ MAX_VOID = 2  # RFC 7208 4.6.4
 MAX_MX = 10  # RFC 7208 4.6.4: names of one `mx` looked up for addresses
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 _MECHANISM = re.compile(r"([+\-~?]?)([a-z0-9]+)(?::([^/]*))?(?:/(\d{1,3}))?(?://(\d{1,3}))?")
+_KINDS = frozenset({"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"})
 _MODIFIER = re.compile(r"([a-z][a-z0-9_.-]*)=(.*)")
 _MACRO = re.compile(r"%(?:\{([slodiphv])(\d*)(r?)([.\-+,/_=]*)\}|(.))")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -42,6 +43,8 @@ class SpfResult:
     result: str
     domain: str
     reason: str = ""
+    # A macro named the sender or HELO (7.3): the result holds for this sender only.
+    personal: bool = False
 
 
 class _Stop(Exception):
@@ -72,7 +75,7 @@ async def check_host(dns: Asker, ip: str, domain: str, sender: str, helo: str) -
         result, reason = await evaluator.check(domain, 0)
     except _Stop as stop:
         result, reason = stop.result, stop.reason
-    return SpfResult(result, domain, reason)
+    return SpfResult(result, domain, reason, evaluator.personal)
 
 
 class _Evaluator:
@@ -84,6 +87,7 @@ class _Evaluator:
         self.sender = sender
         self.helo = helo
         self.budget = _Budget()
+        self.personal = False
 
     async def check(self, domain: str, depth: int) -> tuple[str, str]:
         if not _valid_domain(domain):
@@ -118,6 +122,8 @@ class _Evaluator:
             match = _MECHANISM.fullmatch(term.lower())
             if match is None:
                 raise _Stop("permerror", f"bad term {term[:40]!r}")
+            if match[2] not in _KINDS:  # 4.6: a syntax error anywhere is a permerror
+                raise _Stop("permerror", f"unknown mechanism {match[2][:20]}")
             directives.append(match)
         for match in directives:
             if await self._matches(match, domain, depth):
@@ -141,8 +147,6 @@ class _Evaluator:
             return True
         if kind in ("ip4", "ip6"):
             return self._in_network(kind, argument, match[4] or match[5])
-        if kind not in ("a", "mx", "include", "exists", "ptr"):
-            raise _Stop("permerror", f"unknown mechanism {kind[:20]}")
         self.budget.spend()
         target = self._expand(argument, domain) if argument else domain
         if kind == "include":
@@ -237,6 +241,8 @@ class _Evaluator:
         return expanded.lower()
 
     def _macro(self, letter: str, domain: str) -> str:
+        if letter in "slh":
+            self.personal = True
         local, _, sender_domain = self.sender.rpartition("@")
         if letter == "s":
             return self.sender
