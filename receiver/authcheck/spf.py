@@ -29,6 +29,7 @@ _MECHANISM = re.compile(r"([+\-~?]?)([a-z0-9]+)(?::([^/]*))?(?:/(\d{1,3}))?(?://
 _KINDS = frozenset({"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"})
 _MODIFIER = re.compile(r"([a-z][a-z0-9_.-]*)=(.*)")
 _MACRO = re.compile(r"%(?:\{([slodiphv])(\d*)(r?)([.\-+,/_=]*)\}|(.))")
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -268,8 +269,9 @@ def argument_ok(domain: str) -> bool:
 
 
 def _valid_domain(domain: str) -> bool:
-    """A multi-label name with no empty or over-long label (RFC 7208 4.3)."""
+    """A multi-label name with no empty or over-long label (RFC 7208 4.3); an address
+    literal (`[192.0.2.1]` as HELO) is none."""
     labels = domain.split(".")
     if len(labels) < 2 or len(domain) > 253:
         return False
-    return all(0 < len(label) <= 63 for label in labels)
+    return all(_LABEL.fullmatch(label) for label in labels)

@@ -92,6 +92,7 @@ async def test_results_by_client_address(
         ("nowhere.test", "none", "no SPF record"),
         ("nospf.test", "none", "no SPF record"),
         ("localhost", "none", "not a domain name"),
+        ("[127.0.0.2]", "none", "not a domain name"),  # an address literal as HELO
         ("two.test", "permerror", "more than one SPF record"),
         ("bad.test", "permerror", "unknown mechanism frobnicate"),
         ("loop.test", "permerror", "more than 10 DNS-querying terms"),
