@@ -1,4 +1,5 @@
-"""A small asynchronous DNS client for the screen: A and PTR queries over UDP.
+"""A small asynchronous DNS client: A and PTR queries for the screen, TXT, MX and AAAA for
+the authentication checks (receiver.authcheck), over UDP.
 
 Why our own and not a library: the screen asks two kinds of question (an A record under
 a list domain, a PTR for reverse DNS), and what it needs above all is control of cost

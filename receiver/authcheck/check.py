@@ -184,12 +184,9 @@ class Pending:
                 if n is None or n.field == "dkim-signature"
             ]
             arc_result = ("temperror", DEADLINE) if arc else ("none", "")
-        if not policy.done() or policy.cancelled():
-            dmarc_result = dmarc.DmarcResult(
-                "temperror", author or "", None, False, False, DEADLINE
-            )
-        elif isinstance(policy.exception(), LookupError):
-            why = str(policy.exception())
+        if not policy.done() or policy.cancelled() or policy.exception() is not None:
+            failed = policy.done() and not policy.cancelled()
+            why = str(policy.exception()) if failed else DEADLINE
             dmarc_result = dmarc.DmarcResult("temperror", author or "", None, False, False, why)
         else:
             found = policy.result()
