@@ -64,7 +64,8 @@ class AuthChecker:
         self.spf_results: TtlCache[tuple[str, str], SpfResult] = TtlCache(
             config.cache_size, config.cache_ttl
         )
-        self.verifier = Verifier(config.workers, config.queue)
+        # A worker whose oldest job outlived a message's whole deadline is stuck.
+        self.verifier = Verifier(config.workers, config.queue, stuck_after=config.timeout)
         self.results = Counter(
             "floodgate_auth_results",
             "Authentication verdicts of accepted messages, by method and result",

@@ -3,18 +3,26 @@
 RSA and ed25519 verification and the canonicalization and hashing of a body are CPU work
 a sender controls (size, number of signatures): they run in worker processes
 (`receiver.authcheck.worker`), never on the loop. At most `queue` verifications wait or
-run at once; one more gets `None` at once (a temperror), never a wait. A job still running
-at its deadline, or whose caller stopped waiting, has its worker killed and replaced: the
-work really stops, and no late answer can be read as the next job's.
+run at once; one more gets `None` at once (a temperror), never a wait.
+
+Jobs are pipelined: each goes down the pipe of the worker with the fewest in flight at
+once, and the worker answers them in order, one frame each. A worker woken once works
+through every job queued meanwhile, and the answers come back together, so messages
+reach the store together (in one insert) rather than one per wake-up of a process. A
+caller that stops waiting (its deadline) leaves its answer to be dropped when it comes;
+a worker whose oldest job has been out longer than `stuck_after` is killed and replaced,
+so the work really stops, and the jobs behind it end as failures (temperror).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import sys
+import time
 from typing import Any, cast
 
 __all__ = ["Verifier"]
@@ -25,30 +33,33 @@ RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker fails to start
 
 
 class _Pipe(asyncio.SubprocessProtocol):
-    """A worker's stdout, cut into frames; each frame answers the one job in flight."""
+    """A worker's stdout, cut into frames; frames answer the jobs in the order sent."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
-        self.waiting: asyncio.Future[bytes] | None = None
+        self.pending: collections.deque[tuple[asyncio.Future[bytes], float]] = collections.deque()
         self.exited = False
         self.gone = asyncio.Event()
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.buffer += data
-        if len(self.buffer) < 4:
-            return
-        size = int.from_bytes(self.buffer[:4], "big")
-        if len(self.buffer) >= 4 + size and self.waiting is not None:
+        while len(self.buffer) >= 4 and self.pending:
+            size = int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < 4 + size:
+                return
             frame = bytes(self.buffer[4 : 4 + size])
             del self.buffer[: 4 + size]
-            if not self.waiting.done():
-                self.waiting.set_result(frame)
+            future, _ = self.pending.popleft()
+            if not future.done():  # a caller past its deadline: nobody to tell
+                future.set_result(frame)
 
     def process_exited(self) -> None:
         self.exited = True
         self.gone.set()
-        if self.waiting is not None and not self.waiting.done():
-            self.waiting.set_exception(EOFError("the worker exited"))
+        while self.pending:
+            future, _ = self.pending.popleft()
+            if not future.done():
+                future.set_exception(EOFError("the worker exited"))
 
 
 class _Worker:
@@ -62,28 +73,35 @@ class _Worker:
         transport, pipe = await loop.subprocess_exec(_Pipe, *COMMAND, stderr=None)
         worker = cls(transport, pipe)
         try:
-            await worker.read()  # {"ready": true} once dkimpy is imported
+            await worker._expect()  # {"ready": true} once dkimpy is imported
         except BaseException:
             worker.kill()
             raise
         return worker
 
+    @property
+    def load(self) -> int:
+        return len(self.pipe.pending)
+
+    def oldest(self) -> float:
+        """Since when the oldest job in flight is out (inf: none)."""
+        return self.pipe.pending[0][1] if self.pipe.pending else float("inf")
+
+    def _expect(self) -> asyncio.Future[bytes]:
+        if self.pipe.exited:
+            raise EOFError("the worker exited")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pipe.pending.append((future, time.monotonic()))
+        return future
+
     async def ask(self, job: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        answer = self._expect()
         # uvloop's pipe transports are write transports without asyncio's base classes.
         stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
         head = json.dumps(job).encode()
-        # One job in flight per worker: the write buffer holds one message at most.
         stdin.write(len(head).to_bytes(4, "big") + head + len(raw).to_bytes(4, "big") + raw)
-        return await self.read()
-
-    async def read(self) -> dict[str, Any]:
-        pipe = self.pipe
-        if pipe.exited:
-            raise EOFError("the worker exited")
-        pipe.waiting = asyncio.get_running_loop().create_future()
-        pipe.pipe_data_received(1, b"")  # a frame already buffered
-        answer: dict[str, Any] = json.loads(await pipe.waiting)
-        return answer
+        result: dict[str, Any] = json.loads(await answer)
+        return result
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -97,52 +115,49 @@ class _Worker:
 class Verifier:
     """`workers` processes and at most `queue` jobs waiting or running."""
 
-    def __init__(self, workers: int, queue: int) -> None:
+    def __init__(self, workers: int, queue: int, stuck_after: float = 2.0) -> None:
         self.workers = workers
         self.queue = queue
+        self.stuck_after = stuck_after
         self.busy = 0
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
-        self._all: set[_Worker] = set()
+        self._all: list[_Worker] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
 
     async def start(self) -> None:
         """Start every worker now, not at the first signed message."""
-        for worker in await asyncio.gather(*(_Worker.start() for _ in range(self.workers))):
-            self._all.add(worker)
-            self._idle.put_nowait(worker)
+        self._all = list(await asyncio.gather(*(_Worker.start() for _ in range(self.workers))))
 
     async def verify(
         self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool
     ) -> dict[str, Any] | None:
-        """The worker's outcome (signatures.verify), or None when the queue is full or a
-        worker failed."""
-        if self.busy >= self.queue or self.closed:
+        """The worker's outcome (signatures.verify), or None when the queue is full, no
+        worker is up, or the worker failed."""
+        if self.busy >= self.queue or self.closed or not self._all:
             return None
+        worker = min(self._all, key=lambda w: w.load)
         self.busy += 1
-        worker: _Worker | None = None
         try:
-            worker = await self._idle.get()
             answer = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
         except (OSError, EOFError, ValueError) as error:
             log.error("auth_worker_failed", extra={"fields": {"error": type(error).__name__}})
             self._retire(worker)
             return None
-        except BaseException:  # cancelled at the deadline: the worker may be mid-job
-            self._retire(worker)
+        except asyncio.CancelledError:  # the caller's deadline
+            if time.monotonic() - worker.oldest() >= self.stuck_after:
+                self._retire(worker)  # stuck on a job, or hopelessly behind
             raise
         finally:
             self.busy -= 1
-        self._idle.put_nowait(worker)
         return {"dkim": {int(k): tuple(v) for k, v in answer["dkim"].items()}} | (
             {"arc": tuple(answer["arc"])} if "arc" in answer else {}
         )
 
-    def _retire(self, worker: _Worker | None) -> None:
-        if worker is None:
-            return
+    def _retire(self, worker: _Worker) -> None:
+        if worker not in self._all:
+            return  # retired already (its other jobs fail with it)
         worker.kill()
-        self._all.discard(worker)
+        self._all.remove(worker)
         if not self.closed:
             task = asyncio.get_running_loop().create_task(self._replace())
             self._tasks.add(task)
@@ -158,17 +173,16 @@ class Verifier:
             if self.closed:
                 worker.kill()
                 return
-            self._all.add(worker)
-            self._idle.put_nowait(worker)
+            self._all.append(worker)
             return
 
     async def close(self) -> None:
         self.closed = True
         for task in list(self._tasks):
             task.cancel()
-        for worker in list(self._all):
+        workers, self._all = self._all, []
+        for worker in workers:
             worker.kill()
-        for worker in list(self._all):
+        for worker in workers:
             with contextlib.suppress(Exception):
                 await worker.wait()
-        self._all.clear()
