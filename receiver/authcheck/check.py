@@ -64,6 +64,10 @@ class AuthChecker:
         self.spf_results: TtlCache[tuple[str, str], SpfResult] = TtlCache(
             config.cache_size, config.cache_ttl
         )
+        # DMARC policies by From domain (None: no record), as found through the cache.
+        self.policies: TtlCache[str, tuple[dmarc.Policy | None]] = TtlCache(
+            config.cache_size, config.cache_ttl
+        )
         # A worker whose oldest job outlived a message's whole deadline is stuck.
         self.verifier = Verifier(config.workers, config.queue, stuck_after=config.timeout)
         self.results = Counter(
@@ -168,7 +172,7 @@ class Pending:
         needs, arc = signatures.key_needs(fields)
         author = dmarc.from_domain(v.decode("utf-8", "replace") for n, v in fields if n == b"from")
         signed = self.clock.create_task(self._signatures(message.raw, needs, arc))
-        policy = self.clock.create_task(dmarc.policy(checker.dns, checker.orgs, author))
+        policy = self._policy(author)
         # One wait for everything, until the deadline: what is not done then is temperror.
         waiting = {self.spf_task, self.helo_task, signed, policy}
         await asyncio.wait(waiting, timeout=checker.config.timeout)
@@ -193,6 +197,25 @@ class Pending:
             found = policy.result()
             dmarc_result = dmarc.verdict(checker.orgs, author, found, spf_result, dkim_results)
         return Verdicts(spf_result, helo_result, dkim_results, dmarc_result, arc_result)
+
+    def _policy(self, author: str | None) -> asyncio.Future[dmarc.Policy | None]:
+        """The DMARC policy governing `author`: remembered, or looked up now."""
+        checker = self.checker
+        known = checker.policies.get(author) if author is not None else (None,)
+        if known is not None:
+            done: asyncio.Future[dmarc.Policy | None] = asyncio.get_running_loop().create_future()
+            done.set_result(known[0])
+            return done
+        task: asyncio.Task[dmarc.Policy | None] = self.clock.create_task(
+            dmarc.policy(checker.dns, checker.orgs, author)
+        )
+
+        def remember(task: asyncio.Future[dmarc.Policy | None]) -> None:
+            if author is not None and not task.cancelled() and task.exception() is None:
+                checker.policies.put(author, (task.result(),))
+
+        task.add_done_callback(remember)
+        return task
 
     async def _signatures(
         self, raw: bytes, needs: list[signatures.KeyNeed | None], arc: bool

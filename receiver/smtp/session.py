@@ -14,13 +14,12 @@ import asyncio
 import enum
 import logging
 import re
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from mailstore.headers import scan_headers
 from mailstore.ids import new_message_id
 from mailstore.message import IncomingMessage, utcnow
 from receiver import replies
-from receiver.authcheck import Pending
 from receiver.delivery import fingerprint
 from receiver.replies import Reply
 from receiver.screen import PASS, screen_deadline
@@ -30,6 +29,9 @@ from receiver.smtp.commands import GROUP_ENDERS, VERBS
 from receiver.smtp.context import Screener, SessionContext
 from receiver.smtp.trace import DateCache, received_header, safe_name
 from receiver.tls import GONE, NO_HELLO, Handshakes, describe
+
+if TYPE_CHECKING:
+    from receiver.authcheck import Pending
 
 log = logging.getLogger("floodgate.receiver")
 
