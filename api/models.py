@@ -54,6 +54,48 @@ class TlsInfo(Model):
     cipher: str
 
 
+AuthResult = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
+
+
+class SpfVerdict(Model):
+    result: AuthResult
+    domain: str = Field(description="the domain checked: MAIL FROM's (or HELO's) domain")
+    reason: str = Field(description="why, in a few words; may be empty")
+
+
+class DkimVerdict(Model):
+    result: AuthResult
+    domain: str = Field(description="the signing domain (d=)")
+    selector: str = Field(description="the key selector (s=)")
+    reason: str
+
+
+class DmarcVerdict(Model):
+    result: AuthResult
+    domain: str = Field(description="the From: header's domain")
+    policy: Literal["none", "quarantine", "reject"] | None = Field(
+        description="the policy published for that domain; null when none is"
+    )
+    spf_aligned: bool = Field(description="SPF passed for a domain aligned with From:")
+    dkim_aligned: bool = Field(description="a DKIM signature passed for an aligned domain")
+    reason: str
+
+
+class ArcVerdict(Model):
+    result: AuthResult
+    reason: str
+
+
+class AuthVerdicts(Model):
+    """What the receiver found about who sent the message (RFC 8601 results)."""
+
+    spf: SpfVerdict = Field(description="SPF of the envelope sender (MAIL FROM)")
+    helo: SpfVerdict = Field(description="SPF of the HELO name")
+    dkim: list[DkimVerdict] = Field(description="every DKIM signature, in header order")
+    dmarc: DmarcVerdict
+    arc: ArcVerdict
+
+
 class MessageDetail(Model):
     """A message parsed for display. `envelope`, `peer_ip` and `helo` are shown to the
     admin token only: a reader sees only what the sender wrote (no Bcc)."""
@@ -72,8 +114,8 @@ class MessageDetail(Model):
     attachments: list[Attachment]
     parse_error: str | None = Field(description="why the message rendered only in part")
     tls: TlsInfo | None = Field(None, description="how it came over STARTTLS; null if in clear")
-    auth: dict[str, Any] | None = Field(
-        None, description="SPF, HELO, DKIM, DMARC and ARC verdicts; null when not checked"
+    auth: AuthVerdicts | None = Field(
+        None, description="SPF, DKIM, DMARC and ARC verdicts; null when the checks were off"
     )
     envelope: Envelope | None = None
     peer_ip: str | None = None

@@ -19,6 +19,7 @@ from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
 from receiver import dnsbl
+from receiver.authcheck import AuthConfig
 from receiver.events import emit
 from receiver.resolver import system_servers
 from receiver.screen import ScreenConfig
@@ -62,6 +63,21 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         data_dir=settings.data_dir,
         tls=tls_settings(settings),
         spool=spool_settings(settings),
+        auth=auth_config(settings),
+    )
+
+
+def auth_config(settings: Settings) -> AuthConfig | None:
+    if not settings.auth_checks:
+        return None
+    return AuthConfig(
+        authserv_id=settings.smtp_hostname,
+        timeout=settings.auth_timeout,
+        dns_timeout=settings.auth_dns_timeout,
+        workers=settings.auth_workers,
+        queue=settings.auth_queue,
+        cache_size=settings.auth_cache_size,
+        cache_ttl=settings.auth_cache_ttl,
     )
 
 
@@ -92,8 +108,9 @@ def screen_config(settings: Settings) -> ScreenConfig:
 def dns_servers(
     settings: Settings, resolv_conf: Path = Path("/etc/resolv.conf")
 ) -> tuple[tuple[str, int], ...]:
-    """The configured resolvers; else the system's, read only when screening is on."""
-    if settings.dns_server_list or not screen_config(settings).active:
+    """The configured resolvers; else the system's, read only when screening or the
+    authentication checks are on."""
+    if settings.dns_server_list or not (screen_config(settings).active or settings.auth_checks):
         return settings.dns_server_list
     try:
         servers = system_servers(resolv_conf.read_text())
@@ -101,7 +118,7 @@ def dns_servers(
         servers = ()
     if not servers:
         fail(
-            f"floodgate receiver: screening is on but {resolv_conf} names no nameserver; "
+            f"floodgate receiver: DNS is needed but {resolv_conf} names no nameserver; "
             "set FLOODGATE_DNS_SERVERS"
         )
     return servers

@@ -201,6 +201,16 @@ class Settings(BaseSettings):
     dnsbl_reply: str = ""  # list=shown name, ...: what a refusal calls a list
     dns_servers: str = ""  # host:port, ...; empty: the system's (/etc/resolv.conf)
 
+    # Authentication verdicts (receiver.authcheck): SPF, DKIM, DMARC, ARC per message. Off
+    # by default: on, every message costs DNS lookups, and no DNS is made unless asked.
+    auth_checks: bool = False
+    auth_timeout: float = Field(2.0, gt=0, le=30)  # after the final dot, per message
+    auth_dns_timeout: float = Field(1.0, gt=0, le=10)  # one lookup
+    auth_workers: int = Field(1, ge=1, le=64)
+    auth_queue: int = Field(64, ge=1, le=100_000)
+    auth_cache_size: int = Field(10_000, ge=1, le=10_000_000)
+    auth_cache_ttl: float = Field(300.0, ge=1, le=86_400)
+
     # API limits (rendering, live push): default and range declared once, in api/limits.py.
     render_workers: int = api_limit("render_workers")
     render_queue: int = api_limit("render_queue")

@@ -12,7 +12,7 @@ from mailstore.message import IncomingMessage
 
 def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
     """The MongoDB document for `message`; `raw` is kept byte-exact; `tls` only when the
-    message came over STARTTLS."""
+    message came over STARTTLS; `auth` only when the authentication checks ran."""
     document = {
         "_id": message.id,
         "raw": Binary(message.raw),
@@ -30,6 +30,8 @@ def to_document(message: IncomingMessage, retention: int) -> dict[str, Any]:
     }
     if message.tls is not None:
         document["tls"] = {"version": message.tls[0], "cipher": message.tls[1]}
+    if message.auth is not None:  # in the same insert: never a second write per message
+        document["auth"] = message.auth
     if message.fingerprint:
         document["fp"] = message.fingerprint
     return document

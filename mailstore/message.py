@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,8 @@ class IncomingMessage:
     # Envelope and bytes hashed (receiver.delivery.fingerprint): the same message sent
     # again, a sender's retry, is the same message; stored under a unique index.
     fingerprint: str = ""
+    # Authentication verdicts (receiver.authcheck), stored as `auth`; None: not checked.
+    auth: dict[str, Any] | None = None
 
 
 def utcnow() -> datetime:

@@ -1,4 +1,5 @@
-"""A small asynchronous DNS client for the screen: A and PTR queries over UDP.
+"""A small asynchronous DNS client: A and PTR queries for the screen, TXT, MX and AAAA for
+the authentication checks (receiver.authcheck), over UDP.
 
 Why our own and not a library: the screen asks two kinds of question (an A record under
 a list domain, a PTR for reverse DNS), and what it needs above all is control of cost
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import re
 import secrets
 import struct
@@ -25,16 +27,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["OUTCOMES", "PTR", "A", "Answer", "Resolver", "system_servers"]
+__all__ = ["AAAA", "MX", "OUTCOMES", "PTR", "TXT", "A", "Answer", "Resolver", "system_servers"]
 
 A = 1
 PTR = 12
+MX = 15  # authentication checks (receiver.authcheck): SPF's `mx` mechanism
+TXT = 16  # SPF and DMARC records, DKIM keys
+AAAA = 28  # SPF's `a` and `mx` for IPv6 clients
 # How a lookup ended: `answer` (records of the type asked), `nxdomain` (no such name, or
 # no record of that type), `servfail` (SERVFAIL, REFUSED or another error code),
 # `timeout`, `garbage` (an answer we cannot parse, truncated, or not to our question),
 # `throttled` (not sent: too many in flight or per second).
 OUTCOMES = ("answer", "nxdomain", "servfail", "timeout", "garbage", "throttled")
-MAX_VALUES = 16  # records kept from one answer: a list gives one or two
+MAX_VALUES = 32  # records kept from one answer: a list gives one or two, a TXT set a dozen
 _HOST = re.compile(r"[A-Za-z0-9_.-]{1,253}")
 Server = tuple[str, int]
 
@@ -59,16 +64,24 @@ def system_servers(resolv_conf: str) -> tuple[Server, ...]:
     return tuple(servers)
 
 
+# EDNS0 (RFC 6891 6.1.2): room for 1232 octets of answer, the DNS flag day's size, so a
+# DKIM key or a domain's TXT set fits in one UDP answer; a larger one comes truncated and
+# ends as `garbage` (there is no TCP retry).
+_OPT = struct.pack("!BHHIH", 0, 41, 1232, 0, 0)
+
+
 def encode_query(qid: int, name: str, qtype: int) -> bytes:
-    """One question, recursion desired (RFC 1035 4.1)."""
+    """One question, recursion desired (RFC 1035 4.1); TXT questions carry EDNS0."""
     labels = b"".join(
         bytes([len(label)]) + label for label in (x.encode("ascii") for x in name.split("."))
     )
+    edns = qtype == TXT
     return (
-        struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+        struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 1 if edns else 0)
         + labels
         + b"\x00"
         + struct.pack("!HH", qtype, 1)
+        + (_OPT if edns else b"")
     )
 
 
@@ -111,10 +124,32 @@ def _value(data: bytes, offset: int, length: int, qtype: int) -> str:
         if length != 4:
             raise ValueError("an A record is four octets")
         return ".".join(str(octet) for octet in data[offset : offset + 4])
+    if qtype == AAAA:
+        if length != 16:
+            raise ValueError("an AAAA record is sixteen octets")
+        return str(ipaddress.IPv6Address(data[offset : offset + 16]))
+    if qtype == TXT:
+        return _text(data[offset : offset + length])
+    if qtype == MX:
+        offset += 2  # the preference: SPF looks at every exchange alike (RFC 7208 5.4)
     host, _ = _name(data, offset)
     if not _HOST.fullmatch(host):
         raise ValueError("not a host name")  # it will be written into Received lines
     return host
+
+
+def _text(rdata: bytes) -> str:
+    """A TXT record's strings joined without a separator (RFC 7208 3.3, RFC 6376
+    3.6.2.2); bytes that are not ASCII become U+FFFD, which no record syntax accepts."""
+    parts: list[bytes] = []
+    offset = 0
+    while offset < len(rdata):
+        length = rdata[offset]
+        if offset + 1 + length > len(rdata):
+            raise ValueError("a TXT string runs past its record")
+        parts.append(rdata[offset + 1 : offset + 1 + length])
+        offset += 1 + length
+    return b"".join(parts).decode("ascii", "replace")
 
 
 def _name(data: bytes, offset: int) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from mailstore.message import IncomingMessage
 from receiver import dnsbl, replies
 from receiver.accountant import Accountant
 from receiver.admission import Admission
+from receiver.authcheck import AuthChecker, AuthConfig
 from receiver.delivery import Delivery
 from receiver.events import REPLAY_OUTCOMES, emit
 from receiver.gate import ConnectionGate, Gate, Network
@@ -116,6 +117,7 @@ class ReceiverConfig:
     tls: TlsSettings | None = None  # STARTTLS offered when set
     spool: SpoolSettings | None = None  # None: the store away means 451
     receiver_id: str = ""  # empty: hostname and listen address (default_receiver_id)
+    auth: AuthConfig | None = None  # authentication verdicts (receiver.authcheck) when set
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class ReceiverState:
         )
         self.certificates = Certificates(config.tls) if config.tls is not None else None
         self.screen = self._build_screen()
+        self.auth = self._build_auth()
         self.context = SessionContext(
             hostname=config.hostname,
             domains=config.domains,
@@ -197,6 +200,7 @@ class ReceiverState:
             screen=self.screen,
             sessions=self.sessions,
             tls=self._handshakes(),
+            auth=self.auth,
         )
         trusted = config.trusted_proxies if config.proxy_protocol else ()
         self.gate = ConnectionGate(self.admission, self.telemetry, self.context, trusted)
@@ -266,6 +270,17 @@ class ReceiverState:
         )
         metrics = ScreenMetrics(self.metrics.registry, (*dnsbl.domains(config.sites), REVERSE_DNS))
         return Screen(config, resolver, metrics, self.loop.time)
+
+    def _build_auth(self) -> AuthChecker | None:
+        """The authentication checks, on a resolver of their own (same servers and
+        bounds as the screen's): None, and no DNS at all, unless configured."""
+        if self.config.auth is None:
+            return None
+        limits = self.config.limits
+        resolver = Resolver(
+            self.config.dns_servers, max_in_flight=limits.dns_max_in_flight, rate=limits.dns_rate
+        )
+        return AuthChecker(self.config.auth, resolver, self.metrics.registry)
 
     # --- health ---------------------------------------------------------------------
 
@@ -382,6 +397,8 @@ class Background:
             await state.screen.resolver.open()
             interval = state.config.log_summary_interval
             self._reporter = loop.create_task(state.screen.report(interval, self.stop))
+        if state.auth is not None:
+            await state.auth.open()  # workers started before the first message, not during it
 
     async def close(self) -> None:
         state = self.state
@@ -396,6 +413,8 @@ class Background:
         if state.screen is not None and self._reporter is not None:
             await self._reporter  # ends with `stop`, after its last summary line
             state.screen.resolver.close()
+        if state.auth is not None:
+            await state.auth.close()
         state.telemetry.summary.flush(force=True)
 
 

@@ -74,6 +74,7 @@ def encode(message: IncomingMessage) -> bytes:
             "headers": message.headers,
             "tls": list(message.tls) if message.tls is not None else None,
             "fingerprint": message.fingerprint,
+            "auth": message.auth,
             "trace": len(message.received_header),
         },
         separators=(",", ":"),
@@ -103,6 +104,7 @@ def decode(payload: bytes) -> IncomingMessage:
         headers={str(k): str(v) for k, v in dict(meta["headers"]).items()},
         tls=(str(tls[0]), str(tls[1])) if tls else None,
         fingerprint=str(meta.get("fingerprint", "")),
+        auth=dict(meta["auth"]) if isinstance(meta.get("auth"), dict) else None,
     )
 
 

@@ -84,6 +84,7 @@ def mail(session: Session, arg: bytes) -> Reply | None:
         return refusal.reply
     session.sender = address.mailbox
     session.utf8 = options
+    session.begin_auth()  # SPF starts now, while the client sends RCPT and DATA
     return replies.OK
 
 

@@ -18,6 +18,7 @@ from receiver.smtp.body import BareNewline, MemoryBudget
 from receiver.tls import Handshakes
 
 if TYPE_CHECKING:
+    from receiver.authcheck import AuthChecker
     from receiver.delivery import Delivery
 
 
@@ -82,6 +83,7 @@ class SessionContext:
     screen: Screener | None = None  # before the banner: DNS lists, reverse DNS
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
     tls: Handshakes | None = None  # STARTTLS offered when set
+    auth: AuthChecker | None = None  # SPF, DKIM, DMARC, ARC verdicts when set
 
     @property
     def postmaster(self) -> str:

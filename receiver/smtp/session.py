@@ -14,7 +14,7 @@ import asyncio
 import enum
 import logging
 import re
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from mailstore.headers import scan_headers
 from mailstore.ids import new_message_id
@@ -29,6 +29,9 @@ from receiver.smtp.commands import GROUP_ENDERS, VERBS
 from receiver.smtp.context import Screener, SessionContext
 from receiver.smtp.trace import DateCache, received_header, safe_name
 from receiver.tls import GONE, NO_HELLO, Handshakes, describe
+
+if TYPE_CHECKING:
+    from receiver.authcheck import Pending
 
 log = logging.getLogger("floodgate.receiver")
 
@@ -74,6 +77,7 @@ class Session(asyncio.Protocol):
         "_timer",
         "_timer_at",
         "allowed",
+        "auth",
         "body",
         "buffer",
         "client_ip",
@@ -126,6 +130,7 @@ class Session(asyncio.Protocol):
         self.esmtp = False
         self.sender: str | None = None
         self.recipients: list[str] = []
+        self.auth: Pending | None = None  # the transaction's authentication checks
         self.rcpt_count = self.errors = self.junk_count = self.commands = self.reserved = 0
         self.deferrals = 0
         self.utf8 = self.more_input = self.overlong = False
@@ -159,6 +164,9 @@ class Session(asyncio.Protocol):
 
     def connection_lost(self, error: Exception | None) -> None:
         self.phase = Phase.CLOSED
+        if self.auth is not None:  # a transaction the client abandoned
+            self.auth.cancel()
+            self.auth = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -412,7 +420,18 @@ class Session(asyncio.Protocol):
 
     # --- called by the verb functions ----------------------------------------------
 
+    def begin_auth(self) -> None:
+        """Start the authentication checks of the transaction MAIL FROM just opened."""
+        checker = self.ctx.auth
+        if checker is not None and self.sender is not None:
+            self.auth = checker.begin(
+                self.client_ip, safe_name(self.helo), self.sender, self.ctx.clock
+            )
+
     def reset_transaction(self) -> None:
+        if self.auth is not None:
+            self.auth.cancel()
+            self.auth = None
         self.sender = None
         self.recipients = []
         self.rcpt_count = 0
@@ -586,8 +605,9 @@ class Session(asyncio.Protocol):
         sender = self.sender or ""
         print_ = fingerprint(sender, self.recipients, body.content)
         message = self._message(new_message_id(), body.content, scan.values, print_)
+        auth, self.auth = self.auth, None  # taken before the reset: it finishes in _deliver
         self.reset_transaction()
-        self.ctx.clock.create_task(self._deliver(message))
+        self.ctx.clock.create_task(self._deliver(message, auth))
 
     def _message(
         self, message_id: str, raw: bytes, headers: dict[str, str], print_: str
@@ -619,8 +639,10 @@ class Session(asyncio.Protocol):
             fingerprint=print_,
         )
 
-    async def _deliver(self, message: IncomingMessage) -> None:
+    async def _deliver(self, message: IncomingMessage, auth: Pending | None = None) -> None:
         try:
+            if auth is not None:  # within its own deadline; never raises
+                message = await auth.finish(message)
             reply = await self.ctx.delivery.deliver(message, self.client_key)
         finally:
             self.ctx.budget.give(self.reserved)  # stored, spooled or refused: memory back

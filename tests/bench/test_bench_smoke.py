@@ -71,3 +71,26 @@ def test_quick_screen_suite_reports_banner_latency_lookups_and_cpu(tmp_path: Pat
         assert 0 < screen["banner_ms"][mode]["p50"] <= screen["banner_ms"][mode]["p99"] < 1000
     assert screen["lookups"]["per_s"] > 0 and screen["cpu_us"]["screened"] > 0
     assert "Screening before the banner" in (tmp_path / "latest.md").read_text()
+
+
+def test_quick_auth_suite_reports_time_to_250_and_cpu_with_the_checks_on_and_off(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "auth", "--quick", "--out", str(tmp_path)],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    auth = json.loads((tmp_path / "latest.json").read_text())["suites"]["auth"]
+    for mode in ("off", "cold", "warm"):
+        assert 0 < auth[mode]["p50_ms"] <= auth[mode]["p99_ms"] < 1000
+    # Signed every one, verified every one; the silent resolver's messages were held for
+    # the deadline, not longer, and none was refused.
+    assert auth["dkim_pass"] == 100 + 2 * auth["messages"]
+    assert auth["spf_temperror"] == auth["silent_messages"]
+    assert auth["deadline_s"] * 1000 <= auth["silent"]["p99_ms"] < auth["deadline_s"] * 1000 + 500
+    assert auth["warm"]["worker_cpu_us"] > 0
+    assert "Authentication verdicts" in (tmp_path / "latest.md").read_text()

@@ -5,7 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
-from receiver.resolver import PTR, A, Resolver, decode_answer, encode_query, system_servers
+from receiver.resolver import (
+    AAAA,
+    MX,
+    PTR,
+    TXT,
+    A,
+    Resolver,
+    decode_answer,
+    encode_query,
+    system_servers,
+)
 from tests.support.dnsserver import GARBAGE, SERVFAIL, TIMEOUT, DnsServer, Record, closed_port
 
 
@@ -51,6 +61,39 @@ async def test_each_outcome_is_told_apart() -> None:
     assert answers[0].values == ("127.0.0.2", "127.0.0.4")
     assert answers[5].values == ("mail.sender.test",)
     assert 0.15 < answers[3].seconds < 0.5
+
+
+async def test_txt_mx_and_aaaa_for_the_authentication_checks() -> None:
+    key = "v=DKIM1; k=rsa; p=" + "A" * 600  # several TXT strings, past 512 octets: EDNS0
+    records = {
+        "TXT:shop.test": Record.txt("v=spf1 -all", "other text"),
+        "MX:shop.test": Record.mx("mx1.shop.test", "mx2.shop.test"),
+        "AAAA:mx1.shop.test": Record.aaaa("2001:db8::25"),
+        "TXT:s1._domainkey.shop.test": Record.txt(key),
+    }
+    with DnsServer(records) as dns:
+        resolver = await _resolver(dns.port)
+        try:
+            txt, mx, aaaa, dkim, nodata = await asyncio.gather(
+                resolver.lookup("shop.test", TXT, 1.0),
+                resolver.lookup("shop.test", MX, 1.0),
+                resolver.lookup("mx1.shop.test", AAAA, 1.0),
+                resolver.lookup("s1._domainkey.shop.test", TXT, 1.0),
+                resolver.lookup("shop.test", A, 1.0),  # the name exists, no A record
+            )
+        finally:
+            resolver.close()
+    assert txt.values == ("v=spf1 -all", "other text")
+    assert mx.values == ("mx1.shop.test", "mx2.shop.test")
+    assert aaaa.values == ("2001:db8::25",)
+    assert dkim.values == (key,)  # the strings joined without a separator (RFC 6376 3.6.2.2)
+    assert nodata.outcome == "nxdomain"
+
+
+def test_only_txt_questions_carry_edns0() -> None:
+    assert encode_query(1, "a.test", A)[10:12] == b"\x00\x00"  # no additional record
+    query = encode_query(1, "a.test", TXT)
+    assert query[10:12] == b"\x00\x01" and query.endswith(b"\x00\x00\x29\x04\xd0" + bytes(6))
 
 
 async def test_a_dead_server_costs_the_timeout_and_no_more() -> None:

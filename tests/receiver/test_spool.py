@@ -4,6 +4,7 @@ keeps taking mail while its store is away, then stores every acknowledged messag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import signal
@@ -54,6 +55,15 @@ def test_a_record_reads_back_exactly() -> None:
     original = message(1, raw=b"Subject: caf\xc3\xa9\r\n\r\n\x00\xff bytes as sent\r\n")
     [record] = list(read_records(encode(original)))
     assert record.message == original and record.offset == 0
+
+
+def test_a_spooled_message_keeps_its_authentication_verdicts() -> None:
+    auth = {"spf": {"result": "pass", "domain": "example.org", "reason": ""}, "dkim": []}
+    original = dataclasses.replace(message(2), auth=auth)
+    [record] = list(read_records(encode(original)))
+    assert record.message == original and record.message.auth == auth
+    [plain] = list(read_records(encode(message(3))))
+    assert plain.message.auth is None
 
 
 def test_a_torn_last_record_is_dropped_and_the_ones_before_kept() -> None:

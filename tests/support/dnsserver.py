@@ -1,9 +1,11 @@
 """A small authoritative DNS server on loopback, for the screen's tests and benchmark.
 
-It serves whatever records a test gives it (list zones, PTR names), each of which may be
-slow, never answered, SERVFAIL, or garbage; every other name is NXDOMAIN. It listens on
-127.0.0.1 only and records every question it gets, so a test can count lookups (a cached
-pass asks nothing) and know that the receiver asked no one else.
+It serves whatever records a test gives it (list zones, PTR names, TXT records for SPF,
+DKIM and DMARC, MX and AAAA), each of which may be slow, never answered, SERVFAIL, or
+garbage; every other name is NXDOMAIN. A name with records of several types is given as
+`TYPE:name` keys (`"TXT:example.test"`, `"A:example.test"`), tried before the bare name.
+It listens on 127.0.0.1 only and records every question it gets, so a test can count
+lookups (a cached pass asks nothing) and know that the receiver asked no one else.
 
     with DnsServer({listed("127.0.0.2", "zen.test"): Record.a("127.0.0.2")}) as dns:
         make_receiver(dns_servers=dns.address, dnsbl_sites="zen.test")
@@ -18,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
 
 from receiver.dnsbl import query_name
 
@@ -34,7 +36,7 @@ def listed(ip: str, zone: str) -> str:
 class Record:
     """What the server does for one name."""
 
-    kind: str  # a, ptr, servfail, timeout, garbage
+    kind: str  # a, aaaa, ptr, txt, mx, servfail, timeout, garbage
     values: tuple[str, ...] = ()
     delay: float = 0.0
 
@@ -45,6 +47,18 @@ class Record:
     @classmethod
     def ptr(cls, name: str, delay: float = 0.0) -> Record:
         return cls("ptr", (name,), delay)
+
+    @classmethod
+    def txt(cls, *texts: str, delay: float = 0.0) -> Record:
+        return cls("txt", texts, delay)
+
+    @classmethod
+    def mx(cls, *names: str, delay: float = 0.0) -> Record:
+        return cls("mx", names, delay)
+
+    @classmethod
+    def aaaa(cls, *addresses: str, delay: float = 0.0) -> Record:
+        return cls("aaaa", addresses, delay)
 
 
 SERVFAIL = Record("servfail")
@@ -63,7 +77,11 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         name = str(query.q.qname).rstrip(".").lower()
         self.server.owner.queries.append(name)
-        record = self.server.owner.records.get(name)
+        records = self.server.owner.records
+        typed = f"{QTYPE.get(query.q.qtype)}:{name}"
+        record = records.get(typed) or records.get(name)
+        if record is None and any(key.endswith(":" + name) for key in records):
+            record = Record("empty")  # the name exists with records of other types
         if record is not None and record.delay:
             time.sleep(record.delay)
         answer = _answer(query, name, record)
@@ -88,6 +106,17 @@ def _answer(query: Any, name: str, record: Record | None) -> bytes | None:
     elif record.kind == "a" and query.q.qtype == QTYPE.A:
         for value in record.values:
             reply.add_answer(RR(name, QTYPE.A, rdata=A(value), ttl=60))
+    elif record.kind == "aaaa" and query.q.qtype == QTYPE.AAAA:
+        for value in record.values:
+            reply.add_answer(RR(name, QTYPE.AAAA, rdata=AAAA(value), ttl=60))
+    elif record.kind == "mx" and query.q.qtype == QTYPE.MX:
+        for preference, value in enumerate(record.values):
+            reply.add_answer(RR(name, QTYPE.MX, rdata=MX(value, preference * 10), ttl=60))
+    elif record.kind == "txt" and query.q.qtype == QTYPE.TXT:
+        for value in record.values:
+            # Strings of at most 255 octets (RFC 1035 3.3.14): a DKIM key takes several.
+            chunks = [value[i : i + 255].encode() for i in range(0, len(value), 255)]
+            reply.add_answer(RR(name, QTYPE.TXT, rdata=TXT(chunks or [b""]), ttl=60))
     packed: bytes = reply.pack()
     return packed
 

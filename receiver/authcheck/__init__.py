@@ -1,0 +1,8 @@
+"""Authentication verdicts for each accepted message: SPF, DKIM, DMARC and ARC (RFC 8601
+words), computed beside the SMTP dialogue on the receiver's own resolver and stored with
+the message."""
+
+from receiver.authcheck.check import AuthChecker, AuthConfig, Pending
+from receiver.authcheck.results import strip_forged
+
+__all__ = ["AuthChecker", "AuthConfig", "Pending", "strip_forged"]

@@ -1,0 +1,188 @@
+"""Signature verification off the event loop: worker processes, a bounded queue.
+
+RSA and ed25519 verification and the canonicalization and hashing of a body are CPU work
+a sender controls (size, number of signatures): they run in worker processes
+(`receiver.authcheck.worker`), never on the loop. At most `queue` verifications wait or
+run at once; one more gets `None` at once (a temperror), never a wait.
+
+Jobs are pipelined: each goes down the pipe of the worker with the fewest in flight at
+once, and the worker answers them in order, one frame each. A worker woken once works
+through every job queued meanwhile, and the answers come back together, so messages
+reach the store together (in one insert) rather than one per wake-up of a process. A
+caller that stops waiting (its deadline) leaves its answer to be dropped when it comes;
+a worker whose oldest job has been out longer than `stuck_after` is killed and replaced,
+so the work really stops, and the jobs behind it end as failures (temperror).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import sys
+import time
+from typing import Any, cast
+
+__all__ = ["Verifier"]
+
+log = logging.getLogger("floodgate.receiver")
+COMMAND = (sys.executable, "-m", "receiver.authcheck.worker")
+RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker fails to start
+
+
+class _Pipe(asyncio.SubprocessProtocol):
+    """A worker's stdout, cut into frames; frames answer the jobs in the order sent."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.pending: collections.deque[tuple[asyncio.Future[bytes], float]] = collections.deque()
+        self.exited = False
+        self.gone = asyncio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 4 and self.pending:
+            size = int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < 4 + size:
+                return
+            frame = bytes(self.buffer[4 : 4 + size])
+            del self.buffer[: 4 + size]
+            future, _ = self.pending.popleft()
+            if not future.done():  # a caller past its deadline: nobody to tell
+                future.set_result(frame)
+
+    def process_exited(self) -> None:
+        self.exited = True
+        self.gone.set()
+        while self.pending:
+            future, _ = self.pending.popleft()
+            if not future.done():
+                future.set_exception(EOFError("the worker exited"))
+
+
+class _Worker:
+    def __init__(self, transport: asyncio.SubprocessTransport, pipe: _Pipe) -> None:
+        self.transport = transport
+        self.pipe = pipe
+
+    @classmethod
+    async def start(cls) -> _Worker:
+        loop = asyncio.get_running_loop()
+        transport, pipe = await loop.subprocess_exec(_Pipe, *COMMAND, stderr=None)
+        worker = cls(transport, pipe)
+        try:
+            await worker._expect()  # {"ready": true} once dkimpy is imported
+        except BaseException:
+            worker.kill()
+            raise
+        return worker
+
+    @property
+    def load(self) -> int:
+        return len(self.pipe.pending)
+
+    def oldest(self) -> float:
+        """Since when the oldest job in flight is out (inf: none)."""
+        return self.pipe.pending[0][1] if self.pipe.pending else float("inf")
+
+    def _expect(self) -> asyncio.Future[bytes]:
+        if self.pipe.exited:
+            raise EOFError("the worker exited")
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pipe.pending.append((future, time.monotonic()))
+        return future
+
+    async def ask(self, job: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        answer = self._expect()
+        # uvloop's pipe transports are write transports without asyncio's base classes.
+        stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
+        head = json.dumps(job).encode()
+        stdin.write(len(head).to_bytes(4, "big") + head + len(raw).to_bytes(4, "big") + raw)
+        result: dict[str, Any] = json.loads(await answer)
+        return result
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.transport.kill()
+        self.transport.close()
+
+    async def wait(self) -> None:
+        await self.pipe.gone.wait()
+
+
+class Verifier:
+    """`workers` processes and at most `queue` jobs waiting or running."""
+
+    def __init__(self, workers: int, queue: int, stuck_after: float = 2.0) -> None:
+        self.workers = workers
+        self.queue = queue
+        self.stuck_after = stuck_after
+        self.busy = 0
+        self._all: list[_Worker] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    async def start(self) -> None:
+        """Start every worker now, not at the first signed message."""
+        self._all = list(await asyncio.gather(*(_Worker.start() for _ in range(self.workers))))
+
+    async def verify(
+        self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool
+    ) -> dict[str, Any] | None:
+        """The worker's outcome (signatures.verify), or None when the queue is full, no
+        worker is up, or the worker failed."""
+        if self.busy >= self.queue or self.closed or not self._all:
+            return None
+        worker = min(self._all, key=lambda w: w.load)
+        self.busy += 1
+        try:
+            answer = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
+        except (OSError, EOFError, ValueError) as error:
+            log.error("auth_worker_failed", extra={"fields": {"error": type(error).__name__}})
+            self._retire(worker)
+            return None
+        except asyncio.CancelledError:  # the caller's deadline
+            if time.monotonic() - worker.oldest() >= self.stuck_after:
+                self._retire(worker)  # stuck on a job, or hopelessly behind
+            raise
+        finally:
+            self.busy -= 1
+        return {"dkim": {int(k): tuple(v) for k, v in answer["dkim"].items()}} | (
+            {"arc": tuple(answer["arc"])} if "arc" in answer else {}
+        )
+
+    def _retire(self, worker: _Worker) -> None:
+        if worker not in self._all:
+            return  # retired already (its other jobs fail with it)
+        worker.kill()
+        self._all.remove(worker)
+        if not self.closed:
+            task = asyncio.get_running_loop().create_task(self._replace())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self) -> None:
+        while not self.closed:
+            try:
+                worker = await _Worker.start()
+            except (OSError, EOFError, ValueError):
+                await asyncio.sleep(RESPAWN_PAUSE)
+                continue
+            if self.closed:
+                worker.kill()
+                return
+            self._all.append(worker)
+            return
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        workers, self._all = self._all, []
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await worker.wait()

@@ -1,0 +1,124 @@
+"""DKIM and ARC: which keys a message needs (on the loop, a bounded scan), and the
+verification itself (in a worker process, with dkimpy).
+
+The loop reads only the header fields: the signatures' `d=` and `s=` tags, to fetch the
+keys through our resolver. The worker gets the message and the keys as fetched and runs
+dkimpy with a `dnsfunc` that answers from them, so dkimpy never touches the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+__all__ = ["MAX_SIGNATURES", "KeyNeed", "header_fields", "key_needs", "verify"]
+
+MAX_SIGNATURES = 8  # DKIM-Signature fields verified per message; later ones are ignored
+MAX_ARC_SETS = 8  # ARC instances read (RFC 8617 4.2.1 caps the chain at 50)
+_END = re.compile(rb"\r\n\r\n")
+_FIELD_END = re.compile(rb"\r\n(?![ \t])")
+_FIELDS = (b"dkim-signature", b"arc-seal", b"arc-message-signature")
+# The d= and s= tags of a tag-list (RFC 6376 3.2): the rest is dkimpy's, in the worker.
+_D = re.compile(r"(?:^|;)\s*d\s*=\s*([^;]*)")
+_S = re.compile(r"(?:^|;)\s*s\s*=\s*([^;]*)")
+_FWS = re.compile(r"\s+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,253}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyNeed:
+    """One signature: which header, its domain and selector, and the key's DNS name."""
+
+    field: str  # dkim-signature, arc-seal or arc-message-signature
+    domain: str
+    selector: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+
+def header_fields(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """(lower-case name, value) of each header field, in order. Linear in the header
+    section, which the session's scan has capped already (mailstore.headers)."""
+    end = _END.search(raw)
+    head = raw[: end.start() + 2] if end is not None else raw
+    fields = []
+    for chunk in _FIELD_END.split(head):
+        name, colon, value = chunk.partition(b":")
+        if colon:
+            fields.append((name.strip().lower(), value))
+    return fields
+
+
+def key_needs(fields: list[tuple[bytes, bytes]]) -> tuple[list[KeyNeed | None], bool]:
+    """The DKIM signatures (None for one without usable `d=`/`s=`: a permerror), and
+    whether the message carries ARC sets; every key name appears in the needs."""
+    needs: list[KeyNeed | None] = []
+    arc = False
+    counts = {name: 0 for name in _FIELDS}
+    for name, value in fields:
+        if name not in counts:
+            continue
+        counts[name] += 1
+        limit = MAX_SIGNATURES if name == b"dkim-signature" else MAX_ARC_SETS
+        if counts[name] > limit:
+            continue
+        arc = arc or name != b"dkim-signature"
+        text = value[:8192].decode("ascii", "replace")
+        domain, selector = _tag(_D, text), _tag(_S, text)
+        usable = _NAME.fullmatch(domain) and _NAME.fullmatch(selector)
+        need = KeyNeed(name.decode(), domain, selector) if usable else None
+        if name == b"dkim-signature" or need is not None:
+            needs.append(need)
+    return needs, arc
+
+
+def _tag(pattern: re.Pattern[str], text: str) -> str:
+    match = pattern.search(text)
+    return _FWS.sub("", match[1]).lower() if match is not None else ""
+
+
+# --- in the worker process ------------------------------------------------------------
+
+
+def verify(
+    raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool
+) -> dict[str, object]:
+    """Verify the DKIM signatures `todo` ((index among the message's DKIM-Signature
+    fields, key name)) and, if `arc`, the ARC chain, with the keys given (name -> TXT
+    record). Runs in a worker: plain values in and out."""
+    import dkim  # imported in the worker only: the receiver process never loads dkimpy
+
+    logging.getLogger("dkimpy").setLevel(logging.CRITICAL)  # verdicts carry the reasons
+
+    def dnsfunc(name: bytes, timeout: float = 0.0) -> bytes:
+        return keys.get(name.decode("ascii", "replace").lower().rstrip("."), "").encode()
+
+    results: dict[int, tuple[str, str]] = {}
+    checker = dkim.DKIM(raw, minkey=1024)
+    for index, name in todo:
+        try:
+            dkim.load_pk_from_dns(name.encode(), dnsfunc)
+        except (dkim.DKIMException, ValueError) as error:
+            results[index] = ("permerror", "bad key: " + _short(error))
+            continue
+        try:
+            ok = checker.verify(idx=index, dnsfunc=dnsfunc)
+        except dkim.ValidationError as error:
+            results[index] = ("fail", _short(error))
+            continue
+        except dkim.DKIMException as error:
+            results[index] = ("permerror", _short(error))
+            continue
+        results[index] = ("pass", "") if ok else ("fail", "signature did not verify")
+    outcome: dict[str, object] = {"dkim": results}
+    if arc:
+        cv, _, reason = dkim.arc_verify(raw, dnsfunc=dnsfunc)
+        outcome["arc"] = (cv.decode("ascii", "replace"), str(reason)[:120])
+    return outcome
+
+
+def _short(error: Exception) -> str:
+    return (str(error) or type(error).__name__)[:120]

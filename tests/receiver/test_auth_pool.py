@@ -1,0 +1,77 @@
+"""Signature verification in worker processes (receiver.authcheck.pool): real workers,
+real keys; pipelined jobs, the bounded queue, and a stuck worker killed and replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from receiver.authcheck.pool import Verifier
+from tests.support import dkimkeys
+
+KEY = dkimkeys.rsa_key()
+NAME = "s1._domainkey.shop.test"
+KEYS = {NAME: KEY.record}
+
+
+def signed(body: str = "Your code is 123456.\r\n") -> bytes:
+    return dkimkeys.sign(dkimkeys.message(body=body), "shop.test", "s1", KEY)
+
+
+async def test_jobs_sent_together_all_come_back_in_order() -> None:
+    verifier = Verifier(workers=2, queue=64)
+    await verifier.start()
+    try:
+        good, bad = signed(), signed().replace(b"123456", b"000000")
+        outcomes = await asyncio.gather(
+            *(verifier.verify(good if n % 2 else bad, KEYS, [(0, NAME)], False) for n in range(20))
+        )
+    finally:
+        await verifier.close()
+    results = [o["dkim"][0][0] if o else None for o in outcomes]
+    assert results == ["fail", "pass"] * 10
+    assert verifier.busy == 0
+
+
+async def test_past_the_queue_a_job_is_refused_at_once() -> None:
+    verifier = Verifier(workers=1, queue=2)
+    await verifier.start()
+    try:
+        jobs = [verifier.verify(signed(), KEYS, [(0, NAME)], False) for _ in range(3)]
+        tasks = [asyncio.ensure_future(job) for job in jobs]
+        outcomes = await asyncio.gather(*tasks)
+    finally:
+        await verifier.close()
+    assert [o is None for o in outcomes] == [False, False, True]
+
+
+async def test_a_stuck_worker_is_killed_replaced_and_its_work_stops() -> None:
+    verifier = Verifier(workers=1, queue=8, stuck_after=0.2)
+    await verifier.start()
+    try:
+        [worker] = verifier._all
+        pid = worker.transport.get_pid()
+        # A job the worker can never finish: the head of a frame whose rest never comes.
+        stuck = worker._expect()
+        stdin = worker.transport.get_pipe_transport(0)
+        stdin.write((1 << 20).to_bytes(4, "big") + b"{")  # type: ignore[attr-defined]
+        await asyncio.sleep(0.25)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):  # queued behind it, the caller's deadline passes
+            await asyncio.wait_for(verifier.verify(signed(), KEYS, [(0, NAME)], False), 0.3)
+        with pytest.raises(EOFError):
+            await stuck
+        assert time.monotonic() - started < 1.0
+        await asyncio.sleep(0.2)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone: its work really stopped
+        deadline = time.monotonic() + 10
+        while not verifier._all and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        outcome = await verifier.verify(signed(), KEYS, [(0, NAME)], False)
+    finally:
+        await verifier.close()
+    assert outcome is not None and outcome["dkim"][0][0] == "pass"
