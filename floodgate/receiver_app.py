@@ -89,7 +89,22 @@ def spool_settings(settings: Settings) -> SpoolSettings | None:
         max_bytes=settings.spool_max_bytes,
         min_free=settings.spool_min_free_bytes,
         replay_rate=settings.spool_replay_rate,
+        adopt=leftover_spools(settings.data_dir, settings.workers) if settings.workers == 1 else (),
     )
+
+
+def leftover_spools(data_dir: Path, workers: int) -> tuple[Path, ...]:
+    """Spool directories no receiver of this host writes with `workers` workers (one
+    process writes `spool`, worker i `spool-w<i>`): what a start with another worker count
+    left. The single process, or worker 1, replays them: accepted mail is stored whatever
+    the operator changed."""
+    own = (
+        {data_dir / "spool"}
+        if workers == 1
+        else {data_dir / f"spool-w{i}" for i in range(1, workers + 1)}
+    )
+    found = [data_dir / "spool", *sorted(data_dir.glob("spool-w*"))]
+    return tuple(path for path in found if path.is_dir() and path not in own)
 
 
 def screen_config(settings: Settings) -> ScreenConfig:

@@ -19,7 +19,13 @@ from blocklist import LocalAllowlist, LocalBlocklist
 from floodgate import settings as settings_module
 from floodgate.errors import fail
 from floodgate.logs import configure
-from floodgate.receiver_app import blocklist_config, raise_fd_limit, receiver_config, store_config
+from floodgate.receiver_app import (
+    blocklist_config,
+    leftover_spools,
+    raise_fd_limit,
+    receiver_config,
+    store_config,
+)
 from floodgate.settings import Settings
 from mailstore import MessageStore
 from receiver.events import emit
@@ -32,7 +38,11 @@ def worker_config(settings: Settings, index: int) -> ReceiverConfig:
     config = receiver_config(settings)
     spool: SpoolSettings | None = config.spool
     if spool is not None:  # one writer per spool directory
-        spool = dataclasses.replace(spool, directory=settings.data_dir / f"spool-w{index}")
+        spool = dataclasses.replace(
+            spool,
+            directory=settings.data_dir / f"spool-w{index}",
+            adopt=leftover_spools(settings.data_dir, settings.workers) if index == 1 else (),
+        )
     return dataclasses.replace(config, receiver_id=worker_id(config, index), spool=spool)
 
 

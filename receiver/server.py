@@ -7,10 +7,12 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from mailstore.errors import StoreError
 from mailstore.message import IncomingMessage
 from receiver import dnsbl, replies
 from receiver.accountant import Accountant
@@ -27,7 +29,7 @@ from receiver.replay import Replay, ReplayConfig
 from receiver.resolver import Resolver
 from receiver.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext
-from receiver.spool import Spool
+from receiver.spool import Spool, segment_paths
 from receiver.stats import snapshot
 from receiver.telemetry import Telemetry
 from receiver.tls import Certificates, Handshakes, TlsSettings
@@ -128,6 +130,9 @@ class SpoolSettings:
     max_bytes: int = 1 << 30
     min_free: int = 256 << 20  # bytes of the disk the spool never eats into
     replay_rate: float = 500.0  # messages per second into a recovering store
+    # Spools no running receiver writes any more (another worker count before this start):
+    # this receiver replays them beside its own, so what they hold is stored all the same.
+    adopt: tuple[Path, ...] = ()
 
 
 class ReceiverState:
@@ -352,7 +357,47 @@ class ReceiverState:
             on_outcome=lambda outcome, n: replayed[outcome].inc(n),
             on_stored=self.delivery.stored,
         )
-        await replay.run(lambda: self.telemetry.store_health.up is True, stop)
+
+        def store_up() -> bool:
+            return self.telemetry.store_health.up is True
+
+        adopted = [
+            self._adopted_replay(directory, replayed, store_up, stop)
+            for directory in self.config.spool.adopt
+            if directory != self.spool.directory and segment_paths(directory)
+        ]
+        await asyncio.gather(replay.run(store_up, stop), *adopted)
+
+    async def _adopted_replay(
+        self,
+        directory: Path,
+        replayed: dict[str, Any],
+        store_up: Callable[[], bool],
+        stop: asyncio.Event,
+    ) -> None:
+        """Replay a spool left by a receiver that no longer runs, until it is empty."""
+        assert self.config.spool is not None
+        orphan = Spool(directory, max_bytes=1 << 50, min_free=0)
+        await asyncio.to_thread(orphan.open)  # never started: nothing appends to it
+        emit("spool_adopted", directory=str(directory), messages=orphan.messages)
+        replay = Replay(
+            orphan,
+            self.store,
+            ReplayConfig(rate=self.config.spool.replay_rate),
+            on_outcome=lambda outcome, n: replayed[outcome].inc(n),
+            on_stored=self.delivery.stored,
+        )
+        while orphan.messages and not stop.is_set():
+            wait = replay.config.idle
+            if store_up():
+                try:
+                    await replay.drain(stop)
+                except StoreError as error:
+                    emit("spool_replay_paused", reason=type(error).__name__)
+                    wait = replay.config.backoff
+            if orphan.messages:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
 
     # --- shutdown -------------------------------------------------------------------
 

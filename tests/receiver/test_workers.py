@@ -3,15 +3,21 @@ per-client limits hold for the host as a whole; real processes over real sockets
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
+from mailstore.ids import new_message_id
+from mailstore.message import IncomingMessage, utcnow
+from receiver.spool import Spool, segment_paths
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support import proxy_headers
 from tests.support.faultproxy import FaultProxy
@@ -276,3 +282,56 @@ def test_a_worker_that_keeps_dying_stops_the_host_for_its_supervisor(
     assert wait_for(lambda: not receiver.alive(), 30)
     assert receiver.process.returncode == 2
     assert "event=worker_keeps_dying worker=w1" in receiver.log()
+
+
+def _spooled(directory: Path, tag: str, count: int) -> list[str]:
+    """Leave `count` accepted messages in a spool at `directory`, as a receiver that
+    stopped with its store away would; their ids."""
+    messages = [
+        IncomingMessage(
+            id=new_message_id(),
+            raw=f"Subject: {tag} {n}\r\n\r\nbody\r\n".encode(),
+            mail_from="s@sender.test",
+            rcpt_to=(f"{tag}@mx.test",),
+            peer_ip="192.0.2.1",
+            helo="sender.test",
+            received_at=utcnow(),
+            received_header=b"Received: from sender.test\r\n",
+            headers={"subject": f"{tag} {n}"},
+        )
+        for n in range(count)
+    ]
+
+    async def write() -> None:
+        spool = Spool(directory, max_bytes=1 << 20, min_free=0)
+        spool.open()
+        spool.start()
+        try:
+            await asyncio.gather(*(spool.append(m) for m in messages))
+        finally:
+            await spool.close()
+
+    asyncio.run(write())
+    return [m.id for m in messages]
+
+
+@pytest.mark.parametrize(
+    ("workers", "left_by"),
+    [("2", "spool"), ("1", "spool-w2"), ("2", "spool-w3")],
+    ids=["one-process-spool-to-two-workers", "worker-spool-to-one-process", "fewer-workers"],
+)
+def test_a_spool_left_by_another_worker_count_is_replayed(
+    make_receiver: ServiceFactory,
+    mongo: MongoClient[dict[str, object]],
+    store_env: dict[str, str],
+    tmp_path: Path,
+    workers: str,
+    left_by: str,
+) -> None:
+    data_dir = tmp_path / "host-data"
+    ids = _spooled(data_dir / left_by, "left", 5)
+    receiver = make_receiver(workers=workers, data_dir=str(data_dir), **FAST)
+    messages = mongo[store_env["FLOODGATE_MONGODB_DATABASE"]]["messages"]
+    assert wait_for(lambda: messages.count_documents({"_id": {"$in": ids}}) == 5, timeout=20)
+    assert wait_for(lambda: not segment_paths(data_dir / left_by), timeout=10)
+    assert "event=spool_adopted" in receiver.log()
