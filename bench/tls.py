@@ -63,8 +63,11 @@ async def _command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, l
     return await _reply(reader)
 
 
-async def session(port: int, *, tls: bool, send: bool, source: str = "127.0.0.1") -> float:
-    """One connection: [STARTTLS,] [one message,] QUIT. Seconds to the final 250."""
+async def session(
+    port: int, *, tls: bool, send: bool, source: str = "127.0.0.1", serial: int | None = None
+) -> float:
+    """One connection: [STARTTLS,] [one message, number `serial` or the next,] QUIT.
+    Seconds to the final 250."""
     started = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     try:
@@ -78,7 +81,7 @@ async def session(port: int, *, tls: bool, send: bool, source: str = "127.0.0.1"
             for line in (b"MAIL FROM:<bench@client.test>", b"RCPT TO:<inbox@mx.test>"):
                 assert await _command(reader, writer, line) == 250
             assert await _command(reader, writer, b"DATA") == 354
-            writer.write(message(next(SERIAL)) + b".\r\n")
+            writer.write(message(next(SERIAL) if serial is None else serial) + b".\r\n")
             code = await _reply(reader)
             if code != 250:
                 raise ConnectionError(f"message answered {code}")

@@ -33,8 +33,7 @@ from pymongo import MongoClient
 
 from bench.abuse import _hammer
 from bench.common import CLK_TCK, Service, embedded_store, median, start_service
-from bench.tls import TLS_ENV, _command, _reply, message
-from flood.smtp import CLIENT_TLS
+from bench.tls import TLS_ENV, session
 from receiver import channel
 from receiver.channel import Handoff
 
@@ -58,30 +57,6 @@ def family_cpu(pid: int) -> float:
     return total
 
 
-async def session(port: int, serial: int, *, tls: bool, send: bool, source: str) -> None:
-    """One connection: EHLO, [STARTTLS,] [one message,] QUIT. Each message is distinct
-    (the same bytes again would be one stored message)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
-    try:
-        assert await _reply(reader) == 220
-        assert await _command(reader, writer, b"EHLO client.test") == 250
-        if tls:
-            assert await _command(reader, writer, b"STARTTLS") == 220
-            await writer.start_tls(CLIENT_TLS)
-            assert await _command(reader, writer, b"EHLO client.test") == 250
-        if send:
-            for line in (b"MAIL FROM:<bench@client.test>", b"RCPT TO:<inbox@mx.test>"):
-                assert await _command(reader, writer, line) == 250
-            assert await _command(reader, writer, b"DATA") == 354
-            writer.write(message(serial) + b".\r\n")
-            code = await _reply(reader)
-            if code != 250:
-                raise ConnectionError(f"message answered {code}")
-        writer.write(b"QUIT\r\n")
-    finally:
-        writer.close()
-
-
 async def _spread(
     port: int, count: int, concurrency: int, *, tls: bool, send: bool, net: int
 ) -> float:
@@ -93,7 +68,7 @@ async def _spread(
     async def client(index: int) -> None:
         source = f"127.0.{net}.{1 + index % SOURCES}"
         for serial in queue:
-            await session(port, serial, tls=tls, send=send, source=source)
+            await session(port, tls=tls, send=send, source=source, serial=serial)
 
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(concurrency)))

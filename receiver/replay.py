@@ -62,7 +62,11 @@ class Replay:
         self._on_stored = on_stored
         self.quarantine = spool.directory / QUARANTINE
 
-    async def run(self, store_up: Callable[[], bool], stop: asyncio.Event) -> None:
+    async def run(
+        self, store_up: Callable[[], bool], stop: asyncio.Event, *, until_empty: bool = False
+    ) -> None:
+        """Drain whenever the store is up, until `stop`; or, `until_empty` (a spool nothing
+        appends to any more), until it holds nothing."""
         while not stop.is_set():
             wait = self.config.idle
             if self.spool.messages and store_up():
@@ -71,6 +75,8 @@ class Replay:
                 except StoreError as error:
                     emit("spool_replay_paused", reason=type(error).__name__)
                     wait = self.config.backoff
+            if until_empty and not self.spool.messages:
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
 

@@ -7,12 +7,10 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from mailstore.errors import StoreError
 from mailstore.message import IncomingMessage
 from receiver import dnsbl, replies
 from receiver.accountant import Accountant
@@ -347,57 +345,38 @@ class ReceiverState:
     # --- the spool ------------------------------------------------------------------
 
     async def replay(self, stop: asyncio.Event) -> None:
-        """Drain the spool into the store whenever the store takes writes again."""
+        """Drain the spool into the store whenever the store takes writes again, and any
+        spool left by another worker count until it is empty."""
         assert self.spool is not None and self.config.spool is not None
         replayed = {o: self.metrics.replayed.labels(o) for o in REPLAY_OUTCOMES}
-        replay = Replay(
-            self.spool,
-            self.store,
-            ReplayConfig(rate=self.config.spool.replay_rate),
-            on_outcome=lambda outcome, n: replayed[outcome].inc(n),
-            on_stored=self.delivery.stored,
-        )
+
+        def replay_of(spool: Spool) -> Replay:
+            assert self.config.spool is not None
+            return Replay(
+                spool,
+                self.store,
+                ReplayConfig(rate=self.config.spool.replay_rate),
+                on_outcome=lambda outcome, n: replayed[outcome].inc(n),
+                on_stored=self.delivery.stored,
+            )
 
         def store_up() -> bool:
             return self.telemetry.store_health.up is True
 
-        adopted = [
-            self._adopted_replay(directory, replayed, store_up, stop)
-            for directory in self.config.spool.adopt
-            if directory != self.spool.directory and segment_paths(directory)
-        ]
-        await asyncio.gather(replay.run(store_up, stop), *adopted)
+        async def adopted(directory: Path) -> None:
+            orphan = Spool(directory, max_bytes=1 << 50, min_free=0)
+            await asyncio.to_thread(orphan.open)  # never started: nothing appends to it
+            emit("spool_adopted", directory=str(directory), messages=orphan.messages)
+            await replay_of(orphan).run(store_up, stop, until_empty=True)
 
-    async def _adopted_replay(
-        self,
-        directory: Path,
-        replayed: dict[str, Any],
-        store_up: Callable[[], bool],
-        stop: asyncio.Event,
-    ) -> None:
-        """Replay a spool left by a receiver that no longer runs, until it is empty."""
-        assert self.config.spool is not None
-        orphan = Spool(directory, max_bytes=1 << 50, min_free=0)
-        await asyncio.to_thread(orphan.open)  # never started: nothing appends to it
-        emit("spool_adopted", directory=str(directory), messages=orphan.messages)
-        replay = Replay(
-            orphan,
-            self.store,
-            ReplayConfig(rate=self.config.spool.replay_rate),
-            on_outcome=lambda outcome, n: replayed[outcome].inc(n),
-            on_stored=self.delivery.stored,
+        await asyncio.gather(
+            replay_of(self.spool).run(store_up, stop),
+            *(
+                adopted(directory)
+                for directory in self.config.spool.adopt
+                if directory != self.spool.directory and segment_paths(directory)
+            ),
         )
-        while orphan.messages and not stop.is_set():
-            wait = replay.config.idle
-            if store_up():
-                try:
-                    await replay.drain(stop)
-                except StoreError as error:
-                    emit("spool_replay_paused", reason=type(error).__name__)
-                    wait = replay.config.backoff
-            if orphan.messages:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
 
     # --- shutdown -------------------------------------------------------------------
 
