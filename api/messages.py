@@ -18,8 +18,7 @@ from api.auth import Role, require_token
 from api.charsets import decode_words
 from api.docs import Tag
 from api.renderpool import Busy, Outcome, RenderPool
-from blocklist.entries import aware_datetime
-from mailstore import Document, MessageStore, is_message_id
+from mailstore import MessageDocument, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
 router = APIRouter()
@@ -67,25 +66,18 @@ def decoded(value: str) -> str:
     return decode_words(value)
 
 
-def _iso(value: object) -> str:
-    # A change event from the embedded store carries dates as extended JSON.
-    moment = value if isinstance(value, datetime) else aware_datetime(value)
-    return moment.isoformat() if moment is not None else str(value)
-
-
-def summary(doc: Document, role: Role = Role.ADMIN) -> dict[str, Any]:
+def summary(message: MessageDocument, role: Role = Role.ADMIN) -> dict[str, Any]:
     """The listing fields of a stored message. Only the admin sees envelope recipients
     where the sender wrote no To: (a reader sees only what the sender wrote: no Bcc)."""
-    headers = doc.get("headers") or {}
-    received = doc.get("received_at")
-    envelope_to = ", ".join(doc.get("rcpt", [])) if role is Role.ADMIN else ""
+    headers = message.headers
+    envelope_to = ", ".join(message.rcpt) if role is Role.ADMIN else ""
     return {
-        "id": doc["_id"],
-        "from": decoded(headers.get("from") or doc.get("mail_from", "")),
+        "id": message.id,
+        "from": decoded(headers.get("from") or message.mail_from),
         "to": decoded(headers.get("to") or envelope_to),
         "subject": decoded(headers.get("subject", "")),
-        "received_at": _iso(received),
-        "size": doc.get("size", 0),
+        "received_at": message.received_at.isoformat(),
+        "size": message.size,
     }
 
 
@@ -125,7 +117,7 @@ async def list_messages(
     )
     result: dict[str, Any] = {"messages": [summary(doc, role) for doc in docs]}
     if len(docs) == limit:
-        result["next"] = docs[-1]["_id"]
+        result["next"] = docs[-1].id
     return result
 
 
@@ -154,7 +146,7 @@ async def mailbox_events(
     except push.Full as full:
         raise HTTPException(full.status, str(full), headers={"Retry-After": "5"}) from None
     try:
-        backlog: list[Document] = []
+        backlog: list[MessageDocument] = []
         if last_event_id is not None and is_message_id(last_event_id):
             docs = await _store(request).list_mailbox(mailbox, push.CATCH_UP, after=last_event_id)
             backlog = list(reversed(docs))
@@ -198,7 +190,7 @@ def _mailbox(address: str) -> str:
     return mailbox
 
 
-async def _get(request: Request, message_id: MessageId) -> Document:
+async def _get(request: Request, message_id: MessageId) -> MessageDocument:
     doc = await _store(request).get(message_id) if is_message_id(message_id) else None
     if doc is None:
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
@@ -216,24 +208,20 @@ async def get_message(
     request: Request, message_id: MessageId, role: Annotated[Role, Depends(require_token)]
 ) -> dict[str, Any]:
     """Metadata plus decoded headers and text; the envelope for the admin only."""
-    doc = await _get(request, message_id)
-    result = summary(doc, role)
-    tls = doc.get("tls")
-    result["tls"] = tls if isinstance(tls, dict) else None
-    auth = doc.get("auth")  # SPF, DKIM, DMARC verdicts stored with the message, if checked
-    result["auth"] = auth if isinstance(auth, dict) else None
+    message = await _get(request, message_id)
+    result = summary(message, role)
+    tls = message.tls
+    result["tls"] = {"version": tls.version, "cipher": tls.cipher} if tls is not None else None
+    result["auth"] = message.auth  # SPF, DKIM, DMARC verdicts stored with it, if checked
     if role is Role.ADMIN:
         result.update(
             {
-                "envelope": {
-                    "mail_from": doc.get("mail_from", ""),
-                    "rcpt_to": doc.get("rcpt", []),
-                },
-                "peer_ip": doc.get("peer_ip"),
-                "helo": doc.get("helo"),
+                "envelope": {"mail_from": message.mail_from, "rcpt_to": list(message.rcpt)},
+                "peer_ip": message.peer_ip,
+                "helo": message.helo,
             }
         )
-    raw = bytes(doc["raw"])
+    raw = message.raw
     outcome = await _render(request, f"{message_id}/view", {"job": "view"}, raw)
     if outcome.failure is not None:
         result.update(render.fallback(raw, outcome.failure))
@@ -270,9 +258,9 @@ async def get_attachment(
 ) -> Response:
     """Attachment `index` (from the message's `attachments`) as a download, whole; 422 if
     its bytes cannot be recovered exactly (the message as sent is at `/raw`)."""
-    doc = await _get(request, message_id)
+    message = await _get(request, message_id)
     job = {"job": "attachment", "index": index}
-    outcome = await _render(request, f"{message_id}/attachment/{index}", job, bytes(doc["raw"]))
+    outcome = await _render(request, f"{message_id}/attachment/{index}", job, message.raw)
     if outcome.head.get("missing"):
         raise HTTPException(status_code=404, detail=f"no attachment {index} in {message_id}")
     reason = outcome.failure or outcome.head.get("unextractable")
@@ -303,8 +291,8 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
     """Links (http, https, mailto) of the text and HTML parts and likely one-time codes,
     found in a render worker under the render bounds; 504 if the message cannot be read
     within them, 422 if it has no parts to read (its bytes are at `/raw`)."""
-    doc = await _get(request, message_id)
-    outcome = await _render(request, f"{message_id}/links", {"job": "links"}, bytes(doc["raw"]))
+    message = await _get(request, message_id)
+    outcome = await _render(request, f"{message_id}/links", {"job": "links"}, message.raw)
     if outcome.failure is not None:
         raise HTTPException(
             status_code=504, detail=f"links could not be read within bounds: {outcome.failure}"
@@ -328,8 +316,8 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
 )
 async def get_raw(request: Request, message_id: MessageId) -> Response:
     """The message bytes as received, with our Received: line on top."""
-    doc = await _get(request, message_id)
-    body = bytes(doc.get("received_header", b"")) + bytes(doc["raw"])
+    message = await _get(request, message_id)
+    body = message.received_header + message.raw
     return RawMessage(content=body)
 
 

@@ -24,6 +24,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from api.limits import DEFAULTS, ApiLimits
+from mailstore.message import MessageDocument, MessageKey
 
 log = logging.getLogger("floodgate.api")
 
@@ -35,7 +36,7 @@ CATCH_UP = 100  # messages replayed after a Last-Event-ID
 WRITE_TIMEOUT = 10.0  # seconds one write may wait for a reader before it is dropped
 CLIENT_V6_PREFIX = 64  # an IPv6 client is its /64: one host usually holds the whole /64
 
-Summary = Callable[[dict[str, Any]], dict[str, Any]]
+Summary = Callable[[MessageDocument], dict[str, Any]]
 
 
 def client_key(host: str) -> str:
@@ -57,7 +58,7 @@ class Subscriber:
     def __init__(self, mailbox: str, client: str) -> None:
         self.mailbox = mailbox
         self.client = client
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE)
+        self.queue: asyncio.Queue[MessageDocument] = asyncio.Queue(QUEUE)
         self.dropped = False
 
 
@@ -105,12 +106,12 @@ class Hub:
             if not group:
                 del self._by_mailbox[subscriber.mailbox]
 
-    def publish(self, document: dict[str, Any]) -> None:
+    def publish(self, message: MessageDocument) -> None:
         """One stored message, to every subscriber of each of its mailboxes."""
-        for mailbox in document.get("rcpt", ()):
+        for mailbox in message.rcpt:
             for subscriber in list(self._by_mailbox.get(mailbox, ())):
                 try:
-                    subscriber.queue.put_nowait(document)
+                    subscriber.queue.put_nowait(message)
                 except asyncio.QueueFull:
                     # Too slow: its slot is free at once (its stream ends when it next
                     # wakes); the client reconnects with Last-Event-ID.
@@ -130,22 +131,22 @@ class Hub:
                             await asyncio.sleep(POLL)
                             continue
                         document = change.get("fullDocument")
-                        if isinstance(document, dict):
-                            self.publish(document)
+                        if isinstance(document, dict) and MessageKey.ID in document:
+                            self.publish(MessageDocument.read(document))
             except PyMongoError as error:
                 log.warning("push: change stream lost (%s); reconnecting", type(error).__name__)
                 await asyncio.sleep(1.0)
 
 
-def frame(document: dict[str, Any], summary: Summary) -> bytes:
-    data = json.dumps(summary(document), default=str)
-    return f"id: {document['_id']}\nevent: message\ndata: {data}\n\n".encode()
+def frame(message: MessageDocument, summary: Summary) -> bytes:
+    data = json.dumps(summary(message), default=str)
+    return f"id: {message.id}\nevent: message\ndata: {data}\n\n".encode()
 
 
 async def events(
     hub: Hub,
     subscriber: Subscriber,
-    backlog: list[dict[str, Any]],
+    backlog: list[MessageDocument],
     summary: Summary,
     heartbeat: float = HEARTBEAT,
 ) -> AsyncIterator[bytes]:
@@ -153,17 +154,17 @@ async def events(
     try:
         yield b"retry: 2000\n\n"
         seen = set()
-        for document in backlog:
-            seen.add(document["_id"])
-            yield frame(document, summary)
+        for message in backlog:
+            seen.add(message.id)
+            yield frame(message, summary)
         while not subscriber.dropped:
             try:
-                document = await asyncio.wait_for(subscriber.queue.get(), heartbeat)
+                message = await asyncio.wait_for(subscriber.queue.get(), heartbeat)
             except TimeoutError:
                 yield b": heartbeat\n\n"
                 continue
-            if document["_id"] not in seen:
-                yield frame(document, summary)
+            if message.id not in seen:
+                yield frame(message, summary)
     finally:
         hub.unsubscribe(subscriber)
 

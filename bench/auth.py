@@ -158,7 +158,7 @@ def _send(
     receiver: Any, messages: list[tuple[str, bytes]], rate: float | None = None
 ) -> dict[str, Any]:
     # A mailbox of its own for each pass: the same bytes from the same sender to another
-    # recipient are a new message, never a sender's retry (receiver.delivery.fingerprint),
+    # recipient are a new message, never a sender's retry (receiver.delivery.fp),
     # so every pass stores every message and no pass takes the duplicate path.
     rcpt = f"pass{next(_PASSES)}@mx.test"
     workers = _children(receiver.pid)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mailstore.errors import StoreBusy, StoreError, StoreRejected, StoreTimeout
 from mailstore.headers import HeaderScan, scan_headers
 from mailstore.ids import is_message_id, new_message_id
-from mailstore.message import IncomingMessage, utcnow
+from mailstore.message import MessageDocument, MessageKey, TlsInfo, utcnow
 
 if TYPE_CHECKING:
     from mailstore.connection import Document, connect, database
@@ -42,13 +42,15 @@ __all__ = [
     "Document",
     "EmbeddedStore",
     "HeaderScan",
-    "IncomingMessage",
+    "MessageDocument",
+    "MessageKey",
     "MessageStore",
     "StoreBusy",
     "StoreConfig",
     "StoreError",
     "StoreRejected",
     "StoreTimeout",
+    "TlsInfo",
     "connect",
     "database",
     "is_message_id",

@@ -24,17 +24,12 @@ from mailstore.connection import Document, connect, database
 from mailstore.documents import to_document
 from mailstore.errors import StoreError, StoreRejected, brief, cause
 from mailstore.ids import id_floor
-from mailstore.message import IncomingMessage, utcnow
+from mailstore.message import MessageDocument, MessageKey, utcnow
 
 MESSAGES = "messages"
-LIST_FIELDS = {
-    "_id": 1,
-    "mail_from": 1,
-    "rcpt": 1,
-    "headers": 1,
-    "received_at": 1,
-    "size": 1,
-}
+K = MessageKey
+LIST_FIELDS = {key: 1 for key in (K.ID, K.MAIL_FROM, K.RCPT, K.HEADERS, K.RECEIVED_AT, K.SIZE)}
+NEWEST_FIRST = [(K.RECEIVED_AT, DESCENDING), (K.ID, DESCENDING)]
 HEALTH = "health"  # one probe document per receiver
 STATS = "receiver_stats"  # one live-statistics snapshot per receiver (receiver.stats)
 STATS_FORGET = 3600.0  # a snapshot this old is deleted when the stats are read
@@ -114,20 +109,20 @@ class MessageStore:
         """Inbox listing (recipient, newest first) and TTL retention on `expires_at`."""
         with pymongo.timeout(self.config.timeout):
             await self.messages.create_index(
-                [("rcpt", ASCENDING), ("received_at", DESCENDING)], name=INBOX_INDEX
+                [(K.RCPT, ASCENDING), (K.RECEIVED_AT, DESCENDING)], name=INBOX_INDEX
             )
             await self.messages.create_index(
-                [("expires_at", ASCENDING)], name=RETENTION_INDEX, expireAfterSeconds=0
+                [(K.EXPIRES_AT, ASCENDING)], name=RETENTION_INDEX, expireAfterSeconds=0
             )
             await self.messages.create_index(
-                [("fp", ASCENDING)], name=FINGERPRINT_INDEX, unique=True, sparse=True
+                [(K.FP, ASCENDING)], name=FINGERPRINT_INDEX, unique=True, sparse=True
             )
 
     @property
     def pending(self) -> int:
         return self._batcher.pending
 
-    async def insert(self, message: IncomingMessage) -> str:
+    async def insert(self, message: MessageDocument) -> str:
         """Return the id it is stored under once the message is durable; raise
         `StoreError` otherwise.
 
@@ -141,7 +136,7 @@ class MessageStore:
         for _ in range(2):
             if await self._batcher.insert(document):
                 return message.id
-            first = await self._first_copy(message.fingerprint)
+            first = await self._first_copy(message.fp)
             if first is not None:
                 return first
             # The first copy went (deleted, expired) between the two: store this one.
@@ -150,10 +145,10 @@ class MessageStore:
     async def _first_copy(self, fingerprint: str) -> str | None:
         try:
             with pymongo.timeout(self.config.timeout):
-                found = await self.messages.find_one({"fp": fingerprint}, {"_id": 1})
+                found = await self.messages.find_one({K.FP: fingerprint}, {K.ID: 1})
         except PyMongoError as error:
             raise StoreError(f"fingerprint lookup failed: {brief(error)}") from None
-        return str(found["_id"]) if found is not None else None
+        return str(found[K.ID]) if found is not None else None
 
     async def list_mailbox(
         self,
@@ -163,10 +158,10 @@ class MessageStore:
         before: str | None = None,
         after: str | None = None,
         since: datetime | None = None,
-    ) -> list[Document]:
+    ) -> list[MessageDocument]:
         """Newest first (ids are time-ordered), without the raw bytes; `before`/`after` an
         id page through the mailbox, `since` a time bounds it."""
-        query: Document = {"rcpt": address.lower()}
+        query: Document = {K.RCPT: address.lower()}
         bounds: Document = {}
         if before is not None:
             bounds["$lt"] = before
@@ -175,14 +170,10 @@ class MessageStore:
         if since is not None:  # ids sort by time: a time bound is an id bound
             bounds["$gte"] = id_floor(since.timestamp())
         if bounds:
-            query["_id"] = bounds
+            query[K.ID] = bounds
         with pymongo.timeout(self.config.timeout):
-            cursor = (
-                self.messages.find(query, LIST_FIELDS)
-                .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
-                .limit(limit)
-            )
-            return await cursor.to_list(length=limit)
+            cursor = self.messages.find(query, LIST_FIELDS).sort(NEWEST_FIRST).limit(limit)
+            return [MessageDocument.read(doc) for doc in await cursor.to_list(length=limit)]
 
     async def trim_mailbox(self, address: str, keep: int) -> int:
         """Take `address` off all but its `keep` newest messages (at most `TRIM_BATCH` at a
@@ -190,16 +181,16 @@ class MessageStore:
         mailbox = address.lower()
         with pymongo.timeout(self.config.timeout):
             cursor = (
-                self.messages.find({"rcpt": mailbox}, {"_id": 1})
-                .sort([("received_at", DESCENDING), ("_id", DESCENDING)])
+                self.messages.find({K.RCPT: mailbox}, {K.ID: 1})
+                .sort(NEWEST_FIRST)
                 .skip(keep)
                 .limit(TRIM_BATCH)
             )
-            ids = [doc["_id"] async for doc in cursor]
+            ids = [doc[K.ID] async for doc in cursor]
             if not ids:
                 return 0
-            await self.messages.update_many({"_id": {"$in": ids}}, {"$pull": {"rcpt": mailbox}})
-            await self.messages.delete_many({"_id": {"$in": ids}, "rcpt": {"$size": 0}})
+            await self.messages.update_many({K.ID: {"$in": ids}}, {"$pull": {K.RCPT: mailbox}})
+            await self.messages.delete_many({K.ID: {"$in": ids}, K.RCPT: {"$size": 0}})
         return len(ids)
 
     async def delete_mailbox(self, address: str) -> int:
@@ -208,18 +199,19 @@ class MessageStore:
         mailbox = address.lower()
         with pymongo.timeout(self.config.timeout):
             result = await self.messages.update_many(
-                {"rcpt": mailbox}, {"$pull": {"rcpt": mailbox}}
+                {K.RCPT: mailbox}, {"$pull": {K.RCPT: mailbox}}
             )
-            await self.messages.delete_many({"rcpt": {"$size": 0}})
+            await self.messages.delete_many({K.RCPT: {"$size": 0}})
         return result.modified_count
 
-    async def get(self, message_id: str) -> Document | None:
+    async def get(self, message_id: str) -> MessageDocument | None:
         with pymongo.timeout(self.config.timeout):
-            return await self.messages.find_one({"_id": message_id})
+            found = await self.messages.find_one({K.ID: message_id})
+        return MessageDocument.read(found) if found is not None else None
 
     async def delete(self, message_id: str) -> bool:
         with pymongo.timeout(self.config.timeout):
-            result = await self.messages.delete_one({"_id": message_id})
+            result = await self.messages.delete_one({K.ID: message_id})
         return result.deleted_count > 0
 
     async def probe(self, name: str, within: float) -> str | None:

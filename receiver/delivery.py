@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from mailstore.errors import StoreBusy, StoreError, StoreRejected
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from receiver import replies
 from receiver.events import emit
 from receiver.mailboxes import MailboxKeeper
@@ -68,7 +68,7 @@ class Delivery:
         self.mailboxes = mailboxes
         self._spooling = False
 
-    async def deliver(self, message: IncomingMessage, client_key: str) -> Reply:
+    async def deliver(self, message: MessageDocument, client_key: str) -> Reply:
         """The reply for `message`, once it is durable somewhere (or known not to be)."""
         events = self.events
         if events.store_down():
@@ -98,12 +98,12 @@ class Delivery:
         events.on_stored(client_key, len(message.raw))
         return replies.STORED.with_text(f"Ok: queued as {stored}")
 
-    def stored(self, message: IncomingMessage) -> None:
+    def stored(self, message: MessageDocument) -> None:
         """A message reached the store (live or replayed): the mailbox cap sees it."""
         if self.mailboxes is not None:
-            self.mailboxes.stored(message.rcpt_to)
+            self.mailboxes.stored(message.rcpt)
 
-    async def _spool(self, message: IncomingMessage, client_key: str, why: str) -> Reply:
+    async def _spool(self, message: MessageDocument, client_key: str, why: str) -> Reply:
         spool = self.spool
         if spool is None:
             self.events.on_message(why)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailstore.errors import StoreError, StoreRejected
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from receiver.events import emit
 from receiver.spool import Record, Spool, encode, read_segment
 
@@ -31,7 +31,7 @@ class Inserter(Protocol):
     @property
     def pending(self) -> int: ...
 
-    async def insert(self, message: IncomingMessage) -> str: ...
+    async def insert(self, message: MessageDocument) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Replay:
         config: ReplayConfig,
         *,
         on_outcome: Callable[[str, int], None] = lambda outcome, n: None,
-        on_stored: Callable[[IncomingMessage], None] = lambda message: None,
+        on_stored: Callable[[MessageDocument], None] = lambda message: None,
     ) -> None:
         self.spool = spool
         self.sink = sink

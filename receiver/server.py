@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from receiver import dnsbl, replies
 from receiver.accountant import Accountant
 from receiver.admission import Admission
@@ -42,7 +42,7 @@ class MessageSink(Protocol):
     @property
     def pending(self) -> int: ...
 
-    async def insert(self, message: IncomingMessage) -> str: ...
+    async def insert(self, message: MessageDocument) -> str: ...
 
     async def probe(self, name: str, within: float) -> str | None: ...
 

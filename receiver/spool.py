@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument, MessageKey, TlsInfo
 
 MAGIC = b"FGS1"
 _HEADER = struct.Struct(">4sII")
@@ -42,6 +42,7 @@ _META = struct.Struct(">I")
 MAX_RECORD = 32 * 1024 * 1024  # a message is at most 15 MiB (receiver.limits): room to spare
 SEGMENT_BYTES = 64 * 1024 * 1024  # a new segment after this many bytes
 _SUFFIX = ".spool"
+TRACE = "trace"  # the metadata key: length of the trace header before the message bytes
 
 
 class SpoolFull(Exception):
@@ -58,54 +59,64 @@ class Record:
 
     offset: int
     size: int
-    message: IncomingMessage
+    message: MessageDocument
 
 
-def encode(message: IncomingMessage) -> bytes:
-    """The record for `message`, framed (see the module docstring)."""
-    meta = json.dumps(
-        {
-            "id": message.id,
-            "mail_from": message.mail_from,
-            "rcpt_to": list(message.rcpt_to),
-            "peer_ip": message.peer_ip,
-            "helo": message.helo,
-            "received_at": message.received_at.isoformat(),
-            "headers": message.headers,
-            "tls": list(message.tls) if message.tls is not None else None,
-            "fingerprint": message.fingerprint,
-            "auth": message.auth,
-            "trace": len(message.received_header),
-        },
-        separators=(",", ":"),
-    ).encode("ascii")  # ensure_ascii: lone surrogates survive as escapes
-    payload = b"".join((_META.pack(len(meta)), meta, message.received_header, message.raw))
+def encode(message: MessageDocument) -> bytes:
+    """The record for `message`, framed (see the module docstring). Its metadata carries
+    the message's own field names (mailstore.message), bytes apart."""
+    meta = {
+        key: value
+        for key, value in message.fields().items()
+        if key not in (MessageKey.RAW, MessageKey.RECEIVED_HEADER)
+    }
+    meta[MessageKey.RECEIVED_AT] = message.received_at.isoformat()
+    meta[TRACE] = len(message.received_header)
+    # ensure_ascii: lone surrogates survive as escapes
+    text = json.dumps(meta, separators=(",", ":")).encode("ascii")
+    payload = b"".join((_META.pack(len(text)), text, message.received_header, message.raw))
     return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode(payload: bytes) -> IncomingMessage:
-    """The message in a payload whose checksum was verified. Raises ValueError if not one."""
+def decode(payload: bytes) -> MessageDocument:
+    """The message in a payload whose checksum was verified. Raises ValueError if not one.
+
+    Records written before the spool used the message's field names (`id`, `rcpt_to`,
+    `fingerprint`, `tls` as a list) are read too: an upgrade never strands spooled mail."""
     (meta_size,) = _META.unpack_from(payload)
     meta = json.loads(payload[_META.size : _META.size + meta_size])
     body = payload[_META.size + meta_size :]
-    trace = int(meta["trace"])
+    trace = int(meta[TRACE])
     if not 0 <= trace <= len(body):
         raise ValueError("trace length out of range")
-    tls = meta.get("tls")
-    return IncomingMessage(
-        id=str(meta["id"]),
+    tls = meta.get(MessageKey.TLS)
+    rcpt = meta.get(MessageKey.RCPT, meta.get("rcpt_to"))
+    if not isinstance(rcpt, list):
+        raise ValueError("no recipients")
+    auth = meta.get(MessageKey.AUTH)
+    headers = meta.get(MessageKey.HEADERS) or {}
+    return MessageDocument(
+        id=str(meta[MessageKey.ID] if MessageKey.ID in meta else meta["id"]),
         raw=body[trace:],
-        mail_from=str(meta["mail_from"]),
-        rcpt_to=tuple(str(r) for r in meta["rcpt_to"]),
-        peer_ip=str(meta["peer_ip"]),
-        helo=str(meta["helo"]),
-        received_at=datetime.fromisoformat(meta["received_at"]),
+        mail_from=str(meta[MessageKey.MAIL_FROM]),
+        rcpt=tuple(str(r) for r in rcpt),
+        peer_ip=str(meta[MessageKey.PEER_IP]),
+        helo=str(meta[MessageKey.HELO]),
+        received_at=datetime.fromisoformat(meta[MessageKey.RECEIVED_AT]),
         received_header=body[:trace],
-        headers={str(k): str(v) for k, v in dict(meta["headers"]).items()},
-        tls=(str(tls[0]), str(tls[1])) if tls else None,
-        fingerprint=str(meta.get("fingerprint", "")),
-        auth=dict(meta["auth"]) if isinstance(meta.get("auth"), dict) else None,
+        headers={str(k): str(v) for k, v in dict(headers).items()},
+        tls=_tls(tls),
+        fp=str(meta.get(MessageKey.FP, meta.get("fingerprint", ""))),
+        auth=dict(auth) if isinstance(auth, dict) else None,
     )
+
+
+def _tls(value: object) -> TlsInfo | None:
+    if isinstance(value, dict):
+        return TlsInfo(str(value.get("version", "")), str(value.get("cipher", "")))
+    if isinstance(value, list) and len(value) == 2:  # records of earlier versions
+        return TlsInfo(str(value[0]), str(value[1]))
+    return None
 
 
 def read_records(data: bytes) -> Iterator[Record]:
@@ -219,7 +230,7 @@ class Spool:
             return False
         return free - size >= self.min_free
 
-    async def append(self, message: IncomingMessage) -> None:
+    async def append(self, message: MessageDocument) -> None:
         """Return once the message is on disk (synced); raise SpoolFull or SpoolFailed."""
         record = encode(message)
         if not self.room(len(record)):

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailstore.message import TlsInfo
 from receiver.accountant import ConnectionCounts
 from receiver.keys import network_key
 
@@ -297,10 +298,10 @@ def _peek_record(fd: int) -> bool | None:
     return len(head) >= _RECORD_HEADER + int.from_bytes(head[3:5], "big")
 
 
-def describe(transport: asyncio.BaseTransport) -> tuple[str, str]:
+def describe(transport: asyncio.BaseTransport) -> TlsInfo:
     """(TLS version, cipher name) of an upgraded transport."""
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
-        return ("unknown", "unknown")
+        return TlsInfo("unknown", "unknown")
     cipher = ssl_object.cipher()
-    return (str(ssl_object.version() or "unknown"), str(cipher[0]) if cipher else "unknown")
+    return TlsInfo(str(ssl_object.version() or "unknown"), str(cipher[0]) if cipher else "unknown")

@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from receiver.authcheck import dmarc, signatures, spf
 from receiver.authcheck.dmarc import DkimResult, OrgDomains
 from receiver.authcheck.lookups import ERROR, FOUND, Lookups, TtlCache
@@ -144,7 +144,7 @@ class Pending:
         self.spf_task.cancel()
         self.helo_task.cancel()
 
-    async def finish(self, message: IncomingMessage) -> IncomingMessage:
+    async def finish(self, message: MessageDocument) -> MessageDocument:
         """The message with its verdicts, our header, and no forged one; within the
         deadline; never raises (a bug costs the verdicts, never the message)."""
         try:
@@ -166,7 +166,7 @@ class Pending:
             auth=verdicts.document(),
         )
 
-    async def _verdicts(self, message: IncomingMessage) -> Verdicts:
+    async def _verdicts(self, message: MessageDocument) -> Verdicts:
         checker = self.checker
         fields = signatures.header_fields(message.raw)
         needs, arc = signatures.key_needs(fields)

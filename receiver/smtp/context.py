@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from receiver.admission import Admission
 from receiver.screen import Verdict
 from receiver.smtp.body import BareNewline, MemoryBudget
@@ -32,7 +32,7 @@ class Sink(Protocol):
     """Where accepted messages go; `insert` returns the id the message is stored under,
     only once it is durable."""
 
-    async def insert(self, message: IncomingMessage) -> str: ...
+    async def insert(self, message: MessageDocument) -> str: ...
 
 
 class Events(Protocol):

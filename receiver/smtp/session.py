@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 from mailstore.headers import scan_headers
 from mailstore.ids import new_message_id
-from mailstore.message import IncomingMessage, utcnow
+from mailstore.message import MessageDocument, TlsInfo, utcnow
 from receiver import replies
 from receiver.delivery import fingerprint
 from receiver.replies import Reply
@@ -134,7 +134,7 @@ class Session(asyncio.Protocol):
         self.rcpt_count = self.errors = self.junk_count = self.commands = self.reserved = 0
         self.deferrals = 0
         self.utf8 = self.more_input = self.overlong = False
-        self.tls: tuple[str, str] | None = None  # (version, cipher) once upgraded
+        self.tls: TlsInfo | None = None  # (version, cipher) once upgraded
         self.close_reason = "client_closed"
         self.screened: Reply | None = None  # the screen's `enforce`: said to every RCPT
         self.screening = 0  # 1: the screen runs, 2: and the banner waits for it
@@ -611,7 +611,7 @@ class Session(asyncio.Protocol):
 
     def _message(
         self, message_id: str, raw: bytes, headers: dict[str, str], print_: str
-    ) -> IncomingMessage:
+    ) -> MessageDocument:
         now = utcnow()
         helo = safe_name(self.helo)
         trace = received_header(
@@ -625,21 +625,21 @@ class Session(asyncio.Protocol):
             recipients=self.recipients,
             when=self.wire.dates.format(now),
         )
-        return IncomingMessage(
+        return MessageDocument(
             id=message_id,
             raw=raw,
             mail_from=self.sender or "",
-            rcpt_to=tuple(self.recipients),
+            rcpt=tuple(self.recipients),
             peer_ip=self.client_ip,
             helo=helo,
             received_at=now,
             received_header=trace,
             headers=headers,
             tls=self.tls,
-            fingerprint=print_,
+            fp=print_,
         )
 
-    async def _deliver(self, message: IncomingMessage, auth: Pending | None = None) -> None:
+    async def _deliver(self, message: MessageDocument, auth: Pending | None = None) -> None:
         try:
             if auth is not None:  # within its own deadline; never raises
                 message = await auth.finish(message)

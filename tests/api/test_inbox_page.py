@@ -22,7 +22,7 @@ from pymongo import MongoClient
 from mailstore import new_message_id
 from mailstore.documents import to_document
 from mailstore.headers import scan_headers
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from mailstore.store import MESSAGES
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, deliver, listing
@@ -356,11 +356,11 @@ def _store_with_auth(mongo: MongoClient[dict[str, object]], db: str, mailbox: st
         b"From: Shop <noreply@shop.example>\r\nSubject: verdicts\r\n"
         b"DKIM-Signature: v=1; d=shop.example; s=s1; b=x\r\n\r\nhello\r\n"
     )
-    incoming = IncomingMessage(
+    incoming = MessageDocument(
         id=new_message_id(),
         raw=raw,
         mail_from="bounce@mail.shop.example",
-        rcpt_to=(mailbox,),
+        rcpt=(mailbox,),
         peer_ip="192.0.2.25",
         helo="mail.shop.example",
         received_at=datetime.now(UTC),

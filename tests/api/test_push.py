@@ -14,6 +14,7 @@ import pytest
 
 from api.limits import ApiLimits
 from api.push import QUEUE, Full, Hub, client_key
+from mailstore.message import MessageDocument
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH
 from tests.support.processes import ServiceProcess
@@ -75,7 +76,7 @@ async def test_a_reader_that_falls_behind_is_dropped_not_buffered() -> None:
     other = hub.subscribe("other@mx.test", "127.0.0.1")
     assert slow is not None and other is not None
     for n in range(QUEUE + 5):
-        hub.publish({"_id": str(n), "rcpt": ["box@mx.test"]})
+        hub.publish(MessageDocument.read({"_id": str(n), "rcpt": ["box@mx.test"]}))
     assert slow.dropped and slow.queue.qsize() == QUEUE
     assert not other.dropped and other.queue.empty()
     hub.unsubscribe(slow)
@@ -137,7 +138,7 @@ def test_a_dropped_reader_frees_its_slot_at_once() -> None:
         hub.subscribe("third@mx.test", "192.0.2.2")
     assert full.value.status == 503  # the global cap is kept
     for n in range(QUEUE + 1):
-        hub.publish({"_id": str(n), "rcpt": ["box@mx.test"]})
+        hub.publish(MessageDocument.read({"_id": str(n), "rcpt": ["box@mx.test"]}))
     assert slow.dropped and hub.count == 1
     hub.subscribe("third@mx.test", "192.0.2.2")  # its slot went to someone else
 

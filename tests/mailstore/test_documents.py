@@ -6,13 +6,13 @@ import dataclasses
 from datetime import UTC, datetime
 
 from mailstore.documents import to_document
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 
-MESSAGE = IncomingMessage(
+MESSAGE = MessageDocument(
     id="01testtesttesttesttesttest",
     raw=b"Subject: s\r\n\r\nbody\r\n",
     mail_from="A@Example.org",
-    rcpt_to=("u@mx.test",),
+    rcpt=("u@mx.test",),
     peer_ip="192.0.2.1",
     helo="client.test",
     received_at=datetime(2026, 12, 1, tzinfo=UTC),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from mailstore import (
-    IncomingMessage,
+    MessageDocument,
     MessageStore,
     StoreConfig,
     new_message_id,
@@ -29,12 +30,12 @@ async def store(store_uri: str, db_name: str) -> AsyncIterator[MessageStore]:
 
 def message(
     rcpt: tuple[str, ...] = ("box@mx.test",), raw: bytes = b"Subject: s\r\n\r\nb\r\n"
-) -> IncomingMessage:
-    return IncomingMessage(
+) -> MessageDocument:
+    return MessageDocument(
         id=new_message_id(),
         raw=raw,
         mail_from="Sender@Example.org",
-        rcpt_to=rcpt,
+        rcpt=rcpt,
         peer_ip="127.0.0.1",
         helo="client.test",
         received_at=utcnow(),
@@ -49,10 +50,17 @@ async def test_insert_keeps_raw_bytes_and_lowercases_envelope(store: MessageStor
     await store.insert(incoming)
     doc = await store.get(incoming.id)
     assert doc is not None
-    assert bytes(doc["raw"]) == raw
-    assert doc["mail_from"] == "sender@example.org" and doc["rcpt"] == ["box@mx.test"]
-    assert doc["headers"]["subject"] == "=?utf-8?b?w6k=?="  # decoded by the read side
-    assert doc["size"] == len(raw)
+    assert doc.raw == raw
+    assert doc.mail_from == "sender@example.org" and doc.rcpt == ("box@mx.test",)
+    assert doc.headers["subject"] == "=?utf-8?b?w6k=?="  # decoded by the read side
+    assert doc.size == len(raw)
+    assert doc == replace(
+        incoming,
+        mail_from="sender@example.org",
+        rcpt=("box@mx.test",),
+        expires_at=doc.expires_at,
+        received_at=doc.received_at,
+    )
 
 
 async def test_retention_is_a_ttl_index_on_expiry(store: MessageStore) -> None:
@@ -63,7 +71,8 @@ async def test_retention_is_a_ttl_index_on_expiry(store: MessageStore) -> None:
     assert [(spec["key"], spec["expireAfterSeconds"]) for spec in ttl] == [([("expires_at", 1)], 0)]
     doc = await store.get(incoming.id)
     assert doc is not None
-    assert doc["expires_at"] - doc["received_at"] == timedelta(seconds=3600)
+    assert doc.expires_at is not None
+    assert doc.expires_at - doc.received_at == timedelta(seconds=3600)
     assert any(spec["key"][0][0] == "rcpt" for spec in info.values())
 
 
@@ -81,8 +90,8 @@ async def test_mailbox_lists_newest_first_without_raw(store: MessageStore) -> No
         ids.append(incoming.id)
         await store.insert(incoming)
     docs = await store.list_mailbox("LIST@mx.test")
-    assert [d["_id"] for d in docs] == list(reversed(ids))
-    assert all("raw" not in d for d in docs)
+    assert [d.id for d in docs] == list(reversed(ids))
+    assert all(d.raw == b"" and d.size == 17 for d in docs)
 
 
 async def test_concurrent_inserts_are_grouped_and_all_durable(store: MessageStore) -> None:
@@ -100,9 +109,9 @@ async def test_the_same_message_again_is_one_document_answered_with_the_first_id
     from dataclasses import replace
 
     await store.ensure_indexes()
-    first = replace(message(("fp@mx.test",)), fingerprint="f" * 32)
+    first = replace(message(("fp@mx.test",)), fp="f" * 32)
     retry = replace(first, id=new_message_id())  # the sender's retry: a new id at DATA
-    other = replace(message(("fp@mx.test",)), fingerprint="e" * 32)
+    other = replace(message(("fp@mx.test",)), fp="e" * 32)
     assert await store.insert(first) == first.id
     assert await asyncio.gather(store.insert(retry), store.insert(other)) == [first.id, other.id]
     assert await store.messages.count_documents({"rcpt": "fp@mx.test"}) == 2

@@ -12,7 +12,7 @@ from typing import Any
 import dkim
 import pytest
 
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from receiver.authcheck import AuthChecker, AuthConfig
 from receiver.resolver import Resolver
 from tests.support import dkimkeys
@@ -63,11 +63,11 @@ async def checker(dns: DnsServer) -> AsyncIterator[AuthChecker]:
 
 
 def incoming(raw: bytes, sender: str, ip: str = SHOP, helo: str = "mail.shop.test") -> Any:
-    return IncomingMessage(
+    return MessageDocument(
         id="01testtesttesttesttesttest",
         raw=raw,
         mail_from=sender,
-        rcpt_to=("user@mx.test",),
+        rcpt=("user@mx.test",),
         peer_ip=ip,
         helo=helo,
         received_at=datetime.now(UTC),
@@ -81,11 +81,11 @@ async def check(
     sender: str = "bounce@shop.test",
     ip: str = SHOP,
     helo: str = "mail.shop.test",
-) -> IncomingMessage:
+) -> MessageDocument:
     import asyncio
 
     pending = checker.begin(ip, helo, sender, asyncio.get_running_loop())
-    result: IncomingMessage = await pending.finish(incoming(raw, sender, ip, helo))
+    result: MessageDocument = await pending.finish(incoming(raw, sender, ip, helo))
     return result
 
 

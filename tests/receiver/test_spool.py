@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from pymongo import MongoClient
 
 from mailstore.embedded import EmbeddedStore
 from mailstore.ids import new_message_id
-from mailstore.message import IncomingMessage, utcnow
+from mailstore.message import MessageDocument, TlsInfo, utcnow
 from receiver.delivery import fingerprint
 from receiver.spool import Spool, SpoolFull, encode, read_records, read_segment, segment_paths
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
@@ -32,19 +35,19 @@ from tests.support.processes import ServiceProcess, clean_environ, start_service
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
 
-def message(n: int = 0, raw: bytes = b"Subject: s\r\n\r\nbody\r\n") -> IncomingMessage:
-    return IncomingMessage(
+def message(n: int = 0, raw: bytes = b"Subject: s\r\n\r\nbody\r\n") -> MessageDocument:
+    return MessageDocument(
         id=new_message_id(),
         raw=raw,
         mail_from=f"s{n}@example.org",
-        rcpt_to=(f"r{n}@mx.test", "other@mx.test"),
+        rcpt=(f"r{n}@mx.test", "other@mx.test"),
         peer_ip="192.0.2.1",
         helo="client.test",
         received_at=utcnow(),
         received_header=b"Received: from client.test\r\n",
         headers={"subject": f"s {n}"},
-        tls=("TLSv1.3", "TLS_AES_256_GCM_SHA384") if n % 2 else None,
-        fingerprint=fingerprint(f"s{n}@example.org", [f"r{n}@mx.test"], raw),
+        tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384") if n % 2 else None,
+        fp=fingerprint(f"s{n}@example.org", [f"r{n}@mx.test"], raw),
     )
 
 
@@ -64,6 +67,40 @@ def test_a_spooled_message_keeps_its_authentication_verdicts() -> None:
     assert record.message == original and record.message.auth == auth
     [plain] = list(read_records(encode(message(3))))
     assert plain.message.auth is None
+
+
+def test_a_record_carries_the_stored_documents_field_names() -> None:
+    original = message(1)
+    record = encode(original)
+    (meta_size,) = struct.unpack_from(">I", record, 12)
+    meta = json.loads(record[16 : 16 + meta_size])
+    stored = {k for k in original.fields() if k not in ("raw", "received_header")}
+    assert set(meta) == stored | {"trace"}
+
+
+def test_a_record_spooled_before_the_one_message_type_is_still_replayed() -> None:
+    # Spools written by the previous version (`id`, `rcpt_to`, `fingerprint`, `tls` as a
+    # list) must not be stranded by an upgrade: they hold acknowledged mail.
+    original = message(1)
+    meta = json.dumps(
+        {
+            "id": original.id,
+            "mail_from": original.mail_from,
+            "rcpt_to": list(original.rcpt),
+            "peer_ip": original.peer_ip,
+            "helo": original.helo,
+            "received_at": original.received_at.isoformat(),
+            "headers": dict(original.headers),
+            "tls": list(original.tls) if original.tls else None,
+            "fingerprint": original.fp,
+            "auth": None,
+            "trace": len(original.received_header),
+        }
+    ).encode()
+    payload = struct.pack(">I", len(meta)) + meta + original.received_header + original.raw
+    framed = struct.pack(">4sII", b"FGS1", len(payload), zlib.crc32(payload)) + payload
+    [record] = list(read_records(framed))
+    assert record.message == original
 
 
 def test_a_torn_last_record_is_dropped_and_the_ones_before_kept() -> None:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import MongoClient
 
 from mailstore.ids import new_message_id
-from mailstore.message import IncomingMessage, utcnow
+from mailstore.message import MessageDocument, utcnow
 from receiver.spool import Spool, segment_paths
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support import proxy_headers
@@ -288,11 +288,11 @@ def _spooled(directory: Path, tag: str, count: int) -> list[str]:
     """Leave `count` accepted messages in a spool at `directory`, as a receiver that
     stopped with its store away would; their ids."""
     messages = [
-        IncomingMessage(
+        MessageDocument(
             id=new_message_id(),
             raw=f"Subject: {tag} {n}\r\n\r\nbody\r\n".encode(),
             mail_from="s@sender.test",
-            rcpt_to=(f"{tag}@mx.test",),
+            rcpt=(f"{tag}@mx.test",),
             peer_ip="192.0.2.1",
             helo="sender.test",
             received_at=utcnow(),

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mailstore.errors import StoreError
-from mailstore.message import IncomingMessage
+from mailstore.message import MessageDocument
 from receiver.admission import Admission
 from receiver.delivery import Delivery
 from receiver.limits import DEFAULTS, Limits
@@ -107,17 +107,17 @@ class FakeSink:
     """Stores in a list; `fail` makes inserts raise, `gate` holds them until set."""
 
     def __init__(self) -> None:
-        self.messages: list[IncomingMessage] = []
+        self.messages: list[MessageDocument] = []
         self.fail: Exception | None = None
         self.gate: asyncio.Event | None = None
 
-    async def insert(self, message: IncomingMessage) -> str:
+    async def insert(self, message: MessageDocument) -> str:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail is not None:
             raise self.fail
         for stored in self.messages:  # the store's unique fingerprint index
-            if message.fingerprint and stored.fingerprint == message.fingerprint:
+            if message.fp and stored.fp == message.fp:
                 return stored.id
         self.messages.append(message)
         return message.id

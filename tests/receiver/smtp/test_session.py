@@ -59,7 +59,7 @@ async def test_a_pipelined_group_is_answered_in_order_in_one_write() -> None:
     await settle()
     [stored] = harness.sink.messages
     assert stored.raw == b"Subject: hi\r\nFrom: A <a@example.org>\r\n\r\n.dot\r\n"
-    assert stored.rcpt_to == ("b@mx.test",) and stored.mail_from == "a@example.org"
+    assert stored.rcpt == ("b@mx.test",) and stored.mail_from == "a@example.org"
     assert stored.headers == {"subject": "hi", "from": "A <a@example.org>"}
     assert client.new() == [f"250 2.0.0 Ok: queued as {stored.id}".encode()]
 
@@ -297,7 +297,7 @@ async def test_smtputf8_sender_and_recipient_are_accepted_and_traced() -> None:
     client.feed(b"x\r\n.\r\n")
     await settle()
     stored = harness.sink.messages[0]
-    assert stored.mail_from == "jö@example.org" and stored.rcpt_to == ("bü@mx.test",)
+    assert stored.mail_from == "jö@example.org" and stored.rcpt == ("bü@mx.test",)
     assert b"with UTF8SMTP" in stored.received_header
     assert b"for <" not in stored.received_header  # a non-ASCII mailbox is not named
 
@@ -331,7 +331,7 @@ async def test_postmaster_trailing_dots_and_source_routes_land_in_canonical_mail
     assert client.codes() == [250, 250, 250, 250, 354]
     client.feed(b"x\r\n.\r\n")
     await settle()
-    assert harness.sink.messages[0].rcpt_to == ("postmaster@mx.test", "u@mx.test")
+    assert harness.sink.messages[0].rcpt == ("postmaster@mx.test", "u@mx.test")
 
 
 def test_duplicate_recipients_count_toward_the_cap() -> None:
