@@ -1,7 +1,7 @@
 """`GET /v1/stats`: who is at the door right now, across every live receiver.
 
 Each receiver publishes a small snapshot of its bounded live statistics every few seconds
-(`receiver.stats`); this merges the fresh ones (top-K summed per measure and window) and
+(`receiver.telemetry.stats`); this merges the fresh ones (top-K summed per measure and window) and
 adds the blocklist state of each client named, so an operator can ban from one place.
 """
 
@@ -17,7 +17,7 @@ from api import models
 from api.docs import Tag
 from blocklist import BlocklistRepository
 from mailstore import MessageStore
-from receiver.stats import MEASURES, TOP, TOP_PER_REASON, merge_top
+from receiver.telemetry.stats import MEASURES, TOP, TOP_PER_REASON, merge_top
 
 MAX_AGE = 30.0  # a snapshot older than this is a receiver that stopped publishing
 

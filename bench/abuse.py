@@ -314,7 +314,7 @@ def stats_cost(refusal: dict[str, Any], quick: bool) -> dict[str, Any]:
     """
     import json as json_module
 
-    from receiver.stats import LiveStats, snapshot
+    from receiver.telemetry.stats import LiveStats, snapshot
 
     calls = 200_000 if quick else 1_000_000
     keys = [f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}" for n in range(100_000)]

@@ -34,8 +34,8 @@ from pymongo import MongoClient
 from bench.abuse import _hammer
 from bench.common import CLK_TCK, Service, embedded_store, median, start_service
 from bench.tls import TLS_ENV, session
-from receiver import channel
-from receiver.channel import Handoff
+from receiver.door import channel
+from receiver.door.channel import Handoff
 
 SOURCES = 16
 COUNTS = (1, 2)

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 
-from receiver.events import logfmt
+from receiver.telemetry.events import logfmt
 
 MAX_KEYS = 1_000
 # Events that say a state changed (each is logged once per change by its owner, so they

@@ -18,13 +18,13 @@ from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
-from receiver import dnsbl
-from receiver.authcheck import AuthConfig
-from receiver.events import emit
+from receiver.door import dnsbl
+from receiver.door.screen import ScreenConfig
+from receiver.intake.authcheck import AuthConfig
 from receiver.resolver import system_servers
-from receiver.screen import ScreenConfig
 from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
-from receiver.tls import TlsSettings, self_signed, server_context
+from receiver.smtp.tls import TlsSettings, self_signed, server_context
+from receiver.telemetry.events import emit
 from receiver.workers import WorkersFailed, run_host
 
 

@@ -25,7 +25,7 @@ from api.limits import DEFAULTS as API_DEFAULTS
 from api.limits import RANGES as API_RANGES
 from api.limits import ApiLimits
 from blocklist.entries import normalize
-from receiver import dnsbl
+from receiver.door import dnsbl
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
 from receiver.limits import RANGES, Limits
 from receiver.smtp.body import BareNewline
@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     max_pending_inserts: int = Field(2_000, ge=1, le=1_000_000)
     insert_batch_size: int = Field(256, ge=1, le=10_000)
     retention: int = Field(86_400, ge=60, le=366 * 86_400)
-    # The local spool (receiver.spool): mail taken while the store is away.
+    # The local spool (receiver.delivery.spool): mail taken while the store is away.
     spool: bool = True
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 50)
     spool_min_free_bytes: int = Field(256 << 20, ge=0, le=1 << 50)
@@ -194,14 +194,14 @@ class Settings(BaseSettings):
     dns_max_in_flight: int = limit("dns_max_in_flight")
     dns_rate: int = limit("dns_rate")
 
-    # Screening before the banner: DNS lists in postscreen's syntax (receiver.dnsbl), off
+    # Screening before the banner: DNS lists in postscreen's syntax (receiver.door.dnsbl), off
     # while empty. No DNS query is made unless lists or reverse DNS are configured.
     dnsbl_sites: str = ""
     dnsbl_action: Literal["ignore", "enforce", "drop"] = "ignore"
     dnsbl_reply: str = ""  # list=shown name, ...: what a refusal calls a list
     dns_servers: str = ""  # host:port, ...; empty: the system's (/etc/resolv.conf)
 
-    # Authentication verdicts (receiver.authcheck): SPF, DKIM, DMARC, ARC per message. Off
+    # Authentication verdicts (receiver.intake.authcheck): SPF, DKIM, DMARC, ARC per message. Off
     # by default: on, every message costs DNS lookups, and no DNS is made unless asked.
     auth_checks: bool = False
     auth_timeout: float = Field(2.0, gt=0, le=30)  # after the final dot, per message

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from floodgate.settings import Settings
-from receiver.replay import Replay, ReplayConfig
-from receiver.spool import Spool
+from receiver.delivery.replay import Replay, ReplayConfig
+from receiver.delivery.spool import Spool
 
 HELP = "a receiver's local spool: status, or replay a copied spool into the store"
 

@@ -21,7 +21,7 @@ from types import FrameType
 from floodgate.errors import CONFIG_ERROR
 from floodgate.settings import Settings, parse_hostport
 from mailstore.embedded import EmbeddedStore
-from receiver.tls import SELF_SIGNED
+from receiver.smtp.tls import SELF_SIGNED
 
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
 RESTART_WINDOW = 60.0

@@ -28,8 +28,8 @@ from floodgate.receiver_app import (
 )
 from floodgate.settings import Settings
 from mailstore import MessageStore
-from receiver.events import emit
 from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers
+from receiver.telemetry.events import emit
 from receiver.worker import RelayedBlocklist, run_worker
 from receiver.workers import worker_id
 

@@ -12,9 +12,9 @@ import ipaddress
 from typing import cast
 
 from receiver import replies
-from receiver.admission import Admission, Refusal
+from receiver.door.admission import Admission, Refusal
 from receiver.smtp import Session, SessionContext, Wire
-from receiver.telemetry import Telemetry
+from receiver.telemetry.recorder import Telemetry
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SHUTDOWN_REFUSAL = Refusal(replies.SHUTTING_DOWN, "shutting_down")

@@ -20,13 +20,13 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 
-from receiver import channel, replies
-from receiver.admission import Admission, Refusal
-from receiver.channel import Handoff
-from receiver.events import emit
+from receiver import replies
+from receiver.door import channel, proxy
+from receiver.door.admission import Admission, Refusal
+from receiver.door.channel import Handoff
 from receiver.gate import SHUTDOWN_REFUSAL, Network, from_trusted_proxy
-from receiver.smtp import proxy
-from receiver.telemetry import Telemetry
+from receiver.telemetry.events import emit
+from receiver.telemetry.recorder import Telemetry
 
 WORKER_BUSY = Refusal(replies.TOO_MANY_CONNECTIONS, "worker_busy")
 ACCEPTS_PER_WAKEUP = 256  # then the loop serves the channels (closes) before more accepts

@@ -105,7 +105,7 @@ class Limits:
     stress_threshold: float = 0.75  # fraction of max_connections that turns stress on
     stress_idle_timeout: float = 10.0
     stress_hard_error_limit: int = 1
-    # Auto-ban (receiver.admission): protocol violations, which a compliant client never
+    # Auto-ban (receiver.door.admission): protocol violations, which a compliant client never
     # commits, ban after `autoban_threshold` within the window; connections refused at
     # connect (caps, connection rate) only after `autoban_refusal_threshold`, a count a
     # retrying MTA never reaches (README: "Auto-ban" has the arithmetic).
@@ -122,7 +122,7 @@ class Limits:
     tls_handshake_rate: int = 600  # per client per minute, as connections; 0 = no limit
     tls_handshake_timeout: float = 10.0  # the whole handshake, from the ClientHello
     tls_hello_timeout: float = 5.0  # from our 220 to a complete ClientHello
-    # Screening before the banner (receiver.screen), off unless lists or reverse DNS are
+    # Screening before the banner (receiver.door.screen), off unless lists or reverse DNS are
     # configured. A score at or above the threshold refuses.
     dnsbl_threshold: int = 1  # postscreen_dnsbl_threshold (1)
     # The screen's deadline when the pregreet wait is off (within it when on): what a

@@ -65,7 +65,7 @@ CONNECTION_RATE = Reply(421, "4.7.0", "Connection rate limit exceeded, slow down
 PREGREET = Reply(554, "5.5.1", "Protocol error: talking before the greeting")
 UNTRUSTED_PROXY = Reply(554, "5.7.1", "PROXY header not accepted from your address")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, try again later")
-# Listed by DNS lists past the threshold (receiver.screen), as postscreen words them; the
+# Listed by DNS lists past the threshold (receiver.door.screen), as postscreen words them; the
 # text names the list and the client. `drop`: instead of the banner, then close (RFC 7504:
 # 521, this host does not accept mail from you); `enforce`: to every RCPT, never counted as
 # the client's error: a listed MTA sending to many recipients must not earn a ban by it.

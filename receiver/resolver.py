@@ -1,5 +1,5 @@
 """A small asynchronous DNS client: A and PTR queries for the screen, TXT, MX and AAAA for
-the authentication checks (receiver.authcheck), over UDP.
+the authentication checks (receiver.intake.authcheck), over UDP.
 
 Why our own and not a library: the screen asks two kinds of question (an A record under
 a list domain, a PTR for reverse DNS), and what it needs above all is control of cost
@@ -31,7 +31,7 @@ __all__ = ["AAAA", "MX", "OUTCOMES", "PTR", "TXT", "A", "Answer", "Resolver", "s
 
 A = 1
 PTR = 12
-MX = 15  # authentication checks (receiver.authcheck): SPF's `mx` mechanism
+MX = 15  # authentication checks (receiver.intake.authcheck): SPF's `mx` mechanism
 TXT = 16  # SPF and DMARC records, DKIM keys
 AAAA = 28  # SPF's `a` and `mx` for IPv6 clients
 # How a lookup ended: `answer` (records of the type asked), `nxdomain` (no such name, or

@@ -12,25 +12,26 @@ from pathlib import Path
 from typing import Protocol
 
 from mailstore.message import MessageDocument
-from receiver import dnsbl, replies
-from receiver.accountant import Accountant
-from receiver.admission import Admission
-from receiver.authcheck import AuthChecker, AuthConfig
-from receiver.delivery import Delivery
-from receiver.events import REPLAY_OUTCOMES, emit
+from receiver import replies
+from receiver.delivery.deliver import Delivery
+from receiver.delivery.mailboxes import MailboxKeeper
+from receiver.delivery.replay import Replay, ReplayConfig
+from receiver.delivery.spool import Spool, segment_paths
+from receiver.door import dnsbl
+from receiver.door.accountant import Accountant
+from receiver.door.admission import Admission
+from receiver.door.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics
 from receiver.gate import ConnectionGate, Gate, Network
-from receiver.health import HealthServer
-from receiver.housekeeping import Housekeeping
+from receiver.intake.authcheck import AuthChecker, AuthConfig
 from receiver.limits import Limits
-from receiver.mailboxes import MailboxKeeper
-from receiver.replay import Replay, ReplayConfig
 from receiver.resolver import Resolver
-from receiver.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics
+from receiver.runtime.health import HealthServer
+from receiver.runtime.jobs import Housekeeping
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext
-from receiver.spool import Spool, segment_paths
-from receiver.stats import snapshot
-from receiver.telemetry import Telemetry
-from receiver.tls import Certificates, Handshakes, TlsSettings
+from receiver.smtp.tls import Certificates, Handshakes, TlsSettings
+from receiver.telemetry.events import REPLAY_OUTCOMES, emit
+from receiver.telemetry.recorder import Telemetry
+from receiver.telemetry.stats import snapshot
 from receiver.upkeep import Upkeep
 
 log = logging.getLogger("floodgate.receiver")
@@ -117,12 +118,12 @@ class ReceiverConfig:
     tls: TlsSettings | None = None  # STARTTLS offered when set
     spool: SpoolSettings | None = None  # None: the store away means 451
     receiver_id: str = ""  # empty: hostname and listen address (default_receiver_id)
-    auth: AuthConfig | None = None  # authentication verdicts (receiver.authcheck) when set
+    auth: AuthConfig | None = None  # authentication verdicts (receiver.intake.authcheck) when set
 
 
 @dataclass(frozen=True)
 class SpoolSettings:
-    """The local spool (receiver.spool): where, how big, how fast it drains."""
+    """The local spool (receiver.delivery.spool): where, how big, how fast it drains."""
 
     directory: Path
     max_bytes: int = 1 << 30

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from receiver.events import emit
-from receiver.housekeeping import Job
-from receiver.telemetry import Telemetry
-from receiver.tls import Certificates
+from receiver.runtime.jobs import Job
+from receiver.smtp.tls import Certificates
+from receiver.telemetry.events import emit
+from receiver.telemetry.recorder import Telemetry
 
 HEALTH_INTERVAL = 2.0
-STATS_INTERVAL = 5.0  # live statistics published this often (receiver.stats)
+STATS_INTERVAL = 5.0  # live statistics published this often (receiver.telemetry.stats)
 SWEEP_INTERVAL = 30.0  # expired mail leaves the store within about this long
 SWEEP_LEASE = 3 * SWEEP_INTERVAL  # a dead sweeper's lease passes to another receiver
 TLS_RELOAD_INTERVAL = 2.0  # certificate files are checked this often
@@ -63,7 +63,7 @@ class Upkeep:
         return f"receiver {self.receiver}"
 
     def jobs(self) -> list[Job]:
-        """The periodic jobs, each on its own clock (receiver.housekeeping)."""
+        """The periodic jobs, each on its own clock (receiver.runtime.jobs)."""
 
         def up() -> bool:
             return self.telemetry.store_health.up is True

@@ -20,10 +20,9 @@ from typing import cast
 
 from prometheus_client import generate_latest
 
-from receiver import channel
-from receiver.accountant import Accountant, ConnectionCounts, HitCounter, RateTable
-from receiver.channel import Handoff
-from receiver.events import emit
+from receiver.door import channel
+from receiver.door.accountant import Accountant, ConnectionCounts, HitCounter, RateTable
+from receiver.door.channel import Handoff
 from receiver.limits import Limits
 from receiver.server import (
     AllowlistView,
@@ -33,6 +32,7 @@ from receiver.server import (
     ReceiverConfig,
     ReceiverState,
 )
+from receiver.telemetry.events import emit
 
 STATUS_INTERVAL = 1.0  # the gate's /readyz and /metrics are at most this far behind
 MAX_RECEIVED = 64  # hand-overs taken per wakeup before the loop serves sessions again

@@ -18,14 +18,12 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from receiver import channel
-from receiver.accountant import Accountant
-from receiver.admission import Admission
-from receiver.events import emit
-from receiver.health import HealthServer
+from receiver.door import channel
+from receiver.door.accountant import Accountant
+from receiver.door.admission import Admission
 from receiver.host import HostGate, WorkerEnd
-from receiver.host_metrics import host_registry
-from receiver.housekeeping import Housekeeping, Job
+from receiver.runtime.health import HealthServer
+from receiver.runtime.jobs import Housekeeping, Job
 from receiver.server import (
     AllowlistView,
     BlocklistView,
@@ -34,8 +32,10 @@ from receiver.server import (
     default_receiver_id,
     tls_summary,
 )
-from receiver.stats import snapshot
-from receiver.telemetry import Telemetry
+from receiver.telemetry.events import emit
+from receiver.telemetry.host_metrics import host_registry
+from receiver.telemetry.recorder import Telemetry
+from receiver.telemetry.stats import snapshot
 from receiver.upkeep import STATS_INTERVAL, SUMMARY_TICK
 from receiver.worker import STATUS_INTERVAL
 

@@ -12,18 +12,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mailstore.message import MessageDocument
-from receiver.admission import Admission
-from receiver.screen import Verdict
+from receiver.door.admission import Admission
+from receiver.door.screen import Verdict
 from receiver.smtp.body import BareNewline, MemoryBudget
-from receiver.tls import Handshakes
+from receiver.smtp.tls import Handshakes
 
 if TYPE_CHECKING:
-    from receiver.authcheck import AuthChecker
-    from receiver.delivery import Delivery
+    from receiver.delivery.deliver import Delivery
+    from receiver.intake.authcheck import AuthChecker
 
 
 class Screener(Protocol):
-    """The checks run before the banner (receiver.screen); never raises."""
+    """The checks run before the banner (receiver.door.screen); never raises."""
 
     async def screen(self, ip: str, allowed: bool, deadline: float) -> Verdict: ...
 
@@ -36,7 +36,7 @@ class Sink(Protocol):
 
 
 class Events(Protocol):
-    """The session's outcomes, in the receiver's one event vocabulary (receiver.events)."""
+    """The session's outcomes, in the receiver's one vocabulary (receiver.telemetry)."""
 
     def on_refused(self, key: str, reason: str) -> None: ...
 

@@ -20,18 +20,18 @@ from mailstore.headers import scan_headers
 from mailstore.ids import new_message_id
 from mailstore.message import MessageDocument, TlsInfo, utcnow
 from receiver import replies
-from receiver.delivery import fingerprint
+from receiver.delivery.deliver import fingerprint
+from receiver.door import proxy
+from receiver.door.screen import PASS, screen_deadline
+from receiver.intake.trace import DateCache, received_header, safe_name
 from receiver.replies import Reply
-from receiver.screen import PASS, screen_deadline
-from receiver.smtp import proxy
 from receiver.smtp.body import BareNewline, Body, BodyReader, Outcome
 from receiver.smtp.commands import GROUP_ENDERS, VERBS
 from receiver.smtp.context import Screener, SessionContext
-from receiver.smtp.trace import DateCache, received_header, safe_name
-from receiver.tls import GONE, NO_HELLO, Handshakes, describe
+from receiver.smtp.tls import GONE, NO_HELLO, Handshakes, describe
 
 if TYPE_CHECKING:
-    from receiver.authcheck import Pending
+    from receiver.intake.authcheck import Pending
 
 log = logging.getLogger("floodgate.receiver")
 

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from api.app import ApiMetrics
-from receiver.events import Metrics
-from receiver.screen import ScreenMetrics
+from receiver.door.screen import ScreenMetrics
+from receiver.telemetry.events import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

@@ -9,7 +9,7 @@ import re
 import httpx
 
 from floodgate.logs import DedupFilter, Formatter
-from receiver.events import logfmt, quote
+from receiver.telemetry.events import logfmt, quote
 from tests.conftest import ServiceFactory
 from tests.support.faultproxy import FaultProxy
 from tests.support.processes import ServiceProcess

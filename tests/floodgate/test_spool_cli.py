@@ -10,7 +10,7 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from receiver.spool import Spool, segment_paths
+from receiver.delivery.spool import Spool, segment_paths
 from tests.receiver.test_spool import message
 from tests.support.processes import clean_environ
 

@@ -1,4 +1,4 @@
-from receiver.accountant import ConnectionCounts, HitCounter, RateTable
+from receiver.door.accountant import ConnectionCounts, HitCounter, RateTable
 
 
 class Clock:

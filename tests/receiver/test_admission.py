@@ -2,9 +2,10 @@ import dataclasses
 
 import pytest
 
-from receiver import admission, replies
-from receiver.admission import Admission
-from receiver.keys import client_key
+from receiver import replies
+from receiver.door import admission
+from receiver.door.admission import Admission
+from receiver.door.keys import client_key
 from receiver.limits import DEFAULTS, Limits
 
 
@@ -211,7 +212,7 @@ def test_an_explicit_blocklist_entry_wins_over_the_allowlist_and_is_named() -> N
 
 def test_admission_judges_by_the_accountant_it_is_given() -> None:
     """Two judges sharing one accountant see one client's connections as one count."""
-    from receiver.accountant import Accountant
+    from receiver.door.accountant import Accountant
 
     clock = Clock()
     shared = Accountant.local(300, 1000, clock)

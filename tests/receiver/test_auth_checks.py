@@ -1,4 +1,4 @@
-"""A message's verdicts (receiver.authcheck.check): SPF from MAIL FROM, DKIM signatures made
+"""A message's verdicts (receiver.intake.authcheck.check): SPF from MAIL FROM, DKIM signatures made
 with real keys and verified in real worker processes, DMARC alignment and policy, ARC;
 every key, policy and record served by a DNS server on loopback."""
 
@@ -13,7 +13,7 @@ import dkim
 import pytest
 
 from mailstore.message import MessageDocument
-from receiver.authcheck import AuthChecker, AuthConfig
+from receiver.intake.authcheck import AuthChecker, AuthConfig
 from receiver.resolver import Resolver
 from tests.support import dkimkeys
 from tests.support.dnsserver import TIMEOUT, DnsServer, Record, closed_port

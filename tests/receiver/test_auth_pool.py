@@ -1,4 +1,4 @@
-"""Signature verification in worker processes (receiver.authcheck.pool): real workers,
+"""Signature verification in worker processes (receiver.intake.authcheck.pool): real workers,
 real keys; pipelined jobs, the bounded queue, and a stuck worker killed and replaced."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from receiver.authcheck.pool import Verifier
+from receiver.intake.authcheck.pool import Verifier
 from tests.support import dkimkeys
 
 KEY = dkimkeys.rsa_key()

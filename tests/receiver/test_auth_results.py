@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from receiver.authcheck.dmarc import DkimResult, DmarcResult
-from receiver.authcheck.results import Verdicts, authentication_results, strip_forged
-from receiver.authcheck.spf import SpfResult
+from receiver.intake.authcheck.dmarc import DkimResult, DmarcResult
+from receiver.intake.authcheck.results import Verdicts, authentication_results, strip_forged
+from receiver.intake.authcheck.spf import SpfResult
 
 BODY = b"\r\nAuthentication-Results: mx.test; dkim=pass\r\nin the body: kept\r\n"
 

@@ -1,4 +1,4 @@
-"""SPF (receiver.authcheck.spf) against records served by a real DNS server on loopback,
+"""SPF (receiver.intake.authcheck.spf) against records served by a real DNS server on loopback,
 through the receiver's own resolver and the checks' cache."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from receiver.authcheck.lookups import Lookups
-from receiver.authcheck.spf import check_host
+from receiver.intake.authcheck.lookups import Lookups
+from receiver.intake.authcheck.spf import check_host
 from receiver.resolver import Resolver
 from tests.support.dnsserver import SERVFAIL, TIMEOUT, DnsServer, Record, closed_port
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from receiver import channel
-from receiver.channel import Handoff
+from receiver.door import channel
+from receiver.door.channel import Handoff
 
 
 def test_a_handoff_carries_the_socket_and_the_identity_with_early_bytes() -> None:

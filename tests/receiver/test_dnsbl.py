@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.dnsbl import (
+from receiver.door.dnsbl import (
     blocked_query,
     domains,
     parse_replies,

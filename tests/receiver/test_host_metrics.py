@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from receiver.host_metrics import host_registry
+from receiver.telemetry.host_metrics import host_registry
 
 
 def _worker(count: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from receiver.housekeeping import Housekeeping, Job
+from receiver.runtime.jobs import Housekeeping, Job
 
 
 async def test_a_slow_job_never_delays_another_and_a_failing_one_keeps_running() -> None:

@@ -3,7 +3,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.keys import client_key, key_network
+from receiver.door.keys import client_key, key_network
 
 
 def test_ipv4_clients_are_keyed_by_address() -> None:

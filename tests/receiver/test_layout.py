@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import sys
-import receiver.server, receiver.smtp, receiver.admission
+import receiver.server, receiver.smtp, receiver.door.admission
 loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('pymongo', 'bson', 'motor'))
 print(','.join(loaded))
 """

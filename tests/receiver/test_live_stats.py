@@ -7,7 +7,7 @@ import json
 import random
 from collections import Counter
 
-from receiver.stats import CAPACITY, Frequent, LiveStats, merge_top, snapshot
+from receiver.telemetry.stats import CAPACITY, Frequent, LiveStats, merge_top, snapshot
 
 
 def test_frequent_stays_within_its_bound_against_exact_counts() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from receiver.mailboxes import MailboxKeeper
+from receiver.delivery.mailboxes import MailboxKeeper
 from tests.conftest import ServiceFactory
 from tests.support.api import listing
 from tests.support.engine import Harness

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from receiver.dnsbl import domains, parse_sites
+from receiver.door.dnsbl import domains, parse_sites
+from receiver.door.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics, screen_deadline
 from receiver.resolver import Resolver
-from receiver.screen import REVERSE_DNS, Screen, ScreenConfig, ScreenMetrics, screen_deadline
 from tests.support.dnsserver import SERVFAIL, TIMEOUT, DnsServer, Record, listed
 
 SITES = "a.test*3, b.test*2, wl.test=127.0.[0..255].[1..3]*-2"

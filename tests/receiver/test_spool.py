@@ -26,8 +26,15 @@ from pymongo import MongoClient
 from mailstore.embedded import EmbeddedStore
 from mailstore.ids import new_message_id
 from mailstore.message import MessageDocument, TlsInfo, utcnow
-from receiver.delivery import fingerprint
-from receiver.spool import Spool, SpoolFull, encode, read_records, read_segment, segment_paths
+from receiver.delivery.deliver import fingerprint
+from receiver.delivery.spool import (
+    Spool,
+    SpoolFull,
+    encode,
+    read_records,
+    read_segment,
+    segment_paths,
+)
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.deploy.test_faults import Sender
 from tests.receiver.test_readiness import readyz

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from receiver.tls import self_signed
+from receiver.smtp.tls import self_signed
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from receiver.store_health import DOWN_AFTER, UP_AFTER, StoreHealth
+from receiver.delivery.store_health import DOWN_AFTER, UP_AFTER, StoreHealth
 
 
 def test_first_evidence_decides_then_it_takes_a_run_to_change() -> None:

@@ -17,7 +17,7 @@ from pymongo import MongoClient
 
 from mailstore.ids import new_message_id
 from mailstore.message import MessageDocument, utcnow
-from receiver.spool import Spool, segment_paths
+from receiver.delivery.spool import Spool, segment_paths
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support import proxy_headers
 from tests.support.faultproxy import FaultProxy

@@ -22,7 +22,7 @@ from typing import Any
 
 from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
 
-from receiver.dnsbl import query_name
+from receiver.door.dnsbl import query_name
 
 
 def listed(ip: str, zone: str) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 
 from mailstore.errors import StoreError
 from mailstore.message import MessageDocument
-from receiver.admission import Admission
-from receiver.delivery import Delivery
+from receiver.delivery.deliver import Delivery
+from receiver.door.admission import Admission
 from receiver.limits import DEFAULTS, Limits
 from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
 

@@ -1,6 +1,6 @@
 """The session's side of the screen: the banner waits for it (within the pregreet wait
 when that is on), and each action refuses in its own way. A fake screen stands in for
-receiver.screen; the screen itself is tested against a real DNS server elsewhere."""
+receiver.door.screen; the screen itself is tested against a real DNS server elsewhere."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 
 from receiver import replies
-from receiver.screen import PASS, Verdict
+from receiver.door.screen import PASS, Verdict
 from tests.support.engine import Client, Harness, settle
 from tests.support.proxy_headers import v1
 

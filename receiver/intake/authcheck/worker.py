@@ -1,4 +1,4 @@
-"""A signature verification worker: `python -m receiver.authcheck.worker`.
+"""A signature verification worker: `python -m receiver.intake.authcheck.worker`.
 
 Reads jobs on stdin and answers on stdout, one at a time, each a frame of a 4-octet
 length and JSON (a message's bytes follow its job as a second frame). The receiver kills
@@ -11,7 +11,7 @@ import json
 import sys
 from typing import BinaryIO
 
-from receiver.authcheck.signatures import verify
+from receiver.intake.authcheck.signatures import verify
 
 
 def _read(stream: BinaryIO) -> bytes | None:

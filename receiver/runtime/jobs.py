@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from receiver.events import emit
+from receiver.telemetry.events import emit
 
 
 @dataclass(frozen=True)

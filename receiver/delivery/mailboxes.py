@@ -16,7 +16,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from receiver.events import emit
+from receiver.telemetry.events import emit
 
 CAPACITY = 100_000  # mailboxes counted; the least recently used are forgotten
 MAX_PENDING = 1_000  # mailboxes waiting for a trim

@@ -1,6 +1,6 @@
 """One /metrics for a host: the gate's own metrics and each worker's, labelled `worker`.
 
-Workers send their exposition with their status every second (receiver.channel); the
+Workers send their exposition with their status every second (receiver.door.channel); the
 gate parses the last one of each and serves every family once, each sample with a
 `worker` label (`gate`, `w1` ... `wN`: a bounded set, at most FLOODGATE_WORKERS + 1).
 """

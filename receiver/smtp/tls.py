@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailstore.message import TlsInfo
-from receiver.accountant import ConnectionCounts
-from receiver.keys import network_key
+from receiver.door.accountant import ConnectionCounts
+from receiver.door.keys import network_key
 
 log = logging.getLogger("floodgate.receiver")
 

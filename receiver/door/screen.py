@@ -1,7 +1,7 @@
 """Screening before the banner, as data (Postfix's postscreen): checks with a name, a weight
 and an action, run together under one deadline while the client waits for the banner.
 
-The checks are the configured DNS lists (`receiver.dnsbl`) and reverse DNS (weight 0: it
+The checks are the configured DNS lists (`receiver.door.dnsbl`) and reverse DNS (weight 0: it
 only names the client for our `Received:` line). Each list's answer adds the weight of
 every site it matches; a score at or above the threshold refuses the client with the
 strongest action among the checks that scored: `ignore` (counted and shown, nothing
@@ -28,10 +28,11 @@ from cachetools import TTLCache
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 
-from receiver import dnsbl, replies
-from receiver.events import emit
+from receiver import replies
+from receiver.door import dnsbl
 from receiver.replies import Reply
 from receiver.resolver import PTR, A, Answer, Resolver
+from receiver.telemetry.events import emit
 
 __all__ = [
     "ACTIONS",

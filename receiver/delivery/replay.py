@@ -21,8 +21,8 @@ from typing import Protocol
 
 from mailstore.errors import StoreError, StoreRejected
 from mailstore.message import MessageDocument
-from receiver.events import emit
-from receiver.spool import Record, Spool, encode, read_segment
+from receiver.delivery.spool import Record, Spool, encode, read_segment
+from receiver.telemetry.events import emit
 
 QUARANTINE = "quarantine"
 

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from receiver import replies
-from receiver.accountant import Accountant, Clock, HitCounter
-from receiver.keys import client_key
+from receiver.door.accountant import Accountant, Clock, HitCounter
+from receiver.door.keys import client_key
 from receiver.limits import Limits
 from receiver.replies import Reply
 

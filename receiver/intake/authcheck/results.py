@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from receiver.authcheck.dmarc import DkimResult, DmarcResult
-from receiver.authcheck.spf import SpfResult
+from receiver.intake.authcheck.dmarc import DkimResult, DmarcResult
+from receiver.intake.authcheck.spf import SpfResult
 
 __all__ = ["Verdicts", "authentication_results", "strip_forged"]
 

@@ -1,13 +1,14 @@
 """Telemetry: the receiver's events as metrics, summary lines and live statistics.
 
 The one implementation of the session's `Events` (receiver.smtp.context): every outcome
-is counted under a name from receiver.events, summarised (never logged one by one) and
+is counted under a name from receiver.telemetry.events, summarised (never logged one by one) and
 fed to the live statistics. Nothing here decides anything.
 """
 
 from __future__ import annotations
 
-from receiver.events import (
+from receiver.delivery.store_health import StoreHealth
+from receiver.telemetry.events import (
     CLOSE_REASONS,
     CONNECTION_OUTCOMES,
     MESSAGE_OUTCOMES,
@@ -17,8 +18,7 @@ from receiver.events import (
     SummaryLog,
     emit,
 )
-from receiver.stats import LiveStats
-from receiver.store_health import StoreHealth
+from receiver.telemetry.stats import LiveStats
 
 
 class Telemetry:

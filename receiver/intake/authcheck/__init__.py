@@ -2,7 +2,7 @@
 words), computed beside the SMTP dialogue on the receiver's own resolver and stored with
 the message."""
 
-from receiver.authcheck.check import AuthChecker, AuthConfig, Pending
-from receiver.authcheck.results import strip_forged
+from receiver.intake.authcheck.check import AuthChecker, AuthConfig, Pending
+from receiver.intake.authcheck.results import strip_forged
 
 __all__ = ["AuthChecker", "AuthConfig", "Pending", "strip_forged"]

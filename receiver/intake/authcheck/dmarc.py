@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
-from receiver.authcheck.lookups import ERROR, Result
-from receiver.authcheck.spf import Asker, SpfResult
+from receiver.intake.authcheck.lookups import ERROR, Result
+from receiver.intake.authcheck.spf import Asker, SpfResult
 from receiver.resolver import TXT
 
 __all__ = ["DkimResult", "DmarcResult", "OrgDomains", "Policy", "from_domain", "policy", "verdict"]

@@ -2,7 +2,7 @@
 
 RSA and ed25519 verification and the canonicalization and hashing of a body are CPU work
 a sender controls (size, number of signatures): they run in worker processes
-(`receiver.authcheck.worker`), never on the loop. At most `queue` verifications wait or
+(`receiver.intake.authcheck.worker`), never on the loop. At most `queue` verifications wait or
 run at once; one more gets `None` at once (a temperror), never a wait.
 
 Jobs are pipelined: each goes down the pipe of the worker with the fewest in flight at
@@ -28,7 +28,7 @@ from typing import Any, cast
 __all__ = ["Verifier"]
 
 log = logging.getLogger("floodgate.receiver")
-COMMAND = (sys.executable, "-m", "receiver.authcheck.worker")
+COMMAND = (sys.executable, "-m", "receiver.intake.authcheck.worker")
 RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker fails to start
 
 

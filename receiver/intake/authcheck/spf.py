@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from receiver.authcheck.lookups import ERROR, FOUND, VOID, Result
+from receiver.intake.authcheck.lookups import ERROR, FOUND, VOID, Result
 from receiver.resolver import AAAA, MX, TXT, A
 
 __all__ = ["MAX_LOOKUPS", "SpfResult", "check_host"]

@@ -4,7 +4,7 @@ Postfix never refuses mail because its next hop is down: it queues. A receiver d
 when the store is known down, or an insert fails or times out: the message (id, envelope,
 trace header, bytes, fingerprint) is appended to a segment file under the data directory and
 synced to disk (group commit: one `fsync` per batch, off the event loop) before the sender
-hears `250`. Replay (`receiver.replay`) writes the records to the store later, in order and
+hears `250`. Replay (`receiver.delivery.replay`) writes the records to the store later, in order and
 idempotently, and deletes each segment once every record in it is stored.
 
 A record is framed by length and checksum:

@@ -19,12 +19,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from mailstore.message import MessageDocument
-from receiver.authcheck import dmarc, signatures, spf
-from receiver.authcheck.dmarc import DkimResult, OrgDomains
-from receiver.authcheck.lookups import ERROR, FOUND, Lookups, TtlCache
-from receiver.authcheck.pool import Verifier
-from receiver.authcheck.results import Verdicts, authentication_results, strip_forged
-from receiver.authcheck.spf import SpfResult
+from receiver.intake.authcheck import dmarc, signatures, spf
+from receiver.intake.authcheck.dmarc import DkimResult, OrgDomains
+from receiver.intake.authcheck.lookups import ERROR, FOUND, Lookups, TtlCache
+from receiver.intake.authcheck.pool import Verifier
+from receiver.intake.authcheck.results import Verdicts, authentication_results, strip_forged
+from receiver.intake.authcheck.spf import SpfResult
 from receiver.resolver import TXT, Resolver
 
 __all__ = ["AuthChecker", "AuthConfig", "Pending"]

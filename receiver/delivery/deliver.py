@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 from mailstore.errors import StoreBusy, StoreError, StoreRejected
 from mailstore.message import MessageDocument
 from receiver import replies
-from receiver.events import emit
-from receiver.mailboxes import MailboxKeeper
+from receiver.delivery.mailboxes import MailboxKeeper
+from receiver.delivery.spool import Spool, SpoolFailed, SpoolFull
 from receiver.replies import Reply
-from receiver.spool import Spool, SpoolFailed, SpoolFull
+from receiver.telemetry.events import emit
 
 if TYPE_CHECKING:
     from receiver.smtp.context import Clock, Events, Sink
