@@ -35,7 +35,7 @@ from bench.abuse import _hammer
 from bench.common import CLK_TCK, Service, embedded_store, median, start_service
 from bench.tls import TLS_ENV, session
 from receiver.door import channel
-from receiver.door.channel import Handoff
+from receiver.door.client import Client
 
 SOURCES = 16
 COUNTS = (1, 2)
@@ -207,7 +207,8 @@ def handoff_cost(count: int) -> dict[str, float]:
     received = []
     started = cpu()
     for conn in accepted:
-        socket.send_fds(gate, [Handoff("127.0.0.1", "127.0.0.1").encode()], [conn.fileno()])
+        message = channel.handoff(Client("127.0.0.1", "127.0.0.1"), b"")
+        socket.send_fds(gate, [message], [conn.fileno()])
         conn.close()
         _message, fds, _flags, _address = socket.recv_fds(worker, channel.MAX_HANDOFF, 1)
         received.append(socket.socket(fileno=fds[0]))

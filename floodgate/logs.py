@@ -54,13 +54,15 @@ class DedupFilter(logging.Filter):
 class Formatter(logging.Formatter):
     """One line per record, ours and every library's alike: logfmt, or JSON lines.
 
-    A structured record (from `receiver.events.emit` or the summary log) carries its fields;
+    A structured record (from `receiver.telemetry.events.emit` or the summary log) carries
+    its fields;
     any other record becomes `msg=...`. Values are quoted and escaped (see `quote`).
     """
 
-    def __init__(self, style: str = "logfmt") -> None:
+    def __init__(self, style: str = "logfmt", worker: str | None = None) -> None:
         super().__init__()
         self.json = style == "json"
+        self.worker = worker  # a worker process's lines say which worker they come from
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, object] = {
@@ -69,6 +71,8 @@ class Formatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        if self.worker is not None:
+            fields["worker"] = self.worker
         structured = getattr(record, "fields", None)
         if structured is not None:
             fields.update(structured)
@@ -84,17 +88,20 @@ class Formatter(logging.Formatter):
         return logfmt(fields)
 
 
-def configure(level: str = "INFO", interval: float = 10.0, style: str = "logfmt") -> None:
+def configure(
+    level: str = "INFO", interval: float = 10.0, style: str = "logfmt", worker: str | None = None
+) -> None:
     """Log to stderr in one format (logfmt or JSON), deduplicated; quiet chatty libraries.
-    uvicorn's loggers propagate to the root handler, so its lines share the format."""
+    uvicorn's loggers propagate to the root handler, so its lines share the format. A
+    worker process names itself (`worker=w2`) on every line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Formatter(style))
+    handler.setFormatter(Formatter(style, worker))
     handler.addFilter(DedupFilter(interval))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiosmtpd's PROXY parser logs the raw text of a malformed header: the session counts
-    # and summarises those instead (event bad_proxy_header), so no client bytes reach a log.
+    # aiosmtpd's PROXY parser logs the raw text of a malformed header: the door counts and
+    # summarises those instead (event bad_proxy_header), so no client bytes reach a log.
     logging.getLogger("mail.debug").setLevel(logging.CRITICAL)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("pymongo").setLevel(logging.WARNING)

@@ -1,5 +1,5 @@
-"""Build and run a receiver from settings: store, blocklist, SMTP; one process, or a
-host's gate and its workers (FLOODGATE_WORKERS, receiver.workers)."""
+"""Build and run a receiver host from settings: store, blocklist and allowlist, the door and
+its workers (FLOODGATE_WORKERS: one in this process, or that many worker processes)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ from receiver.door import dnsbl
 from receiver.door.screen import ScreenConfig
 from receiver.intake.authcheck import AuthConfig
 from receiver.resolver import system_servers
-from receiver.server import ReceiverConfig, SpoolSettings, install_signal_handlers, run_receiver
+from receiver.runtime.children import WorkersFailed
+from receiver.runtime.config import ReceiverConfig, SpoolSettings
+from receiver.runtime.host import install_signal_handlers, run_host
+from receiver.runtime.intervals import Intervals
 from receiver.smtp.tls import TlsSettings, self_signed, server_context
 from receiver.telemetry.events import emit
-from receiver.workers import WorkersFailed, run_host
 
 
 def store_config(settings: Settings, uri: str) -> StoreConfig:
@@ -50,6 +52,7 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         smtp_port=smtp_port,
         http_host=http_host,
         http_port=http_port,
+        workers=settings.workers,
         proxy_protocol=settings.proxy_protocol,
         trusted_proxies=settings.trusted_proxy_networks,
         proxy_timeout=settings.proxy_protocol_timeout,
@@ -64,7 +67,12 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         tls=tls_settings(settings),
         spool=spool_settings(settings),
         auth=auth_config(settings),
+        intervals=intervals(settings),
     )
+
+
+def intervals(settings: Settings) -> Intervals:
+    return Intervals(**{name: getattr(settings, name) for name in Intervals.__dataclass_fields__})
 
 
 def auth_config(settings: Settings) -> AuthConfig | None:
@@ -89,22 +97,7 @@ def spool_settings(settings: Settings) -> SpoolSettings | None:
         max_bytes=settings.spool_max_bytes,
         min_free=settings.spool_min_free_bytes,
         replay_rate=settings.spool_replay_rate,
-        adopt=leftover_spools(settings.data_dir, settings.workers) if settings.workers == 1 else (),
     )
-
-
-def leftover_spools(data_dir: Path, workers: int) -> tuple[Path, ...]:
-    """Spool directories no receiver of this host writes with `workers` workers (one
-    process writes `spool`, worker i `spool-w<i>`): what a start with another worker count
-    left. The single process, or worker 1, replays them: accepted mail is stored whatever
-    the operator changed."""
-    own = (
-        {data_dir / "spool"}
-        if workers == 1
-        else {data_dir / f"spool-w{i}" for i in range(1, workers + 1)}
-    )
-    found = [data_dir / "spool", *sorted(data_dir.glob("spool-w*"))]
-    return tuple(path for path in found if path.is_dir() and path not in own)
 
 
 def screen_config(settings: Settings) -> ScreenConfig:
@@ -194,12 +187,7 @@ async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
     await blocklist.start()
     await allowlist.start()
     try:
-        if settings.workers > 1:
-            await run_host(
-                config, settings.workers, spawn_worker, store, blocklist, allowlist, stop
-            )
-        else:
-            await run_receiver(config, store, blocklist, stop, allowlist)
+        await run_host(config, store, blocklist, allowlist, stop, spawn_worker)
     finally:
         await allowlist.stop()
         await blocklist.stop()
@@ -207,8 +195,8 @@ async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
 
 
 def spawn_worker(index: int, end: socket.socket) -> subprocess.Popen[bytes]:
-    """Worker `index` of this host (floodgate.worker_app), with its end of the channel;
-    it reads the same settings from the same environment."""
+    """Worker process `index` of this host (floodgate.worker_app), with its end of the
+    channel; it reads the same settings from the same environment."""
     return subprocess.Popen(
         [sys.executable, "-m", "floodgate.worker_app", str(index), str(end.fileno())],
         pass_fds=(end.fileno(),),

@@ -28,6 +28,8 @@ from blocklist.entries import normalize
 from receiver.door import dnsbl
 from receiver.limits import DEFAULTS as LIMIT_DEFAULTS
 from receiver.limits import RANGES, Limits
+from receiver.runtime.intervals import DEFAULTS as INTERVAL_DEFAULTS
+from receiver.runtime.intervals import RANGES as INTERVAL_RANGES
 from receiver.smtp.body import BareNewline
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -40,6 +42,12 @@ def limit(name: str) -> Any:
     """A limit's settings field: its default and range from receiver/limits.py."""
     low, high = RANGES[name]
     return Field(getattr(LIMIT_DEFAULTS, name), ge=low, le=high)
+
+
+def interval(name: str) -> Any:
+    """An interval's settings field: its default and range from receiver/runtime/intervals.py."""
+    low, high = INTERVAL_RANGES[name]
+    return Field(getattr(INTERVAL_DEFAULTS, name), ge=low, le=high)
 
 
 def api_limit(name: str) -> Any:
@@ -193,6 +201,18 @@ class Settings(BaseSettings):
     dnsbl_pass_ttl: float = limit("dnsbl_pass_ttl")
     dns_max_in_flight: int = limit("dns_max_in_flight")
     dns_rate: int = limit("dns_rate")
+    proxy_max_pending: int = limit("proxy_max_pending")
+
+    # Intervals of the receiver's processes: default and range declared once, in
+    # receiver/runtime/intervals.py (tests shorten them; production keeps the defaults).
+    store_probe_interval: float = interval("store_probe_interval")
+    stats_interval: float = interval("stats_interval")
+    sweep_interval: float = interval("sweep_interval")
+    tls_reload_interval: float = interval("tls_reload_interval")
+    worker_status_interval: float = interval("worker_status_interval")
+    worker_restart_delay: float = interval("worker_restart_delay")
+    replay_idle: float = interval("replay_idle")
+    replay_backoff: float = interval("replay_backoff")
 
     # Screening before the banner: DNS lists in postscreen's syntax (receiver.door.dnsbl), off
     # while empty. No DNS query is made unless lists or reverse DNS are configured.

@@ -63,11 +63,13 @@ class MessageDocument:
     fp: str = ""
     # Authentication verdicts (receiver.intake.authcheck); None: not checked.
     auth: dict[str, Any] | None = None
-    size: int = -1  # len(raw) unless read from a listing, which has no bytes
+    size: int = -1  # len(raw), always; as stored when read without the bytes (a listing)
     expires_at: datetime | None = None  # set when written: received_at + retention
 
     def __post_init__(self) -> None:
-        if self.size < 0:
+        # Bytes present decide: a copy with other bytes (our verdict header added, a
+        # forged one removed) never carries the old size along.
+        if self.raw or self.size < 0:
             object.__setattr__(self, "size", len(self.raw))
 
     def expiring(self, retention: float) -> MessageDocument:

@@ -23,6 +23,7 @@ from mailstore.errors import StoreError, StoreRejected
 from mailstore.message import MessageDocument
 from receiver.delivery.spool import Record, Spool, encode, read_segment
 from receiver.telemetry.events import emit
+from receiver.vocabulary import ReplayOutcome
 
 QUARANTINE = "quarantine"
 
@@ -52,7 +53,7 @@ class Replay:
         sink: Inserter,
         config: ReplayConfig,
         *,
-        on_outcome: Callable[[str, int], None] = lambda outcome, n: None,
+        on_outcome: Callable[[ReplayOutcome, int], None] = lambda outcome, n: None,
         on_stored: Callable[[MessageDocument], None] = lambda message: None,
     ) -> None:
         self.spool = spool
@@ -122,10 +123,10 @@ class Replay:
                 stored += 1
                 duplicates += result != record.message.id
                 self._on_stored(record.message)
-        self._on_outcome("stored", stored - duplicates)
-        self._on_outcome("duplicate", duplicates)
+        self._on_outcome(ReplayOutcome.STORED, stored - duplicates)
+        self._on_outcome(ReplayOutcome.DUPLICATE, duplicates)
         if failure is not None:
-            self._on_outcome("failed", 1)
+            self._on_outcome(ReplayOutcome.FAILED, 1)
             raise failure if isinstance(failure, StoreError) else StoreError(str(failure))
         # Pace: this batch may take no less than its share of a second at `rate`.
         pause = len(records) / self.config.rate - (loop.time() - started)
@@ -143,4 +144,4 @@ class Replay:
         finally:
             os.close(fd)
         emit("spool_record_quarantined", id=record.message.id, file=str(path))
-        self._on_outcome("quarantined", 1)
+        self._on_outcome(ReplayOutcome.QUARANTINED, 1)

@@ -27,21 +27,12 @@ class ConnectionCounts:
     def of(self, key: str) -> int:
         return self._per_key.get(key, 0)
 
-    def acquire(self, key: str | None) -> None:
+    def acquire(self, key: str) -> None:
         self.total += 1
-        if key is not None:
-            self._per_key[key] = self._per_key.get(key, 0) + 1
-
-    def acquire_key(self, key: str) -> None:
-        """Count a key for a connection already counted in the total (PROXY protocol)."""
         self._per_key[key] = self._per_key.get(key, 0) + 1
 
-    def release(self, key: str | None) -> None:
+    def release(self, key: str) -> None:
         self.total -= 1
-        if key is not None:
-            self.release_key(key)
-
-    def release_key(self, key: str) -> None:
         count = self._per_key.get(key, 0) - 1
         if count > 0:
             self._per_key[key] = count
@@ -125,9 +116,11 @@ class HitCounter:
 class Accountant:
     """Every count admission judges by, in one value handed to it (anvil's role).
 
-    `Admission` only compares these with the limits; which accountant it gets decides what
-    the counts cover: this process's clients (`local`), or, behind another implementation
-    of the same tables, every worker of a host.
+    `Admission` only compares these with the limits. The door's accountant counts every
+    connection of the host, whatever the number of workers; the dialogue's
+    (receiver.smtp.policy) holds the per-client message, recipient and handshake rates and
+    the violations of the clients its worker serves: the door sends every connection of
+    one client to the same worker, so those are exact for the host too.
     """
 
     counts: ConnectionCounts

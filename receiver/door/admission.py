@@ -1,15 +1,15 @@
-"""The judge: compares the accountant's counts with the limits and returns a refusal or nothing.
+"""The door's judge: compares the accountant's counts with the limits and returns a refusal
+or an admitted client.
 
-Cheapest gate first (Postfix's postscreen): at connect the blocklist, the caps and the
-connection rate are decided from memory before any banner, handler or store work.
+Cheapest gate first (Postfix's postscreen): the blocklist, the caps and the connection rate
+are decided from memory before any banner, handler or store work.
 
 Auto-ban is earned by abuse, never by compliance (Postfix's anvil never bans; postscreen
 bans only for protocol violations). Two counts lead to a ban, each within
-`autoban_window`: *violations* (pregreet, improper pipelining, bare newlines, a spent error
-budget, a failed TLS handshake: things a compliant client never does), and connections
-*refused at connect* (cap, connection rate): one per connection, with a threshold far
-beyond what a retrying MTA can reach. A message or recipient rate deferral (450) never
-counts: a sender that honours it is compliant by definition.
+`autoban_window`: *violations* (here: talking before the banner; the dialogue counts its
+own, receiver.smtp.policy), and connections *refused at connect* (caps, connection rate,
+a DNS list's `drop`): one per connection, with a threshold far beyond what a retrying MTA
+can reach.
 
 The ban itself has one home, the blocklist: `on_ban` applies it there at once (locally,
 then shared), and `is_blocked` is the only question asked at connect, so a removal
@@ -27,6 +27,7 @@ from receiver.door.accountant import Accountant, Clock, HitCounter
 from receiver.door.keys import client_key
 from receiver.limits import Limits
 from receiver.replies import Reply
+from receiver.vocabulary import BanReason, Refused, Violation
 
 # Leave stress mode only well below the threshold, so the mode does not flap.
 STRESS_EXIT_FRACTION = 0.8
@@ -34,29 +35,37 @@ STRESS_EXIT_FRACTION = 0.8
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A decision to refuse: the reply to send and a reason from a bounded vocabulary."""
+    """A decision to refuse: the reply to send (None: close without a word) and why."""
 
-    reply: Reply
-    reason: str
+    reply: Reply | None
+    reason: Refused
 
 
-BLOCKED = Refusal(replies.BLOCKED, "blocked")
-# Blocked although allowlisted: the explicit blocklist entry wins, and the overlap is
-# counted under its own name so an operator sees it in the summary lines.
-BLOCKED_ALLOWLISTED = Refusal(replies.BLOCKED, "blocked_allowlisted")
-GLOBAL_CAP = Refusal(replies.TOO_MANY_CONNECTIONS, "global_cap")
-PER_IP_CAP = Refusal(replies.TOO_MANY_CONNECTIONS_FROM_IP, "per_ip_cap")
-CONNECTION_RATE = Refusal(replies.CONNECTION_RATE, "connection_rate")
-MESSAGE_RATE = Refusal(replies.MESSAGE_RATE, "message_rate")
-RECIPIENT_RATE = Refusal(replies.RECIPIENT_RATE, "recipient_rate")
-MAILBOX_RATE = Refusal(replies.MAILBOX_RATE, "mailbox_rate")
+BLOCKED = Refusal(replies.BLOCKED, Refused.BLOCKED)
+BLOCKED_ALLOWLISTED = Refusal(replies.BLOCKED, Refused.BLOCKED_ALLOWLISTED)
+GLOBAL_CAP = Refusal(replies.TOO_MANY_CONNECTIONS, Refused.GLOBAL_CAP)
+PER_IP_CAP = Refusal(replies.TOO_MANY_CONNECTIONS_FROM_IP, Refused.PER_IP_CAP)
+CONNECTION_RATE = Refusal(replies.CONNECTION_RATE, Refused.CONNECTION_RATE)
+SHUTTING_DOWN = Refusal(replies.SHUTTING_DOWN, Refused.SHUTTING_DOWN)
+PREGREET = Refusal(replies.PREGREET, Refused.PREGREET)
+WORKER_BUSY = Refusal(replies.TOO_MANY_CONNECTIONS, Refused.WORKER_BUSY)
+PROXY_BUSY = Refusal(None, Refused.PROXY_BUSY)  # a proxy's connection: no client to tell
+BAD_PROXY_HEADER = Refusal(None, Refused.BAD_PROXY_HEADER)
 
-BanHook = Callable[[str, str, float], None]
+BanHook = Callable[[str, BanReason, float], None]
 StressHook = Callable[[bool, int], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A connection the door counted: its client key and whether it is allowlisted."""
+
+    key: str
+    allowed: bool
+
+
 class Admission:
-    """Per-receiver admission state: counts, rates, stress mode and local bans."""
+    """The host's connections: counts, the connection rate, stress mode, refusal bans."""
 
     def __init__(
         self,
@@ -64,156 +73,100 @@ class Admission:
         *,
         is_blocked: Callable[[str], bool] = lambda _ip: False,
         is_allowed: Callable[[str], bool] = lambda _ip: False,
-        generation: Callable[[], int] = lambda: 0,
         clock: Clock = time.monotonic,
         on_ban: BanHook | None = None,
         on_stress: StressHook | None = None,
         accountant: Accountant | None = None,
-        local_stress: bool = True,
     ) -> None:
-        self.normal = limits
-        self.stressed_limits = limits.stressed()
+        self.limits = limits
         # Counting is the accountant's; this class only judges (style: anvil and smtpd).
         self.accountant = accountant or Accountant.local(
             limits.autoban_window, limits.rate_clients, clock
         )
         self.counts = self.accountant.counts
-        self.rates = self.accountant.rates
-        self.violations = self.accountant.violations
-        self.refusals = self.accountant.refusals
         self.stressed = False
         self._is_blocked = is_blocked
-        # Bumped by every change to the blocklist: open sessions look again only then.
-        self.generation = generation
-        self.allowed = is_allowed
+        self._is_allowed = is_allowed
         self._on_ban = on_ban
         self._on_stress = on_stress
         self._stress_on = limits.stress_connections
         self._stress_off = max(0, int(self._stress_on * STRESS_EXIT_FRACTION))
-        # A worker of a host sees only its share of the connections: the host's gate
-        # decides stress from the host's total and tells it (`set_stressed`).
-        self._local_stress = local_stress
-
-    @property
-    def limits(self) -> Limits:
-        """The limits in force now: the stressed variant while under stress."""
-        return self.stressed_limits if self.stressed else self.normal
 
     def key(self, ip: str) -> str:
-        return client_key(ip, self.normal.ipv6_prefix)
+        return client_key(ip, self.limits.ipv6_prefix)
 
-    def connect(self, ip: str) -> tuple[str, Refusal | None]:
-        """Admit (and count) or refuse a new connection from `ip`. O(1), no I/O."""
+    def connect(
+        self, ip: str, settle: Callable[[], None] | None = None
+    ) -> tuple[str, Admitted | Refusal]:
+        """Admit (and count) or refuse a new connection from `ip`. O(1), no I/O.
+
+        `settle` takes in the closes not yet reported (a worker's, in another process): it
+        is asked only when a cap would refuse, so a client that reconnects right after our
+        `221` finds the slot its last session gave back."""
         key = self.key(ip)
-        refusal = self._access(ip, key)
-        if refusal is not None:
-            return key, refusal
-        if self.counts.total >= self.normal.max_connections:
-            return key, GLOBAL_CAP
-        refusal = self._client_checks(key, self.allowed(ip))
+        allowed = self._is_allowed(ip)
+        if self._is_blocked(ip):
+            return key, BLOCKED_ALLOWLISTED if allowed else BLOCKED
+        if settle is not None and self._at_cap(key, allowed):
+            settle()
+        refusal = self._caps(key, allowed)
         if refusal is not None:
             return key, refusal
         self.counts.acquire(key)
         self._update_stress()
-        return key, None
+        return key, Admitted(key, allowed)
 
-    def connect_unkeyed(self) -> Refusal | None:
-        """Admit a connection whose client is not known yet (a trusted proxy's)."""
-        if self.counts.total >= self.normal.max_connections:
+    def _at_cap(self, key: str, allowed: bool) -> bool:
+        cap = (
+            self.limits.allowlist_max_connections_per_ip
+            if allowed
+            else self.limits.max_connections_per_ip
+        )
+        return self.counts.total >= self.limits.max_connections or self.counts.of(key) >= cap
+
+    def _caps(self, key: str, allowed: bool) -> Refusal | None:
+        limits = self.limits
+        if self.counts.total >= limits.max_connections:
             return GLOBAL_CAP
-        self.counts.acquire(None)
-        self._update_stress()
-        return None
-
-    def identify(self, ip: str) -> tuple[str, Refusal | None]:
-        """Per-client checks for an unkeyed connection once its client is known."""
-        key = self.key(ip)
-        refusal = self._access(ip, key) or self._client_checks(key, self.allowed(ip))
-        if refusal is None:
-            self.counts.acquire_key(key)
-        return key, refusal
-
-    def _access(self, ip: str, key: str) -> Refusal | None:
-        """The blocklist: manual entries and automatic bans alike (an allowlist entry
-        lifts the automatic bans it covers from the blocklist itself)."""
-        if self._is_blocked(ip):
-            return BLOCKED_ALLOWLISTED if self.allowed(ip) else BLOCKED
-        return None
-
-    def banned(self, ip: str) -> Refusal | None:
-        """For an open session: whether its client has been blocked since it connected."""
-        return self._access(ip, "")
-
-    def _client_checks(self, key: str, allowed: bool) -> Refusal | None:
         if allowed:  # its own cap; no rate, no hit toward a ban
-            if self.counts.of(key) >= self.normal.allowlist_max_connections_per_ip:
+            if self.counts.of(key) >= limits.allowlist_max_connections_per_ip:
                 return PER_IP_CAP
             return None
-        if self.counts.of(key) >= self.normal.max_connections_per_ip:
-            self._refused(key, PER_IP_CAP.reason)
+        if self.counts.of(key) >= limits.max_connections_per_ip:
+            self.refused(key, PER_IP_CAP.reason)
             return PER_IP_CAP
-        if not self.rates.take("c:" + key, self.normal.connection_rate):
-            self._refused(key, CONNECTION_RATE.reason)
+        if not self.accountant.rates.take("c:" + key, limits.connection_rate):
+            self.refused(key, CONNECTION_RATE.reason)
             return CONNECTION_RATE
         return None
 
-    def release(self, key: str | None) -> None:
-        """The connection counted under `key` (None: unkeyed) has ended."""
+    def release(self, key: str) -> None:
+        """A connection counted under `key` has ended."""
         self.counts.release(key)
         self._update_stress()
 
-    def mail(self, key: str, allowed: bool = False) -> Refusal | None:
-        """One more message from `key` (checked at MAIL FROM); allowlisted: no limit."""
-        if allowed or self.rates.take("m:" + key, self.limits.message_rate):
-            return None
-        return MESSAGE_RATE  # a deferral: never a step toward a ban
-
-    def handshake(self, key: str) -> bool:
-        """One more TLS handshake from `key` within its per-minute rate (STARTTLS)."""
-        return self.rates.take("t:" + key, self.limits.tls_handshake_rate)
-
-    def rcpt(self, key: str, allowed: bool = False) -> Refusal | None:
-        """One more recipient from `key` (checked at RCPT TO); allowlisted: no limit."""
-        if allowed or self.rates.take("r:" + key, self.limits.recipient_rate):
-            return None
-        return RECIPIENT_RATE  # a deferral: never a step toward a ban
-
-    def mailbox(self, mailbox: str) -> Refusal | None:
-        """One more message for `mailbox`, whoever sends it (an alert loop, a flood)."""
-        if self.rates.take("b:" + mailbox, self.limits.mailbox_rate):
-            return None
-        return MAILBOX_RATE
-
-    def violation(self, key: str, reason: str, allowed: bool = False) -> bool:
-        """Record a protocol violation by `key`; ban it once it keeps committing them.
-        True if this one banned it. An allowlisted client is never banned."""
+    def violation(self, key: str, reason: Violation, allowed: bool = False) -> bool:
+        """Record a protocol violation by `key` at the door; ban it once it keeps
+        committing them. True if this one banned it. An allowlisted client never is."""
         if allowed:
             return False
-        return self._count(self.violations, self.normal.autoban_threshold, key, reason)
+        return self._count(self.accountant.violations, self.limits.autoban_threshold, key, reason)
 
-    def _refused(self, key: str, reason: str) -> bool:
-        """A connection refused at connect (cap, rate): at most one count per connection."""
-        return self._count(self.refusals, self.normal.autoban_refusal_threshold, key, reason)
+    def refused(self, key: str, reason: Refused) -> bool:
+        """A connection refused (cap, rate, a DNS list's drop): one count toward a ban."""
+        threshold = self.limits.autoban_refusal_threshold
+        return self._count(self.accountant.refusals, threshold, key, reason)
 
-    def _count(self, counter: HitCounter, threshold: int, key: str, reason: str) -> bool:
+    def _count(self, counter: HitCounter, threshold: int, key: str, reason: BanReason) -> bool:
         if threshold <= 0 or counter.hit(key) < threshold:
             return False
-        self.violations.forget(key)
-        self.refusals.forget(key)
+        self.accountant.violations.forget(key)
+        self.accountant.refusals.forget(key)
         if self._on_ban is not None:
-            self._on_ban(key, reason, self.normal.autoban_ttl)
+            self._on_ban(key, reason, self.limits.autoban_ttl)
         return True
 
-    def set_stressed(self, stressed: bool) -> None:
-        """Stress decided elsewhere (the host's gate, from every worker's connections)."""
-        if stressed != self.stressed:
-            self.stressed = stressed
-            if self._on_stress is not None:
-                self._on_stress(stressed, self.counts.total)
-
     def _update_stress(self) -> None:
-        if not self._local_stress:
-            return
         total = self.counts.total
         if not self.stressed and total >= self._stress_on:
             self.stressed = True

@@ -116,6 +116,7 @@ class Verdict:
     reply: Reply | None = None  # the 550 (enforce) or 521 (drop) naming the list
     client_name: str | None = None  # reverse DNS, when on ("" when none was found)
     verdict: str = "pass"  # one of VERDICTS, for the metrics
+    listed: str = ""  # the list that weighed most (a configured domain), when one did
 
 
 PASS = Verdict()
@@ -286,7 +287,7 @@ class Screen:
         elif action == "enforce":
             reply = replies.DNSBL_ENFORCE.with_text(text)
         reason = f"dnsbl {domain}" if action != "ignore" else f"dnsbl-ignored {domain}"
-        return Verdict(action, score, reason, reply, client_name, action)
+        return Verdict(action, score, reason, reply, client_name, action, domain)
 
     def _disable(self, domain: str, values: tuple[str, ...]) -> None:
         if self._disabled.get(domain, 0.0) > self._clock():

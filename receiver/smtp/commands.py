@@ -1,7 +1,7 @@
 """One small function per SMTP verb: each reads the session's state and returns a reply
 from the table (`receiver.replies`), or None when it has closed the session itself.
 
-Policy comes from plain values (the context's domains, the admission limits); nothing here
+Policy comes from plain values (the context's domains, the policy's limits); nothing here
 writes to the transport except through `Session.close_with` or `Session.start_data`.
 """
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from mailstore.addresses import NULL_SENDER, Address, AddressError, parse_path
 from receiver import replies
 from receiver.replies import Reply
+from receiver.vocabulary import Closed, MessageOutcome, RecipientOutcome, Refused, TlsOutcome
 
 if TYPE_CHECKING:
     from receiver.smtp.session import Session
@@ -77,14 +78,13 @@ def mail(session: Session, arg: bytes) -> Reply | None:
         return replies.NOT_ASCII_ADDRESS
     if address is not NULL_SENDER and not address.domain:
         return replies.BAD_SENDER  # a bare <postmaster> names no domain to reply to
-    refusal = session.ctx.admission.mail(session.client_key, session.allowed)
-    if refusal is not None:
-        session.ctx.events.on_message("message_rate")
-        session.ctx.events.on_refused(session.client_key, refusal.reason)
-        return refusal.reply
-    session.sender = address.mailbox
-    session.utf8 = options
-    session.begin_auth()  # SPF starts now, while the client sends RCPT and DATA
+    deferral = session.ctx.policy.mail(session.client.key, session.client.allowed)
+    if deferral is not None:
+        session.ctx.events.message(MessageOutcome.MESSAGE_RATE)
+        session.refuse(deferral.reason, deferral.reply)
+        return None
+    # SPF starts now, while the client sends RCPT and DATA.
+    session.open_transaction(address.mailbox, options)
     return replies.OK
 
 
@@ -101,7 +101,7 @@ def _mail_params(session: Session, params: str) -> bool | Reply:
         if keyword == "SIZE":
             if not value.isdigit() or len(value) > 20:
                 return replies.SYNTAX_MAIL
-            if int(value) > session.ctx.admission.normal.max_message_size:
+            if int(value) > session.ctx.policy.normal.max_message_size:
                 return replies.SIZE_DECLARED_TOO_BIG
         elif keyword == "BODY":
             if value.upper() not in BODY_TYPES:
@@ -119,47 +119,51 @@ def rcpt(session: Session, arg: bytes) -> Reply | None:
     try:
         text = _after(arg, b"TO:")
     except UnicodeDecodeError:
-        reply, outcome = replies.BAD_ADDRESS, "bad_address"
+        reply, outcome = replies.BAD_ADDRESS, RecipientOutcome.BAD_ADDRESS
     else:
         if text is None:
             return replies.SYNTAX_RCPT
         reply, outcome = _judge_recipient(session, text)
-    session.ctx.events.on_recipient(outcome)
+    session.ctx.events.recipient(outcome)
+    if outcome is RecipientOutcome.RECIPIENT_RATE:
+        session.refuse(Refused.RECIPIENT_RATE, reply)
+        return None
+    if outcome is RecipientOutcome.MAILBOX_RATE:
+        session.refuse(Refused.MAILBOX_RATE, reply)
+        return None
     return reply
 
 
-def _judge_recipient(session: Session, text: str) -> tuple[Reply, str]:
+def _judge_recipient(session: Session, text: str) -> tuple[Reply, RecipientOutcome]:
     try:
         address, params = parse_path(text, utf8=True)
     except AddressError as error:
-        return _address_reply(error, sender=False), "bad_address"
-    if params:
-        return replies.BAD_PARAMETER, "bad_address"  # no RCPT parameters are offered
+        return _address_reply(error, sender=False), RecipientOutcome.BAD_ADDRESS
+    if params:  # no RCPT parameters are offered
+        return replies.BAD_PARAMETER, RecipientOutcome.BAD_ADDRESS
     if address is NULL_SENDER:
-        return replies.BAD_ADDRESS, "bad_address"
+        return replies.BAD_ADDRESS, RecipientOutcome.BAD_ADDRESS
     if address.utf8 and not session.utf8:
-        return replies.NOT_ASCII_ADDRESS, "bad_address"
+        return replies.NOT_ASCII_ADDRESS, RecipientOutcome.BAD_ADDRESS
     if session.screened is not None:  # listed (`enforce`): the dialogue goes on, counted
-        return session.screened, "dnsbl"
+        return session.screened, RecipientOutcome.DNSBL
     mailbox = _our_mailbox(session, address)
     if mailbox is None:
-        return replies.RELAY_DENIED, "relay_denied"  # never an open relay
-    limits = session.ctx.admission.limits
-    if session.rcpt_count >= limits.max_recipients:  # duplicates count too, as in Postfix
-        return replies.TOO_MANY_RECIPIENTS, "too_many"
-    refusal = session.ctx.admission.rcpt(session.client_key, session.allowed)
-    if refusal is not None:
-        session.ctx.events.on_refused(session.client_key, refusal.reason)
-        return refusal.reply, "recipient_rate"
+        return replies.RELAY_DENIED, RecipientOutcome.RELAY_DENIED  # never an open relay
+    policy = session.ctx.policy
+    if session.rcpt_count >= policy.limits.max_recipients:  # duplicates count, as in Postfix
+        return replies.TOO_MANY_RECIPIENTS, RecipientOutcome.TOO_MANY
+    deferral = policy.rcpt(session.client.key, session.client.allowed)
+    if deferral is not None:
+        return deferral.reply, RecipientOutcome.RECIPIENT_RATE
     if mailbox not in session.recipients:
-        refusal = session.ctx.admission.mailbox(mailbox)
-        if refusal is not None:  # summarised by mailbox, never logged one by one
-            session.ctx.events.on_refused(mailbox, refusal.reason)
-            return refusal.reply, "mailbox_rate"
+        deferral = policy.mailbox(mailbox)
+        if deferral is not None:
+            return deferral.reply, RecipientOutcome.MAILBOX_RATE
     session.rcpt_count += 1
     if mailbox not in session.recipients:
         session.recipients.append(mailbox)
-    return replies.RCPT_OK, "accepted"
+    return replies.RCPT_OK, RecipientOutcome.ACCEPTED
 
 
 def _our_mailbox(session: Session, address: Address) -> str | None:
@@ -206,7 +210,7 @@ def help_(session: Session, arg: bytes) -> Reply | None:
 
 
 def quit_(session: Session, arg: bytes) -> Reply | None:
-    session.close_with(replies.BYE, "quit")
+    session.close_with(replies.BYE, Closed.QUIT)
     return None
 
 
@@ -222,8 +226,8 @@ def starttls(session: Session, arg: bytes) -> Reply | None:
         return replies.SYNTAX_STARTTLS
     if session.helo is None or not session.esmtp:
         return replies.NEED_EHLO
-    if tls.begin(session.client_key, session.allowed) is not None:
-        session.ctx.events.on_tls("refused_rate", "none")
+    if tls.begin(session.client.key, session.client.allowed) is not None:
+        session.ctx.events.tls(TlsOutcome.REFUSED_RATE, "none")
         return replies.TLS_BUSY
     session.start_tls()
     return None
@@ -238,10 +242,9 @@ def not_implemented(session: Session, arg: bytes) -> Reply | None:
 
 
 def proxy(session: Session, arg: bytes) -> Reply | None:
-    # Only sessions from trusted proxies read a PROXY header (before the banner); from
-    # anyone else it is an attempt to spoof their address.
-    session.ctx.events.on_refused(session.client_key, "untrusted_proxy")
-    session.close_with(replies.UNTRUSTED_PROXY, "untrusted_proxy")
+    # The door reads a trusted proxy's header before any banner: after the banner, from
+    # anyone, it is an attempt to spoof an address.
+    session.refuse(Refused.UNTRUSTED_PROXY, replies.UNTRUSTED_PROXY, close=Closed.UNTRUSTED_PROXY)
     return None
 
 

@@ -1,7 +1,8 @@
-"""What a session reads: one immutable context built by the server at start-up.
+"""What a session reads: one immutable context built by the runtime at start-up.
 
-Data flows one way: the server builds this, sessions read it, policy functions take plain
-values. Nothing here imports the server or the store driver.
+Data flows one way: the runtime builds this, sessions read it, policy functions take plain
+values. Nothing here imports the runtime, the intake, delivery or the store's driver: the
+session speaks SMTP and reaches the rest only through these protocols.
 """
 
 from __future__ import annotations
@@ -9,52 +10,47 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from mailstore.message import MessageDocument
-from receiver.door.admission import Admission
-from receiver.door.screen import Verdict
+from receiver.door.client import Client, HostSide
+from receiver.replies import Reply
 from receiver.smtp.body import BareNewline, MemoryBudget
+from receiver.smtp.envelope import Envelope
+from receiver.smtp.policy import Policy
 from receiver.smtp.tls import Handshakes
-
-if TYPE_CHECKING:
-    from receiver.delivery.deliver import Delivery
-    from receiver.intake.authcheck import AuthChecker
+from receiver.vocabulary import Closed, MessageOutcome, RecipientOutcome, Refused, TlsOutcome
 
 
-class Screener(Protocol):
-    """The checks run before the banner (receiver.door.screen); never raises."""
+class Transaction(Protocol):
+    """One message from MAIL FROM to its reply (receiver.intake): checks that need only
+    the client and sender start at once; the rest, and delivery, at the final dot."""
 
-    async def screen(self, ip: str, allowed: bool, deadline: float) -> Verdict: ...
+    def cancel(self) -> None:
+        """The transaction was abandoned (RSET, a new HELO, the client left)."""
+
+    async def finish(self, envelope: Envelope, content: bytes) -> Reply:
+        """The reply to the final dot: once the message is durable, or known not to be."""
+        ...
 
 
-class Sink(Protocol):
-    """Where accepted messages go; `insert` returns the id the message is stored under,
-    only once it is durable."""
+class Intake(Protocol):
+    """Where a transaction's message is built and sent on (receiver.intake)."""
 
-    async def insert(self, message: MessageDocument) -> str: ...
+    def begin(self, client: Client, helo: str, sender: str) -> Transaction: ...
 
 
 class Events(Protocol):
-    """The session's outcomes, in the receiver's one vocabulary (receiver.telemetry)."""
+    """The session's outcomes, in the receiver's one vocabulary (receiver.vocabulary)."""
 
-    def on_refused(self, key: str, reason: str) -> None: ...
+    def refused(self, client: Client, reason: Refused) -> None: ...
 
-    def on_session_closed(self, reason: str, key: str) -> None: ...
+    def closed(self, client: Client, reason: Closed) -> None: ...
 
-    def on_identified(self, key: str) -> None: ...
+    def message(self, outcome: MessageOutcome) -> None: ...
 
-    def on_message(self, outcome: str) -> None: ...
+    def recipient(self, outcome: RecipientOutcome) -> None: ...
 
-    def on_recipient(self, outcome: str) -> None: ...
-
-    def on_store_attempt(self, ok: bool, seconds: float, reason: str) -> None: ...
-
-    def store_down(self) -> bool: ...
-
-    def on_tls(self, outcome: str, version: str) -> None: ...
-
-    def on_stored(self, key: str, size: int) -> None: ...
+    def tls(self, outcome: TlsOutcome, version: str) -> None: ...
 
 
 class Clock(Protocol):
@@ -69,21 +65,19 @@ class Clock(Protocol):
 
 @dataclass(frozen=True)
 class SessionContext:
-    """Everything a session needs, shared by every session of one receiver."""
+    """Everything a session needs, shared by every session of one worker."""
 
     hostname: str
     domains: frozenset[str]
-    admission: Admission
-    delivery: Delivery  # store, spool or 451: the session only speaks SMTP
+    policy: Policy  # rates, violations, the limits in force
+    intake: Intake  # end of DATA to a reply: the session only speaks SMTP
     events: Events
+    host: HostSide  # the door counts the connection: its slot goes back through here
     budget: MemoryBudget
     clock: Clock
     bare_newline: BareNewline = BareNewline.REJECT
-    proxy_timeout: float = 5.0
-    screen: Screener | None = None  # before the banner: DNS lists, reverse DNS
     sessions: set[Any] = field(default_factory=set)  # open sessions, for drain and stress
     tls: Handshakes | None = None  # STARTTLS offered when set
-    auth: AuthChecker | None = None  # SPF, DKIM, DMARC, ARC verdicts when set
 
     @property
     def postmaster(self) -> str:

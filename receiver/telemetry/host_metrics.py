@@ -1,8 +1,8 @@
-"""One /metrics for a host: the gate's own metrics and each worker's, labelled `worker`.
-
-Workers send their exposition with their status every second (receiver.door.channel); the
-gate parses the last one of each and serves every family once, each sample with a
-`worker` label (`gate`, `w1` ... `wN`: a bounded set, at most FLOODGATE_WORKERS + 1).
+"""One /metrics for a host: the door's own metrics and each worker's, every family once,
+each sample labelled `worker` (`gate`, `w1` ... `wN`: a bounded set, at most
+FLOODGATE_WORKERS + 1). The same families and labels whether the host's one worker runs in
+its process or N workers in theirs (those send their exposition with their status:
+receiver.door.channel).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-Sources = Callable[[], Iterable[tuple[str, Iterable[Metric]]]]
+# Per worker: its registry (in the host's process) or its last exposition (a process).
+WorkerSources = list[tuple[str, CollectorRegistry | str]]
 
 
 def parsed(text: str) -> list[Metric]:
@@ -44,21 +45,26 @@ def labelled(sources: Iterable[tuple[str, Iterable[Metric]]]) -> list[Metric]:
 
 
 class HostCollector(Collector):
-    """Collects the gate's registry and the workers' last expositions as one."""
+    """Collects the door's registry and each worker's metrics as one: a worker in the
+    host's own process is collected directly, a worker process from its last exposition."""
 
-    def __init__(self, gate: CollectorRegistry, workers: Callable[[], list[tuple[str, str]]]):
-        self.gate = gate
+    def __init__(self, door: CollectorRegistry, workers: Callable[[], WorkerSources]) -> None:
+        self.door = door
         self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
-        sources: list[tuple[str, Iterable[Metric]]] = [("gate", self.gate.collect())]
-        sources += [(name, parsed(text)) for name, text in self.workers() if text]
+        sources: list[tuple[str, Iterable[Metric]]] = [("gate", self.door.collect())]
+        for name, source in self.workers():
+            if isinstance(source, CollectorRegistry):
+                sources.append((name, source.collect()))
+            elif source:
+                sources.append((name, parsed(source)))
         yield from labelled(sources)
 
 
 def host_registry(
-    gate: CollectorRegistry, workers: Callable[[], list[tuple[str, str]]]
+    door: CollectorRegistry, workers: Callable[[], WorkerSources]
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HostCollector(gate, workers))
+    registry.register(HostCollector(door, workers))
     return registry

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from api.app import ApiMetrics
 from receiver.door.screen import ScreenMetrics
-from receiver.telemetry.events import Metrics
+from receiver.telemetry.metrics import DoorMetrics, WorkerMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
@@ -56,7 +56,12 @@ def exported() -> set[str]:
     names: set[str] = set()
     screen = CollectorRegistry()
     ScreenMetrics(screen, ("zen.example",))
-    registries: list[CollectorRegistry] = [Metrics().registry, ApiMetrics().registry, screen]
+    registries: list[CollectorRegistry] = [
+        DoorMetrics().registry,
+        WorkerMetrics().registry,
+        ApiMetrics().registry,
+        screen,
+    ]
     for registry in registries:
         for family in registry.collect():
             names.update(family.name + suffix for suffix in SUFFIXES[family.type])

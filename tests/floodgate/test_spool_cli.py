@@ -48,7 +48,7 @@ async def test_a_copied_spool_is_replayed_once_however_often_it_is_run(
     copied = tmp_path / "mx3-spool"
     ids = await _spool_of(copied, 30)
     status = _floodgate(store_env, tmp_path, "status", "--dir", str(copied))
-    assert status.returncode == 0 and status.stdout.startswith("30 messages"), status
+    assert status.returncode == 0 and status.stdout.startswith(f"{copied}: 30 messages"), status
     # A second copy of the same spool (say, restored twice): still one document each.
     twin = tmp_path / "mx3-spool-again"
     twin.mkdir()
@@ -57,9 +57,10 @@ async def test_a_copied_spool_is_replayed_once_however_often_it_is_run(
 
     first = _floodgate(store_env, tmp_path, "replay", "--dir", str(copied))
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("30 in the store") and "0 left" in first.stdout, first
+    assert first.stdout.startswith(f"{copied}: 30 in the store"), first
+    assert "0 left" in first.stdout, first
     again = _floodgate(store_env, tmp_path, "replay", "--dir", str(twin))
-    assert again.returncode == 0 and again.stdout.startswith("30 in the store"), again
+    assert again.returncode == 0 and again.stdout.startswith(f"{twin}: 30 in the store"), again
     messages = mongo[db_name]["messages"]
     assert sorted(d["_id"] for d in messages.find({}, {"_id": 1})) == sorted(ids)
     assert segment_paths(copied) == [] and segment_paths(twin) == []
@@ -68,3 +69,30 @@ async def test_a_copied_spool_is_replayed_once_however_often_it_is_run(
 def test_replay_without_a_spool_says_so(store_env: dict[str, str], tmp_path: Path) -> None:
     done = _floodgate(store_env, tmp_path, "replay", "--dir", str(tmp_path / "nothing"))
     assert done.returncode == 2 and "no spool directory" in done.stderr
+
+
+async def test_without_a_directory_every_spool_of_the_host_is_found_and_replayed(
+    store_env: dict[str, str],
+    mongo: MongoClient[dict[str, Any]],
+    db_name: str,
+    tmp_path: Path,
+) -> None:
+    # One worker wrote `spool`, then two workers `spool-w1` and `spool-w2`: the runbook's
+    # "save every spool of the host" and status must see all three.
+    data = tmp_path / "data"
+    ids = await _spool_of(data / "spool", 3)
+    ids += await _spool_of(data / "spool-w1", 4)
+    ids += await _spool_of(data / "spool-w2", 5)
+    status = _floodgate(store_env, tmp_path, "status")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == [
+        str(data / "spool"),
+        str(data / "spool-w1"),
+        str(data / "spool-w2"),
+    ]
+    assert lines[3].startswith("in all: 12 messages")
+    replayed = _floodgate(store_env, tmp_path, "replay")
+    assert replayed.returncode == 0, replayed.stderr
+    messages = mongo[db_name]["messages"]
+    assert sorted(d["_id"] for d in messages.find({}, {"_id": 1})) == sorted(ids)

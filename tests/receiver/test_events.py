@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from floodgate.logs import DedupFilter
-from receiver.telemetry.events import SummaryLog
+from receiver.telemetry.summary import SummaryLog
 from tests.conftest import ServiceFactory
 from tests.support.smtp import RawClient, wait_for
 

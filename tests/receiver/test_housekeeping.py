@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from receiver.runtime.jobs import Housekeeping, Job
+from receiver.runtime.jobs import Job, Jobs
 
 
 async def test_a_slow_job_never_delays_another_and_a_failing_one_keeps_running() -> None:
@@ -22,9 +22,7 @@ async def test_a_slow_job_never_delays_another_and_a_failing_one_keeps_running()
         raise RuntimeError("store gone")
 
     stop = asyncio.Event()
-    jobs = Housekeeping(
-        [Job("probe", 0.01, probe), Job("slow", 0.01, slow), Job("failing", 0.01, failing)]
-    )
+    jobs = Jobs([Job("probe", 0.01, probe), Job("slow", 0.01, slow), Job("failing", 0.01, failing)])
     jobs.start(stop)
     await asyncio.sleep(0.3)
     assert rounds["probe"] >= 5 and rounds["failing"] >= 5
@@ -41,7 +39,7 @@ async def test_a_job_waits_while_it_is_not_due() -> None:
         ran.append(1)
 
     stop = asyncio.Event()
-    jobs = Housekeeping([Job("sweep", 0.01, sweep, lambda: due)])
+    jobs = Jobs([Job("sweep", 0.01, sweep, lambda: due)])
     jobs.start(stop)
     await asyncio.sleep(0.1)
     assert ran == []
@@ -59,7 +57,7 @@ async def test_a_job_that_was_not_due_runs_as_soon_as_it_is_not_an_interval_late
         ran.append(1)
 
     stop = asyncio.Event()
-    jobs = Housekeeping([Job("live-stats", 60.0, stats, lambda: due, recheck=0.01)])
+    jobs = Jobs([Job("live-stats", 60.0, stats, lambda: due, recheck=0.01)])
     jobs.start(stop)
     await asyncio.sleep(0.05)
     due = True  # the store just came up

@@ -64,7 +64,9 @@ def test_drop_says_521_instead_of_the_banner_and_caches_only_passes(
     assert sample(url, "floodgate_screen_verdicts_total", verdict="drop") == 2
     assert sample(url, "floodgate_screen_verdicts_total", verdict="cached") == 1
     assert sample(url, "floodgate_screen_lookups_total", check="zen.test", outcome="listed") == 2
-    assert sample(url, "floodgate_sessions_closed_total", reason="dnsbl") == 2
+    # Refused at the door, before any banner: never a session.
+    assert sample(url, "floodgate_connections_total", outcome="dnsbl") == 2
+    assert sample(url, "floodgate_sessions_closed_total", reason="quit") == 0
 
 
 def test_enforce_keeps_the_dialogue_and_refuses_every_recipient(

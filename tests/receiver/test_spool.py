@@ -26,7 +26,6 @@ from pymongo import MongoClient
 from mailstore.embedded import EmbeddedStore
 from mailstore.ids import new_message_id
 from mailstore.message import MessageDocument, TlsInfo, utcnow
-from receiver.delivery.deliver import fingerprint
 from receiver.delivery.spool import (
     Spool,
     SpoolFull,
@@ -35,6 +34,7 @@ from receiver.delivery.spool import (
     read_segment,
     segment_paths,
 )
+from receiver.intake.message import fingerprint
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.deploy.test_faults import Sender
 from tests.receiver.test_readiness import readyz

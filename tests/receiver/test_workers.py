@@ -7,6 +7,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,13 +66,14 @@ def test_a_cap_of_ten_greets_exactly_ten_of_thirty_connections_across_four_worke
     assert wait_for(lambda: all_ready(receiver), 15)
     clients = [RawClient(receiver.host, receiver.port, source="127.0.40.1") for _ in range(30)]
     assert greeted(clients) == 10
+    # Judged once, by the one door: only the gate counts connections.
     refused = samples(receiver, "floodgate_connections_total", outcome="per_ip_cap")
-    assert refused == {"gate": 20.0, "w1": 0.0, "w2": 0.0, "w3": 0.0, "w4": 0.0}
+    assert refused == {"gate": 20.0}
     # Other clients spread over the workers, each under its own cap.
     others = [RawClient(receiver.host, receiver.port, source=f"127.0.41.{i}") for i in range(40)]
     assert greeted(others) == 40
     assert wait_for(
-        lambda: sum(1 for v in samples(receiver, "floodgate_connections_open").values() if v) > 2
+        lambda: sum(1 for v in samples(receiver, "floodgate_sessions_open").values() if v) > 2
     )
 
 
@@ -146,9 +149,9 @@ def test_a_worker_killed_with_sigkill_is_restarted_and_its_slots_come_back(
     assert greeted(others) == 24
 
     def open_per_worker() -> dict[str, float]:
-        counts = samples(receiver, "floodgate_connections_open")
-        assert counts.pop("gate") == 34  # the gate counts the host's connections
-        return counts
+        # The gate counts the host's connections; each worker its sessions.
+        assert samples(receiver, "floodgate_connections_open") == {"gate": 34}
+        return samples(receiver, "floodgate_sessions_open")
 
     assert wait_for(lambda: sum(open_per_worker().values()) == 34)
     open_now = open_per_worker()
@@ -200,27 +203,36 @@ def test_the_same_message_sent_again_through_another_worker_is_stored_once(
     assert database["messages"].count_documents({"rcpt": "retry@mx.test"}) == 1
 
 
-def test_v1_stats_shows_each_worker(
+def test_v1_stats_shows_the_host_once_whatever_its_worker_count(
     make_receiver: ServiceFactory, make_api: ServiceFactory
 ) -> None:
-    receiver = make_receiver(workers="2", **FAST)
+    # One process is a host with one worker: the same one row, the same open count.
     api = make_api()
-    assert wait_for(lambda: all_ready(receiver), 15)
-    for i in range(6):
-        client = RawClient(receiver.host, receiver.port, source=f"127.0.47.{i}")
-        assert client.hello().code == 250
+    rows: dict[str, dict[str, object]] = {}
+    for workers in ("1", "2"):
+        receiver = make_receiver(workers=workers, **FAST)
+        assert wait_for(lambda: all_ready(receiver), 15)  # noqa: B023
+        clients = [
+            RawClient(receiver.host, receiver.port, source=f"127.0.47.{i}") for i in range(6)
+        ]
+        for client in clients:
+            assert client.hello().code == 250
+        name = f"mx.test {receiver.host}:{receiver.port}"
 
-    def names() -> set[str]:
-        stats = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=5).json()
-        return {r["receiver"].rsplit("/", 1)[-1] for r in stats["receivers"]}
+        def row() -> dict[str, object] | None:
+            stats = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=5).json()
+            return next((r for r in stats["receivers"] if r["receiver"] == name), None)  # noqa: B023
 
-    assert wait_for(lambda: {"gate", "w1", "w2"} <= names(), 15), names()
-
-    def open_connections() -> int:
-        stats = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=5).json()
-        return int(stats["overall"]["open_connections"])
-
-    assert wait_for(lambda: open_connections() == 6, 15)
+        assert wait_for(lambda: (row() or {}).get("open_connections") == 6, 15)
+        rows[workers] = row() or {}
+        for client in clients:
+            client.close()
+        receiver.stop()
+    for found in rows.values():
+        assert found["store_up"] is True and found["store_reason"] == "ready"
+        assert found["spool"] == {"messages": 0, "bytes": 0, "oldest_s": 0.0}
+        assert [key for key, _ in found["top_open"]][:6]  # type: ignore[index]
+    assert set(rows["1"]) == set(rows["2"])
 
 
 def test_a_retry_after_451_on_another_worker_gives_one_stored_document(
@@ -335,3 +347,98 @@ def test_a_spool_left_by_another_worker_count_is_replayed(
     assert wait_for(lambda: messages.count_documents({"_id": {"$in": ids}}) == 5, timeout=20)
     assert wait_for(lambda: not segment_paths(data_dir / left_by), timeout=10)
     assert "event=spool_adopted" in receiver.log()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_operator_view_tells_the_truth_with_one_worker_and_with_two(
+    workers: str,
+    make_receiver: ServiceFactory,
+    make_api: ServiceFactory,
+    store_fault: FaultProxy,
+    mongo: MongoClient[dict[str, object]],
+    store_env: dict[str, str],
+) -> None:
+    receiver = make_receiver(
+        workers=workers,
+        mongodb_uri=store_fault.uri,
+        store_timeout="1",
+        store_probe_interval="0.2",
+        stats_interval="0.2",
+        worker_status_interval="0.1",
+        replay_idle="0.1",
+        **FAST,
+    )
+    api = make_api()
+    assert wait_for(lambda: all_ready(receiver), 15)
+    store_fault.set_mode("reset")  # the store away: every message goes to a spool
+    assert wait_for(lambda: "store not taking writes" in readyz(receiver), 15)
+    # Enough clients that two workers both hold some (each client meets one worker).
+    for n in range(8):
+        client = RawClient(receiver.host, receiver.port, source=f"127.0.52.{n + 1}")
+        assert client.hello().code == 250
+        reply = send_message(client, f"s{n}@sender.test", [f"view{n}@mx.test"], BODY)
+        assert reply.code == 250, reply
+        client.cmd("QUIT")
+    # /readyz: every worker's spool counted once.
+    assert wait_for(lambda: "spooling: 8 messages" in readyz(receiver), 10), readyz(receiver)
+    # `floodgate spool status` without --dir: every spool of the host.
+    data_dir = receiver.env["FLOODGATE_DATA_DIR"]
+    status = subprocess.run(
+        [sys.executable, "-m", "floodgate", "spool", "status"],
+        env={**receiver.env, "FLOODGATE_DATA_DIR": data_dir},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    last = status.stdout.splitlines()[-1]
+    assert last.split(": ", 1)[1].startswith("8 messages"), status.stdout
+    # The store back: every message stored once, the views say so.
+    store_fault.set_mode("pass")
+    database = mongo[store_env["FLOODGATE_MONGODB_DATABASE"]]
+    boxes = [f"view{n}@mx.test" for n in range(8)]
+    assert wait_for(
+        lambda: database["messages"].count_documents({"rcpt": {"$in": boxes}}) == 8, 30
+    ), (readyz(receiver), receiver.log()[-3000:])
+    assert wait_for(lambda: readyz(receiver) == "ready", 15), readyz(receiver)
+    # The console and `floodgate top` (/v1/stats, published through the store): one row
+    # for the host, the store as its workers see it, the spools summed.
+    name = f"mx.test {receiver.host}:{receiver.port}"
+
+    def row() -> dict[str, object]:
+        stats = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=5).json()
+        rows = {r["receiver"]: r for r in stats["receivers"]}
+        assert set(rows) == {name}, set(rows)  # no row of a gate, none of a worker
+        return dict(rows[name])
+
+    def settled() -> bool:
+        current = row()
+        spool = current["spool"]
+        return current["store_up"] is True and isinstance(spool, dict) and spool["messages"] == 0
+
+    assert wait_for(settled, 10), row()
+    assert row()["store_reason"] == "ready"
+    totals = row()["totals"]
+    assert isinstance(totals, dict) and totals["stored"] == 8  # spooled counts as accepted
+
+
+def readyz(receiver: ServiceProcess) -> str:
+    return httpx.get(f"{receiver.http_url}/readyz", timeout=5).text.strip()
+
+
+def test_a_client_reconnecting_right_after_221_is_never_refused_for_its_cap(
+    make_receiver: ServiceFactory,
+) -> None:
+    # The slot goes back before the 221 leaves a worker process, and the door reads the
+    # workers' closes before it refuses for a cap: a sending MTA's next connection, opened
+    # as soon as it reads our 221, finds its slot.
+    receiver = make_receiver(workers="2", max_connections_per_ip="1", **FAST)
+    assert wait_for(lambda: all_ready(receiver), 15)
+    codes = []
+    for _ in range(200):
+        client = RawClient(receiver.host, receiver.port, source="127.0.53.1")
+        codes.append(client.reply().code)
+        if codes[-1] == 220:
+            assert client.cmd("QUIT").code == 221
+        client.close()
+    assert codes.count(220) == 200, codes.count(421)

@@ -1,28 +1,37 @@
-"""Drive the SMTP session engine without sockets: a fake clock, transport, sink and events.
+"""Drive a real receiver host without sockets: its door, admission, worker, sessions, intake,
+delivery and telemetry as production wires them (receiver.runtime.host), over a fake clock,
+fake transports and a fake store.
 
 harness = Harness()                      # default limits, domain mx.test
-client = harness.connect("192.0.2.1")    # admitted through the real Admission
+client = harness.connect("192.0.2.1")    # judged by the real door, handed to a real session
 client.feed(b"EHLO c.test\\r\\n")
 assert client.replies()[-1].startswith(b"250 ")
 harness.clock.advance(61)                # timers fire in order on the fake clock
+assert harness.events.closed["idle_timeout"] == 1   # read from the real metrics
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import heapq
+import ipaddress
 import itertools
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
 
 from mailstore.errors import StoreError
 from mailstore.message import MessageDocument
-from receiver.delivery.deliver import Delivery
-from receiver.door.admission import Admission
+from receiver.door.gate import Gate, Screener
 from receiver.limits import DEFAULTS, Limits
-from receiver.smtp import BareNewline, MemoryBudget, Session, SessionContext, Wire
+from receiver.runtime.config import ReceiverConfig
+from receiver.runtime.host import Host
+from receiver.smtp import BareNewline, Session
+from receiver.vocabulary import Closed, MessageOutcome, RecipientOutcome, Refused, TlsOutcome
 
 
 class FakeTimer:
@@ -46,10 +55,13 @@ class FakeClock:
     def time(self) -> float:
         return self.now
 
-    def call_at(self, when: float, callback: Callable[[], None]) -> Any:
-        timer = FakeTimer(when, callback)
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> Any:
+        timer = FakeTimer(when, functools.partial(callback, *args))
         heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Any:
+        return self.call_at(self.now + delay, callback, *args)
 
     def create_task(self, coro: Any) -> asyncio.Task[Any]:
         return asyncio.get_running_loop().create_task(coro)
@@ -71,10 +83,11 @@ class FakeClock:
 
 
 class FakeTransport:
-    """Records what the session writes and how it closes."""
+    """Records what is written and how it closes; hands its input to its protocol."""
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
+        self.protocol: Any = None
         self.writes: list[bytes] = []
         self.closed = False
         self.aborted = False
@@ -82,6 +95,12 @@ class FakeTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return (self.peer, 40000) if name == "peername" else default
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def write(self, data: bytes) -> None:
         assert not (self.closed or self.aborted), "write after close"
@@ -103,13 +122,15 @@ class FakeTransport:
         self.reading = True
 
 
-class FakeSink:
+class FakeStore:
     """Stores in a list; `fail` makes inserts raise, `gate` holds them until set."""
 
     def __init__(self) -> None:
         self.messages: list[MessageDocument] = []
         self.fail: Exception | None = None
         self.gate: asyncio.Event | None = None
+        self.pending = 0
+        self.published: list[dict[str, object]] = []
 
     async def insert(self, message: MessageDocument) -> str:
         if self.gate is not None:
@@ -122,65 +143,143 @@ class FakeSink:
         self.messages.append(message)
         return message.id
 
+    async def probe(self, name: str, within: float) -> str | None:
+        return None if self.fail is None else str(self.fail)
 
-class FakeEvents:
-    """Counts every event the engine reports, by name."""
+    async def ensure_indexes(self) -> None:
+        return None
+
+    async def sweep_expired(self, holder: str, lease: float) -> int | None:
+        return 0
+
+    async def trim_mailbox(self, address: str, keep: int) -> int:
+        return 0
+
+    async def publish_stats(self, snapshot: dict[str, object], within: float) -> None:
+        self.published.append(snapshot)
+
+    async def withdraw_stats(self, receiver: str, within: float) -> None:
+        return None
+
+
+class FakeLists:
+    """The host's blocklist and allowlist: sets a test changes, bans recorded."""
 
     def __init__(self) -> None:
-        self.refused: Counter[str] = Counter()
-        self.closed: Counter[str] = Counter()
-        self.identified: list[str] = []
-        self.messages: Counter[str] = Counter()
-        self.recipients: Counter[str] = Counter()
-        self.down = False
-        self.attempts: list[tuple[bool, str]] = []
-        self.stored_by: Counter[str] = Counter()
+        self.blocked: set[str] = set()
+        self.allowed: set[str] = set()
+        self.changes = 0
+        self.bans: list[tuple[str, str, float]] = []
 
-    def on_refused(self, key: str, reason: str) -> None:
-        self.refused[reason] += 1
+    def is_blocked(self, ip: str) -> bool:
+        return ip in self.blocked
 
-    def on_identified(self, key: str) -> None:
-        self.identified.append(key)
+    def is_allowed(self, ip: str) -> bool:
+        return ip in self.allowed
 
-    def on_session_closed(self, reason: str, key: str) -> None:
-        self.closed[reason] += 1
+    def generation(self) -> int:
+        return self.changes
 
-    def on_message(self, outcome: str) -> None:
-        self.messages[outcome] += 1
+    def staleness(self) -> float:
+        return 0.0
 
-    def on_recipient(self, outcome: str) -> None:
-        self.recipients[outcome] += 1
+    def entries(self) -> int:
+        return len(self.blocked)
 
-    def on_store_attempt(self, ok: bool, seconds: float, reason: str) -> None:
-        self.attempts.append((ok, reason))
+    def ban(self, key: str, reason: str, ttl: float) -> None:
+        self.bans.append((key, reason, ttl))
+        self.blocked.add(key)
+        self.changes += 1
 
-    def store_down(self) -> bool:
-        return self.down
 
-    def on_stored(self, key: str, size: int) -> None:
-        self.stored_by[key] += size
+def _counts(registries: list[CollectorRegistry], name: str, label: str) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for registry in registries:
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == name and label in sample.labels:
+                    found[sample.labels[label]] += int(sample.value)
+    return found
 
-    def on_tls(self, outcome: str, version: str) -> None:
-        self.refused["tls_" + outcome] += 1
+
+class Events:
+    """What the host counted, read from its real metrics (door and worker) by the names of
+    the vocabulary: a count under any other name is a test error, never a silent zero."""
+
+    def __init__(self, host: Host) -> None:
+        assert host.worker is not None
+        self._registries = [host.telemetry.metrics.registry, host.worker.telemetry.metrics.registry]
+
+    def _read(self, name: str, label: str, vocabulary: Any) -> Counter[str]:
+        counts = _counts(self._registries, name, label)
+        allowed = {str(v) for v in vocabulary} | {"accepted"}
+        assert set(counts) <= allowed, set(counts) - allowed
+        return _Strict(Counter({k: n for k, n in counts.items() if n}), allowed)
+
+    @property
+    def refused(self) -> Counter[str]:
+        return self._read("floodgate_refusals_total", "reason", Refused)
+
+    @property
+    def connections(self) -> Counter[str]:
+        return self._read("floodgate_connections_total", "outcome", Refused)
+
+    @property
+    def closed(self) -> Counter[str]:
+        return self._read("floodgate_sessions_closed_total", "reason", Closed)
+
+    @property
+    def messages(self) -> Counter[str]:
+        return self._read("floodgate_messages_total", "outcome", MessageOutcome)
+
+    @property
+    def recipients(self) -> Counter[str]:
+        return self._read("floodgate_recipients_total", "outcome", RecipientOutcome)
+
+    @property
+    def tls(self) -> Counter[str]:
+        return self._read("floodgate_tls_handshakes_total", "outcome", TlsOutcome)
+
+
+class _Strict(Counter[str]):
+    """A Counter that refuses to be asked for a name outside its vocabulary."""
+
+    def __init__(self, counts: Counter[str], allowed: set[str]) -> None:
+        super().__init__(counts)
+        self._allowed = allowed
+
+    def __missing__(self, key: str) -> int:
+        assert key in self._allowed, f"{key!r} is not in the vocabulary"
+        return 0
 
 
 class Client:
-    """One fake connection: feed bytes, read what the session wrote."""
+    """One fake connection: feed bytes, read what the door and the session wrote."""
 
-    def __init__(self, harness: Harness, session: Session, transport: FakeTransport) -> None:
+    def __init__(self, harness: Harness, transport: FakeTransport) -> None:
         self.harness = harness
-        self.session = session
         self.transport = transport
         self._read = 0
+        self._lost = False
+
+    @property
+    def session(self) -> Session:
+        assert isinstance(self.transport.protocol, Session), "not handed over to a session"
+        return cast(Session, self.transport.protocol)
+
+    @property
+    def handed(self) -> bool:
+        return isinstance(self.transport.protocol, Session)
 
     def feed(self, data: bytes) -> None:
         if not self.transport.is_closing():
-            self.session.data_received(data)
+            self.transport.protocol.data_received(data)
 
     def lose(self) -> None:
         """The peer went away (or the transport finished closing)."""
-        if self.session.transport is not None:
-            self.session.connection_lost(None)
+        if not self._lost:
+            self._lost = True
+            self.transport.protocol.connection_lost(None)
 
     def output(self) -> bytes:
         return b"".join(self.transport.writes)
@@ -208,7 +307,7 @@ class Client:
 
 
 class Harness:
-    """A receiver's context with fakes: the real Admission, budget and reply table."""
+    """A host of one worker, wired as in production, with fakes at its edges."""
 
     def __init__(
         self,
@@ -217,52 +316,62 @@ class Harness:
         domains: frozenset[str] = frozenset({"mx.test"}),
         bare_newline: BareNewline = BareNewline.REJECT,
         proxy_timeout: float = 5.0,
+        trusted: tuple[str, ...] = ("127.0.0.0/8", "10.0.0.0/8"),
+        screen: Screener | None = None,
         **changes: Any,
     ) -> None:
         if changes:
             limits = dataclasses.replace(limits, **changes)
         self.clock = FakeClock()
-        self.sink = FakeSink()
-        self.events = FakeEvents()
-        self.blocked: set[str] = set()  # the blocklist: change it through block()
-        self.blocklist_changes = 0
-        self.admission = Admission(
-            limits,
-            is_blocked=self.blocked.__contains__,
-            generation=lambda: self.blocklist_changes,
-            clock=self.clock.time,
-        )
-        self.budget = MemoryBudget(limits.max_data_memory)
-        self.context = SessionContext(
+        self.store = self.sink = FakeStore()
+        self.lists = FakeLists()
+        self.blocked = self.lists.blocked
+        config = ReceiverConfig(
             hostname="mx.test",
             domains=domains,
-            admission=self.admission,
-            delivery=Delivery(self.sink, self.events, self.clock),  # type: ignore[arg-type]
-            events=self.events,
-            budget=self.budget,
-            clock=self.clock,  # type: ignore[arg-type]
-            bare_newline=bare_newline,
+            limits=limits,
+            proxy_protocol=bool(trusted),
+            trusted_proxies=tuple(ipaddress.ip_network(t) for t in trusted),
             proxy_timeout=proxy_timeout,
+            bare_newline=bare_newline,
         )
-        self.wire = Wire(self.context)
+        self.host = Host(
+            config,
+            self.store,
+            self.lists,
+            self.lists,
+            loop=self.clock,
+            screen=screen,  # type: ignore[arg-type]
+        )
+        assert self.host.worker is not None
+        self.worker = self.host.worker
+        self.door = self.host.door
+        self.admission = self.host.admission
+        self.policy = self.worker.policy
+        self.budget = self.worker.budget
+        self.context = self.worker.context
+        self.events = Events(self.host)
+        self.worker.delivery.health.record(True)  # its store answered a first probe
 
     def connect(self, ip: str = "192.0.2.1", *, proxied: bool = False) -> Client:
-        """Admit a connection as the gate does, and start its session."""
-        if proxied:
-            refusal = self.admission.connect_unkeyed()
-            key = None
-        else:
-            key, refusal = self.admission.connect(ip)
-        assert refusal is None, refusal
+        """A new connection from `ip` (a trusted proxy's when `proxied`), as the
+        listener would make it: the door's protocol gets it first."""
         transport = FakeTransport(ip)
-        session = Session(self.context, self.wire, key, ip)
-        session.connection_made(transport)  # type: ignore[arg-type]
-        return Client(self, session, transport)
+        gate: Gate = self.door.gate()
+        transport.set_protocol(gate)
+        gate.connection_made(transport)  # type: ignore[arg-type]
+        return Client(self, transport)
 
     def block(self, ip: str) -> None:
         """An entry reaching the receiver's blocklist (from any receiver or the API)."""
-        self.blocked.add(ip)
-        self.blocklist_changes += 1
+        self.lists.blocked.add(ip)
+        self.lists.changes += 1
+
+    def store_down(self) -> None:
+        """The store failed enough writes to be judged down."""
+        health = self.worker.delivery.health
+        while health.up is not False:
+            health.record(False, "refused")
 
     @property
     def open_connections(self) -> int:
@@ -270,7 +379,7 @@ class Harness:
 
 
 async def settle() -> None:
-    """Let store tasks run to completion (the fake sink answers at once)."""
+    """Let store tasks run to completion (the fake store answers at once)."""
     for _ in range(5):
         await asyncio.sleep(0)
 

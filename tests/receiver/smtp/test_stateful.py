@@ -88,11 +88,11 @@ class Run:
 
     def connect(self) -> None:
         ip = f"192.0.2.{len(self.clients) % 3 + 1}"
-        key, refusal = self.harness.admission.connect(ip)
-        if refusal is not None:  # the gate would refuse it: no session
+        client = self.harness.connect(ip)
+        if not client.handed:  # the door refused it (its cap): no session
+            assert client.closed and client.codes() == [421]
             return
-        self.harness.admission.release(key)
-        self.clients.append(self.harness.connect(ip))
+        self.clients.append(client)
         self.connected += 1
 
 

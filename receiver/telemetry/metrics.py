@@ -1,0 +1,152 @@
+"""The receiver's Prometheus metrics: the door's and each worker's, each in a registry of its
+own (a host serves them as one, labelled `worker`: receiver.telemetry.host_metrics).
+
+Every labelled family is created with all its label values from the vocabularies
+(receiver.vocabulary) up front: a value that is not a member cannot be counted, and every
+series exists from the start (a rate over a series that appears late misses its first
+increase).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from receiver.vocabulary import (
+    ACCEPTED,
+    CONNECTION_REFUSALS,
+    TLS_VERSIONS,
+    Closed,
+    MessageOutcome,
+    RecipientOutcome,
+    Refused,
+    ReplayOutcome,
+    TlsOutcome,
+)
+
+STORE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _refusals(registry: CollectorRegistry) -> Counter:
+    refusals = Counter(
+        "floodgate_refusals",
+        "Refusals, by reason (door and dialogue)",
+        ["reason"],
+        registry=registry,
+    )
+    for reason in Refused:
+        refusals.labels(reason)
+    return refusals
+
+
+class DoorMetrics:
+    """What the door counts: connections by outcome, open connections, stress, bans, and
+    the state of the host's access lists."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.connections = Counter(
+            "floodgate_connections", "Connections by admission outcome", ["outcome"], registry=r
+        )
+        for outcome in (ACCEPTED, *CONNECTION_REFUSALS):
+            self.connections.labels(outcome)
+        self.refusals = _refusals(r)
+        self.open = Gauge("floodgate_connections_open", "Open SMTP connections", registry=r)
+        self.stress = Gauge("floodgate_stress_mode", "1 while stress mode is on", registry=r)
+        self.stress_transitions = Counter(
+            "floodgate_stress_transitions", "Stress mode changes", ["to"], registry=r
+        )
+        self.autobans = Counter("floodgate_autobans", "Clients banned automatically", registry=r)
+        self.blocklist_staleness = Gauge(
+            "floodgate_blocklist_staleness_seconds",
+            "Seconds since the blocklist last synced from the store",
+            registry=r,
+        )
+        self.blocklist_entries = Gauge(
+            "floodgate_blocklist_entries", "Entries in the local blocklist cache", registry=r
+        )
+        self.allowlist_staleness = Gauge(
+            "floodgate_allowlist_staleness_seconds",
+            "Seconds since the allowlist last synced from the store",
+            registry=r,
+        )
+        self.allowlist_entries = Gauge(
+            "floodgate_allowlist_entries",
+            "Entries in the local allowlist (stored and static)",
+            registry=r,
+        )
+
+
+class WorkerMetrics:
+    """What a worker counts: sessions, messages, recipients, TLS, the store and the spool."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.closed = Counter(
+            "floodgate_sessions_closed", "Sessions ended, by reason", ["reason"], registry=r
+        )
+        for reason in Closed:
+            self.closed.labels(reason)
+        self.refusals = _refusals(r)
+        self.sessions = Gauge(
+            "floodgate_sessions_open", "Open SMTP sessions of this worker", registry=r
+        )
+        self.messages = Counter(
+            "floodgate_messages", "Messages by outcome", ["outcome"], registry=r
+        )
+        for outcome in MessageOutcome:
+            self.messages.labels(outcome)
+        self.recipients = Counter(
+            "floodgate_recipients", "Recipients by outcome", ["outcome"], registry=r
+        )
+        for recipient in RecipientOutcome:
+            self.recipients.labels(recipient)
+        self.tls = Counter(
+            "floodgate_tls_handshakes",
+            "STARTTLS handshakes by outcome and TLS version",
+            ["outcome", "version"],
+            registry=r,
+        )
+        for tls in TlsOutcome:
+            self.tls.labels(tls, "none")
+        self.store_up = Gauge(
+            "floodgate_store_up",
+            "1 while the store takes durable writes (3 failures down, 2 successes up)",
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "floodgate_store_seconds",
+            "Time from end of DATA to a durable store answer",
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self.store_pending = Gauge(
+            "floodgate_store_pending", "Inserts whose outcome is not known yet", registry=r
+        )
+        self.data_memory = Gauge(
+            "floodgate_data_memory_bytes", "Message bytes held by sessions in DATA", registry=r
+        )
+        self.expired = Counter(
+            "floodgate_messages_expired", "Expired messages deleted by this receiver", registry=r
+        )
+        self.spool_messages = Gauge(
+            "floodgate_spool_messages", "Messages in the local spool, not yet stored", registry=r
+        )
+        self.spool_bytes = Gauge(
+            "floodgate_spool_bytes", "Bytes of the local spool's records", registry=r
+        )
+        self.spool_oldest = Gauge(
+            "floodgate_spool_oldest_seconds",
+            "Age of the oldest spooled message (0 when the spool is empty)",
+            registry=r,
+        )
+        self.replayed = Counter(
+            "floodgate_spool_replayed",
+            "Spooled messages replayed into the store, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        for replay in ReplayOutcome:
+            self.replayed.labels(replay)
+
+
+__all__ = ["STORE_BUCKETS", "TLS_VERSIONS", "DoorMetrics", "WorkerMetrics"]
