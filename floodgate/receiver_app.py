@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvloop
 
+import processes
 from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail
 from floodgate.settings import Settings, parse_hostport
@@ -197,11 +198,10 @@ async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
 def spawn_worker(index: int, end: socket.socket) -> subprocess.Popen[bytes]:
     """Worker process `index` of this host (floodgate.worker_app), with its end of the
     channel; it reads the same settings from the same environment."""
-    return subprocess.Popen(
+    return processes.spawn(
         [sys.executable, "-m", "floodgate.worker_app", str(index), str(end.fileno())],
         pass_fds=(end.fileno(),),
-        stdin=subprocess.DEVNULL,
-        env=dict(os.environ),
+        env=os.environ,
     )
 
 

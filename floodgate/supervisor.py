@@ -18,13 +18,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from types import FrameType
 
+import processes
 from floodgate.errors import CONFIG_ERROR
 from floodgate.settings import Settings, parse_hostport
 from mailstore.embedded import EmbeddedStore
 from receiver.smtp.tls import SELF_SIGNED
 
-MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then give up
-RESTART_WINDOW = 60.0
 POLL = 0.2
 STARTUP_TIMEOUT = 60.0
 
@@ -49,36 +48,25 @@ def admin_token(settings: Settings) -> tuple[str, bool]:
 
 @dataclass
 class Child:
-    """One supervised `floodgate <role>` process."""
+    """One supervised `floodgate <role>` process, restarted under the one restart policy."""
 
     role: str
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
-    restarts: list[float] = field(default_factory=list)
+    restarts: processes.RestartBudget = field(default_factory=processes.RestartBudget)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "floodgate", self.role], env=self.env, stdin=subprocess.DEVNULL
-        )
+        self.process = processes.spawn([sys.executable, "-m", "floodgate", self.role], env=self.env)
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
     def may_restart(self) -> bool:
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
-        self.restarts.append(now)
-        return len(self.restarts) <= MAX_RESTARTS
+        return self.restarts.died()
 
     def stop(self, timeout: float) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            processes.stop(self.process, timeout)
 
 
 class Supervisor:
@@ -188,6 +176,7 @@ class Supervisor:
                     print(f"floodgate: {child.role} keeps exiting (last code {code}); stopping")
                     return 1
                 print(f"floodgate: {child.role} exited with {code}; restarting", flush=True)
+                time.sleep(child.restarts.policy.delay)
                 child.start()
         return 0
 

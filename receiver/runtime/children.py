@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 
+import processes
 from receiver.door import channel
 from receiver.door.handover import Channels, WorkerEnd
 from receiver.runtime.config import ReceiverConfig
 from receiver.telemetry.events import emit
 
 Spawn = Callable[[int, socket.socket], subprocess.Popen[bytes]]
-MAX_RESTARTS = 5  # deaths of one worker within RESTART_WINDOW, then the host stops
-RESTART_WINDOW = 60.0
 WATCH_INTERVAL = 0.5
 
 
@@ -42,7 +39,8 @@ class WorkerProcesses:
         self.failed = False
         self.failure = ""
         self._stop: asyncio.Event | None = None
-        self._deaths: dict[int, list[float]] = {}
+        policy = processes.RestartPolicy(delay=config.intervals.worker_restart_delay)
+        self._budgets = {end.index: processes.RestartBudget(policy) for end in channels.ends}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, stop: asyncio.Event) -> None:
@@ -74,20 +72,19 @@ class WorkerProcesses:
                 process.wait(1.0)
         if self.stopping:
             return
-        now = time.monotonic()
-        deaths = [t for t in self._deaths.get(end.index, []) if now - t < RESTART_WINDOW]
-        self._deaths[end.index] = [*deaths, now]
-        if len(deaths) >= MAX_RESTARTS:
-            emit("worker_keeps_dying", worker=end.name, deaths=len(deaths) + 1)
-            self.failed = True
-            self.failure = f"a worker died {MAX_RESTARTS + 1} times within {RESTART_WINDOW:.0f}s"
-            if self._stop is not None:
-                self._stop.set()
-        else:
-            self._keep(self.loop.create_task(self._restart(end)))
+        budget = self._budgets[end.index]
+        if budget.died():
+            self._keep(self.loop.create_task(self._restart(end, budget.policy.delay)))
+            return
+        emit("worker_keeps_dying", worker=end.name, deaths=budget.deaths)
+        self.failed = True
+        policy = budget.policy
+        self.failure = f"a worker died {budget.deaths} times within {policy.window:.0f}s"
+        if self._stop is not None:
+            self._stop.set()
 
-    async def _restart(self, end: WorkerEnd) -> None:
-        await asyncio.sleep(self.config.intervals.worker_restart_delay)
+    async def _restart(self, end: WorkerEnd, delay: float) -> None:
+        await asyncio.sleep(delay)
         if not self.stopping and not end.up:
             self._start(end)
 
@@ -105,16 +102,5 @@ class WorkerProcesses:
         self.stopping = True
         for task in list(self._tasks):
             task.cancel()
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        deadline = self.loop.time() + within
-        while self.loop.time() < deadline:
-            if all(p.poll() is not None for p in self.processes.values()):
-                break
-            await asyncio.sleep(0.05)
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait(5.0)
+        await processes.stop_all(list(self.processes.values()), within)
         self.channels.close()
