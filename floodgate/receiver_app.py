@@ -59,6 +59,7 @@ def receiver_config(settings: Settings) -> ReceiverConfig:
         proxy_timeout=settings.proxy_protocol_timeout,
         screen=screen_config(settings),
         dns_servers=dns_servers(settings),
+        dns_0x20=settings.dns_0x20,
         shutdown_grace=settings.shutdown_grace,
         store_timeout=settings.store_timeout,
         log_summary_interval=settings.log_summary_interval,
@@ -111,6 +112,7 @@ def screen_config(settings: Settings) -> ScreenConfig:
         reverse_dns=settings.reverse_dns,
         dns_timeout=settings.dns_timeout,
         pass_ttl=settings.dnsbl_pass_ttl,
+        network_rate=settings.dns_network_rate,
     )
 
 

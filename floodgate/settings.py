@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     proxy_protocol_timeout: float = Field(5.0, ge=3, le=60)
     reverse_dns: bool = False
     dns_timeout: float = Field(2.0, gt=0, le=10)
+    # DNS 0x20: the case of each letter of a question at random, checked in the answer.
+    dns_0x20: bool = False
     shutdown_grace: float = Field(30.0, ge=0, le=600)
     # Bare CR/LF or NUL in message content: reject (521, close) | normalize | accept.
     bare_newline: BareNewline = BareNewline.REJECT
@@ -201,6 +203,7 @@ class Settings(BaseSettings):
     dnsbl_pass_ttl: float = limit("dnsbl_pass_ttl")
     dns_max_in_flight: int = limit("dns_max_in_flight")
     dns_rate: int = limit("dns_rate")
+    dns_network_rate: int = limit("dns_network_rate")
     proxy_max_pending: int = limit("proxy_max_pending")
 
     # Intervals of the receiver's processes: default and range declared once, in

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from floodgate.settings import Settings
 from receiver.delivery.replay import Replay, ReplayConfig
-from receiver.delivery.spool import Spool
+from receiver.delivery.spool import Spool, segment_paths
 from receiver.runtime.config import spool_directories
 
 HELP = "a receiver's local spool: status, or replay a copied spool into the store"
@@ -49,7 +49,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     spools = []
     for directory in directories:
         spool = Spool(directory, max_bytes=1 << 50, min_free=0)
-        spool.open()
+        # A copied spool is read with the key it came with; status changes nothing.
+        spool.open(create=False, tidy=args.action != "status")
+        if spool.key is None and any(segment_paths(directory)):
+            print(
+                f"floodgate spool: {directory} has no key file: its records cannot be proven "
+                "and are kept in quarantine (copy the spool's `key` with it)",
+                file=sys.stderr,
+            )
         spools.append(spool)
     if args.action == "status":
         for spool in spools:

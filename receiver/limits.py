@@ -61,6 +61,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "dnsbl_pass_ttl": (0, 7 * 86_400),
     "dns_max_in_flight": (1, 100_000),
     "dns_rate": (1, 1_000_000),
+    "dns_network_rate": (0, 10_000_000),
     "proxy_max_pending": (1, 1_000_000),
 }
 
@@ -133,6 +134,9 @@ class Limits:
     dnsbl_pass_ttl: float = 3600.0  # a pass is cached this long; postscreen_dnsbl_max_ttl
     dns_max_in_flight: int = 1_000  # lookups awaiting an answer; past it: not sent
     dns_rate: int = 2_000  # lookups sent per second (a one-second burst); past it: not sent
+    # The screen's lookups per minute for one IPv4 /24 or IPv6 /48 (a burst of as many); a
+    # new client of a network past it hears 421 instead of going unscreened. 0 = no budget.
+    dns_network_rate: int = 300
     # PROXY headers awaited at once from one trusted proxy: a proxy sends its header with
     # its first bytes, so only a stalled or hostile one ever holds many (no Postfix one).
     proxy_max_pending: int = 512

@@ -69,6 +69,7 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Server shutting down, try again later")
 # text names the list and the client. `drop`: instead of the banner, then close (RFC 7504:
 # 521, this host does not accept mail from you); `enforce`: to every RCPT, never counted as
 # the client's error: a listed MTA sending to many recipients must not earn a ban by it.
+SCREEN_BUSY = Reply(421, "4.7.0", "Too many new addresses from your network, try again later")
 DNSBL_DROP = Reply(521, "5.7.1", "Service unavailable; client blocked using a DNS list")
 DNSBL_ENFORCE = Reply(
     550, "5.7.1", "Service unavailable; client blocked using a DNS list", policy=True

@@ -30,6 +30,7 @@ class Refused(StrEnum):
     PREGREET = "pregreet"  # talked before the banner
     DNSBL = "dnsbl"  # the screen's `drop` (before the banner) or `enforce` (at RCPT)
     DNSBL_IGNORED = "dnsbl_ignored"  # the screen's dry run (`ignore`): would have been refused
+    SCREEN_BUSY = "screen_busy"  # its network spent its DNS budget: told to come back later
     # In the dialogue (receiver.smtp).
     UNTRUSTED_PROXY = "untrusted_proxy"  # a PROXY header from a client not trusted to send one
     IMPROPER_PIPELINING = "improper_pipelining"
@@ -55,6 +56,7 @@ CONNECTION_REFUSALS = (
     Refused.WORKER_BUSY,
     Refused.PREGREET,
     Refused.DNSBL,
+    Refused.SCREEN_BUSY,
     Refused.UNTRUSTED_PROXY,
 )
 ACCEPTED = "accepted"  # the one connection outcome that is not a refusal

@@ -21,11 +21,10 @@ from typing import Protocol
 
 from mailstore.errors import StoreError, StoreRejected
 from mailstore.message import MessageDocument
-from receiver.delivery.spool import Record, Spool, encode, read_segment
+from receiver.delivery.records import Record, encode
+from receiver.delivery.spool import QUARANTINE, Spool
 from receiver.telemetry.events import emit
 from receiver.vocabulary import ReplayOutcome
-
-QUARANTINE = "quarantine"
 
 
 class Inserter(Protocol):
@@ -55,13 +54,15 @@ class Replay:
         *,
         on_outcome: Callable[[ReplayOutcome, int], None] = lambda outcome, n: None,
         on_stored: Callable[[MessageDocument], None] = lambda message: None,
+        on_damaged: Callable[[int], None] = lambda _bytes: None,
     ) -> None:
         self.spool = spool
         self.sink = sink
         self.config = config
         self._on_outcome = on_outcome
         self._on_stored = on_stored
-        self.quarantine = spool.directory / QUARANTINE
+        self._on_damaged = on_damaged
+        self.quarantined = spool.directory / QUARANTINE
 
     async def run(
         self, store_up: Callable[[], bool], stop: asyncio.Event, *, until_empty: bool = False
@@ -86,14 +87,19 @@ class Replay:
         StoreError when the store fails (what was stored stays stored)."""
         done = 0
         for path in self.spool.sealed():
-            records = await asyncio.to_thread(read_segment, path)
+            segment = await asyncio.to_thread(self.spool.read, path)
+            records = segment.records
             for start in range(0, len(records), self.config.batch):
                 if stop is not None and stop.is_set():
                     return done
                 await self._live_first()
                 done += await self._batch(records[start : start + self.config.batch])
-            self.spool.replayed(path)
-            emit("spool_segment_replayed", records=len(records))
+            if segment.damaged:  # what could be read is stored; the rest is evidence
+                self.spool.quarantine(path, segment)
+                self._on_damaged(segment.damaged)
+            else:
+                self.spool.replayed(path)
+            emit("spool_segment_replayed", records=len(records), damaged_bytes=segment.damaged)
         if done and not self.spool.messages:
             emit("spool_off", replayed=done)  # drained: a state change, logged once
         return done
@@ -135,11 +141,12 @@ class Replay:
         return stored
 
     def _quarantine(self, record: Record) -> None:
-        self.quarantine.mkdir(parents=True, exist_ok=True)
-        path = self.quarantine / "rejected.spool"
+        self.quarantined.mkdir(parents=True, exist_ok=True)
+        path = self.quarantined / "rejected.spool"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, encode(record.message))
+            assert self.spool.key is not None
+            os.write(fd, encode(record.message, self.spool.key))
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -7,42 +7,31 @@ synced to disk (group commit: one `fsync` per batch, off the event loop) before 
 hears `250`. Replay (`receiver.delivery.replay`) writes the records to the store later, in order and
 idempotently, and deletes each segment once every record in it is stored.
 
-A record is framed by length and checksum:
-
-    MAGIC (4) | payload length (4, big-endian) | CRC-32 of the payload (4) | payload
-    payload = metadata length (4) | metadata (JSON) | trace header | message bytes
-
-A crash mid-append leaves a torn last record: it fails its length or checksum and is
-skipped (it was never acknowledged). Anything unreadable in the middle of a segment is
-skipped up to the next record that proves itself whole, so one bad sector costs its own
-records, never the ones after it. The spool is bounded by bytes, and by a floor of free disk
-space it never eats into: past either, appends fail and the sender hears `451`.
+Each record is framed and authenticated with the spool's own key (receiver.delivery.records):
+nothing a sender writes can pass for one. A crash mid-append leaves a torn last record,
+dropped (it was never acknowledged). Anything else unreadable is damage: the records
+around it are still read and stored, and the segment is then kept in `quarantine/` with a
+warning and the bytes skipped, never deleted. The spool is bounded by bytes, and by a floor
+of free disk space it never eats into: past either, appends fail and the sender hears
+`451`, and `full_reason` says which.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
-import struct
 import time
-import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from mailstore.message import MessageDocument, MessageKey, TlsInfo
+from mailstore.message import MessageDocument
+from receiver.delivery.records import Segment, encode, read_segment, spool_key
+from receiver.telemetry.events import emit
 
-MAGIC = b"FGS1"
-_HEADER = struct.Struct(">4sII")
-_META = struct.Struct(">I")
-MAX_RECORD = 32 * 1024 * 1024  # a message is at most 15 MiB (receiver.limits): room to spare
 SEGMENT_BYTES = 64 * 1024 * 1024  # a new segment after this many bytes
 _SUFFIX = ".spool"
-TRACE = "trace"  # the metadata key: length of the trace header before the message bytes
+QUARANTINE = "quarantine"  # beside the segments: what could not be stored, kept as evidence
 
 
 class SpoolFull(Exception):
@@ -51,106 +40,6 @@ class SpoolFull(Exception):
 
 class SpoolFailed(Exception):
     """The disk refused the write (an I/O error, the disk full despite the floor)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One spooled message, where it sits in its segment."""
-
-    offset: int
-    size: int
-    message: MessageDocument
-
-
-def encode(message: MessageDocument) -> bytes:
-    """The record for `message`, framed (see the module docstring). Its metadata carries
-    the message's own field names (mailstore.message), bytes apart."""
-    meta = {
-        key: value
-        for key, value in message.fields().items()
-        if key not in (MessageKey.RAW, MessageKey.RECEIVED_HEADER)
-    }
-    meta[MessageKey.RECEIVED_AT] = message.received_at.isoformat()
-    meta[TRACE] = len(message.received_header)
-    # ensure_ascii: lone surrogates survive as escapes
-    text = json.dumps(meta, separators=(",", ":")).encode("ascii")
-    payload = b"".join((_META.pack(len(text)), text, message.received_header, message.raw))
-    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-
-def decode(payload: bytes) -> MessageDocument:
-    """The message in a payload whose checksum was verified. Raises ValueError if not one.
-
-    Records written before the spool used the message's field names (`id`, `rcpt_to`,
-    `fingerprint`, `tls` as a list) are read too: an upgrade never strands spooled mail."""
-    (meta_size,) = _META.unpack_from(payload)
-    meta = json.loads(payload[_META.size : _META.size + meta_size])
-    body = payload[_META.size + meta_size :]
-    trace = int(meta[TRACE])
-    if not 0 <= trace <= len(body):
-        raise ValueError("trace length out of range")
-    tls = meta.get(MessageKey.TLS)
-    rcpt = meta.get(MessageKey.RCPT, meta.get("rcpt_to"))
-    if not isinstance(rcpt, list):
-        raise ValueError("no recipients")
-    auth = meta.get(MessageKey.AUTH)
-    headers = meta.get(MessageKey.HEADERS) or {}
-    return MessageDocument(
-        id=str(meta[MessageKey.ID] if MessageKey.ID in meta else meta["id"]),
-        raw=body[trace:],
-        mail_from=str(meta[MessageKey.MAIL_FROM]),
-        rcpt=tuple(str(r) for r in rcpt),
-        peer_ip=str(meta[MessageKey.PEER_IP]),
-        helo=str(meta[MessageKey.HELO]),
-        received_at=datetime.fromisoformat(meta[MessageKey.RECEIVED_AT]),
-        received_header=body[:trace],
-        headers={str(k): str(v) for k, v in dict(headers).items()},
-        tls=_tls(tls),
-        fp=str(meta.get(MessageKey.FP, meta.get("fingerprint", ""))),
-        auth=dict(auth) if isinstance(auth, dict) else None,
-    )
-
-
-def _tls(value: object) -> TlsInfo | None:
-    if isinstance(value, dict):
-        return TlsInfo(str(value.get("version", "")), str(value.get("cipher", "")))
-    if isinstance(value, list) and len(value) == 2:  # records of earlier versions
-        return TlsInfo(str(value[0]), str(value[1]))
-    return None
-
-
-def read_records(data: bytes) -> Iterator[Record]:
-    """Every whole record in a segment's bytes, in order; never raises, never invents."""
-    position = 0
-    end = len(data)
-    while position + _HEADER.size <= end:
-        magic, size, crc = _HEADER.unpack_from(data, position)
-        start = position + _HEADER.size
-        if magic == MAGIC and size <= MAX_RECORD and start + size <= end:
-            payload = data[start : start + size]
-            if zlib.crc32(payload) == crc:
-                try:
-                    message = decode(payload)
-                except (ValueError, KeyError, TypeError, IndexError, struct.error):
-                    pass  # a whole record we cannot read: skip it, keep the rest
-                else:
-                    yield Record(position, _HEADER.size + size, message)
-                    position = start + size
-                    continue
-        # Not a whole record here (torn, corrupt): look for the next one.
-        found = data.find(MAGIC, position + 1)
-        if found < 0:
-            return
-        position = found
-
-
-def read_segment(path: Path) -> list[Record]:
-    """The whole records of one segment file (a missing file has none)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    return list(read_records(data))
 
 
 def segment_paths(directory: Path) -> list[Path]:
@@ -184,23 +73,38 @@ class Spool:
         self._serial = 0
         self._writing = False  # a batch is being written in a worker thread
         self.failing = False  # the last write failed (an I/O error): readiness says so
+        self.key: bytes | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create the directory and count what earlier runs left (replay takes it)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def open(self, create: bool = True, tidy: bool = True) -> None:
+        """Create the directory and its key, and count what earlier runs left (replay
+        takes it). `create=False`: a copied spool, read with the key it came with;
+        `tidy=False`: only look (nothing is moved or deleted)."""
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self.key = spool_key(self.directory, create=create)
         for path in segment_paths(self.directory):
-            records = read_segment(path)
+            segment = self.read(path)
+            records = segment.records
             if not records:
-                with contextlib.suppress(OSError):
-                    path.unlink()  # empty, or only a torn record that was never answered
+                if not tidy:
+                    continue
+                if segment.damaged:
+                    self.quarantine(path, segment)  # nothing readable: all of it evidence
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()  # empty, or a torn record that was never answered
                 continue
             size = sum(r.size for r in records)
             self._counts[path] = (len(records), size)
             self._oldest[path] = records[0].message.received_at.timestamp()
             self.messages += len(records)
             self.bytes += size
+
+    def read(self, path: Path) -> Segment:
+        """One of this spool's segments, with its key."""
+        return read_segment(path, self.key)
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -222,17 +126,31 @@ class Spool:
 
     def room(self, size: int) -> bool:
         """Whether a record of `size` bytes fits under the cap and above the disk floor."""
+        return self.full_reason(size) is None
+
+    def full_reason(self, size: int) -> str | None:
+        """Why a record of `size` bytes would not fit, in words an operator acts on: the
+        spool's own cap, the disk's free-space floor, or a disk it cannot write to."""
         if self.bytes + size > self.max_bytes:
-            return False
+            return f"full: {self.bytes} of {self.max_bytes} bytes held"
         try:
-            free = shutil.disk_usage(self.directory).free
-        except OSError:
-            return False
-        return free - size >= self.min_free
+            usage = shutil.disk_usage(self.directory)
+        except OSError as error:
+            return f"its disk cannot be read: {error.strerror or type(error).__name__}"
+        if usage.free < size:
+            return f"its disk is full ({usage.free} bytes free)"
+        if usage.free - size < self.min_free:
+            free, floor = usage.free, self.min_free
+            return f"its disk is at the free-space floor ({free} bytes free, floor {floor})"
+        if not os.access(self.directory, os.W_OK):
+            return "its directory is read-only"
+        return None
 
     async def append(self, message: MessageDocument) -> None:
         """Return once the message is on disk (synced); raise SpoolFull or SpoolFailed."""
-        record = encode(message)
+        if self.key is None:
+            raise SpoolFailed("spool not opened")
+        record = encode(message, self.key)
         if not self.room(len(record)):
             raise SpoolFull("spool full")
         if self._wakeup is None:
@@ -325,13 +243,33 @@ class Spool:
 
     def replayed(self, path: Path) -> None:
         """Every record of `path` is stored: delete it."""
+        self._forget(path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        _sync_directory(self.directory)
+
+    def quarantine(self, path: Path, segment: Segment) -> Path:
+        """Every readable record of `path` is stored, but some of it was damaged: keep the
+        whole file in quarantine as evidence, never delete it, and say so once."""
+        self._forget(path)
+        folder = self.directory / QUARANTINE
+        folder.mkdir(exist_ok=True)
+        kept = folder / f"damaged-{path.name}"
+        os.replace(path, kept)
+        _sync_directory(self.directory)
+        emit(
+            "spool_damaged",
+            segment=str(kept),
+            records=len(segment.records),
+            damaged_bytes=segment.damaged,
+        )
+        return kept
+
+    def _forget(self, path: Path) -> None:
         count, size = self._counts.pop(path, (0, 0))
         self._oldest.pop(path, None)
         self.messages -= count
         self.bytes -= size
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        _sync_directory(self.directory)
 
     def oldest_age(self) -> float:
         """Seconds since the oldest record still waiting was spooled (0 when empty)."""

@@ -49,6 +49,7 @@ CONNECTION_RATE = Refusal(replies.CONNECTION_RATE, Refused.CONNECTION_RATE)
 SHUTTING_DOWN = Refusal(replies.SHUTTING_DOWN, Refused.SHUTTING_DOWN)
 PREGREET = Refusal(replies.PREGREET, Refused.PREGREET)
 WORKER_BUSY = Refusal(replies.TOO_MANY_CONNECTIONS, Refused.WORKER_BUSY)
+SCREEN_BUSY = Refusal(replies.SCREEN_BUSY, Refused.SCREEN_BUSY)
 PROXY_BUSY = Refusal(None, Refused.PROXY_BUSY)  # a proxy's connection: no client to tell
 BAD_PROXY_HEADER = Refusal(None, Refused.BAD_PROXY_HEADER)
 

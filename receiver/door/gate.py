@@ -261,6 +261,10 @@ class Door:
             return  # gone, or refused meanwhile (talked before the banner)
         if verdict.client_name is not None:
             gate.client = client = _named(client, verdict.client_name)
+        if verdict.deferred:  # its network spent its lookups: never passed unscreened
+            self.admission.refused(client.key, Refused.SCREEN_BUSY)
+            self._refuse(gate, client.key, verdicts.SCREEN_BUSY)
+            return
         if verdict.action == "drop" and verdict.reply is not None:
             self.admission.refused(client.key, Refused.DNSBL)
             self._refuse(gate, client.key, Refusal(verdict.reply, Refused.DNSBL), verdict.listed)

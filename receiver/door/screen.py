@@ -10,15 +10,25 @@ the banner).
 
 Fail open: a lookup that times out, fails or answers nonsense counts as "not listed", and
 is counted by list and outcome. A list that answers `127.255.255.x` ("you query too
-much") is not asked for `DISABLE_SECONDS`, with one log line. A pass is cached per client
-address for the pass TTL when every list answered; a refusal or an incomplete pass is
-not (postscreen's rule: a fail is never cached). Allowlisted clients are not looked up.
+much") is asked once more, for its test entry (RFC 5782 5), on a query of its own: only if
+that says the same is it not asked for `DISABLE_SECONDS`, with one log line, so one forged
+answer cannot turn a list off. Verdicts are cached per client address no longer than the
+lists' own answers allow (their TTL; a "not listed" its SOA's negative TTL, RFC 2308), and
+a pass never longer than the pass TTL: a forged "not listed" cannot mint a long pass. A
+pass is cached only when every list answered; a listing, for its TTL, so a listed client
+that keeps connecting costs no lookups. Allowlisted clients are not looked up.
+
+Fail open for a client, never for everyone: each network (an IPv4 /24, an IPv6 /48) has a
+budget of lookups per minute. A client whose network has spent it is not screened and not
+greeted either: the door tells it `421` (a real MTA retries), so one network flooding new
+addresses cannot spend the resolver's whole budget and leave other networks unscreened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -30,6 +40,8 @@ from prometheus_client import Counter as PromCounter
 
 from receiver import replies
 from receiver.door import dnsbl
+from receiver.door.accountant import RateTable
+from receiver.door.keys import client_key, network_key
 from receiver.replies import Reply
 from receiver.resolver import PTR, A, Answer, Resolver
 from receiver.telemetry.events import emit
@@ -49,7 +61,7 @@ __all__ = [
 ]
 
 ACTIONS = ("ignore", "enforce", "drop")  # weakest first
-VERDICTS = ("pass", "cached", "allowlisted", *ACTIONS)
+VERDICTS = ("pass", "cached", "allowlisted", "deferred", *ACTIONS)
 # Per check: `listed`/`clean` (an answer), `timeout`, `servfail`, `garbage` (unparsable,
 # or an address outside 127.0.0.0/8), `throttled` (not sent: lookup caps), `disabled`
 # (the list said 127.255.255.x recently), `refused` (it says so now).
@@ -65,8 +77,8 @@ LOOKUP_OUTCOMES = (
 )
 REVERSE_DNS = "reverse-dns"  # the reverse DNS check's name (not a list domain)
 DISABLE_SECONDS = 600.0  # a list that refuses us is left alone this long
-CACHE_SIZE = 100_000  # passes remembered (client addresses), least recent dropped
-_MISSING = "\0"  # not in the pass cache (no client name contains a NUL)
+CACHE_SIZE = 100_000  # verdicts remembered (client addresses), least recent dropped
+UNSAID_TTL = 300.0  # a "not listed" whose answer named no SOA is kept at most this long
 _RESOLVER = {"nxdomain": "clean", "answer": "clean"}  # else the resolver's own word
 
 
@@ -90,7 +102,8 @@ class ScreenConfig:
     replies: Mapping[str, str] = field(default_factory=dict)  # list domain -> shown name
     reverse_dns: bool = False
     dns_timeout: float = 2.0  # per lookup (per list)
-    pass_ttl: float = 3600.0
+    pass_ttl: float = 3600.0  # at most; a list's own TTL shortens it
+    network_rate: int = 300  # lookups per minute per IPv4 /24 or IPv6 /48 (a burst of as many)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -117,9 +130,11 @@ class Verdict:
     client_name: str | None = None  # reverse DNS, when on ("" when none was found)
     verdict: str = "pass"  # one of VERDICTS, for the metrics
     listed: str = ""  # the list that weighed most (a configured domain), when one did
+    deferred: bool = False  # the client's network spent its lookup budget: not screened
 
 
 PASS = Verdict()
+DEFERRED = Verdict(verdict="deferred", deferred=True)
 
 
 def screen_deadline(greet_wait: float, screen_timeout: float, stressed: bool) -> float:
@@ -187,28 +202,36 @@ class Screen:
         self._checks = config.checks
         self._domains = dnsbl.domains(config.sites)
         self._by_domain = {d: [c for c in self._checks if c.name == d] for d in self._domains}
-        self._passed: TTLCache[str, str | None] = TTLCache(CACHE_SIZE, config.pass_ttl, clock)
+        # Verdicts by client address, each with its own expiry (the lists' TTLs).
+        self._cached: TTLCache[str, tuple[float, Verdict]] = TTLCache(
+            CACHE_SIZE, max(config.pass_ttl, 1.0), clock
+        )
+        self._budget = RateTable(CACHE_SIZE, clock)
         self._disabled: dict[str, float] = {}
+        self._confirming: set[str] = set()
         self._tally: Counter[str] = Counter()  # this interval, for the summary line
         self._lookups: dict[str, Counter[str]] = {}
 
     async def screen(self, ip: str, allowed: bool, deadline: float) -> Verdict:
         """Screen one client within `deadline` seconds."""
-        name = self._passed.get(ip, _MISSING)
-        if name is not _MISSING:
-            return self._verdict(Verdict(client_name=name, verdict="cached"))
+        cached = self._cached.get(ip)
+        if cached is not None and cached[0] > self._clock():
+            return self._verdict(dataclasses.replace(cached[1], verdict="cached"))
         if allowed and not self.config.reverse_dns:
             return self._verdict(Verdict(verdict="allowlisted"))
+        asked = (0 if allowed else len(self._domains)) + (1 if self.config.reverse_dns else 0)
+        if not self._budget.take(network_key(client_key(ip)), self.config.network_rate, asked):
+            return self._verdict(DEFERRED)
         started = self._clock()
         lookups = self._start(ip, allowed, min(deadline, self.config.dns_timeout))
         if lookups:  # each lookup ends by its own timer; this bounds the whole screen too
             await asyncio.wait(lookups.values(), timeout=deadline)
         self.metrics.seconds.observe(self._clock() - started)
-        verdict, complete = self._judge(ip, lookups)
+        verdict, keep = self._judge(ip, lookups)
         if allowed:
             verdict = Verdict(client_name=verdict.client_name, verdict="allowlisted")
-        elif verdict.action is None and complete:
-            self._passed[ip] = verdict.client_name
+        elif keep > 0:
+            self._cached[ip] = (self._clock() + keep, verdict)
         return self._verdict(verdict)
 
     def _start(self, ip: str, allowed: bool, timeout: float) -> dict[str, asyncio.Future[Answer]]:
@@ -228,11 +251,12 @@ class Screen:
                 lookups[REVERSE_DNS] = self.resolver.lookup(pointer, PTR, timeout)
         return lookups
 
-    def _judge(self, ip: str, lookups: dict[str, asyncio.Future[Answer]]) -> tuple[Verdict, bool]:
-        """The score and verdict, and whether every list answered (a cacheable pass)."""
+    def _judge(self, ip: str, lookups: dict[str, asyncio.Future[Answer]]) -> tuple[Verdict, float]:
+        """The score and verdict, and how long it may be kept (0: not at all)."""
         score, complete = 0, True
         listed: dict[str, int] = {}  # domain -> weight it added
         client_name: str | None = None
+        keep = self.config.pass_ttl
         for check, future in lookups.items():
             answer = future.result() if future.done() else Answer("timeout")
             if check == REVERSE_DNS:
@@ -243,18 +267,22 @@ class Screen:
             added, outcome = self._list(check, answer)
             score += added
             complete = complete and outcome in ("listed", "clean")
+            if outcome in ("listed", "clean"):
+                keep = min(keep, answer.ttl if answer.ttl is not None else UNSAID_TTL)
             if outcome == "listed":
                 listed[check] = added
         complete = complete and len(lookups) - (REVERSE_DNS in lookups) == len(self._domains)
         if score < self.config.threshold:
-            return Verdict(score=score, client_name=client_name), complete
+            return Verdict(score=score, client_name=client_name), keep if complete else 0.0
         action = max(
             (c.action for c in self._checks if c.name in listed and c.weight > 0),
             key=ACTIONS.index,
             default=self.config.action,
         )
         worst = max(listed, key=lambda d: listed[d]) if listed else "threshold"
-        return self._refusal(ip, action, score, worst, client_name), False
+        # A listing is kept for its own TTL: a listed client that keeps connecting costs
+        # no lookups (and its refusals count toward a ban at the door).
+        return self._refusal(ip, action, score, worst, client_name), keep
 
     def _list(self, domain: str, answer: Answer) -> tuple[int, str]:
         """The weight one list's answer adds, and its outcome (counted)."""
@@ -265,7 +293,7 @@ class Screen:
             outcome = _RESOLVER.get(answer.outcome, answer.outcome)
         elif any(dnsbl.blocked_query(v) for v in values):
             outcome = "refused"
-            self._disable(domain, values)
+            self._confirm(domain, values)
         elif not any(dnsbl.usable(v) for v in values):
             outcome = "garbage"
         else:
@@ -288,6 +316,24 @@ class Screen:
             reply = replies.DNSBL_ENFORCE.with_text(text)
         reason = f"dnsbl {domain}" if action != "ignore" else f"dnsbl-ignored {domain}"
         return Verdict(action, score, reason, reply, client_name, action, domain)
+
+    def _confirm(self, domain: str, values: tuple[str, ...]) -> None:
+        """A list says it will not answer us: ask its test entry (which every list holds,
+        RFC 5782 5) on a fresh query before believing it; one forged answer is not enough
+        to turn a list off for every client."""
+        if domain in self._confirming or self._disabled.get(domain, 0.0) > self._clock():
+            return
+        name = dnsbl.query_name("127.0.0.2", domain)
+        if name is None:
+            return
+        self._confirming.add(domain)
+        probe = self.resolver.lookup(name, A, self.config.dns_timeout)
+        probe.add_done_callback(lambda done: self._confirmed(domain, done.result()))
+
+    def _confirmed(self, domain: str, answer: Answer) -> None:
+        self._confirming.discard(domain)
+        if answer.outcome == "answer" and any(dnsbl.blocked_query(v) for v in answer.values):
+            self._disable(domain, answer.values)
 
     def _disable(self, domain: str, values: tuple[str, ...]) -> None:
         if self._disabled.get(domain, 0.0) > self._clock():

@@ -45,6 +45,7 @@ class ReceiverConfig:
     proxy_timeout: float = 5.0
     screen: ScreenConfig = field(default_factory=ScreenConfig)  # off unless configured
     dns_servers: tuple[tuple[str, int], ...] = ()  # the screen's resolvers
+    dns_0x20: bool = False  # DNS 0x20 case randomisation on every query
     shutdown_grace: float = 30.0
     store_timeout: float = 5.0  # the insert deadline; write probes get the same
     log_summary_interval: float = 10.0

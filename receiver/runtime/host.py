@@ -128,7 +128,10 @@ class Host:
             return None
         limits = self.config.limits
         resolver = Resolver(
-            self.config.dns_servers, max_in_flight=limits.dns_max_in_flight, rate=limits.dns_rate
+            self.config.dns_servers,
+            max_in_flight=limits.dns_max_in_flight,
+            rate=limits.dns_rate,
+            case_randomised=self.config.dns_0x20,
         )
         registry = self.telemetry.metrics.registry
         metrics = ScreenMetrics(registry, (*domains(config.sites), REVERSE_DNS))

@@ -140,7 +140,10 @@ class Worker:
             return None
         limits = self.config.limits
         resolver = Resolver(
-            self.config.dns_servers, max_in_flight=limits.dns_max_in_flight, rate=limits.dns_rate
+            self.config.dns_servers,
+            max_in_flight=limits.dns_max_in_flight,
+            rate=limits.dns_rate,
+            case_randomised=self.config.dns_0x20,
         )
         return AuthChecker(self.config.auth, resolver, self.telemetry.metrics.registry)
 
@@ -209,8 +212,9 @@ class Worker:
             return False, store
         if spool.failing:
             return False, f"{store}; spool failing"
-        if not spool.room(SPOOL_ROOM):
-            return False, f"{store}; spool full ({spool.bytes} bytes)"
+        full = spool.full_reason(SPOOL_ROOM)
+        if full is not None:
+            return False, f"{store}; spool {full}"
         return True, f"ready, {store}"
 
     def status(self, metrics: bool = False) -> WorkerStatus:
@@ -260,6 +264,7 @@ class Worker:
                 config,
                 on_outcome=lambda outcome, n: replayed[outcome].inc(n),
                 on_stored=self.delivery.stored,
+                on_damaged=self.telemetry.metrics.spool_damaged.inc,
             )
 
         def store_up() -> bool:

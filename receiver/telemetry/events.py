@@ -25,6 +25,7 @@ WARNING_EVENTS = frozenset(
         "retention_sweep_failed",
         "spool_failed",
         "spool_record_quarantined",
+        "spool_damaged",
         "spool_replay_paused",
         "dnsbl_disabled",
         "worker_gone",

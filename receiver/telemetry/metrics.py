@@ -139,6 +139,11 @@ class WorkerMetrics:
             "Age of the oldest spooled message (0 when the spool is empty)",
             registry=r,
         )
+        self.spool_damaged = Counter(
+            "floodgate_spool_damaged_bytes",
+            "Bytes of spooled records that failed their MAC or could not be read (kept)",
+            registry=r,
+        )
         self.replayed = Counter(
             "floodgate_spool_replayed",
             "Spooled messages replayed into the store, by outcome",

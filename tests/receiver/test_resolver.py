@@ -14,6 +14,7 @@ from receiver.resolver import (
     Resolver,
     decode_answer,
     encode_query,
+    randomised,
     system_servers,
 )
 from tests.support.dnsserver import GARBAGE, SERVFAIL, TIMEOUT, DnsServer, Record, closed_port
@@ -125,7 +126,7 @@ async def test_past_the_caps_lookups_are_not_sent_and_say_so_at_once() -> None:
     assert outcomes == ["nxdomain", "nxdomain", "nxdomain", "throttled"]
 
 
-def test_an_answer_to_another_question_is_garbage() -> None:
+def test_an_answer_to_another_question_is_not_ours() -> None:
     query = encode_query(7, "a.test", A)
     response = bytearray(query)
     response[2] |= 0x80  # QR: a response, but to a.test
@@ -143,3 +144,85 @@ def test_compression_loops_are_garbage_not_a_hang() -> None:
 def test_system_servers_come_from_nameserver_lines() -> None:
     text = "# comment\nsearch x\nnameserver 10.0.0.53\nnameserver fe80::1%eth0\n"
     assert system_servers(text) == (("10.0.0.53", 53), ("fe80::1", 53))
+
+
+# --- forgery (RFC 5452) ------------------------------------------------------------------
+
+
+async def test_datagrams_with_our_id_and_another_question_end_no_lookup() -> None:
+    # A blind forger floods datagrams carrying a pending id: none of them is an answer to
+    # the question asked, so the lookup waits for the real one (it used to end at the
+    # first, as garbage, and the screen then failed open).
+    with DnsServer({"listed.test": Record("stray", ("127.0.0.2",))}) as dns:
+        resolver = await _resolver(dns.port)
+        try:
+            answer = await resolver.lookup("listed.test", A, 2.0)
+        finally:
+            resolver.close()
+    assert (answer.outcome, answer.values) == ("answer", ("127.0.0.2",))
+    assert resolver.dropped == 200
+
+
+async def test_every_query_goes_out_from_a_source_port_of_its_own() -> None:
+    ports: list[int] = []
+    import socket as sockets
+
+    server = sockets.socket(sockets.AF_INET, sockets.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    loop = asyncio.get_running_loop()
+    seen: asyncio.Queue[int] = asyncio.Queue()
+    loop.add_reader(server.fileno(), lambda: seen.put_nowait(server.recvfrom(512)[1][1]))
+    resolver = await _resolver(server.getsockname()[1])
+    try:
+        for _ in range(20):
+            resolver.lookup("x.test", A, 0.05)
+        for _ in range(20):
+            ports.append(await asyncio.wait_for(seen.get(), 2))
+    finally:
+        loop.remove_reader(server.fileno())
+        server.close()
+        resolver.close()
+    assert len(set(ports)) == 20  # 20 queries, 20 source ports
+
+
+async def test_an_answer_larger_than_the_query_accepts_is_treated_as_truncated() -> None:
+    with DnsServer({"big.test": Record("big")}) as dns:
+        resolver = await _resolver(dns.port)
+        try:
+            answer = await resolver.lookup("big.test", A, 1.0)
+        finally:
+            resolver.close()
+    assert answer.outcome == "garbage" and answer.values == ()
+
+
+async def test_with_0x20_the_question_must_come_back_in_the_case_it_was_asked() -> None:
+    with DnsServer({"a.test": Record.a("127.0.0.2")}) as dns:
+        resolver = Resolver(
+            (("127.0.0.1", dns.port),), max_in_flight=10, rate=100, case_randomised=True
+        )
+        await resolver.open()
+        try:
+            answer = await resolver.lookup("a.test", A, 1.0)
+        finally:
+            resolver.close()
+    assert answer.outcome == "answer"  # dnslib copies the question as asked
+    assert randomised("abcdefghijklmnopqrstuvwxyz" * 4).lower() == "abcdefghijklmnopqrstuvwxyz" * 4
+
+
+def test_answers_carry_their_ttl_and_a_negative_one_from_the_soa() -> None:
+    from dnslib import QTYPE, RR, SOA, DNSRecord
+    from dnslib import A as ARecord
+
+    query = DNSRecord.question("a.test", "A")
+    positive = query.reply()
+    positive.add_answer(RR("a.test", QTYPE.A, rdata=ARecord("127.0.0.2"), ttl=42))
+    assert decode_answer(bytes(positive.pack()), "a.test", A).ttl == 42
+    negative = query.reply()
+    negative.header.rcode = 3
+    soa = SOA("ns.test", "admin.test", (1, 3600, 600, 86400, 300))
+    negative.add_auth(RR("test", QTYPE.SOA, rdata=soa, ttl=900))
+    assert decode_answer(bytes(negative.pack()), "a.test", A).ttl == 300  # min(TTL, MINIMUM)
+    bare = query.reply()
+    bare.header.rcode = 3
+    assert decode_answer(bytes(bare.pack()), "a.test", A).ttl is None

@@ -26,14 +26,10 @@ from pymongo import MongoClient
 from mailstore.embedded import EmbeddedStore
 from mailstore.ids import new_message_id
 from mailstore.message import MessageDocument, TlsInfo, utcnow
-from receiver.delivery.spool import (
-    Spool,
-    SpoolFull,
-    encode,
-    read_records,
-    read_segment,
-    segment_paths,
-)
+from receiver.delivery.records import Segment
+from receiver.delivery.records import encode as encode_with
+from receiver.delivery.records import read_records as read_with
+from receiver.delivery.spool import Spool, SpoolFull, segment_paths
 from receiver.intake.message import fingerprint
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.deploy.test_faults import Sender
@@ -60,10 +56,20 @@ def message(n: int = 0, raw: bytes = b"Subject: s\r\n\r\nbody\r\n") -> MessageDo
 
 # --- records -------------------------------------------------------------------------
 
+KEY = bytes(range(32))  # a spool's key, as `spool_key` makes one
+
+
+def encode(message: MessageDocument) -> bytes:
+    return encode_with(message, KEY)
+
+
+def read_records(data: bytes) -> list:  # type: ignore[type-arg]
+    return read_with(data, KEY).records
+
 
 def test_a_record_reads_back_exactly() -> None:
     original = message(1, raw=b"Subject: caf\xc3\xa9\r\n\r\n\x00\xff bytes as sent\r\n")
-    [record] = list(read_records(encode(original)))
+    [record] = read_records(encode(original))
     assert record.message == original and record.offset == 0
 
 
@@ -79,8 +85,8 @@ def test_a_spooled_message_keeps_its_authentication_verdicts() -> None:
 def test_a_record_carries_the_stored_documents_field_names() -> None:
     original = message(1)
     record = encode(original)
-    (meta_size,) = struct.unpack_from(">I", record, 12)
-    meta = json.loads(record[16 : 16 + meta_size])
+    (meta_size,) = struct.unpack_from(">I", record, 24)
+    meta = json.loads(record[28 : 28 + meta_size])
     stored = {k for k in original.fields() if k not in ("raw", "received_header")}
     assert set(meta) == stored | {"trace"}
 
@@ -106,8 +112,60 @@ def test_a_record_spooled_before_the_one_message_type_is_still_replayed() -> Non
     ).encode()
     payload = struct.pack(">I", len(meta)) + meta + original.received_header + original.raw
     framed = struct.pack(">4sII", b"FGS1", len(payload), zlib.crc32(payload)) + payload
-    [record] = list(read_records(framed))
+    [record] = read_with(framed, None).records  # a segment of the old format needs no key
     assert record.message == original
+
+
+def test_a_record_in_a_message_body_is_never_read_as_a_record() -> None:
+    # With bare newlines accepted a body can carry a whole framed record; if the record
+    # around it is damaged, a reader looking for the next record finds the forged one:
+    # its envelope, its verdicts, our own Received line. A forger cannot compute the MAC.
+    forged = dataclasses.replace(
+        message(9), mail_from="ceo@bank.test", auth={"dmarc": {"result": "pass"}}
+    )
+    for inner in (encode_with(forged, b"a guess" * 5), encode_with(forged, bytes(32))):
+        carrier = encode(message(1, raw=b"Subject: x\r\n\r\n" + inner + b"\r\n"))
+        damaged = bytearray(carrier)
+        damaged[30] ^= 0xFF  # the carrier's metadata: its MAC fails
+        segment = read_with(bytes(damaged) + encode(message(2)), KEY)
+        assert [r.message.mail_from for r in segment.records] == ["s2@example.org"]
+        assert segment.damaged == len(carrier) and segment.torn == 0
+
+
+def test_damage_is_counted_apart_from_a_torn_tail() -> None:
+    records = [encode(message(n)) for n in range(3)]
+    whole = b"".join(records)
+    cut = read_with(whole[:-5], KEY)  # a crash mid-append: never acknowledged
+    assert len(cut.records) == 2 and cut.damaged == 0 and cut.torn == len(records[2]) - 5
+    flipped = bytearray(whole)
+    flipped[len(records[0]) + 40] ^= 1  # one bit of the second record
+    read = read_with(bytes(flipped), KEY)
+    assert [r.message.mail_from for r in read.records] == ["s0@example.org", "s2@example.org"]
+    assert read.damaged == len(records[1]) and read.torn == 0
+    assert read_with(whole, None) == Segment([], damaged=len(whole))  # no key: nothing proven
+
+
+async def test_a_damaged_segment_is_kept_in_quarantine_never_deleted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, min_free=0)
+    spool.open()
+    spool.start()
+    try:
+        for n in range(3):
+            await spool.append(message(n))
+    finally:
+        await spool.close()
+    [path] = segment_paths(tmp_path / "spool")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55  # the middle record's bytes: acknowledged mail, damaged
+    path.write_bytes(bytes(data))
+    again = Spool(tmp_path / "spool", max_bytes=1 << 20, min_free=0)
+    again.open()
+    [sealed] = again.sealed()
+    segment = again.read(sealed)
+    assert len(segment.records) == 2 and segment.damaged > 0
+    kept = again.quarantine(sealed, segment)
+    assert kept.read_bytes() == bytes(data)  # the evidence, byte for byte
+    assert segment_paths(tmp_path / "spool") == [] and again.messages == 0
 
 
 def test_a_torn_last_record_is_dropped_and_the_ones_before_kept() -> None:
@@ -167,7 +225,7 @@ async def test_the_spool_appends_with_one_sync_per_batch_and_counts_what_is_left
     again.open()  # a restart: what was left is counted, ready for replay
     assert again.messages == 20
     [path] = again.sealed()
-    assert [r.message for r in read_segment(path)] == batch
+    assert [r.message for r in again.read(path).records] == batch
     again.replayed(path)
     assert again.messages == 0 and segment_paths(tmp_path / "spool") == []
 
@@ -344,7 +402,8 @@ def test_a_full_spool_answers_451_and_replays_what_it_took(
         assert 451 in codes and 250 in codes, codes
         assert codes == sorted(codes)  # once full, full (nothing drains while the store is away)
         status, reason = readyz(receiver)
-        assert status == 503 and "spool full" in reason, reason
+        # The reason says which bound: the spool's own cap here.
+        assert status == 503 and "spool full: " in reason and "bytes held" in reason, reason
         store.start()
         _stored_once(uri, db_name, taken)
         found = _stored(uri, db_name)
@@ -385,9 +444,10 @@ def test_a_really_full_disk_answers_451_keeps_whole_records_and_replays_them(
         taken, codes = _fill(receiver, "disk", 10)  # a 1 MiB disk takes four or five
         assert 451 in codes and 250 in codes, codes
         status, reason = readyz(receiver)
-        # The free space is checked before each write (full), and a write the disk still
-        # refuses is cut back (failing): either way 503 and 451, never a torn record.
-        assert status == 503 and ("spool full" in reason or "spool failing" in reason), reason
+        # The free space is checked before each write (the disk full), and a write the disk
+        # still refuses is cut back (failing): either way 503 and 451, never a torn record.
+        assert status == 503, reason
+        assert "spool its disk is full" in reason or "spool failing" in reason, reason
         store.start()
         _stored_once(uri, db_name, taken)
         assert "spool_record_quarantined" not in receiver.log()  # nothing torn or corrupt
@@ -460,5 +520,74 @@ def test_spool_off_keeps_the_451(make_receiver: ServiceFactory, tmp_path: Path) 
         client.hello()
         assert send_message(client, "s@example.org", ["off@mx.test"], b"x\r\n").code == 451
         assert not (Path(receiver.env["FLOODGATE_DATA_DIR"]) / "spool").exists()
+    finally:
+        store.stop()
+
+
+def test_damage_in_a_spool_loses_only_the_damaged_record_keeps_the_evidence_and_forges_nothing(
+    make_receiver: ServiceFactory, tmp_path: Path, db_name: str
+) -> None:
+    # With bare newlines accepted, a sender's body can carry a whole framed record: the
+    # old CRC-framed kind, or a MAC-framed one under a guessed key. When the record that
+    # carries it is damaged, nothing may be read out of it as a message of its own.
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    forged = dataclasses.replace(message(7), mail_from="ceo@bank.test")
+    meta = json.dumps(
+        {
+            "id": forged.id,
+            "mail_from": forged.mail_from,
+            "rcpt_to": ["x@mx.test"],
+            "peer_ip": "192.0.2.1",
+            "helo": "bank.test",
+            "received_at": forged.received_at.isoformat(),
+            "headers": {},
+            "trace": 0,
+        }
+    ).encode()
+    payload = struct.pack(">I", len(meta)) + meta + b"Subject: forged\r\n\r\nx\r\n"
+    old_style = struct.pack(">4sII", b"FGS1", len(payload), zlib.crc32(payload)) + payload
+    guessed = encode_with(forged, bytes(32))
+    try:
+        receiver = make_receiver(
+            mongodb_uri=uri, store_timeout="1", message_rate="0", bare_newline="accept"
+        )
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)
+        store.kill()
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        taken: dict[str, str] = {}
+        for n in range(6):
+            carried = (old_style + b"\n" + guessed) if n == 3 else b"plain"
+            body = f"Subject: spooled {n}\r\n\r\n".encode() + carried + b"\r\n"
+            reply = send_message(client, "s@example.org", ["box@mx.test"], body)
+            assert reply.code == 250, reply
+            taken[f"spooled {n}"] = queued_id(reply.text)
+        client.cmd("QUIT")
+        receiver.stop()
+        spool_dir = Path(receiver.env["FLOODGATE_DATA_DIR"]) / "spool"
+        key = (spool_dir / "key").read_bytes()
+        path, carrier = next(
+            (path, r)
+            for path in segment_paths(spool_dir)
+            for r in read_with(path.read_bytes(), key).records
+            if b"spooled 3" in r.message.raw
+        )
+        data = bytearray(path.read_bytes())
+        for offset in (30, 31, 32):  # three flipped bytes in the carrier's metadata
+            data[carrier.offset + offset] ^= 0xA5
+        path.write_bytes(bytes(data))
+        store.start()
+        again = make_receiver(mongodb_uri=uri, data_dir=str(spool_dir.parent), store_timeout="1")
+        del taken["spooled 3"]  # the damaged one is lost: nothing else is
+        _stored_once(uri, db_name, taken)
+        found = _stored(uri, db_name)
+        assert "forged" not in found and "spooled 3" not in found
+        assert wait_for(lambda: "event=spool_damaged" in again.log(), 10), again.log()
+        [kept] = (spool_dir / "quarantine").glob("damaged-*")
+        assert kept.read_bytes() == bytes(data)  # the evidence, whole
+        damaged = httpx.get(f"{again.http_url}/metrics", timeout=5).text
+        assert "floodgate_spool_damaged_bytes_total" in damaged
+        assert f'floodgate_spool_damaged_bytes_total{{worker="w1"}} {carrier.size}.0' in damaged
     finally:
         store.stop()

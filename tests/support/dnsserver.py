@@ -36,7 +36,10 @@ def listed(ip: str, zone: str) -> str:
 class Record:
     """What the server does for one name."""
 
-    kind: str  # a, aaaa, ptr, txt, mx, servfail, timeout, garbage
+    # a, aaaa, ptr, txt, mx, servfail, timeout, garbage (our question, an answer that cannot
+    # be read), big (an answer larger than the query accepts), or stray (first a flood of
+    # datagrams with our id and another question, then the values as A records)
+    kind: str
     values: tuple[str, ...] = ()
     delay: float = 0.0
 
@@ -84,6 +87,12 @@ class _Handler(socketserver.BaseRequestHandler):
             record = Record("empty")  # the name exists with records of other types
         if record is not None and record.delay:
             time.sleep(record.delay)
+        if record is not None and record.kind == "stray":
+            for n in range(200):  # a blind forger's guesses: our id, another question
+                stray = DNSRecord.question(f"other{n}.{name}", "A")
+                stray.header.id, stray.header.qr = query.header.id, 1
+                sock.sendto(bytes(stray.pack()), self.client_address)
+            record = Record("a", record.values)
         answer = _answer(query, name, record)
         if answer is not None:
             sock.sendto(answer, self.client_address)
@@ -98,9 +107,13 @@ def _answer(query: Any, name: str, record: Record | None) -> bytes | None:
     elif record.kind == "servfail":
         reply.header.rcode = RCODE.SERVFAIL
     elif record.kind == "garbage":
-        return (
-            bytes(reply.pack())[:2] + b"\x81\x80\x00\x01\xff\xff\x00\x00\x00\x00\xff\x07"
-        )  # our id, then nonsense
+        # Our id and question, then an answer count the message does not hold.
+        packed = bytearray(reply.pack())
+        packed[6:8] = b"\x00\x05"
+        return bytes(packed) + b"\xc0\x0c\x00\x01"
+    elif record.kind == "big":
+        for n in range(40):  # some 40 x 16 octets: more than a plain query's 512
+            reply.add_answer(RR(name, QTYPE.A, rdata=A(f"127.0.0.{n + 2}"), ttl=60))
     elif record.kind == "ptr" and query.q.qtype == QTYPE.PTR:
         reply.add_answer(RR(name, QTYPE.PTR, rdata=PTR(record.values[0]), ttl=60))
     elif record.kind == "a" and query.q.qtype == QTYPE.A:
