@@ -273,3 +273,54 @@ async def test_a_full_queue_is_a_temperror_not_a_wait(dns: DnsServer) -> None:
     assert out.auth is not None
     assert out.auth["dkim"][0]["result"] == "temperror"
     assert out.auth["dkim"][0]["reason"] == "busy"
+
+
+# --- what one message may cost the verification workers (RFC 8301) ------------------
+
+
+def _record(n: int, e: int) -> str:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.RSAPublicNumbers(e, n).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
+def test_keys_outside_rfc_8301_never_reach_a_worker() -> None:
+    from receiver.intake.authcheck.signatures import key_outside_bounds
+
+    assert key_outside_bounds(_record((1 << 2047) | 1, 65537)) is None
+    assert key_outside_bounds(_record((1 << 4095) | 1, 65537)) is None
+    too_long = key_outside_bounds(_record((1 << 8191) | 1, 65537))
+    assert too_long == "an RSA key of 8192 bits (RFC 8301: 1024 to 4096)"
+    assert key_outside_bounds(_record((1 << 511) | 1, 65537)) is not None  # too short
+    huge = key_outside_bounds(_record((1 << 2047) | 1, (1 << 1000) | 1))
+    assert huge == "an RSA exponent of 1001 bits"
+    assert key_outside_bounds("v=DKIM1; k=ed25519; p=" + "A" * 44) is None
+    assert key_outside_bounds("v=DKIM1; p=not base64!") is None  # unusable: dkimpy's call
+
+
+async def test_many_signatures_over_a_large_body_cost_one_hash_not_eight(
+    checker: AuthChecker,
+) -> None:
+    # 8 signatures over a 9 MB body would hold a verification worker for 72 MB of hashing:
+    # the first is verified, the rest are not (a temperror that says why), at once.
+    from receiver.intake.authcheck.signatures import HASH_BUDGET
+
+    body = "x" * 998 + "\r\n"
+    raw = dkimkeys.message(body=body * (9 * 1024))
+    for _ in range(8):
+        raw = dkimkeys.sign(raw, "shop.test", "s1", KEY)
+    started = time.monotonic()
+    out = await check(checker, raw)
+    assert out.auth is not None
+    verdicts = [(d["result"], d["reason"]) for d in out.auth["dkim"]]
+    within = HASH_BUDGET // (9 * 1024 * 1000)
+    assert [r for r, _ in verdicts[:within]] == ["pass"] * within
+    assert verdicts[within:] == [("temperror", "too much to hash in one message")] * (8 - within)
+    assert time.monotonic() - started < 2.0  # within the deadline: no signature timed out

@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from receiver.intake.authcheck.lookups import Lookups
 from receiver.intake.authcheck.spf import check_host
@@ -130,3 +132,47 @@ async def test_a_dead_resolver_gives_temperror() -> None:
         assert time.monotonic() - started < 0.5
     finally:
         resolver.close()
+
+
+# --- macro expansion: linear, bounded -------------------------------------------------
+
+
+class NoDns:
+    async def ask(self, name: str, qtype: int) -> object:
+        raise AssertionError("macro expansion asks no one")
+
+
+def _evaluator(sender: str) -> object:
+    import ipaddress
+
+    from receiver.intake.authcheck.spf import _Evaluator
+
+    return _Evaluator(NoDns(), ipaddress.ip_address("192.0.2.1"), sender, "helo.test")  # type: ignore[arg-type]
+
+
+@given(st.lists(st.text(alphabet="abc", max_size=90), min_size=1, max_size=30))
+def test_the_one_cut_to_253_octets_drops_the_same_leading_labels_as_one_at_a_time(
+    labels: list[str],
+) -> None:
+    from receiver.intake.authcheck.spf import cut_to_name
+
+    expanded = ".".join(labels)
+    reference = expanded  # the RFC's wording, label by label (quadratic: small input)
+    while len(reference) > 253 and "." in reference:
+        reference = reference.split(".", 1)[1]
+    assert cut_to_name(expanded) == reference
+
+
+def test_a_record_built_to_expand_for_ever_costs_a_permerror_in_linear_time() -> None:
+    from receiver.intake.authcheck.spf import _Stop
+
+    sender = "x" * 64 + "@" + ".".join(["y" * 60] * 4)
+    evaluator = _evaluator(sender)
+    spec = "%{s}." * 180  # a 900-octet term of sender macros: ~57 KB if expanded
+    started = time.perf_counter()
+    with pytest.raises(_Stop, match="expansion too long"):
+        evaluator._expand(spec, "example.test")  # type: ignore[attr-defined]
+    assert time.perf_counter() - started < 0.05
+    # Within the bound, the cut to 253 octets is one cut, not a loop over labels.
+    short = _evaluator("a@b.test")._expand("%{d}." * 100, "l" * 8 + ".test")  # type: ignore[attr-defined]
+    assert len(short) <= 253 and short.endswith("test")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 
 from receiver.door.dnsbl import query_name
 
@@ -36,7 +36,8 @@ def listed(ip: str, zone: str) -> str:
 class Record:
     """What the server does for one name."""
 
-    # a, aaaa, ptr, txt, mx, servfail, timeout, garbage (our question, an answer that cannot
+    # a, aaaa, ptr, txt, mx, nxdomain (with an SOA of the negative TTL given), servfail,
+    # timeout, garbage (our question, an answer that cannot
     # be read), big (an answer larger than the query accepts), or stray (first a flood of
     # datagrams with our id and another question, then the values as A records)
     kind: str
@@ -102,6 +103,11 @@ def _answer(query: Any, name: str, record: Record | None) -> bytes | None:
     reply = query.reply()
     if record is None:
         reply.header.rcode = RCODE.NXDOMAIN
+    elif record.kind == "nxdomain":  # with an SOA whose MINIMUM is the negative TTL given
+        reply.header.rcode = RCODE.NXDOMAIN
+        negative = int(record.values[0])
+        soa = SOA("ns.test", "admin.test", (1, 3600, 600, 86400, negative))
+        reply.add_auth(RR("test", QTYPE.SOA, rdata=soa, ttl=3600))
     elif record.kind == "timeout":
         return None
     elif record.kind == "servfail":

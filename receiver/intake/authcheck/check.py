@@ -235,6 +235,8 @@ class Pending:
         results: dict[int, DkimResult] = {}
         todo: list[tuple[int, str]] = []
         dkim_needs = [n for n in needs if n is None or n.field == "dkim-signature"]
+        cost = max(1, signatures.hashed_bytes(raw))
+        hashing = signatures.HASH_BUDGET
         for index, need in enumerate(dkim_needs):
             if need is None:
                 results[index] = _unusable()
@@ -244,8 +246,17 @@ class Pending:
                 )
             elif need.name not in keys:
                 results[index] = DkimResult("permerror", need.domain, need.selector, "no key")
+            elif (outside := signatures.key_outside_bounds(keys[need.name])) is not None:
+                results[index] = DkimResult("permerror", need.domain, need.selector, outside)
+            elif hashing < cost and todo:  # the first signature is always verified
+                results[index] = DkimResult(
+                    "temperror", need.domain, need.selector, "too much to hash in one message"
+                )
             else:
+                hashing -= cost
                 todo.append((index, need.name))
+        # A key outside RFC 8301's bounds never reaches a worker, an ARC one included.
+        keys = {n: r for n, r in keys.items() if signatures.key_outside_bounds(r) is None}
         arc_result = ("none", "")
         if arc and any(a.status == ERROR for a in answers):
             arc_result, arc = ("temperror", "DNS failure for an ARC key"), False

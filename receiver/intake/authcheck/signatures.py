@@ -8,13 +8,35 @@ dkimpy with a `dnsfunc` that answers from them, so dkimpy never touches the netw
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_SIGNATURES", "KeyNeed", "header_fields", "key_needs", "verify"]
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+__all__ = [
+    "HASH_BUDGET",
+    "MAX_SIGNATURES",
+    "KeyNeed",
+    "header_fields",
+    "key_needs",
+    "key_outside_bounds",
+    "verify",
+]
 
 MAX_SIGNATURES = 8  # DKIM-Signature fields verified per message; later ones are ignored
+# Bytes of body one message may have hashed across its signatures: a sender cannot hold a
+# verification worker with many signatures over a large body (8 x 9 MB). Past the budget
+# a signature is not verified (temperror, "too much to hash"), never a wait.
+HASH_BUDGET = 16 * 1024 * 1024
+# RFC 8301 3.2: verifiers validate RSA keys of 1024 to 4096 bits. A longer modulus, or a
+# public exponent past this, would make one verification cost what a sender likes.
+RSA_BITS = (1024, 4096)
+MAX_EXPONENT = (1 << 32) - 1
 MAX_ARC_SETS = 8  # ARC instances read (RFC 8617 4.2.1 caps the chain at 50)
 _END = re.compile(rb"\r\n\r\n")
 _FIELD_END = re.compile(rb"\r\n(?![ \t])")
@@ -73,6 +95,37 @@ def key_needs(fields: list[tuple[bytes, bytes]]) -> tuple[list[KeyNeed | None], 
         if name == b"dkim-signature" or need is not None:
             needs.append(need)
     return needs, arc
+
+
+def hashed_bytes(raw: bytes) -> int:
+    """What one signature over the whole body costs to hash, roughly: the body's length."""
+    end = _END.search(raw)
+    return len(raw) - end.end() if end is not None else 0
+
+
+def key_outside_bounds(record: str) -> str | None:
+    """Why a DKIM key record may not be used (RFC 8301: an RSA key of more than 4096 bits
+    or an exponent past 2^32 - 1), or None; decided on the loop in microseconds (a record
+    is at most one UDP answer) before any work reaches a verification worker."""
+    tags = dict(
+        (name.strip().lower(), value.strip())
+        for name, _, value in (part.partition("=") for part in record.split(";"))
+    )
+    if tags.get("k", "rsa").lower() != "rsa":
+        return None  # ed25519 keys have one size
+    try:
+        der = base64.b64decode(_FWS.sub("", tags.get("p", "")), validate=True)
+        key = serialization.load_der_public_key(der)
+    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm):
+        return None  # unusable: dkimpy says so in the worker (permerror)
+    if not isinstance(key, rsa.RSAPublicKey):
+        return None
+    numbers = key.public_numbers()
+    if not RSA_BITS[0] <= key.key_size <= RSA_BITS[1]:
+        return f"an RSA key of {key.key_size} bits (RFC 8301: 1024 to 4096)"
+    if numbers.e > MAX_EXPONENT:
+        return f"an RSA exponent of {numbers.e.bit_length()} bits"
+    return None
 
 
 def _tag(pattern: re.Pattern[str], text: str) -> str:

@@ -24,6 +24,11 @@ __all__ = ["MAX_LOOKUPS", "SpfResult", "check_host"]
 MAX_LOOKUPS = 10  # RFC 7208 4.6.4
 MAX_VOID = 2  # RFC 7208 4.6.4
 MAX_MX = 10  # RFC 7208 4.6.4: names of one `mx` looked up for addresses
+# Macro expansion is the one cost here a record's author controls without a lookup: each
+# spec may expand to at most MAX_EXPANSION octets before it is cut to a name (7.3), and all
+# of one check's specs to EXPANSION_BUDGET: past either, permerror, never more work.
+MAX_EXPANSION = 2048
+EXPANSION_BUDGET = 16 * 1024
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 _MECHANISM = re.compile(r"([+\-~?]?)([a-z0-9]+)(?::([^/]*))?(?:/(\d{1,3}))?(?://(\d{1,3}))?")
 _KINDS = frozenset({"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"})
@@ -61,6 +66,7 @@ class _Stop(Exception):
 class _Budget:
     lookups: int = 0
     voids: int = 0
+    expanded: int = 0  # octets of macro expansion so far
 
     def spend(self) -> None:
         self.lookups += 1
@@ -217,9 +223,20 @@ class _Evaluator:
         return network.version == self.ip.version and self.ip in network
 
     def _expand(self, spec: str, domain: str) -> str:
-        """Macro expansion (RFC 7208 7.3); the result is cut to 253 octets (7.3)."""
+        """Macro expansion (RFC 7208 7.3); the result is cut to 253 octets (7.3). Linear in
+        the spec and bounded (see MAX_EXPANSION): a record cannot make this quadratic."""
+        produced = 0
 
         def replace(match: re.Match[str]) -> str:
+            nonlocal produced
+            text = _replacement(match)
+            produced += len(text)
+            self.budget.expanded += len(text)
+            if produced > MAX_EXPANSION or self.budget.expanded > EXPANSION_BUDGET:
+                raise _Stop("permerror", "macro expansion too long")
+            return text
+
+        def _replacement(match: re.Match[str]) -> str:
             if match[5] is not None:
                 literal = {"%": "%", "_": " ", "-": "%20"}.get(match[5])
                 if literal is None:
@@ -236,10 +253,9 @@ class _Evaluator:
                 parts = parts[-keep:]
             return ".".join(parts)
 
-        expanded = _MACRO.sub(replace, spec).rstrip(".")
-        while len(expanded) > 253 and "." in expanded:
-            expanded = expanded.split(".", 1)[1]  # drop leading labels (7.3)
-        return expanded.lower()
+        if len(spec) > MAX_EXPANSION:
+            raise _Stop("permerror", "macro spec too long")
+        return cut_to_name(_MACRO.sub(replace, spec).rstrip(".")).lower()
 
     def _macro(self, letter: str, domain: str) -> str:
         if letter in "slh":
@@ -262,6 +278,15 @@ class _Evaluator:
         if self.ip.version == 4:  # "i"
             return str(self.ip)
         return ".".join(self.ip.exploded.replace(":", ""))
+
+
+def cut_to_name(expanded: str) -> str:
+    """Leading labels dropped until at most 253 octets are left (RFC 7208 7.3), in one
+    cut: the first dot from which the rest fits (no dot there: the last label)."""
+    if len(expanded) <= 253:
+        return expanded
+    cut = expanded.find(".", len(expanded) - 254)
+    return expanded[cut + 1 :] if cut >= 0 else expanded.rpartition(".")[2]
 
 
 def argument_ok(domain: str) -> bool:
