@@ -205,6 +205,8 @@ class Settings(BaseSettings):
     dns_rate: int = limit("dns_rate")
     dns_network_rate: int = limit("dns_network_rate")
     proxy_max_pending: int = limit("proxy_max_pending")
+    karma_messages: int = limit("karma_messages")
+    karma_window: float = limit("karma_window")
 
     # Intervals of the receiver's processes: default and range declared once, in
     # receiver/runtime/intervals.py (tests shorten them; production keeps the defaults).

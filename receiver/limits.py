@@ -63,6 +63,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "dns_rate": (1, 1_000_000),
     "dns_network_rate": (0, 10_000_000),
     "proxy_max_pending": (1, 1_000_000),
+    "karma_messages": (0, 1_000_000),
+    "karma_window": (60, 7 * 86_400),
 }
 
 
@@ -140,6 +142,12 @@ class Limits:
     # PROXY headers awaited at once from one trusted proxy: a proxy sends its header with
     # its first bytes, so only a stalled or hostile one ever holds many (no Postfix one).
     proxy_max_pending: int = 512
+    # Karma (Haraka's): a client whose last `karma_messages` authenticated messages (SPF or
+    # DKIM pass, with the authentication checks on) came within `karma_window` and who
+    # committed no violation since is treated as allowlisted for caps and rates (never for
+    # bans): a real sender's backlog goes through in one pass. 0 = off.
+    karma_messages: int = 20
+    karma_window: float = 3600.0
 
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():

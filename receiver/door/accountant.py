@@ -105,6 +105,11 @@ class HitCounter:
             self._hits.popitem(last=False)
         return count
 
+    def count(self, key: str) -> int:
+        """The hits within the current window, recording none."""
+        count, start = self._hits.get(key, (0, 0.0))
+        return count if self._clock() - start <= self._window else 0
+
     def forget(self, key: str) -> None:
         self._hits.pop(key, None)
 

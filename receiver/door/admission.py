@@ -59,10 +59,12 @@ StressHook = Callable[[bool, int], None]
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """A connection the door counted: its client key and whether it is allowlisted."""
+    """A connection the door counted: its client key, whether it is allowlisted, and
+    whether it has earned karma (allowlisted for caps and rates, not for bans)."""
 
     key: str
     allowed: bool
+    vouched: bool = False
 
 
 class Admission:
@@ -85,6 +87,8 @@ class Admission:
             limits.autoban_window, limits.rate_clients, clock
         )
         self.counts = self.accountant.counts
+        # Authenticated messages per client (receiver.intake's evidence), toward karma.
+        self.karma = HitCounter(limits.karma_window, limits.rate_clients, clock)
         self.stressed = False
         self._is_blocked = is_blocked
         self._is_allowed = is_allowed
@@ -108,14 +112,29 @@ class Admission:
         allowed = self._is_allowed(ip)
         if self._is_blocked(ip):
             return key, BLOCKED_ALLOWLISTED if allowed else BLOCKED
-        if settle is not None and self._at_cap(key, allowed):
+        vouched = not allowed and self.vouched(key)
+        if settle is not None and self._at_cap(key, allowed or vouched):
             settle()
-        refusal = self._caps(key, allowed)
+        refusal = self._caps(key, allowed or vouched)
         if refusal is not None:
             return key, refusal
         self.counts.acquire(key)
         self._update_stress()
-        return key, Admitted(key, allowed)
+        return key, Admitted(key, allowed, vouched)
+
+    def vouched(self, key: str) -> bool:
+        """Whether `key` has earned karma (see Limits.karma_messages)."""
+        needed = self.limits.karma_messages
+        return needed > 0 and self.karma.count(key) >= needed
+
+    def vouch(self, key: str) -> None:
+        """A message from `key` passed authentication: evidence of good behaviour."""
+        if self.limits.karma_messages > 0:
+            self.karma.hit(key)
+
+    def forfeit(self, key: str) -> None:
+        """`key` committed a violation: whatever karma it earned is gone."""
+        self.karma.forget(key)
 
     def _at_cap(self, key: str, allowed: bool) -> bool:
         cap = (
@@ -149,6 +168,7 @@ class Admission:
     def violation(self, key: str, reason: Violation, allowed: bool = False) -> bool:
         """Record a protocol violation by `key` at the door; ban it once it keeps
         committing them. True if this one banned it. An allowlisted client never is."""
+        self.forfeit(key)
         if allowed:
             return False
         return self._count(self.accountant.violations, self.limits.autoban_threshold, key, reason)

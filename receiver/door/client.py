@@ -24,6 +24,12 @@ class Client:
     allowed: bool = False
     name: str | None = None
     screened: str | None = None
+    vouched: bool = False  # earned karma: allowlisted for caps and rates, not for bans
+
+    @property
+    def unlimited(self) -> bool:
+        """No per-client rates: allowlisted, or vouched for by its own record."""
+        return self.allowed or self.vouched
 
 
 class HostSide(Protocol):
@@ -40,3 +46,9 @@ class HostSide(Protocol):
 
     def ban(self, key: str, reason: BanReason, ttl: float) -> None:
         """The dialogue decided `key` has earned an auto-ban."""
+
+    def vouched(self, key: str) -> None:
+        """A message from `key` passed authentication (evidence toward karma)."""
+
+    def violated(self, key: str) -> None:
+        """`key` committed a protocol violation (its karma is gone)."""

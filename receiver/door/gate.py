@@ -20,6 +20,7 @@ session, so they stay cheap and never wait on a busy worker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import ipaddress
 from collections import Counter
@@ -206,7 +207,7 @@ class Door:
     # --- before the banner ----------------------------------------------------------
 
     def _before_banner(self, gate: Gate, admitted: Admitted, ip: str) -> None:
-        gate.client = Client(ip, admitted.key, admitted.allowed)
+        gate.client = Client(ip, admitted.key, admitted.allowed, vouched=admitted.vouched)
         limits = self.admission.limits
         if self.screen is None and limits.greet_wait <= 0:
             self._hand(gate)
@@ -318,11 +319,11 @@ class Door:
 
 
 def _named(client: Client, name: str) -> Client:
-    return Client(client.ip, client.key, client.allowed, name, client.screened)
+    return dataclasses.replace(client, name=name)
 
 
 def _screened(client: Client, reply: Reply) -> Client:
-    return Client(client.ip, client.key, client.allowed, client.name, reply.text)
+    return dataclasses.replace(client, screened=reply.text)
 
 
 class Stage(enum.Enum):

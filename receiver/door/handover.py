@@ -163,6 +163,10 @@ class Channels:
                     self.host.refused(key, Refused(reason))
                 case ["s", str(key), int(size)]:
                     self.host.stored(key, size)
+                case ["v", str(key)]:
+                    self.host.vouched(key)
+                case ["x", str(key)]:
+                    self.host.violated(key)
 
     def _ban(self, ban: object) -> None:
         if not isinstance(ban, dict):

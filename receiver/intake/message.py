@@ -32,6 +32,8 @@ from receiver.vocabulary import MessageOutcome
 class IntakeEvents(Protocol):
     def message(self, outcome: MessageOutcome) -> None: ...
 
+    def authenticated(self, key: str) -> None: ...
+
 
 def fingerprint(sender: str, recipients: Iterable[str], raw: bytes) -> str:
     """The same bytes from the same sender to the same recipients: one message.
@@ -138,7 +140,21 @@ class Transaction:
         if self.checks is not None:  # within their own deadline; never raises
             message = await self.checks.finish(message)
             self.checks = None
+            if _authenticated(message):  # evidence of good behaviour, toward karma
+                intake.events.authenticated(envelope.client.key)
         return await intake.delivery.deliver(message, envelope.client.key)
+
+
+def _authenticated(message: MessageDocument) -> bool:
+    """SPF passed for the envelope sender, or a DKIM signature verified."""
+    auth = message.auth or {}
+    spf = auth.get("spf")
+    if isinstance(spf, dict) and spf.get("result") == "pass":
+        return True
+    signed = auth.get("dkim")
+    return isinstance(signed, list) and any(
+        isinstance(d, dict) and d.get("result") == "pass" for d in signed
+    )
 
 
 def _header_refusal(content: bytes, scan: HeaderScan) -> tuple[Reply, MessageOutcome] | None:

@@ -157,6 +157,12 @@ class Host:
     def stored(self, key: str, size: int) -> None:
         self.telemetry.stored(key, size)
 
+    def vouched(self, key: str) -> None:
+        self.admission.vouch(key)
+
+    def violated(self, key: str) -> None:
+        self.admission.forfeit(key)
+
     def ban(self, key: str, reason: BanReason, ttl: float) -> None:
         """One writer per host: its blocklist (its cache at once, then the store)."""
         self.telemetry.ban(key, reason, ttl)

@@ -92,6 +92,7 @@ class Worker:
             generation=blocklist.generation,
             clock=loop.time,
             on_ban=host.ban,
+            on_violation=host.violated,
         )
         self.budget = MemoryBudget(limits.max_data_memory)
         self.spool_settings = config.spool_for(index)

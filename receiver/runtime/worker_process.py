@@ -56,6 +56,12 @@ class ChannelLink:
     def stored(self, key: str, size: int) -> None:
         self._event(["s", key, size])
 
+    def vouched(self, key: str) -> None:
+        self._event(["v", key])
+
+    def violated(self, key: str) -> None:
+        self._event(["x", key])
+
     def ban(self, key: str, reason: BanReason, ttl: float) -> None:
         self.blocklist.hold(key, ttl)  # this worker's sessions see it at once
         self._send(channel.ban(key, str(reason), ttl))

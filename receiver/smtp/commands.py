@@ -78,7 +78,7 @@ def mail(session: Session, arg: bytes) -> Reply | None:
         return replies.NOT_ASCII_ADDRESS
     if address is not NULL_SENDER and not address.domain:
         return replies.BAD_SENDER  # a bare <postmaster> names no domain to reply to
-    deferral = session.ctx.policy.mail(session.client.key, session.client.allowed)
+    deferral = session.ctx.policy.mail(session.client.key, session.client.unlimited)
     if deferral is not None:
         session.ctx.events.message(MessageOutcome.MESSAGE_RATE)
         session.refuse(deferral.reason, deferral.reply)
@@ -153,7 +153,7 @@ def _judge_recipient(session: Session, text: str) -> tuple[Reply, RecipientOutco
     policy = session.ctx.policy
     if session.rcpt_count >= policy.limits.max_recipients:  # duplicates count, as in Postfix
         return replies.TOO_MANY_RECIPIENTS, RecipientOutcome.TOO_MANY
-    deferral = policy.rcpt(session.client.key, session.client.allowed)
+    deferral = policy.rcpt(session.client.key, session.client.unlimited)
     if deferral is not None:
         return deferral.reply, RecipientOutcome.RECIPIENT_RATE
     if mailbox not in session.recipients:
@@ -226,7 +226,7 @@ def starttls(session: Session, arg: bytes) -> Reply | None:
         return replies.SYNTAX_STARTTLS
     if session.helo is None or not session.esmtp:
         return replies.NEED_EHLO
-    if tls.begin(session.client.key, session.client.allowed) is not None:
+    if tls.begin(session.client.key, session.client.unlimited) is not None:
         session.ctx.events.tls(TlsOutcome.REFUSED_RATE, "none")
         return replies.TLS_BUSY
     session.start_tls()

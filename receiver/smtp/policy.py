@@ -49,6 +49,7 @@ class Policy:
         generation: Callable[[], int] = lambda: 0,
         clock: Clock = time.monotonic,
         on_ban: BanHook | None = None,
+        on_violation: Callable[[str], None] = lambda _key: None,
     ) -> None:
         self.normal = limits
         self.stressed_limits = limits.stressed()
@@ -59,6 +60,7 @@ class Policy:
         # Bumped by every change to the blocklist: open sessions look again only then.
         self.generation = generation
         self._on_ban = on_ban
+        self._on_violation = on_violation
 
     @property
     def limits(self) -> Limits:
@@ -93,7 +95,9 @@ class Policy:
 
     def violation(self, key: str, reason: Violation, allowed: bool = False) -> bool:
         """Record a protocol violation by `key`; ban it once it keeps committing them.
-        True if this one banned it. An allowlisted client is never banned."""
+        True if this one banned it. An allowlisted client is never banned; any client
+        loses its karma."""
+        self._on_violation(key)
         if allowed:
             return False
         threshold = self.normal.autoban_threshold

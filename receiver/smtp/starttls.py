@@ -40,7 +40,7 @@ def start(session: Session) -> None:
 async def _handshake(session: Session, tls: Handshakes, raw: asyncio.Transport) -> None:
     client = session.client
     waiting = await tls.hello(
-        raw, client.key, client.allowed, lambda: session.phase is Phase.HANDSHAKE
+        raw, client.key, client.unlimited, lambda: session.phase is Phase.HANDSHAKE
     )
     if waiting is not None:
         _no_handshake(session, waiting)

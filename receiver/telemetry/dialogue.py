@@ -61,3 +61,7 @@ class WorkerTelemetry:
     def stored(self, key: str, size: int) -> None:
         """A message from `key` is durable (stored or spooled)."""
         self.host.stored(key, size)
+
+    def authenticated(self, key: str) -> None:
+        """A message from `key` passed authentication: the host counts it toward karma."""
+        self.host.vouched(key)

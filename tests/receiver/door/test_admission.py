@@ -217,3 +217,50 @@ def test_admission_judges_by_the_accountant_it_is_given() -> None:
     assert refusal(first, "192.0.2.70") is admission.PER_IP_CAP
     alone = Admission(limits(max_connections_per_ip=2), clock=clock)
     assert refusal(alone, "192.0.2.70") is None  # its own counts
+
+
+def test_karma_earned_by_authenticated_mail_lifts_caps_and_rates_until_a_violation() -> None:
+    clock = Clock()
+    judge = Admission(
+        limits(
+            max_connections_per_ip=2,
+            allowlist_max_connections_per_ip=5,
+            connection_rate=3,
+            karma_messages=4,
+            karma_window=600,
+        ),
+        clock=clock,
+    )
+    for _ in range(3):
+        judge.vouch("192.0.2.80")
+    assert judge.connect("192.0.2.80")[1] == Admitted("192.0.2.80", False, False)
+    judge.release("192.0.2.80")
+    judge.vouch("192.0.2.80")  # the fourth authenticated message: earned
+    outcomes = [refusal(judge, "192.0.2.80") for _ in range(6)]
+    assert outcomes == [None] * 5 + [admission.PER_IP_CAP]  # the allowlist's cap, no rate
+    for _ in range(5):
+        judge.release("192.0.2.80")
+    judge.violation("192.0.2.80", Violation.PREGREET)  # one violation and it is gone
+    assert [refusal(judge, "192.0.2.80") for _ in range(3)][2] is not None
+    for _ in range(4):
+        judge.vouch("192.0.2.81")
+    clock.now += 601  # evidence is recent or it is none
+    assert judge.connect("192.0.2.81")[1] == Admitted("192.0.2.81", False, False)
+
+
+def test_karma_is_off_at_zero_and_never_spares_a_ban() -> None:
+    bans: list[tuple[str, str, float]] = []
+    judge = Admission(
+        limits(karma_messages=0, autoban_threshold=2), on_ban=lambda *b: bans.append(b)
+    )
+    for _ in range(50):
+        judge.vouch("192.0.2.82")
+    assert not judge.vouched("192.0.2.82")
+    vouched = Admission(
+        limits(karma_messages=1, autoban_threshold=2), on_ban=lambda *b: bans.append(b)
+    )
+    vouched.vouch("192.0.2.83")
+    assert vouched.vouched("192.0.2.83")
+    vouched.violation("192.0.2.83", Violation.PREGREET)
+    vouched.violation("192.0.2.83", Violation.PREGREET)
+    assert bans == [("192.0.2.83", Violation.PREGREET, DEFAULTS.autoban_ttl)]
