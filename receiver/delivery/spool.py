@@ -73,6 +73,7 @@ class Spool:
         self._serial = 0
         self._writing = False  # a batch is being written in a worker thread
         self.failing = False  # the last write failed (an I/O error): readiness says so
+        self.failure = ""  # ... and why (the disk's own words: read-only, no space, I/O)
         self.key: bytes | None = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -81,9 +82,15 @@ class Spool:
         """Create the directory and its key, and count what earlier runs left (replay
         takes it). `create=False`: a copied spool, read with the key it came with;
         `tidy=False`: only look (nothing is moved or deleted)."""
-        if create:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        self.key = spool_key(self.directory, create=create)
+        try:
+            if create:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            self.key = spool_key(self.directory, create=create)
+        except OSError as error:  # a read-only or broken disk: mail is taken while the
+            self.failing = True  # store answers, and readiness names the cause
+            self.failure = error.strerror or type(error).__name__
+            emit("spool_failed", error=str(error)[:160])
+            return
         for path in segment_paths(self.directory):
             segment = self.read(path)
             records = segment.records
@@ -173,6 +180,7 @@ class Spool:
                     path = await asyncio.to_thread(self._write, data)
                 except OSError as error:
                     self.failing = True
+                    self.failure = error.strerror or type(error).__name__
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(SpoolFailed(str(error)))

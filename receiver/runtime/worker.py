@@ -212,7 +212,7 @@ class Worker:
         if spool is None:
             return False, store
         if spool.failing:
-            return False, f"{store}; spool failing"
+            return False, f"{store}; spool failing: {spool.failure}"
         full = spool.full_reason(SPOOL_ROOM)
         if full is not None:
             return False, f"{store}; spool {full}"

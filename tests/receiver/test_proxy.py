@@ -6,9 +6,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import httpx
+import pytest
 from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
+from tests.support import proxy_headers
+from tests.support.api import AUTH
 from tests.support.blocklist import entry_document
 from tests.support.processes import ServiceProcess
 from tests.support.proxy_headers import v1, v2
@@ -102,3 +106,58 @@ def test_trusted_proxy_that_sends_garbage_is_dropped_without_a_banner(
     finally:
         sock.close()
     assert through_proxy(receiver, v1("198.51.100.50")).reply().code == 220  # still serving
+
+
+def dropped(client: RawClient) -> bool:
+    try:
+        return client.closed_by_server(timeout=0.2)
+    except OSError:  # reset: dropped without a word
+        return True
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_stalled_headers_from_a_trusted_proxy_refuse_no_direct_client(
+    make_receiver: ServiceFactory, workers: str
+) -> None:
+    receiver = make_receiver(
+        workers=workers,
+        proxy_protocol="1",
+        trusted_proxies="127.0.43.0/24",
+        max_connections="100",
+        proxy_max_pending="50",
+        proxy_protocol_timeout="30",
+    )
+    assert wait_for(lambda: httpx.get(f"{receiver.http_url}/readyz").status_code == 200, 15)
+    stalled = [RawClient(receiver.host, receiver.port, source="127.0.43.1") for _ in range(300)]
+    for n in range(5):  # the global cap (100) is not theirs to take: direct clients pass
+        assert RawClient(receiver.host, receiver.port, source=f"127.0.44.{n}").reply().code == 220
+    held = sum(1 for c in stalled if not dropped(c))
+    assert held == 50  # at most this many awaited at once from one proxy
+    assert (
+        'outcome="proxy_busy",worker="gate"} 250.0'
+        in httpx.get(f"{receiver.http_url}/metrics").text
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_client_both_blocked_and_allowed_behind_a_proxy_is_refused_by_name(
+    make_receiver: ServiceFactory, make_api: ServiceFactory, workers: str
+) -> None:
+    # It used to close its session with a reason the close table did not have (a KeyError
+    # in one process): the door refuses it now, under its own name, in both modes.
+    api = make_api()
+    for path in ("blocklist", "allowlist"):
+        answer = httpx.post(
+            f"{api.http_url}/v1/{path}", json={"cidr": "198.51.100.77"}, headers=AUTH
+        )
+        assert answer.status_code == 201, answer.text
+    receiver = make_receiver(workers=workers, proxy_protocol="1", trusted_proxies="127.0.45.0/24")
+    assert wait_for(lambda: httpx.get(f"{receiver.http_url}/readyz").status_code == 200, 15)
+    client = RawClient(receiver.host, receiver.port, source="127.0.45.1")
+    client.send(proxy_headers.v1("198.51.100.77"))
+    reply = client.reply()
+    assert reply.code == 554 and reply.lines[0].startswith("5.7.1"), reply
+    metrics = httpx.get(f"{receiver.http_url}/metrics").text
+    assert 'floodgate_connections_total{outcome="blocked_allowlisted",worker="gate"} 1.0' in metrics
+    assert "Traceback" not in receiver.log() and receiver.alive()
+    assert RawClient(receiver.host, receiver.port, source="127.0.46.2").reply().code == 220

@@ -591,3 +591,48 @@ def test_damage_in_a_spool_loses_only_the_damaged_record_keeps_the_evidence_and_
         assert f'floodgate_spool_damaged_bytes_total{{worker="w1"}} {carrier.size}.0' in damaged
     finally:
         store.stop()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a private read-only mount needs root and unshare",
+)
+def test_a_read_only_spool_is_named_as_such_and_the_receiver_still_starts(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The spool directory a read-only bind mount of the receiver's own (a private mount
+    namespace: the host's mounts are untouched): it used to read "spool full (0 bytes)"."""
+    store = EmbeddedStore(tmp_path / "own-store")
+    uri = store.start()
+    data_dir = tmp_path / "ro"
+    spool_dir = data_dir / "spool"
+    spool_dir.mkdir(parents=True)
+    mount = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    env = {
+        **store_env,
+        "FLOODGATE_MONGODB_URI": uri,
+        "FLOODGATE_DATA_DIR": str(data_dir),
+        "FLOODGATE_STORE_TIMEOUT": "1",
+        "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh")
+    receiver = start_service("receiver", env, tmp_path, wrapper=(*wrapper, str(spool_dir)))
+    try:
+        assert wait_for(lambda: readyz(receiver)[0] == 200, timeout=15)  # the store answers
+        store.kill()
+        status, reason = 0, ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and status != 503:
+            status, reason = readyz(receiver)
+            time.sleep(0.2)
+        assert status == 503 and "spool failing: Read-only file system" in reason, reason
+        assert "event=spool_failed" in receiver.log()
+        client = RawClient(receiver.host, receiver.port)
+        client.hello()
+        assert (
+            send_message(client, "s@example.org", ["ro@mx.test"], b"Subject: x\r\n\r\ny\r\n").code
+            == 451
+        )
+    finally:
+        receiver.stop()
+        store.stop()

@@ -627,3 +627,18 @@ def test_a_proxied_connection_is_counted_for_the_client_its_header_names() -> No
     assert client.codes() == [220]
     assert harness.admission.counts.of("198.51.100.9") == 1
     assert harness.admission.counts.of("10.0.0.1") == 0
+
+
+def test_headers_awaited_from_one_proxy_are_capped_and_hold_no_slot_of_anyone() -> None:
+    # Stalled PROXY headers from a trusted proxy used to hold global slots: 2,000 of them
+    # refused every direct client. Now they are bounded per proxy and count toward nothing.
+    harness = Harness(proxy_max_pending=3, max_connections=2)
+    stalled = [harness.connect("127.0.0.1", proxied=True) for _ in range(4)]
+    assert [c.closed for c in stalled] == [False, False, False, True]  # the 4th is dropped
+    assert stalled[3].output() == b""  # a proxy's connection: no client to tell
+    assert harness.open_connections == 0
+    direct = harness.connect("192.0.2.40")
+    assert direct.codes() == [220]
+    stalled[0].feed(v1("198.51.100.40"))  # one header completes: that client is judged
+    assert stalled[0].codes() == [220] and harness.open_connections == 2
+    assert harness.events.refused == {"proxy_busy": 1}
