@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import logging
 import os
 import socket
 import ssl
@@ -30,8 +29,7 @@ from pathlib import Path
 from mailstore.message import TlsInfo
 from receiver.door.accountant import ConnectionCounts
 from receiver.door.keys import network_key
-
-log = logging.getLogger("floodgate.receiver")
+from receiver.telemetry.events import emit
 
 # TLS 1.2 and 1.3 only; forward-secret AEAD suites (Mozilla's "intermediate" profile).
 # TLS 1.3 suites are not set by set_ciphers: OpenSSL's defaults are all AEAD.
@@ -161,10 +159,7 @@ class Certificates:
             context = server_context(self.settings.cert, self.settings.key, self.settings.extra)
         except (OSError, ssl.SSLError) as error:
             # Logged once per change of the files, never per connection.
-            log.warning(
-                "tls_reload_failed",
-                extra={"fields": {"event": "tls_reload_failed", "error": type(error).__name__}},
-            )
+            emit("tls_reload_failed", error=type(error).__name__)
             self._stamp = stamp
             return False
         self.context = context

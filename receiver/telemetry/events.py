@@ -32,6 +32,9 @@ WARNING_EVENTS = frozenset(
         "worker_keeps_dying",
         "screen_exception",
         "store_exception",
+        "tls_reload_failed",
+        "auth_exception",
+        "auth_worker_failed",
     }
 )
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\-\[\]]+")

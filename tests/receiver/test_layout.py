@@ -152,3 +152,42 @@ def test_modules_stay_small() -> None:
         if (n := len(p.read_text().splitlines())) > 450
     }
     assert not long, long
+
+
+def test_every_log_line_goes_through_emit() -> None:
+    # One event vocabulary: a line is `emit(event, **fields)` (or a summary line), never a
+    # logger call of its own, so every line has an event name and its fields quoted.
+    callers = set()
+    for path in RECEIVER.rglob("*.py"):
+        if path.parent.name == "telemetry":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("debug", "info", "warning", "error", "exception", "log")
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id in ("log", "logger", "logging")
+            ):
+                callers.add(f"{module_name(path)}:{node.lineno}")
+    assert not callers, sorted(callers)
+
+
+def test_the_vocabularies_are_closed() -> None:
+    from receiver import vocabulary
+    from receiver.telemetry.metrics import DoorMetrics, WorkerMetrics
+
+    door, worker = DoorMetrics().registry, WorkerMetrics().registry
+    labels = {
+        (sample.name, value)
+        for registry in (door, worker)
+        for family in registry.collect()
+        for sample in family.samples
+        for value in sample.labels.values()
+    }
+    closes = {v for n, v in labels if n == "floodgate_sessions_closed_total"}
+    assert closes == {c.value for c in vocabulary.Closed}
+    refusals = {v for n, v in labels if n == "floodgate_refusals_total"}
+    assert refusals == {r.value for r in vocabulary.Refused}
+    outcomes = {v for n, v in labels if n == "floodgate_messages_total"}
+    assert outcomes == {o.value for o in vocabulary.MessageOutcome}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +25,10 @@ from receiver.intake.authcheck.pool import Verifier
 from receiver.intake.authcheck.results import Verdicts, authentication_results, strip_forged
 from receiver.intake.authcheck.spf import SpfResult
 from receiver.resolver import TXT, Resolver
+from receiver.telemetry.events import emit
 
 __all__ = ["AuthChecker", "AuthConfig", "Pending"]
 
-log = logging.getLogger("floodgate.receiver")
 METHODS = ("spf", "helo", "dkim", "dmarc", "arc")
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 DEADLINE = "deadline passed"
@@ -150,10 +149,7 @@ class Pending:
         try:
             verdicts = await self._verdicts(message)
         except Exception as error:
-            log.error(
-                "auth_exception",
-                extra={"fields": {"event": "auth_exception", "error": type(error).__name__}},
-            )
+            emit("auth_exception", error=type(error).__name__)
             self.cancel()
             return message
         checker = self.checker

@@ -20,14 +20,14 @@ import asyncio
 import collections
 import contextlib
 import json
-import logging
 import sys
 import time
 from typing import Any, cast
 
+from receiver.telemetry.events import emit
+
 __all__ = ["Verifier"]
 
-log = logging.getLogger("floodgate.receiver")
 COMMAND = (sys.executable, "-m", "receiver.intake.authcheck.worker")
 RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker fails to start
 
@@ -140,7 +140,7 @@ class Verifier:
         try:
             answer = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
         except (OSError, EOFError, ValueError) as error:
-            log.error("auth_worker_failed", extra={"fields": {"error": type(error).__name__}})
+            emit("auth_worker_failed", error=type(error).__name__)
             self._retire(worker)
             return None
         except asyncio.CancelledError:  # the caller's deadline
