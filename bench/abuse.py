@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.common import (
     cpu_seconds,
     embedded_store,
     median,
+    metric,
     percentile,
     proc_status,
     raise_fd_limit,
@@ -48,10 +47,8 @@ IDLE_ENV = {
 
 
 def connections_open(receiver_http: str) -> float:
-    for line in httpx.get(receiver_http + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("floodgate_connections_open "):
-            return float(line.split()[1])
-    return -1.0
+    """The host's open connections (the door's count, whatever the worker count)."""
+    return metric(receiver_http, "floodgate_connections_open", worker="gate")
 
 
 async def _legit_once(port: int, source: str, serial: int) -> float:
