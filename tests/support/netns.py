@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -139,6 +140,8 @@ class Lan:
         for host in self.hosts.values():
             for process in host.processes:
                 end(process)
+        for netns in self._namespaces:  # what our processes started there, by pid
+            end_inside(netns)
         for netns in reversed(self._namespaces):
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=10)
         self._namespaces.clear()
@@ -160,6 +163,46 @@ def end(process: subprocess.Popen[bytes], grace: float = 10.0) -> int:
             process.kill()
             process.wait(10)
     return process.returncode
+
+
+def inside(netns: str) -> list[int]:
+    """The pids of the processes living in `netns`: only ours can (we made it)."""
+    try:
+        inode = os.stat(f"{NETNS_DIR}/{netns}").st_ino
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    pids.append(int(entry))
+            except OSError:  # gone meanwhile, or a kernel thread
+                continue
+    return pids
+
+
+def end_inside(netns: str, grace: float = 5.0) -> None:
+    """SIGTERM to every process in `netns`, SIGKILL to those left after `grace`."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        pids = inside(netns)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = [pid for pid in pids if _running(pid)]
+        if not pids:
+            return
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
