@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from floodgate.settings import Settings
-from tests.support import systemd
+from tests.support import netns, systemd
 from tests.support.fleet import ENV_FILE, certificate, env_file, placeholders
-from tests.support.processes import HAPROXY_MISSING
+from tests.support.processes import HAPROXY_MISSING, free_port
 from tests.support.systemd import Prepared, Root, Unit, environment_file
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -228,6 +231,41 @@ def test_a_root_only_key_named_in_the_env_file_stops_the_receiver_once(tmp_path:
         [line] = service.log().strip().splitlines()
         assert line.startswith("floodgate receiver: cannot use the TLS certificate "), line
         assert "Permission denied" in line, line
+
+
+def test_a_store_that_cannot_be_reached_is_named_by_the_units_readyz_and_logs(
+    tmp_path: Path,
+) -> None:
+    """A wrong store URI in the env file: the receiver unit (two workers, as a dedicated
+    host sets) still opens, and its /readyz names the store as the cause, not the lists
+    that cannot sync from it, never `inf`; every worker's log line says which worker."""
+    address = f"127.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}.11"
+    unit = Unit.read(DEPLOY / "systemd" / "floodgate-receiver.service", dropins=())
+    with systemd.host_root() as root:
+        values = {**FILLED, "THIS_HOST_ADDRESS": address}
+        text = env_file(values, f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", "t")
+        root.write(ENV_FILE, text.replace("FLOODGATE_WORKERS=1\n", "FLOODGATE_WORKERS=2\n"))
+        service = systemd.start(unit, root)
+        try:
+            reason = ""
+            deadline = time.monotonic() + 60
+            while "refused" not in reason:
+                assert service.process.poll() is None, service.log()
+                assert time.monotonic() < deadline, (reason, service.log()[-3000:])
+                time.sleep(0.5)
+                try:
+                    answer = httpx.get(f"http://{address}:8026/readyz", timeout=2)
+                except httpx.HTTPError:
+                    continue
+                reason = answer.text.strip()
+            assert answer.status_code == 503
+            assert reason.startswith("store not taking writes: refused"), reason  # the cause
+            assert "inf" not in reason, reason
+        finally:
+            netns.end(service.process)
+        # Each worker process judges the store itself, and says which worker it is.
+        down = [line for line in service.log().splitlines() if "event=store_down" in line]
+        assert {line.split(" worker=")[1].split()[0] for line in down} == {"w1", "w2"}, down
 
 
 def test_env_example_carries_the_readme_defaults_with_a_comment_per_value() -> None:
