@@ -268,6 +268,20 @@ def test_a_store_that_cannot_be_reached_is_named_by_the_units_readyz_and_logs(
         assert {line.split(" worker=")[1].split()[0] for line in down} == {"w1", "w2"}, down
 
 
+@pytest.mark.parametrize("unit", ["floodgate-receiver.service", "floodgate-api.service"])
+def test_an_address_not_up_yet_exits_1_so_systemd_retries(unit: str) -> None:
+    """The units listen on the host's private address, which at boot may come up after
+    them: that is exit 1, which Restart= retries, not 2, which RestartPreventExitStatus=
+    leaves stopped for good."""
+    with systemd.host_root() as root:
+        values = {**FILLED, "THIS_HOST_ADDRESS": "192.0.2.55"}  # TEST-NET-1: not ours
+        root.write(ENV_FILE, env_file(values, "mongodb://127.0.0.1:1/", "t" * 32))
+        service = systemd.start(Unit.read(DEPLOY / "systemd" / unit, dropins=()), root)
+        assert service.process.wait(60) == 1, service.log()
+        said = [line for line in service.log().splitlines() if "192.0.2.55" in line]
+        assert said and "Traceback" not in service.log(), service.log()
+
+
 def test_env_example_carries_the_readme_defaults_with_a_comment_per_value() -> None:
     """An operator copies the example and changes what the deployment needs: every other
     value must be the default the README documents (a 10 here once throttled the big
