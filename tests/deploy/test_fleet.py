@@ -2,8 +2,10 @@
 
 Hosts are network namespaces on a LAN of their own (tests/support/netns.py): `mx1`
 (10.0.1.11: HAProxy on :25 with deploy/haproxy.cfg, a receiver, the API), `mx2`
-(10.0.2.11: a receiver), `store` (10.0.3.11: the embedded store standing in for the replica
-set; also where Prometheus and the operator stand) and `internet` (10.0.9.x: senders).
+(10.0.2.11: a receiver of two worker processes, FLOODGATE_WORKERS=2 as the example tells a
+dedicated host to set its core count), `store` (10.0.3.11: the embedded store standing in
+for the replica set; also where Prometheus and the operator stand) and `internet`
+(10.0.9.x: senders).
 The files get README's placeholders filled in and nothing else (tests/support/fleet.py);
 the units run as systemd would run them (tests/support/systemd.py): their environment,
 their dynamic user, their state directory, their credentials (a certificate whose key only
@@ -39,7 +41,7 @@ def shipped() -> Iterator[Fleet]:
     reason = netns.unavailable()
     if reason is not None:
         pytest.skip(f"the fleet needs network namespaces: {reason}")
-    with fleet() as built:
+    with fleet(workers=(1, 2)) as built:
         yield built
 
 
