@@ -43,8 +43,11 @@ bench: setup
 	@sh bench/install-postfix.sh
 	$(BIN)/python -m bench
 
+# Against `make run`'s receiver and API wherever the settings put them (`floodgate flood`
+# reads FLOODGATE_SMTP_LISTEN, FLOODGATE_API_LISTEN, FLOODGATE_DOMAINS, FLOODGATE_DATA_DIR);
+# FLOOD_ARGS adds options, e.g. FLOOD_ARGS='--duration 20 --idle 500'.
 flood: setup
-	$(BIN)/floodgate flood --preset incident --cleanup
+	$(BIN)/floodgate flood --preset incident --cleanup $(FLOOD_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

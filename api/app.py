@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -82,7 +83,14 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         app.state.renderer = RenderPool(config.limits)
         app.state.renderer.start()
         follower = await push.start(app.state.hub, app.state.store.messages)
+        app.state.stats = stats.StatsCache()
+        keeper = asyncio.get_running_loop().create_task(
+            app.state.stats.refresh(app.state.store, app.state.blocklist), name="stats-keeper"
+        )
         yield
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
         indexing = getattr(app.state, "indexing", None)  # started by a /readyz, not done
         if indexing is not None:
             indexing.cancel()

@@ -301,12 +301,28 @@ class ClientState(Model):
     expires_at: str | None = None
 
 
+class StatsSource(Model):
+    """Whether the statistics were read from the store just now, or kept from before."""
+
+    up: bool = Field(description="the store answered: these are live statistics")
+    read_at: float | None = Field(
+        description="when the statistics shown were read from the store (Unix time); null: "
+        "never, since this API started"
+    )
+    away_since: float | None = Field(
+        description="since when the store has not answered (Unix time); null while it does"
+    )
+    reason: str = Field(description="why the store does not answer (`refused: ...`, ...)")
+
+
 class Stats(Model):
     """Every live receiver's snapshot (published every 5 s; older than 30 s: left out),
-    merged: a client flooding several receivers adds up."""
+    merged: a client flooding several receivers adds up. While the store is away: the
+    last snapshot this API read, `store` saying since when."""
 
     receivers: list[ReceiverStats]
     overall: Overall
     clients: dict[str, ClientState] = Field(
         description="the blocklist state of every client named in `overall`"
     )
+    store: StatsSource

@@ -27,6 +27,7 @@ from floodgate.settings import Settings, parse_hostport
 
 BATCH = 1000
 TIMEOUT = 30.0
+TOP_TIMEOUT = 5.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
@@ -99,9 +100,13 @@ KINDS = {kind.command: kind for kind in (BLOCK, ALLOW)}
 
 
 class ApiError(Exception):
-    def __init__(self, message: str, status: int = 2) -> None:
+    """The API refused or could not answer; `away`: it could not (unreachable, or a 5xx),
+    so asking again later may work (a refused token will not)."""
+
+    def __init__(self, message: str, status: int = 2, *, away: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.away = away
 
 
 def parse_duration(text: str) -> int:
@@ -161,11 +166,11 @@ def add_block_parser(sub: Any, kind: Kind = BLOCK) -> None:
 
 
 class Client:
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(self, base_url: str, token: str, timeout: float = TIMEOUT) -> None:
         actor = f"{getpass.getuser()}@{socket.gethostname()}"[:100]
         self.http = httpx.Client(
             base_url=base_url,
-            timeout=TIMEOUT,
+            timeout=timeout,
             headers={"Authorization": f"Bearer {token}", "X-Floodgate-Actor": actor},
         )
 
@@ -173,11 +178,12 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
-            raise ApiError(f"cannot reach the API at {self.http.base_url}: {error}") from None
+            message = f"cannot reach the API at {self.http.base_url}: {error}"
+            raise ApiError(message, away=True) from None
         if response.status_code == 401:
             raise ApiError("the API refused the admin token (FLOODGATE_ADMIN_TOKEN)")
         if response.status_code >= 500:
-            raise ApiError(f"the API failed: {_message(response)}")
+            raise ApiError(f"the API failed: {_message(response)}", away=True)
         return response
 
 
@@ -363,9 +369,10 @@ def run_top(args: argparse.Namespace, settings: Settings) -> int:
         print("floodgate top: --interval must be in (0, 60] seconds", file=sys.stderr)
         return 2
     try:
-        return top.run(
-            Client(_base_url(args, settings), _token(settings)), args.interval, args.once
-        )
+        # A poll waits no longer than this: the API answers within 2.5 s even with the
+        # store away, and a hung API must not freeze the keys.
+        client = Client(_base_url(args, settings), _token(settings), timeout=TOP_TIMEOUT)
+        return top.run(client, args.interval, args.once)
     except ApiError as error:
         print(f"floodgate top: {error}", file=sys.stderr)
         return error.status

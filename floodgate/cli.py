@@ -64,9 +64,7 @@ def _workers(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["flood"]:
-        from flood.cli import main as flood_main
-
-        return flood_main(args_list[1:])
+        return _flood(args_list[1:])
     args = build_parser().parse_args(args_list)
     from floodgate import settings as settings_module
 
@@ -80,6 +78,47 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(settings.log_level, settings.log_summary_interval, settings.log_format)
     return _dispatch(args, settings)
+
+
+def _flood(argv: list[str]) -> int:
+    """`floodgate flood`: the bundled tool (which imports nothing of ours), aimed by
+    default at this checkout's receiver and API where the settings put them, as
+    `make run` started them: FLOODGATE_SMTP_LISTEN, FLOODGATE_API_LISTEN, the first of
+    FLOODGATE_DOMAINS, <FLOODGATE_DATA_DIR>/admin-token. An option given wins (argparse
+    keeps the last of each); `--help` needs no settings."""
+    from flood.cli import main as flood_main
+
+    if {"-h", "--help"} & set(argv):
+        return flood_main(argv)
+    from floodgate import settings as settings_module
+
+    try:
+        settings = settings_module.load()
+    except settings_module.SettingsError as error:
+        for problem in error.problems:
+            print(f"floodgate: {problem}", file=sys.stderr)
+        return 2
+    defaults = [
+        "--target",
+        _reachable(settings.smtp_listen),
+        "--api",
+        f"http://{_reachable(settings.api_listen)}",
+        "--domain",
+        settings.domains.split(",")[0],
+        "--admin-token-file",
+        str(settings.data_dir / "admin-token"),
+    ]
+    return flood_main([*defaults, *argv])
+
+
+def _reachable(listen: str) -> str:
+    """Where a client reaches a listener: a wildcard address (every address of the host)
+    is reached on loopback."""
+    from floodgate.settings import listen_address
+
+    host, port = listen_address(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _dispatch(args: argparse.Namespace, settings: object) -> int:

@@ -12,3 +12,13 @@ def fail(message: str) -> NoReturn:
     """Print `message` and exit with CONFIG_ERROR."""
     print(message, file=sys.stderr, flush=True)
     raise SystemExit(CONFIG_ERROR)
+
+
+NOT_YET = 1  # may work later: systemd's Restart= tries again (RestartPreventExitStatus=2)
+
+
+def not_yet(message: str) -> NoReturn:
+    """Print `message` and exit with NOT_YET: the condition may pass (an address the
+    network has not brought up yet, at boot), so the service manager should retry."""
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(NOT_YET)

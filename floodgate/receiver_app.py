@@ -4,6 +4,7 @@ its workers (FLOODGATE_WORKERS: one in this process, or that many worker process
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
 import socket
@@ -16,7 +17,7 @@ import uvloop
 
 import processes
 from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
-from floodgate.errors import fail
+from floodgate.errors import fail, not_yet
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore, StoreConfig
 from receiver.door import dnsbl
@@ -221,6 +222,8 @@ def main(settings: Settings) -> None:
     try:
         uvloop.run(serve(settings, settings.mongodb_uri, config))
     except OSError as error:  # typically: the address is already in use
+        if error.errno == errno.EADDRNOTAVAIL:  # not (yet) this host's: the network at boot
+            not_yet(f"floodgate receiver: cannot listen: {error}; retrying is up to systemd")
         fail(f"floodgate receiver: cannot listen: {error}")
     except WorkersFailed as error:
         fail(f"floodgate receiver: {error}; see the worker's log lines above")

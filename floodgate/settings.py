@@ -89,6 +89,22 @@ def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, in
     return host or default_host, int(port)
 
 
+def listen_address(value: str) -> tuple[str, int]:
+    """A listen setting: `address:port` or `[v6]:port` with an IP address (`0.0.0.0` or
+    `[::]` for every address of the host). A name is refused: it would be looked up, and a
+    placeholder left in an env file (`THIS_HOST_ADDRESS:2525`) is named at start-up instead
+    of failing at bind."""
+    host, port = parse_hostport(value)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{host!r} is not an IP address; listen on one of this host's addresses "
+            f"(e.g. 10.0.1.11:{port}, [2001:db8::11]:{port}; 0.0.0.0:{port} for all)"
+        ) from None
+    return host, port
+
+
 def dns_server(value: str) -> tuple[str, int]:
     """`host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address; port 53 by default."""
     value = value.strip()
@@ -317,7 +333,7 @@ class Settings(BaseSettings):
     @field_validator("smtp_listen", "api_listen", "receiver_http_listen")
     @classmethod
     def _listen_valid(cls, value: str) -> str:
-        parse_hostport(value)
+        listen_address(value)
         return value
 
     @field_validator("trusted_proxies")
@@ -419,12 +435,15 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     problem, each named by its FLOODGATE_ variable (or TOML key)."""
     environ = os.environ if environ is None else environ
     problems = _unknown_variables(environ)
+    named = overrides.get("config_file") or environ.get("FLOODGATE_CONFIG_FILE")
+    unreadable = _toml_unreadable(Path(named)) if named else None
+    if unreadable is not None:  # pydantic would raise it as a traceback
+        raise SettingsError([*problems, unreadable])
     try:
         settings = Settings(**overrides)
     except ValidationError as error:
         # Every problem at once: the file's unknown keys too, and each bad value named
         # where it came from (the TOML key when neither a variable nor an argument won).
-        named = overrides.get("config_file") or environ.get("FLOODGATE_CONFIG_FILE")
         path = Path(named) if named else None
         problems += _unknown_toml_keys(path)
         in_file = _toml_keys(path) - {k for k in Settings.model_fields if _variable(k) in environ}
@@ -462,6 +481,34 @@ def _describe(error: Any, toml: Path | None = None) -> str:
     if toml is not None:
         return f"{toml}: key {field!r}{shown}: {message}"
     return f"{_variable(field)}{shown}: {message}"
+
+
+_TOML_WHERE = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)$")
+
+
+def _toml_unreadable(path: Path) -> str | None:
+    """One line for a TOML settings file that exists but cannot be read or parsed: the
+    file, the line and column, what is wrong. (A missing file is reported with the keys.)"""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        return f"FLOODGATE_CONFIG_FILE={str(path)!r}: cannot read it: {reason}"
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        where = _TOML_WHERE.search(message)
+        if where is not None and where.group(1):
+            line, column = int(where.group(1)), int(where.group(2))
+        else:  # the end of the document: its last line, past its last character
+            lines = text.split("\n")
+            line, column = len(lines), len(lines[-1]) + 1
+        reason = message[: where.start()] if where is not None else message
+        return f"{path}: line {line}, column {column}: {reason} (not valid TOML)"
+    return None
 
 
 def _toml_keys(path: Path | None) -> set[str]:

@@ -5,6 +5,11 @@ heaviest clients of the last minute (refusals, connections admitted, messages st
 connections open now) with their blocklist state. Keys: up/down (or k/j)
 select a client, `b` bans it for an hour, `u` lifts its entry, `q` quits. `--once` prints
 one frame and exits (for scripts and for a terminal without keys).
+
+An outage never ends the view: while the API does not answer, the last snapshot stays on
+screen under "API unreachable since ..." and the poll is retried every interval; while
+the store is away the API serves the last statistics it read, and the view says "store
+away since ...".
 """
 
 from __future__ import annotations
@@ -45,13 +50,27 @@ class View:
     selected: int = 0
     rates: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    outage: str = ""  # what is away and since when; empty while all answers
+    _api_away_since: float | None = None
     _snapshots: dict[str, tuple[Snapshot | None, Snapshot | None]] = field(default_factory=dict)
 
     def update(self, stats: dict[str, Any]) -> None:
         self.stats = stats
         self.rows = top_clients(stats)
         self.selected = min(self.selected, max(0, len(self.rows) - 1))
-        self.rates = self._rates(stats["receivers"])
+        store = stats.get("store") or {"up": True}
+        if store["up"]:
+            self.rates = self._rates(stats["receivers"])
+        self._api_away_since = None
+        self.outage = store_line(store)
+
+    def api_away(self, error: str, now: float | None = None) -> None:
+        """The poll failed: keep what is shown, say since when the API is away."""
+        if self._api_away_since is None:
+            self._api_away_since = time.time() if now is None else now
+        since = time.strftime("%H:%M:%S", time.localtime(self._api_away_since))
+        shown = "showing the last snapshot" if self.stats else "nothing to show yet"
+        self.outage = f"API unreachable since {since} ({error}): {shown}; retrying"
 
     def _rates(self, receivers: list[dict[str, Any]]) -> dict[str, float]:
         """Per second, from each receiver's last two distinct snapshots (it publishes every
@@ -119,6 +138,20 @@ def top_clients(stats: dict[str, Any]) -> list[dict[str, Any]]:
     )
 
 
+def store_line(store: dict[str, Any]) -> str:
+    """The API's word on the store: empty while it answers."""
+    if store.get("up", True):
+        return ""
+    since = time.strftime("%H:%M:%S", time.localtime(store["away_since"]))
+    read_at = store.get("read_at")
+    shown = (
+        f"showing the statistics read at {time.strftime('%H:%M:%S', time.localtime(read_at))}"
+        if read_at is not None
+        else "no statistics read since the API started"
+    )
+    return f"store away since {since} ({store.get('reason', '')}): {shown}; retrying"
+
+
 def spool_cell(spool: dict[str, Any] | None) -> str:
     """A receiver's spool: off, empty, or what it holds and for how long."""
     if spool is None:
@@ -170,7 +203,8 @@ def render(view: View) -> Group:
             style="reverse" if index == view.selected else None,
         )
     keys = Text("up/down select   b ban (1 h)   u unban   q quit", style="dim")
-    return Group(receivers, summary, clients, Text(view.message, style="bold"), keys)
+    outage = Text(view.outage, style="bold black on yellow")
+    return Group(outage, receivers, summary, clients, Text(view.message, style="bold"), keys)
 
 
 def act(client: Client, view: View, key: str) -> bool:
@@ -227,14 +261,26 @@ def read_key(timeout: float) -> str | None:
     return data
 
 
+def poll(client: Client, view: View) -> None:
+    """One poll: the view updated, or, when the API is away, kept and said so (a refused
+    token still ends the command: asking again would not help)."""
+    try:
+        view.update(client.call("GET", "/v1/stats").json())
+    except ApiError as error:
+        if not error.away:
+            raise
+        view.api_away(str(error))
+
+
 def run(client: Client, interval: float, once: bool) -> int:
     view = View()
-    view.update(client.call("GET", "/v1/stats").json())
     console = Console()
     if once or not sys.stdin.isatty():
+        view.update(client.call("GET", "/v1/stats").json())  # --once: an error is the answer
         time.sleep(0 if once else interval)
         console.print(render(view))
         return 0
+    poll(client, view)
     with keys(), Live(render(view), console=console, screen=True, auto_refresh=False) as live:
         next_poll = time.monotonic() + interval
         while True:
@@ -242,7 +288,7 @@ def run(client: Client, interval: float, once: bool) -> int:
             if key is not None and not act(client, view, key):
                 return 0
             if time.monotonic() >= next_poll:
-                view.update(client.call("GET", "/v1/stats").json())
+                poll(client, view)
                 next_poll = time.monotonic() + interval
             live.update(render(view), refresh=True)
 

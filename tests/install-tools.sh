@@ -5,7 +5,9 @@
 # (the alert rules in deploy/prometheus are checked and unit-tested with them; the
 # packages' daemons are held from starting like every other, see below), and Postfix (a
 # real sending MTA at its defaults: tests/support/postfix.py runs a private instance with
-# its own configuration and queue directories, never the host's).
+# its own configuration and queue directories, never the host's), iproute2 (`ip netns`:
+# tests/deploy/test_fleet.py makes its hosts as network namespaces) and curl (README's
+# recipes use it).
 #
 # The host is not ours. Nothing outside the repository is changed unless asked: packages
 # are installed only with CI=true (CI sets it; .ci/run relies on it) or
@@ -20,6 +22,8 @@ command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v amtool >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
 [ -x /usr/sbin/postfix ] || missing="$missing postfix"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
 [ -z "$missing" ] && exit 0
 if [ "${CI:-}" != true ] && [ "${FLOODGATE_INSTALL_TOOLS:-}" != 1 ]; then
     echo "tests:$missing missing; their tests will skip (FLOODGATE_INSTALL_TOOLS=1 make test installs them)" >&2
@@ -36,6 +40,11 @@ else
     # One package set at a time: a chromium that the distribution lacks must not cost HAProxy.
     case "$missing" in *haproxy*)
         apt_install haproxy || echo "tests: haproxy could not be installed; its tests will skip" >&2
+    esac
+    case "$missing" in *iproute2*|*curl*)
+        # shellcheck disable=SC2046
+        apt_install $(printf '%s\n' $missing | grep -x -e iproute2 -e curl) \
+            || echo "tests: iproute2/curl could not be installed; the fleet and recipe tests will skip" >&2
     esac
     case "$missing" in *swaks*)
         apt_install swaks || echo "tests: swaks could not be installed; its test will skip" >&2
@@ -63,6 +72,10 @@ fi
 # CI must run the HAProxy tests, not skip them quietly.
 if [ "${CI:-}" = true ] && ! command -v haproxy >/dev/null 2>&1; then
     echo "tests: CI=true but haproxy is still missing; the deploy tests must run in CI" >&2
+    exit 1
+fi
+if [ "${CI:-}" = true ] && ! command -v ip >/dev/null 2>&1; then
+    echo "tests: CI=true but iproute2 is still missing; the fleet test must run in CI" >&2
     exit 1
 fi
 exit 0

@@ -2,7 +2,9 @@
 // the heaviest clients of the last minute with a ban button, and the blocklist. It polls
 // /v1/stats and /v1/blocklist with the admin token while connected, so bans made anywhere
 // else (automatic ones included) show up; data is only ever put in the page as text (never
-// as HTML).
+// as HTML). An outage never empties the page: while the store is away the API serves the
+// last statistics it read, and while the API itself is away the page keeps what it shows;
+// either way one line says what is away and since when, and polling goes on.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -10,9 +12,26 @@ const POLL_MS = 2000;
 const HISTORY = 150; // points on the chart (five minutes at one poll every 2 s)
 const state = {
   token: "", timer: null, last: null, history: [], entries: [], listing: false, relist: false,
+  apiAwaySince: null,
 };
 
 function status(text) { $("#status").textContent = text; }
+
+function clock(seconds) { return new Date(seconds * 1000).toLocaleTimeString(); }
+
+function outage(text) {
+  const line = $("#outage");
+  line.textContent = text || "";
+  line.hidden = !text;
+}
+
+function storeLine(store) {
+  if (!store || store.up) return "";
+  const shown = store.read_at === null
+    ? "no statistics read since the API started"
+    : `showing the statistics read at ${clock(store.read_at)}`;
+  return `store away since ${clock(store.away_since)} (${store.reason}): ${shown}; retrying`;
+}
 
 function api(path, options = {}) { return floodgateFetch(state.token, path, options); }
 
@@ -228,11 +247,24 @@ async function clearAutomatic() {
 // --- polling --------------------------------------------------------------------------
 
 async function refresh() {
-  const stats = await (await api("/v1/stats")).json();
+  let stats;
+  try {
+    stats = await (await api("/v1/stats")).json();
+  } catch (error) {
+    // 5xx or no answer at all: the API is away. What the page shows stays; a refused
+    // token is not an outage and is said as it is.
+    if (error.status && error.status < 500) throw error;
+    if (state.apiAwaySince === null) state.apiAwaySince = Date.now() / 1000;
+    outage(`API unreachable since ${clock(state.apiAwaySince)} (${error.message}): ` +
+           "showing the last statistics; retrying");
+    return;
+  }
+  state.apiAwaySince = null;
+  outage(storeLine(stats.store));
   receivers(stats.receivers);
-  rates(stats.receivers);
+  if (stats.store.up) rates(stats.receivers); // a kept snapshot has no new rate
   clients(stats);
-  status(`live: ${stats.receivers.length} receivers, ` +
+  status(`${stats.store.up ? "live" : "kept"}: ${stats.receivers.length} receivers, ` +
          `${stats.overall.open_connections} open connections`);
 }
 
@@ -244,7 +276,9 @@ function connect() {
   // (floodgate top, the CLI, another console) appear within a poll.
   const tick = () => {
     refresh().catch((e) => status(e.message));
-    loadBlocklist().catch((e) => status(e.message));
+    // The listing shown stays while the store or the API is away (the outage line says
+    // so); only a refusal of ours is news.
+    loadBlocklist().catch((e) => { if (e.status && e.status < 500) status(e.message); });
   };
   tick();
   state.timer = setInterval(tick, POLL_MS);

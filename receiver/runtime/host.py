@@ -211,7 +211,7 @@ class Host:
         for name, access in (("blocklist", self.blocklist), ("allowlist", self.allowlist)):
             staleness = access.staleness()
             if staleness > self.config.blocklist_max_staleness:
-                return False, f"{name} {_stale(staleness)}"
+                return False, self._stale_because(f"{name} {_stale(staleness)}")
         reason = reasons[0] if len(set(reasons)) == 1 else "; ".join(sorted(set(reasons)))
         spool = self._spool()
         if spool is not None and spool["messages"]:
@@ -219,6 +219,16 @@ class Host:
                 f"; spooling: {spool['messages']:.0f} messages, oldest {spool['oldest_s']:.0f}s"
             )
         return True, reason
+
+    def _stale_because(self, stale: str) -> str:
+        """A list too stale to trust, after its cause when the workers know it: with the
+        spool on, a worker whose store takes no writes is still ready, and the lists that
+        cannot sync from that store would otherwise be named alone (a wrong URI read as
+        "blocklist never synced")."""
+        up, reason = self._store()
+        if up is False:
+            return f"store not taking writes: {reason}; {stale}"
+        return stale
 
     def _spool(self) -> dict[str, float] | None:
         """What every worker's spool holds, summed (None: the spool is off)."""

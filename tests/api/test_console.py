@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 from pymongo import MongoClient
 
+from api.stats import REFRESH
 from tests.api.conftest import ARTEFACTS
 from tests.blocklist.test_enforcement import greeting, refused
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.faultproxy import FaultProxy
 from tests.support.processes import ServiceProcess, clean_environ
 from tests.support.smtp import RawClient, wait_for
 
@@ -231,3 +233,50 @@ def test_the_console_keeps_its_blocklist_current_and_fits_1280_and_400_pixels(
     unban = "//tr[@id='client-127.0.36.1']//button"
     wait.until(lambda d: d.find_element(By.XPATH, unban).click() is None)
     wait.until(lambda d: d.find_element(By.ID, "blocklist-count").text == "1 entries")
+
+
+def test_a_console_opened_during_a_store_outage_shows_the_last_snapshot(
+    browser: Any,
+    make_receiver: ServiceFactory,
+    make_api: ServiceFactory,
+    store_fault: FaultProxy,
+    mongo: MongoClient[dict[str, Any]],
+    db_name: str,
+) -> None:
+    """README: while the store is away the console shows the last snapshot. Nobody looks
+    before the outage: the API keeps a recent one by itself, serves it within its deadline
+    with `store.up` false, and the page says since when, and recovers when the store does."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    receiver = make_receiver(stats_interval="0.5")
+    api = make_api(mongodb_uri=store_fault.uri)  # the API's road to the store, breakable
+    name = f"mx.test 127.0.0.1:{receiver.port}"
+    assert wait_for(lambda: mongo[db_name]["receiver_stats"].count_documents({}) > 0, 10)
+    time.sleep(REFRESH + 1)  # the API's own keeper has read it meanwhile
+    store_fault.set_mode("reset")
+    broken_at = time.time()
+
+    started = time.monotonic()
+    answer = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=10)
+    assert time.monotonic() - started < 4, "a poll must not hang on the store"
+    assert answer.status_code == 200, answer.text
+    kept = answer.json()
+    assert [r["receiver"] for r in kept["receivers"]] == [name]
+    store = kept["store"]
+    assert store["up"] is False and store["reason"].startswith(("refused", "lost", "timeout"))
+    assert store["read_at"] <= broken_at <= store["away_since"] + 1
+
+    browser.get(f"{api.http_url}/console#token={ADMIN_TOKEN}")
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,))
+    wait.until(lambda d: d.find_element(By.ID, "outage").text.startswith("store away since"))
+    assert "showing the statistics read at" in browser.find_element(By.ID, "outage").text
+    wait.until(lambda d: name in d.find_element(By.ID, "receivers").text)
+    assert browser.find_element(By.ID, "status").text.startswith("kept: 1 receivers")
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(ARTEFACTS / "console-store-away.png"))
+
+    store_fault.set_mode("pass")
+    wait.until(lambda d: not d.find_element(By.ID, "outage").is_displayed())
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("live: 1 receivers"))

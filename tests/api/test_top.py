@@ -3,6 +3,8 @@ interactive view in a pseudo-terminal, where `b` bans the selected client and `q
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
 import time
@@ -11,8 +13,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
-from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient
+from tests.support.processes import ServiceProcess, start_service
+from tests.support.smtp import RawClient, wait_for
 from tests.support.terminal import Top, top_env
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -60,3 +62,53 @@ def test_top_shows_receivers_and_the_noisy_client_and_bans_with_a_key(
         assert top.process.wait(10) == 0
     finally:
         top.close()
+
+
+def test_top_keeps_the_last_snapshot_while_the_api_is_away_and_retries(
+    make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path
+) -> None:
+    """`floodgate top` outlives the API: the last snapshot stays under "API unreachable
+    since ...", and once an API answers on the same address again, a key works again."""
+    receiver = make_receiver(connection_rate="2", autoban_threshold="0")
+    api = make_api()
+    _noise(receiver, api)
+    top = Top(api.http_url, tmp_path / "var")
+    try:
+        top.read_until(NOISY.encode(), 20)
+        api.stop()
+        top.read_until(b"API unreachable since", 10)
+        away = top.screen.rindex(b"API unreachable since")
+        # Redrawn after it, the receiver still listed: the last snapshot stays.
+        row = f"127.0.0.1:{receiver.port}".encode()
+        assert wait_for(lambda: _more(top) and row in top.screen[away:], 10), top.screen[-2000:]
+        assert top.process.poll() is None
+
+        again = start_service("api", {**api.env}, tmp_path, wait=False)
+        try:
+            wait_healthy_at(again, api.http_port)
+            top.read_until(b"banned", 20, meanwhile=lambda: top.press(b"b"))
+        finally:
+            again.stop()
+    finally:
+        top.close()
+
+
+def wait_healthy_at(service: ServiceProcess, port: int) -> None:
+    """`service` answering on `port` (it took the address of the one it replaces)."""
+    url = f"http://127.0.0.1:{port}/healthz"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_for(healthy, 30), service.log()
+
+
+def _more(top: Top) -> bool:
+    """Whatever `top` drew since the last read (True: keep polling)."""
+    ready, _, _ = select.select([top.leader], [], [], 0.2)
+    if ready:
+        top.screen += os.read(top.leader, 65536)
+    return True

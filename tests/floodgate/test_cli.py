@@ -4,11 +4,17 @@ in our own code must fail at start, never remove a command or a route in silence
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from floodgate.cli import build_parser
+from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.metrics import sample
+from tests.support.processes import clean_environ
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("floodgate", "receiver", "blocklist", "mailstore", "api", "flood")
@@ -49,3 +55,59 @@ def test_receiver_workers_takes_the_settings_range() -> None:
     for wrong in ("0", "65", "two"):
         with pytest.raises(SystemExit):
             parser.parse_args(["receiver", "--workers", wrong])
+
+
+def test_make_flood_aims_at_the_receiver_and_api_the_settings_name(
+    make_receiver: ServiceFactory, make_api: ServiceFactory, tmp_path: Path
+) -> None:
+    """`make flood` against a `make run` whose FLOODGATE_SMTP_LISTEN and FLOODGATE_API_LISTEN
+    are not the defaults: its legit mail reaches that receiver, and its ban report reads
+    that API with the token from FLOODGATE_DATA_DIR. (FLOOD_ARGS shortens the incident.)"""
+    receiver = make_receiver()
+    api = make_api()
+    data = tmp_path / "var"
+    data.mkdir()
+    (data / "admin-token").write_text(ADMIN_TOKEN)
+    report = tmp_path / "flood.json"
+    short = f"--duration 3 --idle 5 --messages 0 --slowloris 0 --quiet --json {report} "
+    short += f"--plot {tmp_path / 'flood.png'}"
+    result = subprocess.run(
+        ["make", "-s", "flood", f"FLOOD_ARGS={short}"],
+        cwd=REPO,
+        env={
+            **clean_environ(),
+            "FLOODGATE_SMTP_LISTEN": f"{receiver.host}:{receiver.port}",
+            "FLOODGATE_API_LISTEN": f"127.0.0.1:{api.http_port}",
+            "FLOODGATE_DATA_DIR": str(data),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    flood = json.loads(report.read_text())
+    assert flood["target"] == f"{receiver.host}:{receiver.port}"
+    assert flood["legit"]["accepted"] > 0 and flood["legit"]["success_pct"] == 100.0
+    assert flood["bans"]["checked"] is True, flood["bans"]  # the API was asked, and answered
+    stored = sample(receiver.http_url, "floodgate_messages_total", outcome="stored")
+    assert stored == flood["legit"]["accepted"]
+
+
+def test_flood_defaults_follow_the_settings_and_an_option_given_wins(tmp_path: Path) -> None:
+    from floodgate.cli import _reachable
+
+    assert _reachable("0.0.0.0:2600") == "127.0.0.1:2600"
+    assert _reachable("[::]:2600") == "[::1]:2600"
+    assert _reachable("127.0.0.5:2600") == "127.0.0.5:2600"
+    result = subprocess.run(
+        [sys.executable, "-m", "floodgate", "flood", "--target", "127.0.0.1:1", "--duration",
+         "0.5", "--legit", "1", "--quiet"],
+        env={**clean_environ(), "FLOODGATE_SMTP_LISTEN": "10.0.1.11:2525",
+             "FLOODGATE_DATA_DIR": str(tmp_path / "var")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )  # fmt: skip
+    # The settings' 10.0.1.11 would need --allow-remote; the given loopback target won.
+    assert "outside loopback" not in result.stderr, result.stderr

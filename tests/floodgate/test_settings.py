@@ -215,3 +215,52 @@ def test_screening_is_off_by_default_and_then_reads_no_resolver(tmp_path: Path) 
     conf.write_text("nameserver 127.0.0.53\n")
     on = load({}, data_dir=tmp_path, reverse_dns=True)
     assert dns_servers(on, conf) == (("127.0.0.53", 53),)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('domains = "mx.test"\nmax_connections = = 5\n', "line 2, column 19"),
+        ('domains = "mx.test"\nallowlist = [\n', "line 3, column 1"),  # the end of the file
+    ],
+)
+def test_a_toml_syntax_error_is_one_line_naming_file_line_and_column(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    config = tmp_path / "floodgate.toml"
+    config.write_text(text)
+    result = floodgate(tmp_path, "receiver", FLOODGATE_CONFIG_FILE=str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"floodgate: {config}: {where}: "), line
+    assert line.endswith("(not valid TOML)"), line
+
+
+def test_an_unreadable_toml_file_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "floodgate.toml"
+    config.mkdir()  # exists, cannot be read as a file
+    with pytest.raises(SettingsError) as refused:
+        load({"FLOODGATE_CONFIG_FILE": str(config)}, config_file=config, data_dir=tmp_path)
+    [problem] = refused.value.problems
+    assert problem.startswith(f"FLOODGATE_CONFIG_FILE='{config}': cannot read it: "), problem
+
+
+def test_a_listen_address_must_be_an_address_so_a_placeholder_left_is_named(
+    tmp_path: Path,
+) -> None:
+    """deploy/floodgate.env.example's THIS_HOST_ADDRESS, left in place, stops the process
+    at start with one line, instead of a failed lookup at bind and a restart loop."""
+    with pytest.raises(SettingsError) as refused:
+        load(
+            {},
+            data_dir=tmp_path,
+            smtp_listen="THIS_HOST_ADDRESS:2525",
+            receiver_http_listen="localhost:8026",
+        )
+    assert [p.split(":")[0] for p in refused.value.problems] == [
+        "FLOODGATE_SMTP_LISTEN='THIS_HOST_ADDRESS",
+        "FLOODGATE_RECEIVER_HTTP_LISTEN='localhost",
+    ]
+    assert "'THIS_HOST_ADDRESS' is not an IP address" in refused.value.problems[0]
+    every = load({}, data_dir=tmp_path, smtp_listen="0.0.0.0:25", api_listen="[::1]:8025")
+    assert (every.smtp_listen, every.api_listen) == ("0.0.0.0:25", "[::1]:8025")

@@ -10,16 +10,18 @@ from typing import Any
 
 from pymongo import MongoClient
 
+from receiver.delivery.records import KEY_FILE
 from receiver.delivery.spool import Spool, segment_paths
 from tests.receiver.test_spool import message
 from tests.support.processes import clean_environ
 
 
-async def _spool_of(directory: Path, count: int) -> list[str]:
+async def _spool_of(directory: Path, count: int, first: int = 0) -> list[str]:
     spool = Spool(directory, max_bytes=1 << 30, min_free=0)
     spool.open()
     spool.start()
-    messages = [message(n) for n in range(count)]
+    # Each its own message: the same n is the same envelope and bytes, one fingerprint.
+    messages = [message(n) for n in range(first, first + count)]
     try:
         for m in messages:
             await spool.append(m)
@@ -52,7 +54,7 @@ async def test_a_copied_spool_is_replayed_once_however_often_it_is_run(
     # A second copy of the same spool (say, restored twice): still one document each.
     twin = tmp_path / "mx3-spool-again"
     twin.mkdir()
-    for path in segment_paths(copied):
+    for path in [*segment_paths(copied), copied / KEY_FILE]:  # the key travels with it
         (twin / path.name).write_bytes(path.read_bytes())
 
     first = _floodgate(store_env, tmp_path, "replay", "--dir", str(copied))
@@ -81,8 +83,8 @@ async def test_without_a_directory_every_spool_of_the_host_is_found_and_replayed
     # "save every spool of the host" and status must see all three.
     data = tmp_path / "data"
     ids = await _spool_of(data / "spool", 3)
-    ids += await _spool_of(data / "spool-w1", 4)
-    ids += await _spool_of(data / "spool-w2", 5)
+    ids += await _spool_of(data / "spool-w1", 4, first=3)
+    ids += await _spool_of(data / "spool-w2", 5, first=7)
     status = _floodgate(store_env, tmp_path, "status")
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
@@ -96,3 +98,19 @@ async def test_without_a_directory_every_spool_of_the_host_is_found_and_replayed
     assert replayed.returncode == 0, replayed.stderr
     messages = mongo[db_name]["messages"]
     assert sorted(d["_id"] for d in messages.find({}, {"_id": 1})) == sorted(ids)
+
+
+async def test_status_only_reads_so_a_running_receivers_spool_is_safe(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A receiver's active segment may hold no whole record yet (just made, or a record
+    half written): status must count it as nothing and leave it, not delete it under the
+    receiver, which would then append its next messages to a file no one can find."""
+    data = tmp_path / "data"
+    await _spool_of(data / "spool", 2)
+    [written] = segment_paths(data / "spool")
+    active = data / "spool" / ("9" * len(written.stem) + written.suffix)
+    active.write_bytes(written.read_bytes()[:7])  # a torn, unanswered record
+    status = _floodgate(store_env, tmp_path, "status")
+    assert status.returncode == 0 and status.stdout.startswith(f"{data / 'spool'}: 2 messages")
+    assert active.exists() and segment_paths(data / "spool") == [written, active]

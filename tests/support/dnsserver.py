@@ -9,15 +9,21 @@ lookups (a cached pass asks nothing) and know that the receiver asked no one els
 
     with DnsServer({listed("127.0.0.2", "zen.test"): Record.a("127.0.0.2")}) as dns:
         make_receiver(dns_servers=dns.address, dnsbl_sites="zen.test")
+
+Run alone (`python -m tests.support.dnsserver --example DIR`), it serves the example
+records of README's "Try it on one machine": a DNS list that lists 127.0.0.2, and SPF,
+DKIM and DMARC for shop.example, with a message DKIM-signed by that key in DIR.
 """
 
 from __future__ import annotations
 
+import argparse
 import socket
 import socketserver
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
@@ -148,10 +154,12 @@ class _Server(socketserver.ThreadingUDPServer):
 class DnsServer:
     """Serves `records` on 127.0.0.1 (a free port) while in its `with` block."""
 
-    def __init__(self, records: dict[str, Record] | None = None) -> None:
+    def __init__(
+        self, records: dict[str, Record] | None = None, address: tuple[str, int] = ("127.0.0.1", 0)
+    ) -> None:
         self.records: dict[str, Record] = dict(records or {})
         self.queries: list[str] = []
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(address, _Handler)
         self._server.owner = self
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -159,7 +167,7 @@ class DnsServer:
     @property
     def address(self) -> str:
         """For FLOODGATE_DNS_SERVERS."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self._server.server_address[0]}:{self.port}"
 
     def __enter__(self) -> DnsServer:
         self._thread.start()
@@ -177,3 +185,52 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+EXAMPLE_LIST = "list.example"
+EXAMPLE_DOMAIN = "shop.example"
+
+
+def example(directory: Path) -> dict[str, Record]:
+    """README's example records; writes the message they authenticate to
+    `directory/signed.eml` (From: shop.example, DKIM-signed with selector s1)."""
+    from tests.support import dkimkeys
+
+    key = dkimkeys.rsa_key()
+    raw = dkimkeys.message(
+        author=f"Shop <noreply@{EXAMPLE_DOMAIN}>",
+        to="hello@mx.test",
+        subject="Your code",
+        body="Your code is 123456.\r\n",
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "signed.eml").write_bytes(dkimkeys.sign(raw, EXAMPLE_DOMAIN, "s1", key))
+    return {
+        listed("127.0.0.2", EXAMPLE_LIST): Record.a("127.0.0.2"),
+        f"TXT:{EXAMPLE_DOMAIN}": Record.txt("v=spf1 ip4:127.0.0.0/8 -all"),
+        f"s1._domainkey.{EXAMPLE_DOMAIN}": Record.txt(key.record),
+        f"_dmarc.{EXAMPLE_DOMAIN}": Record.txt("v=DMARC1; p=reject"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.dnsserver",
+        description="Serve README's example DNS records on loopback until stopped.",
+    )
+    parser.add_argument("--listen", default="127.0.0.1:5300", help="address:port (UDP)")
+    parser.add_argument(
+        "--example", type=Path, required=True, metavar="DIR", help="where signed.eml goes"
+    )
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    records = example(args.example)
+    server = DnsServer(records, (host, int(port)))
+    for name, record in records.items():
+        print(f"{name}: {record.kind} {' '.join(v[:40] for v in record.values)}", flush=True)
+    print(f"serving on {server.address} (UDP)", flush=True)
+    server._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
