@@ -5,6 +5,7 @@ Every lookup goes to a DNS server on loopback (tests.support.dnsserver), nowhere
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -85,16 +86,18 @@ async def test_each_action_refuses_in_its_own_way(dns: DnsServer, resolver: Reso
     assert ignore.reason == "dnsbl-ignored key123.zen.test"
 
 
-async def test_a_pass_is_cached_and_a_fail_is_not(dns: DnsServer, resolver: Resolver) -> None:
-    dns.records[listed("192.0.2.9", "a.test")] = Record.a("127.0.0.2")
+async def test_verdicts_are_kept_for_the_lists_ttl(dns: DnsServer, resolver: Resolver) -> None:
+    dns.records[listed("192.0.2.9", "a.test")] = Record.a("127.0.0.2")  # TTL 60
     screen = make(resolver, "a.test", action="drop")
     for _ in range(2):
         assert (await screen.screen("192.0.2.9", False, 1)).action == "drop"
         assert (await screen.screen("192.0.2.10", False, 1)).action is None
     asked = [q for q in dns.queries if q.endswith("a.test")]
-    assert asked.count(listed("192.0.2.9", "a.test")) == 2  # asked again: never cached
-    assert asked.count(listed("192.0.2.10", "a.test")) == 1  # the pass was remembered
-    assert screen.metrics.verdicts.labels("cached")._value.get() == 1
+    # A listing is kept for its TTL (a listed client that keeps coming costs no lookups),
+    # a pass too: one lookup each.
+    assert asked.count(listed("192.0.2.9", "a.test")) == 1
+    assert asked.count(listed("192.0.2.10", "a.test")) == 1
+    assert screen.metrics.verdicts.labels("cached")._value.get() == 2
 
 
 async def test_a_slow_list_never_holds_the_banner_past_the_deadline(
@@ -128,13 +131,34 @@ async def test_a_list_that_refuses_us_is_disabled_with_one_log_line(
 ) -> None:
     for n in range(1, 4):
         dns.records[listed(f"192.0.2.{n}", "a.test")] = Record.a("127.255.255.254")
+    dns.records[listed("127.0.0.2", "a.test")] = Record.a("127.255.255.254")  # test entry too
     screen = make(resolver, "a.test", action="drop")
     with caplog.at_level(logging.INFO, logger="floodgate.receiver"):
-        for n in range(1, 4):
+        assert (await screen.screen("192.0.2.1", False, 1)).action is None
+        for _ in range(50):  # the confirmation runs on a query of its own
+            if screen._disabled:
+                break
+            await asyncio.sleep(0.02)
+        for n in range(2, 4):
             assert (await screen.screen(f"192.0.2.{n}", False, 1)).action is None
     assert [r.getMessage() for r in caplog.records] == ["dnsbl_disabled"]
-    assert sum(q.endswith("a.test") for q in dns.queries) == 1
+    # The client's lookup, then the list's test entry to confirm it: then no more.
+    assert sum(q.endswith("a.test") for q in dns.queries) == 2
     assert lookups(screen, "a.test", "refused") == 1 and lookups(screen, "a.test", "disabled") == 2
+
+
+async def test_one_forged_refusal_is_not_believed(dns: DnsServer, resolver: Resolver) -> None:
+    dns.records[listed("192.0.2.1", "a.test")] = Record.a("127.255.255.254")  # forged
+    dns.records[listed("127.0.0.2", "a.test")] = Record.a("127.0.0.2")  # the list answers
+    dns.records[listed("192.0.2.2", "a.test")] = Record.a("127.0.0.2")
+    screen = make(resolver, "a.test", action="drop")
+    assert (await screen.screen("192.0.2.1", False, 1)).action is None  # fails open once
+    for _ in range(50):
+        if listed("127.0.0.2", "a.test") in dns.queries and not screen._confirming:
+            break
+        await asyncio.sleep(0.02)
+    assert not screen._disabled
+    assert (await screen.screen("192.0.2.2", False, 1)).action == "drop"
 
 
 async def test_allowlisted_clients_are_not_looked_up(dns: DnsServer, resolver: Resolver) -> None:
