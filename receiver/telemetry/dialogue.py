@@ -26,28 +26,28 @@ class WorkerTelemetry:
         self.summary = SummaryLog(summary_interval)
         self.host = host
         m = self.metrics
-        self._closed = {r: m.closed.labels(r) for r in Closed}
-        self._refusals = {r: m.refusals.labels(r) for r in Refused}
-        self._messages = {o: m.messages.labels(o) for o in MessageOutcome}
-        self._recipients = {o: m.recipients.labels(o) for o in RecipientOutcome}
+        self._closed = m.closed.counts
+        self._refusals = m.refusals.counts
+        self._messages = m.messages.counts
+        self._recipients = m.recipients.counts
 
     # --- the session ----------------------------------------------------------------
 
     def refused(self, client: Client, reason: Refused) -> None:
-        self._refusals[reason].inc()
+        self._refusals[reason] += 1
         self.summary.record(reason, client.key)
         self.host.refused(client.key, reason)
 
     def closed(self, client: Client, reason: Closed) -> None:
-        self._closed[reason].inc()
+        self._closed[reason] += 1
         if reason not in ORDINARY_CLOSES:
             self.summary.record(reason, client.key)
 
     def message(self, outcome: MessageOutcome) -> None:
-        self._messages[outcome].inc()
+        self._messages[outcome] += 1
 
     def recipient(self, outcome: RecipientOutcome) -> None:
-        self._recipients[outcome].inc()
+        self._recipients[outcome] += 1
 
     def tls(self, outcome: TlsOutcome, version: str) -> None:
         shown = version if version in TLS_VERSIONS else "other"

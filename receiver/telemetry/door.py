@@ -8,7 +8,7 @@ from receiver.telemetry.events import emit
 from receiver.telemetry.metrics import DoorMetrics
 from receiver.telemetry.stats import LiveStats
 from receiver.telemetry.summary import SummaryLog
-from receiver.vocabulary import ACCEPTED, CONNECTION_REFUSALS, BanReason, Refused
+from receiver.vocabulary import ACCEPTED, BanReason, Refused
 
 
 class DoorTelemetry:
@@ -19,27 +19,25 @@ class DoorTelemetry:
         self.summary = SummaryLog(summary_interval)
         self.live = LiveStats()
         self.accepted_total = 0
-        m = self.metrics
-        self._accepted = m.connections.labels(ACCEPTED)
-        self._outcomes = {r: m.connections.labels(r) for r in CONNECTION_REFUSALS}
-        self._refusals = {r: m.refusals.labels(r) for r in Refused}
+        self._connections = self.metrics.connections.counts
+        self._refusals = self.metrics.refusals.counts
 
     def accepted(self, key: str) -> None:
         """A connection admitted (before its banner)."""
-        self._accepted.inc()
+        self._connections[ACCEPTED] += 1
         self.accepted_total += 1
         self.live.record_connection(key)
 
     def refused(self, key: str, reason: Refused, detail: str = "") -> None:
         """A connection refused at the door: counted, summarised, never logged alone."""
-        self._outcomes[reason].inc()
+        self._connections[reason] += 1  # KeyError for a reason that is no connection's
         self.listed(key, reason, detail)
 
     def listed(self, key: str, reason: Refused, detail: str = "") -> None:
         """A refusal that does not end the connection (a DNS list's `enforce`). The live
         statistics name the list (`detail`, one the operator configured): the console says
         "dnsbl zen.example", the metrics and summary lines the reason alone."""
-        self._refusals[reason].inc()
+        self._refusals[reason] += 1
         self.summary.record(reason, key)
         self.live.record_refusal(key, f"{reason} {detail}" if detail else reason)
 
