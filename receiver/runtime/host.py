@@ -214,7 +214,8 @@ class Host:
                 return False, self._stale_because(f"{name} {_stale(staleness)}")
         reason = reasons[0] if len(set(reasons)) == 1 else "; ".join(sorted(set(reasons)))
         spool = self._spool()
-        if spool is not None and spool["messages"]:
+        # Whenever the store is not taking writes, say what waits for it, even none.
+        if spool is not None and (spool["messages"] or self._store()[0] is not True):
             reason += (
                 f"; spooling: {spool['messages']:.0f} messages, oldest {spool['oldest_s']:.0f}s"
             )
