@@ -12,6 +12,8 @@ from email.message import EmailMessage
 
 import httpx
 
+from api.limits import DEFAULTS
+from api.renderpool import SMALL_MESSAGE
 from bench.hostile import (
     big_attachment,
     bombs,
@@ -22,7 +24,9 @@ from bench.hostile import (
 )
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, cpu_seconds, deliver, family, listing, rss_total_kb
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
+from tests.support.smtp import wait_for
 
 MIB_KB = 1024
 
@@ -65,9 +69,8 @@ def test_an_encoded_word_bomb_costs_the_api_little_memory(
     receiver: ServiceProcess, api: ServiceProcess
 ) -> None:
     bomb = deliver(receiver, "bomb@mx.test", encoded_word_bomb(6_000))
-    small = deliver(receiver, "bomb@mx.test", b"Subject: hi\r\n\r\nx\r\n")
-    assert fetch(api, small).status_code == 200  # the workers are up
-    time.sleep(0.5)
+    assert len(encoded_word_bomb(6_000)) > SMALL_MESSAGE  # read in the general lane
+    start_both_lanes(receiver, api, "bomb@mx.test")
     pids = family(api.process.pid)
     before = rss_total_kb(pids)
     peak = before
@@ -102,9 +105,7 @@ def test_work_stops_at_the_deadline_and_is_not_started_again(
     api = make_api(render_seconds=0.1)
     raw, _ = big_attachment()
     slow = deliver(receiver, "slow@mx.test", raw)
-    small = deliver(receiver, "slow@mx.test", b"Subject: hi\r\n\r\nx\r\n")
-    assert fetch(api, small).status_code == 200
-    time.sleep(0.5)
+    start_both_lanes(receiver, api, "slow@mx.test")
     workers = family(api.process.pid)
     answer = fetch(api, slow)
     after_deadline = cpu_seconds(workers)
@@ -119,6 +120,38 @@ def test_work_stops_at_the_deadline_and_is_not_started_again(
     assert any(not alive for alive in (_alive(pid) for pid in workers[1:]))
     again, repeat = timed(api, slow)
     assert repeat.json()["parse_error"] == "rendering took longer than 0.1s" and again < 0.5
+
+
+def start_both_lanes(receiver: ServiceProcess, api: ServiceProcess, mailbox: str) -> None:
+    """Read one small and one big plain message, and wait until every render worker is
+    up: a lane starts its workers at its first job, and a test that measures the workers
+    must not measure their start."""
+    small = deliver(receiver, mailbox, b"Subject: hi\r\n\r\nx\r\n")
+    big = deliver(receiver, mailbox, b"Subject: plain\r\n\r\n" + (b"x" * 998 + b"\r\n") * 80)
+    assert fetch(api, small).status_code == 200 and fetch(api, big).status_code == 200
+    assert wait_for(lambda: render_workers(api) == (1, DEFAULTS.render_workers), timeout=20)
+
+
+def render_workers(api: ServiceProcess) -> tuple[int, int]:
+    """The API's render workers up in (the small lane, the general lane)."""
+    small, general = (
+        int(sample(api.http_url, "floodgate_render_workers", lane=lane))
+        for lane in ("small", "general")
+    )
+    return small, general
+
+
+def test_the_api_runs_no_render_worker_until_a_message_is_read(
+    receiver: ServiceProcess, api: ServiceProcess
+) -> None:
+    message_id = deliver(receiver, "lazy@mx.test", b"Subject: hi\r\n\r\nlazy\r\n")
+    assert listing(api, "lazy@mx.test")[0]["id"] == message_id  # a listing renders nothing
+    assert family(api.process.pid) == [api.process.pid]
+    assert render_workers(api) == (0, 0)
+    answer = fetch(api, message_id)  # the first read starts the small lane, and is answered
+    assert answer.status_code == 200 and answer.json()["text"] == "lazy\n"
+    assert render_workers(api) == (1, 0)
+    assert len(family(api.process.pid)) == 2
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 from api.limits import ApiLimits
 from api.renderpool import SMALL_MESSAGE, Busy, RenderPool
 from tests.api.test_render import mime
+from tests.support.processes import children_running
 
-COMMAND = (sys.executable, "-m", "tests.api.slow_worker")
+WORKER = "tests.api.slow_worker"
+COMMAND = (sys.executable, "-m", WORKER)
 BIG = b"x" * (SMALL_MESSAGE + 1)
 
 
@@ -29,7 +31,6 @@ BIG = b"x" * (SMALL_MESSAGE + 1)
 async def pool() -> AsyncIterator[RenderPool]:
     limits = ApiLimits(render_workers=1, render_queue=2, render_seconds=0.5)
     pool = RenderPool(limits, COMMAND)
-    pool.start()
     yield pool
     await pool.close()
 
@@ -37,6 +38,31 @@ async def pool() -> AsyncIterator[RenderPool]:
 def worker_pids(pool: RenderPool) -> set[int]:
     lanes = (pool.small, pool.general)
     return {worker.process.pid for lane in lanes for worker in lane._all}
+
+
+async def test_no_worker_runs_before_a_lanes_first_job_and_that_job_is_answered() -> None:
+    pool = RenderPool(ApiLimits(render_workers=2), COMMAND)
+    try:
+        await asyncio.sleep(0.2)  # time enough for a start nobody asked for
+        assert children_running(WORKER) == [] and worker_pids(pool) == set()
+        small = await asyncio.wait_for(pool.run("first", {"job": "echo"}, b"hi"), 10)
+        assert small.failure is None and small.body == b"hi"
+        # The small lane started its worker; the general lane still has none.
+        assert (pool.small.workers, pool.general.workers) == (1, 0)
+        assert children_running(WORKER) == sorted(worker_pids(pool))
+        big = await asyncio.wait_for(pool.run("big", {"job": "echo"}, BIG), 10)
+        assert big.failure is None and big.body == BIG
+        await _until(lambda: pool.general.workers == 2)  # the whole lane, at its first job
+    finally:
+        await pool.close()
+    assert children_running(WORKER) == []
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_job_past_the_deadline_is_killed_and_its_process_is_gone(
@@ -112,7 +138,6 @@ def live_pool() -> Iterator[tuple[RenderPool, asyncio.AbstractEventLoop]]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     pool = RenderPool(ApiLimits(render_workers=1, render_seconds=2.0))
-    loop.call_soon_threadsafe(pool.start)
     yield pool, loop
     asyncio.run_coroutine_threadsafe(pool.close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)

@@ -26,6 +26,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def children_running(module: str) -> list[int]:
+    """This process's live children started as `python -m <module>`, as /proc sees them."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and module.encode() in argv:
+            found.append(int(entry))
+    return sorted(found)
+
+
 def clean_environ() -> dict[str, str]:
     """The test runner's environment without any FLOODGATE_ setting leaking in."""
     return {k: v for k, v in os.environ.items() if not k.startswith("FLOODGATE_")}
