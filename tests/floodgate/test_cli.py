@@ -4,11 +4,14 @@ in our own code must fail at start, never remove a command or a route in silence
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 from floodgate.cli import build_parser
+from tests.support.processes import start_service
+from tests.support.smtp import RawClient, send_message
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("floodgate", "receiver", "blocklist", "mailstore", "api", "flood")
@@ -49,3 +52,31 @@ def test_receiver_workers_takes_the_settings_range() -> None:
     for wrong in ("0", "65", "two"):
         with pytest.raises(SystemExit):
             parser.parse_args(["receiver", "--workers", wrong])
+
+
+# What a receiver never needs: the terminal UI and HTTP client (top, block), plots (flood),
+# the browser driver (tests) and the API's server stack.
+NOT_FOR_A_RECEIVER = ("rich", "httpx", "matplotlib", "selenium", "fastapi", "uvicorn", "starlette")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_receiver_imports_no_terminal_http_plot_browser_or_api_library(
+    store_env: dict[str, str], tmp_path: Path, workers: str
+) -> None:
+    # Python's own import log (-X importtime) of the real `floodgate receiver`, its workers
+    # too, through start-up and one message.
+    env = {**store_env, "FLOODGATE_WORKERS": workers, "PYTHONPROFILEIMPORTTIME": "1"}
+    receiver = start_service("receiver", env, tmp_path)
+    try:
+        client = RawClient(receiver.host, receiver.port)
+        client.hello()
+        assert send_message(client, "a@example.org", ["lean@mx.test"], b"x\r\n").code == 250
+        client.cmd("QUIT")
+    finally:
+        assert receiver.stop() == 0
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", receiver.log(), re.M))
+    assert {"floodgate.cli", "floodgate.receiver_app", "receiver.server"} <= imported
+    if workers == "2":
+        assert "receiver.worker" in imported  # the workers ran (as __main__)
+    heavy = sorted(name for name in imported if name.split(".")[0] in NOT_FOR_A_RECEIVER)
+    assert heavy == []
