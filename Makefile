@@ -4,8 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make check: the in-process lane (tests/support/lanes.py marks the others).
+IN_PROCESS := not process and not browser and not bench and not postfix
 
-.PHONY: setup install run test lint bench flood clean
+.PHONY: setup install run check test lint bench flood clean
 
 setup: $(STAMP)
 
@@ -26,6 +28,10 @@ install:
 
 run: setup
 	$(BIN)/floodgate run
+
+# The in-process lane: tests that start no process, browser, bench suite or Postfix.
+check: setup
+	$(BIN)/python -m pytest -m "$(IN_PROCESS)" $(PYTEST_ARGS)
 
 # test/bench change nothing outside the repository unless asked: with CI=true or
 # FLOODGATE_INSTALL_TOOLS=1 they apt-install HAProxy and chromium (test) or Postfix (bench);

@@ -13,12 +13,50 @@ import pytest
 from pymongo import MongoClient
 
 from mailstore.embedded import EmbeddedStore
+from tests.support import lanes
 from tests.support.faultproxy import FaultProxy, fronting
 from tests.support.processes import ServiceProcess, start_service
 from tests.support.smtp import RawClient
 
 ServiceFactory = Callable[..., ServiceProcess]
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put each test in its lanes (tests/support/lanes.py): `make check` runs the tests in
+    none of them, `make test` every test."""
+    for item in items:
+        for lane in sorted(lanes.lanes_of(item)):
+            item.add_marker(lane)
+
+
+_GUARD = pytest.StashKey[lanes.Guard]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """A test in no lane runs with every way of starting a process refused, from its
+    setup to the end of its call: a start the marking missed fails the test."""
+    if any(item.get_closest_marker(lane) for lane in lanes.LANES):
+        return (yield)
+    guard = item.stash[_GUARD] = lanes.Guard()
+    with guard.installed():
+        try:
+            return (yield)
+        finally:
+            guard.check(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    guard = item.stash.get(_GUARD, None)
+    if guard is None:
+        return (yield)
+    with guard.installed():
+        try:
+            return (yield)
+        finally:
+            guard.check(item)
 
 
 @pytest.fixture(autouse=True)
