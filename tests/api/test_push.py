@@ -49,9 +49,11 @@ def test_a_stored_message_appears_on_the_stream_within_a_second(
     receiver: ServiceProcess, api: ServiceProcess
 ) -> None:
     events = start(api, "live@mx.test")
-    time.sleep(0.5)  # the stream is open
     client = RawClient(receiver.host, receiver.port)
     client.hello()
+    # The API's change stream is open once a first message comes through (in its own time).
+    primer = send_message(client, "a@example.org", ["live@mx.test"], b"Subject: primer\r\n\r\n")
+    assert events.get(timeout=10)[1] == queued_id(primer.text)
     ids = []
     for n in range(3):
         body = f"Subject: live {n}\r\n\r\nx\r\n".encode()

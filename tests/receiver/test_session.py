@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, listing
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient, queued_id, rss_kb, send_message
+from tests.support.smtp import RawClient, queued_id, rss_kb, send_message, wait_for
 
 
 def raw_of(api: ServiceProcess, message_id: str) -> bytes:
@@ -199,7 +200,11 @@ def test_sessions_past_the_shared_data_memory_get_452_4_3_1(make_receiver: Servi
     assert holder.cmd("RCPT TO:<m@mx.test>").code == 250
     assert holder.cmd("DATA").code == 354
     holder.send(b"x" * 998 + b"\r\n" + (b"y" * 998 + b"\r\n") * 700)  # ~700 KB held, no dot
-    time.sleep(0.5)
+
+    def held() -> float:
+        return sample(receiver.http_url, "floodgate_data_memory_bytes")
+
+    assert wait_for(lambda: held() >= 700_000, timeout=10), held()  # it has all arrived
     other = RawClient(receiver.host, receiver.port)
     other.hello()
     reply = send_message(other, "b@example.org", ["m@mx.test"], (b"z" * 998 + b"\r\n") * 500)
