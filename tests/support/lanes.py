@@ -69,6 +69,17 @@ def _functions(item: pytest.Item) -> Iterator[Callable[..., Any]]:
                 yield inspect.unwrap(definition.func)
 
 
+def module_scoped(item: pytest.Item) -> bool:
+    """True when `item` uses a fixture of ours set up once per module (a process the
+    module's tests share, say)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return any(
+        definition.scope == "module" and _ours(definition.func)
+        for definitions in (info.name2fixturedefs.values() if info else ())
+        for definition in definitions
+    )
+
+
 def _ours(thing: object) -> bool:
     return str(getattr(thing, "__module__", "")).startswith("tests.")
 
