@@ -68,6 +68,12 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _close_raw_clients() -> Iterator[None]:
     yield
+    _close_clients()
+
+
+def _close_clients() -> None:
+    """Close the test's raw clients: before its processes stop too, or a receiver waits
+    out its drain for sessions nobody will finish."""
     while RawClient.opened:
         RawClient.opened.pop().close()
 
@@ -161,6 +167,7 @@ def _factory(role: str, base_env: dict[str, str], workdir: Path) -> Iterator[Ser
         return service
 
     yield make
+    _close_clients()
     for service in started:
         service.stop()
 
