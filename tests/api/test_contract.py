@@ -56,6 +56,8 @@ def test_the_api_keeps_its_openapi_contract(
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
+            "--config-file",
+            str(Path(__file__).parent / "schemathesis.toml"),
             "run",
             f"{api.http_url}/openapi.json",
             "--checks",
