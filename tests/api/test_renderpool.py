@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.limits import ApiLimits
+from api.limits import MIB, ApiLimits
 from api.renderpool import SMALL_MESSAGE, Busy, RenderPool
 from tests.api.test_render import mime
 from tests.support.processes import children_running
@@ -111,6 +111,7 @@ async def test_simultaneous_asks_for_one_job_share_one_run(pool: RenderPool) -> 
 
 async def test_past_the_queue_a_job_is_refused_at_once(pool: RenderPool) -> None:
     await pool.run("warm", {"job": "echo"}, BIG)
+    await pool.run("warm-small", {"job": "echo"}, b"x")  # both lanes' workers are up
     # One running and two waiting fill the general lane (one worker, queue of two).
     jobs = [asyncio.ensure_future(pool.run(f"m{n}", {"job": "spin"}, BIG)) for n in range(3)]
     await asyncio.sleep(0.1)
@@ -124,10 +125,18 @@ async def test_past_the_queue_a_job_is_refused_at_once(pool: RenderPool) -> None
     await asyncio.gather(*jobs)
 
 
-async def test_a_job_that_needs_more_memory_fails_in_its_worker_only(pool: RenderPool) -> None:
-    outcome = await pool.run("m/hog", {"job": "hog"}, BIG)
-    assert outcome.failure == "needs more memory than a render may use"
-    assert (await pool.run("m/echo", {"job": "echo"}, b"ok")).body == b"ok"
+async def test_a_job_that_needs_more_memory_fails_in_its_worker_only() -> None:
+    # The smallest allowance and a deadline far past it: the hog (16 MB at a time) meets
+    # its limit within a few writes, however busy the machine (with 256 MB and 0.5 s, a
+    # loaded host met the deadline first).
+    limits = ApiLimits(render_workers=1, render_memory=64 * MIB, render_seconds=10)
+    pool = RenderPool(limits, COMMAND)
+    try:
+        outcome = await pool.run("m/hog", {"job": "hog"}, BIG)
+        assert outcome.failure == "needs more memory than a render may use"
+        assert (await pool.run("m/echo", {"job": "echo"}, b"ok")).body == b"ok"
+    finally:
+        await pool.close()
 
 
 @pytest.fixture(scope="module")
