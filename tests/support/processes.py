@@ -98,7 +98,34 @@ def start_service(
 ) -> ServiceProcess:
     """Start `python -m floodgate <role>` and wait until its /healthz answers.
 
-    `wrapper` runs before it (e.g. `unshare` giving the process a mount of its own)."""
+    `wrapper` runs before it (e.g. `unshare` giving the process a mount of its own). A
+    port picked free can be taken before the process binds it (tests run in parallel,
+    and every outgoing connection takes a port from the same range): then the process
+    starts again on other ports."""
+    for _attempt in range(BIND_ATTEMPTS - 1):
+        try:
+            return _start(role, env, workdir, host=host, wait=wait, wrapper=wrapper)
+        except PortTaken:
+            continue
+    return _start(role, env, workdir, host=host, wait=wait, wrapper=wrapper)
+
+
+BIND_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """The process exited because a port picked for it was taken meanwhile."""
+
+
+def _start(
+    role: str,
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    host: str,
+    wait: bool,
+    wrapper: tuple[str, ...],
+) -> ServiceProcess:
     port = free_port(host)
     http_port = free_port()  # health and API stay on 127.0.0.1
     while http_port == port:  # two picks of a free port can coincide
@@ -147,7 +174,10 @@ def wait_healthy(service: ServiceProcess, timeout: float = STARTUP_TIMEOUT) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
-            raise RuntimeError(f"{service.role} exited early:\n{service.log()}")
+            log = service.log()
+            if "address already in use" in log.lower():
+                raise PortTaken(f"{service.role} exited early:\n{log}")
+            raise RuntimeError(f"{service.role} exited early:\n{log}")
         try:
             if httpx.get(f"{service.http_url}/healthz", timeout=1.0).status_code == 200:
                 return
