@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test: pytest-xdist workers, each with its own embedded store. Most tests wait on
+# sockets and timers, not on a CPU: measured on a 2-core host (README, "Tests").
+TEST_WORKERS ?= 4
 # make check: the in-process lane (tests/support/lanes.py marks the others).
 IN_PROCESS := not process and not browser and not bench and not postfix
 
@@ -36,9 +39,11 @@ check: setup
 # test/bench change nothing outside the repository unless asked: with CI=true or
 # FLOODGATE_INSTALL_TOOLS=1 they apt-install HAProxy and chromium (test) or Postfix (bench);
 # otherwise a missing tool is one line of output and its tests or bench suite skip.
+# Every test, in parallel; a module whose tests share a process runs on one worker
+# (--dist loadgroup). The 30 slowest are listed at the end.
 test: setup
 	@sh tests/install-tools.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

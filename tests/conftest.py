@@ -24,7 +24,7 @@ ADMIN_TOKEN = "test-admin-token-" + "x" * 16
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put each test in its lanes (tests/support/lanes.py): `make check` runs the tests in
     none of them, `make test` every test."""
     for item in items:
@@ -33,7 +33,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if lanes.module_scoped(item):
             # One xdist worker runs every test of a module whose tests share a process (a
             # module-scoped fixture), so the module starts it once (--dist loadgroup).
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+            group = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+            if config.getoption("loadgroup", False):
+                lanes.name_group(item, group)
 
 
 _GUARD = pytest.StashKey[lanes.Guard]()

@@ -80,6 +80,20 @@ def module_scoped(item: pytest.Item) -> bool:
     )
 
 
+def name_group(item: pytest.Item, group: str) -> None:
+    """Tell xdist's scheduler `item`'s group (an xdist worker, --dist loadgroup).
+
+    xdist marks a group by appending `@group` to the node id, and so it does, but from
+    pytest 9.2 on a node id is a structured value its assignment misses: the groups are
+    dropped without a word (pytest-dev/pytest-xdist#1386). Until xdist sets it itself,
+    the suffix is set here; harmless where xdist's works (the scheduler takes the text
+    after the last `@`)."""
+    ident = getattr(item, "_id", None)
+    if ident is None or str(ident).endswith(f"@{group}"):
+        return
+    item._id = type(ident).parse(f"{ident}@{group}")  # type: ignore[attr-defined]
+
+
 def _ours(thing: object) -> bool:
     return str(getattr(thing, "__module__", "")).startswith("tests.")
 
