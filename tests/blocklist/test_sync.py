@@ -35,7 +35,10 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> flo
 
 @pytest.fixture
 async def db(store_uri: str, db_name: str, clean_store: None) -> AsyncIterator[Any]:
-    client = connect(store_uri, timeout=3)
+    # The test's own client waits as long as a busy store may take: with 3 s, a store
+    # slow to answer the driver's heartbeat while it took 3,000 inserts (a loaded host)
+    # was marked unknown, and the insert cancelled with it.
+    client = connect(store_uri, timeout=30)
     yield database(client, db_name)
     await drop_test_database(client, db_name)
     await client.close()
