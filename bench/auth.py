@@ -214,13 +214,13 @@ def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    count = 200 if quick else 1000
+    count = 60 if quick else 1000
     rounds = 1 if quick else 3
     private, record = _key()
     ports: Any = multiprocessing.Queue()
     responder = multiprocessing.Process(target=_serve, args=(ports, record), daemon=True)
     responder.start()
-    warmup = _messages(100, 900_000, "bench.test", private)
+    warmup = _messages(30 if quick else 100, 900_000, "bench.test", private)
     batches = [_messages(count, k * count, "bench.test", private) for k in range(rounds)]
     silent = _messages(count // 10, 0, "silent.test", private)
     measured: dict[str, list[dict[str, Any]]] = {
@@ -275,6 +275,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     return {
         "messages": count,
+        "warmup": len(warmup),
         "rounds": rounds,
         "silent_messages": len(silent),
         "concurrency": CONCURRENCY,

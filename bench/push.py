@@ -123,9 +123,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         api = start_service("api", {**env, **capacity}, Path(directory))
         try:
             # Subscribers first: the latency listener below stays connected to the end.
-            held = asyncio.run(_hold(api.http_port, api.pid, 200 if quick else SUBSCRIBER_TARGET))
+            held = asyncio.run(_hold(api.http_port, api.pid, 100 if quick else SUBSCRIBER_TARGET))
             result = {"subscribers": held}
-            result["latency"] = latency(api.http_url, receiver.port, 50 if quick else 200)
+            result["latency"] = latency(api.http_url, receiver.port, 20 if quick else 200)
         finally:
             api.stop()
             receiver.stop()
