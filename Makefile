@@ -39,11 +39,10 @@ check: setup
 # test/bench change nothing outside the repository unless asked: with CI=true or
 # FLOODGATE_INSTALL_TOOLS=1 they apt-install HAProxy and chromium (test) or Postfix (bench);
 # otherwise a missing tool is one line of output and its tests or bench suite skip.
-# Every test, in parallel; a module whose tests share a process runs on one worker
-# (--dist loadgroup). The 30 slowest are listed at the end.
+# Every test: in parallel, then the bench smoke runs alone (tests/suite.sh).
 test: setup
 	@sh tests/install-tools.sh
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
+	@sh tests/suite.sh $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
