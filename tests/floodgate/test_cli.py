@@ -7,11 +7,12 @@ import ast
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from floodgate.cli import build_parser
-from tests.support.processes import start_service
-from tests.support.smtp import RawClient, send_message
+from tests.support.processes import ServiceProcess, start_service
+from tests.support.smtp import RawClient, send_message, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("floodgate", "receiver", "blocklist", "mailstore", "api", "flood")
@@ -59,6 +60,10 @@ def test_receiver_workers_takes_the_settings_range() -> None:
 NOT_FOR_A_RECEIVER = ("rich", "httpx", "matplotlib", "selenium", "fastapi", "uvicorn", "starlette")
 
 
+def ready(receiver: ServiceProcess) -> bool:
+    return httpx.get(f"{receiver.http_url}/readyz", timeout=5).status_code == 200
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_receiver_imports_no_terminal_http_plot_browser_or_api_library(
     store_env: dict[str, str], tmp_path: Path, workers: str
@@ -68,7 +73,9 @@ def test_a_receiver_imports_no_terminal_http_plot_browser_or_api_library(
     env = {**store_env, "FLOODGATE_WORKERS": workers, "PYTHONPROFILEIMPORTTIME": "1"}
     receiver = start_service("receiver", env, tmp_path)
     try:
-        client = RawClient(receiver.host, receiver.port)
+        # Healthy is the gate; ready is every worker up (a busy host takes a while).
+        assert wait_for(lambda: ready(receiver), timeout=60), receiver.log()[-3000:]
+        client = RawClient(receiver.host, receiver.port, timeout=30)
         client.hello()
         assert send_message(client, "a@example.org", ["lean@mx.test"], b"x\r\n").code == 250
         client.cmd("QUIT")
