@@ -4,8 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test: pytest-xdist workers, each with its own embedded store. Most tests wait on
+# sockets and timers, not on a CPU: measured on a 2-core host (README, "Tests").
+TEST_WORKERS ?= 4
+# make check: the in-process lane (tests/support/lanes.py marks the others).
+IN_PROCESS := not process and not browser and not bench and not postfix
 
-.PHONY: setup install run test lint bench flood clean
+.PHONY: setup install run check test lint bench flood clean
 
 setup: $(STAMP)
 
@@ -27,12 +32,17 @@ install:
 run: setup
 	$(BIN)/floodgate run
 
+# The in-process lane: tests that start no process, browser, bench suite or Postfix.
+check: setup
+	$(BIN)/python -m pytest -m "$(IN_PROCESS)" $(PYTEST_ARGS)
+
 # test/bench change nothing outside the repository unless asked: with CI=true or
 # FLOODGATE_INSTALL_TOOLS=1 they apt-install HAProxy and chromium (test) or Postfix (bench);
 # otherwise a missing tool is one line of output and its tests or bench suite skip.
+# Every test: in parallel, then the bench smoke runs alone (tests/suite.sh).
 test: setup
 	@sh tests/install-tools.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@sh tests/suite.sh $(BIN)/python $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

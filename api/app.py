@@ -80,8 +80,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         _attach_blocklist(app)
         await ensure_indexes(app)
         app.state.hub = push.Hub(config.limits)
-        app.state.renderer = RenderPool(config.limits)
-        app.state.renderer.start()
+        app.state.renderer = RenderPool(config.limits, registry=app.state.metrics.registry)
         follower = await push.start(app.state.hub, app.state.store.messages)
         app.state.stats = stats.StatsCache()
         keeper = asyncio.get_running_loop().create_task(

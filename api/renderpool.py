@@ -4,6 +4,8 @@ Each job runs in a worker process (`api.renderworker`) that limits its own addre
 at the deadline the worker is killed, so the work really stops (a thread cannot be), and a
 fresh one takes its place. Two lanes: one worker for small messages, so everyday mail
 renders at once whatever big messages are doing, and `render_workers` for the rest. A lane
+starts its workers at its first job, not with the API: an API nobody reads from runs no
+worker, and the first job waits for the start (not counted against its deadline). A lane
 lets at most `render_queue` jobs wait; one more is `Busy` (the API says 503). A job that
 failed (deadline, memory, a crashed worker) leaves a verdict under its key, so asking again
 answers at once instead of starting the same work; the same job asked for while running
@@ -18,9 +20,11 @@ import json
 import logging
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
 
 from api.charsets import clean_all
 from api.limits import ApiLimits
@@ -89,7 +93,7 @@ class _Worker:
 
 
 class Lane:
-    """`size` workers and a queue of at most `queue` waiting jobs."""
+    """`size` workers, started at the first job, and a queue of at most `queue` waiting jobs."""
 
     def __init__(
         self, name: str, command: Sequence[str], size: int, queue: int, seconds: float
@@ -100,9 +104,16 @@ class Lane:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.started = False
         self.closed = False
 
-    def start(self) -> None:
+    @property
+    def workers(self) -> int:
+        """Worker processes started and not retired (busy or idle)."""
+        return len(self._all)
+
+    def _start(self) -> None:
+        self.started = True
         for _ in range(self.size):
             self._replace()
 
@@ -127,7 +138,9 @@ class Lane:
             return
 
     async def run(self, head: dict[str, Any], body: bytes) -> Outcome:
-        if self.waiting >= self.queue and self._idle.empty():
+        if not self.started:
+            self._start()  # this job waits for the first worker up: never Busy
+        elif self.waiting >= self.queue and self._idle.empty():
             raise Busy(self.name)
         for _ in range(self.size + 1):
             outcome = await self._attempt(head, body)
@@ -184,10 +197,19 @@ class Lane:
                 await worker.kill()
 
 
+def _counter(lane: Lane) -> Callable[[], float]:
+    return lambda: lane.workers
+
+
 class RenderPool:
     """The API's render workers: a small lane, a general lane, verdicts, single flight."""
 
-    def __init__(self, limits: ApiLimits, command: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        limits: ApiLimits,
+        command: Sequence[str] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         command = command or (sys.executable, *WORKER)
         command = (*command, str(limits.render_memory))
         self.small = Lane("small", command, 1, limits.render_queue, limits.render_seconds)
@@ -196,10 +218,15 @@ class RenderPool:
         )
         self._verdicts: OrderedDict[str, str] = OrderedDict()
         self._running: dict[str, asyncio.Future[Outcome]] = {}
-
-    def start(self) -> None:
-        self.small.start()
-        self.general.start()
+        if registry is not None:
+            gauge = Gauge(
+                "floodgate_render_workers",
+                "Render worker processes up, by lane (none before the lane's first job)",
+                ["lane"],
+                registry=registry,
+            )
+            for lane in (self.small, self.general):
+                gauge.labels(lane.name).set_function(_counter(lane))
 
     async def close(self) -> None:
         await self.small.close()

@@ -118,7 +118,7 @@ def hold_idle(port: int, count: int, addresses: int) -> list[socket.socket]:
 def idle_sockets(quick: bool) -> dict[str, Any]:
     count = 2000 if quick else 10_000
     addresses = 40
-    legit_total = 200 if quick else 1000
+    legit_total = 60 if quick else 1000
     limit = raise_fd_limit()
     if limit < count + 500:
         return {"skipped": f"open-files limit {limit} is below {count + 500}"}
@@ -128,7 +128,7 @@ def idle_sockets(quick: bool) -> dict[str, Any]:
         )
         held: list[socket.socket] = []
         try:
-            legit_latency(receiver.port, 10, 100)  # warm up
+            legit_latency(receiver.port, 10, 30 if quick else 100)  # warm up
             unloaded = [legit_latency(receiver.port, 10, legit_total) for _ in range(3)]
             rss_before = proc_status(receiver.pid, "VmRSS")
             held = hold_idle(receiver.port, count, addresses)
@@ -189,7 +189,7 @@ def _hammer(port: int, source: str, seconds: float, counter: Any) -> None:
 
 
 def refusal_cost(quick: bool) -> dict[str, Any]:
-    seconds = 3.0 if quick else 8.0
+    seconds = 1.0 if quick else 8.0
     workers = 3
     with tempfile.TemporaryDirectory() as directory, embedded_store(Path(directory)) as uri:
         receiver = start_service(

@@ -191,18 +191,36 @@ def _send(
     }
 
 
+def _dkim_passes(receiver: Any) -> float:
+    return metric(receiver.http_url, "floodgate_auth_results_total", method="dkim", result="pass")
+
+
+def _start_verifier(receiver: Any, private: bytes) -> float:
+    """Send signed messages until one passes: the receiver's verification workers start
+    at its first signature, and the runs below measure them at work, not starting. The
+    DKIM passes counted so far (the runs' are those past it)."""
+    deadline = time.monotonic() + 30
+    for n in range(100):
+        _send(receiver, _messages(1, 800_000 + n, "bench.test", private))
+        if _dkim_passes(receiver) >= 1:
+            return _dkim_passes(receiver)
+        if time.monotonic() > deadline:
+            break
+    raise RuntimeError("the verification workers did not start")
+
+
 def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: sorted(row[key] for row in rows)[len(rows) // 2] for key in rows[0]}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    count = 200 if quick else 1000
+    count = 60 if quick else 1000
     rounds = 1 if quick else 3
     private, record = _key()
     ports: Any = multiprocessing.Queue()
     responder = multiprocessing.Process(target=_serve, args=(ports, record), daemon=True)
     responder.start()
-    warmup = _messages(100, 900_000, "bench.test", private)
+    warmup = _messages(30 if quick else 100, 900_000, "bench.test", private)
     batches = [_messages(count, k * count, "bench.test", private) for k in range(rounds)]
     silent = _messages(count // 10, 0, "silent.test", private)
     measured: dict[str, list[dict[str, Any]]] = {
@@ -226,6 +244,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             plain = start_service("receiver", env, Path(directory))
             checked = start_service("receiver", auth_env, Path(directory))
             try:
+                primed = _start_verifier(checked, private)
                 _send(plain, warmup)  # indexes, store connections
                 _send(checked, warmup)
                 # Off and on alternate, round after round: a shared machine's load drifts,
@@ -241,7 +260,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     measured["warm_paced"].append(_send(checked, batch, PACED_RATE))
                 on_silent = _send(checked, silent)
                 url = checked.http_url
-                passed = metric(url, "floodgate_auth_results_total", method="dkim", result="pass")
+                passed = _dkim_passes(checked) - primed
                 temperror = metric(
                     url, "floodgate_auth_results_total", method="spf", result="temperror"
                 )
@@ -256,6 +275,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     return {
         "messages": count,
+        "warmup": len(warmup),
         "rounds": rounds,
         "silent_messages": len(silent),
         "concurrency": CONCURRENCY,

@@ -124,8 +124,8 @@ def _measure(receiver: Any, count: int, concurrency: int, offset: int) -> dict[s
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    count = 500 if quick else 2000
-    burst = 1000 if quick else 4000
+    count = 200 if quick else 2000
+    burst = 400 if quick else 4000
     ports: Any = multiprocessing.Queue()
     responder = multiprocessing.Process(target=_serve, args=(ports,), daemon=True)
     responder.start()

@@ -18,12 +18,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
-
-import httpx
+from typing import TYPE_CHECKING, Any, TextIO
 
 from blocklist.entries import Entry, InvalidEntry
 from floodgate.settings import Settings, parse_hostport
+
+if TYPE_CHECKING:
+    import httpx
 
 BATCH = 1000
 TIMEOUT = 30.0
@@ -166,7 +167,13 @@ def add_block_parser(sub: Any, kind: Kind = BLOCK) -> None:
 
 
 class Client:
+    """The admin API over HTTP. httpx is imported here, when a command talks to the API,
+    not with this module: `floodgate` imports it for its command line, and a receiver
+    starts without an HTTP client."""
+
     def __init__(self, base_url: str, token: str, timeout: float = TIMEOUT) -> None:
+        import httpx
+
         actor = f"{getpass.getuser()}@{socket.gethostname()}"[:100]
         self.http = httpx.Client(
             base_url=base_url,
@@ -175,6 +182,8 @@ class Client:
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:

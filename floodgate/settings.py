@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     smtp_listen: str = "127.0.0.1:2525"
     api_listen: str = "127.0.0.1:8025"
     receiver_http_listen: str = "127.0.0.1:8026"
-    # Receiver processes on one host (receiver.workers): 1 is one process doing it all.
+    # Receiver processes on one host (receiver.runtime.children): 1 is one process doing it all.
     workers: int = Field(1, ge=1, le=64)
     admin_token: SecretStr | None = None
     read_token: SecretStr | None = None  # mailbox reads and deletes only (a reader front end)

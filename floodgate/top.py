@@ -24,15 +24,16 @@ import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
 from floodgate.block_cli import ApiError, Client
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+# rich is imported where the view is drawn, not here: `floodgate` imports this module for
+# its command line, and every other command (a receiver first) starts without rich.
 
 BAN_TTL = 3600
 BAN_REASON = "banned from floodgate top"
@@ -162,6 +163,10 @@ def spool_cell(spool: dict[str, Any] | None) -> str:
 
 
 def render(view: View) -> Group:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     receivers = Table(title="receivers", expand=True)
     for column in ("receiver", "age", "store", "stress", "open", "spool"):
         receivers.add_column(column, justify="right" if column in ("age", "open") else "left")
@@ -274,6 +279,9 @@ def poll(client: Client, view: View) -> None:
 
 def run(client: Client, interval: float, once: bool) -> int:
     view = View()
+    from rich.console import Console
+    from rich.live import Live
+
     console = Console()
     if once or not sys.stdin.isatty():
         view.update(client.call("GET", "/v1/stats").json())  # --once: an error is the answer

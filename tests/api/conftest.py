@@ -9,11 +9,16 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ServiceFactory
+
 ARTEFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artefacts"
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(make_api: ServiceFactory) -> Iterator[Any]:
+    """A headless chromium. It asks for `make_api` only to be torn down before the APIs
+    a test made: a page still open keeps a live stream to its API, which would then wait
+    out its graceful shutdown (10 s) at every teardown."""
     driver_path, chromium = shutil.which("chromedriver"), shutil.which("chromium")
     if driver_path is None or chromium is None:
         pytest.skip("chromium + chromium-driver missing: FLOODGATE_INSTALL_TOOLS=1 make test")

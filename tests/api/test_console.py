@@ -85,7 +85,9 @@ def test_stats_name_the_flooders_and_the_console_bans_them_everywhere(
         # Listed, with why it is refused.
         wait.until(lambda d: "connection_rate" in d.find_element(By.ID, flooder).text)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#receivers tbody tr")) == 2
-        time.sleep(6)  # two snapshots of each receiver: the chart has rates to draw
+        # Two snapshots of each receiver (they publish every few seconds): the chart has
+        # rates to draw.
+        WebDriverWait(browser, 30).until(lambda d: d.execute_script(RATES_DRAWN))
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTEFACTS / "console.png"))
 
@@ -182,12 +184,25 @@ return { width, page: document.documentElement.scrollWidth, controls, overflowin
 """
 
 
+# The console's own state (console.js): a rate for every receiver, and a poll finished
+# (statistics drawn, no blocklist listing in flight) after the `polls` seen before.
+RATES_DRAWN = """
+return state.last !== null && Object.keys(state.last).length === 2
+  && Object.values(state.last).every((r) => r.rate !== null);
+"""
+REDRAWN = "return state.history.length > arguments[0] && !state.listing;"
+
+
 def _layout_fits(browser: Any, width: int) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
     browser.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": 1400, "deviceScaleFactor": 1, "mobile": width < 600},
     )
-    time.sleep(2.5)  # one poll redraws the tables at this width
+    # One poll after the resize redraws the tables (and the blocklist) at this width.
+    polls = browser.execute_script("return state.history.length")
+    WebDriverWait(browser, 15).until(lambda d: d.execute_script(REDRAWN, polls))
     layout = browser.execute_script(LAYOUT)
     assert layout["width"] == width
     assert layout["page"] <= width, layout

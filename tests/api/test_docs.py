@@ -17,9 +17,9 @@ from tests.support.processes import ServiceProcess
 
 
 def test_docs_have_a_csp_that_allows_only_their_own_script_and_no_framing(
-    api: ServiceProcess,
+    shared_api: ServiceProcess,
 ) -> None:
-    page = httpx.get(api.http_url + "/docs")
+    page = httpx.get(shared_api.http_url + "/docs")
     policy = page.headers["content-security-policy"]
     directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
     assert directives["frame-ancestors"] == "'none'"
@@ -43,8 +43,8 @@ SAMPLES = {
 }
 
 
-def test_every_operation_is_grouped_summarised_and_described(api: ServiceProcess) -> None:
-    document = httpx.get(api.http_url + "/openapi.json").json()
+def test_every_operation_is_grouped_summarised_and_described(shared_api: ServiceProcess) -> None:
+    document = httpx.get(shared_api.http_url + "/openapi.json").json()
     assert [tag["name"] for tag in document["tags"]] == GROUPS
     assert all(tag["description"] for tag in document["tags"])
     operations = [
@@ -94,11 +94,11 @@ def test_both_tokens_are_described_and_each_route_names_the_ones_it_really_takes
     assert checked >= 12
 
 
-def test_the_docs_page_shows_the_groups_in_order(browser: Any, api: ServiceProcess) -> None:
+def test_the_docs_page_shows_the_groups_in_order(browser: Any, shared_api: ServiceProcess) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(f"{api.http_url}/docs")
+    browser.get(f"{shared_api.http_url}/docs")
     wait = WebDriverWait(browser, 20)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock-tag-section")) >= 6)
     shown = [

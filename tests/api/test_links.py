@@ -78,9 +78,11 @@ def links_of(api: ServiceProcess, message_id: str) -> httpx.Response:
 
 
 def test_a_signup_mail_gives_its_tracking_links_with_their_text_and_its_code(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    answer = links_of(api, deliver(receiver, "tester@mx.test", signup()))
+    answer = links_of(
+        shared_api, deliver(shared_receiver, "tester@mx.test", signup(), source=client_ip)
+    )
     assert answer.status_code == 200, answer.text[:300]
     found = answer.json()
     confirm = (
@@ -109,9 +111,11 @@ def test_a_signup_mail_gives_its_tracking_links_with_their_text_and_its_code(
 
 
 def test_a_password_reset_in_plain_text_gives_its_link_and_its_code(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    answer = links_of(api, deliver(receiver, "tester@mx.test", reset()))
+    answer = links_of(
+        shared_api, deliver(shared_receiver, "tester@mx.test", reset(), source=client_ip)
+    )
     assert answer.status_code == 200, answer.text[:300]
     found = answer.json()
     assert found["links"] == [
@@ -128,7 +132,7 @@ def test_a_password_reset_in_plain_text_gives_its_link_and_its_code(
 
 
 def test_a_message_with_thousands_of_links_is_cut_and_says_so(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
     anchors = "".join(
         f'<a href="https://example.com/item/{n}?utm_source=mail">item {n}</a><br>'
@@ -138,7 +142,9 @@ def test_a_message_with_thousands_of_links_is_cut_and_says_so(
     message["Subject"] = "Our catalogue"
     message.set_content(f"<html><body>{anchors}</body></html>", subtype="html", cte="base64")
     started = time.monotonic()
-    answer = links_of(api, deliver(receiver, "tester@mx.test", message.as_bytes()))
+    answer = links_of(
+        shared_api, deliver(shared_receiver, "tester@mx.test", message.as_bytes(), source=client_ip)
+    )
     assert answer.status_code == 200, answer.text[:300]
     found = answer.json()
     assert len(found["links"]) == MAX_LINKS and found["truncated"] is True
@@ -151,7 +157,7 @@ def test_a_message_with_thousands_of_links_is_cut_and_says_so(
 
 
 def test_a_message_past_the_render_deadline_is_504_and_not_read_again(
-    make_api: ServiceFactory, receiver: ServiceProcess
+    make_api: ServiceFactory, shared_receiver: ServiceProcess, client_ip: str
 ) -> None:
     # 2.6 MB of HTML takes far longer than the shortest deadline allowed (0.05 s): the
     # worker is killed, and the API says why instead of hanging or answering half a list.
@@ -160,7 +166,7 @@ def test_a_message_past_the_render_deadline_is_504_and_not_read_again(
     message = EmailMessage(policy=SMTP)
     message["Subject"] = "too much"
     message.set_content(anchors, subtype="html", cte="base64")
-    message_id = deliver(receiver, "tester@mx.test", message.as_bytes())
+    message_id = deliver(shared_receiver, "tester@mx.test", message.as_bytes(), source=client_ip)
     started = time.monotonic()
     answer = links_of(api, message_id)
     assert answer.status_code == 504, answer.text[:300]
@@ -176,7 +182,7 @@ def test_a_message_past_the_render_deadline_is_504_and_not_read_again(
 
 
 def test_links_asked_while_every_render_worker_is_busy_are_503_with_retry_after(
-    make_api: ServiceFactory, receiver: ServiceProcess
+    make_api: ServiceFactory, shared_receiver: ServiceProcess, client_ip: str
 ) -> None:
     # One worker for big messages and no queue: of four catalogues asked for at once, the
     # first takes the worker and the others are refused at once rather than waiting.
@@ -187,7 +193,7 @@ def test_links_asked_while_every_render_worker_is_busy_are_503_with_retry_after(
         message = EmailMessage(policy=SMTP)
         message["Subject"] = f"catalogue {n}"
         message.set_content(anchors, subtype="html", cte="base64")
-        ids.append(deliver(receiver, "tester@mx.test", message.as_bytes()))
+        ids.append(deliver(shared_receiver, "tester@mx.test", message.as_bytes(), source=client_ip))
     start = threading.Barrier(len(ids))
 
     def ask(message_id: str) -> httpx.Response:
@@ -203,33 +209,35 @@ def test_links_asked_while_every_render_worker_is_busy_are_503_with_retry_after(
     assert links_of(api, refused[0]).status_code == 200  # free again: served
 
 
-def test_an_unknown_id_is_404_and_a_malformed_one_is_422(api: ServiceProcess) -> None:
-    assert links_of(api, "0" * 26).status_code == 404
-    answer = links_of(api, "not-an-id")
+def test_an_unknown_id_is_404_and_a_malformed_one_is_422(shared_api: ServiceProcess) -> None:
+    assert links_of(shared_api, "0" * 26).status_code == 404
+    answer = links_of(shared_api, "not-an-id")
     assert answer.status_code == 422 and answer.json()["error"].startswith("message_id")
-    no_token = httpx.get(f"{api.http_url}/v1/messages/{'0' * 26}/links")
+    no_token = httpx.get(f"{shared_api.http_url}/v1/messages/{'0' * 26}/links")
     assert no_token.status_code == 401
 
 
-def test_too_many_parts_is_422_naming_raw(receiver: ServiceProcess, api: ServiceProcess) -> None:
+def test_too_many_parts_is_422_naming_raw(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
     parts = "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(101))
     raw = (
         'Subject: parts\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
         + parts.replace("Content-Type: text/plain", 'Content-Type: multipart/mixed; boundary="b"')
         + "--b--\r\n"
     ).encode()
-    answer = links_of(api, deliver(receiver, "tester@mx.test", raw))
+    answer = links_of(shared_api, deliver(shared_receiver, "tester@mx.test", raw, source=client_ip))
     assert answer.status_code == 422, answer.text[:300]
     assert "MIME parts" in answer.json()["error"] and "/raw" in answer.json()["error"]
 
 
 def test_every_corpus_message_lists_its_links_or_says_why(
-    make_receiver: ServiceFactory, api: ServiceProcess
+    make_receiver: ServiceFactory, shared_api: ServiceProcess
 ) -> None:
     receiver = make_receiver(connection_rate=0, message_rate=0, recipient_rate=0, mailbox_rate=0)
     seen = 0
     for path in CORPUS:
-        answer = links_of(api, deliver(receiver, "corpus@mx.test", as_sent(path)))
+        answer = links_of(shared_api, deliver(receiver, "corpus@mx.test", as_sent(path)))
         assert answer.status_code in (200, 422), (path.name, answer.text[:300])
         if answer.status_code == 200:
             found = answer.json()

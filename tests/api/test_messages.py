@@ -14,64 +14,73 @@ from tests.support.smtp import RawClient, queued_id, send_message
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def test_v1_routes_need_the_bearer_token(api: ServiceProcess) -> None:
-    url = f"{api.http_url}/v1/mailboxes/a@mx.test/messages"
+def test_v1_routes_need_the_bearer_token(shared_api: ServiceProcess) -> None:
+    url = f"{shared_api.http_url}/v1/mailboxes/a@mx.test/messages"
     assert httpx.get(url).status_code == 401
     wrong = httpx.get(url, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]
     assert httpx.get(url, headers=AUTH).status_code == 200
-    assert httpx.get(f"{api.http_url}/healthz").status_code == 200
+    assert httpx.get(f"{shared_api.http_url}/healthz").status_code == 200
 
 
-def test_unknown_message_is_404_with_json_error(api: ServiceProcess) -> None:
-    unknown = httpx.get(api.http_url + "/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", headers=AUTH)
+def test_unknown_message_is_404_with_json_error(shared_api: ServiceProcess) -> None:
+    unknown = httpx.get(
+        shared_api.http_url + "/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", headers=AUTH
+    )
     assert unknown.status_code == 404 and "no message" in unknown.json()["error"]
-    malformed = httpx.get(api.http_url + "/v1/messages/nope/raw", headers=AUTH)
+    malformed = httpx.get(shared_api.http_url + "/v1/messages/nope/raw", headers=AUTH)
     assert malformed.status_code == 422 and "error" in malformed.json()  # not an id at all
-    gone = httpx.delete(f"{api.http_url}/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", headers=AUTH)
+    gone = httpx.delete(
+        f"{shared_api.http_url}/v1/messages/01aaaaaaaaaaaaaaaaaaaaaaaa", headers=AUTH
+    )
     assert gone.status_code == 404
 
 
-def test_invalid_mailbox_address_is_422(api: ServiceProcess) -> None:
-    response = httpx.get(f"{api.http_url}/v1/mailboxes/no-at-sign/messages", headers=AUTH)
+def test_invalid_mailbox_address_is_422(shared_api: ServiceProcess) -> None:
+    response = httpx.get(f"{shared_api.http_url}/v1/mailboxes/no-at-sign/messages", headers=AUTH)
     assert response.status_code == 422 and response.json()["error"]
 
 
 def test_message_detail_decodes_headers_and_text_then_delete(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
     body = (
         "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nContent-Type: text/plain; charset=utf-8\r\n"
         "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Köln\r\n"
     ).encode()
-    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as client:
+    with smtplib.SMTP(
+        shared_receiver.host,
+        shared_receiver.port,
+        local_hostname="c.test",
+        source_address=(client_ip, 0),
+    ) as client:
         client.sendmail("a@example.org", ["read@mx.test"], body)
-    listed = httpx.get(f"{api.http_url}/v1/mailboxes/read@mx.test/messages", headers=AUTH)
+    listed = httpx.get(f"{shared_api.http_url}/v1/mailboxes/read@mx.test/messages", headers=AUTH)
     message_id = listed.json()["messages"][0]["id"]
-    detail = httpx.get(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH).json()
+    detail = httpx.get(f"{shared_api.http_url}/v1/messages/{message_id}", headers=AUTH).json()
     assert detail["subject"] == "Grüße"
     assert ["Subject", "Grüße"] in detail["headers"]
     assert detail["text"] == "Grüße aus Köln\r\n" or detail["text"] == "Grüße aus Köln\n"
     assert detail["envelope"]["rcpt_to"] == ["read@mx.test"]
-    deleted = httpx.delete(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH)
+    deleted = httpx.delete(f"{shared_api.http_url}/v1/messages/{message_id}", headers=AUTH)
     assert deleted.status_code == 204
-    again = httpx.get(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH)
+    again = httpx.get(f"{shared_api.http_url}/v1/messages/{message_id}", headers=AUTH)
     assert again.status_code == 404
 
 
-def test_readyz_and_metrics(api: ServiceProcess, receiver: ServiceProcess) -> None:
-    assert httpx.get(f"{api.http_url}/readyz").status_code == 200
-    metrics = httpx.get(f"{api.http_url}/metrics")
+def test_readyz_and_metrics(shared_api: ServiceProcess, shared_receiver: ServiceProcess) -> None:
+    assert httpx.get(f"{shared_api.http_url}/readyz").status_code == 200
+    metrics = httpx.get(f"{shared_api.http_url}/metrics")
     assert metrics.status_code == 200 and "floodgate_api_requests" in metrics.text
-    ready = httpx.get(f"{receiver.http_url}/readyz")
+    ready = httpx.get(f"{shared_receiver.http_url}/readyz")
     assert ready.status_code == 200, ready.text
-    assert "floodgate_connections_open" in httpx.get(f"{receiver.http_url}/metrics").text
+    assert "floodgate_connections_open" in httpx.get(f"{shared_receiver.http_url}/metrics").text
 
 
 def test_mailbox_pages_by_cursor_and_since_and_can_be_emptied(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     ids = []
     for n in range(5):
@@ -80,7 +89,7 @@ def test_mailbox_pages_by_cursor_and_since_and_can_be_emptied(
         ids.append(queued_id(reply.text))
         if n == 2:
             middle = datetime.now(UTC).isoformat()
-    url = f"{api.http_url}/v1/mailboxes/pages@mx.test/messages"
+    url = f"{shared_api.http_url}/v1/mailboxes/pages@mx.test/messages"
     first = httpx.get(url, params={"limit": 2}, headers=AUTH).json()
     assert [m["id"] for m in first["messages"]] == ids[:-3:-1] and first["next"] == ids[3]
     second = httpx.get(url, params={"limit": 2, "before": first["next"]}, headers=AUTH).json()
@@ -93,5 +102,5 @@ def test_mailbox_pages_by_cursor_and_since_and_can_be_emptied(
     emptied = httpx.delete(url, headers=AUTH)
     assert emptied.status_code == 200 and emptied.json() == {"deleted": 5}
     assert httpx.get(url, headers=AUTH).json()["messages"] == []
-    other = httpx.get(f"{api.http_url}/v1/mailboxes/other@mx.test/messages", headers=AUTH)
+    other = httpx.get(f"{shared_api.http_url}/v1/mailboxes/other@mx.test/messages", headers=AUTH)
     assert len(other.json()["messages"]) == 5  # still in the other mailbox

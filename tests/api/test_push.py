@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -21,11 +24,19 @@ from tests.support.processes import ServiceProcess
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
 
-def listen(api: ServiceProcess, mailbox: str, out: queue.Queue[Any], **headers: str) -> None:
-    """Read events into `out` as (seconds, id, data) until the stream ends."""
+def listen(
+    api: ServiceProcess,
+    mailbox: str,
+    out: queue.Queue[Any],
+    sockets: list[socket.socket],
+    **headers: str,
+) -> None:
+    """Read events into `out` as (seconds, id, data) until the stream ends; its socket
+    goes into `sockets`, for the test to shut down."""
     url = f"{api.http_url}/v1/mailboxes/{mailbox}/events"
     try:
         with httpx.stream("GET", url, headers={**AUTH, **headers}, timeout=30) as response:
+            sockets.append(response.extensions["network_stream"].get_extra_info("socket"))
             out.put(("status", response.status_code, None))
             event: dict[str, str] = {}
             for line in response.iter_lines():
@@ -35,24 +46,45 @@ def listen(api: ServiceProcess, mailbox: str, out: queue.Queue[Any], **headers: 
                 elif not line and "id" in event:
                     out.put((time.monotonic(), event["id"], json.loads(event["data"])))
                     event = {}
-    except httpx.HTTPError:  # the API stopped at the end of the test: the stream ends
+    except httpx.HTTPError:  # shut down at the end of the test: the stream ends
         out.put(("closed", 0, None))
 
 
-def start(api: ServiceProcess, mailbox: str, **headers: str) -> queue.Queue[Any]:
-    out: queue.Queue[Any] = queue.Queue()
-    threading.Thread(target=listen, args=(api, mailbox, out), kwargs=headers, daemon=True).start()
-    assert out.get(timeout=10)[:2] == ("status", 200)
-    return out
+@pytest.fixture
+def streams(api: ServiceProcess) -> Iterator[Callable[..., queue.Queue[Any]]]:
+    """`streams(mailbox, **headers)` follows a mailbox in a thread of its own; its events
+    come through the queue it returns. Every stream ends before the API stops (an open
+    one would hold the API's shutdown for its graceful 10 s)."""
+    sockets: list[socket.socket] = []
+    threads: list[threading.Thread] = []
+
+    def start(mailbox: str, **headers: str) -> queue.Queue[Any]:
+        out: queue.Queue[Any] = queue.Queue()
+        thread = threading.Thread(
+            target=listen, args=(api, mailbox, out, sockets), kwargs=headers, daemon=True
+        )
+        threads.append(thread)
+        thread.start()
+        assert out.get(timeout=10)[:2] == ("status", 200)
+        return out
+
+    yield start
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    for thread in threads:
+        thread.join(10)
 
 
 def test_a_stored_message_appears_on_the_stream_within_a_second(
-    receiver: ServiceProcess, api: ServiceProcess
+    receiver: ServiceProcess, streams: Callable[..., queue.Queue[Any]]
 ) -> None:
-    events = start(api, "live@mx.test")
-    time.sleep(0.5)  # the stream is open
+    events = streams("live@mx.test")
     client = RawClient(receiver.host, receiver.port)
     client.hello()
+    # The API's change stream is open once a first message comes through (in its own time).
+    primer = send_message(client, "a@example.org", ["live@mx.test"], b"Subject: primer\r\n\r\n")
+    assert events.get(timeout=10)[1] == queued_id(primer.text)
     ids = []
     for n in range(3):
         body = f"Subject: live {n}\r\n\r\nx\r\n".encode()
@@ -65,7 +97,7 @@ def test_a_stored_message_appears_on_the_stream_within_a_second(
         assert seen - accepted < 1.0, seen - accepted
     # A client that reconnects with the last id it saw gets what it missed first.
     missed = send_message(client, "a@example.org", ["live@mx.test"], b"Subject: missed\r\n\r\n")
-    again = start(api, "live@mx.test", **{"Last-Event-ID": ids[-1]})
+    again = streams("live@mx.test", **{"Last-Event-ID": ids[-1]})
     _, event_id, data = again.get(timeout=5)
     assert event_id == queued_id(missed.text) and data["subject"] == "missed"
 

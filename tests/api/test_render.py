@@ -73,7 +73,7 @@ def test_thousands_of_nested_parts_render_as_raw_headers_with_the_reason() -> No
 
 
 def test_the_reported_messages_read_back_with_200(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
     nested = b"".join(
         b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
@@ -85,20 +85,22 @@ def test_the_reported_messages_read_back_with_200(
         b"Message-ID: <[>\r\nSubject: id\r\n\r\nx\r\n",
         b"To: a:b:c;;d@e\r\nSubject: group\r\n\r\nx\r\n",
     ]
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     for body in bodies:
         reply = send_message(client, "a@example.org", ["render@mx.test"], body)
         assert reply.code == 250, reply
         message = queued_id(reply.text)
-        view = httpx.get(f"{api.http_url}/v1/messages/{message}", headers=AUTH, timeout=15)
+        view = httpx.get(f"{shared_api.http_url}/v1/messages/{message}", headers=AUTH, timeout=15)
         assert view.status_code == 200, (body[:60], view.text[:300])
-        raw = httpx.get(f"{api.http_url}/v1/messages/{message}/raw", headers=AUTH, timeout=15)
+        raw = httpx.get(
+            f"{shared_api.http_url}/v1/messages/{message}/raw", headers=AUTH, timeout=15
+        )
         assert raw.status_code == 200 and raw.content.endswith(body)
 
 
 def test_a_message_shows_its_addresses_attachments_and_safe_html(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
     message = EmailMessage()
     message["From"] = "Ann Lee <ann@example.org>"
@@ -114,11 +116,11 @@ def test_a_message_shows_its_addresses_attachments_and_safe_html(
         b"%PDF-1.4 fake", maintype="application", subtype="pdf", filename="invoice.pdf"
     )
     raw = message.as_bytes().replace(b"\n", b"\r\n")
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     reply = send_message(client, "ann@example.org", ["box@mx.test"], raw)
     message_id = queued_id(reply.text)
-    view = httpx.get(f"{api.http_url}/v1/messages/{message_id}", headers=AUTH).json()
+    view = httpx.get(f"{shared_api.http_url}/v1/messages/{message_id}", headers=AUTH).json()
     assert view["from"] == [{"name": "Ann Lee", "address": "ann@example.org"}]
     assert view["to"] == [
         {"name": "", "address": "box@mx.test"},
@@ -131,11 +133,15 @@ def test_a_message_shows_its_addresses_attachments_and_safe_html(
     assert view["attachments"] == [
         {"filename": "invoice.pdf", "content_type": "application/pdf", "size": 13}
     ]
-    download = httpx.get(f"{api.http_url}/v1/messages/{message_id}/attachments/0", headers=AUTH)
+    download = httpx.get(
+        f"{shared_api.http_url}/v1/messages/{message_id}/attachments/0", headers=AUTH
+    )
     assert download.status_code == 200 and download.content == b"%PDF-1.4 fake"
     assert download.headers["content-type"] == "application/pdf"
     assert "invoice.pdf" in download.headers["content-disposition"]
-    missing = httpx.get(f"{api.http_url}/v1/messages/{message_id}/attachments/1", headers=AUTH)
+    missing = httpx.get(
+        f"{shared_api.http_url}/v1/messages/{message_id}/attachments/1", headers=AUTH
+    )
     assert missing.status_code == 404
 
 

@@ -12,6 +12,8 @@ from email.message import EmailMessage
 
 import httpx
 
+from api.limits import DEFAULTS
+from api.renderpool import SMALL_MESSAGE
 from bench.hostile import (
     big_attachment,
     bombs,
@@ -22,7 +24,9 @@ from bench.hostile import (
 )
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, cpu_seconds, deliver, family, listing, rss_total_kb
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
+from tests.support.smtp import wait_for
 
 MIB_KB = 1024
 
@@ -39,14 +43,19 @@ def timed(api: ServiceProcess, message_id: str) -> tuple[float, httpx.Response]:
 
 
 def test_smtputf8_mail_from_a_real_client_reads_as_utf8(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
 ) -> None:
     message = EmailMessage()
     message["From"] = "Jörg Müller <jörg@bücher.example>"
     message["To"] = "zoë@mx.test"
     message["Subject"] = "Grüße ✓"
     message.set_content("Hallo\n")
-    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="client.test") as client:
+    with smtplib.SMTP(
+        shared_receiver.host,
+        shared_receiver.port,
+        local_hostname="client.test",
+        source_address=(client_ip, 0),
+    ) as client:
         # smtplib sends SMTPUTF8 and the raw UTF-8 headers (RFC 6531/6532), as an MTA does.
         refused = client.send_message(message, "jörg@bücher.example", ["zoë@mx.test"])
     assert refused == {}
@@ -57,17 +66,18 @@ def test_smtputf8_mail_from_a_real_client_reads_as_utf8(
     assert body["from"] == [{"name": "Jörg Müller", "address": "jörg@bücher.example"}]
     assert body["to"] == [{"name": "", "address": "zoë@mx.test"}]
     assert ["Subject", "Grüße ✓"] in body["headers"] and body["parse_error"] is None
-    hand_made = fetch(api, deliver(receiver, "utf8@mx.test", smtputf8(1))).json()
+    hand_made = fetch(
+        api, deliver(shared_receiver, "utf8@mx.test", smtputf8(1), source=client_ip)
+    ).json()
     assert hand_made["cc"] == [{"name": "李", "address": "li@例え.jp"}]
 
 
 def test_an_encoded_word_bomb_costs_the_api_little_memory(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
 ) -> None:
-    bomb = deliver(receiver, "bomb@mx.test", encoded_word_bomb(6_000))
-    small = deliver(receiver, "bomb@mx.test", b"Subject: hi\r\n\r\nx\r\n")
-    assert fetch(api, small).status_code == 200  # the workers are up
-    time.sleep(0.5)
+    bomb = deliver(shared_receiver, "bomb@mx.test", encoded_word_bomb(6_000), source=client_ip)
+    assert len(encoded_word_bomb(6_000)) > SMALL_MESSAGE  # read in the general lane
+    start_both_lanes(shared_receiver, api, "bomb@mx.test", client_ip)
     pids = family(api.process.pid)
     before = rss_total_kb(pids)
     peak = before
@@ -97,14 +107,12 @@ def test_an_encoded_word_bomb_costs_the_api_little_memory(
 
 
 def test_work_stops_at_the_deadline_and_is_not_started_again(
-    receiver: ServiceProcess, make_api: ServiceFactory
+    shared_receiver: ServiceProcess, make_api: ServiceFactory, client_ip: str
 ) -> None:
     api = make_api(render_seconds=0.1)
     raw, _ = big_attachment()
-    slow = deliver(receiver, "slow@mx.test", raw)
-    small = deliver(receiver, "slow@mx.test", b"Subject: hi\r\n\r\nx\r\n")
-    assert fetch(api, small).status_code == 200
-    time.sleep(0.5)
+    slow = deliver(shared_receiver, "slow@mx.test", raw, source=client_ip)
+    start_both_lanes(shared_receiver, api, "slow@mx.test", client_ip)
     workers = family(api.process.pid)
     answer = fetch(api, slow)
     after_deadline = cpu_seconds(workers)
@@ -121,6 +129,43 @@ def test_work_stops_at_the_deadline_and_is_not_started_again(
     assert repeat.json()["parse_error"] == "rendering took longer than 0.1s" and again < 0.5
 
 
+def start_both_lanes(
+    receiver: ServiceProcess, api: ServiceProcess, mailbox: str, source: str
+) -> None:
+    """Read one small and one big plain message, and wait until every render worker is
+    up: a lane starts its workers at its first job, and a test that measures the workers
+    must not measure their start."""
+    small = deliver(receiver, mailbox, b"Subject: hi\r\n\r\nx\r\n", source)
+    big = b"Subject: plain\r\n\r\n" + (b"x" * 998 + b"\r\n") * 80
+    big_id = deliver(receiver, mailbox, big, source)
+    assert fetch(api, small).status_code == 200 and fetch(api, big_id).status_code == 200
+    assert wait_for(lambda: render_workers(api) == (1, DEFAULTS.render_workers), timeout=20)
+
+
+def render_workers(api: ServiceProcess) -> tuple[int, int]:
+    """The API's render workers up in (the small lane, the general lane)."""
+    small, general = (
+        int(sample(api.http_url, "floodgate_render_workers", lane=lane))
+        for lane in ("small", "general")
+    )
+    return small, general
+
+
+def test_the_api_runs_no_render_worker_until_a_message_is_read(
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
+) -> None:
+    message_id = deliver(
+        shared_receiver, "lazy@mx.test", b"Subject: hi\r\n\r\nlazy\r\n", source=client_ip
+    )
+    assert listing(api, "lazy@mx.test")[0]["id"] == message_id  # a listing renders nothing
+    assert family(api.process.pid) == [api.process.pid]
+    assert render_workers(api) == (0, 0)
+    answer = fetch(api, message_id)  # the first read starts the small lane, and is answered
+    assert answer.status_code == 200 and answer.json()["text"] == "lazy\n"
+    assert render_workers(api) == (1, 0)
+    assert len(family(api.process.pid)) == 2
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -130,13 +175,15 @@ def _alive(pid: int) -> bool:
 
 
 def test_eight_crafted_messages_in_parallel_leave_small_mail_its_normal_time(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
 ) -> None:
     crafted = [raw for name, raw in bombs().items() if name != "big_attachment"]
     crafted.append(big_attachment(1_000_000)[0])
-    heavy = [deliver(receiver, "heavy@mx.test", raw) for raw in crafted]
+    heavy = [deliver(shared_receiver, "heavy@mx.test", raw, source=client_ip) for raw in crafted]
     assert len(heavy) == 8
-    small = deliver(receiver, "heavy@mx.test", b"Subject: hi\r\n\r\nsmall\r\n")
+    small = deliver(
+        shared_receiver, "heavy@mx.test", b"Subject: hi\r\n\r\nsmall\r\n", source=client_ip
+    )
     normal = min(timed(api, small)[0] for _ in range(3))
     with ThreadPoolExecutor(9) as pool:
         storm = [pool.submit(fetch, api, message_id) for message_id in heavy]
@@ -150,9 +197,12 @@ def test_eight_crafted_messages_in_parallel_leave_small_mail_its_normal_time(
 
 
 def test_pathological_charsets_render_at_once(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
 ) -> None:
-    ids = [deliver(receiver, "puny@mx.test", raw) for raw in (punycode_body(), punycode_subject())]
+    ids = [
+        deliver(shared_receiver, "puny@mx.test", raw, source=client_ip)
+        for raw in (punycode_body(), punycode_subject())
+    ]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda n: timed(api, ids[n % 2]), range(8)))
     for seconds, answer in results:
@@ -163,11 +213,11 @@ def test_pathological_charsets_render_at_once(
 
 
 def test_a_seven_megabyte_attachment_downloads_whole(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
 ) -> None:
     raw, data = big_attachment()
     assert len(raw) > 9_500_000
-    message_id = deliver(receiver, "big@mx.test", raw)
+    message_id = deliver(shared_receiver, "big@mx.test", raw, source=client_ip)
     view = fetch(api, message_id).json()
     assert view["attachments"] == [
         {"filename": "big.bin", "content_type": "application/octet-stream", "size": len(data)}
@@ -180,7 +230,7 @@ def test_a_seven_megabyte_attachment_downloads_whole(
 
 
 def test_a_damaged_attachment_is_refused_with_a_pointer_to_raw(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
 ) -> None:
     raw = (
         b'Subject: cut\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
@@ -188,7 +238,7 @@ def test_a_damaged_attachment_is_refused_with_a_pointer_to_raw(
         b"Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n"
         b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK!!!broken\r\n"
     )  # invalid base64 and no closing boundary: what was sent cannot be recovered exactly
-    message_id = deliver(receiver, "cut@mx.test", raw)
+    message_id = deliver(shared_receiver, "cut@mx.test", raw, source=client_ip)
     answer = fetch(api, message_id, "/attachments/0")
     assert answer.status_code == 422
     assert f"/v1/messages/{message_id}/raw" in answer.json()["error"]
@@ -196,12 +246,15 @@ def test_a_damaged_attachment_is_refused_with_a_pointer_to_raw(
 
 
 def test_a_full_render_queue_answers_503_json(
-    receiver: ServiceProcess, make_api: ServiceFactory
+    shared_receiver: ServiceProcess, make_api: ServiceFactory, client_ip: str
 ) -> None:
     api = make_api(render_workers=1, render_queue=0, render_seconds=2)
     raw, _ = big_attachment()
     # Four messages (a distinct first line each: the same bytes again are one message).
-    heavy = [deliver(receiver, "busy@mx.test", b"X-N: %d\r\n" % n + raw) for n in range(4)]
+    heavy = [
+        deliver(shared_receiver, "busy@mx.test", b"X-N: %d\r\n" % n + raw, source=client_ip)
+        for n in range(4)
+    ]
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda message_id: fetch(api, message_id), heavy))
     busy = [a for a in answers if a.status_code == 503]

@@ -11,17 +11,19 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.limits import ApiLimits
+from api.limits import MIB, ApiLimits
 from api.renderpool import SMALL_MESSAGE, Busy, RenderPool
 from tests.api.test_render import mime
+from tests.support.processes import children_running
 
-COMMAND = (sys.executable, "-m", "tests.api.slow_worker")
+WORKER = "tests.api.slow_worker"
+COMMAND = (sys.executable, "-m", WORKER)
 BIG = b"x" * (SMALL_MESSAGE + 1)
 
 
@@ -29,7 +31,6 @@ BIG = b"x" * (SMALL_MESSAGE + 1)
 async def pool() -> AsyncIterator[RenderPool]:
     limits = ApiLimits(render_workers=1, render_queue=2, render_seconds=0.5)
     pool = RenderPool(limits, COMMAND)
-    pool.start()
     yield pool
     await pool.close()
 
@@ -37,6 +38,31 @@ async def pool() -> AsyncIterator[RenderPool]:
 def worker_pids(pool: RenderPool) -> set[int]:
     lanes = (pool.small, pool.general)
     return {worker.process.pid for lane in lanes for worker in lane._all}
+
+
+async def test_no_worker_runs_before_a_lanes_first_job_and_that_job_is_answered() -> None:
+    pool = RenderPool(ApiLimits(render_workers=2), COMMAND)
+    try:
+        await asyncio.sleep(0.2)  # time enough for a start nobody asked for
+        assert children_running(WORKER) == [] and worker_pids(pool) == set()
+        small = await asyncio.wait_for(pool.run("first", {"job": "echo"}, b"hi"), 10)
+        assert small.failure is None and small.body == b"hi"
+        # The small lane started its worker; the general lane still has none.
+        assert (pool.small.workers, pool.general.workers) == (1, 0)
+        assert children_running(WORKER) == sorted(worker_pids(pool))
+        big = await asyncio.wait_for(pool.run("big", {"job": "echo"}, BIG), 10)
+        assert big.failure is None and big.body == BIG
+        await _until(lambda: pool.general.workers == 2)  # the whole lane, at its first job
+    finally:
+        await pool.close()
+    assert children_running(WORKER) == []
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_job_past_the_deadline_is_killed_and_its_process_is_gone(
@@ -85,6 +111,7 @@ async def test_simultaneous_asks_for_one_job_share_one_run(pool: RenderPool) -> 
 
 async def test_past_the_queue_a_job_is_refused_at_once(pool: RenderPool) -> None:
     await pool.run("warm", {"job": "echo"}, BIG)
+    await pool.run("warm-small", {"job": "echo"}, b"x")  # both lanes' workers are up
     # One running and two waiting fill the general lane (one worker, queue of two).
     jobs = [asyncio.ensure_future(pool.run(f"m{n}", {"job": "spin"}, BIG)) for n in range(3)]
     await asyncio.sleep(0.1)
@@ -98,10 +125,18 @@ async def test_past_the_queue_a_job_is_refused_at_once(pool: RenderPool) -> None
     await asyncio.gather(*jobs)
 
 
-async def test_a_job_that_needs_more_memory_fails_in_its_worker_only(pool: RenderPool) -> None:
-    outcome = await pool.run("m/hog", {"job": "hog"}, BIG)
-    assert outcome.failure == "needs more memory than a render may use"
-    assert (await pool.run("m/echo", {"job": "echo"}, b"ok")).body == b"ok"
+async def test_a_job_that_needs_more_memory_fails_in_its_worker_only() -> None:
+    # The smallest allowance and a deadline far past it: the hog (16 MB at a time) meets
+    # its limit within a few writes, however busy the machine (with 256 MB and 0.5 s, a
+    # loaded host met the deadline first).
+    limits = ApiLimits(render_workers=1, render_memory=64 * MIB, render_seconds=10)
+    pool = RenderPool(limits, COMMAND)
+    try:
+        outcome = await pool.run("m/hog", {"job": "hog"}, BIG)
+        assert outcome.failure == "needs more memory than a render may use"
+        assert (await pool.run("m/echo", {"job": "echo"}, b"ok")).body == b"ok"
+    finally:
+        await pool.close()
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +147,6 @@ def live_pool() -> Iterator[tuple[RenderPool, asyncio.AbstractEventLoop]]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     pool = RenderPool(ApiLimits(render_workers=1, render_seconds=2.0))
-    loop.call_soon_threadsafe(pool.start)
     yield pool, loop
     asyncio.run_coroutine_threadsafe(pool.close(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)

@@ -195,9 +195,9 @@ def test_autoban_is_shared_with_every_receiver(
     ],
 )
 def test_invalid_entries_get_422_with_a_clear_message(
-    api: ServiceProcess, body: dict[str, Any], message: str
+    shared_api: ServiceProcess, body: dict[str, Any], message: str
 ) -> None:
-    response = api_call(api, "POST", "/v1/blocklist", json=body)
+    response = api_call(shared_api, "POST", "/v1/blocklist", json=body)
     assert response.status_code == 422, response.text
     assert message in response.text
-    assert api_call(api, "GET", "/v1/blocklist").json()["entries"] == []
+    assert api_call(shared_api, "GET", "/v1/blocklist").json()["entries"] == []

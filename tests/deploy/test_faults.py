@@ -16,7 +16,7 @@ from pymongo import MongoClient
 
 from tests.conftest import ServiceFactory
 from tests.support.faultproxy import FaultProxy
-from tests.support.smtp import RawClient, queued_id, send_message
+from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
 STORE_TIMEOUT = 2.0
 
@@ -58,6 +58,12 @@ class Sender(threading.Thread):
                 client = None
 
 
+def _flowing(sender: Sender, since: int, run: int = 5) -> bool:
+    """The sender's last `run` messages, all sent after its first `since`, were accepted."""
+    last = sender.results[since:][-run:]
+    return len(last) == run and all(code == 250 for code, *_ in last)
+
+
 def test_faults_never_lose_or_duplicate_an_accepted_message(
     make_receiver: ServiceFactory,
     store_fault: FaultProxy,
@@ -95,7 +101,11 @@ def test_faults_never_lose_or_duplicate_an_accepted_message(
         store_fault.set_mode(mode, after_bytes=after)
         time.sleep(1.2)
     store_fault.set_mode("pass")
-    time.sleep(STORE_TIMEOUT + 3)  # recovery: the receiver reconnects by itself
+    # Recovery: the receiver reconnects by itself, and every sender's mail flows again.
+    since = [len(sender.results) for sender in senders]
+    assert wait_for(
+        lambda: all(_flowing(s, n) for s, n in zip(senders, since, strict=True)), timeout=30
+    )
     for sender in senders:
         sender.stop.set()
     for sender in senders:

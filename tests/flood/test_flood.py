@@ -19,7 +19,9 @@ from pymongo import MongoClient
 from flood.cli import resolve_target
 from flood.scenarios import Sources
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess, clean_environ
+from tests.support.smtp import wait_for
 
 QUIET = {"autoban_threshold": "0"}
 
@@ -188,6 +190,10 @@ def test_json_schema_plot_and_require_legit(make_receiver: ServiceFactory, tmp_p
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def open_connections(receiver: ServiceProcess) -> float:
+    return sample(receiver.http_url, "floodgate_connections_open")
+
+
 def test_duration_bounds_the_run_and_ctrl_c_still_reports(
     make_receiver: ServiceFactory, tmp_path: Path
 ) -> None:
@@ -198,6 +204,7 @@ def test_duration_bounds_the_run_and_ctrl_c_still_reports(
     assert 1.4 <= report["duration_s"] < 4
     assert time.monotonic() - started < 15
 
+    assert wait_for(lambda: open_connections(receiver) == 0, timeout=10)  # the first run's
     out = tmp_path / "interrupted.json"
     process = subprocess.Popen(
         [
@@ -220,7 +227,8 @@ def test_duration_bounds_the_run_and_ctrl_c_still_reports(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)
+    # Under way: the receiver holds every idle socket.
+    assert wait_for(lambda: open_connections(receiver) >= 10, timeout=20)
     process.send_signal(signal.SIGINT)
     stdout, _ = process.communicate(timeout=20)
     assert process.returncode == 130

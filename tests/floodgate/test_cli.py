@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from floodgate.cli import build_parser
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support.metrics import sample
-from tests.support.processes import clean_environ
+from tests.support.processes import ServiceProcess, clean_environ, start_service
+from tests.support.smtp import RawClient, send_message, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("floodgate", "receiver", "blocklist", "mailstore", "api", "flood")
@@ -111,3 +114,37 @@ def test_flood_defaults_follow_the_settings_and_an_option_given_wins(tmp_path: P
     )  # fmt: skip
     # The settings' 10.0.1.11 would need --allow-remote; the given loopback target won.
     assert "outside loopback" not in result.stderr, result.stderr
+
+
+# What a receiver never needs: the terminal UI and HTTP client (top, block), plots (flood),
+# the browser driver (tests) and the API's server stack.
+NOT_FOR_A_RECEIVER = ("rich", "httpx", "matplotlib", "selenium", "fastapi", "uvicorn", "starlette")
+
+
+def ready(receiver: ServiceProcess) -> bool:
+    return httpx.get(f"{receiver.http_url}/readyz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_receiver_imports_no_terminal_http_plot_browser_or_api_library(
+    store_env: dict[str, str], tmp_path: Path, workers: str
+) -> None:
+    # Python's own import log (-X importtime) of the real `floodgate receiver`, its workers
+    # too, through start-up and one message.
+    env = {**store_env, "FLOODGATE_WORKERS": workers, "PYTHONPROFILEIMPORTTIME": "1"}
+    receiver = start_service("receiver", env, tmp_path)
+    try:
+        # Healthy is the gate; ready is every worker up (a busy host takes a while).
+        assert wait_for(lambda: ready(receiver), timeout=60), receiver.log()[-3000:]
+        client = RawClient(receiver.host, receiver.port, timeout=30)
+        client.hello()
+        assert send_message(client, "a@example.org", ["lean@mx.test"], b"x\r\n").code == 250
+        client.cmd("QUIT")
+    finally:
+        assert receiver.stop() == 0
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", receiver.log(), re.M))
+    assert {"floodgate.cli", "floodgate.receiver_app", "receiver.runtime.host"} <= imported
+    if workers == "2":
+        assert "floodgate.worker_app" in imported  # the workers ran (as __main__)
+    heavy = sorted(name for name in imported if name.split(".")[0] in NOT_FOR_A_RECEIVER)
+    assert heavy == []

@@ -11,7 +11,9 @@ import pytest
 
 from receiver.intake.authcheck.pool import Verifier
 from tests.support import dkimkeys
+from tests.support.processes import children_running
 
+WORKER = "receiver.intake.authcheck.worker"
 KEY = dkimkeys.rsa_key()
 NAME = "s1._domainkey.shop.test"
 KEYS = {NAME: KEY.record}
@@ -19,6 +21,24 @@ KEYS = {NAME: KEY.record}
 
 def signed(body: str = "Your code is 123456.\r\n") -> bytes:
     return dkimkeys.sign(dkimkeys.message(body=body), "shop.test", "s1", KEY)
+
+
+async def test_no_worker_runs_before_the_first_job_which_starts_them_all() -> None:
+    verifier = Verifier(workers=2, queue=64)
+    await verifier.start()
+    try:
+        await asyncio.sleep(0.2)  # time enough for a start nobody asked for
+        assert verifier._all == [] and children_running(WORKER) == []
+        # The first jobs, asked together, wait for the start and are answered.
+        first = await asyncio.gather(
+            *(verifier.verify(signed(), KEYS, [(0, NAME)], False) for _ in range(3))
+        )
+        assert [o["dkim"][0][0] if o else None for o in first] == ["pass"] * 3
+        pids = sorted(worker.transport.get_pid() for worker in verifier._all)
+        assert len(pids) == 2 and children_running(WORKER) == pids
+    finally:
+        await verifier.close()
+    assert verifier.busy == 0 and children_running(WORKER) == []
 
 
 async def test_jobs_sent_together_all_come_back_in_order() -> None:
@@ -52,6 +72,7 @@ async def test_a_stuck_worker_is_killed_replaced_and_its_work_stops() -> None:
     verifier = Verifier(workers=1, queue=8, stuck_after=0.2)
     await verifier.start()
     try:
+        assert (await verifier.verify(signed(), KEYS, [(0, NAME)], False)) is not None
         [worker] = verifier._all
         pid = worker.transport.get_pid()
         # A job the worker can never finish: the head of a frame whose rest never comes.

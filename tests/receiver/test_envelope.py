@@ -31,9 +31,12 @@ def test_malformed_paths_are_client_errors_that_count_toward_the_limit(
 
 
 def test_header_injection_through_a_quoted_recipient_is_refused(
-    receiver: ServiceProcess, mongo: MongoClient[dict[str, Any]], db_name: str
+    shared_receiver: ServiceProcess,
+    mongo: MongoClient[dict[str, Any]],
+    db_name: str,
+    client_ip: str,
 ) -> None:
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     assert client.cmd("MAIL FROM:<a@example.org>").code == 250
     injected = client.cmd('RCPT TO:<"a\rX-Injected: yes"@mx.test>')
@@ -52,9 +55,9 @@ def test_header_injection_through_a_quoted_recipient_is_refused(
 
 
 def test_postmaster_and_trailing_dots_land_in_the_mailbox_the_api_serves(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
 ) -> None:
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     assert client.cmd("MAIL FROM:<a@example.org>").code == 250
     assert client.cmd("RCPT TO:<POSTMASTER>").code == 250  # RFC 5321 4.5.1
@@ -79,9 +82,10 @@ def test_repeating_one_recipient_counts_toward_the_recipient_limit(
 
 
 def test_undecodable_sender_gets_553_at_mail_and_never_reaches_a_batch(
-    receiver: ServiceProcess,
+    shared_receiver: ServiceProcess,
+    client_ip: str,
 ) -> None:
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     client.send(b"MAIL FROM:<\xff\xfe@example.org>\r\n")
     reply = client.reply()

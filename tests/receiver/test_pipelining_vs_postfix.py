@@ -89,8 +89,8 @@ class Answer:
         return tuple(int(line[:3]) for line in self.lines if line[3:4] == b" ")
 
 
-def converse(port: int, case: Case) -> Answer:
-    client = RawClient("127.0.0.1", port)
+def converse(port: int, case: Case, source: str | None = None) -> Answer:
+    client = RawClient("127.0.0.1", port, source=source)
     assert client.reply().code == 220
     for command in case.synchronous:
         client.send(command)
@@ -142,9 +142,9 @@ def test_postfix_refuses_improper_pipelining_and_takes_proper(
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_receiver_answers_pipelining_as_postfix_does(
-    case: Case, receiver: ServiceProcess, postfix_smtpd: PrivatePostfix
+    case: Case, shared_receiver: ServiceProcess, postfix_smtpd: PrivatePostfix, client_ip: str
 ) -> None:
-    ours = converse(receiver.port, case)
+    ours = converse(shared_receiver.port, case, client_ip)
     assert ours.refused == case.refused, ours
     if case.refused:
         # 554 5.5.0 is the last word, then the connection closes (RFC 2920 3.1).

@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, listing
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient, queued_id, rss_kb, send_message
+from tests.support.smtp import RawClient, queued_id, rss_kb, send_message, wait_for
 
 
 def raw_of(api: ServiceProcess, message_id: str) -> bytes:
@@ -32,13 +33,18 @@ def strip_received(data: bytes) -> bytes:
 
 
 def test_message_is_readable_byte_exact_with_dots_and_8bit(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
     body = (
         "Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: Ann <ann@example.org>\r\n\r\n"
         ".leading dot\r\n..two dots\r\n.\r\nnaïve déjà vu — 日本語\r\n"
     ).encode()
-    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="client.test") as client:
+    with smtplib.SMTP(
+        shared_receiver.host,
+        shared_receiver.port,
+        local_hostname="client.test",
+        source_address=(client_ip, 0),
+    ) as client:
         client.ehlo()
         assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
         assert client.has_extn("pipelining") and client.has_extn("enhancedstatuscodes")
@@ -48,31 +54,45 @@ def test_message_is_readable_byte_exact_with_dots_and_8bit(
         code, text = client.data(body)
     assert code == 250 and text.startswith(b"2.0.0 Ok: queued as ")
     message_id = queued_id(text.decode())
-    assert raw_of(api, message_id) == body
-    [summary] = listing(api, "inbox@mx.test")
+    assert raw_of(shared_api, message_id) == body
+    [summary] = listing(shared_api, "inbox@mx.test")
     assert summary["id"] == message_id and summary["subject"] == "café"
     assert summary["size"] == len(body)
 
 
 def test_message_to_several_recipients_is_in_each_mailbox(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as client:
+    with smtplib.SMTP(
+        shared_receiver.host,
+        shared_receiver.port,
+        local_hostname="c.test",
+        source_address=(client_ip, 0),
+    ) as client:
         refused = client.sendmail("a@example.org", ["one@mx.test", "TWO@MX.test"], b"Hi\r\n")
     assert refused == {}
-    assert len(listing(api, "one@mx.test")) == 1
-    assert len(listing(api, "two@mx.test")) == 1
+    assert len(listing(shared_api, "one@mx.test")) == 1
+    assert len(listing(shared_api, "two@mx.test")) == 1
 
 
-def test_mailbox_lookup_ignores_case(receiver: ServiceProcess, api: ServiceProcess) -> None:
-    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as client:
+def test_mailbox_lookup_ignores_case(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
+    with smtplib.SMTP(
+        shared_receiver.host,
+        shared_receiver.port,
+        local_hostname="c.test",
+        source_address=(client_ip, 0),
+    ) as client:
         client.sendmail("a@example.org", ["MiXeD@Mx.Test"], b"Subject: x\r\n\r\nx\r\n")
-    assert len(listing(api, "mixed@mx.test")) == 1
-    assert len(listing(api, "MIXED@MX.TEST")) == 1
+    assert len(listing(shared_api, "mixed@mx.test")) == 1
+    assert len(listing(shared_api, "MIXED@MX.TEST")) == 1
 
 
-def test_recipient_outside_our_domains_gets_550_never_relayed(receiver: ServiceProcess) -> None:
-    client = RawClient(receiver.host, receiver.port)
+def test_recipient_outside_our_domains_gets_550_never_relayed(
+    shared_receiver: ServiceProcess, client_ip: str
+) -> None:
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     assert client.cmd("MAIL FROM:<a@example.org>").code == 250
     reply = client.cmd("RCPT TO:<victim@example.com>")
@@ -98,14 +118,14 @@ def test_recipients_past_the_cap_get_452(make_receiver: ServiceFactory) -> None:
 
 
 def test_line_longer_than_1000_octets_is_accepted(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
     body = b"Subject: long\r\n\r\n" + b"x" * 50_000 + b"\r\nend\r\n"
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     reply = send_message(client, "a@example.org", ["long@mx.test"], body)
     assert reply.code == 250, reply
-    assert raw_of(api, queued_id(reply.text)) == body
+    assert raw_of(shared_api, queued_id(reply.text)) == body
     client.close()
 
 
@@ -144,9 +164,10 @@ def test_declared_size_over_limit_is_refused_at_mail(make_receiver: ServiceFacto
 
 
 def test_garbage_and_bad_commands_get_clear_errors_and_server_stays_up(
-    receiver: ServiceProcess,
+    shared_receiver: ServiceProcess,
+    client_ip: str,
 ) -> None:
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     reply = client.cmd("MAIL FROM:<not an address")
     assert 500 <= reply.code < 600 and reply.text[:2] == "5."  # enhanced code added
@@ -156,12 +177,17 @@ def test_garbage_and_bad_commands_get_clear_errors_and_server_stays_up(
     assert client.reply().code == 500
     client.close()
     # Another client is unaffected.
-    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="c.test") as other:
+    with smtplib.SMTP(
+        shared_receiver.host,
+        shared_receiver.port,
+        local_hostname="c.test",
+        source_address=(client_ip, 0),
+    ) as other:
         assert other.sendmail("a@example.org", ["ok@mx.test"], b"fine\r\n") == {}
 
 
-def test_null_sender_bounce_is_accepted(receiver: ServiceProcess) -> None:
-    client = RawClient(receiver.host, receiver.port)
+def test_null_sender_bounce_is_accepted(shared_receiver: ServiceProcess, client_ip: str) -> None:
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     reply = send_message(client, "", ["bounce@mx.test"], b"Subject: bounce\r\n\r\nx\r\n")
     assert reply.code == 250
@@ -199,7 +225,11 @@ def test_sessions_past_the_shared_data_memory_get_452_4_3_1(make_receiver: Servi
     assert holder.cmd("RCPT TO:<m@mx.test>").code == 250
     assert holder.cmd("DATA").code == 354
     holder.send(b"x" * 998 + b"\r\n" + (b"y" * 998 + b"\r\n") * 700)  # ~700 KB held, no dot
-    time.sleep(0.5)
+
+    def held() -> float:
+        return sample(receiver.http_url, "floodgate_data_memory_bytes")
+
+    assert wait_for(lambda: held() >= 700_000, timeout=10), held()  # it has all arrived
     other = RawClient(receiver.host, receiver.port)
     other.hello()
     reply = send_message(other, "b@example.org", ["m@mx.test"], (b"z" * 998 + b"\r\n") * 500)
@@ -211,19 +241,19 @@ def test_sessions_past_the_shared_data_memory_get_452_4_3_1(make_receiver: Servi
 
 
 def test_pathological_folded_header_gets_552_and_never_stalls_other_clients(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
     # 160,000 folded continuation lines (640 KB, under the size limit): the stdlib parser
     # took seconds on the event loop for this; the bounded scan refuses it at once.
     folded = b"Subject: start\r\n" + b" x\r\n" * 160_000 + b"\r\nbody\r\n"
-    crafted = RawClient(receiver.host, receiver.port, timeout=30)
+    crafted = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip, timeout=30)
     crafted.hello()
     assert crafted.cmd("MAIL FROM:<a@example.org>").code == 250
     assert crafted.cmd("RCPT TO:<folded@mx.test>").code == 250
     assert crafted.cmd("DATA").code == 354
     crafted.send(folded + b".\r\n")
     started = time.monotonic()
-    other = RawClient(receiver.host, receiver.port)
+    other = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     assert other.reply().code == 220
     banner_delay = time.monotonic() - started
     reply = crafted.reply()
@@ -232,14 +262,16 @@ def test_pathological_folded_header_gets_552_and_never_stalls_other_clients(
     # The same session goes on; a sane message with an encoded subject is listed decoded.
     body = b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nx\r\n"
     assert send_message(crafted, "a@example.org", ["folded@mx.test"], body).code == 250
-    assert [m["subject"] for m in listing(api, "folded@mx.test")] == ["café"]
+    assert [m["subject"] for m in listing(shared_api, "folded@mx.test")] == ["café"]
 
 
 def test_undecodable_sender_fails_alone_beside_six_legit_senders(
-    receiver: ServiceProcess, api: ServiceProcess
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    legit = [RawClient(receiver.host, receiver.port) for _ in range(6)]
-    crafted = RawClient(receiver.host, receiver.port)
+    legit = [
+        RawClient(shared_receiver.host, shared_receiver.port, source=client_ip) for _ in range(6)
+    ]
+    crafted = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     for client in [*legit, crafted]:
         client.hello()
     for n, client in enumerate(legit):
@@ -254,4 +286,4 @@ def test_undecodable_sender_fails_alone_beside_six_legit_senders(
         client.send(b"Subject: good\r\n\r\nx\r\n.\r\n")
     replies_ = [client.reply().code for client in legit]
     assert replies_ == [250] * 6
-    assert len(listing(api, "batch@mx.test")) == 6
+    assert len(listing(shared_api, "batch@mx.test")) == 6

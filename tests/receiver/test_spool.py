@@ -34,6 +34,7 @@ from receiver.intake.message import fingerprint
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.deploy.test_faults import Sender
 from tests.receiver.test_readiness import readyz
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess, clean_environ, start_service
 from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 
@@ -282,6 +283,11 @@ def _fill(receiver: ServiceProcess, name: str, count: int) -> tuple[dict[str, st
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def spooled(receiver: ServiceProcess) -> float:
+    """Messages in the receiver's spool, not yet stored."""
+    return sample(receiver.http_url, "floodgate_spool_messages")
+
+
 def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_lands_once(
     make_receiver: ServiceFactory, tmp_path: Path, db_name: str
 ) -> None:
@@ -303,7 +309,7 @@ def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_
         ]
         for sender in senders:
             sender.start()
-        time.sleep(1.5)
+        assert wait_for(lambda: all(len(s.results) >= 10 for s in senders), timeout=15)
         store.kill()
         killed = time.monotonic()
         assert wait_for(lambda: "spooling" in readyz(receiver)[1], timeout=15)
@@ -311,7 +317,12 @@ def test_store_away_a_minute_under_load_costs_senders_nothing_and_every_message_
         time.sleep(max(0.0, 60 - (time.monotonic() - killed)))  # the store away a minute
         store.start()
         back = time.monotonic()
-        time.sleep(2)
+        # Live mail goes on beside the replay for a while: 20 more messages from each.
+        sent = [len(sender.results) for sender in senders]
+        assert wait_for(
+            lambda: all(len(s.results) >= n + 20 for s, n in zip(senders, sent, strict=True)),
+            timeout=30,
+        )
         for sender in senders:
             sender.stop.set()
         for sender in senders:
@@ -504,7 +515,8 @@ def test_a_retry_of_a_spooled_message_is_one_document(
         assert send_message(client, "s@example.org", ["sr@mx.test"], body).code == 250
         store.start()
         assert wait_for(lambda: "spooled retry" in _stored(uri, db_name), timeout=30)
-        time.sleep(2)  # both records replayed by now
+        # Both records replayed: the spool is empty.
+        assert wait_for(lambda: spooled(receiver) == 0, timeout=30), spooled(receiver)
         assert len(_stored(uri, db_name)["spooled retry"]) == 1
     finally:
         store.stop()

@@ -35,9 +35,20 @@ def handshakes(receiver: ServiceProcess, outcome: str, version: str = "none") ->
 
 
 def test_smtplib_delivers_over_starttls_and_the_message_says_so(
-    receiver: ServiceProcess, make_api: ServiceFactory, mongo: Mongo, db_name: str
+    shared_receiver: ServiceProcess,
+    make_api: ServiceFactory,
+    mongo: Mongo,
+    db_name: str,
+    client_ip: str,
 ) -> None:
-    with smtplib.SMTP(receiver.host, receiver.port, local_hostname="client.test") as client:
+    # Counted by this test alone: the receiver is the module's.
+    ok = {v: handshakes(shared_receiver, "ok", v) for v in ("TLSv1.2", "TLSv1.3")}
+    with smtplib.SMTP(
+        shared_receiver.host,
+        shared_receiver.port,
+        local_hostname="client.test",
+        source_address=(client_ip, 0),
+    ) as client:
         client.ehlo()
         assert client.has_extn("starttls")
         client.starttls(context=insecure_context())
@@ -59,11 +70,12 @@ def test_smtplib_delivers_over_starttls_and_the_message_says_so(
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     ).json()
     assert shown["tls"] == {"version": cipher[1], "cipher": cipher[0]}
-    assert handshakes(receiver, "ok", cipher[1]) >= 1
+    assert handshakes(shared_receiver, "ok", cipher[1]) >= ok[cipher[1]] + 1
 
 
-def test_tls_1_1_and_older_are_refused(receiver: ServiceProcess) -> None:
-    client = RawClient(receiver.host, receiver.port)
+def test_tls_1_1_and_older_are_refused(shared_receiver: ServiceProcess, client_ip: str) -> None:
+    failed = handshakes(shared_receiver, "failed")
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     old = insecure_context()
     old.set_ciphers("DEFAULT:@SECLEVEL=0")  # so that this client may offer TLS 1.1 at all
@@ -74,11 +86,11 @@ def test_tls_1_1_and_older_are_refused(receiver: ServiceProcess) -> None:
     with pytest.raises((ssl.SSLError, ConnectionError)):
         client.starttls(old)
     # The server refused it (the client did offer TLS 1.1), and counted a failed handshake.
-    assert handshakes(receiver, "failed")
+    assert wait_for(lambda: handshakes(shared_receiver, "failed") >= failed + 1)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
-def test_openssl_s_client_negotiates_tls_1_3(receiver: ServiceProcess) -> None:
+def test_openssl_s_client_negotiates_tls_1_3(shared_receiver: ServiceProcess) -> None:
     with subprocess.Popen(
         [
             "openssl",
@@ -88,7 +100,7 @@ def test_openssl_s_client_negotiates_tls_1_3(receiver: ServiceProcess) -> None:
             "-name",
             "client.test",
             "-connect",
-            f"{receiver.host}:{receiver.port}",
+            f"{shared_receiver.host}:{shared_receiver.port}",
             "-brief",
             "-crlf",
             "-nocommands",  # "QUIT" is sent, not taken as s_client's own Q command
@@ -120,12 +132,14 @@ def test_openssl_s_client_negotiates_tls_1_3(receiver: ServiceProcess) -> None:
 
 
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks missing")
-def test_swaks_delivers_with_tls(receiver: ServiceProcess, mongo: Mongo, db_name: str) -> None:
+def test_swaks_delivers_with_tls(
+    shared_receiver: ServiceProcess, mongo: Mongo, db_name: str, client_ip: str
+) -> None:
     result = subprocess.run(
         [
             "swaks",
             "--server",
-            f"{receiver.host}:{receiver.port}",
+            f"{shared_receiver.host}:{shared_receiver.port}",
             "--to",
             "swaks@mx.test",
             "--from",
@@ -133,6 +147,8 @@ def test_swaks_delivers_with_tls(receiver: ServiceProcess, mongo: Mongo, db_name
             "--helo",
             "client.test",
             "--tls",
+            "--local-interface",
+            client_ip,
         ],
         capture_output=True,
         timeout=60,
@@ -143,20 +159,21 @@ def test_swaks_delivers_with_tls(receiver: ServiceProcess, mongo: Mongo, db_name
 
 
 def test_commands_pipelined_after_starttls_are_never_run(
-    receiver: ServiceProcess, mongo: Mongo, db_name: str
+    shared_receiver: ServiceProcess, mongo: Mongo, db_name: str, client_ip: str
 ) -> None:
+    injection, failed = (handshakes(shared_receiver, o) for o in ("injection", "failed"))
     # The exact injection of CVE-2011-0411: plaintext commands in the STARTTLS packet.
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     client.hello()
     client.send(b"STARTTLS\r\nMAIL FROM:<evil@attacker.example>\r\nRCPT TO:<x@mx.test>\r\n")
     reply = client.reply()
     assert reply.code == 554 and reply.lines[0].startswith("5.5.0"), reply
     assert client.closed_by_server()
-    assert handshakes(receiver, "injection")
+    assert handshakes(shared_receiver, "injection") >= injection + 1
 
     # The same bytes in a second packet, once our 220 is out: the TLS layer takes them as
     # a handshake, which fails; nothing is answered in cleartext and the session closes.
-    late = RawClient(receiver.host, receiver.port)
+    late = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     late.hello()
     late.send(b"STARTTLS\r\n")
     time.sleep(0.05)
@@ -164,7 +181,7 @@ def test_commands_pipelined_after_starttls_are_never_run(
     assert late.reply().code == 220
     assert late.closed_by_server()
     assert b"250" not in late._buffer
-    assert handshakes(receiver, "failed")
+    assert handshakes(shared_receiver, "failed") >= failed + 1
     assert mongo[db_name]["messages"].count_documents({}) == 0
 
 
@@ -306,11 +323,11 @@ def test_the_handshake_rate_is_per_client_and_answers_454(make_receiver: Service
     assert handshakes(receiver, "refused_rate")
 
 
-def _peer_key(receiver: ServiceProcess, context: ssl.SSLContext) -> str:
+def _peer_key(receiver: ServiceProcess, context: ssl.SSLContext, source: str | None = None) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    client = RawClient(receiver.host, receiver.port)
+    client = RawClient(receiver.host, receiver.port, source=source)
     client.hello()
     client.starttls(context)
     assert isinstance(client.sock, ssl.SSLSocket)
@@ -325,14 +342,16 @@ def _peer_key(receiver: ServiceProcess, context: ssl.SSLContext) -> str:
     )
 
 
-def test_the_self_signed_pair_serves_ecdsa_and_rsa_clients(receiver: ServiceProcess) -> None:
+def test_the_self_signed_pair_serves_ecdsa_and_rsa_clients(
+    shared_receiver: ServiceProcess, client_ip: str
+) -> None:
     # A modern client gets the ECDSA certificate (a far cheaper signature for us)...
-    assert _peer_key(receiver, insecure_context()) == "ecdsa"
+    assert _peer_key(shared_receiver, insecure_context(), client_ip) == "ecdsa"
     # ...one that can only verify RSA still gets a certificate it takes.
     rsa_only = insecure_context()
     rsa_only.maximum_version = ssl.TLSVersion.TLSv1_2
     rsa_only.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
-    assert _peer_key(receiver, rsa_only) == "rsa"
+    assert _peer_key(shared_receiver, rsa_only, client_ip) == "rsa"
 
 
 def _peer_name(receiver: ServiceProcess) -> str:
@@ -387,9 +406,10 @@ def test_starttls_off_and_a_broken_certificate(
         make_receiver(tls_cert=str(broken))
 
 
-def test_no_cleartext_reply_after_220(receiver: ServiceProcess) -> None:
+def test_no_cleartext_reply_after_220(shared_receiver: ServiceProcess, client_ip: str) -> None:
     """The 220 is the last cleartext the server sends on that connection."""
-    sock = socket.create_connection((receiver.host, receiver.port), timeout=5)
+    address = (shared_receiver.host, shared_receiver.port)
+    sock = socket.create_connection(address, timeout=5, source_address=(client_ip, 0))
     try:
         sock.recv(1024)
         sock.sendall(b"EHLO client.test\r\n")
@@ -421,8 +441,8 @@ def test_the_api_serves_the_mta_sts_policy(make_api: ServiceFactory) -> None:
     assert missing.status_code == 404 and "error" in missing.json()
 
 
-def test_starttls_out_of_sequence(receiver: ServiceProcess) -> None:
-    client = RawClient(receiver.host, receiver.port)
+def test_starttls_out_of_sequence(shared_receiver: ServiceProcess, client_ip: str) -> None:
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
     assert client.reply().code == 220
     assert client.cmd("STARTTLS").code == 503  # EHLO first (RFC 3207 4)
     assert client.cmd("HELO client.test").code == 250

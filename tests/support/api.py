@@ -23,10 +23,10 @@ def listing(api: ServiceProcess, address: str) -> list[dict[str, Any]]:
     return messages
 
 
-def deliver(receiver: ServiceProcess, mailbox: str, raw: bytes) -> str:
+def deliver(receiver: ServiceProcess, mailbox: str, raw: bytes, source: str | None = None) -> str:
     """Send `raw` (CRLF line ends) to `mailbox` over SMTP, on a connection of its own that
-    it closes; its message id (asserts 250)."""
-    client = RawClient(receiver.host, receiver.port)
+    it closes, from `source` if given; its message id (asserts 250)."""
+    client = RawClient(receiver.host, receiver.port, source=source)
     try:
         client.hello()
         reply = send_message(client, "sender@example.org", [mailbox], raw)

@@ -26,6 +26,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def children_running(module: str) -> list[int]:
+    """This process's live children started as `python -m <module>`, as /proc sees them."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and module.encode() in argv:
+            found.append(int(entry))
+    return sorted(found)
+
+
 def clean_environ() -> dict[str, str]:
     """The test runner's environment without any FLOODGATE_ setting leaking in."""
     return {k: v for k, v in os.environ.items() if not k.startswith("FLOODGATE_")}
@@ -80,7 +98,34 @@ def start_service(
 ) -> ServiceProcess:
     """Start `python -m floodgate <role>` and wait until its /healthz answers.
 
-    `wrapper` runs before it (e.g. `unshare` giving the process a mount of its own)."""
+    `wrapper` runs before it (e.g. `unshare` giving the process a mount of its own). A
+    port picked free can be taken before the process binds it (tests run in parallel,
+    and every outgoing connection takes a port from the same range): then the process
+    starts again on other ports."""
+    for _attempt in range(BIND_ATTEMPTS - 1):
+        try:
+            return _start(role, env, workdir, host=host, wait=wait, wrapper=wrapper)
+        except PortTaken:
+            continue
+    return _start(role, env, workdir, host=host, wait=wait, wrapper=wrapper)
+
+
+BIND_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    """The process exited because a port picked for it was taken meanwhile."""
+
+
+def _start(
+    role: str,
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    host: str,
+    wait: bool,
+    wrapper: tuple[str, ...],
+) -> ServiceProcess:
     port = free_port(host)
     http_port = free_port()  # health and API stay on 127.0.0.1
     while http_port == port:  # two picks of a free port can coincide
@@ -129,7 +174,10 @@ def wait_healthy(service: ServiceProcess, timeout: float = STARTUP_TIMEOUT) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
-            raise RuntimeError(f"{service.role} exited early:\n{service.log()}")
+            log = service.log()
+            if "address already in use" in log.lower():
+                raise PortTaken(f"{service.role} exited early:\n{log}")
+            raise RuntimeError(f"{service.role} exited early:\n{log}")
         try:
             if httpx.get(f"{service.http_url}/healthz", timeout=1.0).status_code == 200:
                 return

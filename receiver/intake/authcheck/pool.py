@@ -2,8 +2,11 @@
 
 RSA and ed25519 verification and the canonicalization and hashing of a body are CPU work
 a sender controls (size, number of signatures): they run in worker processes
-(`receiver.intake.authcheck.worker`), never on the loop. At most `queue` verifications wait or
-run at once; one more gets `None` at once (a temperror), never a wait.
+(`receiver.intake.authcheck.worker`), never on the loop. The workers start at the first job,
+not with the receiver: a receiver that is never sent a signature runs none, and the first
+jobs wait for the start (within their callers' deadlines; the start goes on if those pass).
+At most `queue` verifications wait or run at once; one more gets `None` at once (a
+temperror), never a wait.
 
 Jobs are pipelined: each goes down the pipe of the worker with the fewest in flight at
 once, and the worker answers them in order, one frame each. A worker woken once works
@@ -22,6 +25,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any, cast
 
 from receiver.telemetry.events import emit
@@ -122,18 +126,32 @@ class Verifier:
         self.busy = 0
         self._all: list[_Worker] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starting: asyncio.Task[None] | None = None
         self.closed = False
 
     async def start(self) -> None:
-        """Start every worker now, not at the first signed message."""
-        self._all = list(await asyncio.gather(*(_Worker.start() for _ in range(self.workers))))
+        """Nothing to do yet: the workers start at the first job (see `verify`)."""
+
+    async def _start_all(self) -> None:
+        await asyncio.gather(*(self._replace() for _ in range(self.workers)))
 
     async def verify(
         self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool
     ) -> dict[str, Any] | None:
         """The worker's outcome (signatures.verify), or None when the queue is full, no
         worker is up, or the worker failed."""
-        if self.busy >= self.queue or self.closed or not self._all:
+        if self.busy >= self.queue or self.closed:
+            return None
+        if self._starting is None:  # the first job: start every worker, once
+            self._starting = self._track(self._start_all())
+        if not self._starting.done():
+            self.busy += 1  # a job waiting for the start counts against the queue
+            try:
+                # A caller whose deadline passes leaves the start going on.
+                await asyncio.wait({self._starting})
+            finally:
+                self.busy -= 1
+        if self.closed or not self._all:
             return None
         worker = min(self._all, key=lambda w: w.load)
         self.busy += 1
@@ -159,9 +177,14 @@ class Verifier:
         worker.kill()
         self._all.remove(worker)
         if not self.closed:
-            task = asyncio.get_running_loop().create_task(self._replace())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._track(self._replace())
+
+    def _track(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of ours: cancelled at `close`."""
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _replace(self) -> None:
         while not self.closed:
