@@ -175,20 +175,25 @@ Proof = Callable[[bytes, memoryview, Any], bool]  # (length octets, payload, MAC
 def _read(data: bytes, magic: bytes, header: struct.Struct, check: Proof) -> Segment:
     records: list[Record] = []
     damaged = torn = 0
+    # A record whose length runs past the end is a torn tail only if no record proves
+    # itself after it: a damaged length looks the same. Until one does, what is skipped
+    # from there on is `pending`; a proven record after it makes it damage.
+    pending = 0
+    tail = False
     position, end = 0, len(data)
     view = memoryview(data)
     while position < end:
         if position + header.size > end:
-            torn += end - position
+            pending += end - position
+            tail = True
             break
         found_magic, size, seal = header.unpack_from(data, position)
         start = position + header.size
-        if found_magic == magic and size <= MAX_RECORD and start + size > end:
-            torn += end - position  # the last record, cut short by a crash mid-append
-            break
-        if found_magic == magic and size <= MAX_RECORD:
+        framed = found_magic == magic and size <= MAX_RECORD
+        if framed and start + size <= end:
             length = data[position + 4 : position + 8]
             if check(length, view[start : start + size], seal):
+                damaged, pending, tail = damaged + pending, 0, False  # proven: not the tail
                 try:
                     message = decode(data[start : start + size])
                 except (ValueError, KeyError, TypeError, IndexError, struct.error):
@@ -198,17 +203,24 @@ def _read(data: bytes, magic: bytes, header: struct.Struct, check: Proof) -> Seg
                 position = start + size
                 continue
             after = start + size
-            if after == end or data[after : after + 4] == magic:
+            if not tail and (after == end or data[after : after + 4] == magic):
                 damaged += header.size + size  # its frame holds: past its length
                 position = after
                 continue
+        elif framed:
+            tail = True  # the last record cut short by a crash mid-append, or a bad length
         # Not a record that proves itself: find the next one (nothing forged can pass).
         following = data.find(magic, position + 1)
         skipped = (following if following >= 0 else end) - position
-        damaged += skipped
+        if tail:
+            pending += skipped
+        else:
+            damaged += skipped
         if following < 0:
             break
         position = following
+    torn += pending if tail else 0
+    damaged += 0 if tail else pending
     return Segment(records, damaged, torn)
 
 

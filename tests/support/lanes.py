@@ -91,7 +91,7 @@ def name_group(item: pytest.Item, group: str) -> None:
     ident = getattr(item, "_id", None)
     if ident is None or str(ident).endswith(f"@{group}"):
         return
-    item._id = type(ident).parse(f"{ident}@{group}")  # type: ignore[attr-defined]
+    setattr(item, "_id", type(ident).parse(f"{ident}@{group}"))  # noqa: B010 (pytest internal)
 
 
 def _ours(thing: object) -> bool:
@@ -118,11 +118,23 @@ def _names_used(thing: object, seen: set[int]) -> set[str]:
         return set()
     names = set(_code_names(code))
     space = getattr(thing, "__globals__", {})
-    for name in list(names):
+    used = list(names)
+    for name in used:
         target = space.get(name)
-        if target is not None and _ours(target) and callable(target):
-            names |= _names_used(target, seen)
+        if isinstance(target, types.ModuleType) and target.__name__.startswith("tests."):
+            # `netns.lan()`: a helper reached through a module of ours, by attribute.
+            for attribute in used:
+                names |= _follow(getattr(target, attribute, None), seen)
+        else:
+            names |= _follow(target, seen)
     return names
+
+
+def _follow(target: object, seen: set[int]) -> set[str]:
+    """The names a callable of ours uses (through decorators such as @contextmanager)."""
+    if target is None or not callable(target) or not _ours(target):
+        return set()
+    return _names_used(inspect.unwrap(target), seen)
 
 
 def _code_names(code: types.CodeType) -> Iterable[str]:
