@@ -28,7 +28,11 @@ class MessageKey(StrEnum):
     PEER_IP = "peer_ip"
     HELO = "helo"
     RECEIVED_AT = "received_at"
-    EXPIRES_AT = "expires_at"
+    EXPIRES_AT = "expires_at"  # a date: MongoDB's TTL index
+    # The same instant in whole POSIX seconds, set by the store: what the retention sweep
+    # ranges over. Dates are not index-comparable on the embedded store (see
+    # mailstore.queries); a number is, on every store.
+    EXPIRY = "expiry"
     SIZE = "size"
     HEADERS = "headers"
     TLS = "tls"
