@@ -54,12 +54,12 @@ def _trace_connections(out: TextIO) -> None:
         with lock:
             out.write(" ".join(statement.split()) + "\n")
 
-    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+    def traced(*args: Any, **kwargs: Any) -> Any:
         connection = connect(*args, **kwargs)
         connection.set_trace_callback(write)
         return connection
 
-    sqlite3.connect = traced
+    setattr(sqlite3, "connect", traced)  # noqa: B010 (mypy: connect is an overload)
 
 
 if __name__ == "__main__":
