@@ -20,8 +20,9 @@ import pytest
 from pymongo import MongoClient
 
 from mailstore import new_message_id
-from mailstore.documents import to_document
+from mailstore.documents import entries_of, to_document
 from mailstore.headers import scan_headers
+from mailstore.mailboxes import ENTRIES
 from mailstore.message import MessageDocument
 from mailstore.store import MESSAGES
 from tests.conftest import ServiceFactory
@@ -386,6 +387,7 @@ def _store_with_auth(mongo: MongoClient[dict[str, object]], db: str, mailbox: st
         "arc": {"result": "none", "reason": "no ARC set"},
     }
     mongo[db][MESSAGES].insert_one(document)
+    mongo[db][ENTRIES].insert_many(entries_of(document))  # listed as the store lists it
     return incoming.id
 
 
