@@ -1,6 +1,7 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth.
+Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth,
+scale.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
 bench/results).
 """
@@ -18,7 +19,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import abuse, auth, blocklist, push, render, screen, spool, throughput, tls, workers
+from bench import (
+    abuse,
+    auth,
+    blocklist,
+    push,
+    render,
+    scale,
+    screen,
+    spool,
+    throughput,
+    tls,
+    workers,
+)
 
 SUITES: dict[str, ModuleType] = {
     "throughput": throughput,
@@ -31,6 +44,7 @@ SUITES: dict[str, ModuleType] = {
     "render": render,
     "workers": workers,
     "auth": auth,
+    "scale": scale,
 }
 
 

@@ -1,5 +1,6 @@
 """What one stored message looks like in MongoDB: `MessageDocument.fields()` with its bytes
-as BSON binary, its expiry as a number too, and its mailbox entries."""
+as BSON binary, its expiry as a number too, its first mailbox's key, and the entries of
+its other mailboxes (mailstore.mailboxes)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,15 @@ def to_document(message: MessageDocument, retention: float) -> dict[str, Any]:
     document[MessageKey.RECEIVED_HEADER] = Binary(message.received_header)
     assert expiring.expires_at is not None
     document[MessageKey.EXPIRY] = expiry(expiring.expires_at)
+    box, _ = mailboxes.split(message.id, message.rcpt)
+    if box is not None:
+        document[MessageKey.BOX] = box
     return document
 
 
 def entries_of(document: dict[str, Any]) -> list[dict[str, Any]]:
-    """The mailbox entries of a stored message document (as `to_document` made it)."""
-    return mailboxes.entries(
-        str(document[MessageKey.ID]), document[MessageKey.RCPT], int(document[MessageKey.EXPIRY])
-    )
+    """The mailbox entries of a stored message document (as `to_document` made it): one
+    for each mailbox but the first, whose key the message keeps itself."""
+    message_id = str(document[MessageKey.ID])
+    _, others = mailboxes.split(message_id, document[MessageKey.RCPT])
+    return mailboxes.entries(message_id, others, int(document[MessageKey.EXPIRY]))

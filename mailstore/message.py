@@ -33,6 +33,9 @@ class MessageKey(StrEnum):
     # ranges over. Dates are not index-comparable on the embedded store (see
     # mailstore.queries); a number is, on every store.
     EXPIRY = "expiry"
+    # The first mailbox's index key (mailstore.mailboxes), set by the store; gone once the
+    # message has left that mailbox.
+    BOX = "box"
     SIZE = "size"
     HEADERS = "headers"
     TLS = "tls"

@@ -8,7 +8,7 @@ without a builder here is one the store cannot send.
 
 What the embedded store (nx-27017 over SQLite) can answer from an index, found by reading
 its SQL: equality and ranges on a scalar field that has a single-field index (the
-expression `json_extract(data, '$.field')`); `_id` equality and `$in`; a sort on the
+expression `json_extract(data, '$.field')`), `$in` on `_id`; `_id` equality and `$in`; a sort on the
 indexed field itself. What it answers by reading every document: any query on a field
 holding an array (it tests array membership with `json_each`, per document); ranges on
 `_id` (evaluated in Python after loading the whole collection); comparisons of dates (a
@@ -82,6 +82,8 @@ INDEXES = (
     # documents from before fingerprints are not indexed.
     Index(MESSAGES, "fingerprint", ((K.FP, ASCENDING),), unique=True, sparse=True),
     Index(MESSAGES, "expiry", ((K.EXPIRY, ASCENDING),)),
+    # Sparse: a message that left its first mailbox has no key.
+    Index(MESSAGES, "box", ((K.BOX, ASCENDING),), sparse=True),
     Index(MESSAGES, "retention", ((K.EXPIRES_AT, ASCENDING),), ttl=0),
     Index(ENTRIES, "box", ((E.BOX, ASCENDING),)),
     Index(ENTRIES, "expiry", ((E.EXPIRY, ASCENDING),)),
@@ -114,7 +116,7 @@ def _mailbox_range(
 
 
 @shape
-def mailbox_page(
+def inline_page(
     mailbox: str,
     limit: int,
     *,
@@ -122,9 +124,31 @@ def mailbox_page(
     after: str | None = None,
     since: str | None = None,
 ) -> Query:
-    """The newest `limit` entries of a mailbox within the cursor's bounds."""
+    """The newest `limit` messages whose first mailbox is `mailbox`, within the cursor's
+    bounds, with the listing's fields."""
     return Query(
-        "mailbox_page",
+        "inline_page",
+        MESSAGES,
+        {K.BOX: _mailbox_range(mailbox, before=before, after=after, since=since)},
+        sort=((K.BOX, DESCENDING),),
+        projection={**LIST_FIELDS, K.BOX: 1},
+        limit=limit,
+    )
+
+
+@shape
+def entries_page(
+    mailbox: str,
+    limit: int,
+    *,
+    before: str | None = None,
+    after: str | None = None,
+    since: str | None = None,
+) -> Query:
+    """The newest `limit` entries of `mailbox` (its messages that name it second or
+    later) within the cursor's bounds."""
+    return Query(
+        "entries_page",
         ENTRIES,
         {E.BOX: _mailbox_range(mailbox, before=before, after=after, since=since)},
         sort=((E.BOX, DESCENDING),),
@@ -134,10 +158,24 @@ def mailbox_page(
 
 
 @shape
-def mailbox_beyond(mailbox: str, keep: int, limit: int) -> Query:
-    """Entries of a mailbox past its `keep` newest (what a trim takes)."""
+def inline_beyond(mailbox: str, keep: int, limit: int) -> Query:
+    """Messages whose first mailbox is `mailbox`, past its `keep` newest."""
     return Query(
-        "mailbox_beyond",
+        "inline_beyond",
+        MESSAGES,
+        {K.BOX: _mailbox_range(mailbox)},
+        sort=((K.BOX, DESCENDING),),
+        projection={K.ID: 1, K.BOX: 1},
+        skip=keep,
+        limit=limit,
+    )
+
+
+@shape
+def entries_beyond(mailbox: str, keep: int, limit: int) -> Query:
+    """Entries of `mailbox` past its `keep` newest."""
+    return Query(
+        "entries_beyond",
         ENTRIES,
         {E.BOX: _mailbox_range(mailbox)},
         sort=((E.BOX, DESCENDING),),
@@ -180,6 +218,18 @@ def fingerprint(fp: str) -> Query:
 
 
 @shape
+def leave_first_mailbox(ids: Sequence[str], mailbox: str) -> Query:
+    """These messages (whose first mailbox is `mailbox`) leave it: its key goes too."""
+    return Query(
+        "leave_first_mailbox",
+        MESSAGES,
+        {K.ID: {"$in": list(ids)}},
+        op=Op.UPDATE,
+        update={"$pull": {K.RCPT: mailbox}, "$unset": {K.BOX: ""}},
+    )
+
+
+@shape
 def leave_mailbox(ids: Sequence[str], mailbox: str) -> Query:
     return Query(
         "leave_mailbox",
@@ -217,13 +267,13 @@ def unindexed_messages(limit: int) -> Query:
 
 
 @shape
-def set_expiry(message_id: str, expiry: int) -> Query:
+def index_message(message_id: str, expiry: int, box: str | None) -> Query:
+    """A message from before the mailbox index gets its expiry and first mailbox key."""
+    fields: Document = {K.EXPIRY: expiry}
+    if box is not None:
+        fields[K.BOX] = box
     return Query(
-        "set_expiry",
-        MESSAGES,
-        {K.ID: message_id},
-        op=Op.UPDATE,
-        update={"$set": {K.EXPIRY: expiry}},
+        "index_message", MESSAGES, {K.ID: message_id}, op=Op.UPDATE, update={"$set": fields}
     )
 
 
@@ -241,11 +291,13 @@ def examples() -> dict[str, Query]:
     """One query of every shape, with placeholder values (for the plan tests)."""
     box, mid = "box@mx.test", "06h4v995xmqkm04qe3393vzyx4"
     made = [
-        mailbox_page(box, 50),
-        mailbox_page(box, 50, before=mid),
-        mailbox_page(box, 50, after=mid),
-        mailbox_page(box, 50, since=mid),
-        mailbox_beyond(box, 1000, 5000),
+        inline_page(box, 50),
+        inline_page(box, 50, before=mid),
+        inline_page(box, 50, after=mid),
+        inline_page(box, 50, since=mid),
+        entries_page(box, 50, before=mid, since=mid),
+        inline_beyond(box, 500, 5000),
+        entries_beyond(box, 0, 5500),
         entries_by_key([entry_key(box, mid)]),
         expired_entries(1),
         listed_messages([mid]),
@@ -253,11 +305,12 @@ def examples() -> dict[str, Query]:
         message(mid, {K.RCPT: 1}),
         delete_message(mid),
         fingerprint("f" * 32),
+        leave_first_mailbox([mid], box),
         leave_mailbox([mid], box),
         left_empty([mid]),
         expired_messages(1),
         unindexed_messages(10),
-        set_expiry(mid, 1),
+        index_message(mid, 1, entry_key(box, mid)),
         stale_stats(1.0),
         fresh_stats(1.0, 1000),
     ]

@@ -25,7 +25,7 @@ from mailstore.documents import entries_of, expiry, to_document
 from mailstore.engine import Engine, detect
 from mailstore.errors import StoreError, StoreRejected, brief, cause
 from mailstore.ids import id_floor
-from mailstore.mailboxes import ENTRIES, EntryKey, entries, message_id_of
+from mailstore.mailboxes import ENTRIES, EntryKey, entries, entry_key, message_id_of, split
 from mailstore.message import MessageDocument, MessageKey, stored_datetime, utcnow
 from mailstore.queries import MESSAGES, STATS, Op, Query
 
@@ -173,7 +173,12 @@ class MessageStore:
         return str(found[K.ID]) if found is not None else None
 
     async def _index_again(self, message_id: str, fields: Document) -> None:
-        again = entries(message_id, fields[K.RCPT], int(fields[K.EXPIRY]))
+        """Write the entries of the first copy again (a retry may come after an attempt
+        that stored the message and stopped before its entries)."""
+        _, others = split(message_id, fields[K.RCPT])
+        if not others:
+            return
+        again = entries(message_id, others, int(fields[K.EXPIRY]))
         try:
             with pymongo.timeout(self.config.timeout):
                 await self.entries.insert_many(again, ordered=False)
@@ -193,38 +198,68 @@ class MessageStore:
         since: datetime | None = None,
     ) -> list[MessageDocument]:
         """Newest first (ids are time-ordered), without the raw bytes; `before`/`after` an
-        id page through the mailbox, `since` a time bounds it (ids sort by time)."""
+        id page through the mailbox, `since` a time bounds it (ids sort by time).
+
+        Two index ranges: the messages that name the mailbox first (with the listing's
+        fields), and its entries (messages that name it later, read by id)."""
+        mailbox = address.lower()
         floor = id_floor(since.timestamp()) if since is not None else None
-        page = queries.mailbox_page(address.lower(), limit, before=before, after=after, since=floor)
+        bounds = {"before": before, "after": after, "since": floor}
         with pymongo.timeout(self.config.timeout):
-            ids = [message_id_of(str(doc[EntryKey.ID])) for doc in await self._find(page)]
-            if not ids:
-                return []
-            found = {str(d[K.ID]): d for d in await self._find(queries.listed_messages(ids))}
-        # An entry whose message is gone (a delete under way) lists nothing.
-        return [MessageDocument.read(found[i]) for i in ids if i in found]
+            page = {
+                str(doc[K.BOX]): doc
+                for doc in await self._find(queries.inline_page(mailbox, limit, **bounds))
+            }
+            keys = [
+                str(doc[EntryKey.ID])
+                for doc in await self._find(queries.entries_page(mailbox, limit, **bounds))
+            ]
+            if keys:
+                ids = [message_id_of(k) for k in keys]
+                found = {str(d[K.ID]): d for d in await self._find(queries.listed_messages(ids))}
+                # An entry whose message is gone (a delete under way) lists nothing.
+                page.update((k, found[message_id_of(k)]) for k in keys if message_id_of(k) in found)
+        newest = sorted(page, reverse=True)[:limit]
+        return [MessageDocument.read(page[key]) for key in newest]
 
     async def trim_mailbox(self, address: str, keep: int) -> int:
         """Take `address` off all but its `keep` newest messages (at most `TRIM_BATCH` at a
         time); messages left with no mailbox are deleted. Returns how many it left."""
         mailbox = address.lower()
         with pymongo.timeout(self.config.timeout):
-            keys = [
-                str(doc[EntryKey.ID])
-                for doc in await self._find(queries.mailbox_beyond(mailbox, keep, TRIM_BATCH))
-            ]
-            if not keys:
+            first, later = await self._beyond(mailbox, keep)
+            if not first and not later:
                 return 0
-            await self._leave(mailbox, keys)
-        return len(keys)
+            await self._leave(mailbox, first, later)
+        return len(first) + len(later)
 
-    async def _leave(self, mailbox: str, keys: list[str]) -> None:
-        """Take `mailbox` off the messages of these entries: the entries first (the
-        messages leave the listing at once), then the messages' recipients."""
-        ids = [message_id_of(k) for k in keys]
-        await self._run(queries.entries_by_key(keys))
-        await self._run(queries.leave_mailbox(ids, mailbox))
-        await self._run(queries.left_empty(ids))
+    async def _beyond(self, mailbox: str, keep: int) -> tuple[list[str], list[str]]:
+        """The keys past the `keep` newest of `mailbox` (at most `TRIM_BATCH`): those kept
+        in messages, and those of entries."""
+        if not await self._find(queries.entries_page(mailbox, 1)):
+            # The usual case: every message names it first. The window is the store's.
+            beyond = queries.inline_beyond(mailbox, keep, TRIM_BATCH)
+            return [str(doc[K.BOX]) for doc in await self._find(beyond)], []
+        window = keep + TRIM_BATCH
+        first = [str(d[K.BOX]) for d in await self._find(queries.inline_beyond(mailbox, 0, window))]
+        later = [
+            str(d[EntryKey.ID])
+            for d in await self._find(queries.entries_beyond(mailbox, 0, window))
+        ]
+        taken = set(sorted(first + later, reverse=True)[keep:window])
+        return [k for k in first if k in taken], [k for k in later if k in taken]
+
+    async def _leave(self, mailbox: str, first: list[str], later: list[str]) -> None:
+        """Take `mailbox` off these messages: their keys first (the messages leave the
+        listing at once), then their recipients; a message left with none is deleted."""
+        first_ids = [message_id_of(k) for k in first]
+        later_ids = [message_id_of(k) for k in later]
+        if first_ids:
+            await self._run(queries.leave_first_mailbox(first_ids, mailbox))
+        if later:
+            await self._run(queries.entries_by_key(later))
+            await self._run(queries.leave_mailbox(later_ids, mailbox))
+        await self._run(queries.left_empty(first_ids + later_ids))
 
     async def delete_mailbox(self, address: str) -> int:
         """Take `address` off every message it received; a message left with no recipient
@@ -244,8 +279,9 @@ class MessageStore:
             found = await self._find_one(queries.message(message_id, {K.RCPT: 1}))
             if found is None:
                 return False
-            keys = [e[EntryKey.ID] for e in entries(message_id, found.get(K.RCPT) or [], 0)]
-            if keys:
+            _, others = split(message_id, found.get(K.RCPT) or [])
+            if others:
+                keys = [entry_key(m, message_id) for m in others]
                 await self._run(queries.entries_by_key(keys))
             return await self._run(queries.delete_message(message_id)) > 0
 
@@ -321,10 +357,11 @@ class MessageStore:
         updates = []
         for doc in found:
             until = stored_datetime(doc.get(K.EXPIRES_AT)) or later
-            stamp = expiry(until)
-            written.extend(entries(str(doc[K.ID]), doc.get(K.RCPT) or [], stamp))
-            updates.append(queries.set_expiry(str(doc[K.ID]), stamp))
-        if written:  # the entries first: a message with `expiry` is indexed
+            stamp, message_id = expiry(until), str(doc[K.ID])
+            box, others = split(message_id, doc.get(K.RCPT) or [])
+            written.extend(entries(message_id, others, stamp))
+            updates.append(queries.index_message(message_id, stamp, box))
+        if written:  # the entries first: a message with an `expiry` is indexed
             try:
                 await self.entries.insert_many(written, ordered=False)
             except pymongo.errors.BulkWriteError as error:

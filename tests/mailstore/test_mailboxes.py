@@ -50,7 +50,8 @@ async def test_every_recipient_lists_the_message_once(store: MessageStore) -> No
     await store.insert(both)
     for box in ("one@mx.test", "TWO@mx.test"):
         assert [m.id for m in await store.list_mailbox(box)] == [both.id]
-    assert await store.entries.count_documents({}) == 2
+    # The first mailbox's key is in the message; the second has an entry.
+    assert await store.entries.count_documents({}) == 1
 
 
 async def test_cursors_page_through_a_mailbox_newest_first(store: MessageStore) -> None:
@@ -66,6 +67,24 @@ async def test_cursors_page_through_a_mailbox_newest_first(store: MessageStore) 
     listed = [m.id for m in await store.list_mailbox("page@mx.test", 50, since=since)]
     assert listed[: len(ids[:3])] == ids[:3] and set(listed) <= set(ids)
     assert await store.list_mailbox("empty@mx.test") == []
+
+
+async def test_a_mailbox_named_first_by_some_and_later_by_others_lists_and_pages_as_one(
+    store: MessageStore,
+) -> None:
+    sent = []
+    for n in range(6):  # alternately the first and the second recipient
+        rcpt = ("mix@mx.test", "a@mx.test") if n % 2 else ("b@mx.test", "mix@mx.test")
+        sent.append(message(*rcpt))
+        await store.insert(sent[-1])
+    ids = [m.id for m in reversed(sent)]
+    assert [m.id for m in await store.list_mailbox("mix@mx.test")] == ids
+    assert [m.id for m in await store.list_mailbox("mix@mx.test", 2, before=ids[1])] == ids[2:4]
+    assert await store.trim_mailbox("mix@mx.test", 3) == 3
+    assert [m.id for m in await store.list_mailbox("mix@mx.test")] == ids[:3]
+    for m in sent[:3]:  # still held by their other mailbox
+        kept = await store.get(m.id)
+        assert kept is not None and "mix@mx.test" not in kept.rcpt
 
 
 async def test_trim_keeps_the_newest_and_deletes_messages_no_mailbox_holds(
@@ -101,12 +120,13 @@ async def test_deleting_a_message_or_a_mailbox_leaves_no_entry(store: MessageSto
 async def test_a_retry_answered_with_the_first_id_leaves_no_entry_of_its_own(
     store: MessageStore,
 ) -> None:
-    first = message("fp@mx.test", fp="f" * 32)
+    first = message("fp@mx.test", "fp2@mx.test", fp="f" * 32)
     retry = replace(first, id=new_message_id())
     assert await store.insert(first) == first.id
     await store.entries.delete_many({})  # as if the first attempt stopped before its entries
     assert await store.insert(retry) == first.id
-    assert [m.id for m in await store.list_mailbox("fp@mx.test")] == [first.id]
+    for box in ("fp@mx.test", "fp2@mx.test"):
+        assert [m.id for m in await store.list_mailbox(box)] == [first.id]
     assert await store.entries.count_documents({}) == 1
 
 
@@ -114,14 +134,16 @@ async def test_the_sweep_indexes_messages_stored_before_the_index_and_expires_th
     store: MessageStore,
 ) -> None:
     now = utcnow()
-    legacy = [  # the previous version's documents: no `expiry`, no entries
-        {"_id": new_message_id(), "rcpt": ["old@mx.test"], "expires_at": now + timedelta(days=1)},
-        {"_id": new_message_id(), "rcpt": ["old@mx.test"], "expires_at": now - timedelta(hours=1)},
+    later, earlier = now + timedelta(days=1), now - timedelta(hours=1)
+    legacy = [  # the previous version's documents: no `expiry`, no keys
+        {"_id": new_message_id(), "rcpt": ["old@mx.test", "old2@mx.test"], "expires_at": later},
+        {"_id": new_message_id(), "rcpt": ["old@mx.test"], "expires_at": earlier},
     ]
     await store.messages.insert_many(legacy)
     assert await store.list_mailbox("old@mx.test") == []
     assert await store.sweep_expired("sweeper", 60) == 1
-    assert [m.id for m in await store.list_mailbox("old@mx.test")] == [legacy[0]["_id"]]
+    for box in ("old@mx.test", "old2@mx.test"):
+        assert [m.id for m in await store.list_mailbox(box)] == [legacy[0]["_id"]]
     assert await store.db[ENTRIES].count_documents({}) == 1
 
 
@@ -130,8 +152,8 @@ async def test_expired_messages_and_their_entries_are_swept(store: MessageStore)
     quick = MessageStore(store.client, short)
     quick._batcher.start()
     try:
-        await quick.insert(message("gone@mx.test"))
-        await store.insert(message("stays@mx.test"))
+        await quick.insert(message("gone@mx.test", "gone2@mx.test"))
+        await store.insert(message("stays@mx.test", "stays2@mx.test"))
         await asyncio.sleep(2.1)
         assert await store.sweep_expired("sweeper", 60) == 1
         assert await store.list_mailbox("gone@mx.test") == []

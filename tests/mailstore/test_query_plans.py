@@ -130,6 +130,7 @@ async def test_the_stores_own_operations_never_scan_a_collection_on_the_embedded
     await store.list_mailbox("nobody@mx.test")
     assert await store.get(first.id) is not None
     await store.trim_mailbox("flow@mx.test", 2)
+    await store.trim_mailbox("flow2@mx.test", 0)  # named second: through its entries
     await store.delete(first.id)
     await store.delete_mailbox("box1@mx.test")
     await store.sweep_expired("plans", 60)
