@@ -8,10 +8,24 @@ import math
 from datetime import datetime
 from typing import Any
 
+import zstandard
 from bson import Binary
 
 from mailstore import mailboxes
 from mailstore.message import MessageDocument, MessageKey
+
+# Compress from this size on, and only when it saves a tenth: smaller bodies gain little
+# and pay the frame's header (zstd level 3, as Mailpit).
+COMPRESS_FROM = 512
+COMPRESS_LEVEL = 3
+
+
+def compressed(raw: bytes) -> bytes | None:
+    """`raw` as a zstd frame (its size recorded in it), or None when that does not pay."""
+    if len(raw) < COMPRESS_FROM:
+        return None
+    frame = zstandard.ZstdCompressor(level=COMPRESS_LEVEL).compress(raw)
+    return frame if len(frame) <= len(raw) * 0.9 else None
 
 
 def expiry(when: datetime) -> int:
@@ -19,13 +33,20 @@ def expiry(when: datetime) -> int:
     return math.ceil(when.timestamp())
 
 
-def to_document(message: MessageDocument, retention: float) -> dict[str, Any]:
-    """The MongoDB document for `message`: `raw` byte-exact, expiring after `retention`
-    seconds (TTL on an explicit expiry: a changed retention applies to new mail without
-    rebuilding the index)."""
+def to_document(
+    message: MessageDocument, retention: float, *, compress: bool = False
+) -> dict[str, Any]:
+    """The MongoDB document for `message`: `raw` byte-exact (or, if `compress` and it
+    pays, `raw_zstd`), expiring after `retention` seconds (TTL on an explicit expiry: a
+    changed retention applies to new mail without rebuilding the index)."""
     expiring = message.expiring(retention)
     document = expiring.fields()
-    document[MessageKey.RAW] = Binary(message.raw)
+    frame = compressed(message.raw) if compress else None
+    if frame is not None:
+        del document[MessageKey.RAW]
+        document[MessageKey.RAW_ZSTD] = Binary(frame)
+    else:
+        document[MessageKey.RAW] = Binary(message.raw)
     document[MessageKey.RECEIVED_HEADER] = Binary(message.received_header)
     assert expiring.expires_at is not None
     document[MessageKey.EXPIRY] = expiry(expiring.expires_at)

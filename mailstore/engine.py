@@ -1,10 +1,12 @@
 """Which engine answers: MongoDB, or the embedded nx-27017 (SQLite underneath).
 
-Asked once per store, by `buildInfo` (no privileges needed on MongoDB). Two things differ,
-and only these: a TTL index is declared only on MongoDB (nx-27017 implements one as a
-comparison of dates over every document, run before every read of the collection), and
+Asked once per store, by `buildInfo` (no privileges needed on MongoDB). Three things
+differ, and only these: a TTL index is declared only on MongoDB (nx-27017 implements one
+as a comparison of dates over every document, run before every read of the collection);
 space freed by deletes is handed back to the file system only on the embedded store
-(SQLite keeps freed pages in its file; MongoDB's WiredTiger reuses them itself).
+(SQLite keeps freed pages in its file; MongoDB's WiredTiger reuses them itself); and
+message bytes are compressed by us only for the embedded store (it keeps them as base64
+text in JSON; WiredTiger compresses its blocks itself).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ class Engine(StrEnum):
     @property
     def expires_by_itself(self) -> bool:
         """Whether a TTL index deletes expired documents without anyone reading."""
+        return self is Engine.MONGODB
+
+    @property
+    def compresses_documents(self) -> bool:
+        """Whether the engine compresses what it stores (WiredTiger's block compression)."""
         return self is Engine.MONGODB
 
     @property

@@ -152,7 +152,9 @@ class MessageStore:
         `StoreRejected` (before anything is queued) when the document cannot be encoded:
         that message alone fails, never the batch it would have joined.
         """
-        fields = to_document(message, self.config.retention)
+        # Compressed only where the engine does not (known once the store answered).
+        compress = self.engine is not None and not self.engine.compresses_documents
+        fields = to_document(message, self.config.retention, compress=compress)
         document = encode(fields)
         indexed = [RawBSONDocument(bson.encode(e)) for e in entries_of(fields)]
         for _ in range(2):

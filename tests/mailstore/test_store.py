@@ -88,6 +88,19 @@ async def test_retention_is_a_ttl_index_on_mongodb_and_an_expiry_number_everywhe
     assert not any(spec["key"][0][0] == "rcpt" for spec in info.values())  # the old inbox index
 
 
+async def test_bytes_are_stored_compressed_where_the_engine_does_not_compress(
+    store: MessageStore,
+) -> None:
+    raw = b"Subject: s\r\n\r\n" + b"a line that repeats in every newsletter\r\n" * 50
+    incoming = message(raw=raw)
+    await store.insert(incoming)
+    stored = await store.messages.find_one({"_id": incoming.id})
+    assert stored is not None
+    assert ("raw_zstd" in stored) is (store.engine is Engine.EMBEDDED)
+    doc = await store.get(incoming.id)
+    assert doc is not None and doc.raw == raw and doc.size == len(raw)
+
+
 async def test_same_id_inserted_twice_is_stored_once(store: MessageStore) -> None:
     incoming = message()
     await store.insert(incoming)
