@@ -98,7 +98,10 @@ class Rig:
     workdir: Path
 
     def stored(self) -> int:
-        return int(self.check["floodgate"]["messages"].estimated_document_count())
+        """Messages in the store, counted in its file (nx-27017 answers a count by
+        reading every document)."""
+        with sqlite3.connect(f"file:{self.store.database_path}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
 
     def store_pid(self) -> int:
         assert self.store.process is not None
@@ -202,14 +205,24 @@ async def sweep(store: MessageStore) -> int:
 
 
 def disk(rig: Rig) -> dict[str, Any]:
+    """Bytes on disk per stored message: SQLite's live pages, and by table (the messages,
+    their indexes, the mailbox entries, nx-27017's change-stream copies)."""
     path = rig.store.database_path
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         free = db.execute("PRAGMA freelist_count").fetchone()[0]
         size = db.execute("PRAGMA page_size").fetchone()[0]
+        tables = dict(db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
     stored = max(1, rig.stored())
+    indexes = sum(v for k, v in tables.items() if k.startswith("idx_messages_"))
     return {
         "live_bytes_per_message": round((pages - free) * size / stored),
+        "bytes_per_message": {
+            "messages": round(tables.get("messages", 0) / stored),
+            "indexes": round(indexes / stored),
+            "entries": round(tables.get("mailbox_entries", 0) / stored),
+            "change_stream": round(tables.get("_neosqlite_changestream", 0) / stored),
+        },
         "file_mb": file_mb(path),
     }
 
@@ -340,7 +353,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['sweep_us_per_message']:,} | {r['live_bytes_per_message']:,} | {r['file_mb']} |"
         )
     s, g = result["retention_space"], result["goals"]
+    last = result["stages"][-1]["bytes_per_message"]
     lines += [
+        "",
+        "Bytes per stored message at the last size, by table: "
+        + ", ".join(f"{k} {v:,}" for k, v in last.items())
+        + ".",
         "",
         f"Retention frees space: {s['messages']:,} messages written and expired: file "
         f"{s['file_mb_before']} → {s['file_mb_written']} MB; swept ({s['swept']:,}): "

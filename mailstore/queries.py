@@ -241,6 +241,15 @@ def leave_mailbox(ids: Sequence[str], mailbox: str) -> Query:
 
 
 @shape
+def held_by_one(ids: Sequence[str]) -> Query:
+    """Those of these messages that one mailbox holds (the one they are leaving): deleted
+    at once, in one statement, rather than updated one by one and then deleted."""
+    return Query(
+        "held_by_one", MESSAGES, {K.ID: {"$in": list(ids)}, K.RCPT: {"$size": 1}}, op=Op.DELETE
+    )
+
+
+@shape
 def left_empty(ids: Sequence[str]) -> Query:
     """Those of these messages that no mailbox holds any more."""
     return Query(
@@ -307,6 +316,7 @@ def examples() -> dict[str, Query]:
         fingerprint("f" * 32),
         leave_first_mailbox([mid], box),
         leave_mailbox([mid], box),
+        held_by_one([mid]),
         left_empty([mid]),
         expired_messages(1),
         unindexed_messages(10),
