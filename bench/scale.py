@@ -3,7 +3,7 @@
 One receiver (default mailbox cap), one API and the embedded store (`make run`'s store).
 The store is filled through the receiver by Postfix's `smtp-source` (20 clients, 1 KB, one
 connection per message, `-N`: every message to a mailbox of its own) to each size in
-turn (0, 50,000, 200,000 messages; bounded in time: `FLOODGATE_BENCH_SCALE_BUDGET`
+turn (0, 50,000, 200,000 messages; bounded in time: `BENCH_SCALE_BUDGET`
 seconds, default 3,600, then the sizes not reached are left out and the last size measured
 is the one reached). At each size:
 
@@ -68,7 +68,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def budget() -> float:
-    return float(os.environ.get("FLOODGATE_BENCH_SCALE_BUDGET", "3600"))
+    """Seconds the fill may take (not a FLOODGATE_ variable: the services refuse unknown
+    ones, and they inherit the bench's environment)."""
+    return float(os.environ.get("BENCH_SCALE_BUDGET", "3600"))
 
 
 def send(port: int, count: int, to: str, *, distinct: bool = True) -> float:
