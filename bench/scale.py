@@ -16,6 +16,9 @@ is the one reached). At each size:
   each timed in process against the same store, per message removed;
 - bytes on disk per stored message (SQLite's live pages, and the file with its WAL).
 
+At the last size, another sender's time from its final dot to the 250 (one message at a
+time), alone and while 8 readers list a mailbox of 50 as fast as the API answers them.
+
 Last, retention's effect on the file: messages written and expired, then swept, then the
 space handed back (the sweep's compaction), with the file's size after each step.
 """
@@ -28,6 +31,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +156,76 @@ def readers(rig: Rig, stage: int, reads: int) -> dict[str, Any]:
             "list_full": latencies(client, [mailbox.format(full)] * reads),
             "read": latencies(client, [f"/v1/messages/{ids[n % 50]}/raw" for n in range(reads)]),
         }
+
+
+async def _final_dot_to_250(port: int, serial: int) -> float:
+    """One message on a connection of its own; seconds from its final dot to the 250."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+
+        async def reply() -> int:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise ConnectionError("closed")
+                if line[3:4] != b"-":
+                    return int(line[:3])
+
+        await reply()
+        for command in (b"EHLO other.test", b"MAIL FROM:<other@client.test>"):
+            writer.write(command + b"\r\n")
+            await reply()
+        writer.write(f"RCPT TO:<other{serial}@mx.test>\r\nDATA\r\n".encode())
+        await reply()
+        await reply()
+        started = time.perf_counter()
+        writer.write(f"Subject: {serial}\r\n\r\nhello\r\n.\r\n".encode())
+        if await reply() != 250:
+            raise RuntimeError("message refused")
+        took = time.perf_counter() - started
+        writer.write(b"QUIT\r\n")
+        await reply()
+        return took
+    finally:
+        writer.close()
+
+
+def sender_latency(port: int, count: int, offset: int) -> dict[str, float]:
+    """Final dot to 250, p50/p99, for `count` messages sent one after another."""
+
+    async def send_all() -> list[float]:
+        return [await _final_dot_to_250(port, offset + n) for n in range(count)]
+
+    took = [t * 1000 for t in asyncio.run(send_all())]
+    return {"p50_ms": round(median(took), 2), "p99_ms": round(percentile(took, 0.99), 2)}
+
+
+def readers_and_the_mx(rig: Rig, stage: int, count: int) -> dict[str, Any]:
+    """Another sender's final dot to 250 alone, then while 8 readers list a mailbox of 50
+    as fast as the API answers them (the issue's incident: 5 ms became 824 ms)."""
+    alone = sender_latency(rig.smtp_port, count, 0)
+    stop = threading.Event()
+    listed = [0]
+
+    def read() -> None:
+        with httpx.Client(base_url=rig.api_url, timeout=30) as client:
+            while not stop.is_set():
+                client.get(f"/v1/mailboxes/fifty{stage}@mx.test/messages", headers=AUTH)
+                listed[0] += 1
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        started, before = time.perf_counter(), listed[0]
+        loaded = sender_latency(rig.smtp_port, count, count)
+        rate = (listed[0] - before) / (time.perf_counter() - started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return {"alone": alone, "with_readers": loaded, "listings_per_s": round(rate)}
 
 
 def message(rcpt: str) -> MessageDocument:
@@ -302,13 +376,20 @@ def run(quick: bool = False) -> dict[str, Any]:
                 stages.append(row)
                 if reached < target:
                     break  # out of time: the size reached is the last one measured
+            last = len(stages) - 1
+            mx = readers_and_the_mx(rig, last, 50 if quick else 200)
             space = asyncio.run(retention_frees_space(server, 2_000 if quick else 20_000))
         finally:
             check.close()
             for service in services:
                 service.stop()
             server.stop()
-    return {"stages": stages, "retention_space": space, "goals": goals(stages)}
+    return {
+        "stages": stages,
+        "readers_and_the_mx": mx,
+        "retention_space": space,
+        "goals": goals(stages),
+    }
 
 
 def goals(stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -356,6 +437,15 @@ def markdown(result: dict[str, Any]) -> str:
         )
     s, g = result["retention_space"], result["goals"]
     last = result["stages"][-1]["bytes_per_message"]
+    mx = result["readers_and_the_mx"]
+    lines += [
+        "",
+        f"Another sender's final dot to 250 at {result['stages'][-1]['stored']:,} messages, "
+        f"one message at a time: alone p50/p99 {mx['alone']['p50_ms']} / "
+        f"{mx['alone']['p99_ms']} ms; while 8 readers list a mailbox of 50 "
+        f"({mx['listings_per_s']}/s): {mx['with_readers']['p50_ms']} / "
+        f"{mx['with_readers']['p99_ms']} ms.",
+    ]
     lines += [
         "",
         "Bytes per stored message at the last size, by table: "
