@@ -6,6 +6,11 @@ log line per insert and a measurable share of the store's CPU. Warnings still re
 `--trace-sql FILE` (ours, taken off before nx-27017 reads its arguments) appends every SQL
 statement the server runs to FILE, one a line: what the query-plan tests check (each
 statement's `EXPLAIN QUERY PLAN`), and how to see why a query is slow.
+
+Every SQLite connection it opens gets a journal size limit: SQLite keeps its write-ahead
+log at its largest size after a checkpoint unless told otherwise, so a retention sweep
+that freed the database file's pages (`MessageStore.compact`) would leave as much again
+in the log.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ import threading
 from typing import Any, TextIO
 
 TRACE_FLAG = "--trace-sql"
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024  # bytes the write-ahead log keeps after a checkpoint
 
 
 def main() -> None:
     """Run nx-27017 exactly as its own console script would, logging at WARNING."""
     trace = _trace_argument(sys.argv)
-    if trace is not None:
-        _trace_connections(open(trace, "a", buffering=1, encoding="utf-8"))
+    _configure_connections(open(trace, "a", buffering=1, encoding="utf-8") if trace else None)
     from nx_27017.nx_27017 import main as nx_main
 
     original = logging.basicConfig
@@ -45,21 +50,25 @@ def _trace_argument(argv: list[str]) -> str | None:
     return path
 
 
-def _trace_connections(out: TextIO) -> None:
-    """Every SQLite connection opened from now on writes its statements to `out`."""
+def _configure_connections(trace: TextIO | None) -> None:
+    """Every SQLite connection opened from now on gets the journal size limit, and writes
+    its statements to `trace` if given."""
     lock = threading.Lock()
     connect = sqlite3.connect
 
     def write(statement: str) -> None:
+        assert trace is not None
         with lock:
-            out.write(" ".join(statement.split()) + "\n")
+            trace.write(" ".join(statement.split()) + "\n")
 
-    def traced(*args: Any, **kwargs: Any) -> Any:
+    def configured(*args: Any, **kwargs: Any) -> Any:
         connection = connect(*args, **kwargs)
-        connection.set_trace_callback(write)
+        connection.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        if trace is not None:
+            connection.set_trace_callback(write)
         return connection
 
-    setattr(sqlite3, "connect", traced)  # noqa: B010 (mypy: connect is an overload)
+    setattr(sqlite3, "connect", configured)  # noqa: B010 (mypy: connect is an overload)
 
 
 if __name__ == "__main__":
