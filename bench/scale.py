@@ -242,11 +242,29 @@ def message(rcpt: str) -> MessageDocument:
     )
 
 
-async def upkeep(uri: str, stage: int, expiring: int) -> dict[str, Any]:
-    """A trim and a retention sweep timed in process, per message removed."""
+async def store_listings(store: MessageStore, stage: int, reads: int) -> dict[str, Any]:
+    """The store's part of a listing (in process, no API): p50/p99 per mailbox."""
+    found = {}
+    for name, mailbox in (("empty", "nobody"), ("50", "fifty"), ("full", "full")):
+        took = []
+        for _ in range(reads):
+            started = time.perf_counter()
+            await store.list_mailbox(f"{mailbox}{stage}@mx.test")
+            took.append((time.perf_counter() - started) * 1000)
+        found[f"store_list_{name}"] = {
+            "p50_ms": round(median(took), 2),
+            "p99_ms": round(percentile(took, 0.99), 2),
+        }
+    return found
+
+
+async def upkeep(uri: str, stage: int, expiring: int, reads: int) -> dict[str, Any]:
+    """The store's part of the listings, then a trim and a retention sweep timed in
+    process, per message removed."""
     store = await MessageStore.open(StoreConfig(uri=uri, timeout=60))
     brief = await MessageStore.open(StoreConfig(uri=uri, timeout=60, retention=1))
     try:
+        listings = await store_listings(store, stage, reads)
         started = time.perf_counter()
         trimmed = await store.trim_mailbox(f"full{stage}@mx.test", TRIM_KEEP)
         trim_s = time.perf_counter() - started
@@ -260,6 +278,7 @@ async def upkeep(uri: str, stage: int, expiring: int) -> dict[str, Any]:
         if swept < expiring:
             raise RuntimeError(f"{expiring} expired but {swept} swept")
         return {
+            **listings,
             "trimmed": trimmed,
             "trim_us_per_message": round(trim_s / max(1, trimmed) * 1e6),
             "swept": swept,
@@ -304,8 +323,14 @@ def disk(rig: Rig) -> dict[str, Any]:
 
 
 def file_mb(path: Path) -> float:
+    """The database file and its write-ahead log, MB."""
     wal = Path(f"{path}-wal")
     return round((path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)) / 2**20, 1)
+
+
+def wal_mb(path: Path) -> float:
+    wal = Path(f"{path}-wal")
+    return round((wal.stat().st_size if wal.exists() else 0) / 2**20, 1)
 
 
 async def retention_frees_space(store_server: EmbeddedStore, count: int) -> dict[str, Any]:
@@ -330,6 +355,7 @@ async def retention_frees_space(store_server: EmbeddedStore, count: int) -> dict
             "file_mb_written": written,
             "file_mb_swept": after_sweep,
             "file_mb_compacted": file_mb(path),
+            "wal_mb_compacted": wal_mb(path),
             "compact_freed_mb": round(freed / 2**20, 1),
         }
     finally:
@@ -371,7 +397,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                     row["fill_per_s"] = round(filled / (time.perf_counter() - fill_started))
                 row.update(window(rig, stage, QUICK_WINDOW if quick else WINDOW))
                 row.update(readers(rig, stage, QUICK_READS if quick else READS))
-                row.update(asyncio.run(upkeep(uri, stage, QUICK_SWEEP if quick else SWEEP)))
+                reads = QUICK_READS if quick else READS
+                row.update(asyncio.run(upkeep(uri, stage, QUICK_SWEEP if quick else SWEEP, reads)))
                 row.update(disk(rig))
                 stages.append(row)
                 if reached < target:
@@ -396,8 +423,10 @@ def goals(stages: list[dict[str, Any]]) -> dict[str, Any]:
     first, last = stages[0], stages[-1]
     rate = last["stored_per_s"] / max(1, first["stored_per_s"])
     cpu = last["store_cpu_us"] / max(1, first["store_cpu_us"])
+    store_side = [k for k in ("store_list_empty", "store_list_50", "store_list_full") if k in last]
     return {
         "at": last["stored"],
+        "store_listing_p50_ms": max((last[k]["p50_ms"] for k in store_side), default=None),
         "listing_p50_ms": max(last[k]["p50_ms"] for k in ("list_empty", "list_50", "list_full")),
         "listing_met": all(
             last[k]["p50_ms"] <= LISTING_P50_GOAL_MS for k in ("list_empty", "list_50", "list_full")
@@ -419,6 +448,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "### The store at scale (embedded store, filled through the receiver)",
         "",
+        "Listings through the API (HTTP, FastAPI and the summaries included); the store's "
+        "own part, in process, in the second table.",
+        "",
         "| stored | msg/s | receiver CPU µs/msg | store CPU µs/msg | list empty p50/p99 ms "
         "| list 50 p50/p99 ms | list full p50/p99 ms | read p50/p99 ms | trim µs/msg "
         "| sweep µs/msg | bytes/msg (live) | file MB |",
@@ -435,6 +467,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"{pair('list_full')} | {pair('read')} | {r['trim_us_per_message']:,} | "
             f"{r['sweep_us_per_message']:,} | {r['live_bytes_per_message']:,} | {r['file_mb']} |"
         )
+    if "store_list_empty" in result["stages"][0]:
+        lines += [
+            "",
+            "| stored | store: list empty p50/p99 ms | list 50 | list full |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        for r in result["stages"]:
+            cells = [
+                f"{r[k]['p50_ms']} / {r[k]['p99_ms']}"
+                for k in ("store_list_empty", "store_list_50", "store_list_full")
+            ]
+            lines.append(f"| {r['stored']:,} | " + " | ".join(cells) + " |")
     s, g = result["retention_space"], result["goals"]
     last = result["stages"][-1]["bytes_per_message"]
     mx = result["readers_and_the_mx"]
@@ -454,11 +498,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Retention frees space: {s['messages']:,} messages written and expired: file "
         f"{s['file_mb_before']} → {s['file_mb_written']} MB; swept ({s['swept']:,}): "
-        f"{s['file_mb_swept']} MB; compacted: {s['file_mb_compacted']} MB.",
+        f"{s['file_mb_swept']} MB; compacted: {s['file_mb_compacted']} MB (of which "
+        f"{s.get('wal_mb_compacted', '?')} MB write-ahead log).",
         "",
         f"Goals at {g['at']:,} messages against the empty store: listing p50 <= "
-        f"{LISTING_P50_GOAL_MS:g} ms: worst {g['listing_p50_ms']} ms "
-        f"({'met' if g['listing_met'] else 'NOT met'}); stored msg/s >= {RATE_GOAL}x: "
+        f"{LISTING_P50_GOAL_MS:g} ms: worst {g['listing_p50_ms']} ms through the API "
+        f"({'met' if g['listing_met'] else 'NOT met'}; the store's part "
+        f"{g.get('store_listing_p50_ms')} ms); stored msg/s >= {RATE_GOAL}x: "
         f"{g['rate_ratio']}x ({'met' if g['rate_met'] else 'NOT met'}); store CPU/msg <= "
         f"{CPU_GOAL}x: {g['store_cpu_ratio']}x ({'met' if g['store_cpu_met'] else 'NOT met'}); "
         f"trim and sweep per message removed: {g['trim_ratio']}x and {g['sweep_ratio']}x.",
