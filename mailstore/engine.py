@@ -1,12 +1,14 @@
 """Which engine answers: MongoDB, or the embedded nx-27017 (SQLite underneath).
 
-Asked once per store, by `buildInfo` (no privileges needed on MongoDB). Three things
+Asked once per store, by `buildInfo` (no privileges needed on MongoDB). Four things
 differ, and only these: a TTL index is declared only on MongoDB (nx-27017 implements one
 as a comparison of dates over every document, run before every read of the collection);
 space freed by deletes is handed back to the file system only on the embedded store
 (SQLite keeps freed pages in its file; MongoDB's WiredTiger reuses them itself); and
 message bytes are compressed by us only for the embedded store (it keeps them as base64
-text in JSON; WiredTiger compresses its blocks itself).
+text in JSON; WiredTiger compresses its blocks itself); and the embedded store runs one
+command at a time per database (a lock around each), so readers queued there are a wait
+for the receivers' inserts: a process sends it few reads at once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ class Engine(StrEnum):
     def compresses_documents(self) -> bool:
         """Whether the engine compresses what it stores (WiredTiger's block compression)."""
         return self is Engine.MONGODB
+
+    @property
+    def serializes_commands(self) -> bool:
+        """Whether every command waits for the one before it (nx-27017's lock per
+        database), inserts behind reads included."""
+        return self is Engine.EMBEDDED
 
     @property
     def keeps_freed_pages(self) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +38,10 @@ MIGRATE_BATCH = 500  # messages from before the mailbox index given entries per 
 MAX_DOCUMENT = 16 * 1024 * 1024  # MongoDB's maxBsonObjectSize
 # The embedded store hands freed pages back to the file system once this much is free.
 COMPACT_MB = 8
+# Readers' queries one process has in flight on a store that runs one command at a time
+# (the embedded store): an insert then waits behind at most this many, not behind every
+# reader the API is serving.
+READS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,7 @@ class MessageStore:
         self.messages: AsyncCollection[Document] = self.db[MESSAGES]
         self.entries: AsyncCollection[Document] = self.db[ENTRIES]
         self.engine: Engine | None = None  # known once the store has answered
+        self._read_slots = asyncio.Semaphore(READS_IN_FLIGHT)
         self._batcher = InsertBatcher(
             self.messages,
             entries=self.entries,
@@ -207,6 +213,23 @@ class MessageStore:
         mailbox = address.lower()
         floor = id_floor(since.timestamp()) if since is not None else None
         bounds = {"before": before, "after": after, "since": floor}
+        async with self._reading():
+            page, keys = await self._pages(mailbox, limit, bounds)
+            if keys:
+                ids = [message_id_of(k) for k in keys]
+                with pymongo.timeout(self.config.timeout):
+                    listed = await self._find(queries.listed_messages(ids))
+                found = {str(d[K.ID]): d for d in listed}
+                # An entry whose message is gone (a delete under way) lists nothing.
+                page.update((k, found[message_id_of(k)]) for k in keys if message_id_of(k) in found)
+        newest = sorted(page, reverse=True)[:limit]
+        return [MessageDocument.read(page[key]) for key in newest]
+
+    async def _pages(
+        self, mailbox: str, limit: int, bounds: dict[str, str | None]
+    ) -> tuple[dict[str, Document], list[str]]:
+        """A mailbox's newest messages that name it first (by key), and its newest entry
+        keys, both within the bounds."""
         with pymongo.timeout(self.config.timeout):
             page = {
                 str(doc[K.BOX]): doc
@@ -216,13 +239,7 @@ class MessageStore:
                 str(doc[EntryKey.ID])
                 for doc in await self._find(queries.entries_page(mailbox, limit, **bounds))
             ]
-            if keys:
-                ids = [message_id_of(k) for k in keys]
-                found = {str(d[K.ID]): d for d in await self._find(queries.listed_messages(ids))}
-                # An entry whose message is gone (a delete under way) lists nothing.
-                page.update((k, found[message_id_of(k)]) for k in keys if message_id_of(k) in found)
-        newest = sorted(page, reverse=True)[:limit]
-        return [MessageDocument.read(page[key]) for key in newest]
+        return page, keys
 
     async def trim_mailbox(self, address: str, keep: int) -> int:
         """Take `address` off all but its `keep` newest messages (at most `TRIM_BATCH` at a
@@ -277,7 +294,8 @@ class MessageStore:
         return removed
 
     async def get(self, message_id: str) -> MessageDocument | None:
-        found = await self._find_one(queries.message(message_id))
+        async with self._reading():
+            found = await self._find_one(queries.message(message_id))
         return MessageDocument.read(found) if found is not None else None
 
     async def delete(self, message_id: str) -> bool:
@@ -291,6 +309,16 @@ class MessageStore:
                 keys = [entry_key(m, message_id) for m in others]
                 await self._run(queries.entries_by_key(keys))
             return await self._run(queries.delete_message(message_id)) > 0
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """A reader's turn: on a store that runs one command at a time, at most
+        `READS_IN_FLIGHT` of this process's reads at once."""
+        if self.engine is not None and self.engine.serializes_commands:
+            async with self._read_slots:
+                yield
+        else:
+            yield
 
     async def _find(self, query: Query) -> list[Document]:
         cursor = self.db[query.collection].find(query.filter, query.projection)

@@ -11,7 +11,9 @@ from datetime import timedelta
 import pytest
 
 from mailstore import MessageDocument, MessageStore, StoreConfig, new_message_id, utcnow
+from mailstore.engine import Engine
 from mailstore.mailboxes import ENTRIES, entry_key, first_key, past_key
+from mailstore.store import READS_IN_FLIGHT
 from tests.conftest import drop_test_database
 
 
@@ -161,3 +163,23 @@ async def test_expired_messages_and_their_entries_are_swept(store: MessageStore)
         assert await store.entries.count_documents({}) == 1
     finally:
         await quick._batcher.close()
+
+
+async def test_readers_take_turns_on_a_store_that_runs_one_command_at_a_time(
+    store: MessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_flight, most = 0, 0
+
+    async def slow_pages(*args: object) -> tuple[dict[str, object], list[str]]:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return {}, []
+
+    monkeypatch.setattr(store, "_pages", slow_pages)
+    await asyncio.gather(*(store.list_mailbox("busy@mx.test") for _ in range(8)))
+    # nx-27017 holds a lock per database around each command: 8 readers queued there
+    # would be 8 listings ahead of every insert. MongoDB serves them side by side.
+    assert most == (READS_IN_FLIGHT if store.engine is Engine.EMBEDDED else 8)
