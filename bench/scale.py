@@ -342,9 +342,10 @@ async def retention_frees_space(store_server: EmbeddedStore, count: int) -> dict
     """Write `count` messages that expire at once, sweep them, and hand the space back.
 
     The sweep's deletes are copied into nx-27017's change-stream table while the API
-    follows the stream; the stream drops the copies it has passed a moment later, and
-    only then are their pages free too: the compaction runs after that moment, as the
-    next sweep's would."""
+    follows the stream, which works through them at most 101 per poll (its polls are 0.1 s
+    apart when nothing it wants arrives) and then drops them; only then are their pages
+    free too. The compaction runs one sweep interval (30 s) later, as the next sweep's
+    would."""
     uri, path = store_server.uri, store_server.database_path
     store = await MessageStore.open(StoreConfig(uri=uri, timeout=120))
     brief = await MessageStore.open(StoreConfig(uri=uri, timeout=120, retention=1))
@@ -357,7 +358,7 @@ async def retention_frees_space(store_server: EmbeddedStore, count: int) -> dict
         await asyncio.sleep(2.1)
         swept = await sweep(store)
         after_sweep = file_mb(path)
-        await asyncio.sleep(5)  # the API's change stream drops the copies it has passed
+        await asyncio.sleep(30)  # the API's change stream works through the copies
         freed = await store.compact()
         return {
             "messages": count,
