@@ -1,6 +1,7 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth, cost.
+Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth,
+cost, scale.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
 bench/results).
 """
@@ -25,6 +26,7 @@ from bench import (
     cost,
     push,
     render,
+    scale,
     screen,
     spool,
     throughput,
@@ -44,6 +46,7 @@ SUITES: dict[str, ModuleType] = {
     "workers": workers,
     "auth": auth,
     "cost": cost,
+    "scale": scale,
 }
 
 

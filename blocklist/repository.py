@@ -36,6 +36,7 @@ AUDIT_COLLECTION = "blocklist_audit"
 ALLOWLIST = "allowlist"
 ALLOWLIST_AUDIT = "allowlist_audit"
 EXPIRY_INDEX = "expiry"
+SOURCE_INDEX = "source"
 AUDIT_RETENTION = timedelta(days=400)
 MAX_BULK = 10_000
 BULK_CHUNK = 500  # entries per write of a bulk add
@@ -87,6 +88,9 @@ class BlocklistRepository:
                 expireAfterSeconds=int(AUDIT_RETENTION.total_seconds()),
             )
             await self.audit.create_index([("cidr", ASCENDING), ("at", DESCENDING)], name="cidr")
+            # Lifting or removing the automatic bans (`remove_covered`, `remove_by_source`)
+            # reads by source: without an index, every entry on either store.
+            await self.entries.create_index([("source", ASCENDING)], name=SOURCE_INDEX)
 
     async def add(self, entry: Entry, actor: str) -> tuple[Entry, bool]:
         """Insert or update (reason, expiry, source); return the stored entry and `created`."""

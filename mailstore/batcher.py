@@ -3,7 +3,9 @@
 Documents arrive already BSON-encoded (see `mailstore.store`), so nothing in a batch can
 fail to encode: one bad message never costs its neighbours a 451. Each caller still waits
 for its own document to be durable (write concern majority + journal) and learns its own
-outcome. Everything is bounded: the number of documents whose fate is unknown, the batch
+outcome. A message's mailbox entries (mailstore.mailboxes) are written after the batch's
+messages, in one more `insert_many`, before anyone hears that the message is stored.
+Everything is bounded: the number of documents whose fate is unknown, the batch
 size, the batches in flight, and the time a caller waits.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import pymongo
@@ -22,6 +25,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from mailstore.errors import StoreBusy, StoreError, StoreTimeout, cause
 
 DUPLICATE_KEY = 11000
+Item = tuple[RawBSONDocument, Sequence[RawBSONDocument], "asyncio.Future[bool]"]
 
 
 class Report(Protocol):
@@ -38,6 +42,7 @@ class InsertBatcher:
         self,
         collection: AsyncCollection[dict[str, Any]],
         *,
+        entries: AsyncCollection[dict[str, Any]] | None = None,
         timeout: float,
         max_pending: int,
         max_batch: int = 256,
@@ -45,12 +50,13 @@ class InsertBatcher:
         report: Report | None = None,
     ) -> None:
         self._collection = collection
+        self._entries = entries
         self._report = report
         self._timeout = timeout
         self._max_pending = max_pending
         self._max_batch = max_batch
         self._slots = asyncio.Semaphore(max_batches_in_flight)
-        self._queue: deque[tuple[RawBSONDocument, asyncio.Future[bool]]] = deque()
+        self._queue: deque[Item] = deque()
         self._wakeup = asyncio.Event()
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -75,20 +81,22 @@ class InsertBatcher:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         while self._queue:
-            _, future = self._queue.popleft()
+            _, _, future = self._queue.popleft()
             if not future.done():
                 future.set_exception(StoreError("store shutting down"))
 
-    async def insert(self, document: RawBSONDocument) -> bool:
-        """Return once `document` is durable: True, or False when a document with its
-        fingerprint is (the same message, stored before). Raise StoreError (or a subclass)
-        otherwise."""
+    async def insert(
+        self, document: RawBSONDocument, entries: Sequence[RawBSONDocument] = ()
+    ) -> bool:
+        """Return once `document` and its `entries` are durable: True, or False when a
+        document with its fingerprint is (the same message, stored before; its entries are
+        then not written). Raise StoreError (or a subclass) otherwise."""
         if self._pending >= self._max_pending:
             raise StoreBusy(f"{self._pending} inserts pending")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending += 1
         future.add_done_callback(self._release)
-        self._queue.append((document, future))
+        self._queue.append((document, entries, future))
         self._wakeup.set()
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._timeout)
@@ -121,17 +129,21 @@ class InsertBatcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, batch: list[tuple[RawBSONDocument, asyncio.Future[bool]]]) -> None:
+    async def _write(self, batch: list[Item]) -> None:
         copies: set[int] = set()
         try:
-            failed, copies, reason = await self._insert_many([doc for doc, _ in batch])
+            failed, copies, reason = await self._insert_many([doc for doc, _, _ in batch])
+            indexed = [i for i in range(len(batch)) if i not in failed and i not in copies]
+            lost = await self._insert_entries([e for i in indexed for e in batch[i][1]])
+            if lost:
+                failed, reason = failed | set(indexed), lost
         except Exception as error:  # every failure of the batch is a 451 for its members
             failed, reason = set(range(len(batch))), cause(error, self._timeout)
         finally:
             self._slots.release()
         if failed and self._report is not None:
             self._report("store_insert_failed", size=len(batch), failed=len(failed), error=reason)
-        for index, (_, future) in enumerate(batch):
+        for index, (_, _, future) in enumerate(batch):
             if future.done():
                 continue
             if index in failed:
@@ -170,6 +182,25 @@ class InsertBatcher:
         except PyMongoError as error:
             return everything, set(), cause(error, self._timeout)
         return set(), set(), ""
+
+    async def _insert_entries(self, entries: list[RawBSONDocument]) -> str:
+        """Write mailbox entries; "" when all are durable (an entry stored before, by a
+        retry of the same message, is), else why not."""
+        if not entries or self._entries is None:
+            return ""
+        try:
+            with pymongo.timeout(self._timeout):
+                await self._entries.insert_many(entries, ordered=False)
+        except BulkWriteError as error:
+            details = error.details
+            for concern in details.get("writeConcernErrors", []):
+                return cause(WriteError(concern), self._timeout)
+            for write_error in details.get("writeErrors", []):
+                if write_error.get("code") != DUPLICATE_KEY:
+                    return cause(WriteError(write_error), self._timeout)
+        except PyMongoError as error:
+            return cause(error, self._timeout)
+        return ""
 
 
 def _on_fingerprint(write_error: dict[str, Any]) -> bool:

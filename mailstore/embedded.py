@@ -37,6 +37,7 @@ class EmbeddedStore:
     directory: Path
     host: str = "127.0.0.1"
     port: int = 0
+    trace_sql: Path | None = None  # every SQL statement the server runs, appended here
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -64,7 +65,7 @@ class EmbeddedStore:
             "-m",
             "mailstore._nxserver",
             "--db",
-            str(self.directory / "floodgate.db"),
+            str(self.database_path),
             "--host",
             self.host,
             "--port",
@@ -75,6 +76,8 @@ class EmbeddedStore:
             "--log-file",
             str(self.log_path),
         ]
+        if self.trace_sql is not None:
+            command += ["--trace-sql", str(self.trace_sql)]
         stdio = open(self.directory / "nx-27017.stdio", "ab")
         try:
             return subprocess.Popen(
@@ -86,6 +89,11 @@ class EmbeddedStore:
             )
         finally:
             stdio.close()
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file that holds every collection."""
+        return self.directory / "floodgate.db"
 
     @property
     def log_path(self) -> Path:

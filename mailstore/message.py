@@ -16,19 +16,31 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+import zstandard
+
 
 class MessageKey(StrEnum):
     """The keys of a stored message document (queries and projections use these)."""
 
     ID = "_id"
     RAW = "raw"
+    # The bytes compressed (a zstd frame), in place of `raw`, where the store compresses
+    # them (mailstore.documents); readers get `raw` back either way.
+    RAW_ZSTD = "raw_zstd"
     RECEIVED_HEADER = "received_header"
     MAIL_FROM = "mail_from"
     RCPT = "rcpt"
     PEER_IP = "peer_ip"
     HELO = "helo"
     RECEIVED_AT = "received_at"
-    EXPIRES_AT = "expires_at"
+    EXPIRES_AT = "expires_at"  # a date: MongoDB's TTL index
+    # The same instant in whole POSIX seconds, set by the store: what the retention sweep
+    # ranges over. Dates are not index-comparable on the embedded store (see
+    # mailstore.queries); a number is, on every store.
+    EXPIRY = "expiry"
+    # The first mailbox's index key (mailstore.mailboxes), set by the store; gone once the
+    # message has left that mailbox.
+    BOX = "box"
     SIZE = "size"
     HEADERS = "headers"
     TLS = "tls"
@@ -110,6 +122,8 @@ class MessageDocument:
         `KeyError` only when `_id` is missing.
         """
         raw = document.get(MessageKey.RAW)
+        if raw is None:
+            raw = _decompressed(document.get(MessageKey.RAW_ZSTD), document.get(MessageKey.SIZE))
         headers = document.get(MessageKey.HEADERS)
         tls = document.get(MessageKey.TLS)
         auth = document.get(MessageKey.AUTH)
@@ -138,6 +152,17 @@ class MessageDocument:
             auth=dict(auth) if isinstance(auth, dict) else None,
             size=size if isinstance(size, int) and size >= 0 else -1,
         )
+
+
+def _decompressed(frame: object, size: object) -> bytes | None:
+    """The bytes of a zstd frame of our own, never more than the size stored beside it."""
+    if not isinstance(frame, bytes | bytearray) or not isinstance(size, int) or size < 0:
+        return None
+    # Our frames record their size (zstd's content size), and the decompressor believes
+    # it over any bound given: compare it with the size stored first.
+    if zstandard.frame_content_size(bytes(frame)) != size:
+        raise ValueError("compressed bytes do not match the stored size")
+    return zstandard.ZstdDecompressor().decompress(bytes(frame))
 
 
 def _bytes(value: object) -> bytes:

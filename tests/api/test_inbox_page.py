@@ -20,7 +20,7 @@ import pytest
 from pymongo import MongoClient
 
 from mailstore import new_message_id
-from mailstore.documents import to_document
+from mailstore.documents import entries_of, to_document
 from mailstore.headers import scan_headers
 from mailstore.message import MessageDocument
 from mailstore.store import MESSAGES
@@ -386,6 +386,7 @@ def _store_with_auth(mongo: MongoClient[dict[str, object]], db: str, mailbox: st
         "arc": {"result": "none", "reason": "no ARC set"},
     }
     mongo[db][MESSAGES].insert_one(document)
+    assert entries_of(document) == []  # one mailbox: its key is in the document itself
     return incoming.id
 
 

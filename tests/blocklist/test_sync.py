@@ -184,3 +184,4 @@ async def test_repository_add_is_idempotent_and_audited(db: Any) -> None:
     assert [h["actor"] for h in history] == ["op3", "op2", "op1"]
     indexes = await db[COLLECTION].index_information()
     assert any(v.get("expireAfterSeconds") == 0 for v in indexes.values())
+    assert any(v["key"] == [("source", 1)] for v in indexes.values())

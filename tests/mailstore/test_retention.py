@@ -1,15 +1,19 @@
-"""Retention on the embedded store, which expires mail only lazily, when the collection is
-read: the receivers' sweeper deletes expired mail with nobody reading, counts it, one
-sweeper at a time."""
+"""Retention on the embedded store, which has no TTL index (its TTL is a scan of every
+document before each read): the receivers' sweeper deletes expired mail with nobody
+reading, counts it, one sweeper at a time, and the file gives the space back."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 from pymongo import AsyncMongoClient, MongoClient
 
+from mailstore import MessageDocument, MessageStore, StoreConfig, new_message_id
+from mailstore._nxserver import JOURNAL_SIZE_LIMIT
 from mailstore.embedded import EmbeddedStore
 from mailstore.message import utcnow
 from mailstore.retention import acquire_lease
@@ -75,3 +79,36 @@ async def test_one_sweeper_holds_the_lease_until_it_expires(store_uri: str, db_n
         assert not await acquire_lease(db, "receiver a", 60)
     finally:
         await client.close()
+
+
+async def test_swept_mail_gives_its_space_back_to_the_file_system(tmp_path: Path) -> None:
+    server = EmbeddedStore(tmp_path / "space-store")
+    uri = server.start()
+    database, log = server.database_path, Path(f"{server.database_path}-wal")
+    store = await MessageStore.open(StoreConfig(uri=uri, timeout=60))
+    brief = await MessageStore.open(StoreConfig(uri=uri, timeout=60, retention=1))
+    try:
+        incompressible = [
+            MessageDocument(
+                id=new_message_id(),
+                raw=b"Subject: x\r\n\r\n" + os.urandom(3000),
+                mail_from="a@example.org",
+                rcpt=(f"u{n}@mx.test",),
+                peer_ip="192.0.2.1",
+                helo="client.test",
+                received_at=utcnow(),
+            )
+            for n in range(3000)
+        ]
+        for start in range(0, len(incompressible), 500):
+            await asyncio.gather(*(brief.insert(m) for m in incompressible[start : start + 500]))
+        written = database.stat().st_size
+        assert written > 10 * 2**20
+        await asyncio.sleep(2.1)
+        assert await store.sweep_expired("space", 60) == 3000
+        assert database.stat().st_size < written / 10
+        assert log.stat().st_size <= JOURNAL_SIZE_LIMIT
+    finally:
+        await brief.close()
+        await store.close()
+        server.stop()

@@ -7,6 +7,7 @@ from typing import Any
 
 from pymongo import MongoClient
 
+from mailstore import MessageDocument
 from tests.conftest import ServiceFactory
 from tests.support.metrics import sample
 from tests.support.smtp import RawClient
@@ -23,7 +24,8 @@ def open_data(client: RawClient, rcpt: str) -> None:
 
 
 def stored_raw(mongo: MongoClient[dict[str, Any]], db: str, rcpt: str) -> list[bytes]:
-    return [bytes(doc["raw"]) for doc in mongo[db]["messages"].find({"rcpt": rcpt})]
+    found = mongo[db]["messages"].find({"rcpt": rcpt})
+    return [MessageDocument.read(doc).raw for doc in found]  # compressed or not
 
 
 def test_every_malformed_ending_is_refused_with_521_and_nothing_stored(
