@@ -1,22 +1,21 @@
 """Render jobs in worker processes: bounded in memory, time and concurrency.
 
-Each job runs in a worker process (`api.renderworker`) that limits its own address space;
-at the deadline the worker is killed, so the work really stops (a thread cannot be), and a
-fresh one takes its place. Two lanes: one worker for small messages, so everyday mail
-renders at once whatever big messages are doing, and `render_workers` for the rest. A lane
-starts its workers at its first job, not with the API: an API nobody reads from runs no
-worker, and the first job waits for the start (not counted against its deadline). A lane
-lets at most `render_queue` jobs wait; one more is `Busy` (the API says 503). A job that
-failed (deadline, memory, a crashed worker) leaves a verdict under its key, so asking again
-answers at once instead of starting the same work; the same job asked for while running
-is run once.
+Each job runs in a worker process (`api.renderworker`, a `processes.FramedChild`) that
+limits its own address space; at the deadline the worker is killed, so the work really stops
+(a thread cannot be), and a fresh one takes its place. Two lanes: one worker for small
+messages, so everyday mail renders at once whatever big messages are doing, and
+`render_workers` for the rest. A lane starts its workers at its first job, not with the API:
+an API nobody reads from runs no worker, and the first job waits for the start (not counted
+against its deadline). A lane lets at most `render_queue` jobs wait; one more is `Busy` (the
+API says 503). A job that failed (deadline, memory, a crashed worker) leaves a verdict under
+its key, so asking again answers at once instead of starting the same work; the same job
+asked for while running is run once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 from collections import OrderedDict
@@ -26,14 +25,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
+import processes
 from api.charsets import clean_all
 from api.limits import ApiLimits
+from processes import FramedChild, ProcessGone
 
 log = logging.getLogger("floodgate.api")
 
 SMALL_MESSAGE = 64 * 1024  # bytes: rendered in the small lane
 VERDICTS = 4_096  # failed jobs remembered (a few hundred bytes each)
-RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker cannot start
 WORKER = ("-m", "api.renderworker")
 
 
@@ -51,47 +51,6 @@ class Outcome:
     lasting: bool = True  # a failure that says something about the message (cached)
 
 
-class _Worker:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, command: Sequence[str]) -> _Worker:
-        process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        worker = cls(process)
-        try:
-            await worker.read()  # {"ready": true} once it has imported and limited itself
-        except BaseException:
-            await worker.kill()
-            raise
-        return worker
-
-    async def ask(self, head: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
-        assert self.process.stdin is not None
-        encoded = json.dumps(head).encode()
-        self.process.stdin.write(len(encoded).to_bytes(4, "big") + encoded)
-        self.process.stdin.write(len(body).to_bytes(4, "big") + body)
-        await self.process.stdin.drain()
-        return await self.read()
-
-    async def read(self) -> tuple[dict[str, Any], bytes]:
-        stdout = self.process.stdout
-        assert stdout is not None
-        head = json.loads(await stdout.readexactly(int.from_bytes(await stdout.readexactly(4))))
-        body = await stdout.readexactly(int.from_bytes(await stdout.readexactly(4)))
-        return head, body
-
-    async def kill(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        await self.process.wait()
-
-
 class Lane:
     """`size` workers, started at the first job, and a queue of at most `queue` waiting jobs."""
 
@@ -101,8 +60,8 @@ class Lane:
         self.name, self.command, self.size = name, tuple(command), size
         self.queue, self.seconds = queue, seconds
         self.waiting = 0
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
-        self._all: set[_Worker] = set()
+        self._idle: asyncio.Queue[FramedChild] = asyncio.Queue()
+        self._all: set[FramedChild] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.started = False
         self.closed = False
@@ -125,13 +84,13 @@ class Lane:
     async def _spawn(self) -> None:
         while not self.closed:
             try:
-                worker = await _Worker.start(self.command)
-            except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+                worker = await FramedChild.start(self.command)
+            except (OSError, ProcessGone, ValueError, TimeoutError) as error:
                 log.error("event=render_worker_failed_to_start error=%s", type(error).__name__)
-                await asyncio.sleep(RESPAWN_PAUSE)
+                await asyncio.sleep(processes.RESTART_POLICY.delay)
                 continue
             if self.closed:
-                await worker.kill()
+                await _end(worker)
                 return
             self._all.add(worker)
             self._idle.put_nowait(worker)
@@ -156,9 +115,9 @@ class Lane:
             worker = await self._idle.get()
         finally:
             self.waiting -= 1
-        if worker.process.returncode is not None:
+        if not worker.alive:
             self._all.discard(worker)
-            await asyncio.shield(worker.kill())
+            await _end(worker)
             if not self.closed:
                 self._replace()
             return None
@@ -172,10 +131,7 @@ class Lane:
         except TimeoutError:
             log.warning("event=render_deadline lane=%s seconds=%g", self.name, self.seconds)
             return Outcome({}, failure=f"rendering took longer than {self.seconds:g}s")
-        except (BrokenPipeError, ConnectionResetError):
-            log.warning("event=render_worker_gone lane=%s", self.name)
-            return None  # it died before reading the job: not this message's doing
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        except (ProcessGone, ConnectionError, ValueError):
             log.warning("event=render_worker_died lane=%s", self.name)
             return Outcome({}, failure="the render worker failed (out of memory?)")
         finally:
@@ -183,7 +139,7 @@ class Lane:
                 self._idle.put_nowait(worker)
             else:
                 self._all.discard(worker)
-                await asyncio.shield(worker.kill())
+                await _end(worker)
                 if not self.closed:
                     self._replace()
 
@@ -192,9 +148,18 @@ class Lane:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for worker in list(self._all):
+        workers, self._all = list(self._all), set()
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
             with contextlib.suppress(Exception):
-                await worker.kill()
+                await worker.wait()
+
+
+async def _end(worker: FramedChild) -> None:
+    """Kill `worker` and reap it (shielded: a caller that goes away still reaps it)."""
+    worker.kill()
+    await asyncio.shield(worker.wait())
 
 
 def _counter(lane: Lane) -> Callable[[], float]:

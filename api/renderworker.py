@@ -1,7 +1,7 @@
 """A render worker process: `python -m api.renderworker MEMORY_BYTES`.
 
-Reads jobs from stdin and writes answers to stdout, one at a time, as frames (see
-`write_frame`): a JSON head and a binary body. It sets its own address-space limit first
+Reads jobs from stdin and writes answers to stdout, one at a time, as `processes.framed`
+messages: a JSON head and a binary body. It sets its own address-space limit first
 (RLIMIT_AS: what it may map beyond what it holds after start-up), so a message that needs
 more memory fails here with MemoryError, or kills only this process; the API kills it at
 the deadline (`api.renderpool`). After a job that left it large, it exits once it has
@@ -12,38 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import resource
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from api import links, render
+from processes.framed import read_message, write_message
 
 Job = Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]
 RECYCLE_GROWTH = 32 * 1024 * 1024  # resident bytes gained past which a worker retires
 _PAGE = resource.getpagesize()
-
-
-def write_frame(stream: BinaryIO, head: dict[str, Any], body: bytes = b"") -> None:
-    """Frame: 4-byte head length, head (JSON), 4-byte body length, body (big-endian)."""
-    # ASCII JSON: a stray surrogate is escaped, never an encoding error here.
-    encoded = json.dumps(head).encode("ascii")
-    stream.write(len(encoded).to_bytes(4, "big") + encoded + len(body).to_bytes(4, "big"))
-    stream.write(body)
-    stream.flush()
-
-
-def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
-    """The next frame, or None at end of input."""
-    size = stream.read(4)
-    if len(size) < 4:
-        return None
-    head = json.loads(stream.read(int.from_bytes(size, "big")))
-    body = stream.read(int.from_bytes(stream.read(4), "big"))
-    return head, body
 
 
 def view(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
@@ -96,8 +77,8 @@ def serve(jobs: dict[str, Job], memory: int) -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the pipe
     baseline = resident()
-    write_frame(stdout, {"ready": True})
-    while (frame := read_frame(stdin)) is not None:
+    write_message(stdout, {"ready": True})
+    while (frame := read_message(stdin)) is not None:
         head, body = frame
         try:
             answer, data = jobs[head["job"]](head, body)
@@ -105,7 +86,7 @@ def serve(jobs: dict[str, Job], memory: int) -> None:
             answer, data = {"failed": "needs more memory than a render may use"}, b""
         del body, frame
         retire = resident() - baseline > RECYCLE_GROWTH
-        write_frame(stdout, {**answer, "retire": retire}, data)
+        write_message(stdout, {**answer, "retire": retire}, data)
         if retire:
             return
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO, cast
 
 Message = tuple[dict[str, Any], bytes]
+REAP_WITHIN = 5.0  # seconds a killed child is waited for
 MAX_HEAD = 1 << 20  # a head is a small JSON object; anything longer is a broken child
 
 
@@ -101,8 +102,14 @@ class FramedChild:
                 raise ProcessGone("the child did not say it was ready")
         except BaseException:
             child.kill()
+            with contextlib.suppress(BaseException):  # reaped, even by a cancelled caller
+                await asyncio.wait_for(asyncio.shield(child.wait()), REAP_WITHIN)
             raise
         return child
+
+    @property
+    def pid(self) -> int:
+        return self.transport.get_pid()
 
     @property
     def load(self) -> int:

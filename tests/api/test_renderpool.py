@@ -37,7 +37,7 @@ async def pool() -> AsyncIterator[RenderPool]:
 
 def worker_pids(pool: RenderPool) -> set[int]:
     lanes = (pool.small, pool.general)
-    return {worker.process.pid for lane in lanes for worker in lane._all}
+    return {worker.pid for lane in lanes for worker in lane._all}
 
 
 async def test_no_worker_runs_before_a_lanes_first_job_and_that_job_is_answered() -> None:
@@ -86,7 +86,7 @@ async def test_a_worker_that_died_while_idle_costs_the_next_job_nothing(
     pool: RenderPool,
 ) -> None:
     await pool.run("warm", {"job": "echo"}, BIG)
-    [pid] = {worker.process.pid for worker in pool.general._all}
+    [pid] = {worker.pid for worker in pool.general._all}
     os.kill(pid, 9)  # dead while idle: the next job must not be blamed for it
     await asyncio.sleep(0.2)
     answer = await asyncio.wait_for(pool.run("m3/echo", {"job": "echo"}, BIG), 10)

@@ -1,119 +1,39 @@
 """Signature verification off the event loop: worker processes, a bounded queue.
 
-RSA and ed25519 verification and the canonicalization and hashing of a body are CPU work
-a sender controls (size, number of signatures): they run in worker processes
+RSA and ed25519 verification and the canonicalization and hashing of a body are CPU work a
+sender controls (size, number of signatures): they run in worker processes
 (`receiver.intake.authcheck.worker`), never on the loop. The workers start at the first job,
 not with the receiver: a receiver that is never sent a signature runs none, and the first
 jobs wait for the start (within their callers' deadlines; the start goes on if those pass).
 At most `queue` verifications wait or run at once; one more gets `None` at once (a
 temperror), never a wait.
 
-Jobs are pipelined: each goes down the pipe of the worker with the fewest in flight at
-once, and the worker answers them in order, one frame each. A worker woken once works
-through every job queued meanwhile, and the answers come back together, so messages
-reach the store together (in one insert) rather than one per wake-up of a process. A
-caller that stops waiting (its deadline) leaves its answer to be dropped when it comes;
-a worker whose oldest job has been out longer than `stuck_after` is killed and replaced,
-so the work really stops, and the jobs behind it end as failures (temperror).
+The workers are `processes.FramedChild`ren. Jobs are pipelined: each goes down the pipe of
+the worker with the fewest in flight at once, and the worker answers them in order, one
+frame each. A worker woken once works through every job queued meanwhile, and the answers
+come back together, so messages reach the store together (in one insert) rather than one per
+wake-up of a process. A caller that stops waiting (its deadline) leaves its answer to be
+dropped when it comes; a worker whose oldest job has been out longer than `stuck_after` is
+killed and replaced, so the work really stops, and the jobs behind it end as failures
+(temperror).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
+import processes
+from processes import FramedChild, ProcessGone
 from receiver.telemetry.events import emit
 
 __all__ = ["Verifier"]
 
 COMMAND = (sys.executable, "-m", "receiver.intake.authcheck.worker")
-RESPAWN_PAUSE = 1.0  # seconds between attempts when a worker fails to start
-
-
-class _Pipe(asyncio.SubprocessProtocol):
-    """A worker's stdout, cut into frames; frames answer the jobs in the order sent."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.pending: collections.deque[tuple[asyncio.Future[bytes], float]] = collections.deque()
-        self.exited = False
-        self.gone = asyncio.Event()
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= 4 and self.pending:
-            size = int.from_bytes(self.buffer[:4], "big")
-            if len(self.buffer) < 4 + size:
-                return
-            frame = bytes(self.buffer[4 : 4 + size])
-            del self.buffer[: 4 + size]
-            future, _ = self.pending.popleft()
-            if not future.done():  # a caller past its deadline: nobody to tell
-                future.set_result(frame)
-
-    def process_exited(self) -> None:
-        self.exited = True
-        self.gone.set()
-        while self.pending:
-            future, _ = self.pending.popleft()
-            if not future.done():
-                future.set_exception(EOFError("the worker exited"))
-
-
-class _Worker:
-    def __init__(self, transport: asyncio.SubprocessTransport, pipe: _Pipe) -> None:
-        self.transport = transport
-        self.pipe = pipe
-
-    @classmethod
-    async def start(cls) -> _Worker:
-        loop = asyncio.get_running_loop()
-        transport, pipe = await loop.subprocess_exec(_Pipe, *COMMAND, stderr=None)
-        worker = cls(transport, pipe)
-        try:
-            await worker._expect()  # {"ready": true} once dkimpy is imported
-        except BaseException:
-            worker.kill()
-            raise
-        return worker
-
-    @property
-    def load(self) -> int:
-        return len(self.pipe.pending)
-
-    def oldest(self) -> float:
-        """Since when the oldest job in flight is out (inf: none)."""
-        return self.pipe.pending[0][1] if self.pipe.pending else float("inf")
-
-    def _expect(self) -> asyncio.Future[bytes]:
-        if self.pipe.exited:
-            raise EOFError("the worker exited")
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.pipe.pending.append((future, time.monotonic()))
-        return future
-
-    async def ask(self, job: dict[str, Any], raw: bytes) -> dict[str, Any]:
-        answer = self._expect()
-        # uvloop's pipe transports are write transports without asyncio's base classes.
-        stdin = cast(asyncio.WriteTransport, self.transport.get_pipe_transport(0))
-        head = json.dumps(job).encode()
-        stdin.write(len(head).to_bytes(4, "big") + head + len(raw).to_bytes(4, "big") + raw)
-        result: dict[str, Any] = json.loads(await answer)
-        return result
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.transport.kill()
-        self.transport.close()
-
-    async def wait(self) -> None:
-        await self.pipe.gone.wait()
 
 
 class Verifier:
@@ -124,13 +44,18 @@ class Verifier:
         self.queue = queue
         self.stuck_after = stuck_after
         self.busy = 0
-        self._all: list[_Worker] = []
+        self._all: list[FramedChild] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: asyncio.Task[None] | None = None
         self.closed = False
 
-    async def start(self) -> None:
-        """Nothing to do yet: the workers start at the first job (see `verify`)."""
+    async def start(self, now: bool = False) -> None:
+        """Nothing to do yet: the workers start at the first job (see `verify`); with
+        `now`, every worker is started and up when this returns."""
+        if now and self._starting is None:
+            self._starting = self._track(self._start_all())
+        if now and self._starting is not None:
+            await asyncio.wait({self._starting})
 
     async def _start_all(self) -> None:
         await asyncio.gather(*(self._replace() for _ in range(self.workers)))
@@ -156,8 +81,8 @@ class Verifier:
         worker = min(self._all, key=lambda w: w.load)
         self.busy += 1
         try:
-            answer = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
-        except (OSError, EOFError, ValueError) as error:
+            answer, _ = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
+        except (OSError, ProcessGone, ValueError) as error:
             emit("auth_worker_failed", error=type(error).__name__)
             self._retire(worker)
             return None
@@ -171,10 +96,11 @@ class Verifier:
             {"arc": tuple(answer["arc"])} if "arc" in answer else {}
         )
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: FramedChild) -> None:
         if worker not in self._all:
             return  # retired already (its other jobs fail with it)
         worker.kill()
+        self._track(worker.wait())  # reaped
         self._all.remove(worker)
         if not self.closed:
             self._track(self._replace())
@@ -189,9 +115,9 @@ class Verifier:
     async def _replace(self) -> None:
         while not self.closed:
             try:
-                worker = await _Worker.start()
-            except (OSError, EOFError, ValueError):
-                await asyncio.sleep(RESPAWN_PAUSE)
+                worker = await FramedChild.start(COMMAND)
+            except (OSError, ProcessGone, ValueError, TimeoutError):
+                await asyncio.sleep(processes.RESTART_POLICY.delay)
                 continue
             if self.closed:
                 worker.kill()
