@@ -78,6 +78,12 @@ def intervals(settings: Settings) -> Intervals:
     return Intervals(**{name: getattr(settings, name) for name in Intervals.__dataclass_fields__})
 
 
+def auth_workers_per_process(receivers: int, cores: int | None = None) -> int:
+    """Verification workers per receiver process by default: the host's cores shared
+    among its receiver processes, at least one each (they start at the first signature)."""
+    return max(1, (cores or os.cpu_count() or 1) // receivers)
+
+
 def auth_config(settings: Settings) -> AuthConfig | None:
     if not settings.auth_checks:
         return None
@@ -85,7 +91,7 @@ def auth_config(settings: Settings) -> AuthConfig | None:
         authserv_id=settings.smtp_hostname,
         timeout=settings.auth_timeout,
         dns_timeout=settings.auth_dns_timeout,
-        workers=settings.auth_workers,
+        workers=settings.auth_workers or auth_workers_per_process(settings.workers),
         queue=settings.auth_queue,
         cache_size=settings.auth_cache_size,
         cache_ttl=settings.auth_cache_ttl,

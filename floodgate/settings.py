@@ -247,7 +247,8 @@ class Settings(BaseSettings):
     auth_checks: bool = False
     auth_timeout: float = Field(2.0, gt=0, le=30)  # after the final dot, per message
     auth_dns_timeout: float = Field(1.0, gt=0, le=10)  # one lookup
-    auth_workers: int = Field(1, ge=1, le=64)
+    # 0: one per core the host's receiver processes share (at least 1 per process).
+    auth_workers: int = Field(0, ge=0, le=64)
     auth_queue: int = Field(64, ge=1, le=100_000)
     auth_cache_size: int = Field(10_000, ge=1, le=10_000_000)
     auth_cache_ttl: float = Field(300.0, ge=1, le=86_400)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from floodgate.receiver_app import dns_servers, screen_config
+from floodgate.receiver_app import auth_workers_per_process, dns_servers, screen_config
 from floodgate.settings import Settings, SettingsError, host_name, load
 from receiver.limits import DEFAULTS, RANGES, Limits
 from tests.support.processes import clean_environ, free_port
@@ -264,3 +264,10 @@ def test_a_listen_address_must_be_an_address_so_a_placeholder_left_is_named(
     assert "'THIS_HOST_ADDRESS' is not an IP address" in refused.value.problems[0]
     every = load({}, data_dir=tmp_path, smtp_listen="0.0.0.0:25", api_listen="[::1]:8025")
     assert (every.smtp_listen, every.api_listen) == ("0.0.0.0:25", "[::1]:8025")
+
+
+def test_verification_workers_default_to_the_cores_the_receiver_processes_share() -> None:
+    assert auth_workers_per_process(1, cores=8) == 8
+    assert auth_workers_per_process(2, cores=8) == 4
+    assert auth_workers_per_process(4, cores=2) == 1  # never none
+    assert Settings().auth_workers == 0  # automatic unless set

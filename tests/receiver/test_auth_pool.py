@@ -61,7 +61,9 @@ async def test_past_the_queue_a_job_is_refused_at_once() -> None:
     verifier = Verifier(workers=1, queue=2)
     await verifier.start()
     try:
-        jobs = [verifier.verify(signed(), KEYS, [(0, NAME)], False) for _ in range(3)]
+        jobs = [
+            verifier.verify(signed(), KEYS, [(0, NAME)], False, f"192.0.2.{n}") for n in range(3)
+        ]
         tasks = [asyncio.ensure_future(job) for job in jobs]
         outcomes = await asyncio.gather(*tasks)
     finally:
@@ -97,3 +99,38 @@ async def test_a_stuck_worker_is_killed_replaced_and_its_work_stops() -> None:
     finally:
         await verifier.close()
     assert outcome is not None and outcome["dkim"][0][0] == "pass"
+
+
+async def test_one_client_holds_at_most_half_the_queue_and_others_are_served_meanwhile() -> None:
+    verifier = Verifier(workers=1, queue=4)
+    await verifier.start(now=True)
+    try:
+        # One address asks six at once, then a bystander once, then a /64 three times.
+        flood = [verifier.verify(signed(), KEYS, [(0, NAME)], False, "192.0.2.7") for _ in range(6)]
+        v6 = [
+            verifier.verify(signed(), KEYS, [(0, NAME)], False, f"2001:db8:1:2::{n}")
+            for n in (1, 2, 3)
+        ]
+        bystander = verifier.verify(signed(), KEYS, [(0, NAME)], False, "198.51.100.1")
+        outcomes = await asyncio.gather(*flood, bystander, *v6)
+    finally:
+        await verifier.close()
+    answered = [o is not None for o in outcomes]
+    assert answered[:6] == [True, True, False, False, False, False]  # half the queue: 2
+    assert answered[6] is True  # the bystander is served while the flood holds its share
+    assert answered[7:] == [True, False, False]  # then the queue (4) is full
+    assert verifier.busy == 0 and verifier._clients == {}
+
+
+async def test_a_v6_network_shares_one_share() -> None:
+    verifier = Verifier(workers=1, queue=4)
+    await verifier.start(now=True)
+    try:
+        jobs = [
+            verifier.verify(signed(), KEYS, [(0, NAME)], False, f"2001:db8:1:2::{n}")
+            for n in (1, 2, 3)
+        ]
+        outcomes = await asyncio.gather(*jobs)
+    finally:
+        await verifier.close()
+    assert [o is not None for o in outcomes] == [True, True, False]

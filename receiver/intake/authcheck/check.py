@@ -257,7 +257,7 @@ class Pending:
         if arc and any(a.status == ERROR for a in answers):
             arc_result, arc = ("temperror", "DNS failure for an ARC key"), False
         if todo or arc:
-            outcome = await self.checker.verifier.verify(raw, keys, todo, arc)
+            outcome = await self.checker.verifier.verify(raw, keys, todo, arc, self.ip)
             if outcome is None:
                 for index, _ in todo:
                     need = dkim_needs[index]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import sys
 import time
 from collections.abc import Coroutine
@@ -36,14 +37,29 @@ __all__ = ["Verifier"]
 COMMAND = (sys.executable, "-m", "receiver.intake.authcheck.worker")
 
 
+def client_of(ip: str) -> str:
+    """Whose share a job counts against: the address, or an IPv6 address's /64."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class Verifier:
-    """`workers` processes and at most `queue` jobs waiting or running."""
+    """`workers` processes and at most `queue` jobs waiting or running; one client (an
+    address, an IPv6 /64) at most half of them, so the other half is always there for the
+    rest (a client's jobs past its share get None at once, as past the queue)."""
 
     def __init__(self, workers: int, queue: int, stuck_after: float = 2.0) -> None:
         self.workers = workers
         self.queue = queue
         self.stuck_after = stuck_after
         self.busy = 0
+        self.share = max(1, queue // 2)
+        self._clients: dict[str, int] = {}  # jobs in flight by client (never more than queue)
         self._all: list[FramedChild] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: asyncio.Task[None] | None = None
@@ -61,12 +77,32 @@ class Verifier:
         await asyncio.gather(*(self._replace() for _ in range(self.workers)))
 
     async def verify(
+        self,
+        raw: bytes,
+        keys: dict[str, str],
+        todo: list[tuple[int, str]],
+        arc: bool,
+        client: str = "",
+    ) -> dict[str, Any] | None:
+        """The worker's outcome (signatures.verify), or None when the queue or the
+        client's share of it is full, no worker is up, or the worker failed."""
+        key = client_of(client)
+        held = self._clients.get(key, 0)
+        if self.busy >= self.queue or self.closed or held >= self.share:
+            return None
+        self._clients[key] = held + 1
+        try:
+            return await self._verify(raw, keys, todo, arc)
+        finally:
+            left = self._clients[key] - 1
+            if left:
+                self._clients[key] = left
+            else:
+                del self._clients[key]
+
+    async def _verify(
         self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool
     ) -> dict[str, Any] | None:
-        """The worker's outcome (signatures.verify), or None when the queue is full, no
-        worker is up, or the worker failed."""
-        if self.busy >= self.queue or self.closed:
-            return None
         if self._starting is None:  # the first job: start every worker, once
             self._starting = self._track(self._start_all())
         if not self._starting.done():
