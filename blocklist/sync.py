@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,13 @@ class BlocklistSync:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
-        self._tasks = []
+        # An operation cancelled mid-read leaves the driver's socket to the garbage
+        # collector, which closes it with a ResourceWarning: let go of the tasks (and their
+        # frames) and collect now, the sockets closed without the warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            self._tasks = []
+            gc.collect()
         await self.write_snapshot()
 
     def request_resync(self) -> None:
