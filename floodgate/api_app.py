@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import socket
 
 import uvicorn
 
@@ -11,7 +10,7 @@ from api.app import ApiConfig, create_app
 from api.push import MAX_SUBSCRIBERS
 from floodgate.errors import fail, not_yet
 from floodgate.receiver_app import store_config
-from floodgate.settings import Settings, parse_hostport
+from floodgate.settings import Settings, cannot_bind, parse_hostport
 
 
 def main(settings: Settings, token: str) -> None:
@@ -52,12 +51,7 @@ def main(settings: Settings, token: str) -> None:
 def _address_is_ours(host: str, port: int) -> None:
     """Exit 1 (systemd retries) when `host` is not an address of this host yet, as at boot
     before the network is up; uvicorn would log it and stop with 2, never retried."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRNOTAVAIL:
-                not_yet(f"floodgate api: cannot listen on {host}:{port}: {error.strerror}")
-            # Anything else (the port is taken, ...): uvicorn says it and stops.
+    error = cannot_bind(host, port)
+    if error is not None and error.errno == errno.EADDRNOTAVAIL:
+        not_yet(f"floodgate api: cannot listen on {host}:{port}: {error.strerror}")
+    # Anything else (the port is taken, ...): uvicorn says it and stops.

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
 from floodgate.spool_cli import add_parser as add_spool_parser
 from floodgate.top import add_parser as add_top_parser
+
+if TYPE_CHECKING:
+    from floodgate.settings import Settings
 
 DESCRIPTION = """Floodgate: an abuse-resistant inbound SMTP receiver (MX) for disposable mail.
 Settings come from FLOODGATE_* environment variables (see README)."""
@@ -66,18 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     if args_list[:1] == ["flood"]:
         return _flood(args_list[1:])
     args = build_parser().parse_args(args_list)
-    from floodgate import settings as settings_module
-
-    try:
-        settings = settings_module.load()
-    except settings_module.SettingsError as error:
-        for problem in error.problems:
-            print(f"floodgate: {problem}", file=sys.stderr)
+    settings = _settings()
+    if settings is None:
         return 2
     from floodgate.logs import configure
 
     configure(settings.log_level, settings.log_summary_interval, settings.log_format)
     return _dispatch(args, settings)
+
+
+def _settings() -> Settings | None:
+    """The settings, or None once every problem with them is printed (exit 2)."""
+    from floodgate import settings as settings_module
+
+    try:
+        return settings_module.load()
+    except settings_module.SettingsError as error:
+        for problem in error.problems:
+            print(f"floodgate: {problem}", file=sys.stderr)
+        return None
 
 
 def _flood(argv: list[str]) -> int:
@@ -90,13 +101,8 @@ def _flood(argv: list[str]) -> int:
 
     if {"-h", "--help"} & set(argv):
         return flood_main(argv)
-    from floodgate import settings as settings_module
-
-    try:
-        settings = settings_module.load()
-    except settings_module.SettingsError as error:
-        for problem in error.problems:
-            print(f"floodgate: {problem}", file=sys.stderr)
+    settings = _settings()
+    if settings is None:
         return 2
     defaults = [
         "--target",

@@ -7,6 +7,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -75,6 +76,19 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def cannot_bind(host: str, port: int) -> OSError | None:
+    """Why a TCP listener could not bind `host:port` now (None: it could); the probe
+    socket is closed at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error
+    return None
 
 
 def parse_hostport(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:

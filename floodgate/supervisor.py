@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from types import FrameType
 
 import processes
 from floodgate.errors import CONFIG_ERROR
-from floodgate.settings import Settings, parse_hostport
+from floodgate.settings import Settings, cannot_bind, parse_hostport
 from mailstore.embedded import EmbeddedStore
 from receiver.smtp.tls import SELF_SIGNED
 
@@ -125,14 +124,9 @@ class Supervisor:
             ("FLOODGATE_API_LISTEN", self.settings.api_listen),
             ("FLOODGATE_RECEIVER_HTTP_LISTEN", self.settings.receiver_http_listen),
         ):
-            host, port = parse_hostport(value)
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind((host, port))
-                except OSError as error:
-                    busy.append(f"{variable}={value}: cannot listen there: {error.strerror}")
+            error = cannot_bind(*parse_hostport(value))
+            if error is not None:
+                busy.append(f"{variable}={value}: cannot listen there: {error.strerror}")
         return busy
 
     def _wait_store(self, timeout: float = STARTUP_TIMEOUT) -> bool:
