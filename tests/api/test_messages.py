@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import smtplib
 from datetime import UTC, datetime
 
 import httpx
 
 from tests.conftest import ADMIN_TOKEN
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient, queued_id, send_message
+from tests.support.smtp import RawClient, queued_id, send_message, smtp_from
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -48,12 +47,7 @@ def test_message_detail_decodes_headers_and_text_then_delete(
         "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nContent-Type: text/plain; charset=utf-8\r\n"
         "Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Köln\r\n"
     ).encode()
-    with smtplib.SMTP(
-        shared_receiver.host,
-        shared_receiver.port,
-        local_hostname="c.test",
-        source_address=(client_ip, 0),
-    ) as client:
+    with smtp_from(shared_receiver, client_ip, "c.test") as client:
         client.sendmail("a@example.org", ["read@mx.test"], body)
     listed = httpx.get(f"{shared_api.http_url}/v1/mailboxes/read@mx.test/messages", headers=AUTH)
     message_id = listed.json()["messages"][0]["id"]

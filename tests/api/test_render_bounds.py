@@ -4,7 +4,6 @@ receiver and a real API (with its render workers)."""
 
 from __future__ import annotations
 
-import smtplib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, cpu_seconds, deliver, family, listing, rss_total_kb
 from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import wait_for
+from tests.support.smtp import smtp_from, wait_for
 
 MIB_KB = 1024
 
@@ -50,12 +49,7 @@ def test_smtputf8_mail_from_a_real_client_reads_as_utf8(
     message["To"] = "zoë@mx.test"
     message["Subject"] = "Grüße ✓"
     message.set_content("Hallo\n")
-    with smtplib.SMTP(
-        shared_receiver.host,
-        shared_receiver.port,
-        local_hostname="client.test",
-        source_address=(client_ip, 0),
-    ) as client:
+    with smtp_from(shared_receiver, client_ip) as client:
         # smtplib sends SMTPUTF8 and the raw UTF-8 headers (RFC 6531/6532), as an MTA does.
         refused = client.send_message(message, "jörg@bücher.example", ["zoë@mx.test"])
     assert refused == {}

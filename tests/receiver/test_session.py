@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import smtplib
 import socket
 import time
 
@@ -13,7 +12,7 @@ from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, listing
 from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient, queued_id, rss_kb, send_message, wait_for
+from tests.support.smtp import RawClient, queued_id, rss_kb, send_message, smtp_from, wait_for
 
 
 def raw_of(api: ServiceProcess, message_id: str) -> bytes:
@@ -39,12 +38,7 @@ def test_message_is_readable_byte_exact_with_dots_and_8bit(
         "Subject: =?utf-8?q?caf=C3=A9?=\r\nFrom: Ann <ann@example.org>\r\n\r\n"
         ".leading dot\r\n..two dots\r\n.\r\nnaïve déjà vu — 日本語\r\n"
     ).encode()
-    with smtplib.SMTP(
-        shared_receiver.host,
-        shared_receiver.port,
-        local_hostname="client.test",
-        source_address=(client_ip, 0),
-    ) as client:
+    with smtp_from(shared_receiver, client_ip) as client:
         client.ehlo()
         assert client.has_extn("smtputf8") and client.has_extn("8bitmime")
         assert client.has_extn("pipelining") and client.has_extn("enhancedstatuscodes")
@@ -63,12 +57,7 @@ def test_message_is_readable_byte_exact_with_dots_and_8bit(
 def test_message_to_several_recipients_is_in_each_mailbox(
     shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    with smtplib.SMTP(
-        shared_receiver.host,
-        shared_receiver.port,
-        local_hostname="c.test",
-        source_address=(client_ip, 0),
-    ) as client:
+    with smtp_from(shared_receiver, client_ip, "c.test") as client:
         refused = client.sendmail("a@example.org", ["one@mx.test", "TWO@MX.test"], b"Hi\r\n")
     assert refused == {}
     assert len(listing(shared_api, "one@mx.test")) == 1
@@ -78,12 +67,7 @@ def test_message_to_several_recipients_is_in_each_mailbox(
 def test_mailbox_lookup_ignores_case(
     shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    with smtplib.SMTP(
-        shared_receiver.host,
-        shared_receiver.port,
-        local_hostname="c.test",
-        source_address=(client_ip, 0),
-    ) as client:
+    with smtp_from(shared_receiver, client_ip, "c.test") as client:
         client.sendmail("a@example.org", ["MiXeD@Mx.Test"], b"Subject: x\r\n\r\nx\r\n")
     assert len(listing(shared_api, "mixed@mx.test")) == 1
     assert len(listing(shared_api, "MIXED@MX.TEST")) == 1
@@ -177,12 +161,7 @@ def test_garbage_and_bad_commands_get_clear_errors_and_server_stays_up(
     assert client.reply().code == 500
     client.close()
     # Another client is unaffected.
-    with smtplib.SMTP(
-        shared_receiver.host,
-        shared_receiver.port,
-        local_hostname="c.test",
-        source_address=(client_ip, 0),
-    ) as other:
+    with smtp_from(shared_receiver, client_ip, "c.test") as other:
         assert other.sendmail("a@example.org", ["ok@mx.test"], b"fine\r\n") == {}
 
 

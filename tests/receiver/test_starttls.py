@@ -5,7 +5,6 @@ handshake that stalls; certificate reload with connections open."""
 from __future__ import annotations
 
 import shutil
-import smtplib
 import socket
 import ssl
 import subprocess
@@ -22,7 +21,14 @@ from receiver.smtp.tls import self_signed
 from tests.conftest import ADMIN_TOKEN, ServiceFactory
 from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
-from tests.support.smtp import RawClient, insecure_context, queued_id, send_message, wait_for
+from tests.support.smtp import (
+    RawClient,
+    insecure_context,
+    queued_id,
+    send_message,
+    smtp_from,
+    wait_for,
+)
 
 Mongo = MongoClient[dict[str, Any]]
 BODY = b"From: a@sender.example\r\nSubject: over tls\r\n\r\nsecret code 1234\r\n"
@@ -43,12 +49,7 @@ def test_smtplib_delivers_over_starttls_and_the_message_says_so(
 ) -> None:
     # Counted by this test alone: the receiver is the module's.
     ok = {v: handshakes(shared_receiver, "ok", v) for v in ("TLSv1.2", "TLSv1.3")}
-    with smtplib.SMTP(
-        shared_receiver.host,
-        shared_receiver.port,
-        local_hostname="client.test",
-        source_address=(client_ip, 0),
-    ) as client:
+    with smtp_from(shared_receiver, client_ip) as client:
         client.ehlo()
         assert client.has_extn("starttls")
         client.starttls(context=insecure_context())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from flood.smtp import client_context as insecure_context  # no certificate check
 
@@ -99,6 +100,21 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Listening(Protocol):
+    host: str
+    port: int
+
+
+def smtp_from(
+    receiver: Listening, source: str, local_hostname: str = "client.test"
+) -> smtplib.SMTP:
+    """smtplib talking to `receiver` from the loopback address `source` (a client of its
+    own: a test's rates, caps and bans are its alone)."""
+    return smtplib.SMTP(
+        receiver.host, receiver.port, local_hostname=local_hostname, source_address=(source, 0)
+    )
 
 
 def send_message(client: RawClient, sender: str, recipients: list[str], body: bytes) -> Reply:
