@@ -24,7 +24,7 @@ from bench.hostile import (
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, cpu_seconds, deliver, family, listing, rss_total_kb
 from tests.support.metrics import sample
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, running
 from tests.support.smtp import smtp_from, wait_for
 
 MIB_KB = 1024
@@ -118,7 +118,7 @@ def test_work_stops_at_the_deadline_and_is_not_started_again(
     spent = cpu_seconds(workers) - after_deadline
     print(f"CPU spent after the deadline: {spent:.3f} s")
     assert spent < 0.1, spent  # the API idles; the killed worker spends nothing more
-    assert any(not alive for alive in (_alive(pid) for pid in workers[1:]))
+    assert any(not running(pid) for pid in workers[1:])
     # Asked again, the verdict answers: no job runs, so no worker meets the deadline and
     # is killed (a run would replace one).
     assert wait_for(lambda: render_workers(api) == (1, DEFAULTS.render_workers), timeout=20)
@@ -163,14 +163,6 @@ def test_the_api_runs_no_render_worker_until_a_message_is_read(
     assert answer.status_code == 200 and answer.json()["text"] == "lazy\n"
     assert render_workers(api) == (1, 0)
     assert len(family(api.process.pid)) == 2
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_eight_crafted_messages_in_parallel_leave_small_mail_its_normal_time(

@@ -26,6 +26,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def children_running(module: str) -> list[int]:
     """This process's live children started as `python -m <module>`, as /proc sees them."""
     found = []
