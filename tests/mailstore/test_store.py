@@ -23,7 +23,8 @@ from tests.conftest import drop_test_database
 
 
 @pytest.fixture
-async def store(store_uri: str, db_name: str) -> AsyncIterator[MessageStore]:
+async def store(store_uri: str, db_name: str, clean_store: None) -> AsyncIterator[MessageStore]:
+    # Emptied first: on the embedded store every test's database is the same collections.
     opened = await MessageStore.open(StoreConfig(uri=store_uri, database=db_name, retention=3600))
     yield opened
     await drop_test_database(opened.client, db_name)
