@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from receiver.intake.authcheck.authserv import claims
 from receiver.intake.authcheck.dmarc import DkimResult, DmarcResult
 from receiver.intake.authcheck.spf import SpfResult
 
@@ -21,9 +22,6 @@ _AR_FIELD = re.compile(
     rb"^authentication-results[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n",
     re.IGNORECASE | re.MULTILINE,
 )
-# The authserv-id: the first token, before ';' or a version (RFC 8601 2.2), after any
-# comment a sender may put first.
-_AUTHSERV = re.compile(rb"^(?:\s|\([^()]*\))*([^\s;()]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +95,16 @@ def _comment(reason: str) -> str:
 
 def strip_forged(raw: bytes, authserv_id: str) -> bytes:
     """`raw` without the Authentication-Results fields of its header section that name
-    our authserv-id (RFC 8601 5: a border MTA removes what claims to be from inside its
-    trust boundary). Everything else stays byte-exact; the same bytes when none does."""
+    our authserv-id, however spelled (RFC 8601 5: a border MTA removes what claims to be
+    from inside its trust boundary; `authserv.claims` reads the id as a consumer would).
+    Everything else stays byte-exact; the same bytes when none does."""
     end = _HEAD_END.search(raw)
     head_end = end.start() + 2 if end is not None else len(raw)
     head = raw[:head_end]
-    ours = authserv_id.lower().encode("ascii", "replace")
     kept: list[bytes] = []
     start = 0
     for match in _AR_FIELD.finditer(head):
-        claimed = _AUTHSERV.match(match[1])
-        if claimed is not None and claimed[1].lower() == ours:
+        if claims(match[1].decode("utf-8", "replace"), authserv_id):
             kept.append(head[start : match.start()])
             start = match.end()
     if not kept:
