@@ -17,7 +17,9 @@ class MessageSummary(Model):
     """One message in a listing (and the `data` of a push event)."""
 
     id: str = Field(description="message id (26 base32 characters, time-ordered)")
-    from_: str = Field(alias="from", description="the From: header, decoded")
+    from_: str = Field(
+        alias="from", description="the From: header, display names decoded, addresses as sent"
+    )
     to: str = Field(description="the To: header; for the admin, the envelope if none")
     subject: str
     received_at: str = Field(description="RFC 3339")
@@ -54,7 +56,11 @@ class TlsInfo(Model):
     cipher: str
 
 
-AuthResult = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
+# RFC 8601 2.7: `policy` is a DKIM signature that verified but is not acceptable (an l=
+# that leaves part of the body unsigned).
+AuthResult = Literal[
+    "pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"
+]
 
 
 class SpfVerdict(Model):
@@ -107,7 +113,16 @@ class MessageDetail(Model):
     subject: str
     received_at: str
     size: int
-    headers: list[tuple[str, str]] = Field(description="[name, decoded value], in order")
+    from_repaired: bool = Field(
+        False,
+        description="the From: field is malformed (e.g. an encoded word in its address, "
+        "RFC 2047 5): `from` holds its literal text, not what a lenient reader makes of it",
+    )
+    headers: list[tuple[str, str]] = Field(
+        description="[name, value], ours (Authentication-Results, Received) first, then the "
+        "message's in order; encoded words decoded only in unstructured text and display "
+        "names (RFC 2047 5), structured fields as sent"
+    )
     text: str | None
     html: str | None = Field(description="the HTML part as sent: never display it as is")
     html_safe: str | None = Field(description="the HTML part sanitised, for display")

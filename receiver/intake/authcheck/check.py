@@ -30,7 +30,8 @@ from receiver.telemetry.events import emit
 __all__ = ["AuthChecker", "AuthConfig", "Pending"]
 
 METHODS = ("spf", "helo", "dkim", "dmarc", "arc")
-RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+# `policy` (RFC 8601 2.7.1): a DKIM signature that verified over only part of the body.
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
 DEADLINE = "deadline passed"
 
 
