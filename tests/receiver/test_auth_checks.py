@@ -264,6 +264,18 @@ async def test_text_past_a_dkim_length_is_unsigned_and_aligns_nothing(
     assert out.auth["dmarc"]["result"] == "pass"
 
 
+async def test_an_encoded_word_for_a_from_domain_is_judged_as_the_domain_it_shows(
+    checker: AuthChecker,
+) -> None:
+    # RFC 2047 5 forbids encoded words in an addr-spec; a lenient reader shows shop.test.
+    raw = dkimkeys.message(author="ceo@=?utf-8?q?shop.test?=")
+    out = await check(checker, raw, sender="x@evil.test", ip=STRANGER)
+    assert out.auth is not None
+    dmarc = out.auth["dmarc"]
+    assert (dmarc["result"], dmarc["domain"], dmarc["policy"]) == ("fail", "shop.test", "reject")
+    assert dmarc["reason"].startswith("From domain written as an encoded word")
+
+
 async def test_a_forged_authentication_results_is_removed(checker: AuthChecker) -> None:
     forged = b"Authentication-Results: MX.test;\r\n\tdkim=pass header.d=bank.test\r\n"
     theirs = b"Authentication-Results: relay.test; spf=pass\r\n"

@@ -22,7 +22,7 @@ import binascii
 import quopri
 import re
 
-__all__ = ["MAX_DEPTH", "MAX_SCAN", "claimed_id", "claims"]
+__all__ = ["MAX_DEPTH", "MAX_SCAN", "claimed_id", "claims", "decode_words"]
 
 MAX_SCAN = 4096  # characters read for the id: a real field names it in the first line
 MAX_DEPTH = 32  # comment nesting followed
@@ -52,7 +52,7 @@ def claimed_id(value: str) -> str | None:
             end += 1
         # A lax reader unescapes a backslash outside quotes as well.
         word = re.sub(r"\\(.)", r"\1", text[position:end])
-    return _normal(_decoded(word)) or None
+    return _normal(decode_words(word)) or None
 
 
 def claims(value: str, ours: str) -> bool:
@@ -94,7 +94,9 @@ def _quoted(text: str, position: int) -> str:
     return "".join(out)
 
 
-def _decoded(word: str) -> str:
+def decode_words(word: str) -> str:
+    """`word` with its RFC 2047 encoded words decoded (as UTF-8: a DNS name is ASCII, and
+    any charset that spells one spells it in ASCII bytes), for comparing names only."""
     return _WORD.sub(_decode_word, word) if "=?" in word else word
 
 
@@ -107,7 +109,6 @@ def _decode_word(match: re.Match[str]) -> str:
             data = quopri.decodestring(text.encode("ascii", "replace"), header=True)
     except (binascii.Error, ValueError):
         return match[0]
-    # A DNS name is ASCII; any charset that can spell ours spells it in ASCII bytes.
     return data.decode("utf-8", "replace")
 
 
