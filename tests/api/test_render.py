@@ -51,6 +51,7 @@ def mime(draw: st.DrawFn, depth: int = 0) -> bytes:
 def test_hostile_mime_always_renders(raw: bytes) -> None:
     shown = view(raw)
     shape = {"headers", "from", "to", "cc", "text", "html", "html_safe", "attachments"}
+    shape |= {"from_repaired"}
     assert set(shown) == shape | {"parse_error"}
     assert all(isinstance(a["size"], int) for a in shown["attachments"])
     assert all(isinstance(n, str) and isinstance(v, str) for n, v in shown["headers"])
@@ -153,3 +154,28 @@ def test_a_long_attachment_name_is_cut_with_its_extension_kept() -> None:
     )
     [attachment] = view(raw)["attachments"]
     assert attachment["filename"] == "x" * (MAX_FILENAME - 4) + ".pdf"
+
+
+def test_a_from_with_an_encoded_word_in_its_address_is_shown_literally_and_flagged() -> None:
+    raw = (
+        b"From: ceo@=?utf-8?q?bank.test?=\r\nTo: Bob <bob@mx.test>\r\n"
+        b"Authentication-Results: =?utf-8?q?mx.test?=; dmarc=pass\r\n"
+        b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nhi\r\n"
+    )
+    shown = view(raw)
+    assert shown["from"] == [{"name": "", "address": "ceo@=?utf-8?q?bank.test?="}]
+    assert shown["from_repaired"] is True
+    assert shown["to"] == [{"name": "Bob", "address": "bob@mx.test"}]
+    assert dict(shown["headers"]) == {
+        "From": "ceo@=?utf-8?q?bank.test?=",
+        "To": "Bob <bob@mx.test>",
+        "Authentication-Results": "=?utf-8?q?mx.test?=; dmarc=pass",
+        "Subject": "café",
+    }
+    # An address the parser would drop half of is shown whole, flagged.
+    dropped = view(b"From: ceo@bank.test <x@evil.test>\r\n\r\nhi\r\n")
+    assert dropped["from"] == [{"name": "", "address": "ceo@bank.test <x@evil.test>"}]
+    assert dropped["from_repaired"] is True
+    plain = view(b"From: Mr. Ann Lee <ann@example.org>\r\n\r\nhi\r\n")
+    assert plain["from"] == [{"name": "Mr. Ann Lee", "address": "ann@example.org"}]
+    assert plain["from_repaired"] is False
