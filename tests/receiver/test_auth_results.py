@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import re
 
-from receiver.intake.authcheck.authserv import claimed_id, claims
+from receiver.intake.authcheck.authserv import MAX_SCAN, MAX_STEPS, claimed_id, claims
 from receiver.intake.authcheck.dmarc import DkimResult, DmarcResult
-from receiver.intake.authcheck.results import Verdicts, authentication_results, strip_forged
+from receiver.intake.authcheck.results import (
+    MAX_READ,
+    Verdicts,
+    authentication_results,
+    strip_forged,
+)
 from receiver.intake.authcheck.spf import SpfResult
 
 BODY = b"\r\nAuthentication-Results: mx.test; dkim=pass\r\nin the body: kept\r\n"
@@ -102,6 +107,18 @@ def test_the_id_is_read_through_comments_quotes_and_encoded_words() -> None:
     assert claimed_id("=?us-ascii?b?bXgudGVzdA==?= ; spf=pass") == "mx.test"
     assert claimed_id(" (unclosed comment mx.test") is None
     assert claimed_id(" ;") is None
-    # Comments nested past any real MTA's: unreadable, so treated as ours (removed).
-    assert claims(" " + "(" * 40 + ")" * 40 + " other.test;", "mx.test")
-    assert not claims(" other.test; spf=pass (mx.test)", "mx.test")
+    # Past the bounds (nesting, delimiters, length) a field is unreadable: treated as ours,
+    # since a reader without bounds might find our id where the scan stopped.
+    assert claims(" " + "(" * 40 + "mx.test" + ")" * 40 + " other.test;", "mx.test")
+    assert claims(" " + "()" * (MAX_STEPS + 1) + " mx.test;", "mx.test")
+    assert claims(" (" + "x" * MAX_SCAN + ") mx.test; dmarc=pass", "mx.test")
+    assert not claims(" (" + "x" * 100 + ") other.test; spf=pass (mx.test)", "mx.test")
+    assert not claims(" " + "(" * 40 + ")" * 40 + " other.test;", "mx.test")
+
+
+def test_past_the_fields_read_in_full_a_field_naming_our_id_is_removed_unread() -> None:
+    theirs = b"Authentication-Results: other.test; spf=pass (mx.test)\r\n"
+    plain = b"Authentication-Results: other.test; spf=pass\r\n"
+    raw = theirs * MAX_READ + plain + theirs + b"Subject: hi\r\n" + BODY
+    # Fields that cannot name ours are never counted, nor removed.
+    assert strip_forged(raw, "mx.test") == theirs * MAX_READ + plain + b"Subject: hi\r\n" + BODY

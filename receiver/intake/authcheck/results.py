@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from receiver.intake.authcheck.authserv import claims
+from receiver.intake.authcheck.authserv import claims, suspect
 from receiver.intake.authcheck.dmarc import DkimResult, DmarcResult
 from receiver.intake.authcheck.spf import SpfResult
 
-__all__ = ["Verdicts", "authentication_results", "strip_forged"]
+__all__ = ["MAX_READ", "Verdicts", "authentication_results", "strip_forged"]
+
+MAX_READ = 32  # Authentication-Results fields that may name our id read in full per message
 
 # What may stand in a header's property value or comment: no CR, LF, ';', '(', ')', '\\'
 # or quote can come from a sender's text into our header.
@@ -103,8 +105,16 @@ def strip_forged(raw: bytes, authserv_id: str) -> bytes:
     head = raw[:head_end]
     kept: list[bytes] = []
     start = 0
+    read = 0
     for match in _AR_FIELD.finditer(head):
-        if claims(match[1].decode("utf-8", "replace"), authserv_id):
+        value = match[1].decode("utf-8", "replace")
+        if not suspect(value, authserv_id):
+            continue
+        # Past MAX_READ suspect fields, one is removed unread: real mail carries a few
+        # Authentication-Results fields, and a message of thousands that name our id
+        # would otherwise cost the loop a parse of each.
+        read += 1
+        if read > MAX_READ or claims(value, authserv_id):
             kept.append(head[start : match.start()])
             start = match.end()
     if not kept:
