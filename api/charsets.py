@@ -217,6 +217,8 @@ def decode_phrases(value: str) -> str:
     names), never in an addr-spec: a word with `@`, or anything between `<` and `>`, is
     shown as sent. Linear: one split on white space, each word looked at once."""
     text = literal(value)
+    if "=?" not in text:  # no encoded word: nothing to tell apart (most fields)
+        return text
     pieces: list[str] = []
     phrase: list[str] = []
     depth = 0  # inside an angle-bracketed address
@@ -225,10 +227,14 @@ def decode_phrases(value: str) -> str:
             phrase.append(word)
             continue
         if phrase:
-            pieces.append(decode_words("".join(phrase)))
+            pieces.append(_phrase("".join(phrase)))
             phrase = []
         pieces.append(word)
         depth = max(0, depth + word.count("<") - word.count(">"))
     if phrase:
-        pieces.append(decode_words("".join(phrase)))
+        pieces.append(_phrase("".join(phrase)))
     return "".join(pieces)
+
+
+def _phrase(text: str) -> str:
+    return decode_words(text) if "=?" in text else text
