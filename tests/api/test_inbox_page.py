@@ -479,6 +479,11 @@ def test_codes_and_links_are_listed_with_copy_buttons(
     # A userinfo posing as the host is set apart: where the link really goes.
     [apart] = browser.find_elements(By.CSS_SELECTOR, "#links .link-row .userinfo")
     assert apart.get_attribute("textContent") == "goes to evil.test, not to paypal.com"
+    # A download name is cut by UTF-8 bytes (100 CJK characters were 300 bytes, which the
+    # browser refused to save), its extension kept, a bidi override replaced.
+    cut = browser.execute_script("return safeName(arguments[0])", "請求書" * 40 + ".pdf")
+    assert cut == "請求書" * 21 + "請求.pdf"
+    assert browser.execute_script("return safeName(arguments[0])", "a\u202efdp.exe") == "a_fdp.exe"
     code_row.find_element(By.CSS_SELECTOR, "button.copy").click()
     wait.until(lambda d: code_row.find_element(By.CSS_SELECTOR, "button.copy").text == "Copied")
     copied = browser.execute_async_script(
