@@ -14,6 +14,7 @@ import pytest
 
 from mailstore.message import MessageDocument
 from receiver.intake.authcheck import AuthChecker, AuthConfig
+from receiver.intake.authcheck.dmarc import encoded_from, from_domain
 from receiver.resolver import Resolver
 from tests.support import dkimkeys
 from tests.support.dnsserver import TIMEOUT, DnsServer, Record, closed_port
@@ -274,6 +275,20 @@ async def test_an_encoded_word_for_a_from_domain_is_judged_as_the_domain_it_show
     dmarc = out.auth["dmarc"]
     assert (dmarc["result"], dmarc["domain"], dmarc["policy"]) == ("fail", "shop.test", "reject")
     assert dmarc["reason"].startswith("From domain written as an encoded word")
+
+
+def test_an_encoded_from_domain_is_read_in_every_form_a_reader_decodes() -> None:
+    for value in (
+        "ceo@=?utf-8?q?bank.test?=",
+        "Boss <ceo@=?utf-8?q?bank.test?=>",
+        "ceo@=?utf-8?b?YmFuay50ZXN0?=",
+    ):
+        assert (from_domain([value]), encoded_from([value])) == ("bank.test", True), value
+    # An encoded word in a display name is allowed (RFC 2047 5 (3)): nothing to flag.
+    assert (from_domain(['"=?utf-8?q?x?=" <a@shop.test>']), encoded_from(["x <a@b.test>"])) == (
+        "shop.test",
+        False,
+    )
 
 
 async def test_a_forged_authentication_results_is_removed(checker: AuthChecker) -> None:
