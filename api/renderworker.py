@@ -47,7 +47,9 @@ def links_and_codes(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], b
         subject, text, html = render.bodies(raw)
     except render.Unparseable as error:
         return {"unparseable": str(error)}, b""
-    return {"links": links.extract(subject, text, html)}, b""
+    contains = head.get("contains")
+    wanted = str(contains) if contains is not None else None
+    return {"links": links.extract(subject, text, html, wanted)}, b""
 
 
 JOBS: dict[str, Job] = {"view": view, "attachment": attachment, "links": links_and_codes}

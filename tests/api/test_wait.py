@@ -1,0 +1,141 @@
+"""Waiting for a message (`GET /v1/mailboxes/{address}/wait`): the criteria and cursor in
+process, the route against one shared receiver and API (each test its own mailbox)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from api.links import body_contains
+from api.wait import Bounds, Criteria, Has
+from mailstore.ids import id_floor
+from tests.support.api import AUTH, deliver
+from tests.support.processes import ServiceProcess
+
+SIGNUP = (
+    b"From: Shop <noreply@shop.example>\r\nSubject: Confirm your account\r\n"
+    b"Content-Type: text/plain\r\n\r\n"
+    b"Your verification code is 482913.\r\nOr open https://shop.example/confirm?t=abc\r\n"
+)
+NEWS = b"From: News <news@paper.example>\r\nSubject: Today\r\n\r\nNothing to click.\r\n"
+
+
+def wait(api: ServiceProcess, mailbox: str, **params: Any) -> httpx.Response:
+    url = f"{api.http_url}/v1/mailboxes/{mailbox}/wait"
+    return httpx.get(url, params=params, headers=AUTH, timeout=70)
+
+
+def waiting(api: ServiceProcess, mailbox: str, **params: Any) -> Future[httpx.Response]:
+    """A wait running in a thread of its own; its answer comes through the future. One
+    refused for want of a slot (a probe held it a moment) asks again, for up to 10 s."""
+
+    def call() -> httpx.Response:
+        deadline = time.monotonic() + 10
+        answer = wait(api, mailbox, **params)
+        while answer.status_code == 429 and time.monotonic() < deadline:
+            answer = wait(api, mailbox, **params)
+        return answer
+
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(call)
+    pool.shutdown(wait=False)
+    return future
+
+
+def test_criteria_compare_case_insensitively_and_all_must_hold() -> None:
+    listed = {"subject": "Confirm your  ACCOUNT", "from": "Shop <noreply@shop.example>"}
+    assert Criteria(subject="confirm your account", sender="SHOP.example").headers_match(listed)
+    assert not Criteria(subject="confirm", sender="bank").headers_match(listed)
+    found = {"links": [{"url": "https://x.example/"}], "codes": [], "contains": True}
+    assert Criteria(body="x", has=Has.LINK).found_match(found)
+    assert Criteria(has=Has.ANY).found_match(found)
+    assert not Criteria(has=Has.CODE).found_match(found)
+    assert not Criteria(body="x").found_match({**found, "contains": False})
+    assert body_contains("Your Code", "your\r\n  code is 1234")
+    assert not body_contains("code", "cod e")
+
+
+def test_bounds_admit_ids_after_the_cursor_and_from_the_floor() -> None:
+    floor = id_floor(1_700_000_000.0)
+    earlier, later = id_floor(1_699_999_999.999), id_floor(1_700_000_000.001)
+    assert Bounds(floor=floor).admits(floor) and Bounds(floor=floor).admits(later)
+    assert not Bounds(floor=floor).admits(earlier)
+    assert not Bounds(after=floor).admits(floor) and Bounds(after=floor).admits(later)
+
+
+def test_a_message_arriving_during_the_wait_is_the_answer_with_its_code_and_link(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
+    since = datetime.now(UTC).isoformat()  # a message between this and the call counts
+    pending = waiting(shared_api, "waits@mx.test", subject="confirm", since=since, timeout=20)
+    deliver(shared_receiver, "waits@mx.test", NEWS, source=client_ip)  # not matching
+    sent = deliver(shared_receiver, "waits@mx.test", SIGNUP, source=client_ip)
+    answer = pending.result(timeout=20)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["message"]["id"] == sent
+    assert body["message"]["subject"] == "Confirm your account"
+    assert [c["code"] for c in body["codes"]] == ["482913"]
+    assert [link["url"] for link in body["links"]] == ["https://shop.example/confirm?t=abc"]
+
+
+def test_what_arrived_after_the_cursor_before_the_call_is_found_at_once(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
+    cursor = deliver(shared_receiver, "early@mx.test", SIGNUP + b"first\r\n", source=client_ip)
+    news = deliver(shared_receiver, "early@mx.test", NEWS, source=client_ip)
+    signup = deliver(shared_receiver, "early@mx.test", SIGNUP, source=client_ip)
+    started = time.monotonic()
+    first = wait(shared_api, "early@mx.test", after=cursor, timeout=20)
+    assert first.status_code == 200 and first.json()["message"]["id"] == news
+    coded = wait(shared_api, "early@mx.test", after=cursor, has="code", timeout=20)
+    assert coded.status_code == 200 and coded.json()["message"]["id"] == signup
+    texted = wait(shared_api, "early@mx.test", after=cursor, body="NOTHING to click")
+    assert texted.status_code == 200 and texted.json()["message"]["id"] == news
+    assert time.monotonic() - started < 5  # from the store, not the 30 s default timeout
+
+
+def test_nothing_matching_within_the_timeout_is_204(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
+    cursor = deliver(shared_receiver, "quiet@mx.test", NEWS + b"first\r\n", source=client_ip)
+    deliver(shared_receiver, "quiet@mx.test", NEWS, source=client_ip)
+    started = time.monotonic()
+    answer = wait(shared_api, "quiet@mx.test", after=cursor, has="link", timeout=0.5)
+    assert answer.status_code == 204 and answer.content == b""
+    assert 0.5 <= time.monotonic() - started < 5
+    # By default only what arrives after the call counts: the two messages do not.
+    assert wait(shared_api, "quiet@mx.test", timeout=0.2).status_code == 204
+
+
+def test_bad_criteria_are_422_and_no_token_is_401(shared_api: ServiceProcess) -> None:
+    for params in ({"timeout": 61}, {"after": "not-an-id"}, {"has": "attachment"}):
+        answer = wait(shared_api, "bad@mx.test", **params)
+        assert answer.status_code == 422 and "error" in answer.json(), params
+    assert wait(shared_api, "not an address").status_code == 422
+    url = f"{shared_api.http_url}/v1/mailboxes/bad@mx.test/wait"
+    assert httpx.get(url, params={"timeout": 0}).status_code == 401
+
+
+def test_waiters_take_the_live_streams_share_and_all_hear_one_message(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
+    # 20 waiters: the default share per client (and per mailbox). A 21st is refused.
+    pending = [waiting(shared_api, "crowd@mx.test", timeout=30) for _ in range(20)]
+    deadline = time.monotonic() + 10
+    refused = wait(shared_api, "crowd@mx.test", timeout=0)
+    while refused.status_code != 429 and time.monotonic() < deadline:
+        refused = wait(shared_api, "crowd@mx.test", timeout=0)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "5"
+    # The client's share and the mailbox's are both 20: the client's is checked first.
+    assert refused.json() == {"error": "too many live streams from this client"}
+    sent = deliver(shared_receiver, "crowd@mx.test", SIGNUP, source=client_ip)
+    answers = [p.result(timeout=20) for p in pending]
+    assert {(a.status_code, a.json()["message"]["id"]) for a in answers} == {(200, sent)}
+    assert threading.active_count() < 50
