@@ -25,7 +25,7 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MAX_CODES", "MAX_LINKS", "MAX_URL", "body_contains", "extract"]
+__all__ = ["MAX_CODES", "MAX_LINKS", "MAX_URL", "body_contains", "extract", "visible_text"]
 
 MAX_LINKS = 200
 # RFC 9110 4.1 recommends supporting URIs of at least 8000 octets; tracking links run long.
@@ -150,6 +150,11 @@ def extract(
     if contains is not None:
         result["contains"] = body_contains(contains, text or "", visible)
     return result
+
+
+def visible_text(html: str | None) -> str:
+    """The text a browser shows of `html` (its links are not kept)."""
+    return _from_html(html, _Found()) if html else ""
 
 
 def body_contains(needle: str, *texts: str) -> bool:

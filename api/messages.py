@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
-from api import models, push, render
+from api import models, push, render, search
 from api.auth import Role, require_token
 from api.charsets import decode_words
 from api.docs import Tag
@@ -105,13 +105,31 @@ async def list_messages(
             description="received at or after (RFC 3339)", json_schema_extra={"format": "date-time"}
         ),
     ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=search.MAX_QUERY,
+            description="search: `from:`, `to:`, `subject:` terms (quoted values allowed) "
+            "and free words (in the subject, From or text); every term must hold",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Messages for `address` (case-insensitive, canonical as the receiver stores it),
-    newest first; `next` is the `before` cursor of the following page."""
+    newest first; `next` is the `before` cursor of the following page. With `q`, only
+    those matching it, from at most 1,000 messages examined a call (`next` then says
+    where to go on)."""
     mailbox = _mailbox(address)
     for name, cursor in (("before", before), ("after", after)):
         if cursor is not None and not is_message_id(cursor):
             raise HTTPException(status_code=422, detail=f"{name}: not a message id")
+    if q is not None:
+        try:
+            query = search.parse(q)
+        except search.Invalid as invalid:
+            raise HTTPException(status_code=422, detail=str(invalid)) from None
+        window = search.Window(mailbox, limit, before, after, _moment(since))
+        return await _search(request, query, window, role)
     docs = await _store(request).list_mailbox(
         mailbox, limit, before=before, after=after, since=_moment(since)
     )
@@ -119,6 +137,22 @@ async def list_messages(
     if len(docs) == limit:
         result["next"] = docs[-1].id
     return result
+
+
+async def _search(
+    request: Request, query: search.Search, window: search.Window, role: Role
+) -> dict[str, Any]:
+    async def text_holds(message_id: str, words: list[str]) -> bool:
+        whole = await _store(request).get(message_id)
+        if whole is None:  # deleted meanwhile
+            return False
+        key = f"{message_id}/search?{'&'.join(words)}"
+        outcome = await _render(request, key, {"job": "search", "words": words}, whole.raw)
+        return outcome.failure is None and all(outcome.head.get("found", ()))
+
+    return await search.scan(
+        _store(request), query, window, lambda doc: summary(doc, role), text_holds
+    )
 
 
 @router.get(

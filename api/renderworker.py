@@ -52,7 +52,22 @@ def links_and_codes(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], b
     return {"links": links.extract(subject, text, html, wanted)}, b""
 
 
-JOBS: dict[str, Job] = {"view": view, "attachment": attachment, "links": links_and_codes}
+def search(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """Which of `head["words"]` the text part or the HTML's visible text holds."""
+    try:
+        _, text, html = render.bodies(raw)
+    except render.Unparseable:
+        return {"found": [False for _ in head["words"]]}, b""
+    visible = links.visible_text(html)
+    return {"found": [links.body_contains(str(w), text or "", visible) for w in head["words"]]}, b""
+
+
+JOBS: dict[str, Job] = {
+    "view": view,
+    "attachment": attachment,
+    "links": links_and_codes,
+    "search": search,
+}
 
 
 def resident() -> int:

@@ -3,6 +3,10 @@ process, the route against one shared receiver and API (each test its own mailbo
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,12 +14,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from api.links import body_contains
 from api.wait import Bounds, Criteria, Has
+from floodgate import settings, wait_cli
+from floodgate.cli import build_parser
 from mailstore.ids import id_floor
+from tests.conftest import ADMIN_TOKEN
 from tests.support.api import AUTH, deliver
 from tests.support.processes import ServiceProcess
+from tests.support.smtp import smtp_from
 
 SIGNUP = (
     b"From: Shop <noreply@shop.example>\r\nSubject: Confirm your account\r\n"
@@ -139,3 +148,72 @@ def test_waiters_take_the_live_streams_share_and_all_hear_one_message(
     answers = [p.result(timeout=20) for p in pending]
     assert {(a.status_code, a.json()["message"]["id"]) for a in answers} == {(200, sent)}
     assert threading.active_count() < 50
+
+
+class Shop:
+    """A site's sign-up: it mails a one-time code (smtplib, to the real receiver) and
+    accepts that code, once."""
+
+    def __init__(self, receiver: ServiceProcess, source: str) -> None:
+        self.receiver, self.source = receiver, source
+        self.pending: dict[str, str] = {}
+
+    def sign_up(self, address: str) -> None:
+        code = f"{secrets.randbelow(10**6):06d}"
+        self.pending[address] = code
+        body = (
+            f"Welcome!\n\nYour verification code is {code}. It expires in 10 minutes.\n"
+            "Or confirm at https://shop.example/confirm\n"
+        )
+        with smtp_from(self.receiver, self.source) as smtp:
+            smtp.sendmail(
+                "noreply@shop.example",
+                [address],
+                f"From: Shop <noreply@shop.example>\r\nTo: {address}\r\n"
+                f"Subject: Confirm your account\r\n\r\n{body}",
+            )
+
+    def confirm(self, address: str, code: str) -> bool:
+        return self.pending.pop(address, None) == code
+
+
+def floodgate_wait(
+    api: ServiceProcess, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[int, str, str]:
+    """`floodgate wait --api <api> ARGS`, in process (its parser, settings and client as
+    the command runs them): exit status, standard output, standard error."""
+    for name in [k for k in os.environ if k.startswith("FLOODGATE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FLOODGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+    out, err = io.StringIO(), io.StringIO()
+    parsed = build_parser().parse_args(["wait", "--api", api.http_url, *args])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = wait_cli.run(parsed, settings.load())
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_a_script_signs_up_with_the_code_floodgate_wait_prints(
+    shared_receiver: ServiceProcess,
+    shared_api: ServiceProcess,
+    client_ip: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shop = Shop(shared_receiver, client_ip)
+    since = datetime.now(UTC).isoformat()
+    shop.sign_up("me@mx.test")
+    status, out, err = floodgate_wait(
+        shared_api, monkeypatch, "me@mx.test", "--subject", "confirm", "--since", since
+    )
+    assert status == 0, err
+    assert "floodgate wait: code from message" in err
+    assert shop.confirm("me@mx.test", out.strip())
+
+
+def test_floodgate_wait_exits_1_at_its_timeout_and_2_when_refused(
+    shared_api: ServiceProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status, out, err = floodgate_wait(shared_api, monkeypatch, "nobody@mx.test", "--timeout", "0.2")
+    assert status == 1 and out == ""
+    assert "no matching message reached nobody@mx.test within 0.2 s" in err
+    status, _, err = floodgate_wait(shared_api, monkeypatch, "nobody@mx.test", "--after", "x")
+    assert status == 2 and "422: after:" in err, err
