@@ -6,11 +6,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +28,7 @@ from floodgate.cli import build_parser
 from mailstore.ids import id_floor
 from tests.conftest import ADMIN_TOKEN
 from tests.support.api import AUTH, deliver
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, clean_environ
 from tests.support.smtp import smtp_from
 
 SIGNUP = (
@@ -217,3 +222,55 @@ def test_floodgate_wait_exits_1_at_its_timeout_and_2_when_refused(
     assert "no matching message reached nobody@mx.test within 0.2 s" in err
     status, _, err = floodgate_wait(shared_api, monkeypatch, "nobody@mx.test", "--after", "x")
     assert status == 2 and "422: after:" in err, err
+
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT = re.compile(r"<!-- client: (\w+) -->\n```\w+\n(.*?)```", re.S)
+RUNNERS = {
+    "curl": ("wait.sh", ["sh", "-e"]),
+    "python": ("wait.py", [sys.executable]),
+    "javascript": ("wait.mjs", ["node"]),
+}
+
+
+def readme_clients() -> dict[str, str]:
+    found = dict(CLIENT.findall((REPO / "README.md").read_text()))
+    assert set(found) == set(RUNNERS), "README's wait examples and this test disagree"
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(RUNNERS))
+def test_each_readme_client_example_prints_the_code_of_the_mail_it_waited_for(
+    name: str,
+    shared_receiver: ServiceProcess,
+    shared_api: ServiceProcess,
+    client_ip: str,
+    tmp_path: Path,
+) -> None:
+    if name == "javascript" and shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    mailbox = f"signup-{name}@mx.test"
+    filename, command = RUNNERS[name]
+    script = tmp_path / filename
+    script.write_text(readme_clients()[name].replace("signup@mx.test", mailbox))
+    env = {**clean_environ(), "API": shared_api.http_url, "TOKEN": ADMIN_TOKEN}
+    example = subprocess.Popen(
+        [*command, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    # The example counts only mail after its call: send until it has its answer, each
+    # message its own code (the one it prints is one of them).
+    codes: list[str] = []
+    with smtp_from(shared_receiver, client_ip) as smtp:
+        deadline = time.monotonic() + 30
+        while example.poll() is None and time.monotonic() < deadline:
+            codes.append(f"{secrets.randbelow(10**6):06d}")
+            smtp.sendmail(
+                "noreply@shop.example",
+                [mailbox],
+                f"Subject: Confirm your account\r\n\r\nYour code is {codes[-1]}.\r\n",
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                example.wait(0.5)
+    out, err = example.communicate(timeout=30)
+    assert example.returncode == 0, err.decode()
+    assert out.decode().strip() in codes
