@@ -92,7 +92,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         # The API answers within the timeout; the margin covers the store read and a render.
         client = Client(_base_url(args, settings), token, timeout=args.timeout + 15)
         path = f"/v1/mailboxes/{quote(args.address, safe='@+')}/wait"
-        response = client.call("GET", path, params=params)
+        try:
+            response = client.call("GET", path, params=params)
+        finally:
+            client.http.close()
     except ApiError as error:
         print(f"floodgate wait: {error}", file=sys.stderr)
         return 2
