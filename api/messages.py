@@ -142,16 +142,18 @@ async def list_messages(
 async def _search(
     request: Request, query: search.Search, window: search.Window, role: Role
 ) -> dict[str, Any]:
-    async def text_holds(message_id: str, words: list[str]) -> bool:
-        whole = await _store(request).get(message_id)
-        if whole is None:  # deleted meanwhile
-            return False
-        key = f"{message_id}/search?{'&'.join(words)}"
-        outcome = await _render(request, key, {"job": "search", "words": words}, whole.raw)
-        return outcome.failure is None and all(outcome.head.get("found", ()))
+    async def texts_hold(items: list[tuple[MessageDocument, list[str]]]) -> list[bool]:
+        """One render job for the batch; if it fails (its deadline or memory), one job a
+        message, so that one message past the bounds does not hide the others."""
+        outcome = await _render(request, *search.job(items))
+        if outcome.failure is None and "matches" in outcome.head:
+            return [bool(m) for m in outcome.head["matches"]]
+        if len(items) == 1:
+            return [False]  # cannot be read within the bounds: no match
+        return [(await texts_hold([item]))[0] for item in items]
 
     return await search.scan(
-        _store(request), query, window, lambda doc: summary(doc, role), text_holds
+        _store(request), query, window, lambda doc: summary(doc, role), texts_hold
     )
 
 

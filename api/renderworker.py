@@ -53,13 +53,20 @@ def links_and_codes(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], b
 
 
 def search(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
-    """Which of `head["words"]` the text part or the HTML's visible text holds."""
-    try:
-        _, text, html = render.bodies(raw)
-    except render.Unparseable:
-        return {"found": [False for _ in head["words"]]}, b""
-    visible = links.visible_text(html)
-    return {"found": [links.body_contains(str(w), text or "", visible) for w in head["words"]]}, b""
+    """For each message of the batch (`head["items"]`: its size in `raw` and its words)
+    whether its text part or its HTML's visible text holds every one of its words."""
+    matches, start = [], 0
+    for item in head["items"]:
+        message = raw[start : start + int(item["size"])]
+        start += int(item["size"])
+        try:
+            _, text, html = render.bodies(message)
+        except render.Unparseable:
+            matches.append(False)
+            continue
+        texts = (text or "", links.visible_text(html))
+        matches.append(all(links.body_contains(str(w), *texts) for w in item["words"]))
+    return {"matches": matches}, b""
 
 
 JOBS: dict[str, Job] = {

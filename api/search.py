@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from mailstore import MessageStore
 
 Summarize = Callable[[MessageDocument], dict[str, Any]]
-# Whether a message's text holds every one of these words (read in a render worker).
-TextHolds = Callable[[str, list[str]], Awaitable[bool]]
+# For each (message, words): whether its text holds every one of its words (read in a
+# render worker, a batch a job).
+TextsHold = Callable[[list[tuple[MessageDocument, list[str]]]], Awaitable[list[bool]]]
 
 __all__ = [
     "MAX_QUERY",
@@ -44,6 +45,7 @@ __all__ = [
     "Search",
     "Term",
     "Window",
+    "job",
     "parse",
     "scan",
 ]
@@ -56,6 +58,7 @@ MAX_TERMS = 10
 SCAN = 1_000
 SCAN_BYTES = 32 * 1024 * 1024
 PAGE = 100  # messages a store read brings (listing fields only)
+BATCH_BYTES = 512 * 1024  # messages searched in one render job (one larger goes alone)
 
 
 class Field(StrEnum):
@@ -157,12 +160,17 @@ class Window:
     since: datetime | None = None
 
 
+# An examined message: its listing entry, and the free words its text must hold (None:
+# its listing fields already refused it).
+Examined = tuple[MessageDocument, dict[str, Any], list[str] | None]
+
+
 async def scan(
     store: MessageStore,
     search: Search,
     window: Window,
     summarize: Summarize,
-    text_holds: TextHolds,
+    texts_hold: TextsHold,
 ) -> dict[str, Any]:
     """The listing of the newest `window.limit` messages of the window that match, newest
     first. Bounded: pages of `PAGE` on the mailbox's key range, at most `SCAN` messages
@@ -174,15 +182,70 @@ async def scan(
         page = await store.list_mailbox(
             window.mailbox, PAGE, before=before, after=window.after, since=window.since
         )
+        examined: list[Examined] = []
         for message in page:
-            scanned, before = scanned + 1, message.id
+            if scanned >= SCAN or read >= SCAN_BYTES:
+                break
+            scanned += 1
             listed = summarize(message)
-            if search.headers_match(listed):
-                words = search.words_left(listed)
-                if not words or await text_holds(message.id, words):
-                    found.append(listed)
-                read += message.size if words else 0
-            if len(found) >= window.limit or scanned >= SCAN or read >= SCAN_BYTES:
+            words = search.words_left(listed) if search.headers_match(listed) else None
+            read += message.size if words else 0
+            examined.append((message, listed, words))
+        for (message, listed, _), match in zip(
+            examined, await _matches(store, examined, texts_hold), strict=True
+        ):
+            if match:
+                found.append(listed)
+            if len(found) >= window.limit:
                 return {"messages": found, "next": message.id}
+        if len(examined) < len(page):  # a bound stopped the scan: say where to go on
+            return (
+                {"messages": found, "next": examined[-1][0].id}
+                if examined
+                else {
+                    "messages": found,
+                    "next": before,
+                }
+            )
         if len(page) < PAGE:
             return {"messages": found}
+        before = page[-1].id
+
+
+async def _matches(
+    store: MessageStore, examined: list[Examined], texts_hold: TextsHold
+) -> list[bool]:
+    """Whether each examined message matches: at once where its listing fields decided;
+    else by its text, the messages read in one store query and searched in render jobs
+    of at most `BATCH_BYTES` (a larger message alone)."""
+    matches = [words == [] for _, _, words in examined]
+    pending = [n for n, (_, _, words) in enumerate(examined) if words]
+    if not pending:
+        return matches
+    whole = {m.id: m for m in await store.get_many([examined[n][0].id for n in pending])}
+    batches: list[list[int]] = [[]]
+    size = 0
+    for n in pending:
+        message = whole.get(examined[n][0].id)
+        if message is None:  # deleted meanwhile: no match
+            continue
+        if batches[-1] and size + len(message.raw) > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(n)
+        size += len(message.raw)
+    for batch in batches:
+        if not batch:
+            continue
+        items = [(whole[examined[n][0].id], examined[n][2] or []) for n in batch]
+        for n, match in zip(batch, await texts_hold(items), strict=True):
+            matches[n] = match
+    return matches
+
+
+def job(items: list[tuple[MessageDocument, list[str]]]) -> tuple[str, dict[str, Any], bytes]:
+    """The render job searching these messages' texts (`api.renderworker.search`): its
+    key, head and body (the messages' bytes one after another, their sizes in the head)."""
+    key = "search:" + ",".join(f"{m.id}?{'&'.join(words)}" for m, words in items)
+    head = {"job": "search", "items": [{"size": len(m.raw), "words": w} for m, w in items]}
+    return key, head, b"".join(m.raw for m, _ in items)
