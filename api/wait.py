@@ -28,7 +28,7 @@ from api import models, push
 from api.auth import Role, require_token
 from api.docs import Tag
 from api.links import body_contains
-from api.messages import ID_PATTERN, Address, _mailbox, _moment, _render, _store, summary
+from api.messages import ID_PATTERN, Address, mailbox_of, moment_of, render_job, store_of, summary
 from mailstore import MessageDocument, is_message_id
 from mailstore.ids import id_floor
 
@@ -103,7 +103,7 @@ class Waiter:
         if not self.criteria.headers_match(listed):
             return None
         if not message.raw:  # from a listing (no bytes): read it whole
-            whole = await _store(self.request).get(message.id)
+            whole = await store_of(self.request).get(message.id)
             if whole is None:  # deleted meanwhile
                 return None
             message = whole
@@ -123,7 +123,7 @@ class Waiter:
         if needle is not None:
             job["contains"] = needle
             key = f"{message.id}/links?contains={needle}"
-        outcome = await _render(self.request, key, job, message.raw)
+        outcome = await render_job(self.request, key, job, message.raw)
         if outcome.failure is None and "links" in outcome.head:
             found: dict[str, Any] = outcome.head["links"]
             return found
@@ -203,10 +203,10 @@ async def wait_for_message(
     `from` read the message under the render bounds; a message that cannot be read within
     them does not match them."""
     started = time.time()
-    mailbox = _mailbox(address)
+    mailbox = mailbox_of(address)
     if after is not None and not is_message_id(after):
         raise HTTPException(status_code=422, detail="after: not a message id")
-    moment = _moment(since)
+    moment = moment_of(since)
     if moment is None and after is None:
         moment = datetime.fromtimestamp(started, UTC)  # by default: from the call on
     floor = id_floor(moment.timestamp()) if moment is not None else None
@@ -242,7 +242,7 @@ async def _first(waiter: Waiter, mailbox: str, deadline: float) -> Answer | None
     client = push.client_key(request.client.host if request.client else "")
     while True:  # at least once: `timeout=0` still reads what is stored
         async with _slot(hub, mailbox, client) as subscriber:
-            if (found := await _catch_up(waiter, mailbox)) is not None:
+            if (found := await _catch_up(waiter, mailbox, deadline)) is not None:
                 return found
             while not subscriber.dropped:
                 left = deadline - time.time()
@@ -261,13 +261,17 @@ async def _first(waiter: Waiter, mailbox: str, deadline: float) -> Answer | None
             return None
 
 
-async def _catch_up(waiter: Waiter, mailbox: str) -> Answer | None:
-    """The first match among the messages already stored within the bounds, oldest first."""
+async def _catch_up(waiter: Waiter, mailbox: str, deadline: float) -> Answer | None:
+    """The first match among the messages already stored within the bounds, oldest
+    first, as far as the call's deadline lets it read (each candidate is one read and
+    one render)."""
     bounds = waiter.bounds
-    stored = await _store(waiter.request).list_mailbox(
+    stored = await store_of(waiter.request).list_mailbox(
         mailbox, CATCH_UP, after=bounds.after, since=bounds.since
     )
     for message in reversed(stored):
         if (found := await waiter.examine(message, stored=True)) is not None:
             return found
+        if time.time() >= deadline:
+            break
     return None
