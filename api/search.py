@@ -216,30 +216,28 @@ async def _matches(
     store: MessageStore, examined: list[Examined], texts_hold: TextsHold
 ) -> list[bool]:
     """Whether each examined message matches: at once where its listing fields decided;
-    else by its text, the messages read in one store query and searched in render jobs
-    of at most `BATCH_BYTES` (a larger message alone)."""
+    else by its text. Those are read in batches of at most `BATCH_BYTES` (by their stored
+    size; a larger message alone), one store query and one render job a batch, so what
+    one search holds in memory at a time is a batch, never a page of messages."""
     matches = [words == [] for _, _, words in examined]
-    pending = [n for n, (_, _, words) in enumerate(examined) if words]
-    if not pending:
-        return matches
-    whole = {m.id: m for m in await store.get_many([examined[n][0].id for n in pending])}
-    batches: list[list[int]] = [[]]
+    batches: list[list[int]] = []
     size = 0
-    for n in pending:
-        message = whole.get(examined[n][0].id)
-        if message is None:  # deleted meanwhile: no match
+    for n, (message, _, words) in enumerate(examined):
+        if not words:
             continue
-        if batches[-1] and size + len(message.raw) > BATCH_BYTES:
+        if not batches or (batches[-1] and size + message.size > BATCH_BYTES):
             batches.append([])
             size = 0
         batches[-1].append(n)
-        size += len(message.raw)
+        size += message.size
     for batch in batches:
-        if not batch:
-            continue
-        items = [(whole[examined[n][0].id], examined[n][2] or []) for n in batch]
-        for n, match in zip(batch, await texts_hold(items), strict=True):
-            matches[n] = match
+        whole = {m.id: m for m in await store.get_many([examined[n][0].id for n in batch])}
+        # A message deleted meanwhile matches nothing.
+        present = [n for n in batch if examined[n][0].id in whole]
+        items = [(whole[examined[n][0].id], examined[n][2] or []) for n in present]
+        if items:
+            for n, match in zip(present, await texts_hold(items), strict=True):
+                matches[n] = match
     return matches
 
 
