@@ -40,7 +40,6 @@ DEFAULT_TIMEOUT = 30.0
 # cap (FLOODGATE_MAILBOX_MAX_MESSAGES 500, trimmed past 10 % more).
 CATCH_UP = 1_000
 MAX_NEEDLE = 200  # characters of one criterion
-DISCONNECT_CHECK = 1.0  # seconds between checks that the caller is still there
 
 Answer = dict[str, Any]
 
@@ -235,30 +234,55 @@ async def _slot(hub: push.Hub, mailbox: str, client: str) -> AsyncIterator[push.
 
 async def _first(waiter: Waiter, mailbox: str, deadline: float) -> Answer | None:
     """The awaited message's answer: subscribed first, then from the mailbox after the
-    cursor, then from events until `deadline`. A waiter that fell `push.QUEUE` events
-    behind (its slot dropped while a render kept it busy) subscribes and reads again."""
+    cursor, then from events until `deadline` or until the caller hangs up. A waiter that
+    fell `push.QUEUE` events behind (its slot dropped while a render kept it busy)
+    subscribes and reads again."""
     request = waiter.request
     hub: push.Hub = request.app.state.hub
     client = push.client_key(request.client.host if request.client else "")
-    while True:  # at least once: `timeout=0` still reads what is stored
-        async with _slot(hub, mailbox, client) as subscriber:
-            if (found := await _catch_up(waiter, mailbox, deadline)) is not None:
-                return found
-            while not subscriber.dropped:
-                left = deadline - time.time()
-                if left <= 0:
-                    return None
-                try:
-                    async with asyncio.timeout(min(left, DISCONNECT_CHECK)):
-                        message = await subscriber.queue.get()
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        return None
-                    continue
-                if (found := await waiter.examine(message)) is not None:
+    # Nothing wakes an idle wait but a message, its deadline or its caller leaving (no
+    # timer a waiter: a thousand of them cost nothing while they wait).
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        while True:  # at least once: `timeout=0` still reads what is stored
+            async with _slot(hub, mailbox, client) as subscriber:
+                if (found := await _catch_up(waiter, mailbox, deadline)) is not None:
                     return found
-        if time.time() >= deadline:
-            return None
+                while not subscriber.dropped:
+                    message = await _next(subscriber, gone, deadline)
+                    if message is None:
+                        return None
+                    if (found := await waiter.examine(message)) is not None:
+                        return found
+            if time.time() >= deadline:
+                return None
+    finally:
+        gone.cancel()
+
+
+async def _next(
+    subscriber: push.Subscriber, gone: asyncio.Future[None], deadline: float
+) -> MessageDocument | None:
+    """The subscriber's next message; None at the deadline or once the caller is gone."""
+    left = deadline - time.time()
+    if left <= 0 or gone.done():
+        return None
+    getter = asyncio.ensure_future(subscriber.queue.get())
+    either: set[asyncio.Future[Any]] = {getter, gone}
+    try:
+        await asyncio.wait(either, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the caller hangs up (ASGI's `http.disconnect`; the request had no body
+    to read, the gate replays an empty one first)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _catch_up(waiter: Waiter, mailbox: str, deadline: float) -> Answer | None:

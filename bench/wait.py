@@ -179,7 +179,7 @@ def _cpu(pid: int) -> float:
 def _free(api_url: str) -> bool:
     """Whether a wait gets a slot again (the held ones have gone)."""
     url = f"{api_url}/v1/mailboxes/probe@mx.test/wait"
-    return httpx.get(url, params={"timeout": 0}, headers=HEADERS).status_code == 204
+    return httpx.get(url, params={"timeout": 0}, headers=HEADERS, timeout=30).status_code == 204
 
 
 def run(quick: bool = False) -> dict[str, Any]:
