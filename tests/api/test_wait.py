@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from mailstore.ids import id_floor
 from tests.conftest import ADMIN_TOKEN
 from tests.support.api import AUTH, deliver
 from tests.support.processes import ServiceProcess, clean_environ
-from tests.support.smtp import smtp_from
+from tests.support.smtp import smtp_from, wait_for
 
 SIGNUP = (
     b"From: Shop <noreply@shop.example>\r\nSubject: Confirm your account\r\n"
@@ -274,3 +275,22 @@ def test_each_readme_client_example_prints_the_code_of_the_mail_it_waited_for(
     out, err = example.communicate(timeout=30)
     assert example.returncode == 0, err.decode()
     assert out.decode().strip() in codes
+
+
+def test_a_caller_that_hangs_up_frees_its_slot_at_once(shared_api: ServiceProcess) -> None:
+    request = (
+        f"GET /v1/mailboxes/gone@mx.test/wait?timeout=60 HTTP/1.1\r\nHost: t\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    ).encode()
+    held = []
+    for _ in range(20):  # the client's whole share, each held for up to 60 s
+        sock = socket.create_connection((shared_api.host, shared_api.port))
+        sock.sendall(request)
+        held.append(sock)
+    try:
+        assert wait_for(lambda: wait(shared_api, "other@mx.test", timeout=0).status_code == 429)
+    finally:
+        for sock in held:
+            sock.close()
+    # Long before their 60 s: the API saw them go.
+    assert wait_for(lambda: wait(shared_api, "other@mx.test", timeout=0).status_code == 204)
