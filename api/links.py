@@ -27,7 +27,15 @@ from urllib.parse import urlsplit
 
 from api.display import escape_bidi, url_view
 
-__all__ = ["MAX_CODES", "MAX_LINKS", "MAX_URL", "extract", "mark_unsigned"]
+__all__ = [
+    "MAX_CODES",
+    "MAX_LINKS",
+    "MAX_URL",
+    "body_contains",
+    "extract",
+    "mark_unsigned",
+    "visible_text",
+]
 
 MAX_LINKS = 200
 # RFC 9110 4.1 recommends supporting URIs of at least 8000 octets; tracking links run long.
@@ -152,10 +160,13 @@ class _Found:
         return True
 
 
-def extract(subject: str, text: str | None, html: str | None) -> dict[str, Any]:
+def extract(
+    subject: str, text: str | None, html: str | None, contains: str | None = None
+) -> dict[str, Any]:
     """`{"links", "codes", "truncated"}` of a message: links from its HTML part (with their
     anchor text) then its text part, de-duplicated; codes from its subject, text and the
-    visible text of its HTML, in that order."""
+    visible text of its HTML, in that order. With `contains`, also `"contains"`: whether
+    the text part or the HTML's visible text holds it, case-insensitively."""
     found = _Found()
     visible = ""
     if html:
@@ -165,7 +176,28 @@ def extract(subject: str, text: str | None, html: str | None) -> dict[str, Any]:
             found.link(_trim(match.group()), None, "text")
     for source in (subject, text or "", visible):
         _codes(source, found)
-    return {"links": found.links, "codes": found.codes, "truncated": found.truncated}
+    result: dict[str, Any] = {
+        "links": found.links,
+        "codes": found.codes,
+        "truncated": found.truncated,
+    }
+    if contains is not None:
+        result["contains"] = body_contains(contains, text or "", visible)
+    return result
+
+
+def visible_text(html: str | None) -> str:
+    """The text a browser shows of `html` (its links are not kept)."""
+    return _from_html(html, _Found()) if html else ""
+
+
+def body_contains(needle: str, *texts: str) -> bool:
+    """Whether any of `texts` holds `needle`, case-insensitively (Unicode case folding),
+    white space runs counted as one space. Linear: `str.__contains__` is a two-way search
+    (CPython 3.10+, bpo-41972), whose cost is bounded by the text's length and the needle's,
+    never their product."""
+    wanted = _SPACES.sub(" ", needle.casefold()).strip()
+    return any(wanted in _SPACES.sub(" ", text.casefold()) for text in texts)
 
 
 def mark_unsigned(found: dict[str, Any], signed: dict[str, Any] | None) -> None:

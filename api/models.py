@@ -178,6 +178,19 @@ class Links(Model):
     )
 
 
+class Awaited(Model):
+    """The awaited message (`GET /v1/mailboxes/{address}/wait`): its listing entry, and
+    its links and likely one-time codes as `/v1/messages/{id}/links` gives them."""
+
+    message: MessageSummary
+    links: list[Link] = Field(description="de-duplicated, HTML part first, then text")
+    codes: list[Code] = Field(description="subject first, then text, then the HTML's text")
+    truncated: bool = Field(
+        description="true if some links or codes were left out (or the message could not "
+        "be read within the render bounds)"
+    )
+
+
 class AccessEntry(Model):
     cidr: str
     reason: str
