@@ -209,6 +209,7 @@ async def _s5(port: int, quick: bool, counter: Counter) -> None:
                 counter.actions += 1
             except (OSError, ConnectionError, TimeoutError):
                 counter.errors += 1
+                await asyncio.sleep(0.01)  # a refused bind fails without yielding
 
     await asyncio.gather(*(loop(f"127.0.53.{k}") for k in range(1, 3)))
 
@@ -255,6 +256,7 @@ async def _s8(port: int, quick: bool, counter: Counter) -> None:
                 counter.actions += 1
             except (OSError, ConnectionError, TimeoutError):
                 counter.errors += 1
+                await asyncio.sleep(0.01)
 
     await asyncio.gather(*(loop(k) for k in range(2)))
 

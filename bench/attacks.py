@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -190,10 +191,14 @@ def _one(attack: Attack, uri: str, workdir: Path, raw: bytes, quick: bool) -> di
 
 def run(quick: bool = False) -> dict[str, Any]:
     raise_fd_limit()
+    # BENCH_ATTACKS=S5,S8 runs those alone (to look into one; the table wants them all).
+    only = {key for key in os.environ.get("BENCH_ATTACKS", "").split(",") if key}
     raw = bystander_message()
     rows = []
     with tempfile.TemporaryDirectory() as directory, embedded_store(Path(directory)) as uri:
         for attack in attacks():
+            if only and attack.key not in only:
+                continue
             print(f"bench: attacks: {attack.key} ...", flush=True)
             rows.append(_one(attack, uri, Path(directory), raw, quick))
     failures = [
@@ -203,21 +208,22 @@ def run(quick: bool = False) -> dict[str, Any]:
         for part in ("banner", "stored")
         if not row["ok"][part]
     ]
-    failures += [
+    hard = [
         f"{row['attack']}: the bystander saw {row['attacked']['errors']} errors "
         f"({row['attacked']['first_error']})"
         for row in rows
         if row["attacked"]["errors"] or row["alone"]["errors"]
     ]
-    failures += [f"{row['attack']}: the receiver died" for row in rows if not row["receiver_alive"]]
+    hard += [f"{row['attack']}: the receiver died" for row in rows if not row["receiver_alive"]]
     return {
         "samples": QUICK_SAMPLES if quick else SAMPLES,
         "ratio": RATIO,
         "floor_ms": FLOOR_MS,
         "rows": rows,
-        "failures": failures,
-        # p99 of a dozen samples is their maximum: a quick run reports, never fails.
-        "enforced": not quick,
+        "failures": hard + failures,
+        # p99 of a dozen samples is their maximum: a quick run fails on a refused bystander
+        # or a dead receiver, never on a latency.
+        "enforced": not quick or bool(hard),
     }
 
 

@@ -122,6 +122,30 @@ async def test_one_client_holds_at_most_half_the_queue_and_others_are_served_mea
     assert verifier.busy == 0 and verifier._clients == {}
 
 
+async def test_one_clients_jobs_take_half_the_workers_and_a_bystander_is_answered_meanwhile() -> (
+    None
+):
+    # A worker answers in order: had the flood's jobs gone to both workers, the bystander's
+    # would wait behind two of them (bench attacks, S8: past the deadline).
+    verifier = Verifier(workers=2, queue=16)
+    await verifier.start(now=True)
+    heavy = signed(body=("x" * 998 + "\r\n") * 512)  # half a megabyte to canonicalize
+    try:
+        flood = [
+            asyncio.ensure_future(verifier.verify(heavy, KEYS, [(0, NAME)], False, "192.0.2.7"))
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0)  # each job is down a worker's pipe
+        assert len(verifier._placed["192.0.2.7"]) == 1
+        outcome = await verifier.verify(signed(), KEYS, [(0, NAME)], False, "198.51.100.1")
+        assert outcome is not None and outcome["dkim"][0][0] == "pass"
+        assert not all(job.done() for job in flood)  # answered while the flood still waits
+        assert all(o is not None for o in await asyncio.gather(*flood))
+    finally:
+        await verifier.close()
+    assert verifier._placed == {}
+
+
 async def test_a_v6_network_shares_one_share() -> None:
     verifier = Verifier(workers=1, queue=4)
     await verifier.start(now=True)

@@ -51,7 +51,10 @@ def client_of(ip: str) -> str:
 class Verifier:
     """`workers` processes and at most `queue` jobs waiting or running; one client (an
     address, an IPv6 /64) at most half of them, so the other half is always there for the
-    rest (a client's jobs past its share get None at once, as past the queue)."""
+    rest (a client's jobs past its share get None at once, as past the queue), and its
+    jobs go to at most half the workers (one at least), so with two or more the others
+    are free for everyone else: a worker answers in order, and a job queued behind one
+    sender's eight signatures over a large body would wait out its deadline."""
 
     def __init__(self, workers: int, queue: int, stuck_after: float = 2.0) -> None:
         self.workers = workers
@@ -60,6 +63,7 @@ class Verifier:
         self.busy = 0
         self.share = max(1, queue // 2)
         self._clients: dict[str, int] = {}  # jobs in flight by client (never more than queue)
+        self._placed: dict[str, dict[FramedChild, int]] = {}  # a client's jobs by worker
         self._all: list[FramedChild] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: asyncio.Task[None] | None = None
@@ -92,7 +96,7 @@ class Verifier:
             return None
         self._clients[key] = held + 1
         try:
-            return await self._verify(raw, keys, todo, arc)
+            return await self._verify(raw, keys, todo, arc, key)
         finally:
             left = self._clients[key] - 1
             if left:
@@ -101,7 +105,7 @@ class Verifier:
                 del self._clients[key]
 
     async def _verify(
-        self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool
+        self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool, key: str
     ) -> dict[str, Any] | None:
         if self._starting is None:  # the first job: start every worker, once
             self._starting = self._track(self._start_all())
@@ -114,7 +118,9 @@ class Verifier:
                 self.busy -= 1
         if self.closed or not self._all:
             return None
-        worker = min(self._all, key=lambda w: w.load)
+        worker = self._pick(key)
+        placed = self._placed.setdefault(key, {})
+        placed[worker] = placed.get(worker, 0) + 1
         self.busy += 1
         try:
             answer, _ = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
@@ -128,9 +134,26 @@ class Verifier:
             raise
         finally:
             self.busy -= 1
+            self._unplace(key, worker)
         return {"dkim": {int(k): tuple(v) for k, v in answer["dkim"].items()}} | (
             {"arc": tuple(answer["arc"])} if "arc" in answer else {}
         )
+
+    def _pick(self, key: str) -> FramedChild:
+        """The least loaded worker, among those the client already uses once it uses
+        half of them."""
+        placed = self._placed.get(key, {})
+        used = [w for w in self._all if placed.get(w)]
+        pool = used if len(used) >= max(1, len(self._all) // 2) else self._all
+        return min(pool, key=lambda w: w.load)
+
+    def _unplace(self, key: str, worker: FramedChild) -> None:
+        placed = self._placed[key]
+        placed[worker] -= 1
+        if not placed[worker]:
+            del placed[worker]
+        if not placed:
+            del self._placed[key]
 
     def _retire(self, worker: FramedChild) -> None:
         if worker not in self._all:
