@@ -54,7 +54,9 @@ class Verifier:
     rest (a client's jobs past its share get None at once, as past the queue), and its
     jobs go to at most half the workers (one at least), so with two or more the others
     are free for everyone else: a worker answers in order, and a job queued behind one
-    sender's eight signatures over a large body would wait out its deadline."""
+    sender's eight signatures over a large body would wait out its deadline. The clients
+    whose jobs a stuck worker was killed for get None until its successor is up: they would
+    otherwise take the workers left meanwhile."""
 
     def __init__(self, workers: int, queue: int, stuck_after: float = 2.0) -> None:
         self.workers = workers
@@ -64,6 +66,7 @@ class Verifier:
         self.share = max(1, queue // 2)
         self._clients: dict[str, int] = {}  # jobs in flight by client (never more than queue)
         self._placed: dict[str, dict[FramedChild, int]] = {}  # a client's jobs by worker
+        self._benched: set[str] = set()  # clients of a killed worker, until its successor
         self._all: list[FramedChild] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: asyncio.Task[None] | None = None
@@ -92,7 +95,7 @@ class Verifier:
         client's share of it is full, no worker is up, or the worker failed."""
         key = client_of(client)
         held = self._clients.get(key, 0)
-        if self.busy >= self.queue or self.closed or held >= self.share:
+        if self.busy >= self.queue or self.closed or held >= self.share or key in self._benched:
             return None
         self._clients[key] = held + 1
         try:
@@ -161,8 +164,10 @@ class Verifier:
         worker.kill()
         self._track(worker.wait())  # reaped
         self._all.remove(worker)
+        benched = {key for key, placed in self._placed.items() if worker in placed}
+        self._benched |= benched
         if not self.closed:
-            self._track(self._replace())
+            self._track(self._replace(benched))
 
     def _track(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task of ours: cancelled at `close`."""
@@ -171,7 +176,13 @@ class Verifier:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _replace(self) -> None:
+    async def _replace(self, benched: frozenset[str] | set[str] = frozenset()) -> None:
+        try:
+            await self._start_one()
+        finally:
+            self._benched -= benched
+
+    async def _start_one(self) -> None:
         while not self.closed:
             try:
                 worker = await FramedChild.start(COMMAND)

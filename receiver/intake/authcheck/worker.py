@@ -14,7 +14,6 @@ import sys
 from processes.framed import read_message, write_message
 from receiver.intake.authcheck.signatures import verify
 
-
 # Verification is bulk work a sender sizes, on the cores the receiver's event loop needs
 # for every other client's banner and replies: when both want a core, the loop goes first
 # (a signature's verdict can wait within its deadline; a banner should not wait on it).
