@@ -146,6 +146,31 @@ async def test_one_clients_jobs_take_half_the_workers_and_a_bystander_is_answere
     assert verifier._placed == {}
 
 
+async def test_the_client_a_worker_was_killed_for_waits_for_its_successor_not_another() -> None:
+    verifier = Verifier(workers=2, queue=8, stuck_after=0.2)
+    await verifier.start(now=True)
+    try:
+        first = verifier._all[0]
+        stdin = first.transport.get_pipe_transport(0)
+        stdin.write((1 << 20).to_bytes(4, "big") + b"{")  # type: ignore[attr-defined]
+        with pytest.raises(TimeoutError):  # its job went to the stuck worker (least loaded)
+            await asyncio.wait_for(
+                verifier.verify(signed(), KEYS, [(0, NAME)], False, "192.0.2.7"), 0.3
+            )
+        assert first not in verifier._all  # killed for it
+        # Until the successor is up, that client gets nothing; the others the live worker.
+        assert await verifier.verify(signed(), KEYS, [(0, NAME)], False, "192.0.2.7") is None
+        other = await verifier.verify(signed(), KEYS, [(0, NAME)], False, "198.51.100.1")
+        assert other is not None and other["dkim"][0][0] == "pass"
+        deadline = time.monotonic() + 10
+        while len(verifier._all) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        again = await verifier.verify(signed(), KEYS, [(0, NAME)], False, "192.0.2.7")
+    finally:
+        await verifier.close()
+    assert again is not None and again["dkim"][0][0] == "pass"
+
+
 async def test_a_v6_network_shares_one_share() -> None:
     verifier = Verifier(workers=1, queue=4)
     await verifier.start(now=True)
