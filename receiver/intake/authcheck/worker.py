@@ -8,22 +8,14 @@ cleaning up.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from processes.framed import read_message, write_message
 from receiver.intake.authcheck.signatures import verify
 
-# Verification is bulk work a sender sizes, on the cores the receiver's event loop needs
-# for every other client's banner and replies: when both want a core, the loop goes first
-# (a signature's verdict can wait within its deadline; a banner should not wait on it).
-NICENESS = 10
-
 
 def main() -> None:
     import dkim  # noqa: F401  # loaded before "ready": the first job pays no import
-
-    os.nice(NICENESS)
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     write_message(stdout, {"ready": True})
