@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import faulthandler
 import itertools
+import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -40,6 +42,10 @@ class Counter:
 
     actions: int = 0
     errors: int = 0
+    # Loops end by this flag, not by cancellation alone: Python 3.11's wait_for can
+    # swallow a cancel that meets a completed read (S5's loops do, hundreds of times a
+    # second), and a loop that swallowed one would run on for ever.
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ async def paced(rate: float, step: Callable[[int], Awaitable[None]], counter: Co
             counter.errors += 1
 
     for n in itertools.count():
+        if counter.stopped:
+            break
         await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
         if len(tasks) < 2 * rate:
             task = asyncio.create_task(one(n))
@@ -219,7 +227,7 @@ async def _s4(port: int, quick: bool, counter: Counter) -> None:
 
 async def _s5(port: int, quick: bool, counter: Counter) -> None:
     async def loop(source: str) -> None:
-        while True:
+        while not counter.stopped:
             try:
                 await knock(port, source)
                 counter.actions += 1
@@ -264,7 +272,7 @@ async def _s8(port: int, quick: bool, counter: Counter) -> None:
     serial = itertools.count()
 
     async def loop(k: int) -> None:
-        while True:
+        while not counter.stopped:
             n = next(serial)
             raw, domain = (signed, SIGNER) if n % 2 else (huge, HUGE)
             try:
@@ -369,15 +377,20 @@ def bystander_records() -> dict[str, Record]:
 
 
 def run_attacker(attack: Attack, port: int, quick: bool, stop: Any, done: Any) -> None:
-    """A child process's body: run the attack until `stop` is set, then report counts."""
+    """A child process's body: run the attack until `stop` is set, then report counts.
+    SIGUSR1 prints its stacks (the parent's question when it does not stop)."""
+    faulthandler.register(signal.SIGUSR1)
     counter = Counter()
 
     async def main() -> None:
         task = asyncio.create_task(attack.runner(port, quick, counter))
         while not stop.is_set():
             await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        counter.stopped = True
+        await asyncio.wait({task}, timeout=5)
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
 
     asyncio.run(main())
     done.put((counter.actions, counter.errors))
