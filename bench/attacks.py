@@ -160,9 +160,8 @@ def _one(attack: Attack, uri: str, workdir: Path, raw: bytes, quick: bool) -> di
         receiver = start_service("receiver", env, workdir)
         try:
             count = QUICK_SAMPLES if quick else SAMPLES
-            _measure(
-                receiver.port, raw, QUICK_WARMUP if quick else WARMUP
-            )  # the store's connection, the auth workers
+            # Warm-up: the store's connection, the verification workers' start.
+            _measure(receiver.port, raw, QUICK_WARMUP if quick else WARMUP)
             alone = _measure(receiver.port, raw, count)
             halt, done = ctx.Event(), ctx.Queue()
             attacker = ctx.Process(
@@ -176,7 +175,8 @@ def _one(attack: Attack, uri: str, workdir: Path, raw: bytes, quick: bool) -> di
             try:
                 actions, errors = done.get(timeout=30)
             except queue.Empty:  # it would not stop: say where it was, then end it
-                os.kill(attacker.pid or 0, signal.SIGUSR1)
+                if attacker.pid is not None:  # our child, by its own id
+                    os.kill(attacker.pid, signal.SIGUSR1)
                 time.sleep(0.5)
                 attacker.kill()
                 actions, errors = -1, -1
