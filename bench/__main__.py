@@ -1,9 +1,10 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
 Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth,
-cost, scale, wait.
+cost, scale, wait, attacks.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
-bench/results).
+bench/results). A suite whose result lists `failures` with `enforced` set (a goal it checks
+and missed) makes the exit status 1, once every report is written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from bench import (
     abuse,
+    attacks,
     auth,
     blocklist,
     cost,
@@ -49,6 +51,7 @@ SUITES: dict[str, ModuleType] = {
     "cost": cost,
     "scale": scale,
     "wait": wait,
+    "attacks": attacks,
 }
 
 
@@ -110,7 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     (args.out / "latest.md").write_text(header + "\n".join(sections))
     print(f"bench: results written to {args.out / 'latest.json'} and {args.out / 'latest.md'}")
-    return 0
+    missed = [
+        f"{name}: {failure}"
+        for name in names
+        if results["suites"][name].get("enforced")
+        for failure in results["suites"][name].get("failures", [])
+    ]
+    for line in missed:
+        print(f"bench: goal missed: {line}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

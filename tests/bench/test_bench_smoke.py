@@ -94,3 +94,35 @@ def test_quick_auth_suite_reports_time_to_250_and_cpu_with_the_checks_on_and_off
     assert auth["deadline_s"] * 1000 <= auth["silent"]["p99_ms"] < auth["deadline_s"] * 1000 + 500
     assert auth["warm"]["worker_cpu_us"] > 0
     assert "Authentication verdicts" in (tmp_path / "latest.md").read_text()
+
+
+def test_quick_attacks_suite_measures_a_bystander_alone_and_during_each_attack(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "attacks", "--quick", "--out", str(tmp_path)],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    # Exit status 0: no bystander was refused and no receiver died (a quick run's p99 of a
+    # dozen samples is reported, not judged).
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    attacks = json.loads((tmp_path / "latest.json").read_text())["suites"]["attacks"]
+    rows = {row["attack"]: row for row in attacks["rows"]}
+    assert set(rows) == {"S1", "S2", "S3", "S4", "S5", "S8", "S10"}  # no control
+    for row in rows.values():
+        assert row["attacker"]["actions"] > 0  # the attack really ran beside the bystander
+        for phase in ("alone", "attacked"):
+            assert row[phase]["samples"] == attacks["samples"] and row[phase]["errors"] == 0
+            for part in ("banner", "stored"):
+                assert 0 < row[phase][part]["p50"] <= row[phase][part]["p99"] < 5000
+    assert "under attack" in (tmp_path / "latest.md").read_text()
+
+
+def test_the_attacks_goal_is_twice_alone_plus_a_floor_for_sub_millisecond_noise() -> None:
+    from bench.attacks import within
+
+    assert within(1.0, 7.0) and not within(1.0, 7.1)  # 2 x 1 ms + 5 ms
+    assert within(40.0, 85.0) and not within(40.0, 85.5)  # 2 x 40 ms + 5 ms

@@ -122,6 +122,55 @@ async def test_one_client_holds_at_most_half_the_queue_and_others_are_served_mea
     assert verifier.busy == 0 and verifier._clients == {}
 
 
+async def test_one_clients_jobs_take_half_the_workers_and_a_bystander_is_answered_meanwhile() -> (
+    None
+):
+    # A worker answers in order: had the flood's jobs gone to both workers, the bystander's
+    # would wait behind two of them (bench attacks, S8: past the deadline).
+    verifier = Verifier(workers=2, queue=16)
+    await verifier.start(now=True)
+    heavy = signed(body=("x" * 998 + "\r\n") * 512)  # half a megabyte to canonicalize
+    try:
+        flood = [
+            asyncio.ensure_future(verifier.verify(heavy, KEYS, [(0, NAME)], False, "192.0.2.7"))
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0)  # each job is down a worker's pipe
+        assert len(verifier._placed["192.0.2.7"]) == 1
+        outcome = await verifier.verify(signed(), KEYS, [(0, NAME)], False, "198.51.100.1")
+        assert outcome is not None and outcome["dkim"][0][0] == "pass"
+        assert not all(job.done() for job in flood)  # answered while the flood still waits
+        assert all(o is not None for o in await asyncio.gather(*flood))
+    finally:
+        await verifier.close()
+    assert verifier._placed == {}
+
+
+async def test_the_client_a_worker_was_killed_for_waits_for_its_successor_not_another() -> None:
+    verifier = Verifier(workers=2, queue=8, stuck_after=0.2)
+    await verifier.start(now=True)
+    try:
+        first = verifier._all[0]
+        stdin = first.transport.get_pipe_transport(0)
+        stdin.write((1 << 20).to_bytes(4, "big") + b"{")  # type: ignore[attr-defined]
+        with pytest.raises(TimeoutError):  # its job went to the stuck worker (least loaded)
+            await asyncio.wait_for(
+                verifier.verify(signed(), KEYS, [(0, NAME)], False, "192.0.2.7"), 0.3
+            )
+        assert first not in verifier._all  # killed for it
+        # Until the successor is up, that client gets nothing; the others the live worker.
+        assert await verifier.verify(signed(), KEYS, [(0, NAME)], False, "192.0.2.7") is None
+        other = await verifier.verify(signed(), KEYS, [(0, NAME)], False, "198.51.100.1")
+        assert other is not None and other["dkim"][0][0] == "pass"
+        deadline = time.monotonic() + 10
+        while len(verifier._all) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        again = await verifier.verify(signed(), KEYS, [(0, NAME)], False, "192.0.2.7")
+    finally:
+        await verifier.close()
+    assert again is not None and again["dkim"][0][0] == "pass"
+
+
 async def test_a_v6_network_shares_one_share() -> None:
     verifier = Verifier(workers=1, queue=4)
     await verifier.start(now=True)

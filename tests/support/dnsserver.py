@@ -95,10 +95,13 @@ class _Handler(socketserver.BaseRequestHandler):
         if record is not None and record.delay:
             time.sleep(record.delay)
         if record is not None and record.kind == "stray":
-            for n in range(200):  # a blind forger's guesses: our id, another question
-                stray = DNSRecord.question(f"other{n}.{name}", "A")
-                stray.header.id, stray.header.qr = query.header.id, 1
-                sock.sendto(bytes(stray.pack()), self.client_address)
+            # A blind forger's guesses: our id, another question (packed once: 200 packs a
+            # query would hold the server's other answers back under a flood).
+            stray = DNSRecord.question(f"other.{name}", "A")
+            stray.header.id, stray.header.qr = query.header.id, 1
+            packed = bytes(stray.pack())
+            for _ in range(200):
+                sock.sendto(packed, self.client_address)
             record = Record("a", record.values)
         answer = _answer(query, name, record)
         if answer is not None:
@@ -120,9 +123,9 @@ def _answer(query: Any, name: str, record: Record | None) -> bytes | None:
         reply.header.rcode = RCODE.SERVFAIL
     elif record.kind == "garbage":
         # Our id and question, then an answer count the message does not hold.
-        packed = bytearray(reply.pack())
-        packed[6:8] = b"\x00\x05"
-        return bytes(packed) + b"\xc0\x0c\x00\x01"
+        broken = bytearray(reply.pack())
+        broken[6:8] = b"\x00\x05"
+        return bytes(broken) + b"\xc0\x0c\x00\x01"
     elif record.kind == "big":
         for n in range(40):  # some 40 x 16 octets: more than a plain query's 512
             reply.add_answer(RR(name, QTYPE.A, rdata=A(f"127.0.0.{n + 2}"), ttl=60))
@@ -161,13 +164,14 @@ class DnsServer:
         self.queries: list[str] = []
         self._server = _Server(address, _Handler)
         self._server.owner = self
+        self.host: str = address[0]
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def address(self) -> str:
         """For FLOODGATE_DNS_SERVERS."""
-        return f"{self._server.server_address[0]}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def __enter__(self) -> DnsServer:
         self._thread.start()

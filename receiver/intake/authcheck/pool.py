@@ -51,7 +51,12 @@ def client_of(ip: str) -> str:
 class Verifier:
     """`workers` processes and at most `queue` jobs waiting or running; one client (an
     address, an IPv6 /64) at most half of them, so the other half is always there for the
-    rest (a client's jobs past its share get None at once, as past the queue)."""
+    rest (a client's jobs past its share get None at once, as past the queue), and its
+    jobs go to at most half the workers (one at least), so with two or more the others
+    are free for everyone else: a worker answers in order, and a job queued behind one
+    sender's eight signatures over a large body would wait out its deadline. The clients
+    whose jobs a stuck worker was killed for get None until its successor is up: they would
+    otherwise take the workers left meanwhile."""
 
     def __init__(self, workers: int, queue: int, stuck_after: float = 2.0) -> None:
         self.workers = workers
@@ -60,6 +65,8 @@ class Verifier:
         self.busy = 0
         self.share = max(1, queue // 2)
         self._clients: dict[str, int] = {}  # jobs in flight by client (never more than queue)
+        self._placed: dict[str, dict[FramedChild, int]] = {}  # a client's jobs by worker
+        self._benched: set[str] = set()  # clients of a killed worker, until its successor
         self._all: list[FramedChild] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: asyncio.Task[None] | None = None
@@ -88,11 +95,11 @@ class Verifier:
         client's share of it is full, no worker is up, or the worker failed."""
         key = client_of(client)
         held = self._clients.get(key, 0)
-        if self.busy >= self.queue or self.closed or held >= self.share:
+        if self.busy >= self.queue or self.closed or held >= self.share or key in self._benched:
             return None
         self._clients[key] = held + 1
         try:
-            return await self._verify(raw, keys, todo, arc)
+            return await self._verify(raw, keys, todo, arc, key)
         finally:
             left = self._clients[key] - 1
             if left:
@@ -101,7 +108,7 @@ class Verifier:
                 del self._clients[key]
 
     async def _verify(
-        self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool
+        self, raw: bytes, keys: dict[str, str], todo: list[tuple[int, str]], arc: bool, key: str
     ) -> dict[str, Any] | None:
         if self._starting is None:  # the first job: start every worker, once
             self._starting = self._track(self._start_all())
@@ -114,7 +121,9 @@ class Verifier:
                 self.busy -= 1
         if self.closed or not self._all:
             return None
-        worker = min(self._all, key=lambda w: w.load)
+        worker = self._pick(key)
+        placed = self._placed.setdefault(key, {})
+        placed[worker] = placed.get(worker, 0) + 1
         self.busy += 1
         try:
             answer, _ = await worker.ask({"keys": keys, "todo": todo, "arc": arc}, raw)
@@ -128,9 +137,26 @@ class Verifier:
             raise
         finally:
             self.busy -= 1
+            self._unplace(key, worker)
         return {"dkim": {int(k): tuple(v) for k, v in answer["dkim"].items()}} | (
             {"arc": tuple(answer["arc"])} if "arc" in answer else {}
         )
+
+    def _pick(self, key: str) -> FramedChild:
+        """The least loaded worker, among those the client already uses once it uses
+        half of them."""
+        placed = self._placed.get(key, {})
+        used = [w for w in self._all if placed.get(w)]
+        pool = used if len(used) >= max(1, len(self._all) // 2) else self._all
+        return min(pool, key=lambda w: w.load)
+
+    def _unplace(self, key: str, worker: FramedChild) -> None:
+        placed = self._placed[key]
+        placed[worker] -= 1
+        if not placed[worker]:
+            del placed[worker]
+        if not placed:
+            del self._placed[key]
 
     def _retire(self, worker: FramedChild) -> None:
         if worker not in self._all:
@@ -138,8 +164,10 @@ class Verifier:
         worker.kill()
         self._track(worker.wait())  # reaped
         self._all.remove(worker)
+        benched = {key for key, placed in self._placed.items() if worker in placed}
+        self._benched |= benched
         if not self.closed:
-            self._track(self._replace())
+            self._track(self._replace(benched))
 
     def _track(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task of ours: cancelled at `close`."""
@@ -148,7 +176,13 @@ class Verifier:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _replace(self) -> None:
+    async def _replace(self, benched: frozenset[str] | set[str] = frozenset()) -> None:
+        try:
+            await self._start_one()
+        finally:
+            self._benched -= benched
+
+    async def _start_one(self) -> None:
         while not self.closed:
             try:
                 worker = await FramedChild.start(COMMAND)
