@@ -1,0 +1,347 @@
+"""The dispatcher: follows new messages in the store, turns each into durable deliveries
+for the endpoints registered for it, and sends them, retried with backoff.
+
+It follows the `messages` change stream as the API's live push does (api.push.Hub), and
+keeps its place (the stream's resume token) in the store, so messages that arrive while
+it is down are picked up when it starts again. A delivery is written before its first
+attempt, and an attempt only claims it for a lease (`due` moved past the attempt's
+deadline): a dispatcher killed mid-attempt leaves it due again, and the next one sends it
+again under the same `webhook-id` (at least once). Attempts are bounded in all
+(`webhook_max_in_flight`) and per endpoint (`webhook_concurrency`; a delivery whose
+endpoint is at its cap is not claimed). An endpoint that fails a whole schedule's worth of
+attempts in a row is disabled, and the operator told (a `webhook_disabled` line, at most
+one per summary interval, the rest folded into one summary line; and in the API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure, PyMongoError
+
+from api.renderpool import Busy, RenderPool
+from mailstore.message import MessageDocument, MessageKey
+from mailstore.webhooks import State, WebhookStore, delivery_id
+from receiver.telemetry.events import emit
+from receiver.telemetry.summary import SummaryLog
+from webhooks import destination, payload, sender, signing
+from webhooks.limits import WebhookLimits, backoff
+from webhooks.metrics import WebhookMetrics
+
+POLL = 0.1  # the embedded store answers an empty getMore at once: pace empty polls
+IDLE = 0.25  # seconds between looks for due deliveries when nothing woke the loop
+REFRESH = 0.2  # seconds the endpoints are cached: a registration counts from then on
+SAVE_EVERY = 0.5  # seconds between saves of the stream's resume token
+SWEEP_EVERY = 30.0  # seconds between drops of deliveries past retention
+CANDIDATES = 4  # due deliveries looked at per free slot (some may be at their cap)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: str
+    url: str
+    match: str  # "" every message, a domain, or an address
+    secret: str
+    disabled: bool
+
+    @classmethod
+    def read(cls, document: dict[str, Any]) -> Endpoint:
+        return cls(
+            str(document["_id"]),
+            str(document["url"]),
+            str(document.get("match") or ""),
+            str(document["secret"]),
+            bool(document.get("disabled", False)),
+        )
+
+    def matches(self, mailbox: str) -> bool:
+        if not self.match:
+            return True
+        if "@" in self.match:
+            return mailbox == self.match
+        return mailbox.rpartition("@")[2] == self.match
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        messages: AsyncCollection[Any],
+        hooks: WebhookStore,
+        limits: WebhookLimits,
+        renderer: RenderPool,
+        api_url: str,
+        *,
+        summary_interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.messages, self.hooks, self.limits = messages, hooks, limits
+        self.renderer, self.api_url, self.clock = renderer, api_url.rstrip("/"), clock
+        self.metrics = WebhookMetrics()
+        self.http = sender.client(limits.webhook_max_in_flight)
+        self.summary = SummaryLog(summary_interval)
+        self.summary_interval = summary_interval
+        self.endpoints: dict[str, Endpoint] = {}
+        self._loaded = -1.0
+        self._wake = asyncio.Event()
+        self._busy: Counter[str] = Counter()  # attempts in flight per endpoint
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_alert = -1e9
+        self.store_ok = False
+
+    # --- endpoints ---------------------------------------------------------------------
+
+    async def endpoints_now(self) -> dict[str, Endpoint]:
+        """The registered endpoints, at most `REFRESH` seconds old."""
+        if time.monotonic() - self._loaded > REFRESH:
+            found = await self.hooks.endpoints_page(self.limits.webhook_max_endpoints)
+            self.endpoints = {e.id: e for e in map(Endpoint.read, found)}
+            self._loaded = time.monotonic()
+            self.metrics.endpoints.set(len(self.endpoints))
+            self.metrics.disabled.set(sum(e.disabled for e in self.endpoints.values()))
+        return self.endpoints
+
+    # --- following the store -----------------------------------------------------------
+
+    async def follow(self) -> None:
+        """Turn every new message into deliveries, from where the last run stopped."""
+        pipeline = [{"$match": {"operationType": "insert"}}]
+        while True:
+            try:
+                token = await self.hooks.resume_token()
+                try:
+                    stream = await self.messages.watch(
+                        pipeline, max_await_time_ms=500, resume_after=token
+                    )
+                except OperationFailure:  # the place is gone from the history: from now on
+                    stream = await self.messages.watch(pipeline, max_await_time_ms=500)
+                async with stream:
+                    await self._read(stream)
+            except PyMongoError as error:
+                self.store_ok = False
+                emit("webhook_store_error", where="follow", error=type(error).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _read(self, stream: Any) -> None:
+        saved = time.monotonic()
+        unsaved = False
+        while True:
+            change = await stream.try_next()
+            self.store_ok = True
+            if change is None:
+                if unsaved:
+                    await self.hooks.save_resume_token(stream.resume_token)
+                    unsaved, saved = False, time.monotonic()
+                await asyncio.sleep(POLL)
+                continue
+            document = change.get("fullDocument")
+            if isinstance(document, dict) and MessageKey.ID in document:
+                await self.enqueue(MessageDocument.read(document))
+            unsaved = True
+            if time.monotonic() - saved > SAVE_EVERY:
+                await self.hooks.save_resume_token(stream.resume_token)
+                unsaved, saved = False, time.monotonic()
+
+    async def enqueue(self, message: MessageDocument) -> int:
+        """Durable deliveries of `message` to every enabled endpoint that matches one of
+        its mailboxes; how many were new."""
+        wanted: dict[str, list[str]] = {}
+        for endpoint in (await self.endpoints_now()).values():
+            boxes = [m for m in message.rcpt if endpoint.matches(m)]
+            if boxes and not endpoint.disabled:
+                wanted[endpoint.id] = boxes
+        if not wanted:
+            return 0
+        found, error = await self._links(message)
+        now = self.clock()
+        expiry = message.expires_at.timestamp() if message.expires_at else now + 86_400
+        deliveries = [
+            {
+                "_id": delivery_id(message.id, endpoint_id),
+                "endpoint": endpoint_id,
+                "message_id": message.id,
+                "state": State.PENDING.value,
+                "attempts": 0,
+                "due": now,
+                "created_at": now,
+                "received_at": message.received_at.timestamp(),
+                "ekey": f"{endpoint_id}:{now:017.6f}:{message.id}",
+                "expiry": expiry,
+                "payload": payload.build(message, boxes, found, error, self.api_url),
+            }
+            for endpoint_id, boxes in wanted.items()
+        ]
+        added = await self.hooks.enqueue(deliveries)
+        self._wake.set()
+        return added
+
+    async def _links(self, message: MessageDocument) -> tuple[dict[str, Any] | None, str | None]:
+        """Links and codes from the render workers, or why there are none."""
+        try:
+            outcome = await self.renderer.run(f"{message.id}/links", {"job": "links"}, message.raw)
+        except Busy:
+            return None, "too many messages being read; fetch /links later"
+        if outcome.failure is not None:
+            return None, outcome.failure
+        if "unparseable" in outcome.head:
+            return None, str(outcome.head["unparseable"])
+        found: dict[str, Any] = outcome.head["links"]
+        return found, None
+
+    # --- sending -----------------------------------------------------------------------
+
+    async def deliver(self) -> None:
+        """Claim due deliveries while there are free slots, and send each."""
+        while True:
+            try:
+                await self._round()
+            except PyMongoError as error:
+                self.store_ok = False
+                emit("webhook_store_error", where="deliver", error=type(error).__name__)
+                await asyncio.sleep(1.0)
+            self.summary.flush()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _round(self) -> None:
+        free = self.limits.webhook_max_in_flight - len(self._tasks)
+        if free <= 0:
+            return
+        endpoints = await self.endpoints_now()
+        cap = self.limits.webhook_concurrency
+
+        taken: Counter[str] = Counter()
+
+        def wanted(delivery: dict[str, Any]) -> bool:
+            name = str(delivery["endpoint"])
+            if self._busy[name] + taken[name] >= cap:
+                return False
+            taken[name] += 1
+            return True
+
+        now = self.clock()
+        claimed = await self.hooks.claim(
+            now, self.limits.lease, free * CANDIDATES, wanted, most=free
+        )
+        for delivery in claimed:
+            endpoint = endpoints.get(str(delivery["endpoint"]))
+            self._busy[str(delivery["endpoint"])] += 1
+            task = asyncio.get_running_loop().create_task(self._send(delivery, endpoint))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.metrics.in_flight.set(len(self._tasks))
+        self._wake.set()
+
+    async def _send(self, delivery: dict[str, Any], endpoint: Endpoint | None) -> None:
+        name = str(delivery["endpoint"])
+        self.metrics.in_flight.set(len(self._tasks))
+        try:
+            if endpoint is None or endpoint.disabled:
+                why = "endpoint removed" if endpoint is None else "endpoint disabled"
+                await self._finish(delivery, State.FAILED, last_error=why)
+                return
+            await self._attempt(delivery, endpoint)
+        except PyMongoError as error:  # the lease runs out: the delivery is due again
+            emit("webhook_store_error", where="settle", error=type(error).__name__)
+        finally:
+            self._busy[name] -= 1
+            if self._busy[name] <= 0:
+                del self._busy[name]
+
+    async def _attempt(self, delivery: dict[str, Any], endpoint: Endpoint) -> None:
+        body = delivery["payload"]
+        body = body if isinstance(body, bytes) else str(body).encode()
+        limits = self.limits
+        try:
+            target = destination.parse(endpoint.url)
+        except destination.Refused as error:
+            result = sender.Attempt(sender.Outcome.DESTINATION, error=str(error))
+        else:
+            headers = signing.headers(
+                endpoint.secret, str(delivery["_id"]), int(self.clock()), body
+            )
+            result = await sender.attempt(
+                self.http,
+                target,
+                headers,
+                body,
+                within=limits.webhook_timeout,
+                dns_timeout=limits.webhook_dns_timeout,
+                allow_private=limits.allow_private,
+            )
+        self.metrics.attempts.labels(result.outcome.value).inc()
+        now = self.clock()
+        if result.outcome is sender.Outcome.DELIVERED:
+            await self._finish(
+                delivery, State.DELIVERED, last_status=result.status, delivered_at=now
+            )
+            await self.hooks.succeeded(endpoint.id, now)
+            self.metrics.latency.observe(max(0.0, now - float(delivery["received_at"])))
+            return
+        await self._failed(delivery, endpoint, result, now)
+
+    async def _failed(
+        self, delivery: dict[str, Any], endpoint: Endpoint, result: sender.Attempt, now: float
+    ) -> None:
+        error = result.error or result.outcome.value
+        self.summary.record("webhook_attempt_failed", result.outcome.value)
+        failures = await self.hooks.failed(endpoint.id, error, now)
+        if failures >= self.limits.disable_after:
+            reason = f"{failures} failed attempts in a row; last: {error}"
+            if await self.hooks.disable(endpoint.id, reason):
+                self._alert(endpoint.id, failures, error)
+                self._loaded = -1.0  # seen at once by the next claim
+        wait = backoff(int(delivery.get("attempts", 0)) + 1, self.limits.retry_schedule)
+        if wait is None:
+            await self._finish(delivery, State.FAILED, last_status=result.status, last_error=error)
+            return
+        changes = {"due": now + wait, "last_status": result.status, "last_error": error}
+        await self.hooks.settle(str(delivery["_id"]), changes, done=False)
+
+    async def _finish(self, delivery: dict[str, Any], state: State, **changes: Any) -> None:
+        await self.hooks.settle(str(delivery["_id"]), {"state": state.value, **changes}, done=True)
+        self.metrics.deliveries.labels(state.value).inc()
+
+    def _alert(self, endpoint_id: str, failures: int, error: str) -> None:
+        """One line per summary interval at most; the rest are counted into its summary."""
+        now = time.monotonic()
+        if now - self._last_alert >= self.summary_interval:
+            self._last_alert = now
+            emit("webhook_disabled", endpoint=endpoint_id, failures=failures, error=error)
+        else:
+            self.summary.record("webhook_disabled", endpoint_id)
+
+    # --- housekeeping ------------------------------------------------------------------
+
+    async def keep(self) -> None:
+        """Gauges of the store's pending work, and deliveries past retention dropped."""
+        swept = -SWEEP_EVERY
+        while True:
+            try:
+                self.metrics.pending.set(await self.hooks.pending())
+                await self.endpoints_now()
+                if time.monotonic() - swept >= SWEEP_EVERY:
+                    await self.hooks.expire(self.clock())
+                    swept = time.monotonic()
+                self.store_ok = True
+            except PyMongoError as error:
+                self.store_ok = False
+                emit("webhook_store_error", where="keep", error=type(error).__name__)
+            await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.http.aclose()
