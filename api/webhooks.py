@@ -1,6 +1,8 @@
 """Webhook admin endpoints: register a URL for an address, a domain or every message, list
 and remove them, enable one again, and see its recent deliveries. They only write to the
-store: the dispatcher (`floodgate webhooks`) picks endpoints up from there within 0.2 s.
+store: the dispatcher (`floodgate webhooks`) reads the endpoints again before it looks at
+messages stored after its last read, so a registration counts for every message stored
+after its `201`.
 
 The secret (`whsec_...`, Standard Webhooks) is made here and shown once, in the answer
 to the registration; it is never listed.

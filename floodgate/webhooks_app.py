@@ -29,7 +29,7 @@ async def serve(settings: Settings, uri: str) -> None:
     limits = settings.webhook_limits()
     renderer = RenderPool(settings.api_limits())
     dispatcher = Dispatcher(
-        store.messages,
+        store,
         hooks,
         limits,
         renderer,
@@ -38,7 +38,11 @@ async def serve(settings: Settings, uri: str) -> None:
     )
 
     def ready() -> tuple[bool, str]:
-        return (True, "ready") if dispatcher.store_ok else (False, "message store not answering")
+        if not dispatcher.store_ok:
+            return False, "message store not answering"
+        if not dispatcher.following:
+            return False, "not following new messages yet"
+        return True, "ready"
 
     health = HealthServer(dispatcher.metrics.registry, ready)
     await health.start(*parse_hostport(settings.webhooks_http_listen))

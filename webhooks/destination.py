@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_URL = 2_000
+MAX_ADDRESSES = 4  # tried in turn when a connection is refused (IPv6 and IPv4, say)
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -111,27 +112,40 @@ def check_registration(url: str, allow_private: bool) -> Target:
     return target
 
 
-async def resolve(target: Target, within: float, allow_private: bool) -> IpAddress:
-    """The one address an attempt connects to: the literal, or the first address the host
-    resolves to within `within` seconds, checked. `Refused` when it may not be used or does not
-    resolve in time."""
+async def resolve(target: Target, within: float, allow_private: bool) -> list[IpAddress]:
+    """The addresses an attempt may connect to, in the resolver's order (at most
+    `MAX_ADDRESSES`): the literal, or what the host resolves to within `within` seconds.
+    `Refused` when it does not resolve in time, or when any address may not be used (a
+    name that answers with an inside address among public ones is refused whole)."""
     address = literal(target.host)
-    if address is None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(within):
-                found = await loop.getaddrinfo(
-                    target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-                )
-        except TimeoutError:
-            raise Refused(f"{target.host} did not resolve within {within:g}s") from None
-        except OSError as error:
-            raise Refused(f"{target.host} does not resolve: {error.strerror or error}") from None
-        if not found:
-            raise Refused(f"{target.host} has no address")
-        address = ipaddress.ip_address(found[0][4][0])
+    if address is not None:
+        found = [address]
+    else:
+        found = await _lookup(target, within)
     if not allow_private:
-        reason = forbidden(address)
-        if reason is not None:
-            raise Refused(f"{target.host}: {reason}; webhooks go to public addresses only")
-    return address
+        for each in found:
+            reason = forbidden(each)
+            if reason is not None:
+                raise Refused(f"{target.host}: {reason}; webhooks go to public addresses only")
+    return found
+
+
+async def _lookup(target: Target, within: float) -> list[IpAddress]:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(within):
+            answers = await loop.getaddrinfo(
+                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+    except TimeoutError:
+        raise Refused(f"{target.host} did not resolve within {within:g}s") from None
+    except OSError as error:
+        raise Refused(f"{target.host} does not resolve: {error.strerror or error}") from None
+    found: list[IpAddress] = []
+    for answer in answers:
+        address = ipaddress.ip_address(answer[4][0])
+        if address not in found:
+            found.append(address)
+    if not found:
+        raise Refused(f"{target.host} has no address")
+    return found[:MAX_ADDRESSES]

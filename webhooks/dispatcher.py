@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from api.renderpool import Busy, RenderPool
+from mailstore import MessageStore
 from mailstore.message import MessageDocument, MessageKey
 from mailstore.webhooks import State, WebhookStore, delivery_id
 from receiver.telemetry.events import emit
@@ -37,7 +37,8 @@ from webhooks.metrics import WebhookMetrics
 
 POLL = 0.1  # the embedded store answers an empty getMore at once: pace empty polls
 IDLE = 0.25  # seconds between looks for due deliveries when nothing woke the loop
-REFRESH = 0.2  # seconds the endpoints are cached: a registration counts from then on
+REFRESH = 1.0  # seconds the endpoints are cached for sending (disabled ones seen by then)
+BATCH = 100  # messages read from the stream before the endpoints are looked at again
 SAVE_EVERY = 0.5  # seconds between saves of the stream's resume token
 SWEEP_EVERY = 30.0  # seconds between drops of deliveries past retention
 CANDIDATES = 4  # due deliveries looked at per free slot (some may be at their cap)
@@ -72,7 +73,7 @@ class Endpoint:
 class Dispatcher:
     def __init__(
         self,
-        messages: AsyncCollection[Any],
+        store: MessageStore,
         hooks: WebhookStore,
         limits: WebhookLimits,
         renderer: RenderPool,
@@ -81,28 +82,33 @@ class Dispatcher:
         summary_interval: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.messages, self.hooks, self.limits = messages, hooks, limits
+        self.store, self.hooks, self.limits = store, hooks, limits
         self.renderer, self.api_url, self.clock = renderer, api_url.rstrip("/"), clock
         self.metrics = WebhookMetrics()
         self.http = sender.client(limits.webhook_max_in_flight)
         self.summary = SummaryLog(summary_interval)
         self.summary_interval = summary_interval
         self.endpoints: dict[str, Endpoint] = {}
-        self._loaded = -1.0
+        self._loaded = -1.0  # monotonic time of the last read of the endpoints
+        self._read_at = 0.0  # the same moment by the clock messages are stamped with
         self._wake = asyncio.Event()
         self._busy: Counter[str] = Counter()  # attempts in flight per endpoint
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_alert = -1e9
         self.store_ok = False
+        self.following = False  # the change stream is open: new messages are seen
 
     # --- endpoints ---------------------------------------------------------------------
 
-    async def endpoints_now(self) -> dict[str, Endpoint]:
-        """The registered endpoints, at most `REFRESH` seconds old."""
-        if time.monotonic() - self._loaded > REFRESH:
+    async def endpoints_now(self, since: float | None = None) -> dict[str, Endpoint]:
+        """The registered endpoints: read at most `REFRESH` seconds ago, and (with `since`)
+        read after that moment."""
+        stale = time.monotonic() - self._loaded > REFRESH
+        if stale or (since is not None and self._read_at < since):
+            read_at = self.clock()
             found = await self.hooks.endpoints_page(self.limits.webhook_max_endpoints)
             self.endpoints = {e.id: e for e in map(Endpoint.read, found)}
-            self._loaded = time.monotonic()
+            self._loaded, self._read_at = time.monotonic(), read_at
             self.metrics.endpoints.set(len(self.endpoints))
             self.metrics.disabled.set(sum(e.disabled for e in self.endpoints.values()))
         return self.endpoints
@@ -116,48 +122,76 @@ class Dispatcher:
             try:
                 token = await self.hooks.resume_token()
                 try:
-                    stream = await self.messages.watch(
+                    stream = await self.store.messages.watch(
                         pipeline, max_await_time_ms=500, resume_after=token
                     )
                 except OperationFailure:  # the place is gone from the history: from now on
-                    stream = await self.messages.watch(pipeline, max_await_time_ms=500)
+                    stream = await self.store.messages.watch(pipeline, max_await_time_ms=500)
+                    token = None
                 async with stream:
+                    if token is None:  # a first start: from here on, whatever happens next
+                        await self.hooks.save_resume_token(stream.resume_token)
+                    self.following = True
                     await self._read(stream)
             except PyMongoError as error:
-                self.store_ok = False
+                self.store_ok = self.following = False
                 emit("webhook_store_error", where="follow", error=type(error).__name__)
+                await asyncio.sleep(1.0)
+            except Exception as error:  # a bug of ours: said, and the loop goes on
+                self.following = False
+                emit("webhook_exception", where="follow", error=f"{type(error).__name__}: {error}")
                 await asyncio.sleep(1.0)
 
     async def _read(self, stream: Any) -> None:
         saved = time.monotonic()
         unsaved = False
         while True:
-            change = await stream.try_next()
+            batch = await self._batch(stream)
             self.store_ok = True
-            if change is None:
+            if not batch:
                 if unsaved:
                     await self.hooks.save_resume_token(stream.resume_token)
                     unsaved, saved = False, time.monotonic()
                 await asyncio.sleep(POLL)
                 continue
-            document = change.get("fullDocument")
-            if isinstance(document, dict) and MessageKey.ID in document:
-                await self.enqueue(MessageDocument.read(document))
+            # A registration answered before a message was stored counts for it: the
+            # endpoints are read again unless last read after the batch's newest arrival.
+            await self.endpoints_now(since=max(m.received_at.timestamp() for m in batch))
+            for message in batch:
+                await self.enqueue(message)
             unsaved = True
             if time.monotonic() - saved > SAVE_EVERY:
                 await self.hooks.save_resume_token(stream.resume_token)
                 unsaved, saved = False, time.monotonic()
 
+    @staticmethod
+    async def _batch(stream: Any) -> list[MessageDocument]:
+        """The new messages the stream has now, up to `BATCH`."""
+        batch: list[MessageDocument] = []
+        while len(batch) < BATCH:
+            change = await stream.try_next()
+            if change is None:
+                break
+            document = change.get("fullDocument")
+            if isinstance(document, dict) and MessageKey.ID in document:
+                batch.append(MessageDocument.read(document))
+        return batch
+
     async def enqueue(self, message: MessageDocument) -> int:
-        """Durable deliveries of `message` to every enabled endpoint that matches one of
-        its mailboxes; how many were new."""
+        """Durable deliveries of `message` to every enabled endpoint (as last read by
+        `endpoints_now`) that matches one of its mailboxes; how many were new."""
         wanted: dict[str, list[str]] = {}
-        for endpoint in (await self.endpoints_now()).values():
+        for endpoint in self.endpoints.values():
             boxes = [m for m in message.rcpt if endpoint.matches(m)]
             if boxes and not endpoint.disabled:
                 wanted[endpoint.id] = boxes
         if not wanted:
             return 0
+        if not message.raw:  # the embedded store's change events carry no bytes: read them
+            stored = await self.store.get(message.id)
+            if stored is None:  # deleted already: nothing to announce
+                return 0
+            message = stored
         found, error = await self._links(message)
         now = self.clock()
         expiry = message.expires_at.timestamp() if message.expires_at else now + 86_400
@@ -204,6 +238,9 @@ class Dispatcher:
             except PyMongoError as error:
                 self.store_ok = False
                 emit("webhook_store_error", where="deliver", error=type(error).__name__)
+                await asyncio.sleep(1.0)
+            except Exception as error:  # a bug of ours: said, and the loop goes on
+                emit("webhook_exception", where="deliver", error=f"{type(error).__name__}: {error}")
                 await asyncio.sleep(1.0)
             self.summary.flush()
             with contextlib.suppress(TimeoutError):
@@ -254,6 +291,8 @@ class Dispatcher:
             await self._attempt(delivery, endpoint)
         except PyMongoError as error:  # the lease runs out: the delivery is due again
             emit("webhook_store_error", where="settle", error=type(error).__name__)
+        except Exception as error:  # a bug of ours: the lease runs out, it is tried again
+            emit("webhook_exception", where="send", error=f"{type(error).__name__}: {error}")
         finally:
             self._busy[name] -= 1
             if self._busy[name] <= 0:

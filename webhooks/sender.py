@@ -58,29 +58,15 @@ async def attempt(
     dns_timeout: float,
     allow_private: bool,
 ) -> Attempt:
-    """POST `body` to `target` once, within `within` seconds in all."""
+    """POST `body` to `target` once, within `within` seconds in all; the addresses the name
+    resolved to are tried in turn while a connection cannot be made."""
     try:
         async with asyncio.timeout(within):
-            address = await destination.resolve(target, min(dns_timeout, within), allow_private)
-            request = http.build_request(
-                "POST",
-                target.pinned_url(address),
-                content=body,
-                headers={
-                    **headers,
-                    "Host": target.host_header,
-                    "Content-Type": "application/json",
-                },
-                # The name the certificate must match, though we connect to an address.
-                extensions={"sni_hostname": target.host, "timeout": _timeouts(within)},
-            )
-            response = await http.send(request, stream=True)
-            await response.aclose()
+            addresses = await destination.resolve(target, min(dns_timeout, within), allow_private)
+            response = await _post(http, target, addresses, headers, body, within)
     except destination.Refused as error:
         return Attempt(Outcome.DESTINATION, error=str(error))
-    except TimeoutError:
-        return Attempt(Outcome.TIMEOUT, error=f"no answer within {within:g}s")
-    except httpx.TimeoutException:
+    except (TimeoutError, httpx.TimeoutException):
         return Attempt(Outcome.TIMEOUT, error=f"no answer within {within:g}s")
     except httpx.HTTPError as error:
         return Attempt(Outcome.CONNECT_ERROR, error=f"{type(error).__name__}: {error}"[:300])
@@ -90,6 +76,34 @@ async def attempt(
     if 300 <= status < 400:
         return Attempt(Outcome.REDIRECT, status, f"answered {status}: redirects are not followed")
     return Attempt(Outcome.HTTP_ERROR, status, f"answered {status}")
+
+
+async def _post(
+    http: httpx.AsyncClient,
+    target: destination.Target,
+    addresses: list[destination.IpAddress],
+    headers: dict[str, str],
+    body: bytes,
+    within: float,
+) -> httpx.Response:
+    for index, address in enumerate(addresses):
+        request = http.build_request(
+            "POST",
+            target.pinned_url(address),
+            content=body,
+            headers={**headers, "Host": target.host_header, "Content-Type": "application/json"},
+            # The name the certificate must match, though we connect to an address.
+            extensions={"sni_hostname": target.host, "timeout": _timeouts(within)},
+        )
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.ConnectError:
+            if index == len(addresses) - 1:
+                raise
+            continue
+        await response.aclose()
+        return response
+    raise httpx.ConnectError("no address to connect to")
 
 
 def _timeouts(total: float) -> dict[str, float]:

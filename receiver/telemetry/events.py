@@ -37,6 +37,7 @@ WARNING_EVENTS = frozenset(
         "auth_worker_failed",
         "webhook_disabled",
         "webhook_store_error",
+        "webhook_exception",
     }
 )
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\-\[\]]+")

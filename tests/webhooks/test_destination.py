@@ -66,7 +66,7 @@ def test_public_addresses_are_not() -> None:
 
 
 def test_registration_refuses_an_inside_literal_unless_allowed() -> None:
-    with pytest.raises(Refused, match="metadata|link-local"):
+    with pytest.raises(Refused, match="link-local"):
         check_registration("http://169.254.169.254/latest/meta-data", allow_private=False)
     assert check_registration("http://127.0.0.1:9/", allow_private=True).port == 9
     # A name is judged at each attempt, by the address it resolves to then.
@@ -78,7 +78,7 @@ async def test_a_name_that_resolves_inside_is_refused_at_the_attempt() -> None:
     target = parse("http://localhost:9/")
     with pytest.raises(Refused, match="loopback"):
         await resolve(target, 1.0, allow_private=False)
-    assert (await resolve(target, 1.0, allow_private=True)).is_loopback
+    assert all(a.is_loopback for a in await resolve(target, 1.0, allow_private=True))
 
 
 def test_the_connection_goes_to_the_checked_address_with_the_name_as_host() -> None:

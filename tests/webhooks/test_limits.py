@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from webhooks.limits import DEFAULTS, JITTER, WebhookLimits, backoff, parse_schedule
@@ -11,7 +13,7 @@ def test_the_default_schedule_retries_for_about_a_day() -> None:
     total = sum(DEFAULTS.retry_schedule)
     assert 20 * 3600 <= total <= 28 * 3600
     waits = DEFAULTS.retry_schedule
-    assert all(later >= earlier for earlier, later in zip(waits, waits[1:], strict=False))
+    assert all(later >= earlier for earlier, later in itertools.pairwise(waits))
 
 
 def test_each_wait_is_jittered_within_its_band() -> None:
