@@ -16,7 +16,7 @@ with the messages they announce.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -210,8 +210,8 @@ class WebhookStore:
         token = found.get("token") if found else None
         return token if isinstance(token, dict) else None
 
-    async def save_resume_token(self, token: Document | None) -> None:
+    async def save_resume_token(self, token: Mapping[str, Any] | None) -> None:
         with pymongo.timeout(self.timeout):
             await self.state.update_one(
-                {"_id": FOLLOWER}, {"$set": {"token": token, "at": time.time()}}, upsert=True
+                {"_id": FOLLOWER}, {"$set": {"token": dict(token) if token else None, "at": time.time()}}, upsert=True
             )
