@@ -213,5 +213,7 @@ class WebhookStore:
     async def save_resume_token(self, token: Mapping[str, Any] | None) -> None:
         with pymongo.timeout(self.timeout):
             await self.state.update_one(
-                {"_id": FOLLOWER}, {"$set": {"token": dict(token) if token else None, "at": time.time()}}, upsert=True
+                {"_id": FOLLOWER},
+                {"$set": {"token": dict(token) if token else None, "at": time.time()}},
+                upsert=True,
             )
