@@ -1,7 +1,7 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth,
-cost, scale.
+Suites: throughput, abuse, blocklist, push, webhooks, tls, spool, screen, render, workers,
+auth, cost, scale.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
 bench/results).
 """
@@ -31,6 +31,7 @@ from bench import (
     spool,
     throughput,
     tls,
+    webhooks,
     workers,
 )
 
@@ -39,6 +40,7 @@ SUITES: dict[str, ModuleType] = {
     "abuse": abuse,
     "blocklist": blocklist,
     "push": push,
+    "webhooks": webhooks,
     "tls": tls,
     "spool": spool,
     "screen": screen,

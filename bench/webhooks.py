@@ -3,7 +3,8 @@
 From the final dot's `250` to the endpoint receiving the signed POST, one message at a time,
 through the real path: receiver → store → the dispatcher's change stream → a durable
 delivery (links and codes read by a render worker) → the POST to a loopback endpoint.
-Target: p99 under 250 ms.
+Target: p99 under 250 ms. One message goes first, uncounted: the dispatcher's render worker
+starts at its first message.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _endpoint(arrived: queue.Queue[tuple[float, str]]) -> http.server.ThreadingH
     return server
 
 
-def latency(api_url: str, smtp_port: int, hook_port: int, count: int) -> dict[str, Any]:
+def latency(api_url: str, smtp_port: int, count: int) -> dict[str, Any]:
     arrived: queue.Queue[tuple[float, str]] = queue.Queue()
     server = _endpoint(arrived)
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
@@ -57,6 +58,10 @@ def latency(api_url: str, smtp_port: int, hook_port: int, count: int) -> dict[st
     delays = []
     try:
         with smtplib.SMTP("127.0.0.1", smtp_port, local_hostname="bench.test") as client:
+            # One message first, not counted: the dispatcher starts its render worker for
+            # links and codes at its first message (once per process, not per message).
+            client.sendmail("b@bench.test", ["hook@mx.test"], MAIL % (-1, -1))
+            arrived.get(timeout=30)
             for n in range(count):
                 client.sendmail("b@bench.test", ["hook@mx.test"], MAIL % (n, n))
                 accepted = time.perf_counter()
@@ -87,9 +92,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         hooks = start_service("webhooks", {**env, "FLOODGATE_WEBHOOK_API_URL": api.http_url}, work)
         try:
             wait_http(hooks.http_url + "/readyz")
-            result = {
-                "latency": latency(api.http_url, receiver.port, hooks.port, 20 if quick else 200)
-            }
+            result = {"latency": latency(api.http_url, receiver.port, 20 if quick else 200)}
         finally:
             hooks.stop()
             api.stop()

@@ -6,6 +6,9 @@ second (a setting), so the whole module takes seconds."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 from tests.conftest import ADMIN_TOKEN
 from tests.support.api import AUTH, deliver
 from tests.support.metrics import sample
-from tests.support.processes import ServiceProcess, start_service
+from tests.support.processes import ServiceProcess, clean_environ, start_service
 from tests.support.smtp import wait_for
 from tests.webhooks.hookserver import HOLD, hook_server
 from tests.webhooks.test_signing import verify
@@ -197,3 +200,30 @@ def test_registration_refuses_bad_urls_and_hides_the_secret_afterwards(
     assert httpx.delete(f"{base}/{created['id']}", headers=AUTH).status_code == 204
     assert httpx.delete(f"{base}/{created['id']}", headers=AUTH).status_code == 404
     assert httpx.get(f"{base}/wh_0000000000000000/deliveries", headers=AUTH).status_code == 404
+
+
+def floodgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**clean_environ(), "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    command = [sys.executable, "-m", "floodgate", *args]
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_the_cli_adds_lists_shows_deliveries_and_removes_a_webhook(
+    shared_api: ServiceProcess, tmp_path: Path
+) -> None:
+    api = ["webhook", "--api", shared_api.http_url]
+    added = floodgate(
+        *api, "add", "https://ci.example/hook", "--match", "cli@mx.test", cwd=tmp_path
+    )
+    assert added.returncode == 0, added.stderr
+    webhook_id = re.search(r"wh_[0-9a-f]{16}", added.stdout)
+    assert webhook_id and re.search(r"^secret: whsec_\S+", added.stdout, re.M), added.stdout
+    listed = floodgate(*api, "list", cwd=tmp_path)
+    assert webhook_id.group() in listed.stdout and "whsec_" not in listed.stdout
+    shown = floodgate(*api, "deliveries", webhook_id.group(), cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout == ""
+    assert floodgate(*api, "remove", webhook_id.group(), cwd=tmp_path).returncode == 0
+    again = floodgate(*api, "remove", webhook_id.group(), cwd=tmp_path)
+    assert again.returncode == 1 and "no webhook" in again.stderr
+    refused = floodgate(*api, "add", "ftp://ci.example/hook", cwd=tmp_path)
+    assert refused.returncode == 1 and "http:// or https://" in refused.stderr
