@@ -138,17 +138,17 @@ class WebhookStore:
 
     # --- deliveries --------------------------------------------------------------------
 
-    async def enqueue(self, deliveries: Sequence[Document]) -> int:
+    async def enqueue(self, deliveries: Sequence[Document]) -> set[str]:
         """Store new pending deliveries; one already stored (the same message to the same
-        endpoint, seen again after a restart) is left as it is. How many were new."""
-        added = 0
+        endpoint, seen again after a restart) is left as it is. The ids of the new ones."""
+        added: set[str] = set()
         with pymongo.timeout(self.timeout):
             for delivery in deliveries:
                 try:
                     await self.deliveries.insert_one(delivery)
-                    added += 1
                 except DuplicateKeyError:
                     continue
+                added.add(str(delivery["_id"]))
         return added
 
     async def claim(
