@@ -60,10 +60,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         client = Client(_base_url(args, settings), _token(settings))
+    except ApiError as error:
+        print(f"floodgate webhook: {error}", file=sys.stderr)
+        return error.status
+    try:
         return _run(client, args)
     except ApiError as error:
         print(f"floodgate webhook: {error}", file=sys.stderr)
         return error.status
+    finally:
+        client.http.close()
 
 
 def _run(client: Client, args: argparse.Namespace) -> int:

@@ -5,10 +5,10 @@ second (a setting), so the whole module takes seconds."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
+from floodgate import webhook_cli
+from floodgate.cli import build_parser
+from floodgate.settings import load as load_settings
 from tests.conftest import ADMIN_TOKEN
 from tests.support.api import AUTH, deliver
 from tests.support.metrics import sample
-from tests.support.processes import ServiceProcess, clean_environ, start_service
+from tests.support.processes import ServiceProcess, start_service
 from tests.support.smtp import wait_for
 from tests.webhooks.hookserver import HOLD, hook_server
 from tests.webhooks.test_signing import verify
@@ -202,28 +205,32 @@ def test_registration_refuses_bad_urls_and_hides_the_secret_afterwards(
     assert httpx.get(f"{base}/wh_0000000000000000/deliveries", headers=AUTH).status_code == 404
 
 
-def floodgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**clean_environ(), "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN}
-    command = [sys.executable, "-m", "floodgate", *args]
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+def floodgate(*args: str, data_dir: Path) -> tuple[int, str, str]:
+    """`floodgate ARGS` run in this process (no interpreter to start): status, out, err."""
+    out, err = io.StringIO(), io.StringIO()
+    settings = load_settings({}, admin_token=ADMIN_TOKEN, data_dir=data_dir)
+    arguments = build_parser().parse_args(list(args))
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = webhook_cli.run(arguments, settings)
+    return status, out.getvalue(), err.getvalue()
 
 
 def test_the_cli_adds_lists_shows_deliveries_and_removes_a_webhook(
     shared_api: ServiceProcess, tmp_path: Path
 ) -> None:
     api = ["webhook", "--api", shared_api.http_url]
-    added = floodgate(
-        *api, "add", "https://ci.example/hook", "--match", "cli@mx.test", cwd=tmp_path
+    status, out, err = floodgate(
+        *api, "add", "https://ci.example/hook", "--match", "cli@mx.test", data_dir=tmp_path
     )
-    assert added.returncode == 0, added.stderr
-    webhook_id = re.search(r"wh_[0-9a-f]{16}", added.stdout)
-    assert webhook_id and re.search(r"^secret: whsec_\S+", added.stdout, re.M), added.stdout
-    listed = floodgate(*api, "list", cwd=tmp_path)
-    assert webhook_id.group() in listed.stdout and "whsec_" not in listed.stdout
-    shown = floodgate(*api, "deliveries", webhook_id.group(), cwd=tmp_path)
-    assert shown.returncode == 0 and shown.stdout == ""
-    assert floodgate(*api, "remove", webhook_id.group(), cwd=tmp_path).returncode == 0
-    again = floodgate(*api, "remove", webhook_id.group(), cwd=tmp_path)
-    assert again.returncode == 1 and "no webhook" in again.stderr
-    refused = floodgate(*api, "add", "ftp://ci.example/hook", cwd=tmp_path)
-    assert refused.returncode == 1 and "http:// or https://" in refused.stderr
+    assert status == 0, err
+    found = re.search(r"wh_[0-9a-f]{16}", out)
+    assert found and re.search(r"^secret: whsec_\S+", out, re.M), out
+    webhook_id = found.group()
+    status, out, _ = floodgate(*api, "list", data_dir=tmp_path)
+    assert status == 0 and webhook_id in out and "cli@mx.test" in out and "whsec_" not in out
+    assert floodgate(*api, "deliveries", webhook_id, data_dir=tmp_path)[:2] == (0, "")
+    assert floodgate(*api, "remove", webhook_id, data_dir=tmp_path)[0] == 0
+    status, _, err = floodgate(*api, "remove", webhook_id, data_dir=tmp_path)
+    assert status == 1 and "no webhook" in err
+    status, _, err = floodgate(*api, "add", "ftp://ci.example/hook", data_dir=tmp_path)
+    assert status == 1 and "http:// or https://" in err
