@@ -38,7 +38,9 @@ class WebhookMetrics:
             "floodgate_webhook_in_flight", "Attempts in flight", registry=self.registry
         )
         self.pending = Gauge(
-            "floodgate_webhook_pending", "Deliveries waiting in the store", registry=self.registry
+            "floodgate_webhook_pending",
+            "Deliveries waiting in the store (counted up to 10,000)",
+            registry=self.registry,
         )
         self.endpoints = Gauge(
             "floodgate_webhook_endpoints", "Endpoints registered", registry=self.registry
