@@ -198,12 +198,15 @@ class Supervisor:
         where = self.settings.data_dir / "admin-token"
         token_note = f"(new, saved to {where})" if created else ""
         api = f"http://{api_host}:{api_port}"
+        hooks = "http://{}:{}".format(*parse_hostport(self.settings.webhooks_http_listen))
         print(
             f"""
 Floodgate is running.
   SMTP      {smtp_host}:{smtp_port}   accepting mail for: {self.settings.domains}
   STARTTLS  {self._tls_note()}
   API       {api}   (web inbox {api}/, console {api}/console, docs {api}/docs)
+  webhooks  dispatcher metrics at {hooks}/metrics; register one with
+            floodgate webhook add https://your.example/hook --match hello@{domain}
   token     {token} {token_note}
 
 Send a first message:
