@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -15,7 +16,8 @@ from fastapi.responses import StreamingResponse
 
 from api import models, push, render
 from api.auth import Role, require_token
-from api.charsets import decode_words
+from api.charsets import decode_phrases, decode_words
+from api.display import ascii_filename
 from api.docs import Tag
 from api.renderpool import Busy, Outcome, RenderPool
 from mailstore import MessageDocument, MessageStore, is_message_id
@@ -30,6 +32,7 @@ Address = Annotated[
 ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
 MessageId = Annotated[str, Path(pattern=ID_PATTERN, json_schema_extra={"format": "message-id"})]
 Responses = dict[int | str, dict[str, Any]]
+_FIELD_START = re.compile(r"\r?\n(?![ \t])")
 
 
 # Non-JSON answers, each documented with its own media type (and no JSON schema).
@@ -73,8 +76,9 @@ def summary(message: MessageDocument, role: Role = Role.ADMIN) -> dict[str, Any]
     envelope_to = ", ".join(message.rcpt) if role is Role.ADMIN else ""
     return {
         "id": message.id,
-        "from": decoded(headers.get("from") or message.mail_from),
-        "to": decoded(headers.get("to") or envelope_to),
+        # Display names decoded, addresses never (RFC 2047 5): what DMARC judged is shown.
+        "from": decode_phrases(headers.get("from") or message.mail_from),
+        "to": decode_phrases(headers.get("to") or envelope_to),
         "subject": decoded(headers.get("subject", "")),
         "received_at": message.received_at.isoformat(),
         "size": message.size,
@@ -227,7 +231,22 @@ async def get_message(
         result.update(render.fallback(raw, outcome.failure))
     else:
         result.update(outcome.head["view"])
+    result["headers"] = own_headers(message.received_header) + result["headers"]
     return result
+
+
+def own_headers(received_header: bytes) -> list[list[str]]:
+    """The fields this service wrote on top of the message (our Authentication-Results,
+    then our Received:), unfolded: shown first in the header list, so that our verdict is
+    the first one a reader sees, above anything the sender wrote. Our own bytes, ASCII,
+    a few hundred of them: split here, not in a render worker."""
+    text = received_header.decode("ascii", "replace")
+    fields = []
+    for chunk in _FIELD_START.split(text.strip("\r\n")):
+        name, colon, value = chunk.partition(":")
+        if colon:
+            fields.append([name.strip(), " ".join(value.split())])
+    return fields
 
 
 async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
@@ -272,7 +291,12 @@ async def get_attachment(
         )
     data = outcome.body
     content_type, filename = outcome.head["content_type"], outcome.head["filename"]
-    disposition = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+    # RFC 6266 4.3: `filename*` (RFC 5987/8187 UTF-8) for the name, and an ASCII
+    # `filename` for clients that know no other; the name is at most 200 bytes of UTF-8.
+    disposition = (
+        f'attachment; filename="{ascii_filename(filename)}"; '
+        f"filename*=UTF-8''{quote(filename, safe='')}"
+    )
     return Response(
         content=data,
         media_type=content_type,

@@ -44,10 +44,19 @@ def attachment(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]
 
 def links_and_codes(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
     try:
-        subject, text, html = render.bodies(raw)
+        subject, text, html, cut = render.read(raw)
     except render.Unparseable as error:
         return {"unparseable": str(error)}, b""
-    return {"links": links.extract(subject, text, html)}, b""
+    found = links.extract(subject, text, html)
+    found["truncated"] = found["truncated"] or cut  # text past MAX_TEXT was not read
+    prefix = render.signed_prefix(raw)
+    if prefix is not None:  # DKIM l= left a tail unsigned: what only it has is marked
+        try:
+            signed: dict[str, Any] | None = links.extract(*render.bodies(prefix))
+        except render.Unparseable:
+            signed = None
+        links.mark_unsigned(found, signed)
+    return {"links": found}, b""
 
 
 JOBS: dict[str, Job] = {"view": view, "attachment": attachment, "links": links_and_codes}

@@ -14,7 +14,6 @@ from pymongo.errors import PyMongoError
 
 from api.renderpool import RenderPool
 from floodgate.errors import fail
-from floodgate.receiver_app import store_config
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore
 from mailstore.webhooks import WebhookStore
@@ -24,7 +23,7 @@ from webhooks.dispatcher import Dispatcher
 
 
 async def serve(settings: Settings, uri: str) -> None:
-    store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False)
+    store = await MessageStore.open(settings.store_config(uri), ensure_indexes=False)
     hooks = WebhookStore(store.db, settings.store_timeout)
     limits = settings.webhook_limits()
     renderer = RenderPool(settings.api_limits())
