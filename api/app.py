@@ -25,7 +25,7 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api import docs, messages, page, push, stats, wait
+from api import docs, messages, page, push, stats, wait, webhooks
 from api.auth import require_admin, require_token
 from api.blocklist import allowlist_router
 from api.blocklist import router as blocklist_router
@@ -37,6 +37,9 @@ from api.renderpool import RenderPool
 from blocklist import BlocklistRepository
 from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT, PartialBulk
 from mailstore import MessageStore, StoreConfig
+from mailstore.webhooks import WebhookStore
+from webhooks.limits import DEFAULTS as WEBHOOK_DEFAULTS
+from webhooks.limits import WebhookLimits
 
 log = logging.getLogger("floodgate.api")
 # /readyz answers within this, store down or not: a probe with a 1 s timeout must see the
@@ -53,6 +56,7 @@ class ApiConfig:
     domains: tuple[str, ...] = ()  # the domains we receive for, as the page tells its users
     mta_sts: str | None = None  # the MTA-STS policy file served at /.well-known/
     limits: ApiLimits = DEFAULTS  # render workers and live-push shares (api.limits)
+    webhooks: WebhookLimits = WEBHOOK_DEFAULTS  # what a registration may ask (webhooks.limits)
 
 
 class ApiMetrics:
@@ -78,6 +82,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         app.state.store = store or await MessageStore.open(config.store, ensure_indexes=False)
         app.state.indexes_ensured = False
         _attach_blocklist(app)
+        app.state.webhooks = WebhookStore(app.state.store.db, config.store.timeout)
         await ensure_indexes(app)
         app.state.hub = push.Hub(config.limits)
         app.state.renderer = RenderPool(config.limits, registry=app.state.metrics.registry)
@@ -110,6 +115,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     )
     app.state.admin_token = config.admin_token
     app.state.read_token = config.read_token
+    app.state.webhook_limits = config.webhooks
     app.state.metrics = ApiMetrics()
     # Outermost: token and body size are checked before anything reads a body.
     app.add_middleware(Gate, token=config.admin_token, read_token=config.read_token)
@@ -153,6 +159,9 @@ async def ensure_indexes(app: FastAPI) -> bool:
             access = getattr(app.state, name, None)
             if access is not None:
                 await access.ensure_indexes()
+        hooks = getattr(app.state, "webhooks", None)
+        if hooks is not None:
+            await hooks.ensure_indexes()
     except PyMongoError as error:
         log.warning("indexes not ensured yet: %s", type(error).__name__)
         return False
@@ -173,6 +182,7 @@ def _include_blocklist(app: FastAPI) -> None:
     app.include_router(blocklist_router, dependencies=[Depends(require_admin)])
     app.include_router(allowlist_router, dependencies=[Depends(require_admin)])
     app.include_router(stats.router, dependencies=[Depends(require_admin)])
+    app.include_router(webhooks.router, dependencies=[Depends(require_admin)])
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")

@@ -28,6 +28,7 @@ class Tag(StrEnum):
     BLOCKLIST = "blocklist"
     ALLOWLIST = "allowlist"
     STATS = "stats"
+    WEBHOOKS = "webhooks"
     HEALTH = "health"
 
 
@@ -63,6 +64,13 @@ TAGS: list[dict[str, Any]] = [
         "merged, with the blocklist state of each client named. Admin token.",
     },
     {
+        "name": Tag.WEBHOOKS,
+        "description": "URLs every new message of an address, a domain or every address is "
+        "POSTed to as JSON (its summary, links and codes, where to fetch it), signed as "
+        "Standard Webhooks define, retried with backoff for about a day; each one's recent "
+        "deliveries and health. Admin token.",
+    },
+    {
         "name": Tag.HEALTH,
         "description": "For probes and scrapers, no token: liveness, readiness with its "
         "reason, Prometheus metrics, and the MTA-STS policy when one is configured.",
@@ -71,7 +79,7 @@ TAGS: list[dict[str, Any]] = [
 
 DESCRIPTION = """\
 Read the mail that arrived for any address at our domains, and manage the access lists the
-receivers enforce.
+receivers enforce, and the webhooks new mail is pushed to.
 
 **Tokens.** Every `/v1` route needs `Authorization: Bearer <token>` (a missing or wrong
 one: `401`). There are two, and each operation lists which it takes (the **Authorize**
@@ -84,7 +92,8 @@ button below holds either):
 - **read token** (`readToken`): `FLOODGATE_READ_TOKEN`, optional (unset: no read token).
   For a reader front end such as the web inbox: reads mailboxes and messages (links,
   attachments and raw bytes included) and deletes them, and sees only what the sender
-  wrote (no envelope, so no Bcc). The blocklist, allowlist and stats routes answer it `403`.
+  wrote (no envelope, so no Bcc). The blocklist, allowlist, stats and webhooks routes
+  answer it `403`.
 
 **Errors** are JSON `{"error": "one sentence"}` (a `422` adds `details` per field). The
 pages (`/`, `/console`, `/docs`) and the `health` routes need no token.

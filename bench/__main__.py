@@ -1,7 +1,7 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth,
-cost, scale, wait, attacks.
+Suites: throughput, abuse, blocklist, push, webhooks, tls, spool, screen, render, workers,
+auth, cost, scale, wait, attacks.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
 bench/results). A suite whose result lists `failures` with `enforced` set (a goal it checks
 and missed) makes the exit status 1, once every report is written.
@@ -34,6 +34,7 @@ from bench import (
     throughput,
     tls,
     wait,
+    webhooks,
     workers,
 )
 
@@ -42,6 +43,7 @@ SUITES: dict[str, ModuleType] = {
     "abuse": abuse,
     "blocklist": blocklist,
     "push": push,
+    "webhooks": webhooks,
     "tls": tls,
     "spool": spool,
     "screen": screen,

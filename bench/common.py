@@ -92,6 +92,9 @@ def start_service(role: str, env: dict[str, str], workdir: Path) -> Service:
     if role == "receiver":
         full["FLOODGATE_SMTP_LISTEN"] = f"127.0.0.1:{port}"
         full["FLOODGATE_RECEIVER_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
+    elif role == "webhooks":  # the dispatcher: only its health and metrics listen
+        full["FLOODGATE_WEBHOOKS_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
+        port = http_port
     else:
         full["FLOODGATE_API_LISTEN"] = f"127.0.0.1:{http_port}"
         port = http_port

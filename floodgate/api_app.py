@@ -25,6 +25,7 @@ def main(settings: Settings, token: str) -> None:
             domains=tuple(settings.domains.split(",")),
             mta_sts=settings.mta_sts_policy,
             limits=settings.api_limits(),
+            webhooks=settings.webhook_limits(),
         )
     )
     host, port = parse_hostport(settings.api_listen)

@@ -10,6 +10,7 @@ from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
 from floodgate.spool_cli import add_parser as add_spool_parser
 from floodgate.top import add_parser as add_top_parser
 from floodgate.wait_cli import add_parser as add_wait_parser
+from floodgate.webhook_cli import add_parser as add_webhook_parser
 
 if TYPE_CHECKING:
     from floodgate.settings import Settings
@@ -24,6 +25,8 @@ COMMANDS = {
     "per MX host",
     "api": "the HTTP API alone (needs FLOODGATE_MONGODB_URI and FLOODGATE_ADMIN_TOKEN or "
     "<data_dir>/admin-token): mailbox reads, blocklist admin, health, metrics",
+    "webhooks": "the webhook dispatcher alone (needs FLOODGATE_MONGODB_URI): POSTs each new "
+    "message, signed, to the URLs registered for it; `floodgate run` starts one",
     "flood": "the bundled load and attack generator (loopback only unless --allow-remote); "
     "`floodgate flood --help` for scenarios",
     "block": "manage the IP blocklist through the admin API: add, rm, ls, check, import",
@@ -50,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_top_parser(sub)
     add_spool_parser(sub)
     add_wait_parser(sub)
+    add_webhook_parser(sub)
     return parser
 
 
@@ -161,6 +165,15 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
         from floodgate.block_cli import run_top
 
         return run_top(args, settings)
+    if args.command == "webhooks":
+        from floodgate import webhooks_app
+
+        webhooks_app.main(settings)
+        return 0
+    if args.command == "webhook":
+        from floodgate.webhook_cli import run as run_webhook
+
+        return run_webhook(args, settings)
     if args.command == "spool":
         from floodgate.spool_cli import run
 

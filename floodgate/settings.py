@@ -32,6 +32,8 @@ from receiver.limits import RANGES, Limits
 from receiver.runtime.intervals import DEFAULTS as INTERVAL_DEFAULTS
 from receiver.runtime.intervals import RANGES as INTERVAL_RANGES
 from receiver.smtp.body import BareNewline
+from webhooks.limits import DEFAULT_SCHEDULE, WebhookLimits, parse_schedule
+from webhooks.limits import RANGES as WEBHOOK_RANGES
 
 if TYPE_CHECKING:
     from mailstore import StoreConfig
@@ -58,6 +60,12 @@ def api_limit(name: str) -> Any:
     """An API limit's settings field: its default and range from api/limits.py."""
     low, high = API_RANGES[name]
     return Field(getattr(API_DEFAULTS, name), ge=low, le=high)
+
+
+def webhook_limit(name: str) -> Any:
+    """A webhook bound's settings field: its default and range from webhooks/limits.py."""
+    low, high = WEBHOOK_RANGES[name]
+    return Field(getattr(WebhookLimits(), name), ge=low, le=high)
 
 
 def host_name(text: str) -> bool:
@@ -166,6 +174,7 @@ class Settings(BaseSettings):
     smtp_listen: str = "127.0.0.1:2525"
     api_listen: str = "127.0.0.1:8025"
     receiver_http_listen: str = "127.0.0.1:8026"
+    webhooks_http_listen: str = "127.0.0.1:8027"  # the dispatcher's /healthz and /metrics
     # Receiver processes on one host (receiver.runtime.children): 1 is one process doing it all.
     workers: int = Field(1, ge=1, le=64)
     admin_token: SecretStr | None = None
@@ -278,6 +287,17 @@ class Settings(BaseSettings):
     push_per_client: int = api_limit("push_per_client")
     push_per_mailbox: int = api_limit("push_per_mailbox")
 
+    # Webhooks (webhooks/): bounds declared once, in webhooks/limits.py.
+    webhook_timeout: float = webhook_limit("webhook_timeout")
+    webhook_dns_timeout: float = webhook_limit("webhook_dns_timeout")
+    webhook_concurrency: int = webhook_limit("webhook_concurrency")
+    webhook_max_in_flight: int = webhook_limit("webhook_max_in_flight")
+    webhook_max_endpoints: int = webhook_limit("webhook_max_endpoints")
+    webhook_retry_schedule: str = DEFAULT_SCHEDULE
+    webhook_allow_private: bool = False
+    # Where a webhook's readers fetch the message (its raw URL); default: the API listener.
+    webhook_api_url: str | None = None
+
     # STARTTLS: offered unless turned off; with no certificate configured, a self-signed
     # one for the hostname is made under the data dir on first start.
     starttls: bool = True
@@ -348,7 +368,20 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
 
-    @field_validator("smtp_listen", "api_listen", "receiver_http_listen")
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule_valid(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @field_validator("webhook_api_url")
+    @classmethod
+    def _api_url_valid(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http:// or https:// base URL, e.g. https://mx.example")
+        return value.rstrip("/") if value else value
+
+    @field_validator("smtp_listen", "api_listen", "receiver_http_listen", "webhooks_http_listen")
     @classmethod
     def _listen_valid(cls, value: str) -> str:
         listen_address(value)
@@ -429,6 +462,22 @@ class Settings(BaseSettings):
     def api_limits(self) -> ApiLimits:
         """The API's limits as the frozen value api/ takes."""
         return ApiLimits(**{name: getattr(self, name) for name in API_RANGES})
+
+    def webhook_limits(self) -> WebhookLimits:
+        """The dispatcher's bounds and retry schedule as the frozen value webhooks/ takes."""
+        return WebhookLimits(
+            **{name: getattr(self, name) for name in WEBHOOK_RANGES},
+            retry_schedule=parse_schedule(self.webhook_retry_schedule),
+            allow_private=self.webhook_allow_private,
+        )
+
+    def webhook_api_base(self) -> str:
+        """The API's base URL as a webhook names it."""
+        if self.webhook_api_url:
+            return self.webhook_api_url
+        host, port = parse_hostport(self.api_listen)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def store_config(self, uri: str) -> StoreConfig:
         """How every process talks to the store at `uri`."""
@@ -584,7 +633,7 @@ def _unknown_toml_keys(path: Path | None) -> list[str]:
 def _listen_collisions(settings: Settings) -> list[str]:
     seen: dict[tuple[str, int], str] = {}
     problems = []
-    for field in ("smtp_listen", "api_listen", "receiver_http_listen"):
+    for field in ("smtp_listen", "api_listen", "receiver_http_listen", "webhooks_http_listen"):
         host, port = parse_hostport(getattr(settings, field))
         for (other_host, other_port), other in seen.items():
             wildcard = {host, other_host} & {"0.0.0.0", "::"}

@@ -1,4 +1,5 @@
-"""`floodgate run`: the all-in-one supervisor (embedded store unless a URI is set, receiver, API).
+"""`floodgate run`: the all-in-one supervisor (embedded store unless a URI is set, receiver,
+API, webhook dispatcher).
 
 Each part runs as its own process, as in production, so an overloaded API cannot slow the
 receiver. A part that dies is restarted with backoff; one that keeps dying stops the run.
@@ -87,7 +88,7 @@ class Supervisor:
         uri = self.settings.mongodb_uri or self._start_store()
         token, created = admin_token(self.settings)
         env = {**os.environ, "FLOODGATE_MONGODB_URI": uri, "FLOODGATE_ADMIN_TOKEN": token}
-        self.children = [Child("receiver", env), Child("api", env)]
+        self.children = [Child("receiver", env), Child("api", env), Child("webhooks", env)]
         try:
             for child in self.children:
                 child.start()
@@ -103,6 +104,7 @@ class Supervisor:
         urls = [
             "http://{}:{}/healthz".format(*parse_hostport(self.settings.receiver_http_listen)),
             "http://{}:{}/healthz".format(*parse_hostport(self.settings.api_listen)),
+            "http://{}:{}/healthz".format(*parse_hostport(self.settings.webhooks_http_listen)),
         ]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping:
@@ -123,6 +125,7 @@ class Supervisor:
             ("FLOODGATE_SMTP_LISTEN", self.settings.smtp_listen),
             ("FLOODGATE_API_LISTEN", self.settings.api_listen),
             ("FLOODGATE_RECEIVER_HTTP_LISTEN", self.settings.receiver_http_listen),
+            ("FLOODGATE_WEBHOOKS_HTTP_LISTEN", self.settings.webhooks_http_listen),
         ):
             error = cannot_bind(*parse_hostport(value))
             if error is not None:
@@ -195,12 +198,15 @@ class Supervisor:
         where = self.settings.data_dir / "admin-token"
         token_note = f"(new, saved to {where})" if created else ""
         api = f"http://{api_host}:{api_port}"
+        hooks = "http://{}:{}".format(*parse_hostport(self.settings.webhooks_http_listen))
         print(
             f"""
 Floodgate is running.
   SMTP      {smtp_host}:{smtp_port}   accepting mail for: {self.settings.domains}
   STARTTLS  {self._tls_note()}
   API       {api}   (web inbox {api}/, console {api}/console, docs {api}/docs)
+  webhooks  dispatcher metrics at {hooks}/metrics; register one with
+            floodgate webhook add https://your.example/hook --match hello@{domain}
   token     {token} {token_note}
 
 Send a first message:

@@ -35,6 +35,9 @@ WARNING_EVENTS = frozenset(
         "tls_reload_failed",
         "auth_exception",
         "auth_worker_failed",
+        "webhook_disabled",
+        "webhook_store_error",
+        "webhook_exception",
     }
 )
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/@+,\-\[\]]+")

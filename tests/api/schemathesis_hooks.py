@@ -38,6 +38,13 @@ ADDRESS = st.one_of(
 )
 MAILBOX = st.from_regex(r"\A[a-z0-9]([a-z0-9.+_-]{0,30}[a-z0-9])?@(mx|example)\.test\Z")
 MESSAGE_ID = st.from_regex(r"\A[0-9a-hjkmnp-tv-z]{26}\Z")
+# Webhook URLs the API must accept: http(s), a host name (never a private literal, refused
+# by design), a port, a path; and what an endpoint matches: an address or a domain.
+WEBHOOK_URL = st.from_regex(
+    r"\Ahttps?://[a-z]{1,12}\.example(:[1-9][0-9]{0,3})?(/[a-z0-9._~-]{0,20}){0,3}\Z"
+)
+WEBHOOK_MATCH = st.one_of(MAILBOX, st.from_regex(r"\A([a-z0-9]{1,10}\.){0,2}(mx|example)\.test\Z"))
+WEBHOOK_ID = st.from_regex(r"\Awh_[0-9a-f]{16}\Z")
 SEEDED = json.loads(os.environ.get("CONTRACT_SEEDED", '{"ids": [], "mailboxes": [], "twins": {}}'))
 
 
@@ -49,6 +56,9 @@ schemathesis.openapi.format("cidr", st.one_of(V4, V6, ADDRESS))
 schemathesis.openapi.format("ip", ADDRESS)
 schemathesis.openapi.format("mailbox", MAILBOX.filter(lambda m: ".." not in m))
 schemathesis.openapi.format("message-id", seeded_or(SEEDED["ids"], MESSAGE_ID))
+schemathesis.openapi.format("webhook-url", WEBHOOK_URL)
+schemathesis.openapi.format("webhook-match", WEBHOOK_MATCH.filter(lambda m: ".." not in m))
+schemathesis.openapi.format("webhook-id", WEBHOOK_ID)
 
 
 @schemathesis.hook

@@ -32,7 +32,7 @@ def test_docs_have_a_csp_that_allows_only_their_own_script_and_no_framing(
     assert page.headers["x-content-type-options"] == "nosniff"
 
 
-GROUPS = ["mailboxes", "messages", "blocklist", "allowlist", "stats", "health"]
+GROUPS = ["mailboxes", "messages", "blocklist", "allowlist", "stats", "webhooks", "health"]
 READ_TOKEN = "docs-reader-" + "r" * 24
 SAMPLES = {
     "address": "someone@mx.test",
@@ -40,6 +40,7 @@ SAMPLES = {
     "index": "0",
     "cidr": "203.0.113.0%2F24",
     "ip": "203.0.113.7",
+    "webhook_id": "wh_" + "0" * 16,
 }
 
 

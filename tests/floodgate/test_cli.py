@@ -20,7 +20,7 @@ from tests.support.processes import ServiceProcess, clean_environ, start_service
 from tests.support.smtp import RawClient, send_message, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("floodgate", "receiver", "blocklist", "mailstore", "api", "flood")
+PACKAGES = ("floodgate", "receiver", "blocklist", "mailstore", "api", "flood", "webhooks")
 
 
 def test_every_command_is_registered() -> None:

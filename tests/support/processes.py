@@ -151,6 +151,9 @@ def _start(
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         full_env["FLOODGATE_SMTP_LISTEN"] = listen
         full_env["FLOODGATE_RECEIVER_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
+    elif role == "webhooks":  # the dispatcher: only its health and metrics listen
+        full_env["FLOODGATE_WEBHOOKS_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
+        port = http_port
     else:
         full_env["FLOODGATE_API_LISTEN"] = f"127.0.0.1:{http_port}"
         port = http_port

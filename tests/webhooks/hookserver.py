@@ -1,0 +1,89 @@
+"""A loopback HTTP endpoint for the webhook tests: it answers each POST as its script says
+(a status, a redirect, or holding the request past the dispatcher's deadline) and keeps
+what it received."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+HOLD = "hold"  # keep the request unanswered until released (a timeout, or a kill)
+
+
+@dataclass
+class Received:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class HookServer:
+    """`script`: what to answer, one entry per request in turn (an HTTP status, or HOLD);
+    past its end, `then`."""
+
+    script: list[int | str] = field(default_factory=list)
+    then: int | str = 200
+    received: list[Received] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+
+    def answer(self) -> int | str:
+        return self.script.pop(0) if self.script else self.then
+
+    @property
+    def url(self) -> str:
+        # A name, not an address: the API takes it without allowing private literals,
+        # and the dispatcher resolves it (from /etc/hosts) and checks what it got.
+        return f"http://localhost:{self.port}/hook"
+
+    def wait(self, count: int, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.received) >= count:
+                return True
+            time.sleep(0.02)
+        return False
+
+
+@contextmanager
+def hook_server(script: list[int | str], then: int | str = 200) -> Iterator[HookServer]:
+    hook = HookServer(list(script), then)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            hook.received.append(Received(time.monotonic(), self.path, headers, body))
+            answer = hook.answer()
+            if answer == HOLD:
+                hook.release.wait(30)
+                return
+            assert isinstance(answer, int)
+            self.send_response(answer)
+            if 300 <= answer < 400:
+                self.send_header("Location", f"http://localhost:{hook.port}/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    hook.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        hook.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
