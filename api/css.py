@@ -65,13 +65,13 @@ KEPT_AT_RULES = frozenset({"media"})
 
 _TOKEN = re.compile(
     r"""(?P<comment>/\*[\s\S]*?(?:\*/|\Z))
+    |(?P<cdx><!--|-->)
     |(?P<ws>\s+)
     |(?P<string>"[^"\\\n]*"?|'[^'\\\n]*'?)
     |(?P<at>@-?[^\W\d][\w-]*)
     |(?P<hash>\#[\w-]+)
     |(?P<number>[+-]?(?:\d+(?:\.\d+)?|\.\d+)(?:e[+-]?\d+)?(?:%|[^\W\d][\w-]*)?)
     |(?P<ident>--[\w-]*|-?[^\W\d][\w-]*)
-    |(?P<cdx><!--|-->)
     |(?P<char>[\s\S])""",
     re.VERBOSE | re.IGNORECASE,
 )
@@ -104,9 +104,9 @@ def tokens(text: str) -> Iterator[Token]:
 
 def _bad(token: Token) -> bool:
     """A token that no kept CSS may contain: an escape, a `<`, an unterminated string."""
-    if token.kind == "string":
-        return len(token.text) < 2 or token.text[-1] != token.text[0]
-    return token.kind == "char" and token.text in "\\<"
+    if token.kind == "string" and (len(token.text) < 2 or token.text[-1] != token.text[0]):
+        return True
+    return "<" in token.text or "\\" in token.text
 
 
 def declarations(text: str) -> str:
