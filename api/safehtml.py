@@ -47,8 +47,8 @@ ATTRIBUTES = {
 URL_SCHEMES = nh3.ALLOWED_URL_SCHEMES | {"cid"}  # an image of the message itself
 # The CSS read per message, so that its cost stays a small part of the render deadline
 # whatever the HTML (hostile CSS reads at about 2.5 us a character, real CSS far faster):
-MAX_STYLE_TOTAL = 256 * 1024  # characters of `<style>`, all blocks
-MAX_ATTRIBUTES_TOTAL = 512 * 1024  # characters of `style` attributes, all elements
+MAX_STYLE_TOTAL = 128 * 1024  # characters of `<style>`, all blocks
+MAX_ATTRIBUTES_TOTAL = 256 * 1024  # characters of `style` attributes, all elements
 _OPEN, _CLOSE = "<style>", "</style>"
 
 
