@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pymongo import MongoClient
 
@@ -26,7 +27,7 @@ from mailstore.message import MessageDocument
 from mailstore.store import MESSAGES
 from tests.conftest import ADMIN_TOKEN
 from tests.support import newsletter
-from tests.support.api import deliver, listing
+from tests.support.api import AUTH, deliver, listing
 from tests.support.processes import ServiceProcess
 
 ARTEFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artefacts"
@@ -126,7 +127,14 @@ def test_a_styled_newsletter_looks_as_sent_fetches_nothing_and_opens_links_in_a_
     host, hits = remote
     mailbox = "styled@mx.test"
     raw = newsletter.message(mailbox, host, f"{host}/landing")
-    deliver(shared_receiver, mailbox, raw, source=client_ip)
+    message_id = deliver(shared_receiver, mailbox, raw, source=client_ip)
+    # The cid: logo is served from the message itself, whole, as the image it is.
+    inline = f"{shared_api.http_url}/v1/messages/{message_id}/inline"
+    logo = httpx.get(f"{inline}/0", headers=AUTH)
+    assert logo.status_code == 200 and logo.content == newsletter.png(newsletter.LOGO)
+    assert logo.headers["content-type"] == "image/png"
+    missing = httpx.get(f"{inline}/1", headers=AUTH)
+    assert missing.status_code == 404 and "no inline image 1" in missing.json()["error"]
     browser.set_window_size(1280, 1400)
     browser.get(f"{shared_api.http_url}/#token={ADMIN_TOKEN}&mailbox={mailbox}")
     wait = WebDriverWait(browser, 15)
