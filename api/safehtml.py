@@ -15,6 +15,8 @@ the same (`api.page`).
 
 from __future__ import annotations
 
+import re
+
 import nh3
 
 from api import css
@@ -66,8 +68,32 @@ class _StyleAttributes:
         return (css.declarations(value) or None) if self.budget >= 0 else None
 
 
+# nh3 reads a fragment, so `<body bgcolor style>` is gone with its tag; a newsletter's
+# backdrop is often there. The first `<body` within the first MAX_BODY_AT characters is
+# read (its tag at most MAX_BODY_TAG long), so finding it stays linear and bounded.
+MAX_BODY_AT = 64 * 1024
+MAX_BODY_TAG = 4 * 1024
+_BGCOLOR = re.compile(r"""\sbgcolor\s*=\s*["']?\s*(#?\w{1,20})""", re.IGNORECASE)
+_STYLE = re.compile(r"""\sstyle\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
+
+
+def body_style(html: str) -> str:
+    """The `<body>` tag's `bgcolor` and `style` as one sanitised rule for `body`, or ""."""
+    start = html[:MAX_BODY_AT].lower().find("<body")
+    if start < 0:
+        return ""
+    tag = html[start + 5 : start + 5 + MAX_BODY_TAG].split(">", 1)[0]
+    found = []
+    if (colour := _BGCOLOR.search(tag)) is not None:
+        found.append(f"background-color:{colour.group(1)}")
+    if (style := _STYLE.search(tag)) is not None:
+        found.append(style.group(1) if style.group(1) is not None else style.group(2))
+    return css.stylesheet("body{" + ";".join(found) + "}") if found else ""
+
+
 def clean(html: str) -> str:
     """`html` sanitised for display in a sandboxed frame, styles kept where safe."""
+    backdrop = body_style(html)
     cleaned = nh3.clean(
         html,
         tags=TAGS,
@@ -78,7 +104,7 @@ def clean(html: str) -> str:
         url_relative="deny",
         attribute_filter=_StyleAttributes(),
     )
-    return stylesheets(cleaned)
+    return (f"{_OPEN}{backdrop}{_CLOSE}" if backdrop else "") + stylesheets(cleaned)
 
 
 def stylesheets(cleaned: str) -> str:

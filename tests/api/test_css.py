@@ -223,3 +223,13 @@ def test_reading_stops_at_the_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kept == 40 * 1024 // len(style)
     sheets = safehtml.clean(f"<style>p{{color:red}}{' ' * safehtml.MAX_STYLE_TOTAL}</style>" * 3)
     assert sheets == "<style>p{color:red}</style>"  # the second and third: over the budget
+
+
+def test_the_body_tags_backdrop_is_kept_as_a_rule_for_body() -> None:
+    html = (
+        '<html><head></head><BODY bgcolor="#f4f4f4" onload="x()" '
+        "style='margin:0;background:url(https://t.example/o.gif)'><p>hi</p></body></html>"
+    )
+    assert safehtml.clean(html) == "<style>body{background-color:#f4f4f4;margin:0}</style><p>hi</p>"
+    hostile = '<body bgcolor="x;}</style><script>" style="position:fixed;x:url(y)">z'
+    assert safehtml.clean(hostile) == "<style>body{background-color:x}</style>z"

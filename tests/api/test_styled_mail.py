@@ -90,11 +90,13 @@ def close(seen: tuple[int, int, int], wanted: tuple[int, int, int]) -> bool:
 # Where each colour is sampled, inside the element (clear of text, borders and corners).
 SAMPLES = {
     "header": (newsletter.HEADER_BG, lambda r: (r["x"] + r["width"] - 8, r["y"] + 8)),
+    "backdrop": (newsletter.BACKDROP, lambda r: (r["x"] - 10, r["y"] + 8)),
     "panel": (newsletter.PANEL_BG, lambda r: (r["x"] + r["width"] - 8, r["y"] + 8)),
     "cta": (newsletter.BUTTON_BG, lambda r: (r["x"] + 8, r["y"] + r["height"] / 2)),
     "footer": (newsletter.FOOTER_BG, lambda r: (r["x"] + r["width"] - 8, r["y"] + 4)),
     "logo": (newsletter.LOGO, lambda r: (r["x"] + r["width"] / 2, r["y"] + r["height"] / 2)),
 }
+ELEMENTS = {name: "header" if name == "backdrop" else name for name in SAMPLES}  # by id
 RECTS = """
 const [frame, ids] = arguments;
 const doc = frame ? frame.contentDocument : document;
@@ -109,8 +111,10 @@ return Object.fromEntries(ids.map((id) => {
 
 
 def sampled(browser: Any, frame: Any | None) -> dict[str, tuple[int, int, int]]:
-    rects = browser.execute_script(RECTS, frame, list(SAMPLES))
-    return {name: pixel(browser, *where(rects[name])) for name, (_, where) in SAMPLES.items()}
+    rects = browser.execute_script(RECTS, frame, list(ELEMENTS.values()))
+    return {
+        name: pixel(browser, *where(rects[ELEMENTS[name]])) for name, (_, where) in SAMPLES.items()
+    }
 
 
 def test_a_styled_newsletter_looks_as_sent_fetches_nothing_and_opens_links_in_a_new_tab(

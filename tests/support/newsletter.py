@@ -15,6 +15,7 @@ BUTTON_BG = (0xE4, 0x57, 0x2E)  # a <style> class rule
 PANEL_BG = (0xFF, 0xF4, 0xD6)  # a style attribute
 FOOTER_BG = (0x2B, 0x9A, 0x48)  # <table bgcolor> under a <style> media query
 LOGO = (0x8E, 0x24, 0xAA)  # the cid: PNG's one colour
+BACKDROP = (0xEC, 0xEF, 0xF3)  # <body bgcolor>, around the 600 px table
 LOGO_ID = "logo.7f3a@news.shop.example"
 
 
@@ -48,14 +49,14 @@ def html(logo_src: str, remote: str, link: str) -> str:
 @import url("{remote}/import.css");
 @font-face {{ font-family: Brand; src: url("{remote}/brand.woff2"); }}
 /* layout */
-body {{ margin: 0; padding: 0; background-color: #ffffff; }}
+body {{ margin: 0; padding: 0; }}
 .wrap {{ width: 100%; max-width: 600px; font-family: Helvetica, Arial, sans-serif; }}
 .button {{ background-color: {_hex(BUTTON_BG)}; color: #ffffff !important; padding: 14px 28px;
   border-radius: 4px; display: inline-block; font-weight: bold; text-decoration: none; }}
 .hero {{ background: {_hex(PANEL_BG)} url("{remote}/hero.jpg") no-repeat; }}
 @media only screen and (max-width: 480px) {{ .wrap {{ width: 100% !important; }} }}
 </style></head>
-<body>
+<body bgcolor="{_hex(BACKDROP)}" style="margin: 0; padding: 12px 0;">
 <table class="wrap" width="600" cellpadding="0" cellspacing="0" border="0" align="center">
 <tr><td id="header" bgcolor="{_hex(HEADER_BG)}" height="90" style="padding: 16px;">
   <img id="logo" src="{logo_src}" width="48" height="48" alt="Shop" style="display:block">
