@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_SHEET = 128 * 1024  # characters of one stylesheet read; a newsletter's is 5-40 KB
 MAX_ATTRIBUTE = 8 * 1024  # characters of one style attribute read
@@ -77,8 +77,7 @@ _TOKEN = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):  # a tuple: the cheapest object to make once per token
     kind: str  # ws string at hash number ident function char
     text: str
 
