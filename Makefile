@@ -15,10 +15,18 @@ IN_PROCESS := not process and not browser and not bench and not postfix
 setup: $(STAMP)
 
 # Reinstall only when the project definition changes: `make setup` is fast when done.
+# uv (a package installer, into the venv only) installs the same packages as pip in about a
+# quarter of the time; pip does it wherever uv cannot be had. UV_NATIVE_TLS: the host's
+# certificate store, as pip uses it.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@if $(BIN)/python -m pip install --quiet --disable-pip-version-check uv; then \
+		echo "uv pip install -e '.[dev]'"; \
+		UV_NATIVE_TLS=1 $(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'; \
+	else \
+		$(BIN)/python -m pip install --quiet --upgrade pip && \
+		$(BIN)/python -m pip install --quiet -e '.[dev]'; \
+	fi
 	@touch $(STAMP)
 
 # Production hosts (deploy/README.md): the project and its runtime dependencies only, no

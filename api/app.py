@@ -25,7 +25,7 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api import docs, messages, page, push, stats
+from api import docs, messages, page, push, stats, wait
 from api.auth import require_admin, require_token
 from api.blocklist import allowlist_router
 from api.blocklist import router as blocklist_router
@@ -126,6 +126,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     _mta_sts_route(app, config.mta_sts)
     docs.install(app)
     app.include_router(messages.router, dependencies=[Depends(require_token)])
+    app.include_router(wait.router, dependencies=[Depends(require_token)])
     _not_allowed_routes(app)
     _include_blocklist(app)
     return app

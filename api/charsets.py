@@ -18,11 +18,15 @@ import re
 from typing import Any
 
 __all__ = [
+    "ADDRESS_HEADERS",
     "MAX_WORDS_VALUE",
+    "STRUCTURED_HEADERS",
     "clean",
     "clean_all",
     "decode",
+    "decode_phrases",
     "decode_words",
+    "header_text",
     "known_charset",
 ]
 
@@ -69,6 +73,54 @@ _WORD = re.compile(r"=\?([^?\s*]{1,40})(?:\*[^?\s]{0,40})?\?([bBqQ])\?([^?\s]{0,
 _BETWEEN_WORDS = re.compile(r"[ \t\r\n]+")
 _LONE_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SPACE = re.compile(r"(\s+)")
+# RFC 2047 5: an encoded word may stand in unstructured text, a comment or a phrase, and
+# nowhere else. These fields are structured (RFC 5322 3.6, RFC 8601, RFC 6376, RFC 8617,
+# RFC 2045): shown as sent, so `=?utf-8?q?mx.test?=` never reads as a verdict's id.
+STRUCTURED_HEADERS = frozenset(
+    {
+        "authentication-results",
+        "arc-authentication-results",
+        "arc-seal",
+        "arc-message-signature",
+        "dkim-signature",
+        "domainkey-signature",
+        "received",
+        "received-spf",
+        "return-path",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "resent-message-id",
+        "date",
+        "resent-date",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-id",
+        "content-disposition",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    }
+)
+# Address fields: encoded words are decoded in display names (phrases) only, never in an
+# addr-spec (RFC 2047 5 (3)): `ceo@=?utf-8?q?bank.test?=` is shown as written.
+ADDRESS_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "sender",
+        "reply-to",
+        "resent-from",
+        "resent-to",
+        "resent-cc",
+        "resent-bcc",
+        "resent-sender",
+        "disposition-notification-to",
+    }
+)
 
 
 def known_charset(label: str | None) -> str | None:
@@ -140,3 +192,49 @@ def _word(charset: str, encoding: str, text: str) -> str:
     except (binascii.Error, ValueError):
         return f"=?{charset}?{encoding}?{text}?="
     return decode(data, charset)
+
+
+def header_text(name: str, value: str) -> str:
+    """A header value for display, decoded only where RFC 2047 5 lets an encoded word
+    stand: the whole of an unstructured field, an address field's phrases, and nothing of
+    a structured field."""
+    lower = name.lower()
+    if lower in ADDRESS_HEADERS:
+        return decode_phrases(value)
+    if lower in STRUCTURED_HEADERS:
+        return literal(value)
+    return decode_words(value)
+
+
+def literal(value: str) -> str:
+    """A header value as sent, unfolded, control characters dropped; nothing decoded."""
+    text = clean(value)
+    return _CONTROLS.sub("", " ".join(text.split()) if "\n" in text else text)
+
+
+def decode_phrases(value: str) -> str:
+    """An address field for display: encoded words decoded in its phrases (display
+    names), never in an addr-spec: a word with `@`, or anything between `<` and `>`, is
+    shown as sent. Linear: one split on white space, each word looked at once."""
+    text = literal(value)
+    if "=?" not in text:  # no encoded word: nothing to tell apart (most fields)
+        return text
+    pieces: list[str] = []
+    phrase: list[str] = []
+    depth = 0  # inside an angle-bracketed address
+    for word in _SPACE.split(text):
+        if not depth and not any(c in word for c in "<>@"):
+            phrase.append(word)
+            continue
+        if phrase:
+            pieces.append(_phrase("".join(phrase)))
+            phrase = []
+        pieces.append(word)
+        depth = max(0, depth + word.count("<") - word.count(">"))
+    if phrase:
+        pieces.append(_phrase("".join(phrase)))
+    return "".join(pieces)
+
+
+def _phrase(text: str) -> str:
+    return decode_words(text) if "=?" in text else text

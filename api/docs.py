@@ -34,7 +34,8 @@ class Tag(StrEnum):
 TAGS: list[dict[str, Any]] = [
     {
         "name": Tag.MAILBOXES,
-        "description": "A mailbox's messages: list them, follow new ones live, empty it. Any "
+        "description": "A mailbox's messages: list and search them, follow new ones live, wait for "
+        "the next one that matches (with its links and codes), empty it. Any "
         "address at our domains is a mailbox; it is compared case-insensitively. Admin or "
         "read token.",
     },

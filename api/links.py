@@ -25,7 +25,17 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MAX_CODES", "MAX_LINKS", "MAX_URL", "extract"]
+from api.display import escape_bidi, url_view
+
+__all__ = [
+    "MAX_CODES",
+    "MAX_LINKS",
+    "MAX_URL",
+    "body_contains",
+    "extract",
+    "mark_unsigned",
+    "visible_text",
+]
 
 MAX_LINKS = 200
 # RFC 9110 4.1 recommends supporting URIs of at least 8000 octets; tracking links run long.
@@ -49,9 +59,15 @@ _CLOSERS = {")": "(", "]": "[", "}": "{"}
 _KEYWORD = re.compile(
     # not the codes of a place or a shop: a postal code is no one-time code
     r"\b(?<!zip )(?<!area )(?<!postal )(?<!country )(?<!promo )(?<!coupon )(?<!voucher )"
-    r"(?<!discount )(?:pass)?codes?\b"
+    r"(?<!discount )"
+    # compounds announce codes too (passcode, Bestätigungscode, Sicherheitscode), but not
+    # a place's, a shop's or a program's (postcode, Gutscheincode, barcode, decode)
+    r"(?!(?:zip|post|postal|bar|qr|promo|rabatt|gutschein|aktions|geschenk|gift|coupon"
+    r"|voucher|discount|area|country|de|en|uni|geo|source|short)codes?\b)\w*?codes?\b"
     r"|\bverif(?:y|ication|ied)\b|\bconfirm(?:ation)?\b|\bone[- ]time\b|\b2fa\b"
-    r"|\bcódigo\b|\bcodice\b|\b\u043a\u043e\u0434\b|\b(?-i:PIN|OTP|TAN)\b",
+    # Russian declines the word: код, кода, коду, кодом, коде
+    r"|\bcódigo\b|\bcodice\b|\b\u043a\u043e\u0434(?:\u0430|\u0443|\u043e\u043c|\u0435)?\b"
+    r"|\b(?-i:PIN|OTP|TAN)\b",
     re.I,
 )
 # A code: 4-8 digits, 3+3 digits split by a space or hyphen, 4-10 capitals and digits
@@ -66,9 +82,20 @@ _CODE = re.compile(
     r"(?![\w€$£¥₹%/\\:@]|[.,]\d|[- ]\d)"
     r"(?!\s?(?:[€$£¥₹]|(?:USD|EUR|GBP|JPY|CHF|INR|dollars?|euros?)\b))"
 )
+# What announces a phone number: the candidate right after ("Call us at 555-0199") is
+# no code, nor anything shaped like a local phone number (3 digits, hyphen, 4 digits).
+_PHONE = re.compile(
+    r"\b(?:call|phone|tel|telephone|fax|mobile|cell|dial|hotline|whatsapp|telefon|tel\u00e9fono"
+    r"|telefone|telefono|\u0442\u0435\u043b\u0435\u0444\u043e\u043d)\b"
+    r"(?:\W{1,3}\w{1,6}){0,2}\W{0,3}$",
+    re.I,
+)
+_LOCAL_PHONE = re.compile(r"\d{3}-\d{4}")
 # What a postal or a shop's code is announced by: the candidate right after is no code.
 _PLACE = re.compile(
-    r"\b(?:zip|post|postal|area|country|promo|coupon|voucher|discount)\s*codes?\W{0,3}$", re.I
+    r"\b(?:zip|post|postal|area|country|promo|coupon|voucher|discount|gutschein|rabatt"
+    r"|aktions|bar|qr)\s*codes?\W{0,3}$",
+    re.I,
 )
 _SPACES = re.compile(r"\s+")
 # Tags after which a browser starts a new line: kept as a break in the visible text, so
@@ -86,7 +113,7 @@ class _Found:
     """What one message yields, bounded as it fills."""
 
     links: list[dict[str, Any]] = field(default_factory=list)
-    codes: list[dict[str, str]] = field(default_factory=list)
+    codes: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False
     _urls: dict[str, int] = field(default_factory=dict)  # url -> its index in `links`
     _size: int = 0
@@ -95,6 +122,7 @@ class _Found:
         url = _usable(href)
         if url is None:
             return
+        text = escape_bidi(text) if text else text
         if len(url) > MAX_URL:
             self.truncated = True
             return
@@ -103,11 +131,17 @@ class _Found:
             if self.links[known]["text"] is None and text:
                 self.links[known]["text"] = text
             return
-        if len(self.links) >= MAX_LINKS or not self._take(len(url) + len(text or "")):
+        if len(self.links) >= MAX_LINKS:
+            self.truncated = True
+            return
+        shown = url_view(url)  # bidi escaped, mixed-script host as A-labels, userinfo apart
+        if not self._take(len(url) + len(text or "") + sum(len(v or "") for v in shown.values())):
             self.truncated = True
             return
         self._urls[url] = len(self.links)
-        self.links.append({"url": url, "text": text or None, "source": source})
+        self.links.append(
+            {"url": url, "text": text or None, "source": source, **shown, "unsigned": False}
+        )
 
     def code(self, code: str, context: str) -> None:
         # "482 913" in the text and "482913" in the HTML are one code, shown as first met.
@@ -117,7 +151,7 @@ class _Found:
         if len(self.codes) >= MAX_CODES or not self._take(len(code) + len(context)):
             self.truncated = True
             return
-        self.codes.append({"code": code, "context": context})
+        self.codes.append({"code": code, "context": escape_bidi(context), "unsigned": False})
 
     def _take(self, size: int) -> bool:
         if self._size + size > MAX_OUTPUT:
@@ -126,10 +160,13 @@ class _Found:
         return True
 
 
-def extract(subject: str, text: str | None, html: str | None) -> dict[str, Any]:
+def extract(
+    subject: str, text: str | None, html: str | None, contains: str | None = None
+) -> dict[str, Any]:
     """`{"links", "codes", "truncated"}` of a message: links from its HTML part (with their
     anchor text) then its text part, de-duplicated; codes from its subject, text and the
-    visible text of its HTML, in that order."""
+    visible text of its HTML, in that order. With `contains`, also `"contains"`: whether
+    the text part or the HTML's visible text holds it, case-insensitively."""
     found = _Found()
     visible = ""
     if html:
@@ -139,7 +176,40 @@ def extract(subject: str, text: str | None, html: str | None) -> dict[str, Any]:
             found.link(_trim(match.group()), None, "text")
     for source in (subject, text or "", visible):
         _codes(source, found)
-    return {"links": found.links, "codes": found.codes, "truncated": found.truncated}
+    result: dict[str, Any] = {
+        "links": found.links,
+        "codes": found.codes,
+        "truncated": found.truncated,
+    }
+    if contains is not None:
+        result["contains"] = body_contains(contains, text or "", visible)
+    return result
+
+
+def visible_text(html: str | None) -> str:
+    """The text a browser shows of `html` (its links are not kept)."""
+    return _from_html(html, _Found()) if html else ""
+
+
+def body_contains(needle: str, *texts: str) -> bool:
+    """Whether any of `texts` holds `needle`, case-insensitively (Unicode case folding),
+    white space runs counted as one space. Linear: `str.__contains__` is a two-way search
+    (CPython 3.10+, bpo-41972), whose cost is bounded by the text's length and the needle's,
+    never their product."""
+    wanted = _SPACES.sub(" ", needle.casefold()).strip()
+    return any(wanted in _SPACES.sub(" ", text.casefold()) for text in texts)
+
+
+def mark_unsigned(found: dict[str, Any], signed: dict[str, Any] | None) -> None:
+    """Mark in `found` (an `extract` answer) the links and codes that `signed` (the answer
+    for the part of the message DKIM signatures cover; None: nothing readable) lacks:
+    text appended past a signature's `l=` is not vouched for by it (RFC 6376 8.2)."""
+    urls = {link["url"] for link in signed["links"]} if signed else set()
+    codes = {code["code"] for code in signed["codes"]} if signed else set()
+    for link in found["links"]:
+        link["unsigned"] = link["url"] not in urls
+    for code in found["codes"]:
+        code["unsigned"] = code["code"] not in codes
 
 
 def _usable(url: str) -> str | None:
@@ -225,6 +295,8 @@ class _Anchors(HTMLParser):
 
     def _see(self, data: str) -> None:
         room = MAX_VISIBLE - self.visible_size
+        if len(data) > room:  # visible text past MAX_VISIBLE is not searched for codes
+            self.found.truncated = True
         if room > 0:
             self.visible.append(data[:room])
             self.visible_size += min(len(data), room)
@@ -281,11 +353,20 @@ def _codes(text: str, found: _Found) -> None:
             _plausible(match.group())
             and _announced(match, keywords, starts)
             and not _PLACE.search(text, max(0, match.start() - 30), match.start())
+            and not _phone(text, match)
         ):
             context = text[max(0, match.start() - CONTEXT) : match.end() + CONTEXT]
             found.code(match.group(), _SPACES.sub(" ", context).strip())
             if len(found.codes) >= MAX_CODES:
                 return
+
+
+def _phone(text: str, match: re.Match[str]) -> bool:
+    """Whether the candidate is a phone number: shaped like one, or right after a word
+    that announces one (a bounded window: constant work per candidate)."""
+    if _LOCAL_PHONE.fullmatch(match.group()):
+        return True
+    return _PHONE.search(text, max(0, match.start() - 30), match.start()) is not None
 
 
 def _announced(match: re.Match[str], keywords: list[tuple[int, int]], starts: list[int]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -13,9 +14,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
-from api import models, push, render
+from api import models, push, render, search
 from api.auth import Role, require_token
-from api.charsets import decode_words
+from api.charsets import decode_phrases, decode_words
+from api.display import ascii_filename
 from api.docs import Tag
 from api.renderpool import Busy, Outcome, RenderPool
 from mailstore import MessageDocument, MessageStore, is_message_id
@@ -30,6 +32,7 @@ Address = Annotated[
 ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
 MessageId = Annotated[str, Path(pattern=ID_PATTERN, json_schema_extra={"format": "message-id"})]
 Responses = dict[int | str, dict[str, Any]]
+_FIELD_START = re.compile(r"\r?\n(?![ \t])")
 
 
 # Non-JSON answers, each documented with its own media type (and no JSON schema).
@@ -55,7 +58,7 @@ class Download(Response):
     media_type = "application/octet-stream"
 
 
-def _store(request: Request) -> MessageStore:
+def store_of(request: Request) -> MessageStore:
     store: MessageStore = request.app.state.store
     return store
 
@@ -73,8 +76,9 @@ def summary(message: MessageDocument, role: Role = Role.ADMIN) -> dict[str, Any]
     envelope_to = ", ".join(message.rcpt) if role is Role.ADMIN else ""
     return {
         "id": message.id,
-        "from": decoded(headers.get("from") or message.mail_from),
-        "to": decoded(headers.get("to") or envelope_to),
+        # Display names decoded, addresses never (RFC 2047 5): what DMARC judged is shown.
+        "from": decode_phrases(headers.get("from") or message.mail_from),
+        "to": decode_phrases(headers.get("to") or envelope_to),
         "subject": decoded(headers.get("subject", "")),
         "received_at": message.received_at.isoformat(),
         "size": message.size,
@@ -105,20 +109,56 @@ async def list_messages(
             description="received at or after (RFC 3339)", json_schema_extra={"format": "date-time"}
         ),
     ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=search.MAX_QUERY,
+            description="search: `from:`, `to:`, `subject:` terms (quoted values allowed) "
+            "and free words (in the subject, From or text); every term must hold",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Messages for `address` (case-insensitive, canonical as the receiver stores it),
-    newest first; `next` is the `before` cursor of the following page."""
-    mailbox = _mailbox(address)
+    newest first; `next` is the `before` cursor of the following page. With `q`, only
+    those matching it, from at most 1,000 messages examined a call (`next` then says
+    where to go on)."""
+    mailbox = mailbox_of(address)
     for name, cursor in (("before", before), ("after", after)):
         if cursor is not None and not is_message_id(cursor):
             raise HTTPException(status_code=422, detail=f"{name}: not a message id")
-    docs = await _store(request).list_mailbox(
-        mailbox, limit, before=before, after=after, since=_moment(since)
+    if q is not None:
+        try:
+            query = search.parse(q)
+        except search.Invalid as invalid:
+            raise HTTPException(status_code=422, detail=str(invalid)) from None
+        window = search.Window(mailbox, limit, before, after, moment_of(since))
+        return await _search(request, query, window, role)
+    docs = await store_of(request).list_mailbox(
+        mailbox, limit, before=before, after=after, since=moment_of(since)
     )
     result: dict[str, Any] = {"messages": [summary(doc, role) for doc in docs]}
     if len(docs) == limit:
         result["next"] = docs[-1].id
     return result
+
+
+async def _search(
+    request: Request, query: search.Search, window: search.Window, role: Role
+) -> dict[str, Any]:
+    async def texts_hold(items: list[tuple[MessageDocument, list[str]]]) -> list[bool]:
+        """One render job for the batch; if it fails (its deadline or memory), one job a
+        message, so that one message past the bounds does not hide the others."""
+        outcome = await render_job(request, *search.job(items))
+        if outcome.failure is None and "matches" in outcome.head:
+            return [bool(m) for m in outcome.head["matches"]]
+        if len(items) == 1:
+            return [False]  # cannot be read within the bounds: no match
+        return [(await texts_hold([item]))[0] for item in items]
+
+    return await search.scan(
+        store_of(request), query, window, lambda doc: summary(doc, role), texts_hold
+    )
 
 
 @router.get(
@@ -137,7 +177,7 @@ async def mailbox_events(
     """New messages of `address` as Server-Sent Events (`event: message`, `id:` the
     message id, `data:` its listing entry); heartbeats every 15 s; after a reconnect with
     `Last-Event-ID`, the messages since that id first (at most 100)."""
-    mailbox = _mailbox(address)
+    mailbox = mailbox_of(address)
     hub: push.Hub = request.app.state.hub
     # Subscribe before reading the catch-up, so nothing can fall between the two.
     client = push.client_key(request.client.host if request.client else "")
@@ -148,7 +188,7 @@ async def mailbox_events(
     try:
         backlog: list[MessageDocument] = []
         if last_event_id is not None and is_message_id(last_event_id):
-            docs = await _store(request).list_mailbox(mailbox, push.CATCH_UP, after=last_event_id)
+            docs = await store_of(request).list_mailbox(mailbox, push.CATCH_UP, after=last_event_id)
             backlog = list(reversed(docs))
     except BaseException:
         hub.unsubscribe(subscriber)
@@ -167,10 +207,10 @@ async def mailbox_events(
 async def delete_mailbox(request: Request, address: Address) -> dict[str, int]:
     """Empty a mailbox: its messages leave it (and the store, if no other mailbox has
     them)."""
-    return {"deleted": await _store(request).delete_mailbox(_mailbox(address))}
+    return {"deleted": await store_of(request).delete_mailbox(mailbox_of(address))}
 
 
-def _moment(text: str | None) -> datetime | None:
+def moment_of(text: str | None) -> datetime | None:
     """An RFC 3339 date-time (a bare number is not one), as an aware datetime."""
     if text is None:
         return None
@@ -183,7 +223,7 @@ def _moment(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _mailbox(address: str) -> str:
+def mailbox_of(address: str) -> str:
     mailbox = canonical_mailbox(address)
     if mailbox is None:
         raise HTTPException(status_code=422, detail=f"{address!r} is not a mailbox address")
@@ -191,7 +231,7 @@ def _mailbox(address: str) -> str:
 
 
 async def _get(request: Request, message_id: MessageId) -> MessageDocument:
-    doc = await _store(request).get(message_id) if is_message_id(message_id) else None
+    doc = await store_of(request).get(message_id) if is_message_id(message_id) else None
     if doc is None:
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
     return doc
@@ -222,15 +262,30 @@ async def get_message(
             }
         )
     raw = message.raw
-    outcome = await _render(request, f"{message_id}/view", {"job": "view"}, raw)
+    outcome = await render_job(request, f"{message_id}/view", {"job": "view"}, raw)
     if outcome.failure is not None:
         result.update(render.fallback(raw, outcome.failure))
     else:
         result.update(outcome.head["view"])
+    result["headers"] = own_headers(message.received_header) + result["headers"]
     return result
 
 
-async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
+def own_headers(received_header: bytes) -> list[list[str]]:
+    """The fields this service wrote on top of the message (our Authentication-Results,
+    then our Received:), unfolded: shown first in the header list, so that our verdict is
+    the first one a reader sees, above anything the sender wrote. Our own bytes, ASCII,
+    a few hundred of them: split here, not in a render worker."""
+    text = received_header.decode("ascii", "replace")
+    fields = []
+    for chunk in _FIELD_START.split(text.strip("\r\n")):
+        name, colon, value = chunk.partition(":")
+        if colon:
+            fields.append([name.strip(), " ".join(value.split())])
+    return fields
+
+
+async def render_job(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
     pool: RenderPool = request.app.state.renderer
     try:
         return await pool.run(key, job, raw)
@@ -260,7 +315,7 @@ async def get_attachment(
     its bytes cannot be recovered exactly (the message as sent is at `/raw`)."""
     message = await _get(request, message_id)
     job = {"job": "attachment", "index": index}
-    outcome = await _render(request, f"{message_id}/attachment/{index}", job, message.raw)
+    outcome = await render_job(request, f"{message_id}/attachment/{index}", job, message.raw)
     if outcome.head.get("missing"):
         raise HTTPException(status_code=404, detail=f"no attachment {index} in {message_id}")
     reason = outcome.failure or outcome.head.get("unextractable")
@@ -272,7 +327,12 @@ async def get_attachment(
         )
     data = outcome.body
     content_type, filename = outcome.head["content_type"], outcome.head["filename"]
-    disposition = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+    # RFC 6266 4.3: `filename*` (RFC 5987/8187 UTF-8) for the name, and an ASCII
+    # `filename` for clients that know no other; the name is at most 200 bytes of UTF-8.
+    disposition = (
+        f'attachment; filename="{ascii_filename(filename)}"; '
+        f"filename*=UTF-8''{quote(filename, safe='')}"
+    )
     return Response(
         content=data,
         media_type=content_type,
@@ -298,7 +358,7 @@ async def get_inline(
     exactly."""
     message = await _get(request, message_id)
     job = {"job": "attachment", "index": index, "inline": True}
-    outcome = await _render(request, f"{message_id}/inline/{index}", job, message.raw)
+    outcome = await render_job(request, f"{message_id}/inline/{index}", job, message.raw)
     if outcome.head.get("missing"):
         raise HTTPException(status_code=404, detail=f"no inline image {index} in {message_id}")
     reason = outcome.failure or outcome.head.get("unextractable")
@@ -313,7 +373,8 @@ async def get_inline(
         content=outcome.body,
         media_type=outcome.head["content_type"],
         headers={
-            "Content-Disposition": f"inline; filename*=UTF-8''{quote(filename, safe='')}",
+            "Content-Disposition": f'inline; filename="{ascii_filename(filename)}"; '
+            f"filename*=UTF-8''{quote(filename, safe='')}",
             "X-Content-Type-Options": "nosniff",
             # Opened on its own (an SVG is an image/* too), it may run nothing.
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
@@ -333,7 +394,7 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
     found in a render worker under the render bounds; 504 if the message cannot be read
     within them, 422 if it has no parts to read (its bytes are at `/raw`)."""
     message = await _get(request, message_id)
-    outcome = await _render(request, f"{message_id}/links", {"job": "links"}, message.raw)
+    outcome = await render_job(request, f"{message_id}/links", {"job": "links"}, message.raw)
     if outcome.failure is not None:
         raise HTTPException(
             status_code=504, detail=f"links could not be read within bounds: {outcome.failure}"
@@ -368,6 +429,6 @@ async def get_raw(request: Request, message_id: MessageId) -> Response:
 async def delete_message(request: Request, message_id: MessageId) -> Response:
     """Remove the message from the store (from every mailbox it was delivered to); 404 if
     there is no such message."""
-    if not is_message_id(message_id) or not await _store(request).delete(message_id):
+    if not is_message_id(message_id) or not await store_of(request).delete(message_id):
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
     return Response(status_code=204)

@@ -17,7 +17,9 @@ class MessageSummary(Model):
     """One message in a listing (and the `data` of a push event)."""
 
     id: str = Field(description="message id (26 base32 characters, time-ordered)")
-    from_: str = Field(alias="from", description="the From: header, decoded")
+    from_: str = Field(
+        alias="from", description="the From: header, display names decoded, addresses as sent"
+    )
     to: str = Field(description="the To: header; for the admin, the envelope if none")
     subject: str
     received_at: str = Field(description="RFC 3339")
@@ -39,7 +41,9 @@ class Address(Model):
 
 
 class Attachment(Model):
-    filename: str | None
+    filename: str | None = Field(
+        description="at most 200 bytes of UTF-8 (extension kept), bidi controls as [U+XXXX]"
+    )
     content_type: str
     size: int = Field(description="decoded bytes")
 
@@ -63,7 +67,11 @@ class TlsInfo(Model):
     cipher: str
 
 
-AuthResult = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
+# RFC 8601 2.7: `policy` is a DKIM signature that verified but is not acceptable (an l=
+# that leaves part of the body unsigned).
+AuthResult = Literal[
+    "pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"
+]
 
 
 class SpfVerdict(Model):
@@ -116,7 +124,16 @@ class MessageDetail(Model):
     subject: str
     received_at: str
     size: int
-    headers: list[tuple[str, str]] = Field(description="[name, decoded value], in order")
+    from_repaired: bool = Field(
+        False,
+        description="the From: field is malformed (e.g. an encoded word in its address, "
+        "RFC 2047 5): `from` holds its literal text, not what a lenient reader makes of it",
+    )
+    headers: list[tuple[str, str]] = Field(
+        description="[name, value], ours (Authentication-Results, Received) first, then the "
+        "message's in order; encoded words decoded only in unstructured text and display "
+        "names (RFC 2047 5), structured fields as sent"
+    )
     text: str | None
     html: str | None = Field(description="the HTML part as sent: never display it as is")
     html_safe: str | None = Field(description="the HTML part sanitised, for display")
@@ -137,13 +154,29 @@ class MessageDetail(Model):
 
 class Link(Model):
     url: str = Field(description="as sent (http, https or mailto): redirects not followed")
-    text: str | None = Field(description="the anchor's text (or a linked image's alt)")
+    text: str | None = Field(
+        description="the anchor's text (or a linked image's alt), bidi controls as [U+XXXX]"
+    )
     source: Literal["text", "html"] = Field(description="the part it was first found in")
+    display: str = Field(
+        description="the URL to show: bidi controls percent-encoded, a host mixing scripts "
+        "as IDNA A-labels (xn--)"
+    )
+    host: str | None = Field(description="where the link goes, shown as in `display`")
+    userinfo: str | None = Field(
+        description="what stands before `@` in the authority (RFC 3986 3.2.1): not where "
+        "the link goes (`https://paypal.com@evil.test/` goes to evil.test); null if none"
+    )
+    unsigned: bool = Field(
+        description="found only in text past a DKIM signature's l= length: no signature "
+        "vouches for it (RFC 6376 8.2)"
+    )
 
 
 class Code(Model):
     code: str = Field(description="as written (digits, or capitals and digits)")
-    context: str = Field(description="the words around it")
+    context: str = Field(description="the words around it, bidi controls as [U+XXXX]")
+    unsigned: bool = Field(description="found only in text past a DKIM signature's l=")
 
 
 class Links(Model):
@@ -152,7 +185,23 @@ class Links(Model):
 
     links: list[Link] = Field(description="de-duplicated, HTML part first, then text")
     codes: list[Code] = Field(description="subject first, then text, then the HTML's text")
-    truncated: bool = Field(description="true if some links or codes were left out")
+    truncated: bool = Field(
+        description="true if anything was cut: links or codes left out, or text past the "
+        "limits not searched"
+    )
+
+
+class Awaited(Model):
+    """The awaited message (`GET /v1/mailboxes/{address}/wait`): its listing entry, and
+    its links and likely one-time codes as `/v1/messages/{id}/links` gives them."""
+
+    message: MessageSummary
+    links: list[Link] = Field(description="de-duplicated, HTML part first, then text")
+    codes: list[Code] = Field(description="subject first, then text, then the HTML's text")
+    truncated: bool = Field(
+        description="true if some links or codes were left out (or the message could not "
+        "be read within the render bounds)"
+    )
 
 
 class AccessEntry(Model):

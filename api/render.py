@@ -19,8 +19,8 @@ from email.parser import BytesParser
 from email.policy import EmailPolicy
 from typing import Any
 
-from api import safehtml
-from api.charsets import clean, decode, decode_words
+from api import display, safehtml
+from api.charsets import clean, decode, decode_words, header_text, literal
 
 MAX_BOUNDARIES = 100  # multipart boundaries declared; more is not mail, it is an attack
 MAX_HEADERS = 1_000
@@ -35,10 +35,15 @@ MAX_CONTENT_ID = 998  # characters: a header line's limit (RFC 5322 2.1.1)
 MAX_ADDRESS_VALUE = 8 * 1024  # a To: of ~250 addresses
 MAX_MIME_VALUE = 1024  # Content-Type, -Disposition...: a real one is a line or two
 ADDRESS_HEADERS = frozenset({"from", "to", "cc", "bcc", "sender", "reply-to", "resent-from"})
-MAX_FILENAME = 255  # characters of an attachment's name handed out (a common file system max)
+MAX_FILENAME = display.MAX_FILENAME_BYTES  # UTF-8 bytes of an attachment's name handed out
 ADDRESS_FIELDS = ("from", "to", "cc")
 _BOUNDARY = re.compile(rb"boundary\s*=", re.IGNORECASE)
 _FOLD = re.compile(rb"\r?\n[ \t]")
+# A DKIM-Signature field with its continuation lines, and its l= tag (RFC 6376 3.5).
+_DKIM_FIELD = re.compile(
+    rb"^dkim-signature[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
+)
+_LENGTH = re.compile(rb"(?:^|;)\s*l\s*=\s*(\d+)\s*(?:;|$)")
 _MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
 # Defects that mean the decoded bytes of a part are not what the sender encoded.
 _DAMAGE = (
@@ -98,14 +103,17 @@ def view(raw: bytes) -> dict[str, Any]:
     except Exception as error:  # the parser's own defects are not ours to raise
         return fallback(raw, f"unparseable message: {type(error).__name__}")
     assert isinstance(message, EmailMessage)
-    headers = [
-        [clean(name), decode_words(str(value))]
-        for name, value in list(message.raw_items())[:MAX_HEADERS]
-    ]
+    items = list(message.raw_items())[:MAX_HEADERS]
+    headers = [[clean(name), header_text(name, str(value))] for name, value in items]
+    raw_values = {name.lower(): str(value) for name, value in reversed(items)}
     html = _body(message, "html")
+    addresses = {
+        field: _addresses(message, field, raw_values.get(field, "")) for field in ADDRESS_FIELDS
+    }
     return {
         "headers": headers,
-        **{field: _addresses(message, field) for field in ADDRESS_FIELDS},
+        **{field: found for field, (found, _) in addresses.items()},
+        "from_repaired": addresses["from"][1],
         "text": _body(message, "plain"),
         "html": html,
         # For display: scripts, handlers, forms and frames removed, styles kept where they
@@ -124,6 +132,12 @@ class Unparseable(Exception):
 def bodies(raw: bytes) -> tuple[str, str | None, str | None]:
     """(Subject, text part, HTML part) of `raw`, decoded as `view` decodes them (without
     the rest of its work); `Unparseable` saying why when there are no parts to read."""
+    subject, text, html, _ = read(raw)
+    return subject, text, html
+
+
+def read(raw: bytes) -> tuple[str, str | None, str | None, bool]:
+    """`bodies`, and whether a body was cut at `MAX_TEXT` characters."""
     if too_many_parts(raw):
         raise Unparseable(f"more than {MAX_BOUNDARIES} MIME parts")
     _PARSED.clear()
@@ -135,7 +149,31 @@ def bodies(raw: bytes) -> tuple[str, str | None, str | None]:
     # The raw value, as `view` reads headers: never through the header registry.
     subject = next((str(v) for n, v in message.raw_items() if n.lower() == "subject"), "")
     subject = decode_words(subject)
-    return subject, _body(message, "plain"), _body(message, "html")
+    text, text_cut = _cut_body(message, "plain")
+    html, html_cut = _cut_body(message, "html")
+    return subject, text, html, text_cut or html_cut
+
+
+def signed_prefix(raw: bytes) -> bytes | None:
+    """`raw` cut where its DKIM signatures stop signing, when every one of them carries an
+    `l=` shorter than the body (RFC 6376 3.5: text past it is anyone's to append); None
+    when some signature claims the whole body, or there is none. The cut is at `l` octets
+    of the body as sent: canonicalization only removes octets (RFC 6376 3.4), so that is
+    never past what was signed."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = raw[: end + 2]
+    lengths = []
+    for field in _DKIM_FIELD.finditer(head):
+        length = _LENGTH.search(_FOLD.sub(b" ", field[1]))
+        if length is None:
+            return None
+        lengths.append(int(length[1][:76]))
+    body = len(raw) - end - 4
+    if not lengths or max(lengths) >= body:
+        return None
+    return raw[: end + 4 + max(lengths)]
 
 
 def attachments(message: EmailMessage) -> list[EmailMessage]:
@@ -228,13 +266,8 @@ def _filename(part: EmailMessage) -> str | None:
     name = part.get_filename()
     if not name:
         return None
-    name = decode_words(clean(str(name)))
-    if len(name) <= MAX_FILENAME:
-        return name
-    stem, dot, extension = name.rpartition(".")
-    if not dot or len(extension) > 15:  # no extension worth keeping
-        return name[:MAX_FILENAME]
-    return stem[: MAX_FILENAME - len(extension) - 1] + "." + extension
+    # Cut by UTF-8 bytes, bidi controls escaped: `api.display.filename`.
+    return display.filename(decode_words(clean(str(name))))
 
 
 def _content_type(part: EmailMessage) -> str:
@@ -245,17 +278,30 @@ def _content_type(part: EmailMessage) -> str:
     return kind if _MIME_TYPE.fullmatch(kind) else "application/octet-stream"
 
 
-def _addresses(message: EmailMessage, field: str) -> list[dict[str, str]]:
+def _addresses(
+    message: EmailMessage, field: str, written: str
+) -> tuple[list[dict[str, str]], bool]:
+    """The addresses of `field` and whether the parser had to repair it. An address is
+    shown only as written: the standard parser decodes encoded words inside an addr-spec
+    (`ceo@=?utf-8?q?bank.test?=` reads `ceo@bank.test`; RFC 2047 5 forbids them there)
+    and drops what it cannot read (`a@b.test <c@d.test>`), so a field with a defect or an
+    addr-spec not found in its own text is shown as one entry holding its literal text."""
     try:
         header = message[field]
         if not hasattr(header, "addresses"):  # absent, or too long for the registry
-            return []
-        return [
+            return [], False
+        found = [
             {"name": clean(str(address.display_name)), "address": clean(str(address.addr_spec))}
             for address in header.addresses
         ]
+        text = literal(written)
+        # Obsolete syntax (a period in a name) is read faithfully; an invalid one is not.
+        invalid = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)]
+        if not invalid and all(a["address"] in text for a in found):
+            return found, False
+        return [{"name": "", "address": text}], True
     except Exception:  # a header the registry cannot read: see `headers` for its text
-        return []
+        return [], False
 
 
 def fallback(raw: bytes, reason: str) -> dict[str, Any]:
@@ -266,11 +312,12 @@ def fallback(raw: bytes, reason: str) -> dict[str, Any]:
     for line in _FOLD.sub(b" ", section).split(b"\n")[:MAX_HEADERS]:
         name, colon, value = line.rstrip(b"\r").partition(b":")
         if colon:
-            headers.append([_text(name), decode_words(_text(value.strip()))])
+            headers.append([_text(name), header_text(_text(name), _text(value.strip()))])
     empty: dict[str, Any] = {field: [] for field in ADDRESS_FIELDS}
     return {
         "headers": headers,
         **empty,
+        "from_repaired": False,
         "text": None,
         "html": None,
         "html_safe": None,
@@ -281,18 +328,24 @@ def fallback(raw: bytes, reason: str) -> dict[str, Any]:
 
 
 def _body(message: EmailMessage, subtype: str) -> str | None:
+    return _cut_body(message, subtype)[0]
+
+
+def _cut_body(message: EmailMessage, subtype: str) -> tuple[str | None, bool]:
+    """A body part's text, at most `MAX_TEXT` characters, and whether it was cut."""
     try:
         part = message.get_body(preferencelist=(subtype,))
         if part is None:
-            return None
+            return None, False
         payload = part.get_payload(decode=True)
         if not isinstance(payload, bytes):
-            return None
+            return None, False
         # 8-bit text without a declared charset is nearly always UTF-8 in practice.
         text = decode(payload[: 4 * MAX_TEXT], part.get_content_charset() or "utf-8")
-        return text[:MAX_TEXT].replace("\r\n", "\n")
+        cut = len(payload) > 4 * MAX_TEXT or len(text) > MAX_TEXT
+        return text[:MAX_TEXT].replace("\r\n", "\n"), cut
     except Exception:  # undecodable parts: the raw endpoint still has every byte
-        return None
+        return None, False
 
 
 def _text(value: bytes) -> str:

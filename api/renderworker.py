@@ -44,13 +44,46 @@ def attachment(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]
 
 def links_and_codes(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
     try:
-        subject, text, html = render.bodies(raw)
+        subject, text, html, cut = render.read(raw)
     except render.Unparseable as error:
         return {"unparseable": str(error)}, b""
-    return {"links": links.extract(subject, text, html)}, b""
+    contains = head.get("contains")
+    wanted = str(contains) if contains is not None else None
+    found = links.extract(subject, text, html, wanted)
+    found["truncated"] = found["truncated"] or cut  # text past MAX_TEXT was not read
+    prefix = render.signed_prefix(raw)
+    if prefix is not None:  # DKIM l= left a tail unsigned: what only it has is marked
+        try:
+            signed: dict[str, Any] | None = links.extract(*render.bodies(prefix))
+        except render.Unparseable:
+            signed = None
+        links.mark_unsigned(found, signed)
+    return {"links": found}, b""
 
 
-JOBS: dict[str, Job] = {"view": view, "attachment": attachment, "links": links_and_codes}
+def search(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """For each message of the batch (`head["items"]`: its size in `raw` and its words)
+    whether its text part or its HTML's visible text holds every one of its words."""
+    matches, start = [], 0
+    for item in head["items"]:
+        message = raw[start : start + int(item["size"])]
+        start += int(item["size"])
+        try:
+            _, text, html = render.bodies(message)
+        except render.Unparseable:
+            matches.append(False)
+            continue
+        texts = (text or "", links.visible_text(html))
+        matches.append(all(links.body_contains(str(w), *texts) for w in item["words"]))
+    return {"matches": matches}, b""
+
+
+JOBS: dict[str, Job] = {
+    "view": view,
+    "attachment": attachment,
+    "links": links_and_codes,
+    "search": search,
+}
 
 
 def resident() -> int:

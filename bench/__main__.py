@@ -1,7 +1,7 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
 Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth,
-cost, scale.
+cost, scale, wait.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
 bench/results).
 """
@@ -31,6 +31,7 @@ from bench import (
     spool,
     throughput,
     tls,
+    wait,
     workers,
 )
 
@@ -47,6 +48,7 @@ SUITES: dict[str, ModuleType] = {
     "auth": auth,
     "cost": cost,
     "scale": scale,
+    "wait": wait,
 }
 
 

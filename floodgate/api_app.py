@@ -9,7 +9,6 @@ import uvicorn
 from api.app import ApiConfig, create_app
 from api.push import MAX_SUBSCRIBERS
 from floodgate.errors import fail, not_yet
-from floodgate.receiver_app import store_config
 from floodgate.settings import Settings, cannot_bind, parse_hostport
 
 
@@ -19,7 +18,7 @@ def main(settings: Settings, token: str) -> None:
     read_token = settings.read_token.get_secret_value() if settings.read_token else None
     app = create_app(
         ApiConfig(
-            store_config(settings, settings.mongodb_uri),
+            settings.store_config(settings.mongodb_uri),
             token,
             read_token,
             public_inbox=settings.public_inbox,

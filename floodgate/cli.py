@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from floodgate.block_cli import ALLOW, BLOCK, add_block_parser
 from floodgate.spool_cli import add_parser as add_spool_parser
 from floodgate.top import add_parser as add_top_parser
+from floodgate.wait_cli import add_parser as add_wait_parser
 
 if TYPE_CHECKING:
     from floodgate.settings import Settings
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_block_parser(sub, ALLOW)
     add_top_parser(sub)
     add_spool_parser(sub)
+    add_wait_parser(sub)
     return parser
 
 
@@ -163,4 +165,8 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
         from floodgate.spool_cli import run
 
         return run(args, settings)
+    if args.command == "wait":
+        from floodgate import wait_cli
+
+        return wait_cli.run(args, settings)
     return 2

@@ -19,7 +19,7 @@ import processes
 from blocklist import LocalAllowlist, LocalBlocklist, LocalConfig
 from floodgate.errors import fail, not_yet
 from floodgate.settings import Settings, parse_hostport
-from mailstore import MessageStore, StoreConfig
+from mailstore import MessageStore
 from receiver.door import dnsbl
 from receiver.door.screen import ScreenConfig
 from receiver.intake.authcheck import AuthConfig
@@ -30,17 +30,6 @@ from receiver.runtime.host import install_signal_handlers, run_host
 from receiver.runtime.intervals import Intervals
 from receiver.smtp.tls import TlsSettings, self_signed, server_context
 from receiver.telemetry.events import emit
-
-
-def store_config(settings: Settings, uri: str) -> StoreConfig:
-    return StoreConfig(
-        uri=uri,
-        database=settings.mongodb_database,
-        timeout=settings.store_timeout,
-        max_pending=settings.max_pending_inserts,
-        batch_size=settings.insert_batch_size,
-        retention=settings.retention,
-    )
 
 
 def receiver_config(settings: Settings) -> ReceiverConfig:
@@ -185,7 +174,7 @@ async def serve(settings: Settings, uri: str, config: ReceiverConfig) -> None:
     install_signal_handlers(stop)
     # Indexes are made by the health loop once the store answers: the port opens at once
     # even when the store is down (every message gets 451 until it is back).
-    store = await MessageStore.open(store_config(settings, uri), ensure_indexes=False, report=emit)
+    store = await MessageStore.open(settings.store_config(uri), ensure_indexes=False, report=emit)
     blocklist = LocalBlocklist(store.db, blocklist_config(settings))
     allowlist = LocalAllowlist(
         store.db,

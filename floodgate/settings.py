@@ -12,7 +12,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -32,6 +32,9 @@ from receiver.limits import RANGES, Limits
 from receiver.runtime.intervals import DEFAULTS as INTERVAL_DEFAULTS
 from receiver.runtime.intervals import RANGES as INTERVAL_RANGES
 from receiver.smtp.body import BareNewline
+
+if TYPE_CHECKING:
+    from mailstore import StoreConfig
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Variables of ours that are not settings: the tests' store and the Makefile's installs.
@@ -426,6 +429,19 @@ class Settings(BaseSettings):
     def api_limits(self) -> ApiLimits:
         """The API's limits as the frozen value api/ takes."""
         return ApiLimits(**{name: getattr(self, name) for name in API_RANGES})
+
+    def store_config(self, uri: str) -> StoreConfig:
+        """How every process talks to the store at `uri`."""
+        from mailstore import StoreConfig  # the driver loads only in processes that use it
+
+        return StoreConfig(
+            uri=uri,
+            database=self.mongodb_database,
+            timeout=self.store_timeout,
+            max_pending=self.max_pending_inserts,
+            batch_size=self.insert_batch_size,
+            retention=self.retention,
+        )
 
     def admin_token_value(self) -> str | None:
         """The admin bearer token, if one is configured."""

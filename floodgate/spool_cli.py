@@ -15,11 +15,11 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from floodgate.settings import Settings
-from receiver.delivery.replay import Replay, ReplayConfig
-from receiver.delivery.spool import Spool, segment_paths
-from receiver.runtime.config import spool_directories
+if TYPE_CHECKING:  # the receiver's modules load only for this command, not for every one
+    from floodgate.settings import Settings
+    from receiver.delivery.spool import Spool
 
 HELP = "a receiver's local spool: status, or replay a copied spool into the store"
 
@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from receiver.delivery.spool import Spool, segment_paths
+    from receiver.runtime.config import spool_directories
+
     directories = [args.dir] if args.dir else spool_directories(settings.data_dir)
     missing = [d for d in directories if not d.is_dir()]
     if missing or not directories:
@@ -83,11 +86,11 @@ def _held(messages: int, size: int, oldest: float) -> str:
 
 
 async def _replay(spool: Spool, settings: Settings, rate: float) -> int:
-    from floodgate.receiver_app import store_config
     from mailstore import MessageStore, StoreError
+    from receiver.delivery.replay import Replay, ReplayConfig
 
     assert settings.mongodb_uri is not None
-    store = await MessageStore.open(store_config(settings, settings.mongodb_uri))
+    store = await MessageStore.open(settings.store_config(settings.mongodb_uri))
     counts: dict[str, int] = {}
 
     def count(outcome: str, n: int) -> None:

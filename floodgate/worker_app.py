@@ -20,7 +20,7 @@ from blocklist import LocalBlocklist
 from floodgate import settings as settings_module
 from floodgate.errors import fail
 from floodgate.logs import configure
-from floodgate.receiver_app import blocklist_config, raise_fd_limit, receiver_config, store_config
+from floodgate.receiver_app import blocklist_config, raise_fd_limit, receiver_config
 from floodgate.settings import Settings
 from mailstore import MessageStore
 from receiver.runtime.config import ReceiverConfig
@@ -34,7 +34,7 @@ async def serve(settings: Settings, config: ReceiverConfig, index: int, end: soc
     stop = asyncio.Event()
     install_signal_handlers(stop)
     store = await MessageStore.open(
-        store_config(settings, settings.mongodb_uri), ensure_indexes=False, report=emit
+        settings.store_config(settings.mongodb_uri), ensure_indexes=False, report=emit
     )
     lists = dataclasses.replace(blocklist_config(settings), snapshot_path=None)
     blocklist = LocalBlocklist(store.db, lists)

@@ -203,6 +203,12 @@ def listed_messages(ids: Sequence[str]) -> Query:
 
 
 @shape
+def whole_messages(ids: Sequence[str]) -> Query:
+    """These messages, bytes included (a search reading their text: at most a page)."""
+    return Query("whole_messages", MESSAGES, {K.ID: {"$in": list(ids)}})
+
+
+@shape
 def message(message_id: str, projection: Document | None = None) -> Query:
     return Query("message", MESSAGES, {K.ID: message_id}, projection=projection, limit=1)
 
@@ -310,6 +316,7 @@ def examples() -> dict[str, Query]:
         entries_by_key([entry_key(box, mid)]),
         expired_entries(1),
         listed_messages([mid]),
+        whole_messages([mid]),
         message(mid),
         message(mid, {K.RCPT: 1}),
         delete_message(mid),

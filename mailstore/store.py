@@ -293,6 +293,13 @@ class MessageStore:
             removed += trimmed
         return removed
 
+    async def get_many(self, ids: list[str]) -> list[MessageDocument]:
+        """These messages whole (one query by id), those that still exist, in no order."""
+        async with self._reading():
+            with pymongo.timeout(self.config.timeout):
+                found = await self._find(queries.whole_messages(ids))
+        return [MessageDocument.read(doc) for doc in found]
+
     async def get(self, message_id: str) -> MessageDocument | None:
         async with self._reading():
             found = await self._find_one(queries.message(message_id))

@@ -37,6 +37,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group))
             if config.getoption("loadgroup", False):
                 lanes.name_group(item, group)
+    lanes.longest_first(items)
 
 
 _GUARD = pytest.StashKey[lanes.Guard]()

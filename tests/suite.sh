@@ -1,8 +1,10 @@
 #!/bin/sh
 # `make test`: every test, in two passes. First all but the bench lane, in parallel
 # (pytest-xdist, WORKERS processes; a module whose tests share a process stays on one
-# worker); then the bench smoke runs alone, one after the other: they measure latency
-# under a load they make themselves, which other tests would add to. Each pass lists its
+# worker; modules of the longest kinds first, tests/support/lanes.py); then the bench
+# smoke on two workers of its own: they measure latency under a load they make themselves,
+# which the whole suite would add to, and assert bounds that hold with one other suite
+# beside them. Each pass lists its
 # slowest tests. Extra arguments go to both passes (a pass they select nothing from is
 # not a failure).
 #
@@ -21,5 +23,5 @@ run() {
     fi
 }
 run -n "$workers" --dist loadgroup -m "not bench" --durations=30 "$@"
-run -m bench --durations=10 "$@"
+run -m bench -n 2 --durations=10 "$@"
 exit "$status"

@@ -216,18 +216,33 @@ function closeMessage() {
   hideMessage();
 }
 
-// File systems take 255 bytes per name; a longer `download` name makes the browser refuse
-// the download. Cut to 100 characters (kept under 255 bytes of UTF-8), extension kept.
-const MAX_NAME = 100;
+// File systems take 255 bytes per name, and the browser needs room for its temporary
+// suffix: a longer `download` name makes it refuse the download (100 CJK characters are
+// 300 bytes). Cut to 200 bytes of UTF-8, never inside a character, extension kept, as the
+// API cuts names; bidi controls (which would show "exe.pdf" for "fdp.exe") become "_".
+const MAX_NAME_BYTES = 200;
+const UTF8 = new TextEncoder();
+
+function cutBytes(text, limit) {
+  let kept = "";
+  let size = 0;
+  for (const char of text) {
+    size += UTF8.encode(char).length;
+    if (size > limit) break;
+    kept += char;
+  }
+  return kept.replace(/[\u200d\u0300-\u036f\ufe0f]+$/, "");
+}
 
 function safeName(name) {
-  let clean = (name || "attachment").replace(/[\u0000-\u001f\u007f/\\:*?"<>|]/g, "_").trim();
+  const unsafe = /[\u0000-\u001f\u007f/\\:*?"<>|\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]/g;
+  let clean = (name || "attachment").replace(unsafe, "_").trim();
   clean = clean.replace(/^\.+/, "") || "attachment";
-  if (Array.from(clean).length <= MAX_NAME) return clean;
+  if (UTF8.encode(clean).length <= MAX_NAME_BYTES) return clean;
   const dot = clean.lastIndexOf(".");
   const extension = dot > 0 && clean.length - dot <= 16 ? clean.slice(dot) : "";
-  return Array.from(clean.slice(0, clean.length - extension.length))
-    .slice(0, MAX_NAME - Array.from(extension).length).join("") + extension;
+  const room = MAX_NAME_BYTES - UTF8.encode(extension).length;
+  return cutBytes(clean.slice(0, clean.length - extension.length), room) + extension;
 }
 
 async function download(path, name) {

@@ -258,10 +258,13 @@ function copyRow(className, value, label, extra) {
   return item;
 }
 
+// A link as it should be read: its display form (bidi controls escaped, a host mixing
+// scripts in punycode), where it really goes when it carries a userinfo
+// (https://paypal.com@evil.test/ goes to evil.test), and whether a signature covers it.
 function linkOf(link) {
   const box = element("span", "link");
   const safe = /^https?:\/\//i.test(link.url);
-  const anchor = element(safe ? "a" : "span", "url", link.url);
+  const anchor = element(safe ? "a" : "span", "url", link.display || link.url);
   if (safe) {
     anchor.href = link.url;
     anchor.target = "_blank";
@@ -269,7 +272,18 @@ function linkOf(link) {
   }
   if (link.text && link.text !== link.url) box.append(element("span", "text", link.text));
   box.append(anchor);
+  if (link.userinfo) {
+    box.append(element("span", "badge warn userinfo",
+      `goes to ${link.host}, not to ${link.userinfo}`));
+  }
+  if (link.unsigned) box.append(unsignedBadge());
   return box;
+}
+
+function unsignedBadge() {
+  const badge = element("span", "badge warn unsigned", "unsigned");
+  badge.title = "Only in text appended past a DKIM signature's l= length: no signature covers it.";
+  return badge;
 }
 
 async function showLinks(id) {
@@ -289,6 +303,7 @@ async function showLinks(id) {
   for (const code of found.codes) {
     const shown = element("span");
     shown.append(element("code", "code", code.code), element("span", "context", code.context || ""));
+    if (code.unsigned) shown.append(unsignedBadge());
     codes.append(copyRow("code-row", code.code, `code ${code.code}`, shown));
   }
   if (!found.codes.length) box.append(element("p", "note", "No one-time code found."));
@@ -297,7 +312,10 @@ async function showLinks(id) {
   for (const link of found.links) links.append(copyRow("link-row", link.url, "link", linkOf(link)));
   if (!found.links.length) box.append(element("p", "note", "No links."));
   box.append(links);
-  if (found.truncated) box.append(element("p", "note", "More links than shown: see the source."));
+  if (found.truncated) {
+    box.append(element("p", "note", "Not everything was read (more links or text than the "
+      + "limits): see the source."));
+  }
 }
 
 // Tabs whose content costs a request load it once, when first opened.
@@ -328,6 +346,12 @@ function showMessage(message) {
   const from = message.from.map((a) => a.name ? `${a.name} <${a.address}>` : a.address);
   const meta = $("#meta");
   meta.replaceChildren(element("span", "from", `${from.join(", ") || "(no sender)"} · `));
+  if (message.from_repaired) {
+    const flag = element("span", "badge warn repaired", "malformed From");
+    flag.title = "The From: field is not a valid address (e.g. an encoded word inside it): "
+      + "shown as written, not as a lenient reader would show it.";
+    meta.append(flag, " · ");
+  }
   meta.append(timeElement(message.received_at));
   view.images.clear();  // kept for the open message only
   showInline(message);

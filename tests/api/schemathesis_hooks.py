@@ -67,3 +67,23 @@ def map_path_parameters(
     if isinstance(index, int) and path_parameters.get("message_id") in SEEDED["twins"]:
         return {**path_parameters, "index": index % 3}
     return path_parameters
+
+
+WAIT_SECONDS = 0.2  # a generated wait is a short one: the contract, not the clock, is tested
+
+
+@schemathesis.hook
+def map_query(context: schemathesis.HookContext, query: dict[str, Any] | None) -> Any:
+    """`GET .../wait` waits at most `WAIT_SECONDS` (by default it would wait 30 s for a
+    message that never comes): a valid `timeout` is shortened, a missing one is given;
+    an invalid one is left as drawn, for the API to refuse."""
+    operation = context.operation
+    if operation is None or not operation.path.endswith("/wait"):
+        return query
+    query = dict(query or {})
+    value = query.get("timeout")
+    if value is None:
+        query["timeout"] = WAIT_SECONDS
+    elif isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 60:
+        query["timeout"] = min(value, WAIT_SECONDS)
+    return query

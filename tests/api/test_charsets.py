@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.charsets import clean, decode, decode_words, known_charset
+from api.charsets import (
+    clean,
+    decode,
+    decode_phrases,
+    decode_words,
+    header_text,
+    known_charset,
+)
 
 
 @pytest.mark.parametrize(
@@ -63,3 +70,25 @@ def test_any_input_decodes_to_valid_utf8(text: str, charset: str | None) -> None
     raw = text.encode("utf-8", "surrogatepass")
     decode(raw, charset).encode("utf-8")
     decode_words(text).encode("utf-8")
+
+
+def test_encoded_words_are_never_decoded_in_structured_fields() -> None:
+    forged = "=?utf-8?q?mx=2Etest?=; dmarc=pass"
+    assert header_text("Authentication-Results", forged) == forged
+    for name in ("Received", "DKIM-Signature", "ARC-Seal", "Message-ID", "References"):
+        assert header_text(name, "=?utf-8?q?x?=") == "=?utf-8?q?x?="
+    # Unstructured text is decoded as before (RFC 2047 5 (1)).
+    assert header_text("Subject", "=?utf-8?q?caf=C3=A9?=") == "café"
+    assert header_text("X-Note", "=?utf-8?q?caf=C3=A9?=") == "café"
+
+
+def test_an_address_field_decodes_its_display_names_and_never_an_addr_spec() -> None:
+    assert decode_phrases("ceo@=?utf-8?q?bank.test?=") == "ceo@=?utf-8?q?bank.test?="
+    assert (
+        decode_phrases("=?utf-8?q?Jos=C3=A9?= =?utf-8?q?_Lee?= <=?utf-8?q?a?=@b.test>")
+        == "José Lee <=?utf-8?q?a?=@b.test>"
+    )
+    assert decode_phrases("Boss < ceo@=?utf-8?q?bank.test?= >") == (
+        "Boss < ceo@=?utf-8?q?bank.test?= >"
+    )
+    assert header_text("From", "ceo@=?utf-8?q?bank.test?=") == "ceo@=?utf-8?q?bank.test?="

@@ -42,14 +42,29 @@ def seed(receiver: ServiceProcess) -> dict[str, Any]:
     return {"ids": ids, "twins": dict(zip(ids, twins, strict=True))}
 
 
-# ~900 generated requests a token: a minute or two alone, several on a host busy with
-# other tests (bounded by the examples, not by a clock).
+def admin_only(api: ServiceProcess) -> list[str]:
+    """The operations (as schemathesis names them, "METHOD /path") the read token may not use."""
+    document = httpx.get(api.http_url + "/openapi.json").json()
+    return [
+        f"{method.upper()} {path}"
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+        if {"readToken": []} not in operation.get("security", [{"readToken": []}])
+    ]
+
+
+# ~850 generated requests for the admin, ~300 for the reader: a minute or two alone,
+# several on a host busy with other tests (bounded by the examples, not by a clock).
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("token", [ADMIN_TOKEN, READ_TOKEN], ids=["admin", "reader"])
 def test_the_api_keeps_its_openapi_contract(
     make_api: ServiceFactory, receiver: ServiceProcess, tmp_path: Path, token: str
 ) -> None:
     api = make_api(read_token=READ_TOKEN)
+    # The reader's run leaves out the admin-only operations: each answers the reader 403
+    # whatever its input (every method checked in tests/api/test_docs.py), and fuzzing them
+    # again would only repeat that ~400 times; the admin's run fuzzes them.
+    leave_out = [] if token == ADMIN_TOKEN else admin_only(api)
     env = {
         **clean_environ(),
         "SCHEMATHESIS_HOOKS": "tests.api.schemathesis_hooks",
@@ -72,6 +87,7 @@ def test_the_api_keeps_its_openapi_contract(
             "--seed",
             "4",
             "--no-color",
+            *(option for name in leave_out for option in ("--exclude-name", name)),
         ],
         env=env,
         cwd=tmp_path,

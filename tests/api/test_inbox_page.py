@@ -454,7 +454,10 @@ def test_codes_and_links_are_listed_with_copy_buttons(
 
     api = make_api(read_token=READ_TOKEN)
     mailbox = "links@mx.test"
-    deliver(receiver, mailbox, newsletter(mailbox, "https://images.shop.example"))
+    raw = newsletter(mailbox, "https://images.shop.example").replace(
+        b"t=abc\r\n--alt", b"t=abc\r\nPay: https://paypal.com@evil.test/pay\r\n--alt", 1
+    )
+    deliver(receiver, mailbox, raw)
     [message_id] = [m["id"] for m in listing(api, mailbox)]
     probe = httpx.get(f"{api.http_url}/v1/messages/{message_id}/links", headers=AUTH)
     assert probe.status_code == 200, probe.text
@@ -473,6 +476,14 @@ def test_codes_and_links_are_listed_with_copy_buttons(
     assert code_row.find_element(By.CSS_SELECTOR, ".code").text == "482913"
     urls = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#links .link-row .url")]
     assert "https://shop.example/confirm?t=abc" in urls
+    # A userinfo posing as the host is set apart: where the link really goes.
+    [apart] = browser.find_elements(By.CSS_SELECTOR, "#links .link-row .userinfo")
+    assert apart.get_attribute("textContent") == "goes to evil.test, not to paypal.com"
+    # A download name is cut by UTF-8 bytes (100 CJK characters were 300 bytes, which the
+    # browser refused to save), its extension kept, a bidi override replaced.
+    cut = browser.execute_script("return safeName(arguments[0])", "請求書" * 40 + ".pdf")
+    assert cut == "請求書" * 21 + "請求.pdf"
+    assert browser.execute_script("return safeName(arguments[0])", "a\u202efdp.exe") == "a_fdp.exe"
     code_row.find_element(By.CSS_SELECTOR, "button.copy").click()
     wait.until(lambda d: code_row.find_element(By.CSS_SELECTOR, "button.copy").text == "Copied")
     copied = browser.execute_async_script(

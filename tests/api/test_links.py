@@ -9,12 +9,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.policy import SMTP
+from typing import Any
 
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.links import MAX_CODES, MAX_LINKS, MAX_URL, extract
+from api.links import MAX_CODES, MAX_LINKS, MAX_URL, MAX_VISIBLE, extract
+from api.render import MAX_TEXT, signed_prefix
+from api.renderworker import links_and_codes
 from tests.api.test_corpus import CORPUS, as_sent
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, deliver
@@ -73,6 +76,11 @@ def reset() -> bytes:
 MARKUP = list("<>a href=\"'/:https.com&amp;#x code 12345 ")
 
 
+def basic(links: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Links as sent (url, text, source), without their display fields."""
+    return [{key: link[key] for key in ("url", "text", "source")} for link in links]
+
+
 def links_of(api: ServiceProcess, message_id: str) -> httpx.Response:
     return httpx.get(f"{api.http_url}/v1/messages/{message_id}/links", headers=AUTH, timeout=30)
 
@@ -90,7 +98,7 @@ def test_a_signup_mail_gives_its_tracking_links_with_their_text_and_its_code(
         "&redirect=https%3A%2F%2Fexample.com%2Fconfirm%3Ft%3Dabc"
     )
     # HTML entities decoded; the text part's copy of the same link is not listed again.
-    assert found["links"] == [
+    assert basic(found["links"]) == [
         {"url": confirm, "text": "Confirm my email", "source": "html"},
         {
             "url": "https://click.example.net/ls/click?upn=u001.bG9nbw",
@@ -118,7 +126,7 @@ def test_a_password_reset_in_plain_text_gives_its_link_and_its_code(
     )
     assert answer.status_code == 200, answer.text[:300]
     found = answer.json()
-    assert found["links"] == [
+    assert basic(found["links"]) == [
         {
             "url": "https://accounts.example.org/reset?token=Zm9vYmFy&uid=42",
             "text": None,
@@ -127,7 +135,11 @@ def test_a_password_reset_in_plain_text_gives_its_link_and_its_code(
         {"url": "https://en.wikipedia.org/wiki/Phishing_(fraud)", "text": None, "source": "text"},
     ]
     # The subject's encoded words are decoded, and it is read first.
-    assert found["codes"][0] == {"code": "481 620", "context": "481 620 est votre code — Example"}
+    assert found["codes"][0] == {
+        "code": "481 620",
+        "context": "481 620 est votre code — Example",
+        "unsigned": False,
+    }
     assert [code["code"] for code in found["codes"]] == ["481 620"]  # 481620: the same code
 
 
@@ -152,6 +164,10 @@ def test_a_message_with_thousands_of_links_is_cut_and_says_so(
         "url": "https://example.com/item/0?utm_source=mail",
         "text": "item 0",
         "source": "html",
+        "display": "https://example.com/item/0?utm_source=mail",
+        "host": "example.com",
+        "userinfo": None,
+        "unsigned": False,
     }
     assert time.monotonic() - started < 10  # noisy on a shared machine: a loose bound
 
@@ -342,3 +358,66 @@ def test_any_text_gives_bounded_well_formed_answers(text: str, html: str) -> Non
         assert link["source"] in ("text", "html")
     assert len({link["url"] for link in found["links"]}) == len(found["links"])
     assert isinstance(found["truncated"], bool)
+
+
+def test_a_phone_number_near_a_code_is_not_a_code() -> None:
+    text = (
+        "Your verification code is 482913. Questions? Call 555-0199.\n"
+        "Your code: 739204. Or phone us at 212 555 0199, tel: 5550199."
+    )
+    assert [code["code"] for code in extract("", text, None)["codes"]] == ["482913", "739204"]
+
+
+def test_compound_words_announce_codes_but_not_shop_or_postal_ones() -> None:
+    found = extract(
+        "",
+        "Ihr Bestätigungscode lautet 739204.\nDein Sicherheitscode: 5820\n"
+        "Ваш кода 884213\nUse passcode 190274\n"
+        "Ihr Gutscheincode 4711XY. Postcode 75001. Barcode 40123455",
+        None,
+    )
+    assert [code["code"] for code in found["codes"]] == ["739204", "5820", "884213", "190274"]
+
+
+def test_links_and_codes_only_in_text_past_a_dkim_length_are_marked_unsigned() -> None:
+    body = b"Your code is 123456. Confirm at https://shop.test/confirm\r\n"
+    appended = b"Urgent: https://evil.test/pay code 999999\r\n"
+    head = (
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=shop.test; s=s1;\r\n\tl="
+        + str(len(body)).encode()
+        + b"; h=from; bh=x; b=y\r\nFrom: a@shop.test\r\nSubject: hi\r\n\r\n"
+    )
+    assert signed_prefix(head + body) is None  # nothing appended: the whole body is signed
+    assert signed_prefix(head + body + appended) == head + body
+    # A signature without l= claims the whole body: nothing is marked.
+    whole = b"DKIM-Signature: v=1; d=shop.test; s=s2; bh=x; b=y\r\n"
+    assert signed_prefix(whole + head + body + appended) is None
+    answer, _ = links_and_codes({}, head + body + appended)
+    found = answer["links"]
+    assert [(link["url"], link["unsigned"]) for link in found["links"]] == [
+        ("https://shop.test/confirm", False),
+        ("https://evil.test/pay", True),
+    ]
+    assert [(code["code"], code["unsigned"]) for code in found["codes"]] == [
+        ("123456", False),
+        ("999999", True),
+    ]
+
+
+def test_text_past_the_limits_sets_truncated() -> None:
+    assert extract("", None, "<p>code 123456</p>" + "x" * MAX_VISIBLE)["truncated"] is True
+    long = b"Subject: s\r\nContent-Type: text/plain\r\n\r\n" + b"y" * (MAX_TEXT + 10)
+    answer, _ = links_and_codes({}, long)
+    assert answer["links"]["truncated"] is True
+    short, _ = links_and_codes({}, long[:100])
+    assert short["links"]["truncated"] is False
+
+
+def test_a_link_shows_its_userinfo_apart_and_its_bidi_controls_escaped() -> None:
+    html = '<a href="https://paypal.com@evil.test/">pay\u202elap</a>'
+    [link] = extract("", None, html)["links"]
+    assert (link["userinfo"], link["host"], link["text"]) == (
+        "paypal.com",
+        "evil.test",
+        "pay[U+202E]lap",
+    )

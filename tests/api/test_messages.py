@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -98,3 +100,57 @@ def test_mailbox_pages_by_cursor_and_since_and_can_be_emptied(
     assert httpx.get(url, headers=AUTH).json()["messages"] == []
     other = httpx.get(f"{shared_api.http_url}/v1/mailboxes/other@mx.test/messages", headers=AUTH)
     assert len(other.json()["messages"]) == 5  # still in the other mailbox
+
+
+def test_q_searches_the_mailbox_by_field_and_by_words_of_the_decoded_text(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
+    coded = base64.b64encode(b"Your code is 482913.\r\n").decode()
+    sent = [
+        "From: Shop <noreply@shop.example>\r\nSubject: Confirm your account\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{coded}\r\n",
+        "From: Paper <news@paper.example>\r\nSubject: Weekly news\r\n\r\nhello world\r\n",
+        "From: Shop <billing@shop.example>\r\nSubject: Your invoice\r\n"
+        "Content-Type: text/html\r\n\r\n<p>Invoice <b>total</b>: 42</p>\r\n",
+    ]
+    ids = []
+    with smtp_from(shared_receiver, client_ip) as client:
+        for raw in sent:
+            reply = client.sendmail("a@example.org", ["search@mx.test"], raw)
+            assert reply == {}
+    ids = [m["id"] for m in reversed(_listing(shared_api, "search@mx.test"))]
+    assert len(ids) == 3
+
+    def found(**params: str) -> list[str]:
+        answer = _listing_answer(shared_api, "search@mx.test", **params)
+        return [ids.index(m["id"]) for m in answer["messages"]]
+
+    assert found(q="from:shop") == [2, 0]  # newest first
+    assert found(q='subject:"confirm YOUR"') == [0]
+    assert found(q="482913") == [0]  # in the base64 text part
+    assert found(q='"invoice total"') == [2]  # in the HTML's visible text, not its tags
+    assert found(q="from:paper world") == [1]
+    assert found(q="from:shop nowhere") == []
+    first = _listing_answer(shared_api, "search@mx.test", q="from:shop", limit="1")
+    assert [m["id"] for m in first["messages"]] == [ids[2]] and first["next"] == ids[2]
+    assert found(q="from:shop", before=first["next"]) == [0]
+    refused = httpx.get(
+        f"{shared_api.http_url}/v1/mailboxes/search@mx.test/messages",
+        params={"q": 'subject:"open'},
+        headers=AUTH,
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "q: a quote opened at character 9 is not closed"
+
+
+def _listing_answer(api: ServiceProcess, mailbox: str, **params: str) -> dict[str, Any]:
+    url = f"{api.http_url}/v1/mailboxes/{mailbox}/messages"
+    response = httpx.get(url, params=params, headers=AUTH)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def _listing(api: ServiceProcess, mailbox: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = _listing_answer(api, mailbox)["messages"]
+    return messages

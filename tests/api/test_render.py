@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from email.message import EmailMessage
+from urllib.parse import quote
 
 import httpx
 from hypothesis import HealthCheck, given, settings
@@ -50,7 +51,8 @@ def mime(draw: st.DrawFn, depth: int = 0) -> bytes:
 @given(mime())
 def test_hostile_mime_always_renders(raw: bytes) -> None:
     shown = view(raw)
-    shape = {"headers", "from", "to", "cc", "text", "html", "html_safe", "attachments", "inline"}
+    shape = {"headers", "from", "to", "cc", "text", "html", "html_safe", "attachments"}
+    shape |= {"from_repaired", "inline"}
     assert set(shown) == shape | {"parse_error"}
     assert all(isinstance(a["size"], int) for a in shown["attachments"])
     assert all(isinstance(n, str) and isinstance(v, str) for n, v in shown["headers"])
@@ -153,3 +155,61 @@ def test_a_long_attachment_name_is_cut_with_its_extension_kept() -> None:
     )
     [attachment] = view(raw)["attachments"]
     assert attachment["filename"] == "x" * (MAX_FILENAME - 4) + ".pdf"
+
+
+def test_a_from_with_an_encoded_word_in_its_address_is_shown_literally_and_flagged() -> None:
+    raw = (
+        b"From: ceo@=?utf-8?q?bank.test?=\r\nTo: Bob <bob@mx.test>\r\n"
+        b"Authentication-Results: =?utf-8?q?mx.test?=; dmarc=pass\r\n"
+        b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\nhi\r\n"
+    )
+    shown = view(raw)
+    assert shown["from"] == [{"name": "", "address": "ceo@=?utf-8?q?bank.test?="}]
+    assert shown["from_repaired"] is True
+    assert shown["to"] == [{"name": "Bob", "address": "bob@mx.test"}]
+    assert dict(shown["headers"]) == {
+        "From": "ceo@=?utf-8?q?bank.test?=",
+        "To": "Bob <bob@mx.test>",
+        "Authentication-Results": "=?utf-8?q?mx.test?=; dmarc=pass",
+        "Subject": "café",
+    }
+    # An address the parser would drop half of is shown whole, flagged.
+    dropped = view(b"From: ceo@bank.test <x@evil.test>\r\n\r\nhi\r\n")
+    assert dropped["from"] == [{"name": "", "address": "ceo@bank.test <x@evil.test>"}]
+    assert dropped["from_repaired"] is True
+    plain = view(b"From: Mr. Ann Lee <ann@example.org>\r\n\r\nhi\r\n")
+    assert plain["from"] == [{"name": "Mr. Ann Lee", "address": "ann@example.org"}]
+    assert plain["from_repaired"] is False
+
+
+def test_spoofed_addresses_and_file_names_read_back_as_sent_through_the_api(
+    shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
+) -> None:
+    message = EmailMessage()
+    message["To"] = "box@mx.test"
+    message["Subject"] = "invoice"
+    message.set_content("Pay at https://paypal.com@evil.test/pay\n")
+    long_name = "請求書" * 40 + ".pdf"  # 364 bytes of UTF-8: more than a browser saves
+    message.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename=long_name)
+    message.add_attachment(
+        b"MZ", maintype="application", subtype="octet-stream", filename="invoice\u202efdp.exe"
+    )
+    raw = b"From: ceo@=?utf-8?q?bank.test?=\r\n" + message.as_bytes().replace(b"\n", b"\r\n")
+    client = RawClient(shared_receiver.host, shared_receiver.port, source=client_ip)
+    client.hello()
+    message_id = queued_id(send_message(client, "ceo@bank.test", ["box@mx.test"], raw).text)
+    url = f"{shared_api.http_url}/v1/messages/{message_id}"
+    shown = httpx.get(url, headers=AUTH).json()
+    assert shown["from"] == [{"name": "", "address": "ceo@=?utf-8?q?bank.test?="}]
+    assert shown["from_repaired"] is True
+    listing = httpx.get(f"{shared_api.http_url}/v1/mailboxes/box@mx.test/messages", headers=AUTH)
+    assert listing.json()["messages"][0]["from"] == "ceo@=?utf-8?q?bank.test?="
+    names = [attachment["filename"] for attachment in shown["attachments"]]
+    assert names == ["請求書" * 21 + "請求.pdf", "invoice[U+202E]fdp.exe"]
+    download = httpx.get(f"{url}/attachments/0", headers=AUTH)
+    assert download.status_code == 200 and download.content == b"%PDF-1.4"
+    disposition = download.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="' + "_" * 65 + '.pdf"; ')
+    assert disposition.endswith("filename*=UTF-8''" + quote(names[0], safe=""))
+    [link] = httpx.get(f"{url}/links", headers=AUTH).json()["links"]
+    assert (link["userinfo"], link["host"]) == ("paypal.com", "evil.test")

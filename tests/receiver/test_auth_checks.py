@@ -14,6 +14,7 @@ import pytest
 
 from mailstore.message import MessageDocument
 from receiver.intake.authcheck import AuthChecker, AuthConfig
+from receiver.intake.authcheck.dmarc import encoded_from, from_domain
 from receiver.resolver import Resolver
 from tests.support import dkimkeys
 from tests.support.dnsserver import TIMEOUT, DnsServer, Record, closed_port
@@ -38,6 +39,7 @@ RECORDS = {
     "TXT:strict.test": Record.txt("v=spf1 ip4:127.0.0.2 -all"),
     "TXT:b.strict.test": Record.txt("v=spf1 ip4:127.0.0.2 -all"),
     "TXT:arc._domainkey.lists.test": Record.txt(KEY.record),
+    "TXT:self._domainkey.evil.test": Record.txt(OTHER.record),
     "TXT:slowkey._domainkey.shop.test": TIMEOUT,
 }
 
@@ -208,10 +210,85 @@ async def test_a_valid_arc_chain_passes(checker: AuthChecker) -> None:
     out = await check(checker, b"".join(seal) + raw, ip=STRANGER)
     assert out.auth is not None
     assert out.auth["arc"]["result"] == "pass"
+    assert out.auth["arc"]["reason"] == "sealed by lists.test (i=1): success"
+    assert b"arc=pass (sealed by lists.test (i=1): success)" not in out.received_header
+    assert b"arc=pass (sealed by lists.test i=1: success)" in out.received_header
     tampered = b"".join(seal) + raw.replace(b"123456", b"000000")
     out = await check(checker, tampered, ip=STRANGER)
     assert out.auth is not None
     assert out.auth["arc"]["result"] == "fail"
+
+
+async def test_an_arc_set_an_attacker_sealed_for_itself_names_its_sealer(
+    checker: AuthChecker,
+) -> None:
+    forged = b"Authentication-Results: evil.test; dkim=pass header.d=bank.test\r\n"
+    raw = dkimkeys.message(author="CEO <ceo@bank.test>", extra=forged)
+    seal = dkim.arc_sign(
+        raw, b"self", b"evil.test", OTHER.private_pem, b"evil.test", include_headers=[b"from"]
+    )
+    out = await check(checker, b"".join(seal) + raw, sender="x@evil.test", ip=STRANGER)
+    assert out.auth is not None
+    assert out.auth["arc"] == {"result": "pass", "reason": "sealed by evil.test (i=1): success"}
+
+
+async def test_text_past_a_dkim_length_is_unsigned_and_aligns_nothing(
+    checker: AuthChecker,
+) -> None:
+    raw = dkimkeys.message()
+    header = dkim.sign(
+        raw,
+        b"s1",
+        b"shop.test",
+        KEY.private_pem,
+        include_headers=dkimkeys.SIGNED,
+        canonicalize=(b"relaxed", b"relaxed"),
+        length=True,
+    )
+    appended = b"Call now: https://evil.test/pay code 999999\r\n"
+    out = await check(checker, header + raw + appended, sender="news@esp.test", ip="127.0.0.3")
+    assert out.auth is not None
+    [verdict] = out.auth["dkim"]
+    assert verdict == {
+        "result": "policy",
+        "domain": "shop.test",
+        "selector": "s1",
+        "reason": f"l= leaves {len(appended)} octets of the body unsigned",
+    }
+    assert out.auth["dmarc"]["result"] == "fail"  # p=reject, and nothing aligned passed
+    said = f"dkim=policy (l= leaves {len(appended)} octets of the body unsigned)"
+    assert said.encode() in out.received_header
+    # The same signature over the body it signed, nothing appended, passes.
+    out = await check(checker, header + raw, sender="news@esp.test", ip="127.0.0.3")
+    assert out.auth is not None
+    assert out.auth["dkim"][0]["result"] == "pass"
+    assert out.auth["dmarc"]["result"] == "pass"
+
+
+async def test_an_encoded_word_for_a_from_domain_is_judged_as_the_domain_it_shows(
+    checker: AuthChecker,
+) -> None:
+    # RFC 2047 5 forbids encoded words in an addr-spec; a lenient reader shows shop.test.
+    raw = dkimkeys.message(author="ceo@=?utf-8?q?shop.test?=")
+    out = await check(checker, raw, sender="x@evil.test", ip=STRANGER)
+    assert out.auth is not None
+    dmarc = out.auth["dmarc"]
+    assert (dmarc["result"], dmarc["domain"], dmarc["policy"]) == ("fail", "shop.test", "reject")
+    assert dmarc["reason"].startswith("From domain written as an encoded word")
+
+
+def test_an_encoded_from_domain_is_read_in_every_form_a_reader_decodes() -> None:
+    for value in (
+        "ceo@=?utf-8?q?bank.test?=",
+        "Boss <ceo@=?utf-8?q?bank.test?=>",
+        "ceo@=?utf-8?b?YmFuay50ZXN0?=",
+    ):
+        assert (from_domain([value]), encoded_from([value])) == ("bank.test", True), value
+    # An encoded word in a display name is allowed (RFC 2047 5 (3)): nothing to flag.
+    assert (from_domain(['"=?utf-8?q?x?=" <a@shop.test>']), encoded_from(["x <a@b.test>"])) == (
+        "shop.test",
+        False,
+    )
 
 
 async def test_a_forged_authentication_results_is_removed(checker: AuthChecker) -> None:

@@ -193,3 +193,28 @@ class Guard:
                 f"{', '.join(self.attempts)}. Use the fixture or helper that starts it (or "
                 "add its name to tests/support/lanes.py NAMES) so the test is marked."
             )
+
+
+# The order `make test` hands modules to its workers: the longest kinds first, so the short
+# in-process tests fill the end of the run instead of one long test starting last and
+# running alone while the other workers wait (longest processing time first).
+RANK = {"postfix": 3, "browser": 2, "process": 1}
+
+
+def longest_first(items: list[pytest.Item]) -> None:
+    """Reorder `items` in place, once they carry their lanes' marks: modules by the heaviest
+    lane among their tests, a module with a long timeout mark (the contract fuzzer's) first
+    within its rank; each module's tests stay together and in their order, so a module's
+    shared processes start once."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def weight(tests: list[pytest.Item]) -> tuple[int, float]:
+        marked = {lane for test in tests for lane in RANK if test.get_closest_marker(lane)}
+        rank = max((RANK[lane] for lane in marked), default=0)
+        marks = [m for test in tests for m in test.iter_markers("timeout") if m.args]
+        return rank, max((float(m.args[0]) for m in marks), default=0.0)
+
+    ordered = sorted(modules.values(), key=weight, reverse=True)  # stable: ties keep order
+    items[:] = [item for tests in ordered for item in tests]

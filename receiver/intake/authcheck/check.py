@@ -30,7 +30,8 @@ from receiver.telemetry.events import emit
 __all__ = ["AuthChecker", "AuthConfig", "Pending"]
 
 METHODS = ("spf", "helo", "dkim", "dmarc", "arc")
-RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+# `policy` (RFC 8601 2.7.1): a DKIM signature that verified over only part of the body.
+RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
 DEADLINE = "deadline passed"
 
 
@@ -166,7 +167,8 @@ class Pending:
         checker = self.checker
         fields = signatures.header_fields(message.raw)
         needs, arc = signatures.key_needs(fields)
-        author = dmarc.from_domain(v.decode("utf-8", "replace") for n, v in fields if n == b"from")
+        froms = [v.decode("utf-8", "replace") for n, v in fields if n == b"from"]
+        author = dmarc.from_domain(froms)
         signed = self.clock.create_task(self._signatures(message.raw, needs, arc))
         policy = self._policy(author)
         # One wait for everything, until the deadline: what is not done then is temperror.
@@ -192,6 +194,9 @@ class Pending:
         else:
             found = policy.result()
             dmarc_result = dmarc.verdict(checker.orgs, author, found, spf_result, dkim_results)
+        if author is not None and dmarc.encoded_from(froms):
+            said = f"{dmarc.ENCODED_FROM}; {dmarc_result.reason}"
+            dmarc_result = dataclasses.replace(dmarc_result, reason=said)
         return Verdicts(spf_result, helo_result, dkim_results, dmarc_result, arc_result)
 
     def _policy(self, author: str | None) -> asyncio.Future[dmarc.Policy | None]:

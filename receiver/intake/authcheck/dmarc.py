@@ -13,17 +13,32 @@ from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
+from receiver.intake.authcheck.authserv import decode_words
 from receiver.intake.authcheck.lookups import ERROR, Result
 from receiver.intake.authcheck.spf import Asker, SpfResult
 from receiver.resolver import TXT
 
-__all__ = ["DkimResult", "DmarcResult", "OrgDomains", "Policy", "from_domain", "policy", "verdict"]
+__all__ = [
+    "ENCODED_FROM",
+    "DkimResult",
+    "DmarcResult",
+    "OrgDomains",
+    "Policy",
+    "encoded_from",
+    "from_domain",
+    "policy",
+    "verdict",
+]
 
 _TAG = re.compile(r"\s*([a-z]+)\s*=\s*([^;]*?)\s*(?:;|$)", re.IGNORECASE)
 _POLICIES = ("none", "quarantine", "reject")
 # One plain address, bare or in angle brackets after a display name with no special
 # characters: the From: of almost every message. Anything else goes to the full parser.
 _LOCAL, _DOMAIN = r"[A-Za-z0-9._+=-]+", r"([A-Za-z0-9.-]+)"
+ENCODED_FROM = (
+    "From domain written as an encoded word (RFC 2047 5 forbids one in an address), "
+    "judged as the domain it decodes to"
+)
 _SIMPLE_FROM = re.compile(rf"\s*(?:[A-Za-z0-9 ._-]*<{_LOCAL}@{_DOMAIN}>|{_LOCAL}@{_DOMAIN})\s*")
 
 
@@ -84,9 +99,20 @@ def from_domain(values: Iterable[str]) -> str | None:
         if simple is not None:  # `Name <a@b>` or `a@b`: no parser needed
             return (simple[1] or simple[2]).lower().rstrip(".")
     addresses = email.utils.getaddresses(values)
-    domains = {addr.rpartition("@")[2].lower().rstrip(".>") for _, addr in addresses if addr}
+    # An encoded word where the domain should be is judged as what a lenient reader
+    # shows (`ceo@=?utf-8?q?bank.test?=` as bank.test): the policy the sender borrows.
+    domains = {
+        decode_words(addr.rpartition("@")[2]).strip().lower().rstrip(".>")
+        for _, addr in addresses
+        if addr
+    }
     domains.discard("")
     return domains.pop() if len(domains) == 1 else None
+
+
+def encoded_from(values: Iterable[str]) -> bool:
+    """Whether an address of the From: field has an encoded word in its domain."""
+    return any("=?" in addr.rpartition("@")[2] for _, addr in email.utils.getaddresses(values))
 
 
 def parse_record(text: str) -> Policy | None:

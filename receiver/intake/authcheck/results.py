@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from receiver.intake.authcheck.authserv import claims, suspect
 from receiver.intake.authcheck.dmarc import DkimResult, DmarcResult
 from receiver.intake.authcheck.spf import SpfResult
 
-__all__ = ["Verdicts", "authentication_results", "strip_forged"]
+__all__ = ["MAX_READ", "Verdicts", "authentication_results", "strip_forged"]
+
+MAX_READ = 32  # Authentication-Results fields that may name our id read in full per message
 
 # What may stand in a header's property value or comment: no CR, LF, ';', '(', ')', '\\'
 # or quote can come from a sender's text into our header.
@@ -21,9 +24,6 @@ _AR_FIELD = re.compile(
     rb"^authentication-results[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n",
     re.IGNORECASE | re.MULTILINE,
 )
-# The authserv-id: the first token, before ';' or a version (RFC 8601 2.2), after any
-# comment a sender may put first.
-_AUTHSERV = re.compile(rb"^(?:\s|\([^()]*\))*([^\s;()]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +97,24 @@ def _comment(reason: str) -> str:
 
 def strip_forged(raw: bytes, authserv_id: str) -> bytes:
     """`raw` without the Authentication-Results fields of its header section that name
-    our authserv-id (RFC 8601 5: a border MTA removes what claims to be from inside its
-    trust boundary). Everything else stays byte-exact; the same bytes when none does."""
+    our authserv-id, however spelled (RFC 8601 5: a border MTA removes what claims to be
+    from inside its trust boundary; `authserv.claims` reads the id as a consumer would).
+    Everything else stays byte-exact; the same bytes when none does."""
     end = _HEAD_END.search(raw)
     head_end = end.start() + 2 if end is not None else len(raw)
     head = raw[:head_end]
-    ours = authserv_id.lower().encode("ascii", "replace")
     kept: list[bytes] = []
     start = 0
+    read = 0
     for match in _AR_FIELD.finditer(head):
-        claimed = _AUTHSERV.match(match[1])
-        if claimed is not None and claimed[1].lower() == ours:
+        value = match[1].decode("utf-8", "replace")
+        if not suspect(value, authserv_id):
+            continue
+        # Past MAX_READ suspect fields, one is removed unread: real mail carries a few
+        # Authentication-Results fields, and a message of thousands that name our id
+        # would otherwise cost the loop a parse of each.
+        read += 1
+        if read > MAX_READ or claims(value, authserv_id):
             kept.append(head[start : match.start()])
             start = match.end()
     if not kept:

@@ -165,12 +165,44 @@ def verify(
         except dkim.DKIMException as error:
             results[index] = ("permerror", _short(error))
             continue
-        results[index] = ("pass", "") if ok else ("fail", "signature did not verify")
+        if not ok:
+            results[index] = ("fail", "signature did not verify")
+        elif (unsigned := _unsigned(checker)) > 0:
+            # RFC 6376 8.2: text after l= octets is anyone's to append; a signature that
+            # leaves some unsigned does not vouch for the message as shown (RFC 8601
+            # 2.7.1 `policy`: signed, but not acceptable), so it aligns nothing for DMARC.
+            results[index] = ("policy", f"l= leaves {unsigned} octets of the body unsigned")
+        else:
+            results[index] = ("pass", "")
     outcome: dict[str, object] = {"dkim": results}
     if arc:
-        cv, _, reason = dkim.arc_verify(raw, dnsfunc=dnsfunc)
-        outcome["arc"] = (cv.decode("ascii", "replace"), str(reason)[:120])
+        cv, sets, reason = dkim.arc_verify(raw, dnsfunc=dnsfunc)
+        outcome["arc"] = (cv.decode("ascii", "replace") if cv else "fail", _sealed(sets, reason))
     return outcome
+
+
+def _unsigned(checker: object) -> int:
+    """Octets of the canonicalized body past the `l=` of the signature `checker` has just
+    verified (0 without `l=`)."""
+    import dkim
+
+    assert isinstance(checker, dkim.DKIM)
+    fields = checker.signature_fields
+    if b"l" not in fields:
+        return 0
+    policy = dkim.CanonicalizationPolicy.from_c_value(fields.get(b"c", b"simple/simple"))
+    return max(0, len(policy.canonicalize_body(checker.body)) - int(fields[b"l"]))
+
+
+def _sealed(sets: list[dict[str, object]], reason: object) -> str:
+    """The ARC reason naming who sealed the newest set (its ARC-Seal's d=): a chain
+    vouches only for what its sealer says, and anyone can seal a chain of their own."""
+    newest = sets[0] if sets else {}
+    domain = newest.get("as-domain")
+    if not isinstance(domain, bytes):
+        return str(reason)[:120]
+    sealer = domain.decode("ascii", "replace")[:100]
+    return f"sealed by {sealer} (i={newest.get('instance')}): {reason}"[:160]
 
 
 def _short(error: Exception) -> str:
