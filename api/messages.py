@@ -341,6 +341,48 @@ async def get_attachment(
 
 
 @router.get(
+    "/v1/messages/{message_id}/inline/{index}",
+    response_class=Download,
+    responses={
+        **models.binary("the image"),
+        200: {"description": "the image, as its declared type", "content": {"image/*": {}}},
+    },
+    tags=[Tag.MESSAGES],
+    summary="One inline image (for cid: URLs)",
+)
+async def get_inline(
+    request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
+) -> Response:
+    """Inline image `index` (from the message's `inline`: the parts its HTML names by
+    `cid:` URL), whole; 404 if there is no such part, 422 if its bytes cannot be recovered
+    exactly."""
+    message = await _get(request, message_id)
+    job = {"job": "attachment", "index": index, "inline": True}
+    outcome = await render_job(request, f"{message_id}/inline/{index}", job, message.raw)
+    if outcome.head.get("missing"):
+        raise HTTPException(status_code=404, detail=f"no inline image {index} in {message_id}")
+    reason = outcome.failure or outcome.head.get("unextractable")
+    if reason is not None:
+        raise HTTPException(
+            status_code=422,
+            detail=f"inline image {index} cannot be extracted intact ({reason}); "
+            f"the message as received is at /v1/messages/{message_id}/raw",
+        )
+    filename = outcome.head["filename"]
+    return Response(
+        content=outcome.body,
+        media_type=outcome.head["content_type"],
+        headers={
+            "Content-Disposition": f'inline; filename="{ascii_filename(filename)}"; '
+            f"filename*=UTF-8''{quote(filename, safe='')}",
+            "X-Content-Type-Options": "nosniff",
+            # Opened on its own (an SVG is an image/* too), it may run nothing.
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+        },
+    )
+
+
+@router.get(
     "/v1/messages/{message_id}/links",
     response_model=models.Links,
     responses={504: {"model": models.ErrorBody, "description": "over the render bounds"}},

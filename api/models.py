@@ -48,6 +48,15 @@ class Attachment(Model):
     size: int = Field(description="decoded bytes")
 
 
+class InlinePart(Model):
+    """An image of the message that its HTML shows by `cid:` URL (RFC 2392)."""
+
+    content_id: str = Field(description="its Content-ID without <>: `cid:` URLs name it")
+    filename: str | None
+    content_type: str = Field(description="image/*")
+    size: int = Field(description="decoded bytes")
+
+
 class Envelope(Model):
     mail_from: str
     rcpt_to: list[str]
@@ -129,6 +138,10 @@ class MessageDetail(Model):
     html: str | None = Field(description="the HTML part as sent: never display it as is")
     html_safe: str | None = Field(description="the HTML part sanitised, for display")
     attachments: list[Attachment]
+    inline: list[InlinePart] = Field(
+        default_factory=list,
+        description="images with a Content-ID, in order: `GET .../inline/{index}` serves one",
+    )
     parse_error: str | None = Field(description="why the message rendered only in part")
     tls: TlsInfo | None = Field(None, description="how it came over STARTTLS; null if in clear")
     auth: AuthVerdicts | None = Field(

@@ -10,8 +10,9 @@ visitors only type a mailbox: the read token is then public by design (it can re
 delete mail, nothing else). A strict Content-Security-Policy
 allows only our own script, style and API; a message's HTML is shown sanitised, in a
 sandboxed frame with a CSP of its own that blocks remote images until the reader asks for
-them (the page's `img-src` lets https and http images through only so that the frame's own
-policy, which the frame inherits alongside the page's, can be the one that decides).
+them (the page's `img-src` lets https and http images through, and its `style-src` inline
+styles, only so that the frame's own policy, which the frame inherits alongside the
+page's, can be the one that decides).
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ TYPES = {
     "common.js": "text/javascript; charset=utf-8",  # shared by both pages
 }
 PAGES = ("index.html", "console.html")
+# `style-src 'unsafe-inline'`: the message's frame (srcdoc) is held to this policy as well
+# as its own, and mail is styled inline. The page itself never puts markup of a message in
+# its own document (text only), and no script but ours runs anywhere.
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self'; "
     "img-src 'self' data: https: http:; frame-src 'self'; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )

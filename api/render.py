@@ -19,15 +19,15 @@ from email.parser import BytesParser
 from email.policy import EmailPolicy
 from typing import Any
 
-import nh3
-
-from api import display
+from api import display, safehtml
 from api.charsets import clean, decode, decode_words, header_text, literal
 
 MAX_BOUNDARIES = 100  # multipart boundaries declared; more is not mail, it is an attack
 MAX_HEADERS = 1_000
 MAX_TEXT = 1_000_000  # characters of decoded body returned as JSON
 MAX_ATTACHMENTS = 100
+MAX_INLINE = 100  # inline images (parts with a Content-ID) listed and served
+MAX_CONTENT_ID = 998  # characters: a header line's limit (RFC 5322 2.1.1)
 # Values longer than these skip the header registry, whose parse grows faster than linearly
 # (8 KB of RFC 2231 parameters: 0.4 s; 96 KB of encoded words: 260 MB): shown decoded by
 # our linear decoder; a long address list is not parsed into addresses, a long MIME header
@@ -116,10 +116,11 @@ def view(raw: bytes) -> dict[str, Any]:
         "from_repaired": addresses["from"][1],
         "text": _body(message, "plain"),
         "html": html,
-        # For display: scripts, handlers, forms and frames removed (ammonia's allowlist);
-        # show it in a sandboxed frame with a strict CSP all the same.
-        "html_safe": None if html is None else nh3.clean(html),
+        # For display: scripts, handlers, forms and frames removed, styles kept where they
+        # can neither fetch nor run (`api.safehtml`); shown in a sandboxed frame all the same.
+        "html_safe": None if html is None else safehtml.clean(html),
         "attachments": [_describe(part) for part in attachments(message)],
+        "inline": [_describe_inline(part) for part in inline_parts(message)],
         "parse_error": None,
     }
 
@@ -188,20 +189,52 @@ def attachments(message: EmailMessage) -> list[EmailMessage]:
         return []
 
 
+def content_id(part: EmailMessage) -> str | None:
+    """The part's Content-ID without its angle brackets (RFC 2045 7), or None."""
+    value = part.get("content-id")
+    if value is None:
+        return None
+    found = clean(str(value)).strip().removeprefix("<").removesuffix(">").strip()
+    return found[:MAX_CONTENT_ID] or None
+
+
+def inline_parts(message: EmailMessage) -> list[EmailMessage]:
+    """The images a `cid:` URL can name (RFC 2392): every image part with a Content-ID,
+    wherever it sits in the tree, in order, each Content-ID once, at most `MAX_INLINE`."""
+    found: list[EmailMessage] = []
+    seen: set[str] = set()
+    try:
+        for part in message.walk():
+            assert isinstance(part, EmailMessage)
+            if part.is_multipart() or part.get_content_maintype() != "image":
+                continue
+            name = content_id(part)
+            if name is None or name in seen:
+                continue
+            seen.add(name)
+            found.append(part)
+            if len(found) >= MAX_INLINE:
+                break
+    except Exception:  # a broken structure has no parts we can name
+        return found
+    return found
+
+
 class Unextractable(Exception):
     """The attachment exists but its bytes cannot be recovered exactly."""
 
 
-def attachment(raw: bytes, index: int) -> tuple[bytes, str, str] | None:
-    """(bytes, content type, file name) of attachment `index` of the whole message, or None
-    if there is no such attachment; `Unextractable` if its decoded bytes would be damaged."""
+def attachment(raw: bytes, index: int, inline: bool = False) -> tuple[bytes, str, str] | None:
+    """(bytes, content type, file name) of attachment `index` of the whole message (of
+    inline image `index` if `inline`), or None if there is no such part; `Unextractable`
+    if its decoded bytes would be damaged."""
     if too_many_parts(raw):
         return None
     _PARSED.clear()
     try:
         message = _PARSER.parsebytes(raw)
         assert isinstance(message, EmailMessage)
-        parts = attachments(message)
+        parts = inline_parts(message) if inline else attachments(message)
         if not 0 <= index < len(parts):
             return None
         part = parts[index]
@@ -211,7 +244,8 @@ def attachment(raw: bytes, index: int) -> tuple[bytes, str, str] | None:
     damage = [d for p in message.walk() for d in p.defects if isinstance(d, _DAMAGE)]
     if damage or not isinstance(payload, bytes):
         raise Unextractable(type(damage[0]).__name__ if damage else "no payload")
-    return payload, _content_type(part), _filename(part) or f"attachment-{index}"
+    name = _filename(part) or f"{'inline' if inline else 'attachment'}-{index}"
+    return payload, _content_type(part), name
 
 
 def _describe(part: EmailMessage) -> dict[str, Any]:
@@ -222,6 +256,10 @@ def _describe(part: EmailMessage) -> dict[str, Any]:
     except Exception:
         size, name = 0, None
     return {"filename": name, "content_type": _content_type(part), "size": size}
+
+
+def _describe_inline(part: EmailMessage) -> dict[str, Any]:
+    return {"content_id": content_id(part) or "", **_describe(part)}
 
 
 def _filename(part: EmailMessage) -> str | None:
@@ -284,6 +322,7 @@ def fallback(raw: bytes, reason: str) -> dict[str, Any]:
         "html": None,
         "html_safe": None,
         "attachments": [],
+        "inline": [],
         "parse_error": reason,
     }
 

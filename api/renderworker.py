@@ -33,7 +33,7 @@ def view(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
 
 def attachment(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
     try:
-        found = render.attachment(raw, int(head["index"]))
+        found = render.attachment(raw, int(head["index"]), inline=bool(head.get("inline")))
     except render.Unextractable as error:
         return {"unextractable": str(error)}, b""
     if found is None:

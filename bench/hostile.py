@@ -4,6 +4,7 @@ Each is at most what the receiver accepts with default limits."""
 
 from __future__ import annotations
 
+import base64
 import random
 from email.message import EmailMessage
 
@@ -90,6 +91,22 @@ def bombs() -> dict[str, bytes]:
         "parameters_99_parts": parameter_bomb(),
         "big_attachment": big_attachment()[0],
     }
+
+
+def css_bomb() -> bytes:
+    """HTML whose `<style>` and `style` attributes fill every budget of the CSS sanitiser
+    (api/safehtml.py) with its costliest input, one-character tokens: the most reading
+    one message's CSS can cost (base64, so no line is longer than SMTP allows). For the
+    render bench only: a render of it takes most of a second, which the contract tests'
+    fuzzer would pay again and again."""
+    sheet = b"<style>" + b"a{b:(" * 30_000 + b"</style>"  # 150 KB: 128 KiB are read
+    attributes = (b"<p style='" + b"(" * 8_000 + b"'>x</p>") * 20  # 160 KB: 128 KiB read
+    body = base64.encodebytes(b"<html><body>" + sheet + attributes + b"</body></html>")
+    return (
+        b"Subject: css budgets\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + body.replace(b"\n", b"\r\n")
+    )
 
 
 def parameter_bomb(parts: int = 99) -> bytes:

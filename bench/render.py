@@ -3,7 +3,8 @@
 * Latency of `GET /v1/messages/{id}` over a typical mix (plain, HTML alternative, small
   attachments, encoded subjects): p50 and p99.
 * The bomb mix (bench/hostile.py: encoded-word and address bombs, punycode, 3,000 nested
-  parts, RFC 2231 parameter bombs, a 9.6 MB message), each read six times, two at a time:
+  parts, RFC 2231 parameter bombs, a 9.6 MB message, HTML filling every CSS budget), each
+  read six times, two at a time:
   the API's peak resident memory, its render workers included (target: at most 64 MB over
   its resting size; once 74 MB -> 1,039 MB for one encoded-word bomb).
 * A render past the deadline: CPU the API and its workers spend after the answer (the
@@ -25,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.limits import DEFAULTS
 from bench.common import TOKEN, cpu_seconds, embedded_store, percentile, start_service
-from bench.hostile import big_attachment, bombs, typical
+from bench.hostile import big_attachment, bombs, css_bomb, typical
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 RSS_TARGET_MB = 64
@@ -213,7 +214,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             start_lanes(api.http_url, receiver.port)
             ids = send(receiver.port, "box@mx.test", [typical(n) for n in range(count)])
             result: dict[str, Any] = {"typical": latency(api.http_url, ids)}
-            crafted = bombs()
+            crafted = {**bombs(), "css_budgets": css_bomb()}
             sent = send(receiver.port, "bomb@mx.test", [*crafted.values()])
             bomb_ids = dict(zip(crafted, sent, strict=True))
             result["bombs"] = bomb_mix(api.http_url, api.pid, bomb_ids, 2 if quick else 6)

@@ -1,14 +1,16 @@
-// Floodgate's web inbox: say what to type, list a mailbox, see new mail arrive live
-// (Server-Sent Events read with fetch, so the token travels in a header), move through it
-// with the keyboard, read (message.js), download, delete after a confirmation. Message data
-// is only ever put in the page as text.
+// Floodgate's web inbox: say what to type, list a mailbox page by page, see new mail arrive
+// live (Server-Sent Events read with fetch, so the token travels in a header), move through
+// it with the keyboard, read (message.js), download, delete a message or empty the mailbox
+// after a confirmation. Message data is only ever put in the page as text.
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
 const state = {
   mailbox: "", token: "", stream: null, lastId: null, open: null, selected: null,
-  published: false, domains: [], tokenKind: "admin",
+  published: false, domains: [], tokenKind: "admin", next: null, paging: false,
 };
+// Messages asked for at a time; "Older messages" asks for the next page (the `next` cursor).
+const PAGE = 50;
 const TOKEN_HELP = {
   read: ["read token", "Token: the read token (FLOODGATE_READ_TOKEN) opens any mailbox; the "
     + "admin token works too."],
@@ -34,7 +36,11 @@ function failed(error) {
 function rows() { return [...document.querySelectorAll("#messages li.message")]; }
 
 function showEmpty() {
-  const empty = rows().length === 0 && Boolean(state.mailbox);
+  const count = rows().length;
+  const empty = count === 0 && Boolean(state.mailbox);
+  $("#list-actions").hidden = !state.mailbox || count === 0;
+  $("#count").textContent = `${count}${state.next ? "+" : ""} message${count === 1 ? "" : "s"}`;
+  $("#more").hidden = !state.next;
   $("#empty").hidden = !empty;
   $("#empty-title").textContent = `No mail for ${state.mailbox} yet.`;
   $("#empty-hint").textContent = `Waiting for it live: send a message to ${state.mailbox} and `
@@ -60,6 +66,49 @@ function row(message, newest = true) {
   showEmpty();
 }
 
+function listPath(mailbox) { return `/v1/mailboxes/${encodeURIComponent(mailbox)}/messages`; }
+
+// One page of the listing, below what is shown (older), and where the next one starts.
+function addPage(listing) {
+  for (const message of listing.messages) row(message, false);
+  state.next = listing.next || null;
+  showEmpty();
+}
+
+async function older() {
+  const mailbox = state.mailbox;
+  if (!state.next || state.paging) return;
+  state.paging = true;
+  $("#more").disabled = true;
+  try {
+    const path = `${listPath(mailbox)}?limit=${PAGE}&before=${encodeURIComponent(state.next)}`;
+    const listing = await (await api(path)).json();
+    if (state.mailbox === mailbox) addPage(listing);
+  } finally {
+    state.paging = false;
+    $("#more").disabled = false;
+  }
+}
+
+function confirmEmpty() {
+  if (!state.mailbox) return;
+  $("#confirm-empty-mailbox").textContent = state.mailbox;
+  $("#confirm-empty").showModal();
+}
+
+async function emptyMailbox() {
+  const mailbox = state.mailbox;
+  if (!mailbox) return;
+  const { deleted } = await (await api(listPath(mailbox), { method: "DELETE" })).json();
+  if (state.mailbox !== mailbox) return;
+  closeMessage();
+  state.selected = null;
+  state.next = null;
+  $("#messages").replaceChildren();
+  showEmpty();
+  status(`live: ${mailbox} (emptied: ${deleted} deleted)`);
+}
+
 function domainOf(mailbox) { return mailbox.slice(mailbox.lastIndexOf("@") + 1).toLowerCase(); }
 
 async function openMailbox(mailbox) {
@@ -67,6 +116,7 @@ async function openMailbox(mailbox) {
   state.mailbox = "";
   state.lastId = null;
   state.selected = null;
+  state.next = null;
   $("#messages").replaceChildren();
   closeMessage();
   notice("");
@@ -82,13 +132,11 @@ async function openMailbox(mailbox) {
     return;
   }
   status("loading…");
-  const path = `/v1/mailboxes/${encodeURIComponent(mailbox)}/messages?limit=100`;
-  const listing = await (await api(path)).json();
+  const listing = await (await api(`${listPath(mailbox)}?limit=${PAGE}`)).json();
   state.mailbox = mailbox;
   $("#guide").open = false;  // said once; the summary line opens it again
-  for (const message of listing.messages) row(message, false);
+  addPage(listing);
   if (listing.messages.length) state.lastId = listing.messages[0].id;
-  showEmpty();
   listen();
 }
 
@@ -240,7 +288,7 @@ function move(step) {
 
 function keyboard(event) {
   const typing = event.target.closest("input, textarea, select");
-  if (typing || $("#confirm-delete").open || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (typing || $("#confirm-delete").open || $("#confirm-empty").open || event.ctrlKey || event.metaKey || event.altKey) return;
   if (event.key === "Enter" && event.target.closest("button, a")) return;  // its own click
   const action = KEYS[event.key];
   if (!action) return;
@@ -270,6 +318,13 @@ function installActions() {
     remove().catch(failed);
   });
   $("#back").addEventListener("click", () => KEYS.Escape());
+  $("#more").addEventListener("click", () => older().catch(failed));
+  $("#empty-mailbox").addEventListener("click", confirmEmpty);
+  $("#confirm-empty-cancel").addEventListener("click", () => $("#confirm-empty").close());
+  $("#confirm-empty-ok").addEventListener("click", () => {
+    $("#confirm-empty").close();
+    emptyMailbox().catch(failed);
+  });
   $("#raw-download").addEventListener("click", () => {
     if (state.open) download(`/v1/messages/${state.open}/raw`, `${state.open}.eml`).catch(failed);
   });
@@ -277,8 +332,21 @@ function installActions() {
   setInterval(floodgateRefreshTimes, 30000);
 }
 
+// A token given in the fragment is kept for this tab (as a typed one is) and taken out of
+// the address bar at once: it would otherwise stay in the history, in a bookmark, on screen.
+function forgetFragmentToken(given) {
+  if (!given.has("token")) return;
+  sessionStorage.setItem("floodgate-token", given.get("token"));
+  const rest = new URLSearchParams(given);
+  rest.delete("token");
+  const fragment = rest.toString();
+  history.replaceState(history.state, "", location.pathname + location.search
+    + (fragment ? `#${fragment}` : ""));
+}
+
 function start() {
   const given = new URLSearchParams(location.hash.slice(1));
+  forgetFragmentToken(given);
   // A public deployment puts the read token in the page: visitors only type a mailbox.
   const published = document.querySelector('meta[name="floodgate-read-token"]');
   state.published = Boolean(published);

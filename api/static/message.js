@@ -1,7 +1,9 @@
 // The open message in Floodgate's web inbox: its tabs (rendered, text, headers, source,
 // authentication, links and codes), remote content held back until asked for, and the
 // confirmed delete. Message data only ever enters the page as text; the HTML part is shown
-// sanitised (by the API), in a sandboxed frame whose own CSP blocks remote images.
+// sanitised (by the API), styles and all, in a sandboxed frame whose own CSP blocks remote
+// images, with its cid: images taken from the message itself, links opening in a new tab,
+// and as tall as its content (measured from here: nothing runs inside the frame).
 "use strict";
 
 // Remote images can tell the sender when and where a message was read: blocked unless the
@@ -18,7 +20,10 @@ const RESULT_CLASS = {
   neutral: "neutral", none: "neutral", policy: "warn",
 };
 
-const view = { message: null, remoteShown: new Set(), loaded: new Set(), panel: "rendered" };
+const view = {
+  message: null, remoteShown: new Set(), loaded: new Set(), panel: "rendered",
+  images: new Map(),  // data: URLs of inline images, by message id and index
+};
 
 function element(tag, className, text) {
   const made = document.createElement(tag);
@@ -27,10 +32,50 @@ function element(tag, className, text) {
   return made;
 }
 
-// Remote references in the sanitised HTML, counted and (unless shown) taken out, read in an
-// inert document (DOMParser loads nothing and runs nothing).
-function framed(html, showRemote) {
-  const doc = new DOMParser().parseFromString(html, "text/html");
+// cid: URLs (RFC 2392) name a part of the message by its Content-ID, %-encoded.
+const CID = /^\s*cid:/i;
+// Inline images are fetched with the token (an <img> in the frame could not send it) and
+// framed as data: URLs; at most this many per message and this large each.
+const MAX_INLINE = 50;
+const MAX_INLINE_BYTES = 5 * 1024 * 1024;
+// Past this, the frame scrolls inside itself (a style like `height: 200vh` would otherwise
+// make the frame grow each time it is measured).
+const MAX_FRAME_HEIGHT = 50000;
+
+function contentId(src) {
+  const value = src.replace(CID, "").trim();
+  try { return decodeURIComponent(value); } catch (_) { return value; }
+}
+
+// The inline images this HTML names, fetched (once per message) as data: URLs, by Content-ID.
+async function inlineImages(message, doc) {
+  const wanted = new Set([...doc.querySelectorAll("img[src]")]
+    .map((img) => img.getAttribute("src")).filter((src) => CID.test(src)).map(contentId));
+  const images = new Map();
+  const parts = (message.inline || []).map((part, index) => ({ ...part, index }))
+    .filter((part) => wanted.has(part.content_id) && part.size <= MAX_INLINE_BYTES)
+    .slice(0, MAX_INLINE);
+  await Promise.all(parts.map(async (part) => {
+    const key = `${message.id}/${part.index}`;
+    if (!view.images.has(key)) {
+      const blob = await (await api(`/v1/messages/${message.id}/inline/${part.index}`)).blob();
+      view.images.set(key, await new Promise((resolve, reject) => {
+        const reader = new FileReader();
+        reader.onload = () => resolve(reader.result);
+        reader.onerror = () => reject(reader.error);
+        reader.readAsDataURL(blob);
+      }));
+    }
+    images.set(part.content_id, view.images.get(key));
+  }));
+  return images;
+}
+
+// Remote references in the sanitised HTML, counted and (unless shown) taken out, cid: images
+// pointed at the message's own parts, read in an inert document (DOMParser loads nothing and
+// runs nothing). `<base target="_blank">`: a link opens a new tab (the sandbox lets that
+// tab escape it), never inside the frame; rel=noopener so that tab cannot reach this page.
+function framed(doc, showRemote, images) {
   let remote = 0;
   for (const node of doc.body.querySelectorAll("*")) {
     for (const name of LOADING_ATTRIBUTES) {
@@ -40,10 +85,32 @@ function framed(html, showRemote) {
       if (!showRemote) node.removeAttribute(name);
     }
   }
+  for (const img of doc.querySelectorAll("img[src]")) {
+    const src = img.getAttribute("src");
+    if (!CID.test(src)) continue;
+    const found = images.get(contentId(src));
+    if (found) img.setAttribute("src", found); else img.removeAttribute("src");
+  }
+  for (const link of doc.querySelectorAll("a[href], area[href]")) {
+    link.setAttribute("rel", "noopener noreferrer");
+  }
   const policy = showRemote ? FRAME_CSP_REMOTE : FRAME_CSP;
+  const styles = [...doc.head.querySelectorAll("style")].map((style) => style.outerHTML);
   const head = `<meta http-equiv="Content-Security-Policy" content="${policy}">`
-    + '<meta name="referrer" content="no-referrer">';
+    + '<meta name="referrer" content="no-referrer"><base target="_blank">' + styles.join("");
   return { remote, srcdoc: head + doc.body.innerHTML };
+}
+
+// The frame as tall as its document. The sandbox gives the frame our origin (so that we may
+// measure it) but no scripts, so nothing in the message can use that origin.
+function fit(frame) {
+  const doc = frame.contentDocument;
+  if (!doc?.documentElement || frame.hidden || !frame.offsetParent) return;
+  // Measured at the least height, so that a message that became shorter (a wider window)
+  // gives the space back: a document is never shorter than its frame.
+  frame.style.height = "0px";
+  const height = Math.max(doc.documentElement.scrollHeight, doc.body?.scrollHeight || 0);
+  frame.style.height = `${Math.min(MAX_FRAME_HEIGHT, height + 2)}px`;
 }
 
 // A fresh frame for each document: a frame reused for a new srcdoc keeps the old one's
@@ -56,11 +123,11 @@ function freshFrame() {
   return frame;
 }
 
-function showRendered(message) {
-  const frame = freshFrame();
+async function showRendered(message) {
   const note = $("#remote-note");
   const fallback = $("#rendered-text");
   if (!message.html_safe) {
+    const frame = freshFrame();
     frame.hidden = true;
     frame.srcdoc = "";
     note.hidden = true;
@@ -69,7 +136,17 @@ function showRendered(message) {
     return;
   }
   const shown = view.remoteShown.has(message.id);
-  const { remote, srcdoc } = framed(message.html_safe, shown);
+  const doc = new DOMParser().parseFromString(message.html_safe, "text/html");
+  let images = new Map();
+  try {
+    images = await inlineImages(message, doc);
+  } catch (error) {
+    status(`inline images: ${error.message}`);  // the message still shows, without them
+  }
+  if (view.message !== message) return;  // another message was opened meanwhile
+  const { remote, srcdoc } = framed(doc, shown, images);
+  const frame = freshFrame();
+  frame.addEventListener("load", () => fit(frame));
   fallback.hidden = true;
   frame.hidden = false;
   frame.srcdoc = srcdoc;
@@ -252,6 +329,7 @@ function selectTab(panel) {
     tab.tabIndex = selected ? 0 : -1;
     $(`#panel-${tab.dataset.panel}`).hidden = !selected;
   }
+  if (panel === "rendered") fit($("#html"));  // a hidden frame could not be measured
   const id = view.message?.id;
   const key = `${id}/${panel}`;
   if (id && LAZY[panel] && !view.loaded.has(key)) {
@@ -275,13 +353,34 @@ function showMessage(message) {
     meta.append(flag, " · ");
   }
   meta.append(timeElement(message.received_at));
-  showRendered(message);
+  view.images.clear();  // kept for the open message only
+  showInline(message);
+  showRendered(message).catch((error) => status(error.message));
   $("#text").textContent = message.text ?? "(this message has no plain-text part)";
   showHeaders(message);
   $("#raw").textContent = "loading…";
   $("#links").replaceChildren(element("p", "note", "loading…"));
   showAuth(message);
   selectTab(view.panel);
+}
+
+// The message's inline images (shown in the frame where its HTML names them), each
+// downloadable as the attachments are.
+function showInline(message) {
+  const list = $("#inline-parts");
+  list.replaceChildren();
+  (message.inline || []).forEach((part, index) => {
+    const button = element("button", "", `${part.filename || part.content_id} `
+      + `(inline ${part.content_type}, ${part.size} bytes)`);
+    button.type = "button";
+    button.addEventListener("click", () =>
+      download(`/v1/messages/${message.id}/inline/${index}`, part.filename || part.content_id)
+        .catch(failed));
+    const entry = element("li");
+    entry.append(button);
+    list.append(entry);
+  });
+  list.hidden = !list.children.length;
 }
 
 function hideMessage() {
@@ -306,6 +405,11 @@ function installMessageView() {
   $("#remote-show").addEventListener("click", () => {
     if (!view.message) return;
     view.remoteShown.add(view.message.id);
-    showRendered(view.message);
+    showRendered(view.message).catch((error) => status(error.message));
+  });
+  let pending = 0;
+  addEventListener("resize", () => {  // a new width reflows the message: measure again
+    cancelAnimationFrame(pending);
+    pending = requestAnimationFrame(() => fit($("#html")));
   });
 }

@@ -52,7 +52,7 @@ def mime(draw: st.DrawFn, depth: int = 0) -> bytes:
 def test_hostile_mime_always_renders(raw: bytes) -> None:
     shown = view(raw)
     shape = {"headers", "from", "to", "cc", "text", "html", "html_safe", "attachments"}
-    shape |= {"from_repaired"}
+    shape |= {"from_repaired", "inline"}
     assert set(shown) == shape | {"parse_error"}
     assert all(isinstance(a["size"], int) for a in shown["attachments"])
     assert all(isinstance(n, str) and isinstance(v, str) for n, v in shown["headers"])
