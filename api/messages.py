@@ -12,16 +12,38 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from api import models, push, render
 from api.auth import Role, require_token
 from api.charsets import decode_words
 from api.docs import Tag
-from api.renderpool import Busy, Outcome, RenderPool
+from api.renderpool import Busy, Outcome, OverShare, RenderPool
+from api.shares import Downloads, ReadRate, retry_after
 from mailstore import MessageDocument, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
-router = APIRouter()
+
+def client(request: Request) -> str:
+    """Who is asking, as shares are counted: an IPv4 address or an IPv6 /64."""
+    return push.client_key(request.client.host if request.client else "")
+
+
+async def read_share(request: Request) -> None:
+    """A read (GET or HEAD) takes a token from its client's bucket, or is 429."""
+    if request.method not in ("GET", "HEAD"):
+        return
+    rate: ReadRate = request.app.state.read_rate
+    wait = rate.take(client(request))
+    if wait > 0:
+        raise HTTPException(
+            status_code=429,
+            detail="too many reads from this client; retry later",
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+
+router = APIRouter(dependencies=[Depends(read_share)])
 # Named formats: the OpenAPI document says what a mailbox and a message id are (the
 # contract tests generate values of these formats; see tests/api/schemathesis_hooks.py).
 Address = Annotated[
@@ -47,12 +69,41 @@ class EventStream(StreamingResponse):
             await super().stream_response(timed)
 
 
-class RawMessage(Response):
+class Held(Response):
+    """A message body being downloaded: its client's download slot is given back once the
+    answer is sent, or its reader went away or stalled (`api.shares.SendTimeout`)."""
+
+    release: Callable[[], None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.release is not None:
+                self.release()
+                self.release = None
+
+
+class RawMessage(Held):
     media_type = "message/rfc822"
 
 
-class Download(Response):
+class Download(Held):
     media_type = "application/octet-stream"
+
+
+def _download_slot(request: Request) -> Callable[[], None]:
+    """One of the client's download slots (429 when it has them all), and its release."""
+    downloads: Downloads = request.app.state.downloads
+    who = client(request)
+    if not downloads.acquire(who):
+        raise HTTPException(
+            status_code=429,
+            detail=f"more than {downloads.limit} downloads at once from this client; "
+            "retry when one is done",
+            headers={"Retry-After": "1"},
+        )
+    return lambda: downloads.release(who)
 
 
 def _store(request: Request) -> MessageStore:
@@ -140,9 +191,8 @@ async def mailbox_events(
     mailbox = _mailbox(address)
     hub: push.Hub = request.app.state.hub
     # Subscribe before reading the catch-up, so nothing can fall between the two.
-    client = push.client_key(request.client.host if request.client else "")
     try:
-        subscriber = hub.subscribe(mailbox, client)
+        subscriber = hub.subscribe(mailbox, client(request))
     except push.Full as full:
         raise HTTPException(full.status, str(full), headers={"Retry-After": "5"}) from None
     try:
@@ -233,11 +283,17 @@ async def get_message(
 async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
     pool: RenderPool = request.app.state.renderer
     try:
-        return await pool.run(key, job, raw)
+        return await pool.run(key, job, raw, client(request))
     except Busy:
         raise HTTPException(
             status_code=503,
             detail="too many messages being rendered; retry later",
+            headers={"Retry-After": "1"},
+        ) from None
+    except OverShare:
+        raise HTTPException(
+            status_code=429,
+            detail="too many renders waiting for this client; retry later",
             headers={"Retry-After": "1"},
         ) from None
 
@@ -257,7 +313,19 @@ async def get_attachment(
     request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
 ) -> Response:
     """Attachment `index` (from the message's `attachments`) as a download, whole; 422 if
-    its bytes cannot be recovered exactly (the message as sent is at `/raw`)."""
+    its bytes cannot be recovered exactly (the message as sent is at `/raw`); 429 while
+    the client already has its share of downloads running."""
+    release = _download_slot(request)
+    try:
+        answer = await _attachment(request, message_id, index)
+    except BaseException:
+        release()
+        raise
+    answer.release = release
+    return answer
+
+
+async def _attachment(request: Request, message_id: str, index: int) -> Download:
     message = await _get(request, message_id)
     job = {"job": "attachment", "index": index}
     outcome = await _render(request, f"{message_id}/attachment/{index}", job, message.raw)
@@ -273,7 +341,7 @@ async def get_attachment(
     data = outcome.body
     content_type, filename = outcome.head["content_type"], outcome.head["filename"]
     disposition = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
-    return Response(
+    return Download(
         content=data,
         media_type=content_type,
         headers={"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"},
@@ -315,10 +383,17 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
     summary="The message as received (message/rfc822)",
 )
 async def get_raw(request: Request, message_id: MessageId) -> Response:
-    """The message bytes as received, with our Received: line on top."""
-    message = await _get(request, message_id)
-    body = message.received_header + message.raw
-    return RawMessage(content=body)
+    """The message bytes as received, with our Received: line on top; 429 while the
+    client already has its share of downloads running."""
+    release = _download_slot(request)
+    try:
+        message = await _get(request, message_id)
+    except BaseException:
+        release()
+        raise
+    answer = RawMessage(content=message.received_header + message.raw)
+    answer.release = release
+    return answer
 
 
 @router.delete(
@@ -329,4 +404,6 @@ async def delete_message(request: Request, message_id: MessageId) -> Response:
     there is no such message."""
     if not is_message_id(message_id) or not await _store(request).delete(message_id):
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
+    pool: RenderPool = request.app.state.renderer
+    pool.forget(message_id)  # its kept answers: nobody can ask for them any more
     return Response(status_code=204)
