@@ -53,8 +53,9 @@ class ApiLimits:
     push_per_network: int = 100
     # Mailbox and message reads (GET /v1/mailboxes/..., /v1/messages/...) per client: a
     # token bucket refilled at `read_rate` a second, holding at most `read_burst`.
-    read_rate: float = 20.0
-    read_burst: int = 200
+    # A person, the page, or a test script polling for its mail never meets these.
+    read_rate: float = 50.0
+    read_burst: int = 500
     # Message bodies (/raw, attachments) one client may be downloading at once.
     downloads_per_client: int = 4
     # Seconds one write of an answer may wait for a reader that does not read.
