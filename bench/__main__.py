@@ -1,7 +1,7 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, workers, auth,
-cost, scale.
+Suites: throughput, abuse, blocklist, push, tls, spool, screen, render, fair, workers,
+auth, cost, scale.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
 bench/results).
 """
@@ -24,6 +24,7 @@ from bench import (
     auth,
     blocklist,
     cost,
+    fair,
     push,
     render,
     scale,
@@ -43,6 +44,7 @@ SUITES: dict[str, ModuleType] = {
     "spool": spool,
     "screen": screen,
     "render": render,
+    "fair": fair,
     "workers": workers,
     "auth": auth,
     "cost": cost,
