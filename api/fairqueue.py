@@ -42,6 +42,10 @@ class FairQueue(Generic[T]):
     def waiting_for(self, client: str) -> int:
         return len(self._clients.get(client, ()))
 
+    def full_for(self, client: str) -> bool:
+        """True when a job of `client` would be refused now (its share is waiting)."""
+        return not self._idle and self.waiting_for(client) >= self.share
+
     def reserve(self, client: str, check: bool = True) -> asyncio.Future[T]:
         """A place for a job of `client`: a future that is (or will be, in the client's
         turn) an item. With `check`, `Busy` or `OverShare` instead of a place past the

@@ -258,6 +258,7 @@ async def get_message(
     request: Request, message_id: MessageId, role: Annotated[Role, Depends(require_token)]
 ) -> dict[str, Any]:
     """Metadata plus decoded headers and text; the envelope for the admin only."""
+    _refuse_over_share(request)
     message = await _get(request, message_id)
     result = summary(message, role)
     tls = message.tls
@@ -280,6 +281,16 @@ async def get_message(
     return result
 
 
+OVER_SHARE = "too many renders waiting for this client; retry later"
+
+
+def _refuse_over_share(request: Request) -> None:
+    """429 before the store is asked, when the client's renders already wait their share."""
+    pool: RenderPool = request.app.state.renderer
+    if pool.over_share(client(request)):
+        raise HTTPException(status_code=429, detail=OVER_SHARE, headers={"Retry-After": "1"})
+
+
 async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
     pool: RenderPool = request.app.state.renderer
     try:
@@ -292,9 +303,7 @@ async def _render(request: Request, key: str, job: dict[str, Any], raw: bytes) -
         ) from None
     except OverShare:
         raise HTTPException(
-            status_code=429,
-            detail="too many renders waiting for this client; retry later",
-            headers={"Retry-After": "1"},
+            status_code=429, detail=OVER_SHARE, headers={"Retry-After": "1"}
         ) from None
 
 
@@ -326,6 +335,7 @@ async def get_attachment(
 
 
 async def _attachment(request: Request, message_id: str, index: int) -> Download:
+    _refuse_over_share(request)
     message = await _get(request, message_id)
     job = {"job": "attachment", "index": index}
     outcome = await _render(request, f"{message_id}/attachment/{index}", job, message.raw)
@@ -359,6 +369,7 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
     """Links (http, https, mailto) of the text and HTML parts and likely one-time codes,
     found in a render worker under the render bounds; 504 if the message cannot be read
     within them, 422 if it has no parts to read (its bytes are at `/raw`)."""
+    _refuse_over_share(request)
     message = await _get(request, message_id)
     outcome = await _render(request, f"{message_id}/links", {"job": "links"}, message.raw)
     if outcome.failure is not None:

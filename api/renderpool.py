@@ -4,16 +4,18 @@ Each job runs in a worker process (`api.renderworker`, a `processes.FramedChild`
 limits its own address space; at the deadline the worker is killed, so the work really stops
 (a thread cannot be), and a fresh one takes its place. Two lanes: one worker for small
 messages, so everyday mail renders at once whatever big messages are doing, and
-`render_workers` for the rest; a message that was slow in the small lane (`SLOW`) is
-remembered and rendered in the general lane from then on. A lane starts its workers at its
-first job, not with the API: an API nobody reads from runs no worker, and the first job
-waits for the start (not counted against its deadline). A lane lets at most `render_queue`
-jobs wait (one more is `Busy`: 503), at most `render_queue_per_client` of them from one
-client (one more is `OverShare`: 429), and a freed worker serves the waiting clients in turn
-(`api.fairqueue`). A successful answer is kept (`api.rendercache`: messages never change);
-a job that failed (deadline, memory, a crashed worker) leaves a verdict under its key, so
-asking again answers at once instead of starting the same work; the same job asked for while
-running is run once.
+`render_workers` for the rest. The small lane has a deadline of its own (`SMALL_SECONDS`): a
+job still running then is run again in the general lane, and a message that was slow there
+(`SLOW`) is remembered and rendered in the general lane from then on. Workers run below the
+API (and the receiver) in scheduling priority, the general lane's lowest. A lane starts its
+workers at its first job, not with the API: an API nobody reads from runs no worker, and the
+first job waits for the start (not counted against its deadline). A lane lets at most
+`render_queue` jobs wait (one more is `Busy`: 503), at most `render_queue_per_client` of
+them from one client (one more is `OverShare`: 429), and a freed worker serves the waiting
+clients in turn (`api.fairqueue`). A successful answer is kept (`api.rendercache`: messages
+never change); a job that failed (deadline, memory, a crashed worker) leaves a verdict under
+its key, so asking again answers at once instead of starting the same work; the same job
+asked for while running is run once.
 """
 
 from __future__ import annotations
@@ -48,8 +50,16 @@ VERDICTS = 4_096  # failed jobs remembered (a few hundred bytes each)
 # everyday mail takes milliseconds, and one slow message must not hold the lane that keeps
 # everyday mail quick.
 SLOW = 0.25
+# The small lane's own deadline: a job still running then is stopped and run again in the
+# general lane (with the whole `render_seconds`), so an everyday read waits behind one
+# crafted message for at most this long, not for the whole render deadline.
+SMALL_SECONDS = 0.5
 SLOW_MESSAGES = 4_096  # message ids remembered as slow (least recently seen out first)
 WORKER = ("-m", "api.renderworker")
+# Scheduling priority of the workers (nice(2)), below the API's event loop and the receiver
+# (0): a render is never what makes the MX or an answer from memory slow, and a general
+# lane's job (big or once slow messages) yields the CPU to the small lane's everyday mail.
+SMALL_NICENESS, GENERAL_NICENESS = 5, 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,7 @@ class Outcome:
     failure: str | None = None
     lasting: bool = True  # a failure that says something about the message (cached)
     seconds: float = 0.0  # the worker's time on it
+    timed_out: bool = False  # stopped at its lane's deadline
 
 
 class Lane:
@@ -119,6 +130,10 @@ class Lane:
             self._idle.put(worker)
             return
 
+    def full_for(self, client: str) -> bool:
+        """True when `client` already has its share of this lane's queue waiting."""
+        return self.started and self._idle.full_for(client)
+
     def reserve(self, client: str) -> asyncio.Future[FramedChild]:
         """A place in this lane for a job of `client`, or `Busy` / `OverShare`."""
         if not self.started:  # the first job waits for the first worker: never refused
@@ -169,7 +184,8 @@ class Lane:
             return Outcome(clean_all(answer), data, failure, seconds=time.monotonic() - started)
         except TimeoutError:
             log.warning("event=render_deadline lane=%s seconds=%g", self.name, self.seconds)
-            return Outcome({}, failure=f"rendering took longer than {self.seconds:g}s")
+            failure = f"rendering took longer than {self.seconds:g}s"
+            return Outcome({}, failure=failure, seconds=self.seconds, timed_out=True)
         except (ProcessGone, ConnectionError, ValueError):
             log.warning("event=render_worker_died lane=%s", self.name)
             return Outcome({}, failure="the render worker failed (out of memory?)")
@@ -217,11 +233,13 @@ class RenderPool:
         registry: CollectorRegistry | None = None,
     ) -> None:
         command = command or (sys.executable, *WORKER)
-        command = (*command, str(limits.render_memory))
+        small = (*command, str(limits.render_memory), str(SMALL_NICENESS))
+        general = (*command, str(limits.render_memory), str(GENERAL_NICENESS))
         queue, share = limits.render_queue, limits.render_queue_per_client
-        self.small = Lane("small", command, 1, queue, limits.render_seconds, share)
+        small_seconds = min(limits.render_seconds, SMALL_SECONDS)
+        self.small = Lane("small", small, 1, queue, small_seconds, share)
         self.general = Lane(
-            "general", command, limits.render_workers, queue, limits.render_seconds, share
+            "general", general, limits.render_workers, queue, limits.render_seconds, share
         )
         self.answers = RenderCache(limits.render_cache)
         self._verdicts: OrderedDict[str, str] = OrderedDict()
@@ -240,6 +258,11 @@ class RenderPool:
     async def close(self) -> None:
         await self.small.close()
         await self.general.close()
+
+    def over_share(self, client: str) -> bool:
+        """True when `client` has its share waiting in a lane: the API then refuses its next
+        render before reading the message from the store (a refused read costs nothing)."""
+        return self.small.full_for(client) or self.general.full_for(client)
 
     def lane(self, message: str, raw: bytes) -> Lane:
         """The general lane for a big message, or one that was slow in the small lane."""
@@ -264,11 +287,27 @@ class RenderPool:
             message = key.partition("/")[0]
             lane = self.lane(message, raw)
             place = lane.reserve(client)
-            running = asyncio.ensure_future(lane.run(head, raw, client, place))
+            running = asyncio.ensure_future(self._job(message, lane, head, raw, client, place))
             self._running[key] = running
             running.add_done_callback(lambda done: self._finished(key, lane, done))
         # Shielded: a client that goes away does not abandon a job others may wait for.
         return await asyncio.shield(running)
+
+    async def _job(
+        self,
+        message: str,
+        lane: Lane,
+        head: dict[str, Any],
+        raw: bytes,
+        client: str,
+        place: asyncio.Future[FramedChild],
+    ) -> Outcome:
+        outcome = await lane.run(head, raw, client, place)
+        if lane is self.small and outcome.timed_out and self.general.seconds > lane.seconds:
+            self._slow[message] = True  # its other jobs go straight to the general lane
+            # Admitted already: its new place is not refused.
+            outcome = await self.general.run(head, raw, client)
+        return outcome
 
     def forget(self, message: str) -> None:
         """Drop what is kept about `message` (it was deleted)."""

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.limits import MIB, ApiLimits
-from api.renderpool import SMALL_MESSAGE, Busy, OverShare, RenderPool
+from api.renderpool import SMALL_MESSAGE, SMALL_SECONDS, Busy, OverShare, RenderPool
 from tests.api.test_render import mime
 from tests.support.processes import children_running
 
@@ -209,5 +209,17 @@ async def test_past_its_share_of_a_lane_a_client_is_refused_while_another_still_
         mine = await asyncio.wait_for(pool.run("e/echo", {"job": "echo"}, b"e", "everyday"), 10)
         assert mine.body == b"e"
         await asyncio.gather(*jobs)
+    finally:
+        await pool.close()
+
+
+async def test_a_job_past_the_small_lanes_deadline_is_run_again_in_the_general_lane() -> None:
+    pool = RenderPool(ApiLimits(render_workers=1, render_seconds=1.0), COMMAND)
+    try:
+        assert pool.small.seconds == SMALL_SECONDS < pool.general.seconds
+        outcome = await pool.run("crafted/spin", {"job": "spin"}, b"x")
+        # Stopped in the small lane at 0.5 s, then given the whole deadline in the other.
+        assert outcome.failure == "rendering took longer than 1s"
+        assert pool.general.workers == 1 and pool.lane("crafted", b"x") is pool.general
     finally:
         await pool.close()
