@@ -12,36 +12,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from api import models, push, render
 from api.auth import Role, require_token
 from api.charsets import decode_words
 from api.docs import Tag
 from api.renderpool import Busy, Outcome, OverShare, RenderPool
-from api.shares import Downloads, ReadRate, retry_after
+from api.shares import Held, client, download_slot, read_share
 from mailstore import MessageDocument, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
-
-
-def client(request: Request) -> str:
-    """Who is asking, as shares are counted: an IPv4 address or an IPv6 /64."""
-    return push.client_key(request.client.host if request.client else "")
-
-
-async def read_share(request: Request) -> None:
-    """A read (GET or HEAD) takes a token from its client's bucket, or is 429."""
-    if request.method not in ("GET", "HEAD"):
-        return
-    rate: ReadRate = request.app.state.read_rate
-    wait = rate.take(client(request))
-    if wait > 0:
-        raise HTTPException(
-            status_code=429,
-            detail="too many reads from this client; retry later",
-            headers={"Retry-After": retry_after(wait)},
-        )
-
 
 router = APIRouter(dependencies=[Depends(read_share)])
 # Named formats: the OpenAPI document says what a mailbox and a message id are (the
@@ -69,41 +48,12 @@ class EventStream(StreamingResponse):
             await super().stream_response(timed)
 
 
-class Held(Response):
-    """A message body being downloaded: its client's download slot is given back once the
-    answer is sent, or its reader went away or stalled (`api.shares.SendTimeout`)."""
-
-    release: Callable[[], None] | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self.release is not None:
-                self.release()
-                self.release = None
-
-
 class RawMessage(Held):
     media_type = "message/rfc822"
 
 
 class Download(Held):
     media_type = "application/octet-stream"
-
-
-def _download_slot(request: Request) -> Callable[[], None]:
-    """One of the client's download slots (429 when it has them all), and its release."""
-    downloads: Downloads = request.app.state.downloads
-    who = client(request)
-    if not downloads.acquire(who):
-        raise HTTPException(
-            status_code=429,
-            detail=f"more than {downloads.limit} downloads at once from this client; "
-            "retry when one is done",
-            headers={"Retry-After": "1"},
-        )
-    return lambda: downloads.release(who)
 
 
 def _store(request: Request) -> MessageStore:
@@ -324,7 +274,7 @@ async def get_attachment(
     """Attachment `index` (from the message's `attachments`) as a download, whole; 422 if
     its bytes cannot be recovered exactly (the message as sent is at `/raw`); 429 while
     the client already has its share of downloads running."""
-    release = _download_slot(request)
+    release = download_slot(request)
     try:
         answer = await _attachment(request, message_id, index)
     except BaseException:
@@ -396,7 +346,7 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
 async def get_raw(request: Request, message_id: MessageId) -> Response:
     """The message bytes as received, with our Received: line on top; 429 while the
     client already has its share of downloads running."""
-    release = _download_slot(request)
+    release = download_slot(request)
     try:
         message = await _get(request, message_id)
     except BaseException:

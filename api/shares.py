@@ -15,9 +15,22 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 
+from fastapi import HTTPException, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CHUNK", "MAX_CLIENTS", "Downloads", "ReadRate", "SendTimeout"]
+from api.push import client_key
+
+__all__ = [
+    "CHUNK",
+    "MAX_CLIENTS",
+    "Downloads",
+    "Held",
+    "ReadRate",
+    "SendTimeout",
+    "client",
+    "download_slot",
+    "read_share",
+]
 
 MAX_CLIENTS = 65_536  # buckets kept (least recently used out: an idle bucket is full anyway)
 CHUNK = 64 * 1024  # bytes per write: the transport buffers one chunk, not a whole message
@@ -131,3 +144,51 @@ def _pieces(message: Message) -> Iterator[Message]:
             "body": body[start:end],
             "more_body": more or end < len(body),
         }
+
+
+def client(request: Request) -> str:
+    """Who is asking, as shares are counted: an IPv4 address or an IPv6 /64."""
+    return client_key(request.client.host if request.client else "")
+
+
+async def read_share(request: Request) -> None:
+    """A read (GET or HEAD) takes a token from its client's bucket, or is 429."""
+    if request.method not in ("GET", "HEAD"):
+        return
+    rate: ReadRate = request.app.state.read_rate
+    wait = rate.take(client(request))
+    if wait > 0:
+        raise HTTPException(
+            status_code=429,
+            detail="too many reads from this client; retry later",
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+
+class Held(Response):
+    """A message body being downloaded: its client's download slot is given back once the
+    answer is sent, or its reader went away or stalled (`api.shares.SendTimeout`)."""
+
+    release: Callable[[], None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.release is not None:
+                self.release()
+                self.release = None
+
+
+def download_slot(request: Request) -> Callable[[], None]:
+    """One of the client's download slots (429 when it has them all), and its release."""
+    downloads: Downloads = request.app.state.downloads
+    who = client(request)
+    if not downloads.acquire(who):
+        raise HTTPException(
+            status_code=429,
+            detail=f"more than {downloads.limit} downloads at once from this client; "
+            "retry when one is done",
+            headers={"Retry-After": "1"},
+        )
+    return lambda: downloads.release(who)
