@@ -134,12 +134,13 @@ class Lane:
         """True when `client` already has its share of this lane's queue waiting."""
         return self.started and self._idle.full_for(client)
 
-    def reserve(self, client: str) -> asyncio.Future[FramedChild]:
-        """A place in this lane for a job of `client`, or `Busy` / `OverShare`."""
+    def reserve(self, client: str, check: bool = True) -> asyncio.Future[FramedChild]:
+        """A place in this lane for a job of `client`, or (with `check`) `Busy` or
+        `OverShare`; the lane's workers start at its first job."""
         if not self.started:  # the first job waits for the first worker: never refused
             self._start()
-            return self._idle.reserve(client, check=False)
-        return self._idle.reserve(client)
+            check = False
+        return self._idle.reserve(client, check)
 
     async def run(
         self,
@@ -306,7 +307,8 @@ class RenderPool:
         if lane is self.small and outcome.timed_out and self.general.seconds > lane.seconds:
             self._slow[message] = True  # its other jobs go straight to the general lane
             # Admitted already: its new place is not refused.
-            outcome = await self.general.run(head, raw, client)
+            moved = self.general.reserve(client, check=False)
+            outcome = await self.general.run(head, raw, client, moved)
         return outcome
 
     def forget(self, message: str) -> None:
