@@ -34,6 +34,7 @@ from api.head import HeadAsGet
 from api.limits import DEFAULTS, ApiLimits
 from api.models import ERRORS, Status, binary
 from api.renderpool import RenderPool
+from api.shares import Downloads, ReadRate, SendTimeout
 from blocklist import BlocklistRepository
 from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT, PartialBulk
 from mailstore import MessageStore, StoreConfig
@@ -117,9 +118,15 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     app.state.read_token = config.read_token
     app.state.webhook_limits = config.webhooks
     app.state.metrics = ApiMetrics()
+    limits = config.limits
+    app.state.read_rate = ReadRate(limits.read_rate, limits.read_burst)
+    app.state.downloads = Downloads(limits.downloads_per_client)
     # Outermost: token and body size are checked before anything reads a body.
     app.add_middleware(Gate, token=config.admin_token, read_token=config.read_token)
     app.add_middleware(HeadAsGet)  # outermost: HEAD is a GET to every layer below
+    # Around everything: every answer's writes, errors included, wait for a reader at most
+    # `send_timeout` each.
+    app.add_middleware(SendTimeout, seconds=limits.send_timeout)
     _install_errors(app)
     _install_metrics(app)
     _health_routes(app)

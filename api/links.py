@@ -77,8 +77,11 @@ _KEYWORD = re.compile(
 _CODE = re.compile(
     # "G-123456": a one-letter prefix some senders put before the digits (not the code)
     r"(?:(?<=\b[A-Z]-)|(?<![\w$€£¥₹+#@/\\:.,=&?%~-])(?<!\d[- .])(?<![$€£¥₹] ))"
-    r"(\d{3}[- ]\d{3}|\d{4,8}|(?=[A-Z]*\d)(?=\d*[A-Z])[A-Z\d]{4,10}"
-    r"|(?=[A-Z-]*\d)[A-Z\d]{3,5}-[A-Z\d]{3,5})"
+    # The lookaheads look no further than the candidate itself (10 and 11 characters): an
+    # unbounded one rescans the rest of a run of capitals or "A-A-..." from every start,
+    # quadratic (32 KB of "A-A-" took 3.5 s).
+    r"(\d{3}[- ]\d{3}|\d{4,8}|(?=[A-Z]{0,9}\d)(?=\d{0,9}[A-Z])[A-Z\d]{4,10}"
+    r"|(?=[A-Z-]{0,10}\d)[A-Z\d]{3,5}-[A-Z\d]{3,5})"
     r"(?![\w€$£¥₹%/\\:@]|[.,]\d|[- ]\d)"
     r"(?!\s?(?:[€$£¥₹]|(?:USD|EUR|GBP|JPY|CHF|INR|dollars?|euros?)\b))"
 )
@@ -256,6 +259,7 @@ class _Anchors(HTMLParser):
         self.hidden = 0  # depth inside script, style, head...
         self.href: str | None = None
         self.anchor: list[str] = []
+        self.anchor_size = 0  # characters in `anchor`: a running length, never a sum
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _HIDDEN:
@@ -269,9 +273,9 @@ class _Anchors(HTMLParser):
                 if tag == "area":  # image-map areas have no text of their own
                     self.found.link(href, _alt(attrs), "html")
                 else:
-                    self.href, self.anchor = href, []
+                    self.href = href
         elif tag == "img" and self.href is not None:  # a linked image: its alt is its text
-            self.anchor.append(_alt(attrs) or "")
+            self._anchor_text(_alt(attrs) or "")
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.handle_starttag(tag, attrs)
@@ -290,8 +294,15 @@ class _Anchors(HTMLParser):
         if self.hidden:
             return
         self._see(data)
-        if self.href is not None and sum(map(len, self.anchor)) <= MAX_LINK_TEXT:
+        if self.href is not None:
+            self._anchor_text(data)
+
+    def _anchor_text(self, data: str) -> None:
+        """Keep `data` as anchor text while the text is short of `MAX_LINK_TEXT` (what
+        is kept is cut there by `_label`): 100,000 images in one link add nothing more."""
+        if self.anchor_size <= MAX_LINK_TEXT:
             self.anchor.append(data)
+            self.anchor_size += len(data)
 
     def _see(self, data: str) -> None:
         room = MAX_VISIBLE - self.visible_size
@@ -304,7 +315,7 @@ class _Anchors(HTMLParser):
     def _close_anchor(self) -> None:
         if self.href is not None:
             self.found.link(self.href, _label("".join(self.anchor)), "html")
-        self.href, self.anchor = None, []
+        self.href, self.anchor, self.anchor_size = None, [], 0
 
 
 def _from_html(html: str, found: _Found) -> str:

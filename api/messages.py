@@ -19,11 +19,12 @@ from api.auth import Role, require_token
 from api.charsets import decode_phrases, decode_words
 from api.display import ascii_filename
 from api.docs import Tag
-from api.renderpool import Busy, Outcome, RenderPool
+from api.renderpool import Busy, Outcome, OverShare, RenderPool
+from api.shares import Held, client, download_slot, read_share
 from mailstore import MessageDocument, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(read_share)])
 # Named formats: the OpenAPI document says what a mailbox and a message id are (the
 # contract tests generate values of these formats; see tests/api/schemathesis_hooks.py).
 Address = Annotated[
@@ -50,11 +51,11 @@ class EventStream(StreamingResponse):
             await super().stream_response(timed)
 
 
-class RawMessage(Response):
+class RawMessage(Held):
     media_type = "message/rfc822"
 
 
-class Download(Response):
+class Download(Held):
     media_type = "application/octet-stream"
 
 
@@ -180,9 +181,8 @@ async def mailbox_events(
     mailbox = mailbox_of(address)
     hub: push.Hub = request.app.state.hub
     # Subscribe before reading the catch-up, so nothing can fall between the two.
-    client = push.client_key(request.client.host if request.client else "")
     try:
-        subscriber = hub.subscribe(mailbox, client)
+        subscriber = hub.subscribe(mailbox, client(request))
     except push.Full as full:
         raise HTTPException(full.status, str(full), headers={"Retry-After": "5"}) from None
     try:
@@ -248,6 +248,7 @@ async def get_message(
     request: Request, message_id: MessageId, role: Annotated[Role, Depends(require_token)]
 ) -> dict[str, Any]:
     """Metadata plus decoded headers and text; the envelope for the admin only."""
+    _refuse_over_share(request)
     message = await _get(request, message_id)
     result = summary(message, role)
     tls = message.tls
@@ -285,15 +286,29 @@ def own_headers(received_header: bytes) -> list[list[str]]:
     return fields
 
 
+OVER_SHARE = "too many renders waiting for this client; retry later"
+
+
+def _refuse_over_share(request: Request) -> None:
+    """429 before the store is asked, when the client's renders already wait their share."""
+    pool: RenderPool = request.app.state.renderer
+    if pool.over_share(client(request)):
+        raise HTTPException(status_code=429, detail=OVER_SHARE, headers={"Retry-After": "1"})
+
+
 async def render_job(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
     pool: RenderPool = request.app.state.renderer
     try:
-        return await pool.run(key, job, raw)
+        return await pool.run(key, job, raw, client(request))
     except Busy:
         raise HTTPException(
             status_code=503,
             detail="too many messages being rendered; retry later",
             headers={"Retry-After": "1"},
+        ) from None
+    except OverShare:
+        raise HTTPException(
+            status_code=429, detail=OVER_SHARE, headers={"Retry-After": "1"}
         ) from None
 
 
@@ -312,7 +327,20 @@ async def get_attachment(
     request: Request, message_id: MessageId, index: Annotated[int, PathParam(ge=0, le=99)]
 ) -> Response:
     """Attachment `index` (from the message's `attachments`) as a download, whole; 422 if
-    its bytes cannot be recovered exactly (the message as sent is at `/raw`)."""
+    its bytes cannot be recovered exactly (the message as sent is at `/raw`); 429 while
+    the client already has its share of downloads running."""
+    release = download_slot(request)
+    try:
+        answer = await _attachment(request, message_id, index)
+    except BaseException:
+        release()
+        raise
+    answer.release = release
+    return answer
+
+
+async def _attachment(request: Request, message_id: str, index: int) -> Download:
+    _refuse_over_share(request)
     message = await _get(request, message_id)
     job = {"job": "attachment", "index": index}
     outcome = await render_job(request, f"{message_id}/attachment/{index}", job, message.raw)
@@ -333,7 +361,7 @@ async def get_attachment(
         f'attachment; filename="{ascii_filename(filename)}"; '
         f"filename*=UTF-8''{quote(filename, safe='')}"
     )
-    return Response(
+    return Download(
         content=data,
         media_type=content_type,
         headers={"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"},
@@ -393,6 +421,7 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
     """Links (http, https, mailto) of the text and HTML parts and likely one-time codes,
     found in a render worker under the render bounds; 504 if the message cannot be read
     within them, 422 if it has no parts to read (its bytes are at `/raw`)."""
+    _refuse_over_share(request)
     message = await _get(request, message_id)
     outcome = await render_job(request, f"{message_id}/links", {"job": "links"}, message.raw)
     if outcome.failure is not None:
@@ -417,10 +446,17 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
     summary="The message as received (message/rfc822)",
 )
 async def get_raw(request: Request, message_id: MessageId) -> Response:
-    """The message bytes as received, with our Received: line on top."""
-    message = await _get(request, message_id)
-    body = message.received_header + message.raw
-    return RawMessage(content=body)
+    """The message bytes as received, with our Received: line on top; 429 while the
+    client already has its share of downloads running."""
+    release = download_slot(request)
+    try:
+        message = await _get(request, message_id)
+    except BaseException:
+        release()
+        raise
+    answer = RawMessage(content=message.received_header + message.raw)
+    answer.release = release
+    return answer
 
 
 @router.delete(
@@ -431,4 +467,6 @@ async def delete_message(request: Request, message_id: MessageId) -> Response:
     there is no such message."""
     if not is_message_id(message_id) or not await store_of(request).delete(message_id):
         raise HTTPException(status_code=404, detail=f"no message with id {message_id!r}")
+    pool: RenderPool = request.app.state.renderer
+    pool.forget(message_id)  # its kept answers: nobody can ask for them any more
     return Response(status_code=204)

@@ -280,7 +280,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (405, "method not allowed (see Allow)"),
         (413, "request body too large"),
         (422, "invalid request, or an attachment that cannot be extracted intact (see /raw)"),
-        (429, "too many live streams from this client or on this mailbox (see Retry-After)"),
+        (
+            429,
+            "this client's share is taken: reads a second, renders waiting, downloads at "
+            "once, or live streams (see Retry-After)",
+        ),
         (503, "the store is unavailable, too many live subscribers, or the renderer is busy"),
     )
 }

@@ -3,7 +3,9 @@
 One change stream per API process follows inserts into `messages` and fans each new
 message out in memory to the subscribers of its mailboxes. Everything is bounded and
 shared fairly: the number of subscribers in all (503 beyond), per client (an IPv4 address
-or an IPv6 /64) and per mailbox (429 beyond), so one client cannot take every slot; each
+or an IPv6 /64), per client on one mailbox, per network (an IPv4 /24 or an IPv6 /48) and per
+mailbox (429 beyond), so neither one client nor one network can take every slot, nor keep a
+mailbox's owner out of it; each
 subscriber's queue (a reader too slow to keep up is dropped and its slot freed at once,
 never buffered forever) and each write (`WRITE_TIMEOUT`); and the catch-up a reconnecting
 client gets from `Last-Event-ID` (the id of the last message it saw).
@@ -35,6 +37,9 @@ POLL = 0.1  # the embedded store answers an empty getMore at once: pace empty po
 CATCH_UP = 100  # messages replayed after a Last-Event-ID
 WRITE_TIMEOUT = 10.0  # seconds one write may wait for a reader before it is dropped
 CLIENT_V6_PREFIX = 64  # an IPv6 client is its /64: one host usually holds the whole /64
+# A network is an IPv4 /24 or an IPv6 /48: what one site or one cloud tenant commonly holds
+# (RFC 6177 suggests a /48 per site), so fifty addresses of it are one network.
+NETWORK_V4_PREFIX, NETWORK_V6_PREFIX = 24, 48
 
 Summary = Callable[[MessageDocument], dict[str, Any]]
 
@@ -50,6 +55,16 @@ def client_key(host: str) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, CLIENT_V6_PREFIX), strict=False))
     return str(address)
+
+
+def network_key(client: str) -> str:
+    """The network a client (`client_key`) belongs to: its IPv4 /24 or IPv6 /48."""
+    try:
+        network = ipaddress.ip_network(client, strict=False)
+    except ValueError:
+        return client
+    prefix = NETWORK_V4_PREFIX if network.version == 4 else NETWORK_V6_PREFIX
+    return str(network.supernet(new_prefix=prefix)) if network.prefixlen > prefix else client
 
 
 class Subscriber:
@@ -76,6 +91,8 @@ class Hub:
     def __init__(self, limits: ApiLimits = DEFAULTS, total: int = MAX_SUBSCRIBERS) -> None:
         self._by_mailbox: dict[str, set[Subscriber]] = {}
         self._by_client: Counter[str] = Counter()
+        self._by_network: Counter[str] = Counter()
+        self._by_client_mailbox: Counter[tuple[str, str]] = Counter()
         self.limits = limits
         self.total = total
         self.count = 0
@@ -87,22 +104,36 @@ class Hub:
             raise Full(503, "too many live subscribers; retry later")
         if self._by_client[client] >= self.limits.push_per_client:
             raise Full(429, "too many live streams from this client")
+        if self._by_client_mailbox[client, mailbox] >= self.limits.push_per_client_mailbox:
+            raise Full(429, "too many live streams from this client on this mailbox")
+        if self._by_network[network_key(client)] >= self.limits.push_per_network:
+            raise Full(429, "too many live streams from this client's network")
         if len(self._by_mailbox.get(mailbox, ())) >= self.limits.push_per_mailbox:
             raise Full(429, "too many live streams on this mailbox")
         subscriber = Subscriber(mailbox, client)
         self._by_mailbox.setdefault(mailbox, set()).add(subscriber)
-        self._by_client[client] += 1
+        for counter, key in self._counted(subscriber):
+            counter[key] += 1
         self.count += 1
         return subscriber
+
+    def _counted(self, subscriber: Subscriber) -> list[tuple[Counter[Any], Any]]:
+        client, mailbox = subscriber.client, subscriber.mailbox
+        return [
+            (self._by_client, client),
+            (self._by_client_mailbox, (client, mailbox)),
+            (self._by_network, network_key(client)),
+        ]
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         group = self._by_mailbox.get(subscriber.mailbox)
         if group is not None and subscriber in group:
             group.discard(subscriber)
             self.count -= 1
-            self._by_client[subscriber.client] -= 1
-            if self._by_client[subscriber.client] <= 0:
-                del self._by_client[subscriber.client]
+            for counter, key in self._counted(subscriber):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
             if not group:
                 del self._by_mailbox[subscriber.mailbox]
 

@@ -1,13 +1,19 @@
-"""Render jobs in worker processes: bounded in memory, time and concurrency.
+"""Render jobs in worker processes: bounded in memory, time and concurrency, shared fairly.
 
 Each job runs in a worker process (`api.renderworker`, a `processes.FramedChild`) that
 limits its own address space; at the deadline the worker is killed, so the work really stops
 (a thread cannot be), and a fresh one takes its place. Two lanes: one worker for small
 messages, so everyday mail renders at once whatever big messages are doing, and
-`render_workers` for the rest. A lane starts its workers at its first job, not with the API:
-an API nobody reads from runs no worker, and the first job waits for the start (not counted
-against its deadline). A lane lets at most `render_queue` jobs wait; one more is `Busy` (the
-API says 503). A job that failed (deadline, memory, a crashed worker) leaves a verdict under
+`render_workers` for the rest. The small lane has a deadline of its own (`SMALL_SECONDS`): a
+job still running then is run again in the general lane, and a message that was slow there
+(`SLOW`) is remembered and rendered in the general lane from then on. Workers run below the
+API (and the receiver) in scheduling priority, the general lane's lowest. A lane starts its
+workers at its first job, not with the API: an API nobody reads from runs no worker, and the
+first job waits for the start (not counted against its deadline). A lane lets at most
+`render_queue` jobs wait (one more is `Busy`: 503), at most `render_queue_per_client` of
+them from one client (one more is `OverShare`: 429), and a freed worker serves the waiting
+clients in turn (`api.fairqueue`). A successful answer is kept (`api.rendercache`: messages
+never change); a job that failed (deadline, memory, a crashed worker) leaves a verdict under
 its key, so asking again answers at once instead of starting the same work; the same job
 asked for while running is run once.
 """
@@ -18,27 +24,42 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Gauge
 
 import processes
 from api.charsets import clean_all
+from api.fairqueue import Busy, FairQueue, OverShare
 from api.limits import ApiLimits
+from api.rendercache import RenderCache, size_of
 from processes import FramedChild, ProcessGone
+
+__all__ = ["SMALL_MESSAGE", "Busy", "Outcome", "OverShare", "RenderPool"]
 
 log = logging.getLogger("floodgate.api")
 
 SMALL_MESSAGE = 64 * 1024  # bytes: rendered in the small lane
 VERDICTS = 4_096  # failed jobs remembered (a few hundred bytes each)
+# Seconds of work past which a small message is rendered in the general lane from then on:
+# everyday mail takes milliseconds, and one slow message must not hold the lane that keeps
+# everyday mail quick.
+SLOW = 0.25
+# The small lane's own deadline: a job still running then is stopped and run again in the
+# general lane (with the whole `render_seconds`), so an everyday read waits behind one
+# crafted message for at most this long, not for the whole render deadline.
+SMALL_SECONDS = 0.5
+SLOW_MESSAGES = 4_096  # message ids remembered as slow (least recently seen out first)
 WORKER = ("-m", "api.renderworker")
-
-
-class Busy(Exception):
-    """Every worker of the lane is busy and its queue is full."""
+# Scheduling priority of the workers (nice(2)), below the API's event loop and the receiver
+# (0): a render is never what makes the MX or an answer from memory slow, and a general
+# lane's job (big or once slow messages) yields the CPU to the small lane's everyday mail.
+SMALL_NICENESS, GENERAL_NICENESS = 5, 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +70,26 @@ class Outcome:
     body: bytes = b""
     failure: str | None = None
     lasting: bool = True  # a failure that says something about the message (cached)
+    seconds: float = 0.0  # the worker's time on it
+    timed_out: bool = False  # stopped at its lane's deadline
 
 
 class Lane:
-    """`size` workers, started at the first job, and a queue of at most `queue` waiting jobs."""
+    """`size` workers, started at the first job, and a queue of at most `queue` waiting jobs,
+    `share` of them from one client."""
 
     def __init__(
-        self, name: str, command: Sequence[str], size: int, queue: int, seconds: float
+        self,
+        name: str,
+        command: Sequence[str],
+        size: int,
+        queue: int,
+        seconds: float,
+        share: int | None = None,
     ) -> None:
         self.name, self.command, self.size = name, tuple(command), size
         self.queue, self.seconds = queue, seconds
-        self.waiting = 0
-        self._idle: asyncio.Queue[FramedChild] = asyncio.Queue()
+        self._idle: FairQueue[FramedChild] = FairQueue(queue, queue if share is None else share)
         self._all: set[FramedChild] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.started = False
@@ -70,6 +99,11 @@ class Lane:
     def workers(self) -> int:
         """Worker processes started and not retired (busy or idle)."""
         return len(self._all)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a worker."""
+        return self._idle.waiting
 
     def _start(self) -> None:
         self.started = True
@@ -93,28 +127,48 @@ class Lane:
                 await _end(worker)
                 return
             self._all.add(worker)
-            self._idle.put_nowait(worker)
+            self._idle.put(worker)
             return
 
-    async def run(self, head: dict[str, Any], body: bytes) -> Outcome:
-        if not self.started:
-            self._start()  # this job waits for the first worker up: never Busy
-        elif self.waiting >= self.queue and self._idle.empty():
-            raise Busy(self.name)
+    def full_for(self, client: str) -> bool:
+        """True when `client` already has its share of this lane's queue waiting."""
+        return self.started and self._idle.full_for(client)
+
+    def reserve(self, client: str, check: bool = True) -> asyncio.Future[FramedChild]:
+        """A place in this lane for a job of `client`, or (with `check`) `Busy` or
+        `OverShare`; the lane's workers start at its first job."""
+        if not self.started:  # the first job waits for the first worker: never refused
+            self._start()
+            check = False
+        return self._idle.reserve(client, check)
+
+    async def run(
+        self,
+        head: dict[str, Any],
+        body: bytes,
+        client: str = "",
+        place: asyncio.Future[FramedChild] | None = None,
+    ) -> Outcome:
+        """Job `head` on `body`, in the `place` reserved for it (or a new one)."""
         for _ in range(self.size + 1):
-            outcome = await self._attempt(head, body)
+            if place is None:
+                place = self._idle.reserve(client, check=False)
+            outcome = await self._attempt(head, body, client, place)
             if outcome is not None:
                 return outcome
+            place = None
         return Outcome({}, failure="the render workers are restarting", lasting=False)
 
-    async def _attempt(self, head: dict[str, Any], body: bytes) -> Outcome | None:
+    async def _attempt(
+        self,
+        head: dict[str, Any],
+        body: bytes,
+        client: str,
+        place: asyncio.Future[FramedChild],
+    ) -> Outcome | None:
         """One worker's answer; None when that worker had died while idle (it never
         saw the job, so the job is not to blame: another worker takes it)."""
-        self.waiting += 1
-        try:
-            worker = await self._idle.get()
-        finally:
-            self.waiting -= 1
+        worker = await self._idle.wait(client, place)
         if not worker.alive:
             self._all.discard(worker)
             await _end(worker)
@@ -122,21 +176,23 @@ class Lane:
                 self._replace()
             return None
         healthy = False
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.seconds):
                 answer, data = await worker.ask(head, body)
             healthy = not answer.pop("retire", False)
             failure = answer.pop("failed", None)
-            return Outcome(clean_all(answer), data, failure)
+            return Outcome(clean_all(answer), data, failure, seconds=time.monotonic() - started)
         except TimeoutError:
             log.warning("event=render_deadline lane=%s seconds=%g", self.name, self.seconds)
-            return Outcome({}, failure=f"rendering took longer than {self.seconds:g}s")
+            failure = f"rendering took longer than {self.seconds:g}s"
+            return Outcome({}, failure=failure, seconds=self.seconds, timed_out=True)
         except (ProcessGone, ConnectionError, ValueError):
             log.warning("event=render_worker_died lane=%s", self.name)
             return Outcome({}, failure="the render worker failed (out of memory?)")
         finally:
             if healthy:
-                self._idle.put_nowait(worker)
+                self._idle.put(worker)
             else:
                 self._all.discard(worker)
                 await _end(worker)
@@ -148,6 +204,7 @@ class Lane:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._idle.take_idle()
         workers, self._all = list(self._all), set()
         for worker in workers:
             worker.kill()
@@ -167,7 +224,8 @@ def _counter(lane: Lane) -> Callable[[], float]:
 
 
 class RenderPool:
-    """The API's render workers: a small lane, a general lane, verdicts, single flight."""
+    """The API's render workers: a small lane, a general lane, answers kept, verdicts,
+    single flight."""
 
     def __init__(
         self,
@@ -176,13 +234,18 @@ class RenderPool:
         registry: CollectorRegistry | None = None,
     ) -> None:
         command = command or (sys.executable, *WORKER)
-        command = (*command, str(limits.render_memory))
-        self.small = Lane("small", command, 1, limits.render_queue, limits.render_seconds)
+        small = (*command, str(limits.render_memory), str(SMALL_NICENESS))
+        general = (*command, str(limits.render_memory), str(GENERAL_NICENESS))
+        queue, share = limits.render_queue, limits.render_queue_per_client
+        small_seconds = min(limits.render_seconds, SMALL_SECONDS)
+        self.small = Lane("small", small, 1, queue, small_seconds, share)
         self.general = Lane(
-            "general", command, limits.render_workers, limits.render_queue, limits.render_seconds
+            "general", general, limits.render_workers, queue, limits.render_seconds, share
         )
+        self.answers = RenderCache(limits.render_cache)
         self._verdicts: OrderedDict[str, str] = OrderedDict()
         self._running: dict[str, asyncio.Future[Outcome]] = {}
+        self._slow: LRUCache[str, bool] = LRUCache(SLOW_MESSAGES)
         if registry is not None:
             gauge = Gauge(
                 "floodgate_render_workers",
@@ -197,27 +260,75 @@ class RenderPool:
         await self.small.close()
         await self.general.close()
 
-    async def run(self, key: str, head: dict[str, Any], raw: bytes) -> Outcome:
-        """The answer to job `head` on message `raw`; `key` names the job (message id and
-        what is asked), for its verdict and to join a run of the same job."""
+    def over_share(self, client: str) -> bool:
+        """True when `client` has its share waiting in a lane: the API then refuses its next
+        render before reading the message from the store (a refused read costs nothing)."""
+        return self.small.full_for(client) or self.general.full_for(client)
+
+    def lane(self, message: str, raw: bytes) -> Lane:
+        """The general lane for a big message, or one that was slow in the small lane."""
+        if len(raw) > SMALL_MESSAGE or message in self._slow:
+            return self.general
+        return self.small
+
+    async def run(self, key: str, head: dict[str, Any], raw: bytes, client: str = "") -> Outcome:
+        """The answer to job `head` on message `raw`; `key` names the job (`<message
+        id>/<what is asked>`), for its kept answer or verdict and to join a run of the same
+        job; `client` (see `api.push.client_key`) for its share of the queue: `Busy` or
+        `OverShare` when there is no room for it."""
+        kept = self.answers.get(key)
+        if kept is not None:
+            assert isinstance(kept, Outcome)
+            return kept
         verdict = self._verdicts.get(key)
         if verdict is not None:
             return Outcome({}, failure=verdict)
         running = self._running.get(key)
         if running is None:
-            lane = self.small if len(raw) <= SMALL_MESSAGE else self.general
-            running = asyncio.ensure_future(lane.run(head, raw))
+            message = key.partition("/")[0]
+            lane = self.lane(message, raw)
+            place = lane.reserve(client)
+            running = asyncio.ensure_future(self._job(message, lane, head, raw, client, place))
             self._running[key] = running
-            running.add_done_callback(lambda done: self._finished(key, done))
+            running.add_done_callback(lambda done: self._finished(key, lane, done))
         # Shielded: a client that goes away does not abandon a job others may wait for.
         return await asyncio.shield(running)
 
-    def _finished(self, key: str, done: asyncio.Future[Outcome]) -> None:
+    async def _job(
+        self,
+        message: str,
+        lane: Lane,
+        head: dict[str, Any],
+        raw: bytes,
+        client: str,
+        place: asyncio.Future[FramedChild],
+    ) -> Outcome:
+        outcome = await lane.run(head, raw, client, place)
+        if lane is self.small and outcome.timed_out and self.general.seconds > lane.seconds:
+            self._slow[message] = True  # its other jobs go straight to the general lane
+            # Admitted already: its new place is not refused.
+            moved = self.general.reserve(client, check=False)
+            outcome = await self.general.run(head, raw, client, moved)
+        return outcome
+
+    def forget(self, message: str) -> None:
+        """Drop what is kept about `message` (it was deleted)."""
+        self.answers.forget(message)
+        prefix = f"{message}/"
+        for key in [key for key in self._verdicts if key.startswith(prefix)]:
+            del self._verdicts[key]
+        self._slow.pop(message, None)
+
+    def _finished(self, key: str, lane: Lane, done: asyncio.Future[Outcome]) -> None:
         self._running.pop(key, None)
         if done.cancelled() or done.exception() is not None:
             return
-        failure = done.result().failure
-        if failure is not None and done.result().lasting:
-            self._verdicts[key] = failure
+        outcome = done.result()
+        if lane is self.small and (outcome.seconds > SLOW or outcome.failure is not None):
+            self._slow[key.partition("/")[0]] = True
+        if outcome.failure is None:
+            self.answers.put(key, outcome, len(outcome.body) + size_of(outcome.head))
+        elif outcome.lasting:
+            self._verdicts[key] = outcome.failure
             while len(self._verdicts) > VERDICTS:
                 self._verdicts.popitem(last=False)

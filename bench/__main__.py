@@ -1,7 +1,7 @@
 """`python -m bench [suite ...] [--quick] [--out DIR]`: run the suites, write JSON + Markdown.
 
-Suites: throughput, abuse, blocklist, push, webhooks, tls, spool, screen, render, workers,
-auth, cost, scale, wait, attacks.
+Suites: throughput, abuse, blocklist, push, webhooks, tls, spool, screen, render, fair,
+workers, auth, cost, scale, wait, attacks.
 Results of every suite run land in one `latest.json` and `latest.md` under `--out` (default
 bench/results). A suite whose result lists `failures` with `enforced` set (a goal it checks
 and missed) makes the exit status 1, once every report is written.
@@ -26,6 +26,7 @@ from bench import (
     auth,
     blocklist,
     cost,
+    fair,
     push,
     render,
     scale,
@@ -48,6 +49,7 @@ SUITES: dict[str, ModuleType] = {
     "spool": spool,
     "screen": screen,
     "render": render,
+    "fair": fair,
     "workers": workers,
     "auth": auth,
     "cost": cost,

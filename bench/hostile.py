@@ -116,3 +116,26 @@ def parameter_bomb(parts: int = 99) -> bytes:
     part = b"--b\r\nContent-Type: text/plain; " + params + b"\r\n\r\nx\r\n"
     head = b'Subject: parameters\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
     return head + part * parts + b"--b--\r\n"
+
+
+def dashes(size: int = 32_000) -> bytes:
+    """A text body of `A-A-A-...` after the word "code": 3.5 s in the links' code pattern
+    while its lookahead was unbounded (quadratic)."""
+    body = b"Your code:\r\n" + b"\r\n".join([b"A-" * 400] * (size // 800)) + b"\r\n"
+    return b"Subject: dashes\r\nContent-Type: text/plain\r\n\r\n" + body
+
+
+def linked_images(count: int = 100_000) -> bytes:
+    """One link around `count` images: the anchor text was summed again at every text node
+    (quadratic: the render deadline at 100,000)."""
+    html = b"<a href='https://example.org/'>" + b"<img>x" * count + b"</a>"
+    head = b"Subject: images\r\nContent-Type: text/html\r\n\r\n"
+    return head + b"\r\n".join(html[i : i + 900] for i in range(0, len(html), 900)) + b"\r\n"
+
+
+def semicolons(parts: int = 29, count: int = 1_000) -> bytes:
+    """Parts whose Content-Type has `count` valueless parameters (`;a` each: ~60 KB in all,
+    a small message): 0.5 s a view before parameters were counted before parsing."""
+    part = b"--b\r\nContent-Type: text/plain" + b";a" * count + b"\r\n\r\nx\r\n"
+    head = b'Subject: semicolons\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    return head + part * parts + b"--b--\r\n"

@@ -118,8 +118,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         env = {"FLOODGATE_MONGODB_URI": uri, "FLOODGATE_MESSAGE_RATE": "0"}
         receiver = start_service("receiver", env, Path(directory))
         # Capacity, not fairness: every subscriber here comes from one address, so the
-        # per-client cap (20 streams by default) is lifted to the process's global cap.
-        capacity = {"FLOODGATE_PUSH_PER_CLIENT": str(SUBSCRIBER_TARGET)}
+        # per-client and per-network caps (20 and 100 streams by default) are lifted to the
+        # process's global cap.
+        capacity = {
+            "FLOODGATE_PUSH_PER_CLIENT": str(SUBSCRIBER_TARGET),
+            "FLOODGATE_PUSH_PER_NETWORK": str(SUBSCRIBER_TARGET),
+        }
         api = start_service("api", {**env, **capacity}, Path(directory))
         try:
             # Subscribers first: the latency listener below stays connected to the end.

@@ -279,13 +279,22 @@ class Settings(BaseSettings):
     auth_cache_size: int = Field(10_000, ge=1, le=10_000_000)
     auth_cache_ttl: float = Field(300.0, ge=1, le=86_400)
 
-    # API limits (rendering, live push): default and range declared once, in api/limits.py.
+    # API limits (rendering, reads, live push): default and range declared once, in
+    # api/limits.py.
     render_workers: int = api_limit("render_workers")
     render_queue: int = api_limit("render_queue")
+    render_queue_per_client: int = api_limit("render_queue_per_client")
     render_seconds: float = api_limit("render_seconds")
     render_memory: int = api_limit("render_memory")
+    render_cache: int = api_limit("render_cache")
     push_per_client: int = api_limit("push_per_client")
     push_per_mailbox: int = api_limit("push_per_mailbox")
+    push_per_client_mailbox: int = api_limit("push_per_client_mailbox")
+    push_per_network: int = api_limit("push_per_network")
+    read_rate: float = api_limit("read_rate")
+    read_burst: int = api_limit("read_burst")
+    downloads_per_client: int = api_limit("downloads_per_client")
+    send_timeout: float = api_limit("send_timeout")
 
     # Webhooks (webhooks/): bounds declared once, in webhooks/limits.py.
     webhook_timeout: float = webhook_limit("webhook_timeout")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from api.limits import ApiLimits
-from api.push import QUEUE, Full, Hub, client_key
+from api.push import QUEUE, Full, Hub, client_key, network_key
 from mailstore.message import MessageDocument
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH
@@ -181,3 +181,40 @@ def test_clients_are_ipv4_addresses_and_ipv6_slash_64s() -> None:
     assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9")
     assert client_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+
+
+def test_one_client_cannot_hold_every_stream_of_a_mailbox() -> None:
+    hub = Hub(ApiLimits(push_per_mailbox=20, push_per_client_mailbox=4))
+    for _ in range(4):
+        hub.subscribe("owner@mx.test", "198.51.100.66")
+    with pytest.raises(Full) as full:
+        hub.subscribe("owner@mx.test", "198.51.100.66")
+    assert full.value.status == 429 and "on this mailbox" in str(full.value)
+    hub.subscribe("owner@mx.test", "192.0.2.1")  # the mailbox's owner still gets in
+    hub.subscribe("other@mx.test", "198.51.100.66")  # and the client on other mailboxes
+
+
+def test_one_network_cannot_take_every_slot() -> None:
+    hub = Hub(ApiLimits(push_per_network=10), total=1_000)
+    for n in range(10):  # ten addresses of one /24, one stream each
+        hub.subscribe(f"m{n}@mx.test", f"203.0.113.{n}")
+    with pytest.raises(Full) as full:
+        hub.subscribe("m@mx.test", "203.0.113.200")
+    assert full.value.status == 429 and "network" in str(full.value)
+    hub.subscribe("m@mx.test", "203.0.114.1")  # the next /24 is another network
+    # IPv6: a /48 is one network, whichever /64 of it the client is.
+    for n in range(10):
+        hub.subscribe(f"v{n}@mx.test", client_key(f"2001:db8:1:{n}::1"))
+    with pytest.raises(Full):
+        hub.subscribe("v@mx.test", client_key("2001:db8:1:ff::1"))
+    hub.subscribe("v@mx.test", client_key("2001:db8:2::1"))
+
+
+def test_a_networks_slots_come_back_when_its_streams_end() -> None:
+    hub = Hub(ApiLimits(push_per_network=2))
+    first = hub.subscribe("a@mx.test", "203.0.113.1")
+    hub.subscribe("b@mx.test", "203.0.113.2")
+    hub.unsubscribe(first)
+    hub.subscribe("c@mx.test", "203.0.113.3")
+    assert network_key("203.0.113.3") == "203.0.113.0/24"
+    assert network_key(client_key("2001:db8:1:2::1")) == "2001:db8:1::/48"

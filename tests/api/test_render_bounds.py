@@ -166,20 +166,30 @@ def test_the_api_runs_no_render_worker_until_a_message_is_read(
 
 
 def test_eight_crafted_messages_in_parallel_leave_small_mail_its_normal_time(
-    shared_receiver: ServiceProcess, api: ServiceProcess, client_ip: str
+    shared_receiver: ServiceProcess, make_api: ServiceFactory, client_ip: str
 ) -> None:
+    # The storm and the small reads come from one client: here its share of a lane's queue
+    # is the whole queue (shares between clients: test_renderpool.py, bench fair).
+    api = make_api(render_queue_per_client=DEFAULTS.render_queue)
     crafted = [raw for name, raw in bombs().items() if name != "big_attachment"]
     crafted.append(big_attachment(1_000_000)[0])
     heavy = [deliver(shared_receiver, "heavy@mx.test", raw, source=client_ip) for raw in crafted]
     assert len(heavy) == 8
-    small = deliver(
-        shared_receiver, "heavy@mx.test", b"Subject: hi\r\n\r\nsmall\r\n", source=client_ip
-    )
-    normal = min(timed(api, small)[0] for _ in range(3))
+    # Four small messages, each read once: a render every time, never a kept answer.
+    small = [
+        deliver(
+            shared_receiver,
+            "heavy@mx.test",
+            b"Subject: hi %d\r\n\r\nsmall\r\n" % n,
+            source=client_ip,
+        )
+        for n in range(4)
+    ]
+    normal = min(timed(api, message_id)[0] for message_id in small[:3])
     with ThreadPoolExecutor(9) as pool:
         storm = [pool.submit(fetch, api, message_id) for message_id in heavy]
         time.sleep(0.3)  # the storm has started
-        during, answer = timed(api, small)
+        during, answer = timed(api, small[3])
         answers = [future.result() for future in storm]
     assert answer.status_code == 200 and answer.json()["text"] == "small\n"
     print(f"small message: {normal * 1000:.0f} ms alone, {during * 1000:.0f} ms in the storm")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.limits import MIB, ApiLimits
-from api.renderpool import SMALL_MESSAGE, Busy, RenderPool
+from api.renderpool import SMALL_MESSAGE, SMALL_SECONDS, Busy, OverShare, RenderPool
 from tests.api.test_render import mime
 from tests.support.processes import children_running
 
@@ -169,3 +169,57 @@ def test_random_bytes_and_mime_trees_render_within_the_workers_bounds(
     assert answer.failure is None or answer.failure in KNOWN_FAILURES, answer.failure
     if answer.failure is None:
         json.dumps(answer.head["view"], ensure_ascii=False).encode("utf-8")
+
+
+async def test_a_successful_answer_is_kept_and_forgotten_with_its_message(
+    pool: RenderPool,
+) -> None:
+    first = await pool.run("kept/echo", {"job": "echo"}, b"hi")
+    await pool.small.close()  # no worker left: only a kept answer can answer now
+    assert await pool.run("kept/echo", {"job": "echo"}, b"hi") is first
+    pool.forget("kept")
+    assert pool.answers.get("kept/echo") is None
+
+
+async def test_a_message_slow_in_the_small_lane_is_rendered_in_the_general_lane_after(
+    pool: RenderPool,
+) -> None:
+    small = b"x" * 100
+    assert pool.lane("slow", small) is pool.small
+    outcome = await pool.run("slow/spin", {"job": "spin"}, small)
+    assert outcome.failure == "rendering took longer than 0.5s"
+    assert pool.lane("slow", small) is pool.general and pool.lane("other", small) is pool.small
+    answer = await asyncio.wait_for(pool.run("slow/echo", {"job": "echo"}, small), 10)
+    assert answer.body == small and pool.general.workers == 1  # its lane started for it
+
+
+async def test_past_its_share_of_a_lane_a_client_is_refused_while_another_still_queues() -> None:
+    limits = ApiLimits(render_workers=1, render_queue=8, render_queue_per_client=2)
+    pool = RenderPool(limits, COMMAND)
+    try:
+        await pool.run("warm", {"job": "echo"}, b"x")
+        # One of the greedy client's jobs on the worker, two more waiting: its share.
+        jobs = [
+            asyncio.ensure_future(pool.run(f"g{n}/echo", {"job": "echo"}, b"x", "greedy"))
+            for n in range(3)
+        ]
+        await asyncio.sleep(0)
+        with pytest.raises(OverShare):
+            await pool.run("g3/echo", {"job": "echo"}, b"x", "greedy")
+        mine = await asyncio.wait_for(pool.run("e/echo", {"job": "echo"}, b"e", "everyday"), 10)
+        assert mine.body == b"e"
+        await asyncio.gather(*jobs)
+    finally:
+        await pool.close()
+
+
+async def test_a_job_past_the_small_lanes_deadline_is_run_again_in_the_general_lane() -> None:
+    pool = RenderPool(ApiLimits(render_workers=1, render_seconds=1.0), COMMAND)
+    try:
+        assert pool.small.seconds == SMALL_SECONDS < pool.general.seconds
+        outcome = await pool.run("crafted/spin", {"job": "spin"}, b"x")
+        # Stopped in the small lane at 0.5 s, then given the whole deadline in the other.
+        assert outcome.failure == "rendering took longer than 1s"
+        assert pool.general.started and pool.lane("crafted", b"x") is pool.general
+    finally:
+        await pool.close()
