@@ -56,10 +56,11 @@ SLOW = 0.25
 SMALL_SECONDS = 0.5
 SLOW_MESSAGES = 4_096  # message ids remembered as slow (least recently seen out first)
 WORKER = ("-m", "api.renderworker")
-# Scheduling priority of the workers (nice(2)), below the API's event loop and the receiver
-# (0): a render is never what makes the MX or an answer from memory slow, and a general
-# lane's job (big or once slow messages) yields the CPU to the small lane's everyday mail.
-SMALL_NICENESS, GENERAL_NICENESS = 5, 15
+# Scheduling priority of the workers (nice(2)): the API's own (0). A render's deadline is
+# wall-clock time; a lower priority made ordinary renders miss it on any busy host (a 0.25 s
+# links job of a 5,000-link message took over 3 s at 15 beside a busy receiver: a 504), and
+# what keeps one reader from another is each lane's queue share, not the CPU's scheduler.
+SMALL_NICENESS, GENERAL_NICENESS = 0, 0
 
 
 @dataclass(frozen=True, slots=True)

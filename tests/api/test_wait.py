@@ -9,11 +9,13 @@ import os
 import re
 import secrets
 import shutil
+import smtplib
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +31,7 @@ from floodgate.cli import build_parser
 from mailstore.ids import id_floor
 from tests.conftest import ADMIN_TOKEN
 from tests.support.api import AUTH, deliver
+from tests.support.postfix import private_postfix
 from tests.support.processes import ServiceProcess, clean_environ
 from tests.support.smtp import smtp_from, wait_for
 
@@ -140,28 +143,42 @@ def test_bad_criteria_are_422_and_no_token_is_401(shared_api: ServiceProcess) ->
 def test_waiters_take_the_live_streams_share_and_all_hear_one_message(
     shared_receiver: ServiceProcess, shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    # 20 waiters: the default share per client (and per mailbox). A 21st is refused.
-    pending = [waiting(shared_api, "crowd@mx.test", timeout=30) for _ in range(20)]
-    deadline = time.monotonic() + 10
-    refused = wait(shared_api, "crowd@mx.test", timeout=0)
-    while refused.status_code != 429 and time.monotonic() < deadline:
-        refused = wait(shared_api, "crowd@mx.test", timeout=0)
-    assert refused.status_code == 429, refused.text
+    # A client holds at most 4 live streams on one mailbox (FLOODGATE_PUSH_PER_CLIENT_MAILBOX)
+    # and 20 in all (FLOODGATE_PUSH_PER_CLIENT); waits take the same slots.
+    mailboxes = [f"crowd{n}@mx.test" for n in range(5)]
+    pending = {mailboxes[0]: [waiting(shared_api, mailboxes[0], timeout=30) for _ in range(4)]}
+    refused = refusal(shared_api, mailboxes[0])
+    assert refused.json() == {"error": "too many live streams from this client on this mailbox"}
     assert refused.headers["retry-after"] == "5"
-    # The client's share and the mailbox's are both 20: the client's is checked first.
+    for mailbox in mailboxes[1:]:
+        pending[mailbox] = [waiting(shared_api, mailbox, timeout=30) for _ in range(4)]
+    refused = refusal(shared_api, "crowd-more@mx.test")
     assert refused.json() == {"error": "too many live streams from this client"}
-    sent = deliver(shared_receiver, "crowd@mx.test", SIGNUP, source=client_ip)
-    answers = [p.result(timeout=20) for p in pending]
-    assert {(a.status_code, a.json()["message"]["id"]) for a in answers} == {(200, sent)}
+    # One message to each mailbox answers every one of its waiters.
+    for mailbox, waiters in pending.items():
+        sent = deliver(shared_receiver, mailbox, SIGNUP, source=client_ip)
+        answers = [p.result(timeout=20) for p in waiters]
+        assert {(a.status_code, a.json()["message"]["id"]) for a in answers} == {(200, sent)}
     assert threading.active_count() < 50
 
 
-class Shop:
-    """A site's sign-up: it mails a one-time code (smtplib, to the real receiver) and
-    accepts that code, once."""
+def refusal(api: ServiceProcess, mailbox: str) -> httpx.Response:
+    """The 429 a wait on `mailbox` gets once the waits started before it hold their slots
+    (each subscribes as its request arrives: polled, within 10 s)."""
+    deadline = time.monotonic() + 10
+    answer = wait(api, mailbox, timeout=0)
+    while answer.status_code != 429 and time.monotonic() < deadline:
+        answer = wait(api, mailbox, timeout=0)
+    assert answer.status_code == 429, answer.text
+    return answer
 
-    def __init__(self, receiver: ServiceProcess, source: str) -> None:
-        self.receiver, self.source = receiver, source
+
+class Shop:
+    """A site's sign-up: it mails a one-time code (through `connect`: an SMTP client to the
+    real receiver, or to the site's own MTA) and accepts that code, once."""
+
+    def __init__(self, connect: Callable[[], smtplib.SMTP]) -> None:
+        self.connect = connect
         self.pending: dict[str, str] = {}
 
     def sign_up(self, address: str) -> None:
@@ -171,7 +188,7 @@ class Shop:
             f"Welcome!\n\nYour verification code is {code}. It expires in 10 minutes.\n"
             "Or confirm at https://shop.example/confirm\n"
         )
-        with smtp_from(self.receiver, self.source) as smtp:
+        with self.connect() as smtp:
             smtp.sendmail(
                 "noreply@shop.example",
                 [address],
@@ -204,7 +221,7 @@ def test_a_script_signs_up_with_the_code_floodgate_wait_prints(
     client_ip: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    shop = Shop(shared_receiver, client_ip)
+    shop = Shop(lambda: smtp_from(shared_receiver, client_ip))
     since = datetime.now(UTC).isoformat()
     shop.sign_up("me@mx.test")
     status, out, err = floodgate_wait(
@@ -213,6 +230,39 @@ def test_a_script_signs_up_with_the_code_floodgate_wait_prints(
     assert status == 0, err
     assert "floodgate wait: code from message" in err
     assert shop.confirm("me@mx.test", out.strip())
+
+
+def test_a_sign_up_a_private_postfix_delivers_with_tls_is_confirmed_with_one_wait(
+    shared_receiver: ServiceProcess,
+    shared_api: ServiceProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # The shop's mail goes out through its own MTA, a stock Postfix at its defaults with
+    # TLS required, to the real receiver; the script's one call is the whole wait.
+    relayhost = f"[{shared_receiver.host}]:{shared_receiver.port}"
+    with private_postfix(
+        tmp_path / "postfix", relayhost=relayhost, smtp_tls_security_level="encrypt"
+    ) as postfix:
+        shop = Shop(postfix.smtp)
+        since = datetime.now(UTC).isoformat()
+        shop.sign_up("newcomer@mx.test")
+        status, out, err = floodgate_wait(
+            shared_api,
+            monkeypatch,
+            "newcomer@mx.test",
+            "--subject",
+            "confirm",
+            "--since",
+            since,
+            "--timeout",
+            "60",
+        )
+        assert status == 0, err + postfix.log()[-3000:]
+        assert shop.confirm("newcomer@mx.test", out.strip())
+        assert postfix.wait_settled(30) == []
+        # Sent once, and over TLS: at `encrypt` Postfix defers rather than send in clear.
+        assert postfix.statuses()["sent"] == 1
 
 
 def test_floodgate_wait_exits_1_at_its_timeout_and_2_when_refused(
@@ -278,12 +328,14 @@ def test_each_readme_client_example_prints_the_code_of_the_mail_it_waited_for(
 
 
 def test_a_caller_that_hangs_up_frees_its_slot_at_once(shared_api: ServiceProcess) -> None:
-    request = (
-        f"GET /v1/mailboxes/gone@mx.test/wait?timeout=60 HTTP/1.1\r\nHost: t\r\n"
-        f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
-    ).encode()
     held = []
-    for _ in range(20):  # the client's whole share, each held for up to 60 s
+    # The client's whole share (20), four on each of five mailboxes (the most one client
+    # may hold on one), each held for up to 60 s.
+    for n in range(20):
+        request = (
+            f"GET /v1/mailboxes/gone{n % 5}@mx.test/wait?timeout=60 HTTP/1.1\r\nHost: t\r\n"
+            f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+        ).encode()
         sock = socket.create_connection((shared_api.host, shared_api.port))
         sock.sendall(request)
         held.append(sock)

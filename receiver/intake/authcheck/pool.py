@@ -2,9 +2,9 @@
 
 RSA and ed25519 verification and the canonicalization and hashing of a body are CPU work a
 sender controls (size, number of signatures): they run in worker processes
-(`receiver.intake.authcheck.worker`), never on the loop. The workers start at the first job,
-not with the receiver: a receiver that is never sent a signature runs none, and the first
-jobs wait for the start (within their callers' deadlines; the start goes on if those pass).
+(`receiver.intake.authcheck.worker`), never on the loop. The workers start with the checks
+(only a receiver with authentication checks on has them), in the background; jobs that come
+first wait for the start (within their callers' deadlines; the start goes on if those pass).
 At most `queue` verifications wait or run at once; one more gets `None` at once (a
 temperror), never a wait.
 
@@ -73,11 +73,14 @@ class Verifier:
         self.closed = False
 
     async def start(self, now: bool = False) -> None:
-        """Nothing to do yet: the workers start at the first job (see `verify`); with
-        `now`, every worker is started and up when this returns."""
-        if now and self._starting is None:
+        """Begin starting every worker, in the background: the receiver does not wait for
+        them, and mail that comes before they are up waits for them within its deadline
+        (a start at the first job instead put the whole start inside the first message's
+        deadline: on a busy host its signatures were `temperror`). With `now`, every worker
+        is up when this returns."""
+        if self._starting is None:
             self._starting = self._track(self._start_all())
-        if now and self._starting is not None:
+        if now:
             await asyncio.wait({self._starting})
 
     async def _start_all(self) -> None:
