@@ -127,7 +127,7 @@ def test_the_console_removes_every_automatic_ban_at_once(
     assert httpx.post(f"{api.http_url}/v1/blocklist", json=manual, headers=AUTH).status_code == 201
 
     browser.get(f"{api.http_url}/console#token={ADMIN_TOKEN}")
-    wait = WebDriverWait(browser, 15)
+    wait = WebDriverWait(browser, 45)  # a loaded host: the console polls its snapshot
     rows = "#blocklist tbody tr"
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 3)
     browser.find_element(By.ID, "search").send_keys("127.0.33.2")
