@@ -80,6 +80,7 @@ class MessageStore:
         self.messages: AsyncCollection[Document] = self.db[MESSAGES]
         self.entries: AsyncCollection[Document] = self.db[ENTRIES]
         self.engine: Engine | None = None  # known once the store has answered
+        self._report = report
         self._read_slots = asyncio.Semaphore(READS_IN_FLIGHT)
         self._batcher = InsertBatcher(
             self.messages,
@@ -384,7 +385,11 @@ class MessageStore:
             await self._run(queries.expired_entries(now))
             deleted = await self._run(queries.expired_messages(now))
         if deleted and (await self._engine()).keeps_freed_pages:
-            await self.compact()
+            try:
+                await self.compact()
+            except PyMongoError as error:  # housekeeping: the deletes stand; a later sweep
+                if self._report is not None:  # that deletes compacts again
+                    self._report("store_compact_failed", error=type(error).__name__)
         return deleted
 
     async def index_unindexed(self, limit: int) -> int:

@@ -16,6 +16,9 @@ const state = {
 };
 
 function status(text) { $("#status").textContent = text; }
+// What the operator's last action did: kept apart from the polled status line, which a
+// poll would otherwise overwrite before it is read.
+function done(text) { $("#done").textContent = text; }
 
 function clock(seconds) { return new Date(seconds * 1000).toLocaleTimeString(); }
 
@@ -56,7 +59,7 @@ function button(text, action) {
   const b = document.createElement("button");
   b.type = "button";
   b.textContent = text;
-  b.addEventListener("click", () => action().catch((e) => status(e.message)));
+  b.addEventListener("click", () => action().catch((e) => done(e.message)));
   return b;
 }
 
@@ -181,7 +184,7 @@ async function ban(key) {
   const body = { cidr: key, reason: $("#reason").value.trim() };
   if (ttl) body.ttl_seconds = Number(ttl);
   await api("/v1/blocklist", { method: "POST", body: JSON.stringify(body) });
-  status(`banned ${key}`);
+  done(`banned ${key}`);
   await refresh();
   await loadBlocklist();
 }
@@ -190,7 +193,7 @@ async function unban(key) {
   const check = await (await api(`/v1/blocklist/check/${encodeURIComponent(key.split("/")[0])}`)).json();
   if (!check.entry) return;
   await api(`/v1/blocklist/${encodeURIComponent(check.entry.cidr)}`, { method: "DELETE" });
-  status(`unbanned ${check.entry.cidr}`);
+  done(`unbanned ${check.entry.cidr}`);
   await refresh();
   await loadBlocklist();
 }
@@ -240,7 +243,7 @@ function showBlocklist() {
 
 async function clearAutomatic() {
   const result = await (await api("/v1/blocklist?source=auto", { method: "DELETE" })).json();
-  status(`removed ${result.removed} automatic bans`);
+  done(`removed ${result.removed} automatic bans`);
   await loadBlocklist();
 }
 
@@ -295,8 +298,8 @@ function start() {
     connect();
   });
   $("#search").addEventListener("input", showBlocklist);
-  $("#source").addEventListener("change", () => loadBlocklist().catch((e) => status(e.message)));
-  $("#clear-auto").addEventListener("click", () => clearAutomatic().catch((e) => status(e.message)));
+  $("#source").addEventListener("change", () => loadBlocklist().catch((e) => done(e.message)));
+  $("#clear-auto").addEventListener("click", () => clearAutomatic().catch((e) => done(e.message)));
   if (state.token) connect();
 }
 

@@ -134,7 +134,7 @@ def test_the_console_removes_every_automatic_ban_at_once(
     assert len(browser.find_elements(By.CSS_SELECTOR, rows)) == 1
     browser.find_element(By.ID, "search").clear()
     browser.find_element(By.ID, "clear-auto").click()
-    wait.until(lambda d: d.find_element(By.ID, "status").text == "removed 2 automatic bans")
+    wait.until(lambda d: d.find_element(By.ID, "done").text == "removed 2 automatic bans")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 1)
     left = httpx.get(f"{api.http_url}/v1/blocklist", headers=AUTH).json()["entries"]
     assert [e["cidr"] for e in left] == ["198.51.100.0/24"]

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from mailstore import MessageDocument, MessageStore, StoreConfig, new_message_id, utcnow
 from mailstore.engine import Engine
@@ -147,6 +148,30 @@ async def test_the_sweep_indexes_messages_stored_before_the_index_and_expires_th
     for box in ("old@mx.test", "old2@mx.test"):
         assert [m.id for m in await store.list_mailbox(box)] == [legacy[0]["_id"]]
     assert await store.db[ENTRIES].count_documents({}) == 1
+
+
+class CompactionCut(MessageStore):
+    """A store whose compaction is cut off mid-way, as the driver cuts an operation when
+    its monitor loses the server (a heartbeat timed out while the store was busy)."""
+
+    async def compact(self) -> int:
+        raise AutoReconnect("operation cancelled")
+
+
+async def test_a_compaction_cut_off_leaves_the_sweeps_deletes_counted_and_says_so(
+    store: MessageStore,
+) -> None:
+    reported: list[str] = []
+    sweeper = CompactionCut(
+        store.client, store.config, lambda event, **fields: reported.append(event)
+    )
+    earlier = utcnow() - timedelta(hours=1)
+    await store.messages.insert_many(
+        [{"_id": new_message_id(), "rcpt": ["cut@mx.test"], "expires_at": earlier}]
+    )
+    assert await sweeper.sweep_expired("sweeper", 60) == 1
+    compacts = (await store._engine()).keeps_freed_pages  # MongoDB frees pages itself
+    assert reported == (["store_compact_failed"] if compacts else [])
 
 
 async def test_expired_messages_and_their_entries_are_swept(store: MessageStore) -> None:

@@ -101,11 +101,20 @@ class _Handler(socketserver.BaseRequestHandler):
             stray.header.id, stray.header.qr = query.header.id, 1
             packed = bytes(stray.pack())
             for _ in range(200):
-                sock.sendto(packed, self.client_address)
+                _send(sock, packed, self.client_address)
             record = Record("a", record.values)
         answer = _answer(query, name, record)
         if answer is not None:
-            sock.sendto(answer, self.client_address)
+            _send(sock, answer, self.client_address)
+
+
+def _send(sock: Any, data: bytes, address: Any) -> None:
+    """Answer, unless the server was stopped while this answer waited (a delayed record):
+    its socket is closed then, and nobody is asking any more."""
+    try:
+        sock.sendto(data, address)
+    except OSError:
+        pass
 
 
 def _answer(query: Any, name: str, record: Record | None) -> bytes | None:
