@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import errno
-
 import uvicorn
 
 from api.app import ApiConfig, create_app
 from api.push import MAX_SUBSCRIBERS
-from floodgate.errors import fail, not_yet
-from floodgate.settings import Settings, cannot_bind, parse_hostport
+from floodgate.errors import fail, must_listen
+from floodgate.settings import Settings, parse_hostport
 
 
 def main(settings: Settings, token: str) -> None:
@@ -29,7 +27,7 @@ def main(settings: Settings, token: str) -> None:
         )
     )
     host, port = parse_hostport(settings.api_listen)
-    _address_is_ours(host, port)
+    must_listen("api", host, port)
     config = uvicorn.Config(
         app,
         host=host,
@@ -47,11 +45,3 @@ def main(settings: Settings, token: str) -> None:
     if not server.started:  # uvicorn logs why (e.g. the address is in use) and returns
         raise SystemExit(2)
 
-
-def _address_is_ours(host: str, port: int) -> None:
-    """Exit 1 (systemd retries) when `host` is not an address of this host yet, as at boot
-    before the network is up; uvicorn would log it and stop with 2, never retried."""
-    error = cannot_bind(host, port)
-    if error is not None and error.errno == errno.EADDRNOTAVAIL:
-        not_yet(f"floodgate api: cannot listen on {host}:{port}: {error.strerror}")
-    # Anything else (the port is taken, ...): uvicorn says it and stops.

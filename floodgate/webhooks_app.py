@@ -13,7 +13,7 @@ import uvloop
 from pymongo.errors import PyMongoError
 
 from api.renderpool import RenderPool
-from floodgate.errors import fail
+from floodgate.errors import fail, must_listen
 from floodgate.settings import Settings, parse_hostport
 from mailstore import MessageStore
 from mailstore.webhooks import WebhookStore
@@ -81,4 +81,5 @@ async def _ensure_indexes(hooks: WebhookStore) -> None:
 def main(settings: Settings) -> None:
     if not settings.mongodb_uri:
         fail("floodgate webhooks needs FLOODGATE_MONGODB_URI (or use `floodgate run`)")
+    must_listen("webhooks", *parse_hostport(settings.webhooks_http_listen))
     uvloop.run(serve(settings, settings.mongodb_uri))

@@ -55,7 +55,11 @@ def test_haproxy_config_is_valid_once_filled_in_and_refuses_to_start_without() -
 
 def test_systemd_units_verify_and_are_hardened(tmp_path: Path) -> None:
     units = sorted((DEPLOY / "systemd").glob("*.service"))
-    assert [u.name for u in units] == ["floodgate-api.service", "floodgate-receiver.service"]
+    assert [u.name for u in units] == [
+        "floodgate-api.service",
+        "floodgate-receiver.service",
+        "floodgate-webhooks.service",
+    ]
     for unit in units:
         text = unit.read_text()
         for setting in (
@@ -140,10 +144,17 @@ def test_compose_describes_a_three_member_replica_set_behind_haproxy() -> None:
     haproxy_env = services["haproxy"]["environment"]
     assert {haproxy_env["MX1_ADDRESS"], haproxy_env["MX2_ADDRESS"]} == addresses
     assert services["api"]["command"] == ["api"]
+    assert services["webhooks"]["command"] == ["webhooks"]
+    # Each Floodgate container is a host: it names its own address for every listener the
+    # env file leaves to THIS_HOST_ADDRESS (a placeholder left would stop it at start).
+    listeners = {key for key, value in example.items() if "THIS_HOST_ADDRESS" in value}
+    for name in [*receivers, "api", "webhooks"]:
+        assert listeners <= set(services[name]["environment"]), name
     script = (DEPLOY / "mongo" / "init-replica-set.js").read_text()
     assert "rs.initiate" in script and "NotYetInitialized" in script  # idempotent
 
 
+UNITS = ["floodgate-receiver.service", "floodgate-api.service", "floodgate-webhooks.service"]
 FILLED = {
     "THIS_HOST_ADDRESS": "10.0.1.11",
     "THIS_HOST_NAME": "mx1.example.net",
@@ -159,6 +170,7 @@ DEPLOYMENT = {
     "FLOODGATE_SMTP_LISTEN",
     "FLOODGATE_RECEIVER_HTTP_LISTEN",
     "FLOODGATE_API_LISTEN",
+    "FLOODGATE_WEBHOOKS_HTTP_LISTEN",
     "FLOODGATE_PROXY_PROTOCOL",
     "FLOODGATE_TRUSTED_PROXIES",
 }
@@ -175,7 +187,7 @@ def _load(environ: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.mark.parametrize("unit", ["floodgate-receiver.service", "floodgate-api.service"])
+@pytest.mark.parametrize("unit", UNITS)
 def test_env_example_filled_in_passes_the_settings_check_as_each_unit_loads_it(
     unit: str, tmp_path: Path
 ) -> None:
@@ -207,6 +219,7 @@ def _filled_and_shipped(unit: str, root: Root, tmp_path: Path) -> None:
         "floodgate: FLOODGATE_SMTP_LISTEN",
         "floodgate: FLOODGATE_RECEIVER_HTTP_LISTEN",
         "floodgate: FLOODGATE_API_LISTEN",
+        "floodgate: FLOODGATE_WEBHOOKS_HTTP_LISTEN",
         "floodgate: FLOODGATE_TRUSTED_PROXIES",
     }, service.log()
 
@@ -268,7 +281,7 @@ def test_a_store_that_cannot_be_reached_is_named_by_the_units_readyz_and_logs(
         assert {line.split(" worker=")[1].split()[0] for line in down} == {"w1", "w2"}, down
 
 
-@pytest.mark.parametrize("unit", ["floodgate-receiver.service", "floodgate-api.service"])
+@pytest.mark.parametrize("unit", UNITS)
 def test_an_address_not_up_yet_exits_1_so_systemd_retries(unit: str) -> None:
     """The units listen on the host's private address, which at boot may come up after
     them: that is exit 1, which Restart= retries, not 2, which RestartPreventExitStatus=

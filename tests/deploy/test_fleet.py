@@ -14,12 +14,14 @@ root may read). Everything is ended by pid and the namespaces deleted, however a
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,8 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import netns
 from tests.support.fleet import DEPLOY, Fleet, common_name, fill, fleet
 from tests.support.processes import HAPROXY_MISSING
-from tests.support.smtp import RawClient, queued_id, send_message
+from tests.support.smtp import RawClient, queued_id, send_message, wait_for
 from tests.support.systemd import environment_file
+from tests.webhooks.hookserver import hook_server
+from tests.webhooks.test_signing import verify
 
 CHECK_INTERVAL = 2.0  # haproxy.cfg's default, which the fleet keeps
 
@@ -178,10 +182,48 @@ def test_promtool_accepts_prometheus_yml_and_every_target_answers(
         for group in job["static_configs"]
         for target in group["targets"]
     ]
-    assert len(targets) == 3  # two receivers and the API
+    assert len(targets) == 5  # two receivers, the API and two webhook dispatchers
     for target in targets:
         answer = shipped.get(f"http://{target}/metrics")  # from the Prometheus host
         assert answer.status_code == 200 and "floodgate_" in answer.text, target
+
+
+def test_two_dispatchers_post_each_message_once_and_one_carries_on_alone(shipped: Fleet) -> None:
+    """Both MX hosts run floodgate-webhooks.service as shipped. Each message to a hooked
+    mailbox is POSTed once, signed (both dispatchers see it; one claims its delivery), to an
+    endpoint on the Internet; with mx1's dispatcher stopped, mx2's sends the next alone."""
+    box = f"hooked@{shipped.domain}"
+    with hook_server([], address="10.0.9.40", inside=shipped.internet.call) as hook:
+        created = shipped.admin("POST", "/v1/webhooks", json={"url": hook.url, "match": box})
+        assert created.status_code == 201, created.text
+        webhook = created.json()
+        sent = []
+        for n in range(2):
+            if n == 1:
+                stopped = shipped.mx[0].webhooks
+                assert stopped is not None
+                netns.end(stopped.process)
+            smtp = through_haproxy(shipped, f"10.0.9.{20 + n}")
+            assert smtp.hello().code == 250
+            body = f"Subject: sign-up {n}\r\n\r\nYour code is 73920{n}.\r\n".encode()
+            reply = send_message(smtp, "shop@example.org", [box], body)
+            assert reply.code == 250, reply
+            sent.append(queued_id(reply.text))
+            smtp.close()
+            assert hook.wait(n + 1, 30), shipped.logs()
+
+        def delivered() -> list[dict[str, Any]]:
+            path = f"/v1/webhooks/{webhook['id']}/deliveries"
+            found: list[dict[str, Any]] = shipped.admin("GET", path).json()["deliveries"]
+            return found
+
+        assert wait_for(lambda: [d["state"] for d in delivered()] == ["delivered"] * 2, 20)
+        time.sleep(2)  # a copy sent by the second dispatcher would have come by now
+        received = list(hook.received)
+    assert sorted(json.loads(r.body)["data"]["id"] for r in received) == sorted(sent)
+    assert len({r.headers["webhook-id"] for r in received}) == 2
+    assert all(verify(webhook["secret"], r.headers, r.body) for r in received)
+    assert [d["attempts"] for d in delivered()] == [1, 1]
 
 
 def test_a_killed_receiver_is_marked_down_within_two_checks_and_mail_flows_on(

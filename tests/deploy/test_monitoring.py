@@ -42,7 +42,7 @@ def run(*args: str) -> str:
 
 def test_promtool_accepts_the_rules_and_their_unit_tests_pass() -> None:
     promtool = tool("promtool")
-    assert "SUCCESS: 11 rules found" in run(promtool, "check", "rules", "alerts.yml")
+    assert "SUCCESS: 12 rules found" in run(promtool, "check", "rules", "alerts.yml")
     run(promtool, "test", "rules", "alerts_test.yml")
     run(promtool, "check", "config", "prometheus.yml")
 

@@ -12,6 +12,10 @@ What the operator writes, and so what the test writes:
   receiver's drop-in `floodgate-receiver.service.d/tls.conf` used as shipped;
 - `prometheus.yml` with its addresses filled in, beside the shipped `alerts.yml`.
 
+One line more than the example in each env file: `FLOODGATE_WEBHOOK_ALLOW_PRIVATE=true`, as
+an operator whose webhook endpoints live on its own network writes it (the fleet's
+"Internet" is private addresses; without it no webhook could be registered here).
+
 The units run through tests/support/systemd.py (as systemd would, `/opt/floodgate` being
 this checkout), HAProxy as Debian's unit runs it but in the foreground (`-db` for `-Ws`),
 with the variables of `/etc/default/haproxy`. The one stand-in is the store: the embedded
@@ -127,6 +131,7 @@ class MxHost:
     root: Root
     name: str
     receiver: Service | None = None
+    webhooks: Service | None = None  # the dispatcher (floodgate-webhooks.service)
 
     @property
     def address(self) -> str:
@@ -163,6 +168,12 @@ class Fleet:
         """A GET from the store's host (an operator's or Prometheus's vantage point)."""
         response: httpx.Response = self.store_host.call(httpx.get, url, timeout=5, **kwargs)
         return response
+
+    def ready(self, url: str) -> bool:
+        try:
+            return self.get(url).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"}
@@ -243,6 +254,7 @@ def fleet(workers: tuple[int, ...] = (1, 1)) -> Iterator[Fleet]:
         domain = example["FLOODGATE_DOMAINS"].split(",")[0]
         receiver_unit = Unit.read(UNITS / "floodgate-receiver.service")
         api_unit = Unit.read(UNITS / "floodgate-api.service")
+        webhooks_unit = Unit.read(UNITS / "floodgate-webhooks.service")
         services: list[Service] = []
         mx = []
         for (name, host), count in zip(mx_hosts.items(), workers, strict=True):
@@ -255,14 +267,15 @@ def fleet(workers: tuple[int, ...] = (1, 1)) -> Iterator[Fleet]:
             text = env_file(own, uri, token)
             if count != 1:  # a dedicated host sets its core count (the example says so)
                 text = text.replace("FLOODGATE_WORKERS=1\n", f"FLOODGATE_WORKERS={count}\n")
-            root.write(ENV_FILE, text)
+            root.write(ENV_FILE, text + "FLOODGATE_WEBHOOK_ALLOW_PRIVATE=true\n")
             cert, key = certificate(own["THIS_HOST_NAME"])
             root.write("/etc/floodgate/tls/cert.pem", cert.decode())
             root.write("/etc/floodgate/tls/key.pem", key.decode())
             mx.append(MxHost(host, root, own["THIS_HOST_NAME"]))
         for host in mx:
             host.receiver = systemd.start(receiver_unit, host.root, spawn=host.host.popen)
-            services.append(host.receiver)
+            host.webhooks = systemd.start(webhooks_unit, host.root, spawn=host.host.popen)
+            services += [host.receiver, host.webhooks]
         api = systemd.start(api_unit, mx[0].root, spawn=mx[0].host.popen)
         services.append(api)
         haproxy = _haproxy(mx[0].host, mx[0].root, values)
@@ -278,5 +291,10 @@ def fleet(workers: tuple[int, ...] = (1, 1)) -> Iterator[Fleet]:
             dead = [s for s in services if s.process.poll() is not None]
             assert not dead and haproxy.poll() is None, built.logs()
             assert time.monotonic() < deadline, (built.servers(), built.logs())
+            time.sleep(0.25)
+        while not all(built.ready(f"http://{host.address}:8027/readyz") for host in mx):
+            dead = [s for s in services if s.process.poll() is not None]
+            assert not dead, built.logs()
+            assert time.monotonic() < deadline, built.logs()
             time.sleep(0.25)
         yield built

@@ -7,9 +7,10 @@ from __future__ import annotations
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 HOLD = "hold"  # keep the request unanswered until released (a timeout, or a kill)
 
@@ -32,15 +33,16 @@ class HookServer:
     received: list[Received] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     port: int = 0
+    name: str = "localhost"
 
     def answer(self) -> int | str:
         return self.script.pop(0) if self.script else self.then
 
     @property
     def url(self) -> str:
-        # A name, not an address: the API takes it without allowing private literals,
-        # and the dispatcher resolves it (from /etc/hosts) and checks what it got.
-        return f"http://localhost:{self.port}/hook"
+        # On loopback a name, not an address: the API takes it without allowing private
+        # literals, and the dispatcher resolves it (from /etc/hosts) and checks what it got.
+        return f"http://{self.name}:{self.port}/hook"
 
     def wait(self, count: int, timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -52,8 +54,16 @@ class HookServer:
 
 
 @contextmanager
-def hook_server(script: list[int | str], then: int | str = 200) -> Iterator[HookServer]:
-    hook = HookServer(list(script), then)
+def hook_server(
+    script: list[int | str],
+    then: int | str = 200,
+    *,
+    address: str = "127.0.0.1",
+    inside: Callable[[Callable[[], http.server.ThreadingHTTPServer]], Any] | None = None,
+) -> Iterator[HookServer]:
+    """The endpoint on `address` (named `localhost` on loopback); `inside` makes its socket
+    elsewhere (a fleet host's `call`: the socket is then in that host's network)."""
+    hook = HookServer(list(script), then, name="localhost" if address == "127.0.0.1" else address)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -68,14 +78,17 @@ def hook_server(script: list[int | str], then: int | str = 200) -> Iterator[Hook
             assert isinstance(answer, int)
             self.send_response(answer)
             if 300 <= answer < 400:
-                self.send_header("Location", f"http://localhost:{hook.port}/elsewhere")
+                self.send_header("Location", f"http://{hook.name}:{hook.port}/elsewhere")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    def make() -> http.server.ThreadingHTTPServer:
+        return http.server.ThreadingHTTPServer((address, 0), Handler)
+
+    server: http.server.ThreadingHTTPServer = inside(make) if inside is not None else make()
     server.daemon_threads = True
     hook.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
