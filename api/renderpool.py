@@ -56,11 +56,10 @@ SLOW = 0.25
 SMALL_SECONDS = 0.5
 SLOW_MESSAGES = 4_096  # message ids remembered as slow (least recently seen out first)
 WORKER = ("-m", "api.renderworker")
-# Scheduling priority of the workers (nice(2)): the API's own (0). A render's deadline is
-# wall-clock time; a lower priority made ordinary renders miss it on any busy host (a 0.25 s
-# links job of a 5,000-link message took over 3 s at 15 beside a busy receiver: a 504), and
-# what keeps one reader from another is each lane's queue share, not the CPU's scheduler.
-SMALL_NICENESS, GENERAL_NICENESS = 0, 0
+# The workers run at the API's own scheduling priority: a render's deadline is wall-clock
+# time, and a lower priority made ordinary renders miss it on any busy host (a 0.25 s links
+# job of a 5,000-link message took over 3 s at nice 15 beside a busy receiver: a 504). What
+# keeps one reader from another is each lane's queue share, not the CPU's scheduler.
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,13 +234,12 @@ class RenderPool:
         registry: CollectorRegistry | None = None,
     ) -> None:
         command = command or (sys.executable, *WORKER)
-        small = (*command, str(limits.render_memory), str(SMALL_NICENESS))
-        general = (*command, str(limits.render_memory), str(GENERAL_NICENESS))
+        worker = (*command, str(limits.render_memory))
         queue, share = limits.render_queue, limits.render_queue_per_client
         small_seconds = min(limits.render_seconds, SMALL_SECONDS)
-        self.small = Lane("small", small, 1, queue, small_seconds, share)
+        self.small = Lane("small", worker, 1, queue, small_seconds, share)
         self.general = Lane(
-            "general", general, limits.render_workers, queue, limits.render_seconds, share
+            "general", worker, limits.render_workers, queue, limits.render_seconds, share
         )
         self.answers = RenderCache(limits.render_cache)
         self._verdicts: OrderedDict[str, str] = OrderedDict()

@@ -1,4 +1,4 @@
-"""A render worker process: `python -m api.renderworker MEMORY_BYTES [NICENESS]`.
+"""A render worker process: `python -m api.renderworker MEMORY_BYTES`.
 
 Reads jobs from stdin and writes answers to stdout, one at a time, as `processes.framed`
 messages: a JSON head and a binary body. It sets its own address-space limit first
@@ -101,12 +101,9 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def serve(jobs: dict[str, Job], memory: int, niceness: int = 0) -> None:
-    """Answer jobs until stdin closes (or until this process has grown: it then exits),
-    `niceness` below the API in scheduling priority."""
+def serve(jobs: dict[str, Job], memory: int) -> None:
+    """Answer jobs until stdin closes (or until this process has grown: it then exits)."""
     _die_with_parent()
-    if niceness:
-        os.nice(niceness)
     with open("/proc/self/statm") as statm:
         mapped = int(statm.read().split()[0]) * _PAGE
     resource.setrlimit(resource.RLIMIT_AS, (mapped + memory, mapped + memory))
@@ -128,7 +125,7 @@ def serve(jobs: dict[str, Job], memory: int, niceness: int = 0) -> None:
 
 
 def main(jobs: dict[str, Job] = JOBS) -> None:
-    serve(jobs, int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    serve(jobs, int(sys.argv[1]))
 
 
 if __name__ == "__main__":
