@@ -11,11 +11,8 @@ caught too.
 from __future__ import annotations
 
 import os
-import re
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,52 +22,18 @@ from mailstore import MessageDocument, MessageStore, StoreConfig, new_message_id
 from mailstore.embedded import EmbeddedStore
 from mailstore.mailboxes import ENTRIES
 from mailstore.queries import MESSAGES, STATS, Op, Query, examples
+from tests.support.plans import Plans
 
 TABLES = (MESSAGES, ENTRIES, STATS)
-# A scan of one of our collections' tables, with or without an index (a whole-index walk
-# reads every entry all the same). Scans of json_each (one document's array) are fine.
-TABLE_SCAN = re.compile(rf"^SCAN ({'|'.join(TABLES)})\b")
 INDEX_STAGES = {"IXSCAN", "IDHACK", "EXPRESS_IXSCAN", "EXPRESS_CLUSTERED_IXSCAN"}
 
 
-@dataclass
-class Traced:
-    store: MessageStore
-    trace: Path
-    database: Path
+class Traced(Plans):
+    """The store under test, and its trace."""
 
-    def mark(self) -> int:
-        return self.trace.stat().st_size if self.trace.exists() else 0
-
-    def statements(self, since: int) -> list[str]:
-        with self.trace.open(encoding="utf-8") as lines:
-            lines.seek(since)
-            return [line.strip() for line in lines if _is_query(line)]
-
-    def scans(self, since: int) -> dict[str, list[str]]:
-        """Each traced query statement that scans a collection's table, with its plan."""
-        found = {}
-        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True) as db:
-            for statement in self.statements(since):
-                plan = [str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + statement)]
-                if any(TABLE_SCAN.match(step) for step in plan):
-                    found[statement[:300]] = plan
-        return found
-
-
-def _is_query(line: str) -> bool:
-    words = line.split(maxsplit=1)
-    if not words or words[0] not in ("SELECT", "DELETE", "UPDATE"):
-        return False
-    return any(re.search(rf"\b{t}\b", line) for t in TABLES)
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[EmbeddedStore]:
-    server = EmbeddedStore(tmp_path / "store", trace_sql=tmp_path / "trace.sql")
-    server.start()
-    yield server
-    server.stop()
+    def __init__(self, server: EmbeddedStore, store: MessageStore) -> None:
+        super().__init__(server, TABLES)
+        self.store = store
 
 
 @pytest.fixture
@@ -78,8 +41,7 @@ async def traced(embedded: EmbeddedStore) -> AsyncIterator[Traced]:
     store = await MessageStore.open(StoreConfig(uri=embedded.uri, retention=3600))
     for n in range(30):  # enough rows that SQLite's planner has a choice to make
         await store.insert(message(f"box{n % 3}@mx.test", f"other{n}@mx.test"))
-    assert embedded.trace_sql is not None
-    yield Traced(store, embedded.trace_sql, embedded.database_path)
+    yield Traced(embedded, store)
     await store.close()
 
 

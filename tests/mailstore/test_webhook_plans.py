@@ -5,26 +5,14 @@ themselves are read whole by design: at most `FLOODGATE_WEBHOOK_MAX_ENDPOINTS` o
 
 from __future__ import annotations
 
-import re
-import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
 from mailstore import MessageStore, StoreConfig
 from mailstore.embedded import EmbeddedStore
 from mailstore.webhooks import DELIVERIES, WebhookStore, delivery_id
-
-SCAN = re.compile(rf"^SCAN {DELIVERIES}\b")
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[EmbeddedStore]:
-    server = EmbeddedStore(tmp_path / "store", trace_sql=tmp_path / "trace.sql")
-    server.start()
-    yield server
-    server.stop()
+from tests.support.plans import Plans
 
 
 @pytest.fixture
@@ -53,31 +41,11 @@ def delivery(endpoint: str, message: str, due: float | None) -> dict[str, object
     return document
 
 
-def scans(embedded: EmbeddedStore, since: int) -> dict[str, list[str]]:
-    assert embedded.trace_sql is not None
-    with embedded.trace_sql.open(encoding="utf-8") as lines:
-        lines.seek(since)
-        statements = [
-            line.strip()
-            for line in lines
-            if line.split(maxsplit=1)[:1] in (["SELECT"], ["DELETE"], ["UPDATE"])
-            and DELIVERIES in line
-        ]
-    assert statements, "the server traced no statement on the deliveries"
-    found = {}
-    with sqlite3.connect(f"file:{embedded.database_path}?mode=ro", uri=True) as db:
-        for statement in statements:
-            plan = [str(row[3]) for row in db.execute("EXPLAIN QUERY PLAN " + statement)]
-            if any(SCAN.match(step) for step in plan):
-                found[statement[:300]] = plan
-    return found
-
-
 async def test_the_dispatchers_queries_on_deliveries_are_index_searches(
     embedded: EmbeddedStore, hooks: WebhookStore
 ) -> None:
-    assert embedded.trace_sql is not None
-    since = embedded.trace_sql.stat().st_size
+    plans = Plans(embedded, (DELIVERIES,))
+    since = plans.mark()
     claimed = await hooks.claim(20.0, 5.0, 8, lambda _: True, most=4)
     assert len(claimed) == 4 and all(float(d["due"]) <= 20 for d in claimed)  # type: ignore[arg-type]
     await hooks.settle(str(claimed[0]["_id"]), {"state": "delivered"}, done=True)
@@ -85,4 +53,5 @@ async def test_the_dispatchers_queries_on_deliveries_are_index_searches(
     assert len(await hooks.recent("wh_0000000000000001", 5)) == 5
     assert await hooks.pending() == 19
     assert await hooks.expire(6000.0) == 40
-    assert scans(embedded, since) == {}
+    assert plans.statements(since), "the server traced no statement on the deliveries"
+    assert plans.scans(since) == {}
