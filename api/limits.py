@@ -21,6 +21,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "push_per_network": (1, 100_000),
     "read_rate": (0.1, 1_000_000),
     "read_burst": (1, 1_000_000),
+    "read_hold": (0, 10),
     "downloads_per_client": (1, 10_000),
     "send_timeout": (0.05, 3_600),
 }
@@ -30,8 +31,9 @@ RANGES: dict[str, tuple[float, float]] = {
 class ApiLimits:
     """How much of the API one message, one client and one mailbox may take."""
 
-    # Processes rendering messages larger than `SMALL_MESSAGE` at once; one more serves
-    # small messages only, so everyday mail renders at once while big ones queue.
+    # Processes rendering messages larger than `SMALL_MESSAGE` at once; two more serve
+    # small messages only, so everyday mail renders at once while big ones queue. One
+    # client holds at most half of either lane (api.renderpool).
     render_workers: int = 2
     # Render jobs that may wait for a worker (per lane); beyond: 503 and Retry-After.
     render_queue: int = 16
@@ -56,6 +58,11 @@ class ApiLimits:
     # A person, the page, or a test script polling for its mail never meets these.
     read_rate: float = 50.0
     read_burst: int = 500
+    # Seconds a read refused for the rate waits before its 429 (at most `HELD_PER_CLIENT`
+    # of a client's at once): a client past its rate on many connections is slowed to one
+    # request per connection per hold, instead of costing the API as much as every other
+    # client's reads together.
+    read_hold: float = 1.0
     # Message bodies (/raw, attachments) one client may be downloading at once.
     downloads_per_client: int = 4
     # Seconds one write of an answer may wait for a reader that does not read.

@@ -2,17 +2,18 @@
 
 Each job runs in a worker process (`api.renderworker`, a `processes.FramedChild`) that
 limits its own address space; at the deadline the worker is killed, so the work really stops
-(a thread cannot be), and a fresh one takes its place. Two lanes: one worker for small
-messages, so everyday mail renders at once whatever big messages are doing, and
+(a thread cannot be), and a fresh one takes its place. Two lanes: `SMALL_WORKERS` workers
+for small messages, so everyday mail renders at once whatever big messages are doing, and
 `render_workers` for the rest. The small lane has a deadline of its own (`SMALL_SECONDS`): a
 job still running then is run again in the general lane, and a message that was slow there
-(`SLOW`) is remembered and rendered in the general lane from then on. Workers run below the
-API (and the receiver) in scheduling priority, the general lane's lowest. A lane starts its
+(`SLOW`) is remembered and rendered in the general lane from then on. A lane starts its
 workers at its first job, not with the API: an API nobody reads from runs no worker, and the
 first job waits for the start (not counted against its deadline). A lane lets at most
 `render_queue` jobs wait (one more is `Busy`: 503), at most `render_queue_per_client` of
-them from one client (one more is `OverShare`: 429), and a freed worker serves the waiting
-clients in turn (`api.fairqueue`). A successful answer is kept (`api.rendercache`: messages
+them from one client (one more is `OverShare`: 429); one client holds at most half its
+workers (rounded up) at once, and a freed worker serves the waiting clients in turn
+(`api.fairqueue`): a reader never waits for another client's renders, only for its own
+turn among clients. A successful answer is kept (`api.rendercache`: messages
 never change); a job that failed (deadline, memory, a crashed worker) leaves a verdict under
 its key, so asking again answers at once instead of starting the same work; the same job
 asked for while running is run once.
@@ -54,6 +55,9 @@ SLOW = 0.25
 # general lane (with the whole `render_seconds`), so an everyday read waits behind one
 # crafted message for at most this long, not for the whole render deadline.
 SMALL_SECONDS = 0.5
+# Two, so that one client (holding at most one) never leaves the small lane without a
+# worker for everyone else, even while its own crafted job runs to the deadline.
+SMALL_WORKERS = 2
 SLOW_MESSAGES = 4_096  # message ids remembered as slow (least recently seen out first)
 WORKER = ("-m", "api.renderworker")
 # The workers run at the API's own scheduling priority: a render's deadline is wall-clock
@@ -89,7 +93,11 @@ class Lane:
     ) -> None:
         self.name, self.command, self.size = name, tuple(command), size
         self.queue, self.seconds = queue, seconds
-        self._idle: FairQueue[FramedChild] = FairQueue(queue, queue if share is None else share)
+        # One client holds at most half the lane's workers (rounded up): the others find one.
+        hold = None if share is None else max(1, (size + 1) // 2)
+        self._idle: FairQueue[FramedChild] = FairQueue(
+            queue, queue if share is None else share, hold
+        )
         self._all: set[FramedChild] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.started = False
@@ -170,6 +178,7 @@ class Lane:
         saw the job, so the job is not to blame: another worker takes it)."""
         worker = await self._idle.wait(client, place)
         if not worker.alive:
+            self._idle.release(client)
             self._all.discard(worker)
             await _end(worker)
             if not self.closed:
@@ -192,8 +201,9 @@ class Lane:
             return Outcome({}, failure="the render worker failed (out of memory?)")
         finally:
             if healthy:
-                self._idle.put(worker)
+                self._idle.put(worker, client)
             else:
+                self._idle.release(client)
                 self._all.discard(worker)
                 await _end(worker)
                 if not self.closed:
@@ -237,7 +247,7 @@ class RenderPool:
         worker = (*command, str(limits.render_memory))
         queue, share = limits.render_queue, limits.render_queue_per_client
         small_seconds = min(limits.render_seconds, SMALL_SECONDS)
-        self.small = Lane("small", worker, 1, queue, small_seconds, share)
+        self.small = Lane("small", worker, SMALL_WORKERS, queue, small_seconds, share)
         self.general = Lane(
             "general", worker, limits.render_workers, queue, limits.render_seconds, share
         )

@@ -22,6 +22,7 @@ from api.push import client_key
 
 __all__ = [
     "CHUNK",
+    "HELD_PER_CLIENT",
     "MAX_CLIENTS",
     "Downloads",
     "Held",
@@ -34,16 +35,37 @@ __all__ = [
 
 MAX_CLIENTS = 65_536  # buckets kept (least recently used out: an idle bucket is full anyway)
 CHUNK = 64 * 1024  # bytes per write: the transport buffers one chunk, not a whole message
+# Refused reads of one client held at once (`ReadRate.refused`); past it they are answered
+# at once: a client holds no more than this many sleeping requests for its refusals.
+HELD_PER_CLIENT = 32
 
 
 class ReadRate:
-    """A token bucket per client: `rate` reads a second, at most `burst` at once."""
+    """A token bucket per client: `rate` reads a second, at most `burst` at once; and the
+    refusals being held (`hold` seconds each, at most `HELD_PER_CLIENT` per client)."""
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        hold: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.rate, self.burst, self.clock = rate, burst, clock
+        self.rate, self.burst, self.hold, self.clock = rate, burst, hold, clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.held: Counter[str] = Counter()  # entries leave at zero: at most the clients held
+
+    async def refused(self, client: str) -> None:
+        """Wait out a refusal's hold, unless `client` has its share of refusals held."""
+        if self.hold <= 0 or self.held[client] >= HELD_PER_CLIENT:
+            return
+        self.held[client] += 1
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.held[client] -= 1
+            if self.held[client] <= 0:
+                del self.held[client]
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -156,8 +178,10 @@ async def read_share(request: Request) -> None:
     if request.method not in ("GET", "HEAD"):
         return
     rate: ReadRate = request.app.state.read_rate
-    wait = rate.take(client(request))
+    key = client(request)
+    wait = rate.take(key)
     if wait > 0:
+        await rate.refused(key)
         raise HTTPException(
             status_code=429,
             detail="too many reads from this client; retry later",

@@ -25,6 +25,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.limits import DEFAULTS
+from api.renderpool import SMALL_WORKERS
 from bench.common import TOKEN, cpu_seconds, embedded_store, percentile, start_service
 from bench.hostile import big_attachment, bombs, css_bomb, typical
 
@@ -96,7 +97,7 @@ def start_lanes(url: str, port: int) -> None:
     for message_id in send(port, "warm@mx.test", [typical(0), big]):
         assert fetch(url, message_id)[1].status_code == 200
     deadline = time.monotonic() + 30
-    while render_workers(url) != (1, DEFAULTS.render_workers):
+    while render_workers(url) != (SMALL_WORKERS, DEFAULTS.render_workers):
         assert time.monotonic() < deadline, f"render workers {render_workers(url)}"
         time.sleep(0.05)
 

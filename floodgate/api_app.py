@@ -44,4 +44,3 @@ def main(settings: Settings, token: str) -> None:
     server.run()
     if not server.started:  # uvicorn logs why (e.g. the address is in use) and returns
         raise SystemExit(2)
-

@@ -293,6 +293,7 @@ class Settings(BaseSettings):
     push_per_network: int = api_limit("push_per_network")
     read_rate: float = api_limit("read_rate")
     read_burst: int = api_limit("read_burst")
+    read_hold: float = api_limit("read_hold")
     downloads_per_client: int = api_limit("downloads_per_client")
     send_timeout: float = api_limit("send_timeout")
 

@@ -53,3 +53,31 @@ async def test_a_cancelled_wait_gives_its_place_back() -> None:
     queue.put("worker")  # nobody waits: it is idle, not handed to the cancelled job
     assert queue.idle == 1
     assert queue.reserve("a").result() == "worker"
+
+
+async def test_a_client_at_its_hold_waits_and_the_idle_worker_stays_for_the_others() -> None:
+    queue: FairQueue[str] = FairQueue(total=10, share=4, hold=1)
+    queue.put("w1")
+    queue.put("w2")
+    first = queue.reserve("greedy")
+    assert first.result() in ("w1", "w2") and queue.held_by("greedy") == 1
+    second = queue.reserve("greedy")  # an idle worker, but greedy holds its one
+    assert not second.done() and queue.idle == 1 and queue.waiting_for("greedy") == 1
+    assert queue.full_for("greedy") is False  # it may still queue up to its share
+    everyday = queue.reserve("everyday")  # served at once by the worker left idle
+    assert everyday.done() and queue.idle == 0
+    queue.put(first.result(), "greedy")  # greedy's first job ends: its next one starts
+    assert second.done() and queue.held_by("greedy") == 1
+    queue.put(everyday.result(), "everyday")
+    assert queue.idle == 1 and queue.held_by("everyday") == 0
+
+
+async def test_a_holder_whose_worker_died_takes_the_idle_one_for_its_waiting_job() -> None:
+    queue: FairQueue[str] = FairQueue(total=10, share=4, hold=1)
+    queue.put("w1")
+    queue.put("w2")
+    held = queue.reserve("greedy")
+    waiting = queue.reserve("greedy")
+    assert held.done() and not waiting.done()
+    queue.release("greedy")  # its worker died mid-job: not put back
+    assert waiting.done() and queue.idle == 0 and queue.held_by("greedy") == 1

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import httpx
 
 from api.limits import DEFAULTS
-from api.renderpool import SMALL_MESSAGE
+from api.renderpool import SMALL_MESSAGE, SMALL_WORKERS
 from bench.hostile import (
     big_attachment,
     bombs,
@@ -121,11 +121,14 @@ def test_work_stops_at_the_deadline_and_is_not_started_again(
     assert any(not running(pid) for pid in workers[1:])
     # Asked again, the verdict answers: no job runs, so no worker meets the deadline and
     # is killed (a run would replace one).
-    assert wait_for(lambda: render_workers(api) == (1, DEFAULTS.render_workers), timeout=20)
+    assert wait_for(lambda: render_workers(api) == ALL_UP, timeout=20)
     before = family(api.process.pid)
     _, repeat = timed(api, slow)
     assert repeat.json()["parse_error"] == "rendering took longer than 0.1s"
     assert family(api.process.pid) == before
+
+
+ALL_UP = (SMALL_WORKERS, DEFAULTS.render_workers)  # both lanes' workers, once started
 
 
 def start_both_lanes(
@@ -138,7 +141,7 @@ def start_both_lanes(
     big = b"Subject: plain\r\n\r\n" + (b"x" * 998 + b"\r\n") * 80
     big_id = deliver(receiver, mailbox, big, source)
     assert fetch(api, small).status_code == 200 and fetch(api, big_id).status_code == 200
-    assert wait_for(lambda: render_workers(api) == (1, DEFAULTS.render_workers), timeout=20)
+    assert wait_for(lambda: render_workers(api) == ALL_UP, timeout=20)
 
 
 def render_workers(api: ServiceProcess) -> tuple[int, int]:
@@ -161,8 +164,8 @@ def test_the_api_runs_no_render_worker_until_a_message_is_read(
     assert render_workers(api) == (0, 0)
     answer = fetch(api, message_id)  # the first read starts the small lane, and is answered
     assert answer.status_code == 200 and answer.json()["text"] == "lazy\n"
-    assert render_workers(api) == (1, 0)
-    assert len(family(api.process.pid)) == 2
+    assert wait_for(lambda: render_workers(api) == (SMALL_WORKERS, 0), timeout=20)
+    assert len(family(api.process.pid)) == 1 + SMALL_WORKERS
 
 
 def test_eight_crafted_messages_in_parallel_leave_small_mail_its_normal_time(

@@ -11,7 +11,15 @@ from typing import Any
 
 import httpx
 
-from api.shares import CHUNK, MAX_CLIENTS, Downloads, ReadRate, SendTimeout, retry_after
+from api.shares import (
+    CHUNK,
+    HELD_PER_CLIENT,
+    MAX_CLIENTS,
+    Downloads,
+    ReadRate,
+    SendTimeout,
+    retry_after,
+)
 from bench.hostile import big_attachment
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, deliver
@@ -45,6 +53,19 @@ def test_the_buckets_are_bounded_whatever_the_number_of_clients() -> None:
     for n in range(MAX_CLIENTS + 100):
         rate.take(f"c{n}")
     assert len(rate) == MAX_CLIENTS
+
+
+async def test_a_refused_read_is_held_and_one_client_holds_at_most_its_share() -> None:
+    rate = ReadRate(rate=1.0, burst=1, hold=0.3)
+    started = time.monotonic()
+    held = [asyncio.ensure_future(rate.refused("flood")) for _ in range(HELD_PER_CLIENT)]
+    await asyncio.sleep(0.05)
+    assert rate.held["flood"] == HELD_PER_CLIENT
+    await asyncio.wait_for(rate.refused("flood"), 0.1)  # past its share: answered at once
+    await asyncio.wait_for(rate.refused("everyday"), 1.0)  # another client: its own share
+    assert time.monotonic() - started >= 0.3
+    await asyncio.gather(*held)
+    assert time.monotonic() - started >= 0.3 and not rate.held  # nothing left counted
 
 
 def test_a_client_downloads_at_most_its_share_at_once() -> None:
@@ -84,7 +105,8 @@ def test_a_client_past_its_reads_or_its_downloads_gets_429_until_its_share_comes
     make_api: ServiceFactory, receiver: ServiceProcess
 ) -> None:
     # One API for both shares (a process start is the dear part of such a test).
-    api = make_api(read_burst=6, read_rate=0.5, downloads_per_client=1, send_timeout=1)
+    # Refusals answered at once (no hold): the test counts tokens, not time.
+    api = make_api(read_burst=6, read_rate=0.5, read_hold=0, downloads_per_client=1, send_timeout=1)
     raw, _ = big_attachment(7_000_000)  # ~9.6 MB: more than the sockets' buffers hold
     message_id = deliver(receiver, "slow@mx.test", raw)
     url = f"{api.http_url}/v1/messages/{message_id}/raw"
