@@ -267,8 +267,34 @@ def heavy_messages(quick: bool) -> tuple[bytes, bytes]:
     return out[0], out[1]
 
 
+C8_RATE = 7.0  # messages a second: what S8's two closed loops reach on this host
+
+
+@cache
+def plain_messages(quick: bool) -> tuple[bytes, bytes]:
+    """S8's bodies with no signature: what receiving them costs without the checks' work."""
+    body = ("x" * 998 + "\r\n") * (128 if quick else 1024)
+    raw = dkimkeys.message(author=f"x <x@{SIGNER}>", to="victim@mx.test", body=body)
+    return raw, raw
+
+
 async def _s8(port: int, quick: bool, counter: Counter) -> None:
-    signed, huge = heavy_messages(quick)
+    await _heavy_loops(port, heavy_messages(quick), counter)
+
+
+async def _c8(port: int, quick: bool, counter: Counter) -> None:
+    """S8's messages unsigned at the pace S8's loops reach (closed loops here would send
+    ten times as many: nothing to verify holds them back)."""
+    raw, _ = plain_messages(quick)
+
+    async def step(n: int) -> None:
+        await send_mail(port, "127.0.82.1", f"x@{SIGNER}", f"p{n}@mx.test", raw)
+
+    await paced(C8_RATE, step, counter)
+
+
+async def _heavy_loops(port: int, messages: tuple[bytes, bytes], counter: Counter) -> None:
+    signed, huge = messages
     serial = itertools.count()
 
     async def loop(k: int) -> None:
@@ -362,6 +388,15 @@ def attacks() -> list[Attack]:
                 f"{SELECTOR}._domainkey.{HUGE}": Record.txt(_huge_exponent_record()),
             },
             heavy_messages,
+        ),
+        Attack(
+            "C8",
+            "control: S8's 1 MB messages unsigned, at S8's pace",
+            "7 msg/s",
+            AUTH,
+            _c8,
+            prepare=plain_messages,
+            control=True,
         ),
         Attack("S10", "half PROXY headers from a trusted proxy, held", "100 conn/s", proxied, _s10),
     ]
