@@ -58,10 +58,10 @@ class ApiLimits:
     # A person, the page, or a test script polling for its mail never meets these.
     read_rate: float = 50.0
     read_burst: int = 500
-    # Seconds a read refused for the rate waits before its 429 (at most `HELD_PER_CLIENT`
-    # of a client's at once): a client past its rate on many connections is slowed to one
-    # request per connection per hold, instead of costing the API as much as every other
-    # client's reads together.
+    # Seconds a request refused for one of its client's shares (reads a second, renders
+    # waiting, downloads) waits before its 429 (at most `HELD_PER_CLIENT` of a client's at
+    # once): a client past its share on many connections is slowed to one request per
+    # connection per hold, instead of costing the API as much as every other client's reads.
     read_hold: float = 1.0
     # Message bodies (/raw, attachments) one client may be downloading at once.
     downloads_per_client: int = 4

@@ -20,7 +20,7 @@ from api.charsets import decode_phrases, decode_words
 from api.display import ascii_filename
 from api.docs import Tag
 from api.renderpool import Busy, Outcome, OverShare, RenderPool
-from api.shares import Held, client, download_slot, read_share
+from api.shares import Held, client, download_slot, read_share, refuse
 from mailstore import MessageDocument, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
@@ -248,7 +248,7 @@ async def get_message(
     request: Request, message_id: MessageId, role: Annotated[Role, Depends(require_token)]
 ) -> dict[str, Any]:
     """Metadata plus decoded headers and text; the envelope for the admin only."""
-    _refuse_over_share(request)
+    await _refuse_over_share(request)
     message = await _get(request, message_id)
     result = summary(message, role)
     tls = message.tls
@@ -289,11 +289,11 @@ def own_headers(received_header: bytes) -> list[list[str]]:
 OVER_SHARE = "too many renders waiting for this client; retry later"
 
 
-def _refuse_over_share(request: Request) -> None:
+async def _refuse_over_share(request: Request) -> None:
     """429 before the store is asked, when the client's renders already wait their share."""
     pool: RenderPool = request.app.state.renderer
     if pool.over_share(client(request)):
-        raise HTTPException(status_code=429, detail=OVER_SHARE, headers={"Retry-After": "1"})
+        await refuse(request, OVER_SHARE)
 
 
 async def render_job(request: Request, key: str, job: dict[str, Any], raw: bytes) -> Outcome:
@@ -307,9 +307,7 @@ async def render_job(request: Request, key: str, job: dict[str, Any], raw: bytes
             headers={"Retry-After": "1"},
         ) from None
     except OverShare:
-        raise HTTPException(
-            status_code=429, detail=OVER_SHARE, headers={"Retry-After": "1"}
-        ) from None
+        await refuse(request, OVER_SHARE)
 
 
 @router.get(
@@ -329,7 +327,7 @@ async def get_attachment(
     """Attachment `index` (from the message's `attachments`) as a download, whole; 422 if
     its bytes cannot be recovered exactly (the message as sent is at `/raw`); 429 while
     the client already has its share of downloads running."""
-    release = download_slot(request)
+    release = await download_slot(request)
     try:
         answer = await _attachment(request, message_id, index)
     except BaseException:
@@ -340,7 +338,7 @@ async def get_attachment(
 
 
 async def _attachment(request: Request, message_id: str, index: int) -> Download:
-    _refuse_over_share(request)
+    await _refuse_over_share(request)
     message = await _get(request, message_id)
     job = {"job": "attachment", "index": index}
     outcome = await render_job(request, f"{message_id}/attachment/{index}", job, message.raw)
@@ -421,7 +419,7 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
     """Links (http, https, mailto) of the text and HTML parts and likely one-time codes,
     found in a render worker under the render bounds; 504 if the message cannot be read
     within them, 422 if it has no parts to read (its bytes are at `/raw`)."""
-    _refuse_over_share(request)
+    await _refuse_over_share(request)
     message = await _get(request, message_id)
     outcome = await render_job(request, f"{message_id}/links", {"job": "links"}, message.raw)
     if outcome.failure is not None:
@@ -448,7 +446,7 @@ async def get_links(request: Request, message_id: MessageId) -> dict[str, Any]:
 async def get_raw(request: Request, message_id: MessageId) -> Response:
     """The message bytes as received, with our Received: line on top; 429 while the
     client already has its share of downloads running."""
-    release = download_slot(request)
+    release = await download_slot(request)
     try:
         message = await _get(request, message_id)
     except BaseException:

@@ -14,6 +14,7 @@ import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 from fastapi import HTTPException, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,12 +32,14 @@ __all__ = [
     "client",
     "download_slot",
     "read_share",
+    "refuse",
 ]
 
 MAX_CLIENTS = 65_536  # buckets kept (least recently used out: an idle bucket is full anyway)
 CHUNK = 64 * 1024  # bytes per write: the transport buffers one chunk, not a whole message
-# Refused reads of one client held at once (`ReadRate.refused`); past it they are answered
-# at once: a client holds no more than this many sleeping requests for its refusals.
+# Refusals of one client held at once (`ReadRate.refused`: past its reads a second, its
+# renders waiting or its downloads); past it they are answered at once, so a client holds
+# no more than this many sleeping requests for its refusals.
 HELD_PER_CLIENT = 32
 
 
@@ -173,20 +176,23 @@ def client(request: Request) -> str:
     return client_key(request.client.host if request.client else "")
 
 
+async def refuse(request: Request, detail: str, retry: str = "1") -> NoReturn:
+    """429 to a client past one of its shares (reads a second, renders waiting, downloads),
+    answered after the hold (`ReadRate.refused`): a client that asks past its share on many
+    connections waits for each refusal instead of making the API answer them all at once."""
+    rate: ReadRate = request.app.state.read_rate
+    await rate.refused(client(request))
+    raise HTTPException(status_code=429, detail=detail, headers={"Retry-After": retry})
+
+
 async def read_share(request: Request) -> None:
     """A read (GET or HEAD) takes a token from its client's bucket, or is 429."""
     if request.method not in ("GET", "HEAD"):
         return
     rate: ReadRate = request.app.state.read_rate
-    key = client(request)
-    wait = rate.take(key)
+    wait = rate.take(client(request))
     if wait > 0:
-        await rate.refused(key)
-        raise HTTPException(
-            status_code=429,
-            detail="too many reads from this client; retry later",
-            headers={"Retry-After": retry_after(wait)},
-        )
+        await refuse(request, "too many reads from this client; retry later", retry_after(wait))
 
 
 class Held(Response):
@@ -204,15 +210,14 @@ class Held(Response):
                 self.release = None
 
 
-def download_slot(request: Request) -> Callable[[], None]:
+async def download_slot(request: Request) -> Callable[[], None]:
     """One of the client's download slots (429 when it has them all), and its release."""
     downloads: Downloads = request.app.state.downloads
     who = client(request)
     if not downloads.acquire(who):
-        raise HTTPException(
-            status_code=429,
-            detail=f"more than {downloads.limit} downloads at once from this client; "
+        await refuse(
+            request,
+            f"more than {downloads.limit} downloads at once from this client; "
             "retry when one is done",
-            headers={"Retry-After": "1"},
         )
     return lambda: downloads.release(who)

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import httpx
+from fastapi import FastAPI, Request
 
 from api.shares import (
     CHUNK,
@@ -18,6 +19,7 @@ from api.shares import (
     Downloads,
     ReadRate,
     SendTimeout,
+    refuse,
     retry_after,
 )
 from bench.hostile import big_attachment
@@ -66,6 +68,22 @@ async def test_a_refused_read_is_held_and_one_client_holds_at_most_its_share() -
     assert time.monotonic() - started >= 0.3
     await asyncio.gather(*held)
     assert time.monotonic() - started >= 0.3 and not rate.held  # nothing left counted
+
+
+async def test_a_refusal_for_any_share_is_answered_429_after_the_hold() -> None:
+    app = FastAPI()
+    app.state.read_rate = ReadRate(rate=1.0, burst=1, hold=0.2)
+
+    @app.get("/over")
+    async def over(request: Request) -> None:
+        await refuse(request, "too many renders waiting for this client; retry later")
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+        started = time.monotonic()
+        answer = await api.get("/over")
+    assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
+    assert time.monotonic() - started >= 0.2 and not app.state.read_rate.held
 
 
 def test_a_client_downloads_at_most_its_share_at_once() -> None:
