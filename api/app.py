@@ -35,7 +35,7 @@ from api.head import HeadAsGet
 from api.limits import DEFAULTS, ApiLimits
 from api.models import ERRORS, Status, binary
 from api.renderpool import RenderPool
-from api.shares import Downloads, ReadRate, SendTimeout
+from api.shares import ReadRate, SendTimeout, Slots
 from blocklist import BlocklistRepository
 from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT, PartialBulk
 from mailstore import MessageStore, StoreConfig
@@ -121,7 +121,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics()
     limits = config.limits
     app.state.read_rate = ReadRate(limits.read_rate, limits.read_burst, limits.read_hold)
-    app.state.downloads = Downloads(limits.downloads_per_client)
+    app.state.downloads = Slots(limits.downloads_per_client)
     # Outermost: token and body size are checked before anything reads a body.
     app.add_middleware(Gate, token=config.admin_token, read_token=config.read_token)
     app.add_middleware(HeadAsGet)  # outermost: HEAD is a GET to every layer below

@@ -25,10 +25,10 @@ __all__ = [
     "CHUNK",
     "HELD_PER_CLIENT",
     "MAX_CLIENTS",
-    "Downloads",
     "Held",
     "ReadRate",
     "SendTimeout",
+    "Slots",
     "client",
     "download_slot",
     "read_share",
@@ -56,19 +56,16 @@ class ReadRate:
     ) -> None:
         self.rate, self.burst, self.hold, self.clock = rate, burst, hold, clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.held: Counter[str] = Counter()  # entries leave at zero: at most the clients held
+        self.held = Slots(HELD_PER_CLIENT)
 
     async def refused(self, client: str) -> None:
         """Wait out a refusal's hold, unless `client` has its share of refusals held."""
-        if self.hold <= 0 or self.held[client] >= HELD_PER_CLIENT:
+        if self.hold <= 0 or not self.held.acquire(client):
             return
-        self.held[client] += 1
         try:
             await asyncio.sleep(self.hold)
         finally:
-            self.held[client] -= 1
-            if self.held[client] <= 0:
-                del self.held[client]
+            self.held.release(client)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -94,8 +91,8 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-class Downloads:
-    """Body downloads in progress per client, at most `limit` each."""
+class Slots:
+    """Things in progress per client, at most `limit` each: body downloads, refusals held."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -103,6 +100,9 @@ class Downloads:
 
     def __len__(self) -> int:
         return sum(self._by_client.values())
+
+    def held_by(self, client: str) -> int:
+        return self._by_client[client]
 
     def acquire(self, client: str) -> bool:
         if self._by_client[client] >= self.limit:
@@ -212,7 +212,7 @@ class Held(Response):
 
 async def download_slot(request: Request) -> Callable[[], None]:
     """One of the client's download slots (429 when it has them all), and its release."""
-    downloads: Downloads = request.app.state.downloads
+    downloads: Slots = request.app.state.downloads
     who = client(request)
     if not downloads.acquire(who):
         await refuse(

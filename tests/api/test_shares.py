@@ -16,9 +16,9 @@ from api.shares import (
     CHUNK,
     HELD_PER_CLIENT,
     MAX_CLIENTS,
-    Downloads,
     ReadRate,
     SendTimeout,
+    Slots,
     refuse,
     retry_after,
 )
@@ -62,12 +62,12 @@ async def test_a_refused_read_is_held_and_one_client_holds_at_most_its_share() -
     started = time.monotonic()
     held = [asyncio.ensure_future(rate.refused("flood")) for _ in range(HELD_PER_CLIENT)]
     await asyncio.sleep(0.05)
-    assert rate.held["flood"] == HELD_PER_CLIENT
+    assert rate.held.held_by("flood") == HELD_PER_CLIENT
     await asyncio.wait_for(rate.refused("flood"), 0.1)  # past its share: answered at once
     await asyncio.wait_for(rate.refused("everyday"), 1.0)  # another client: its own share
     assert time.monotonic() - started >= 0.3
     await asyncio.gather(*held)
-    assert time.monotonic() - started >= 0.3 and not rate.held  # nothing left counted
+    assert time.monotonic() - started >= 0.3 and len(rate.held) == 0  # nothing left counted
 
 
 async def test_a_refusal_for_any_share_is_answered_429_after_the_hold() -> None:
@@ -83,11 +83,11 @@ async def test_a_refusal_for_any_share_is_answered_429_after_the_hold() -> None:
         started = time.monotonic()
         answer = await api.get("/over")
     assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
-    assert time.monotonic() - started >= 0.2 and not app.state.read_rate.held
+    assert time.monotonic() - started >= 0.2 and len(app.state.read_rate.held) == 0
 
 
 def test_a_client_downloads_at_most_its_share_at_once() -> None:
-    downloads = Downloads(limit=2)
+    downloads = Slots(limit=2)
     assert downloads.acquire("a") and downloads.acquire("a")
     assert not downloads.acquire("a") and downloads.acquire("b")
     downloads.release("a")
