@@ -119,8 +119,9 @@ class Mx:
         receiver, store = cpu_seconds(self.receiver_pid), cpu_seconds(self.store_pid)
         sender = sender_latency(self.port, count, self.sent)
         self.sent += count
-        for _ in range(count if arrived is not None else 0):
-            arrived.get(timeout=60)  # type: ignore[union-attr]
+        if arrived is not None:
+            for _ in range(count):
+                arrived.get(timeout=60)
         return {
             **sender,
             "receiver_us_per_msg": round((cpu_seconds(self.receiver_pid) - receiver) / count * 1e6),
