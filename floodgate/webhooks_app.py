@@ -62,7 +62,9 @@ async def serve(settings: Settings, uri: str) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await dispatcher.close()
+        # An attempt in flight is finished and recorded, not cut: a cut one is sent again
+        # once its lease runs out, a second POST of a message its endpoint already has.
+        await dispatcher.close(grace=limits.lease)
         await renderer.close()
         await health.close()
         await store.close()

@@ -369,7 +369,12 @@ class Dispatcher:
                 emit("webhook_store_error", where="keep", error=type(error).__name__)
             await asyncio.sleep(1.0)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop sending: attempts in flight get `grace` seconds to end and be recorded (each
+        has its own deadline); those still running then are cut, and due again once their
+        lease runs out. Call it after the loops that start attempts have stopped."""
+        if self._tasks and grace > 0:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HOLD = "hold"  # keep the request unanswered until released (a timeout, or a kill)
+LATE = "late"  # answer 200 once released (an attempt in flight for as long as a test likes)
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Received:
 
 @dataclass
 class HookServer:
-    """`script`: what to answer, one entry per request in turn (an HTTP status, or HOLD);
+    """`script`: what to answer, one entry per request in turn (an HTTP status, HOLD or LATE);
     past its end, `then`."""
 
     script: list[int | str] = field(default_factory=list)
@@ -72,9 +73,11 @@ def hook_server(
             headers = {k.lower(): v for k, v in self.headers.items()}
             hook.received.append(Received(time.monotonic(), self.path, headers, body))
             answer = hook.answer()
-            if answer == HOLD:
+            if answer in (HOLD, LATE):
                 hook.release.wait(30)
-                return
+                if answer == HOLD:
+                    return
+                answer = 200
             assert isinstance(answer, int)
             self.send_response(answer)
             if 300 <= answer < 400:

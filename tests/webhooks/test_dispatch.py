@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from tests.support.api import AUTH, deliver
 from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess, start_service
 from tests.support.smtp import wait_for
-from tests.webhooks.hookserver import HOLD, hook_server
+from tests.webhooks.hookserver import HOLD, LATE, hook_server
 from tests.webhooks.test_signing import verify
 
 SCHEDULE = "0.1,0.1,0.1,0.1,0.1"  # five retries: an endpoint is disabled after six failures
@@ -161,6 +163,29 @@ def test_a_delivery_cut_by_killing_the_dispatcher_is_made_after_its_restart(
     assert {r.headers["webhook-id"] for r in answered} == {delivery["id"]}
     assert json.loads(answered[1].body)["data"]["id"] == message_id
     assert verify(webhook["secret"], answered[1].headers, answered[1].body)
+
+
+def test_a_dispatcher_stopped_mid_attempt_finishes_it_first_and_nothing_is_sent_twice(
+    hooks: Dispatcher, shared_api: ServiceProcess, shared_receiver: ServiceProcess
+) -> None:
+    with hook_server([LATE]) as hook:
+        webhook = register(shared_api, hook.url, "mx.test")
+        deliver(shared_receiver, "stopped@mx.test", MAIL)
+        assert hook.wait(1), hooks.service.log()[-3000:]  # the POST is in flight...
+        hooks.service.process.send_signal(signal.SIGTERM)  # ...when it is told to stop
+        time.sleep(0.3)  # the stop has begun: the attempt is what it waits for
+        hook.release.set()
+        assert hooks.service.process.wait(15) == 0, hooks.service.log()[-3000:]
+        # Recorded before it exited: no lease left to run out, so no one sends it again.
+        [delivery] = deliveries(shared_api, webhook["id"])
+        hooks.restart()
+        answered = len(hook.received)
+    assert (delivery["state"], delivery["attempts"], delivery["last_status"]) == (
+        "delivered",
+        1,
+        200,
+    )
+    assert answered == 1
 
 
 def test_an_endpoint_that_keeps_failing_is_disabled_and_the_operator_told(
