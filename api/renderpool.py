@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachetools import LRUCache
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import processes
 from api.charsets import clean_all
@@ -90,8 +90,10 @@ class Lane:
         queue: int,
         seconds: float,
         share: int | None = None,
+        jobs: Counter | None = None,
     ) -> None:
         self.name, self.command, self.size = name, tuple(command), size
+        self.jobs = jobs  # floodgate_render_jobs, counted by how each job ended
         self.queue, self.seconds = queue, seconds
         # One client holds at most half the lane's workers (rounded up): the others find one.
         hold = None if share is None else max(1, (size + 1) // 2)
@@ -191,13 +193,16 @@ class Lane:
                 answer, data = await worker.ask(head, body)
             healthy = not answer.pop("retire", False)
             failure = answer.pop("failed", None)
+            self._ended("done")
             return Outcome(clean_all(answer), data, failure, seconds=time.monotonic() - started)
         except TimeoutError:
             log.warning("event=render_deadline lane=%s seconds=%g", self.name, self.seconds)
             failure = f"rendering took longer than {self.seconds:g}s"
+            self._ended("deadline")
             return Outcome({}, failure=failure, seconds=self.seconds, timed_out=True)
         except (ProcessGone, ConnectionError, ValueError):
             log.warning("event=render_worker_died lane=%s", self.name)
+            self._ended("died")
             return Outcome({}, failure="the render worker failed (out of memory?)")
         finally:
             if healthy:
@@ -208,6 +213,10 @@ class Lane:
                 await _end(worker)
                 if not self.closed:
                     self._replace()
+
+    def _ended(self, outcome: str) -> None:
+        if self.jobs is not None:
+            self.jobs.labels(self.name, outcome).inc()
 
     async def close(self) -> None:
         self.closed = True
@@ -247,23 +256,42 @@ class RenderPool:
         worker = (*command, str(limits.render_memory))
         queue, share = limits.render_queue, limits.render_queue_per_client
         small_seconds = min(limits.render_seconds, SMALL_SECONDS)
-        self.small = Lane("small", worker, SMALL_WORKERS, queue, small_seconds, share)
+        registry = registry if registry is not None else CollectorRegistry()
+        self.jobs = Counter(
+            "floodgate_render_jobs",
+            "Render jobs a worker took, by lane and how each ended (done: an answer or a "
+            "verdict on the message; deadline: stopped at the lane's; died: the worker did)",
+            ["lane", "outcome"],
+            registry=registry,
+        )
+        self.kept = Counter(
+            "floodgate_render_kept",
+            "Render jobs answered without a worker: a kept answer or verdict, or a run of "
+            "the same job already under way",
+            registry=registry,
+        )
+        self.small = Lane("small", worker, SMALL_WORKERS, queue, small_seconds, share, self.jobs)
         self.general = Lane(
-            "general", worker, limits.render_workers, queue, limits.render_seconds, share
+            "general",
+            worker,
+            limits.render_workers,
+            queue,
+            limits.render_seconds,
+            share,
+            self.jobs,
         )
         self.answers = RenderCache(limits.render_cache)
         self._verdicts: OrderedDict[str, str] = OrderedDict()
         self._running: dict[str, asyncio.Future[Outcome]] = {}
         self._slow: LRUCache[str, bool] = LRUCache(SLOW_MESSAGES)
-        if registry is not None:
-            gauge = Gauge(
-                "floodgate_render_workers",
-                "Render worker processes up, by lane (none before the lane's first job)",
-                ["lane"],
-                registry=registry,
-            )
-            for lane in (self.small, self.general):
-                gauge.labels(lane.name).set_function(_counter(lane))
+        gauge = Gauge(
+            "floodgate_render_workers",
+            "Render worker processes up, by lane (none before the lane's first job)",
+            ["lane"],
+            registry=registry,
+        )
+        for lane in (self.small, self.general):
+            gauge.labels(lane.name).set_function(_counter(lane))
 
     async def close(self) -> None:
         await self.small.close()
@@ -288,12 +316,16 @@ class RenderPool:
         kept = self.answers.get(key)
         if kept is not None:
             assert isinstance(kept, Outcome)
+            self.kept.inc()
             return kept
         verdict = self._verdicts.get(key)
         if verdict is not None:
+            self.kept.inc()
             return Outcome({}, failure=verdict)
         running = self._running.get(key)
-        if running is None:
+        if running is not None:
+            self.kept.inc()
+        else:
             message = key.partition("/")[0]
             lane = self.lane(message, raw)
             place = lane.reserve(client)
