@@ -51,6 +51,12 @@ def worker_pids(receiver: ServiceProcess) -> dict[str, int]:
     return pids
 
 
+# Seconds for every worker process of a receiver to be up and its store probed: a second or
+# two on a quiet host; a shared one starting several four-worker receivers at once took
+# more than 15. Waiting longer costs a passing test nothing.
+READY = 60
+
+
 def all_ready(receiver: ServiceProcess) -> bool:
     return httpx.get(f"{receiver.http_url}/readyz", timeout=5).status_code == 200
 
@@ -63,7 +69,7 @@ def test_a_cap_of_ten_greets_exactly_ten_of_thirty_connections_across_four_worke
     make_receiver: ServiceFactory,
 ) -> None:
     receiver = make_receiver(workers="4", max_connections_per_ip="10", **FAST)
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     clients = [RawClient(receiver.host, receiver.port, source="127.0.40.1") for _ in range(30)]
     assert greeted(clients) == 10
     # Judged once, by the one door: only the gate counts connections.
@@ -87,7 +93,7 @@ def test_a_cap_of_ten_holds_for_clients_behind_a_trusted_proxy(
         trusted_proxies="127.0.42.0/24",
         **FAST,
     )
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     clients = []
     for _ in range(30):
         client = RawClient(receiver.host, receiver.port, source="127.0.42.1")
@@ -107,7 +113,7 @@ def test_message_rate_and_auto_ban_are_counted_once_for_the_host(
     receiver = make_receiver(
         workers="4", message_rate="3", autoban_threshold="3", greet_wait="0.5", idle_timeout="30"
     )
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     replies = []
     for _ in range(5):  # one connection per message, as a sending MTA does
         client = RawClient(receiver.host, receiver.port, source="127.0.43.1")
@@ -142,7 +148,7 @@ def test_a_worker_killed_with_sigkill_is_restarted_and_its_slots_come_back(
     make_receiver: ServiceFactory,
 ) -> None:
     receiver = make_receiver(workers="4", max_connections_per_ip="10", **FAST)
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     heavy = [RawClient(receiver.host, receiver.port, source="127.0.44.1") for _ in range(10)]
     assert greeted(heavy) == 10
     others = [RawClient(receiver.host, receiver.port, source=f"127.0.45.{i}") for i in range(24)]
@@ -171,7 +177,7 @@ def test_a_worker_killed_with_sigkill_is_restarted_and_its_slots_come_back(
         gone += not alive
     assert gone == lost
     assert wait_for(lambda: worker_pids(receiver).get(victim, old_pid) != old_pid, 10)
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     # Every slot the dead worker held is back: ten more from the heavy client.
     again = [RawClient(receiver.host, receiver.port, source="127.0.44.1") for _ in range(11)]
     assert greeted(again) == 10
@@ -183,7 +189,7 @@ def test_the_same_message_sent_again_through_another_worker_is_stored_once(
     store_env: dict[str, str],
 ) -> None:
     receiver = make_receiver(workers="4", **FAST)
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     ids = []
     for source in ("127.0.46.1", "127.0.46.2", "127.0.46.3", "127.0.46.4", "127.0.46.5"):
         client = RawClient(receiver.host, receiver.port, source=source)
@@ -211,7 +217,7 @@ def test_v1_stats_shows_the_host_once_whatever_its_worker_count(
     rows: dict[str, dict[str, object]] = {}
     for workers in ("1", "2"):
         receiver = make_receiver(workers=workers, **FAST)
-        assert wait_for(lambda: all_ready(receiver), 15)  # noqa: B023
+        assert wait_for(lambda: all_ready(receiver), READY)  # noqa: B023
         clients = [
             RawClient(receiver.host, receiver.port, source=f"127.0.47.{i}") for i in range(6)
         ]
@@ -247,7 +253,7 @@ def test_a_retry_after_451_on_another_worker_gives_one_stored_document(
     receiver = make_receiver(
         workers="4", mongodb_uri=store_fault.uri, store_timeout="1", spool="false", **FAST
     )
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     first = RawClient(receiver.host, receiver.port, source="127.0.48.1")
     assert first.hello().code == 250
     store_fault.set_mode("stall")  # the write waits in the network past the deadline
@@ -274,7 +280,7 @@ def test_stress_is_decided_for_the_host_and_applied_by_every_worker(
     receiver = make_receiver(
         workers="4", max_connections="10", stress_threshold="0.4", stress_idle_timeout="3"
     )
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     held = [RawClient(receiver.host, receiver.port, source=f"127.0.49.{i}") for i in range(1, 5)]
     assert greeted(held) == 4
     assert wait_for(lambda: set(samples(receiver, "floodgate_stress_mode").values()) == {1.0})
@@ -289,7 +295,7 @@ def test_a_worker_that_keeps_dying_stops_the_host_for_its_supervisor(
     make_receiver: ServiceFactory,
 ) -> None:
     receiver = make_receiver(workers="2", **FAST)
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     for _ in range(6):  # the sixth death within a minute is one too many
         pid = worker_pids(receiver)["w1"]
         os.kill(pid, signal.SIGKILL)
@@ -372,7 +378,7 @@ def test_every_operator_view_tells_the_truth_with_one_worker_and_with_two(
         **FAST,
     )
     api = make_api()
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     store_fault.set_mode("reset")  # the store away: every message goes to a spool
     assert wait_for(lambda: "store not taking writes" in readyz(receiver), 15)
     # Enough clients that two workers both hold some (each client meets one worker).
@@ -436,7 +442,7 @@ def test_a_client_reconnecting_right_after_221_is_never_refused_for_its_cap(
     # workers' closes before it refuses for a cap: a sending MTA's next connection, opened
     # as soon as it reads our 221, finds its slot.
     receiver = make_receiver(workers="2", max_connections_per_ip="1", **FAST)
-    assert wait_for(lambda: all_ready(receiver), 15)
+    assert wait_for(lambda: all_ready(receiver), READY)
     codes = []
     for _ in range(200):
         client = RawClient(receiver.host, receiver.port, source="127.0.53.1")
