@@ -67,7 +67,9 @@ def summary(seconds: list[float], statuses: Counter[int]) -> dict[str, Any]:
     return {
         "reads": len(seconds),
         "p50_ms": round(percentile(seconds, 0.5) * 1000, 1),
+        "p95_ms": round(percentile(seconds, 0.95) * 1000, 1),
         "p99_ms": round(percentile(seconds, 0.99) * 1000, 1),
+        "max_ms": round(max(seconds, default=0.0) * 1000, 1),
         "statuses": dict(sorted(statuses.items())),
     }
 
