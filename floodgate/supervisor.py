@@ -93,7 +93,7 @@ class Supervisor:
             for child in self.children:
                 child.start()
             if not self._wait_healthy() or not self._wait_store():
-                return 1
+                return 0 if self.stopping else 1  # told to stop while starting: a clean stop
             self._banner(uri, token, created)
             return self._watch()
         finally:
@@ -115,7 +115,8 @@ class Supervisor:
             if all(_answers(url) for url in urls):
                 return True
             time.sleep(POLL)
-        print("floodgate: start-up timed out")
+        if not self.stopping:
+            print("floodgate: start-up timed out")
         return False
 
     def _busy_addresses(self) -> list[str]:
@@ -147,7 +148,8 @@ class Supervisor:
             if any(child.exited() is not None for child in self.children):
                 return self._wait_healthy(timeout=0.1)
             time.sleep(POLL)
-        print(f"floodgate: the store does not take writes: {_readiness(url)[1]}; stopping")
+        if not self.stopping:
+            print(f"floodgate: the store does not take writes: {_readiness(url)[1]}; stopping")
         return False
 
     def _start_store(self) -> str:

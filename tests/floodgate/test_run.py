@@ -66,3 +66,53 @@ def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def test_run_told_to_stop_while_it_starts_stops_cleanly(tmp_path: Path) -> None:
+    """A script that starts `floodgate run`, does its work as soon as the receiver and API
+    answer, and stops it (README's recipes) may stop it before every process is up: that
+    is a stop (exit 0), not a failed start-up."""
+    smtp, api, health, hooks, nothing = (free_port() for _ in range(5))
+    output = tmp_path / "run.out"
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "floodgate", "run"],
+            env={
+                **clean_environ(),
+                "FLOODGATE_DATA_DIR": str(tmp_path / "var"),
+                # A store that never answers: start-up waits for it for a minute.
+                "FLOODGATE_MONGODB_URI": f"mongodb://127.0.0.1:{nothing}/?directConnection=true",
+                "FLOODGATE_SMTP_LISTEN": f"127.0.0.1:{smtp}",
+                "FLOODGATE_API_LISTEN": f"127.0.0.1:{api}",
+                "FLOODGATE_RECEIVER_HTTP_LISTEN": f"127.0.0.1:{health}",
+                "FLOODGATE_WEBHOOKS_HTTP_LISTEN": f"127.0.0.1:{hooks}",
+                "PYTHONUNBUFFERED": "1",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        # The receiver is up (its /healthz answers) while the start-up still waits.
+        while not _answers(f"http://127.0.0.1:{health}/healthz"):
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, output.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    text = output.read_text()
+    assert "timed out" not in text and "does not take writes" not in text, text
+    assert text.rstrip().endswith("floodgate: stopped"), text
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
