@@ -14,7 +14,6 @@ client gets from `Last-Event-ID` (the id of the last message it saw).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -26,6 +25,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from api.limits import DEFAULTS, ApiLimits
+from mailstore.connection import stop_if_cancelled
 from mailstore.message import MessageDocument, MessageKey
 
 log = logging.getLogger("floodgate.api")
@@ -165,6 +165,7 @@ class Hub:
                         if isinstance(document, dict) and MessageKey.ID in document:
                             self.publish(MessageDocument.read(document))
             except PyMongoError as error:
+                stop_if_cancelled(error)
                 log.warning("push: change stream lost (%s); reconnecting", type(error).__name__)
                 await asyncio.sleep(1.0)
 
@@ -205,6 +206,14 @@ async def start(hub: Hub, messages: AsyncCollection[Any]) -> asyncio.Task[None]:
 
 
 async def stop(task: asyncio.Task[None]) -> None:
+    """Cancel the follower and wait for it. Cut off in the middle of a driver call (the
+    store away: a server selection waiting), the driver may raise instead of the
+    cancellation (`RuntimeError: cannot wait on un-acquired lock`): said, and the shutdown
+    goes on (the render workers and the store's client are closed after this)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        pass
+    except Exception as error:
+        log.info("event=push_stopped error=%s", type(error).__name__)

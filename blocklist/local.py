@@ -38,6 +38,7 @@ from blocklist.repository import (
     BlocklistRepository,
 )
 from blocklist.sync import BlocklistSync
+from mailstore.connection import stop_if_cancelled
 
 log = logging.getLogger("floodgate.blocklist")
 
@@ -210,6 +211,7 @@ class LocalBlocklist(LocalList):
                         # (else a manual, permanent or longer ban already covers it)
                         await self.repository.add(entry, self.config.actor)
                 except PyMongoError as error:
+                    stop_if_cancelled(error)
                     log.warning("auto-ban of %s not yet stored: %s", entry.cidr, error)
                     await asyncio.sleep(0.5 * 2**attempt)
                 else:

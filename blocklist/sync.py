@@ -36,6 +36,7 @@ from blocklist import snapshot
 from blocklist.cache import BlocklistCache
 from blocklist.entries import InvalidEntry, Net, expiry_timestamp, parse_network
 from blocklist.index import PrefixIndex
+from mailstore.connection import stop_if_cancelled
 from mailstore.errors import brief
 
 log = logging.getLogger("floodgate.blocklist")
@@ -207,6 +208,7 @@ class BlocklistSync:
                 wait = self.resync_interval
                 self._complaints.recovered("resync")
             except PyMongoError as error:
+                stop_if_cancelled(error)
                 failures += 1
                 wait = min(self.resync_interval, self.max_backoff, 0.5 * 2**failures)
                 self._complaints.failed("resync", f"blocklist resync failed: {_brief(error)}")
@@ -249,6 +251,7 @@ class BlocklistSync:
                 await self._watch()
                 return  # change streams unsupported: the resync loop carries on alone
             except PyMongoError as error:
+                stop_if_cancelled(error)
                 self.stream_errors += 1
                 code = getattr(error, "code", None)
                 if isinstance(error, OperationFailure) and code in _RESUME_LOST:

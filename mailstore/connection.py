@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pymongo import AsyncMongoClient, WriteConcern
@@ -36,3 +37,14 @@ def connect(
 def database(client: AsyncMongoClient[Document], name: str) -> AsyncDatabase[Document]:
     """The named database with the durable write concern applied to every collection."""
     return client.get_database(name, write_concern=DURABLE)
+
+
+def stop_if_cancelled(error: BaseException) -> None:
+    """Raise `CancelledError` when the running task has been asked to stop. PyMongo's
+    async server selection, cancelled while the store is away, raises its own error
+    instead (`ServerSelectionTimeoutError`, or `RuntimeError` from its lock): a retry loop
+    that takes it for the store's and carries on never stops, and its process hangs at
+    shutdown until it is killed. Every loop that retries store errors calls this first."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error

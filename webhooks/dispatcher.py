@@ -26,6 +26,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from api.renderpool import Busy, RenderPool
 from mailstore import MessageStore
+from mailstore.connection import stop_if_cancelled
 from mailstore.message import MessageDocument, MessageKey
 from mailstore.webhooks import State, WebhookStore, delivery_id
 from receiver.telemetry.events import emit
@@ -110,6 +111,7 @@ class Dispatcher:
                     self.following = True
                     await self._read(stream)
             except PyMongoError as error:
+                stop_if_cancelled(error)
                 self.store_ok = self.following = False
                 emit("webhook_store_error", where="follow", error=type(error).__name__)
                 await asyncio.sleep(1.0)
@@ -223,6 +225,7 @@ class Dispatcher:
             try:
                 await self._round()
             except PyMongoError as error:
+                stop_if_cancelled(error)
                 self.store_ok = False
                 emit("webhook_store_error", where="deliver", error=type(error).__name__)
                 await asyncio.sleep(1.0)
@@ -365,6 +368,7 @@ class Dispatcher:
                     swept = time.monotonic()
                 self.store_ok = True
             except PyMongoError as error:
+                stop_if_cancelled(error)
                 self.store_ok = False
                 emit("webhook_store_error", where="keep", error=type(error).__name__)
             await asyncio.sleep(1.0)
