@@ -17,8 +17,10 @@ from tests.support.processes import clean_environ, free_port
 from tests.support.smtp import insecure_context
 
 
-def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
-    smtp, api, health = free_port(), free_port(), free_port()
+def start_run(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path, dict[str, int]]:
+    """`floodgate run` in `tmp_path`, each listener on a free loopback port of its own, with
+    the settings `env` adds: the process, the file its output goes to, the ports by name."""
+    ports = {name: free_port() for name in ("smtp", "api", "health", "hooks")}
     output = tmp_path / "run.out"
     with open(output, "wb") as out:
         process = subprocess.Popen(
@@ -26,16 +28,24 @@ def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
             env={
                 **clean_environ(),
                 "FLOODGATE_DATA_DIR": str(tmp_path / "var"),
-                "FLOODGATE_SMTP_LISTEN": f"127.0.0.1:{smtp}",
-                "FLOODGATE_API_LISTEN": f"127.0.0.1:{api}",
-                "FLOODGATE_RECEIVER_HTTP_LISTEN": f"127.0.0.1:{health}",
+                "FLOODGATE_SMTP_LISTEN": f"127.0.0.1:{ports['smtp']}",
+                "FLOODGATE_API_LISTEN": f"127.0.0.1:{ports['api']}",
+                "FLOODGATE_RECEIVER_HTTP_LISTEN": f"127.0.0.1:{ports['health']}",
+                "FLOODGATE_WEBHOOKS_HTTP_LISTEN": f"127.0.0.1:{ports['hooks']}",
                 "PYTHONUNBUFFERED": "1",
+                **env,
             },
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=tmp_path,
         )
+    return process, output, ports
+
+
+def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
+    process, output, ports = start_run(tmp_path)
+    smtp, api = ports["smtp"], ports["api"]
     try:
         deadline = time.monotonic() + 60
         while "Floodgate is running" not in output.read_text():
@@ -72,31 +82,13 @@ def test_run_told_to_stop_while_it_starts_stops_cleanly(tmp_path: Path) -> None:
     """A script that starts `floodgate run`, does its work as soon as the receiver and API
     answer, and stops it (README's recipes) may stop it before every process is up: that
     is a stop (exit 0), not a failed start-up."""
-    smtp, api, health, hooks, nothing = (free_port() for _ in range(5))
-    output = tmp_path / "run.out"
-    with open(output, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "floodgate", "run"],
-            env={
-                **clean_environ(),
-                "FLOODGATE_DATA_DIR": str(tmp_path / "var"),
-                # A store that never answers: start-up waits for it for a minute.
-                "FLOODGATE_MONGODB_URI": f"mongodb://127.0.0.1:{nothing}/?directConnection=true",
-                "FLOODGATE_SMTP_LISTEN": f"127.0.0.1:{smtp}",
-                "FLOODGATE_API_LISTEN": f"127.0.0.1:{api}",
-                "FLOODGATE_RECEIVER_HTTP_LISTEN": f"127.0.0.1:{health}",
-                "FLOODGATE_WEBHOOKS_HTTP_LISTEN": f"127.0.0.1:{hooks}",
-                "PYTHONUNBUFFERED": "1",
-            },
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=tmp_path,
-        )
+    # A store that never answers: start-up waits for it for a minute.
+    nothing = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
+    process, output, ports = start_run(tmp_path, FLOODGATE_MONGODB_URI=nothing)
     try:
         deadline = time.monotonic() + 60
         # The receiver is up (its /healthz answers) while the start-up still waits.
-        while not _answers(f"http://127.0.0.1:{health}/healthz"):
+        while not _answers(f"http://127.0.0.1:{ports['health']}/healthz"):
             assert process.poll() is None, output.read_text()
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.2)
