@@ -4,6 +4,7 @@ message sent over it is readable through the API."""
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import subprocess
@@ -39,8 +40,22 @@ def start_run(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=tmp_path,
+            start_new_session=True,  # its own process group: `end` can reach its children
         )
     return process, output, ports
+
+
+def end(process: subprocess.Popen[bytes], within: float = 60) -> None:
+    """Stop `run` (SIGTERM) and wait up to `within` seconds for it to exit; if it has not,
+    kill its process group (it and the processes it started, which a killed supervisor
+    would leave behind)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(within)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
@@ -74,8 +89,7 @@ def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
         ).json()
         assert shown["tls"]["version"] == "TLSv1.3"
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        end(process)
 
 
 def test_run_told_to_stop_while_it_starts_stops_cleanly(tmp_path: Path) -> None:
@@ -92,13 +106,10 @@ def test_run_told_to_stop_while_it_starts_stops_cleanly(tmp_path: Path) -> None:
             assert process.poll() is None, output.read_text()
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, output.read_text()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        end(process)
     text = output.read_text()
+    assert process.returncode == 0, text
     assert "timed out" not in text and "does not take writes" not in text, text
     assert text.rstrip().endswith("floodgate: stopped"), text
 
