@@ -83,7 +83,7 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
         own = store is None
         app.state.store = store or await MessageStore.open(config.store, ensure_indexes=False)
         app.state.indexes_ensured = False
-        _attach_blocklist(app)
+        _attach_blocklist(app, config.store.timeout)
         app.state.webhooks = WebhookStore(app.state.store.db, config.store.timeout)
         await ensure_indexes(app)
         app.state.hub = push.Hub(config.limits)
@@ -146,10 +146,11 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     return app
 
 
-def _attach_blocklist(app: FastAPI) -> None:
-    app.state.blocklist = BlocklistRepository(app.state.store.db)
+def _attach_blocklist(app: FastAPI, timeout: float) -> None:
+    """The access lists' repositories, each write bounded by the store timeout."""
+    app.state.blocklist = BlocklistRepository(app.state.store.db, timeout=timeout)
     app.state.allowlist = BlocklistRepository(
-        app.state.store.db, collection=ALLOWLIST, audit=ALLOWLIST_AUDIT
+        app.state.store.db, timeout=timeout, collection=ALLOWLIST, audit=ALLOWLIST_AUDIT
     )
 
 
