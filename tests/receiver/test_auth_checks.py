@@ -385,21 +385,25 @@ def test_keys_outside_rfc_8301_never_reach_a_worker() -> None:
 
 
 async def test_many_signatures_over_a_large_body_cost_one_hash_not_eight(
-    checker: AuthChecker,
+    dns: DnsServer,
 ) -> None:
     # 8 signatures over a 9 MB body would hold a verification worker for 72 MB of hashing:
-    # the first is verified, the rest are not (a temperror that says why), at once.
+    # the first is verified, the rest are not (a temperror that says why, never sent to a
+    # worker). The deadline is long here: the one hash may take more than the default 2 s
+    # on a loaded host, and that deadline's own temperror is another test's.
     from receiver.intake.authcheck.signatures import HASH_BUDGET
 
     body = "x" * 998 + "\r\n"
     raw = dkimkeys.message(body=body * (9 * 1024))
     for _ in range(8):
         raw = dkimkeys.sign(raw, "shop.test", "s1", KEY)
-    started = time.monotonic()
-    out = await check(checker, raw)
+    checker = await _checker(dns.port, timeout=60.0)
+    try:
+        out = await check(checker, raw)
+    finally:
+        await checker.close()
     assert out.auth is not None
     verdicts = [(d["result"], d["reason"]) for d in out.auth["dkim"]]
     within = HASH_BUDGET // (9 * 1024 * 1000)
     assert [r for r, _ in verdicts[:within]] == ["pass"] * within
     assert verdicts[within:] == [("temperror", "too much to hash in one message")] * (8 - within)
-    assert time.monotonic() - started < 2.0  # within the deadline: no signature timed out
