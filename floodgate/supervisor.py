@@ -112,7 +112,7 @@ class Supervisor:
                 if child.exited() is not None:
                     print(f"floodgate: {child.role} exited during start-up; stopping")
                     return False
-            if all(_answers(url) for url in urls):
+            if all(answers(url) for url in urls):
                 return True
             time.sleep(POLL)
         if not self.stopping:
@@ -245,7 +245,8 @@ def _readiness(url: str) -> tuple[bool, str]:
         return False, str(error)
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether `url` (one of our health or readiness URLs) answers 200 within a second."""
     try:
         with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own http URL
             return bool(response.status == 200)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from floodgate.supervisor import answers
 from tests.support.processes import clean_environ, free_port
 from tests.support.smtp import insecure_context
 
@@ -102,7 +103,7 @@ def test_run_told_to_stop_while_it_starts_stops_cleanly(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         # The receiver is up (its /healthz answers) while the start-up still waits.
-        while not _answers(f"http://127.0.0.1:{ports['health']}/healthz"):
+        while not answers(f"http://127.0.0.1:{ports['health']}/healthz"):
             assert process.poll() is None, output.read_text()
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.2)
@@ -112,10 +113,3 @@ def test_run_told_to_stop_while_it_starts_stops_cleanly(tmp_path: Path) -> None:
     assert process.returncode == 0, text
     assert "timed out" not in text and "does not take writes" not in text, text
     assert text.rstrip().endswith("floodgate: stopped"), text
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
