@@ -39,9 +39,9 @@ def test_real_charsets_and_their_aliases_are_known(label: str, codec: str) -> No
 
 def test_a_quadratic_codec_is_never_used_on_a_body() -> None:
     body = b"a" * 200_000 + b"-" + b"\xff" * 10
-    started = time.monotonic()
+    started = time.thread_time()  # CPU, not the wall: a loaded host's waits are not its cost
     text = decode(body, "punycode")
-    assert time.monotonic() - started < 0.1
+    assert time.thread_time() - started < 0.1
     assert text.startswith("aaa") and text.endswith("\ufffd" * 10)
 
 
@@ -60,9 +60,9 @@ def test_encoded_words_decode_and_adjacent_ones_join() -> None:
 
 def test_six_thousand_folded_encoded_words_decode_in_linear_time() -> None:
     value = "\r\n ".join(["=?utf-8?q?a?="] * 6_000)
-    started = time.monotonic()
+    started = time.thread_time()
     assert decode_words(value) == "a" * 6_000
-    assert time.monotonic() - started < 0.2
+    assert time.thread_time() - started < 0.2
 
 
 @given(st.text(), st.sampled_from(["utf-8", "punycode", "utf-16", "shift_jis", None]))
