@@ -15,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import string
 from typing import Any
 
 import schemathesis
@@ -36,15 +38,39 @@ ADDRESS = st.one_of(
     st.integers(0, 2**32 - 1).map(lambda v: str(ipaddress.IPv4Address(v))),
     st.integers(0, 2**96 - 1).map(lambda v: str(ipaddress.IPv6Address((0x2001_0DB8 << 96) | v))),
 )
-MAILBOX = st.from_regex(r"\A[a-z0-9]([a-z0-9.+_-]{0,30}[a-z0-9])?@(mx|example)\.test\Z")
-MESSAGE_ID = st.from_regex(r"\A[0-9a-hjkmnp-tv-z]{26}\Z")
+# Built from plain text strategies, not `st.from_regex`: the coverage phase asks each format
+# for values of a field's boundary lengths (a mailbox of 320 characters, a URL of 2,048),
+# which these formats never reach, and learns that only once a draw budget is spent; a
+# regular-expression draw cost that budget several times over (most of the run's minutes).
+ALNUM = string.ascii_lowercase + string.digits
+DOMAINS = st.sampled_from(["mx.test", "example.test"])
+# [a-z0-9]([a-z0-9.+_-]{0,30}[a-z0-9])?@(mx|example).test, never two dots in a row
+MAILBOX = st.builds(
+    lambda first, middle, last, domain: (
+        re.sub(r"\.\.+", ".", first + middle + last) + "@" + domain if last else f"{first}@{domain}"
+    ),
+    st.sampled_from(ALNUM),
+    st.text(alphabet=ALNUM + ".+_-", max_size=30),
+    st.sampled_from(["", *ALNUM]),
+    DOMAINS,
+)
+MESSAGE_ID = st.text(alphabet="0123456789abcdefghjkmnpqrstvwxyz", min_size=26, max_size=26)
 # Webhook URLs the API must accept: http(s), a host name (never a private literal, refused
 # by design), a port, a path; and what an endpoint matches: an address or a domain.
-WEBHOOK_URL = st.from_regex(
-    r"\Ahttps?://[a-z]{1,12}\.example(:[1-9][0-9]{0,3})?(/[a-z0-9._~-]{0,20}){0,3}\Z"
+WEBHOOK_URL = st.builds(
+    lambda scheme, host, port, path: (
+        f"{scheme}://{host}.example{port}" + "".join("/" + p for p in path)
+    ),
+    st.sampled_from(["http", "https"]),
+    st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=12),
+    st.one_of(st.just(""), st.integers(1, 9999).map(lambda n: f":{n}")),
+    st.lists(st.text(alphabet=ALNUM + "._~-", max_size=20), max_size=3),
 )
-WEBHOOK_MATCH = st.one_of(MAILBOX, st.from_regex(r"\A([a-z0-9]{1,10}\.){0,2}(mx|example)\.test\Z"))
-WEBHOOK_ID = st.from_regex(r"\Awh_[0-9a-f]{16}\Z")
+SUBDOMAINS = st.lists(st.text(alphabet=ALNUM, min_size=1, max_size=10), max_size=2)
+WEBHOOK_MATCH = st.one_of(
+    MAILBOX, st.builds(lambda labels, domain: ".".join([*labels, domain]), SUBDOMAINS, DOMAINS)
+)
+WEBHOOK_ID = st.text(alphabet="0123456789abcdef", min_size=16, max_size=16).map("wh_".__add__)
 SEEDED = json.loads(os.environ.get("CONTRACT_SEEDED", '{"ids": [], "mailboxes": [], "twins": {}}'))
 
 
@@ -54,10 +80,10 @@ def seeded_or(values: list[str], other: st.SearchStrategy[str]) -> st.SearchStra
 
 schemathesis.openapi.format("cidr", st.one_of(V4, V6, ADDRESS))
 schemathesis.openapi.format("ip", ADDRESS)
-schemathesis.openapi.format("mailbox", MAILBOX.filter(lambda m: ".." not in m))
+schemathesis.openapi.format("mailbox", MAILBOX)
 schemathesis.openapi.format("message-id", seeded_or(SEEDED["ids"], MESSAGE_ID))
 schemathesis.openapi.format("webhook-url", WEBHOOK_URL)
-schemathesis.openapi.format("webhook-match", WEBHOOK_MATCH.filter(lambda m: ".." not in m))
+schemathesis.openapi.format("webhook-match", WEBHOOK_MATCH)
 schemathesis.openapi.format("webhook-id", WEBHOOK_ID)
 
 
