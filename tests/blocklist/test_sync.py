@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from blocklist import BlocklistCache, BlocklistRepository, BlocklistSync, Entry, parse_network
 from blocklist.repository import COLLECTION
@@ -31,6 +32,22 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> flo
             pytest.fail(f"not within {timeout}s")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
+
+
+async def insert_once_the_store_answers(coll: Any, document: dict[str, Any]) -> None:
+    """Insert `document`, trying again for up to 30 s while the store is unreachable; a
+    retry that finds it already written (its first try's answer was lost) is done."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await coll.insert_one(document)
+            return
+        except DuplicateKeyError:
+            return
+        except PyMongoError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -154,7 +171,10 @@ async def test_stream_resumes_after_the_store_restarts(tmp_path: Path) -> None:
         store.kill()
         await eventually(lambda: sync.stream_errors >= 1)  # the stream saw the store go
         await asyncio.to_thread(store.start)
-        await coll.insert_one(entry_document("192.0.2.11"))
+        # The test's own write waits for the driver to find the store again: its client's
+        # 1 s server selection can end before the driver's monitor reconnects on a loaded
+        # host (the sync under test retries by itself).
+        await insert_once_the_store_answers(coll, entry_document("192.0.2.11"))
         # Carried by the resumed stream (the hour-long resync never runs again by itself).
         await eventually(lambda: cache.check("192.0.2.11"), timeout=15)
         assert sync.stream_errors >= 1
