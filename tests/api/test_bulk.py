@@ -67,7 +67,9 @@ def test_a_bulk_add_cut_off_mid_way_leaves_nothing_behind(
     mongo: MongoClient[dict[str, Any]],
     db_name: str,
 ) -> None:
-    api = make_api(mongodb_uri=store_fault.uri, store_timeout="2")
+    # The cut is a reset (an error at once); the timeout bounds each write of the add and of
+    # its undo, which on a loaded host take more than a couple of seconds.
+    api = make_api(mongodb_uri=store_fault.uri, store_timeout="10")
     body = entries(2, 3_000)
     store_fault.set_mode("reset_after", after_bytes=150_000)  # a few chunks in, the write is cut
     cut = httpx.post(api.http_url + "/v1/blocklist/bulk", json=body, headers=AUTH, timeout=60)
