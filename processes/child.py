@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -36,10 +37,11 @@ def spawn(
     )
 
 
-def stop(process: subprocess.Popen[bytes], grace: float) -> int:
+def stop(process: subprocess.Popen[bytes], grace: float, *, group: bool = False) -> int:
     """SIGTERM, up to `grace` seconds to exit (a receiver drains its sessions meanwhile),
     then SIGKILL; returns the exit status. Only ever the process it was given: never by
-    name."""
+    name. With `group` (a process started in a session of its own), the SIGKILL goes to
+    its process group: it and the processes it started."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
@@ -47,7 +49,10 @@ def stop(process: subprocess.Popen[bytes], grace: float) -> int:
             process.wait(grace)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                process.kill()
+                if group:
+                    os.killpg(process.pid, signal.SIGKILL)
+                else:
+                    process.kill()
             process.wait()
     return process.returncode
 

@@ -4,8 +4,6 @@ message sent over it is readable through the API."""
 
 from __future__ import annotations
 
-import os
-import signal
 import smtplib
 import subprocess
 import sys
@@ -15,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from floodgate.supervisor import answers
+from processes import stop
 from tests.support.processes import clean_environ, free_port
 from tests.support.smtp import insecure_context
 
@@ -46,17 +45,10 @@ def start_run(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], Path
     return process, output, ports
 
 
-def end(process: subprocess.Popen[bytes], within: float = 60) -> None:
-    """Stop `run` (SIGTERM) and wait up to `within` seconds for it to exit; if it has not,
-    kill its process group (it and the processes it started, which a killed supervisor
-    would leave behind)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(within)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
+def end(process: subprocess.Popen[bytes]) -> None:
+    """Stop `run` (SIGTERM), up to 60 s to exit, then SIGKILL to its process group (it and
+    the processes it started, which a killed supervisor would leave behind)."""
+    stop(process, 60, group=True)
 
 
 def test_run_offers_starttls_out_of_the_box(tmp_path: Path) -> None:
