@@ -337,9 +337,8 @@ def test_each_readme_client_example_prints_the_code_of_the_mail_it_waited_for(
 def test_a_caller_that_hangs_up_frees_its_slot_at_once(
     shared_api: ServiceProcess, client_ip: str
 ) -> None:
-    # From an address of its own: its read bucket and its slots are this test's alone (the
-    # module's other tests poll from 127.0.0.1 and may have drawn that bucket down, and a
-    # wait refused for want of a token holds no slot).
+    # From an address of its own: its read bucket and its slots are this test's alone,
+    # whatever the module's other tests (polling from 127.0.0.1) took.
     held = []
     # The client's whole share (20), four on each of five mailboxes (the most one client
     # may hold on one), each held for up to 60 s.
