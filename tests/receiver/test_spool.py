@@ -386,15 +386,23 @@ def test_a_receiver_killed_while_spooling_stores_everything_once_after_restart(
             return any((r.get("spool") or {}).get("messages") for r in stats["receivers"])
 
         assert wait_for(spool_shown, timeout=15, interval=0.5)
-        env = {**clean_environ(), "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN}
-        env["FLOODGATE_DATA_DIR"] = str(tmp_path / "top")
-        top = subprocess.run(
-            [sys.executable, "-m", "floodgate", "top", "--once", "--api", api.http_url],
-            env={**env, "COLUMNS": "160"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        # Paused, the receiver publishes no newer snapshot: `top` sees the one with the spool
+        # held however long it takes to start (the 10 s replay was over before it did on a
+        # loaded host), and the replay goes on where it stopped.
+        again.process.send_signal(signal.SIGSTOP)
+        try:
+            assert wait_for(spool_shown, timeout=15, interval=0.5)
+            env = {**clean_environ(), "FLOODGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+            env["FLOODGATE_DATA_DIR"] = str(tmp_path / "top")
+            top = subprocess.run(
+                [sys.executable, "-m", "floodgate", "top", "--once", "--api", api.http_url],
+                env={**env, "COLUMNS": "160"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            again.process.send_signal(signal.SIGCONT)
         assert top.returncode == 0 and "msgs, oldest" in top.stdout, top.stdout + top.stderr
         _stored_once(uri, db_name, ids)
         assert wait_for(lambda: not list((data_dir / "spool").glob("*.spool")), timeout=10)
