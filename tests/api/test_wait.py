@@ -358,7 +358,7 @@ def test_a_caller_that_hangs_up_frees_its_slot_at_once(
     try:
         # Twenty requests on their own connections: on a loaded host they may take a while
         # to be read and hold their slots.
-        assert wait_for(another_wait_is(429), timeout=30, interval=0.2), _answered(held)
+        assert wait_for(another_wait_is(429), timeout=30, interval=0.2), _why(shared_api, held)
     finally:
         for sock in held:
             sock.close()
@@ -366,13 +366,22 @@ def test_a_caller_that_hangs_up_frees_its_slot_at_once(
     assert wait_for(another_wait_is(204), timeout=30, interval=0.2)
 
 
-def _answered(held: list[socket.socket]) -> list[str]:
-    """The first line of what each held wait was answered (a wait still held: nothing)."""
+def _why(api: ServiceProcess, held: list[socket.socket]) -> str:
+    """What each held wait got (the first line of its answer, "closed" for a connection the
+    API ended without one, "silent" while it waits), the API's count of wait answers by
+    status, and the end of its log."""
     lines = []
     for sock in held:
         sock.setblocking(False)
         try:
-            lines.append(sock.recv(200).decode(errors="replace").split("\r\n")[0])
+            line = sock.recv(200).decode(errors="replace").split("\r\n")[0]
+            lines.append(line or "closed")
         except BlockingIOError:
-            lines.append("")
-    return lines
+            lines.append("silent")
+        except OSError as error:
+            lines.append(f"{type(error).__name__}")
+    metrics = httpx.get(f"{api.http_url}/metrics", timeout=10).text
+    counted = [
+        m for m in metrics.splitlines() if m.startswith("floodgate_api_requests") and "/wait" in m
+    ]
+    return f"held: {lines}\ncounted: {counted}\nlog: {api.log()[-3000:]}"
