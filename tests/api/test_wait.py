@@ -31,6 +31,7 @@ from floodgate.cli import build_parser
 from mailstore.ids import id_floor
 from tests.conftest import ADMIN_TOKEN
 from tests.support.api import AUTH, deliver
+from tests.support.metrics import samples
 from tests.support.postfix import private_postfix
 from tests.support.processes import ServiceProcess, clean_environ
 from tests.support.smtp import smtp_from, wait_for
@@ -380,8 +381,9 @@ def _why(api: ServiceProcess, held: list[socket.socket]) -> str:
             lines.append("silent")
         except OSError as error:
             lines.append(f"{type(error).__name__}")
-    metrics = httpx.get(f"{api.http_url}/metrics", timeout=10).text
-    counted = [
-        m for m in metrics.splitlines() if m.startswith("floodgate_api_requests") and "/wait" in m
-    ]
+    counted = {
+        item.labels["status"]: item.value
+        for item in samples(api.http_url, "floodgate_api_requests_total")
+        if "/wait" in item.labels["route"]
+    }
     return f"held: {lines}\ncounted: {counted}\nlog: {api.log()[-3000:]}"

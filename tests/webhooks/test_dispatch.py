@@ -34,9 +34,17 @@ SCHEDULE = "0.1,0.1,0.1,0.1,0.1"  # five retries: an endpoint is disabled after 
 # Long enough that an endpoint answering at once is answered in time on a loaded host (at
 # 1 s, a CI run once counted the 500 as a timeout); the HOLD in the tests below costs it.
 ATTEMPT_SECONDS = 3.0
-# How long systemd gives the dispatcher to stop (the shipped unit's TimeoutStopSec).
+# The shipped unit, whose TimeoutStopSec is how long systemd gives the dispatcher to stop.
 UNIT = Path(__file__).resolve().parents[2] / "deploy/systemd/floodgate-webhooks.service"
-STOP_SECONDS = float(re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.M)[1])  # type: ignore[index]
+
+
+def unit_stop_seconds() -> float:
+    """The unit's TimeoutStopSec, which systemd gives a stop before it kills."""
+    found = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.M)
+    assert found is not None, f"{UNIT.name} names no TimeoutStopSec"
+    return float(found[1])
+
+
 MAIL = (
     b"From: shop@example.org\r\nSubject: Confirm your account\r\n\r\n"
     b"Your verification code is 739201.\r\nhttps://shop.example/confirm?t=abc\r\n"
@@ -184,7 +192,7 @@ def test_a_dispatcher_stopped_mid_attempt_finishes_it_first_and_nothing_is_sent_
         hook.release.set()
         try:
             # Within the unit's TimeoutStopSec (45 s), systemd's bound on a stop.
-            exited = hooks.service.process.wait(STOP_SECONDS)
+            exited = hooks.service.process.wait(unit_stop_seconds())
         except subprocess.TimeoutExpired:
             exited = None
         finally:
