@@ -243,19 +243,22 @@ class Unextractable(Exception):
     """The attachment exists but its bytes cannot be recovered exactly."""
 
 
-def attachment(raw: bytes, index: int, inline: bool = False) -> tuple[bytes, str, str] | None:
+def attachment(
+    raw: bytes, index: int, inline: bool = False
+) -> tuple[tuple[bytes, str, str] | None, int]:
     """(bytes, content type, file name) of attachment `index` of the whole message (of
-    inline image `index` if `inline`), or None if there is no such part; `Unextractable`
-    if its decoded bytes would be damaged."""
+    inline image `index` if `inline`), or None if there is no such part, with how many
+    such parts the message has (every index from that one on is missing too);
+    `Unextractable` if its decoded bytes would be damaged."""
     if too_many_parts(raw):
-        return None
+        return None, 0
     _PARSED.clear()
     try:
         message = _PARSER.parsebytes(raw)
         assert isinstance(message, EmailMessage)
         parts = inline_parts(message) if inline else attachments(message)
         if not 0 <= index < len(parts):
-            return None
+            return None, len(parts)
         part = parts[index]
         payload = part.get_payload(decode=True)
     except Exception as error:
@@ -264,7 +267,7 @@ def attachment(raw: bytes, index: int, inline: bool = False) -> tuple[bytes, str
     if damage or not isinstance(payload, bytes):
         raise Unextractable(type(damage[0]).__name__ if damage else "no payload")
     name = _filename(part) or f"{'inline' if inline else 'attachment'}-{index}"
-    return payload, _content_type(part), name
+    return (payload, _content_type(part), name), len(parts)
 
 
 def _describe(part: EmailMessage) -> dict[str, Any]:

@@ -16,7 +16,9 @@ workers (rounded up) at once, and a freed worker serves the waiting clients in t
 turn among clients. A successful answer is kept (`api.rendercache`: messages
 never change); a job that failed (deadline, memory, a crashed worker) leaves a verdict under
 its key, so asking again answers at once instead of starting the same work; the same job
-asked for while running is run once.
+asked for while running is run once. An attachment job also tells how many such parts its
+message has, so asking for any index past them (attachments 0-99 of every message, say) is
+answered "missing" without a worker.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ SMALL_SECONDS = 0.5
 # worker for everyone else, even while its own crafted job runs to the deadline.
 SMALL_WORKERS = 2
 SLOW_MESSAGES = 4_096  # message ids remembered as slow (least recently seen out first)
+PART_COUNTS = 16_384  # messages' attachment and inline-image counts remembered
+PART_KINDS = ("attachment", "inline")  # by whether the job asks for an inline image
 WORKER = ("-m", "api.renderworker")
 # The workers run at the API's own scheduling priority: a render's deadline is wall-clock
 # time, and a lower priority made ordinary renders miss it on any busy host (a 0.25 s links
@@ -238,6 +242,13 @@ async def _end(worker: FramedChild) -> None:
     await asyncio.shield(worker.wait())
 
 
+def _parts_key(message: str, head: dict[str, Any]) -> str | None:
+    """Where an attachment job's part count is kept (None for other jobs)."""
+    if head.get("job") != "attachment":
+        return None
+    return f"{message}/{PART_KINDS[bool(head.get('inline'))]}"
+
+
 def _counter(lane: Lane) -> Callable[[], float]:
     return lambda: lane.workers
 
@@ -284,6 +295,9 @@ class RenderPool:
         self._verdicts: OrderedDict[str, str] = OrderedDict()
         self._running: dict[str, asyncio.Future[Outcome]] = {}
         self._slow: LRUCache[str, bool] = LRUCache(SLOW_MESSAGES)
+        # How many attachments (inline images) a message has, by "<message id>/<kind>":
+        # learnt from any attachment job on it (a few bytes each).
+        self._parts: LRUCache[str, int] = LRUCache(PART_COUNTS)
         gauge = Gauge(
             "floodgate_render_workers",
             "Render worker processes up, by lane (none before the lane's first job)",
@@ -322,16 +336,21 @@ class RenderPool:
         if verdict is not None:
             self.kept.inc()
             return Outcome({}, failure=verdict)
+        message = key.partition("/")[0]
+        parts = _parts_key(message, head)
+        count = None if parts is None else self._parts.get(parts)
+        if count is not None and int(head["index"]) >= count:
+            self.kept.inc()
+            return Outcome({"missing": True, "parts": count})
         running = self._running.get(key)
         if running is not None:
             self.kept.inc()
         else:
-            message = key.partition("/")[0]
             lane = self.lane(message, raw)
             place = lane.reserve(client)
             running = asyncio.ensure_future(self._job(message, lane, head, raw, client, place))
             self._running[key] = running
-            running.add_done_callback(lambda done: self._finished(key, lane, done))
+            running.add_done_callback(lambda done: self._finished(key, parts, lane, done))
         # Shielded: a client that goes away does not abandon a job others may wait for.
         return await asyncio.shield(running)
 
@@ -359,12 +378,18 @@ class RenderPool:
         for key in [key for key in self._verdicts if key.startswith(prefix)]:
             del self._verdicts[key]
         self._slow.pop(message, None)
+        for kind in PART_KINDS:
+            self._parts.pop(f"{message}/{kind}", None)
 
-    def _finished(self, key: str, lane: Lane, done: asyncio.Future[Outcome]) -> None:
+    def _finished(
+        self, key: str, parts: str | None, lane: Lane, done: asyncio.Future[Outcome]
+    ) -> None:
         self._running.pop(key, None)
         if done.cancelled() or done.exception() is not None:
             return
         outcome = done.result()
+        if parts is not None and isinstance(outcome.head.get("parts"), int):
+            self._parts[parts] = outcome.head["parts"]
         if lane is self.small and (outcome.seconds > SLOW or outcome.failure is not None):
             self._slow[key.partition("/")[0]] = True
         if outcome.failure is None:

@@ -33,13 +33,13 @@ def view(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
 
 def attachment(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:
     try:
-        found = render.attachment(raw, int(head["index"]), inline=bool(head.get("inline")))
+        found, parts = render.attachment(raw, int(head["index"]), inline=bool(head.get("inline")))
     except render.Unextractable as error:
         return {"unextractable": str(error)}, b""
     if found is None:
-        return {"missing": True}, b""
+        return {"missing": True, "parts": parts}, b""
     data, content_type, filename = found
-    return {"content_type": content_type, "filename": filename}, data
+    return {"content_type": content_type, "filename": filename, "parts": parts}, data
 
 
 def links_and_codes(head: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes]:

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from email.message import EmailMessage
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -180,6 +181,46 @@ async def test_a_successful_answer_is_kept_and_forgotten_with_its_message(
     assert await pool.run("kept/echo", {"job": "echo"}, b"hi") is first
     pool.forget("kept")
     assert pool.answers.get("kept/echo") is None
+
+
+def worked(pool: RenderPool) -> float:
+    """Jobs the pool's workers answered."""
+    return sum(pool.jobs.labels(lane, "done")._value.get() for lane in ("small", "general"))
+
+
+async def test_once_a_job_counted_its_attachments_an_index_past_them_needs_no_worker() -> None:
+    mail = EmailMessage()
+    mail["Subject"] = "two files, one logo"
+    mail.set_content("see the files")
+    mail.add_alternative('<img src="cid:logo@x">', subtype="html")
+    mail.get_payload()[1].add_related(b"\x89PNG", "image", "png", cid="<logo@x>")
+    for name in ("a.txt", "b.txt"):
+        mail.add_attachment(name.encode(), "text", "plain", filename=name)
+    raw = mail.as_bytes()
+    pool = RenderPool(ApiLimits(render_workers=1))  # the real worker
+    try:
+        first = await asyncio.wait_for(
+            pool.run("m/attachment/1", {"job": "attachment", "index": 1}, raw), 30
+        )
+        assert first.body == b"b.txt" and first.head["parts"] == 2
+        image = await asyncio.wait_for(
+            pool.run("m/inline/0", {"job": "attachment", "index": 0, "inline": True}, raw), 30
+        )
+        assert image.body == b"\x89PNG" and image.head["parts"] == 1
+        assert worked(pool) == 2
+        for index in (2, 99):  # past the two attachments: answered without a worker
+            job = {"job": "attachment", "index": index}
+            missing = await pool.run(f"m/attachment/{index}", job, raw)
+            assert missing.head["missing"] is True and missing.failure is None
+        inline = {"job": "attachment", "index": 1, "inline": True}
+        assert (await pool.run("m/inline/1", inline, raw)).head["missing"] is True
+        assert worked(pool) == 2 and pool.kept._value.get() == 3
+        pool.forget("m")  # deleted: its counts go with it
+        job = {"job": "attachment", "index": 5}
+        assert (await pool.run("m/attachment/5", job, raw)).head["missing"] is True
+        assert worked(pool) == 3
+    finally:
+        await pool.close()
 
 
 async def test_a_message_slow_in_the_small_lane_is_rendered_in_the_general_lane_after(
