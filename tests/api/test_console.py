@@ -266,7 +266,10 @@ def test_a_console_opened_during_a_store_outage_shows_the_last_snapshot(
     from selenium.webdriver.support.ui import WebDriverWait
 
     receiver = make_receiver(stats_interval="0.5")
-    api = make_api(mongodb_uri=store_fault.uri)  # the API's road to the store, breakable
+    # The API's road to the store, breakable. The store's own deadline is 30 s here: a poll
+    # that waited on the store would take that long; the API's deadline for a poll is about
+    # 2.5 s, and the bound below leaves a loaded host room (a CI run took 4.07 s).
+    api = make_api(mongodb_uri=store_fault.uri, store_timeout="30")
     name = f"mx.test 127.0.0.1:{receiver.port}"
     assert wait_for(lambda: mongo[db_name]["receiver_stats"].count_documents({}) > 0, 10)
     time.sleep(REFRESH + 1)  # the API's own keeper has read it meanwhile
@@ -275,7 +278,7 @@ def test_a_console_opened_during_a_store_outage_shows_the_last_snapshot(
 
     started = time.monotonic()
     answer = httpx.get(f"{api.http_url}/v1/stats", headers=AUTH, timeout=10)
-    assert time.monotonic() - started < 4, "a poll must not hang on the store"
+    assert time.monotonic() - started < 10, "a poll must not hang on the store"
     assert answer.status_code == 200, answer.text
     kept = answer.json()
     assert [r["receiver"] for r in kept["receivers"]] == [name]
