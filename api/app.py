@@ -18,6 +18,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -35,7 +36,7 @@ from api.head import HeadAsGet
 from api.limits import DEFAULTS, ApiLimits
 from api.models import ERRORS, Status, binary
 from api.renderpool import RenderPool
-from api.shares import ReadRate, SendTimeout, Slots
+from api.shares import TURNS, ReadRate, SendTimeout, Slots, read_turns
 from blocklist import BlocklistRepository
 from blocklist.repository import ALLOWLIST, ALLOWLIST_AUDIT, PartialBulk
 from mailstore import MessageStore, StoreConfig
@@ -122,6 +123,15 @@ def create_app(config: ApiConfig, store: MessageStore | None = None) -> FastAPI:
     limits = config.limits
     app.state.read_rate = ReadRate(limits.read_rate, limits.read_burst, limits.read_hold)
     app.state.downloads = Slots(limits.downloads_per_client)
+    app.state.read_turns = turns = read_turns(limits.reads_at_once)
+    reads = Gauge(
+        "floodgate_api_reads",
+        "Mailbox and message reads being worked on, and waiting for their client's turn",
+        ["state"],
+        registry=app.state.metrics.registry,
+    )
+    reads.labels("working").set_function(lambda: TURNS - turns.idle)
+    reads.labels("waiting").set_function(lambda: turns.waiting)
     # Outermost: token and body size are checked before anything reads a body.
     app.add_middleware(Gate, token=config.admin_token, read_token=config.read_token)
     app.add_middleware(HeadAsGet)  # outermost: HEAD is a GET to every layer below

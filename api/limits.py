@@ -22,6 +22,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "read_rate": (0.1, 1_000_000),
     "read_burst": (1, 1_000_000),
     "read_hold": (0, 10),
+    "reads_at_once": (1, 32),
     "downloads_per_client": (1, 10_000),
     "send_timeout": (0.05, 3_600),
 }
@@ -63,6 +64,9 @@ class ApiLimits:
     # once): a client past its share on many connections is slowed to one request per
     # connection per hold, instead of costing the API as much as every other client's reads.
     read_hold: float = 1.0
+    # Mailbox and message reads of one client worked on at once (of 32 for all clients);
+    # its others wait for its turn, clients served in turn (api.shares.read_turn).
+    reads_at_once: int = 2
     # Message bodies (/raw, attachments) one client may be downloading at once.
     downloads_per_client: int = 4
     # Seconds one write of an answer may wait for a reader that does not read.

@@ -20,11 +20,11 @@ from api.charsets import decode_phrases, decode_words
 from api.display import ascii_filename
 from api.docs import Tag
 from api.renderpool import Busy, Outcome, OverShare, RenderPool
-from api.shares import Held, client, download_slot, read_share, refuse
+from api.shares import Held, client, download_slot, read_share, read_turn, refuse
 from mailstore import MessageDocument, MessageStore, is_message_id
 from mailstore.addresses import canonical_mailbox
 
-router = APIRouter(dependencies=[Depends(read_share)])
+router = APIRouter(dependencies=[Depends(read_share), Depends(read_turn, scope="function")])
 # Named formats: the OpenAPI document says what a mailbox and a message id are (the
 # contract tests generate values of these formats; see tests/api/schemathesis_hooks.py).
 Address = Annotated[

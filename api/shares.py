@@ -1,5 +1,5 @@
-"""Each reader's share of the read side: a rate of reads, a number of body downloads at
-once, and a deadline on every write to its socket.
+"""Each reader's share of the read side: a rate of reads, a number of reads worked on at
+once, a number of body downloads at once, and a deadline on every write to its socket.
 
 A client is an IPv4 address or an IPv6 /64 (`api.push.client_key`). In public-inbox mode
 the read token is public, so every sender is a reader too: without these, one client's
@@ -13,12 +13,13 @@ import asyncio
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NoReturn
 
 from fastapi import HTTPException, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.fairqueue import Busy, FairQueue, OverShare
 from api.push import client_key
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "client",
     "download_slot",
     "read_share",
+    "read_turn",
+    "read_turns",
     "refuse",
 ]
 
@@ -41,6 +44,13 @@ CHUNK = 64 * 1024  # bytes per write: the transport buffers one chunk, not a who
 # renders waiting or its downloads); past it they are answered at once, so a client holds
 # no more than this many sleeping requests for its refusals.
 HELD_PER_CLIENT = 32
+# Reads worked on at once, all clients together (`read_turns`): past them a read waits for
+# its client's turn. Each client may have `WAITING_PER_CLIENT` reads waiting (a page's
+# hundred inline images fit), `WAITING` in all; past them, 429 and 503.
+TURNS = 32
+WAITING_PER_CLIENT = 128
+WAITING = 2_048
+RETRY = {"Retry-After": "1"}
 
 
 class ReadRate:
@@ -193,6 +203,37 @@ async def read_share(request: Request) -> None:
     wait = rate.take(client(request))
     if wait > 0:
         await refuse(request, "too many reads from this client; retry later", retry_after(wait))
+
+
+def read_turns(per_client: int) -> FairQueue[int]:
+    """The API's `TURNS` turns, `per_client` of them held by one client at most."""
+    turns: FairQueue[int] = FairQueue(WAITING, WAITING_PER_CLIENT, min(per_client, TURNS))
+    for turn in range(TURNS):
+        turns.put(turn)
+    return turns
+
+
+async def read_turn(request: Request) -> AsyncIterator[None]:
+    """A mailbox or message read is worked on in its client's turn: one client's many
+    connections get `FLOODGATE_READS_AT_ONCE` of the API's attention at once, and the
+    others' reads are served in turn with them (`api.fairqueue`), not behind them. Held
+    while the answer is made (store, render, serialisation: a dependency of scope
+    "function"), not while it is sent (downloads have their own share)."""
+    turns: FairQueue[int] = request.app.state.read_turns
+    who = client(request)
+    try:
+        place = turns.reserve(who)
+    except OverShare:
+        await refuse(request, "too many reads at once from this client; retry later")
+    except Busy:
+        raise HTTPException(
+            status_code=503, detail="too many reads waiting; retry later", headers=RETRY
+        ) from None
+    turn = await turns.wait(who, place)
+    try:
+        yield
+    finally:
+        turns.put(turn, who)
 
 
 class Held(Response):

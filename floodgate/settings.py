@@ -294,6 +294,7 @@ class Settings(BaseSettings):
     read_rate: float = api_limit("read_rate")
     read_burst: int = api_limit("read_burst")
     read_hold: float = api_limit("read_hold")
+    reads_at_once: int = api_limit("reads_at_once")
     downloads_per_client: int = api_limit("downloads_per_client")
     send_timeout: float = api_limit("send_timeout")
 

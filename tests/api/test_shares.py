@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -25,6 +27,8 @@ from api.shares import (
 from bench.hostile import big_attachment
 from tests.conftest import ServiceFactory
 from tests.support.api import AUTH, deliver
+from tests.support.faultproxy import FaultProxy
+from tests.support.metrics import sample
 from tests.support.processes import ServiceProcess
 from tests.support.smtp import wait_for
 
@@ -155,3 +159,47 @@ def test_a_client_past_its_reads_or_its_downloads_gets_429_until_its_share_comes
             assert wait_for(lambda: client.get(url).status_code == 200, 30, interval=2.1)
     finally:
         stalled.close()
+
+
+def test_a_client_with_many_reads_waits_its_turn_while_another_client_is_served(
+    make_api: ServiceFactory, receiver: ServiceProcess, store_fault: FaultProxy, client_ip: str
+) -> None:
+    """One client's six reads at once get one turn (FLOODGATE_READS_AT_ONCE=1): a second
+    client's read is worked on beside its first, not behind all six. The store is held
+    (stalled) until every read has reached the API, so the order of the answers once it is
+    released says who was worked on: on a store that runs two reads at once, without turns
+    the second client's read would come last."""
+    # Store deadline 60 s: the reads wait on the stalled store, they do not fail.
+    api = make_api(mongodb_uri=store_fault.uri, reads_at_once=1, store_timeout="60")
+    deliver(receiver, "turns@mx.test", b"Subject: turns\r\n\r\nhello\r\n")
+    listing = f"{api.http_url}/v1/mailboxes/turns@mx.test/messages"
+    assert httpx.get(listing, headers=AUTH, timeout=10).status_code == 200
+    other = client_ip.rsplit(".", 1)[0] + ".250"  # another address: another client
+    answers: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def read(source: str) -> None:
+        transport = httpx.HTTPTransport(local_address=source)
+        with httpx.Client(headers=AUTH, timeout=90, transport=transport) as client:
+            status = client.get(listing).status_code
+        with lock:
+            answers.append((source, status))
+
+    def reads(state: str) -> float:
+        return sample(api.http_url, "floodgate_api_reads", state=state)
+
+    store_fault.set_mode("stall")
+    try:
+        with ThreadPoolExecutor(7) as pool:
+            many = [pool.submit(read, client_ip) for _ in range(6)]
+            assert wait_for(lambda: reads("waiting") == 5, 30), (reads("working"), answers)
+            one = pool.submit(read, other)
+            assert wait_for(lambda: reads("working") == 2, 30), (reads("waiting"), answers)
+            store_fault.set_mode("pass")
+            for future in [*many, one]:
+                future.result()
+    finally:
+        store_fault.set_mode("pass")
+    assert [status for _, status in answers] == [200] * 7
+    # The other client's read was worked on with the first of the six: among the first two.
+    assert [source for source, _ in answers].index(other) <= 1, answers
