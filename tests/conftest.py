@@ -13,13 +13,18 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from mailstore import embedded
 from mailstore.embedded import EmbeddedStore
-from tests.support import lanes
+from tests.support import lanes, processes
 from tests.support.faultproxy import FaultProxy, fronting
 from tests.support.processes import ServiceProcess, start_service
 from tests.support.smtp import RawClient
 
 ServiceFactory = Callable[..., ServiceProcess]
+# The stores tests start pick their ports from this worker's slice too, like every other
+# listener of the tests (tests.support.processes.PORTS): a store a test stopped leaves a
+# port its receivers still dial, and no other worker's process may take it meanwhile.
+embedded.free_port = processes.free_port
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
 
 

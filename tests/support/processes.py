@@ -19,11 +19,48 @@ STARTUP_TIMEOUT = 30.0
 HAPROXY_MISSING = "haproxy is not installed: FLOODGATE_INSTALL_TOOLS=1 make test installs it"
 
 
+# The ports tests pick for listeners, below the kernel's ephemeral range (32768-60999 here):
+# each pytest-xdist worker picks from its own slice, in turn. A port the kernel hands out
+# (bind to 0) can be handed to another worker's process a moment after its owner let go;
+# a client still aimed at it (a receiver's store monitor reconnecting to a store the test
+# stopped) then talks to a stranger: a MongoDB hello before the banner counted as pregreet.
+PORTS = range(20_000, 32_000)
+
+
+class _Ports:
+    """This test process's slice of `PORTS`, handed out in turn (a port comes back only
+    after the whole slice: every process a test started is gone by then)."""
+
+    def __init__(self) -> None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        index = int(worker) if worker.isdigit() and int(worker) < count else 0
+        size = len(PORTS) // max(count, 1)
+        self.first = PORTS.start + index * size
+        self.size = size
+        self.next = int.from_bytes(os.urandom(2), "big") % size  # runs in a row: elsewhere
+
+    def take(self, host: str) -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(self.size):
+            port = self.first + self.next
+            self.next = (self.next + 1) % self.size
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))  # no SO_REUSEADDR: a TIME_WAIT port is skipped
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError(f"no free port in {self.first}-{self.first + self.size - 1}")
+
+
+_PORTS = _Ports()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free a moment ago, from this test process's own slice (the caller retries
+    if it is taken meanwhile: `PortTaken`)."""
+    return _PORTS.take(host)
 
 
 def running(pid: int) -> bool:
