@@ -42,6 +42,33 @@ COMPACT_MB = 8
 # (the embedded store): an insert then waits behind at most this many, not behind every
 # reader the API is serving.
 READS_IN_FLIGHT = 2
+# ... and the share of the time those reads may take (`ReadPacer`).
+READ_SHARE = 0.5
+READ_PAUSE_FROM = 0.5
+
+
+class ReadPacer:
+    """Reads take at most `share` of the time: after a read that took t seconds, the next
+    starts no sooner than t * (1 - share) / share later (t counted up to `longest`), so the
+    receivers' inserts find a store that runs one command at a time free the rest of the
+    time. A read slowed by inserts (the store busy with them) is followed by a longer
+    pause: readers yield to the mail coming in."""
+
+    def __init__(self, share: float = READ_SHARE, longest: float = READ_PAUSE_FROM) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share={share} is not in (0, 1]")
+        self.share = share
+        self.longest = longest
+        self.resume_at = 0.0  # no read starts before this (the clock's time)
+
+    def wait(self, now: float) -> float:
+        """Seconds the next read waits before it starts."""
+        return max(0.0, self.resume_at - now)
+
+    def done(self, started: float, now: float) -> None:
+        """A read that started at `started` ended at `now`."""
+        took = min(max(0.0, now - started), self.longest)
+        self.resume_at = max(self.resume_at, now) + took * (1 - self.share) / self.share
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +109,7 @@ class MessageStore:
         self.engine: Engine | None = None  # known once the store has answered
         self._report = report
         self._read_slots = asyncio.Semaphore(READS_IN_FLIGHT)
+        self._pacer = ReadPacer()
         self._batcher = InsertBatcher(
             self.messages,
             entries=self.entries,
@@ -321,12 +349,21 @@ class MessageStore:
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[None]:
         """A reader's turn: on a store that runs one command at a time, at most
-        `READS_IN_FLIGHT` of this process's reads at once."""
-        if self.engine is not None and self.engine.serializes_commands:
-            async with self._read_slots:
-                yield
-        else:
+        `READS_IN_FLIGHT` of this process's reads at once, taking at most `READ_SHARE` of
+        the time (a read slowed by the receivers' inserts is followed by a longer pause)."""
+        if self.engine is None or not self.engine.serializes_commands:
             yield
+            return
+        async with self._read_slots:
+            loop = asyncio.get_running_loop()
+            pause = self._pacer.wait(loop.time())
+            if pause > 0:
+                await asyncio.sleep(pause)
+            started = loop.time()
+            try:
+                yield
+            finally:
+                self._pacer.done(started, loop.time())
 
     async def _find(self, query: Query) -> list[Document]:
         cursor = self.db[query.collection].find(query.filter, query.projection)

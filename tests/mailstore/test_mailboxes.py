@@ -4,6 +4,7 @@ deletes and the migration of messages stored before it, against a real server.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -14,7 +15,7 @@ from pymongo.errors import AutoReconnect
 from mailstore import MessageDocument, MessageStore, StoreConfig, new_message_id, utcnow
 from mailstore.engine import Engine
 from mailstore.mailboxes import ENTRIES, entry_key, first_key, past_key
-from mailstore.store import READS_IN_FLIGHT
+from mailstore.store import READ_SHARE, READS_IN_FLIGHT, ReadPacer
 from tests.conftest import drop_test_database
 
 
@@ -208,3 +209,44 @@ async def test_readers_take_turns_on_a_store_that_runs_one_command_at_a_time(
     # nx-27017 holds a lock per database around each command: 8 readers queued there
     # would be 8 listings ahead of every insert. MongoDB serves them side by side.
     assert most == (READS_IN_FLIGHT if store.engine is Engine.EMBEDDED else 8)
+
+
+def test_reads_take_at_most_their_share_of_the_time() -> None:
+    pacer = ReadPacer(share=0.5, longest=0.5)
+    assert pacer.wait(10.0) == 0  # nothing read yet
+    pacer.done(started=10.0, now=10.04)
+    assert pacer.wait(10.04) == pytest.approx(0.04)  # as long again: half the time
+    pacer.done(started=10.01, now=10.05)  # another read in flight meanwhile: both count
+    assert pacer.wait(10.05) == pytest.approx(0.07)
+    pacer.done(started=20.0, now=23.0)  # slowed by the store (inserts ahead of it)
+    assert pacer.wait(23.0) == pytest.approx(0.5)  # counted up to `longest`
+    quarter = ReadPacer(share=0.25, longest=0.5)
+    quarter.done(started=0.0, now=0.04)
+    assert quarter.wait(0.04) == pytest.approx(0.12)
+    everything = ReadPacer(share=1.0)
+    everything.done(started=0.0, now=0.04)
+    assert everything.wait(0.04) == 0
+    with pytest.raises(ValueError):
+        ReadPacer(share=0)
+
+
+async def test_a_store_that_runs_one_command_at_a_time_is_left_to_inserts_between_reads(
+    store: MessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def slow_pages(*args: object) -> tuple[dict[str, object], list[str]]:
+        await asyncio.sleep(0.05)
+        return {}, []
+
+    await store.list_mailbox("paced@mx.test")  # the store has answered: its engine known
+    monkeypatch.setattr(store, "_pages", slow_pages)
+    await asyncio.sleep(store._pacer.wait(asyncio.get_running_loop().time()))
+    started = time.monotonic()
+    for _ in range(4):
+        await store.list_mailbox("paced@mx.test")
+    took = time.monotonic() - started
+    if store.engine is Engine.EMBEDDED:
+        # Each read is followed by a pause as long (READ_SHARE 0.5): three pauses between
+        # the four reads at least.
+        assert took >= 4 * 0.05 + 3 * 0.05 * (1 - READ_SHARE) / READ_SHARE * 0.95
+    else:  # MongoDB serves reads and inserts side by side: never paced
+        assert store._pacer.resume_at == 0
